@@ -1,0 +1,92 @@
+/*
+ * text.c — bounded string building for the pure core (see text.h).
+ */
+#include "text.h"
+
+#include <string.h>
+
+void dun_text_init(struct dun_text *t, char *buf, size_t cap)
+{
+	t->buf = buf;
+	t->cap = cap;
+	t->len = 0;
+	if (cap)
+		buf[0] = '\0';
+}
+
+void dun_text_str(struct dun_text *t, const char *s)
+{
+	if (!t->cap)
+		return;
+	while (*s && t->len + 1 < t->cap)
+		t->buf[t->len++] = *s++;
+	t->buf[t->len] = '\0';
+}
+
+void dun_text_i64(struct dun_text *t, int64_t v)
+{
+	char tmp[24];
+	int i = 0;
+	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+	do {
+		tmp[i++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		tmp[i++] = '-';
+	char out[24];
+	int j = 0;
+	while (i)
+		out[j++] = tmp[--i];
+	out[j] = '\0';
+	dun_text_str(t, out);
+}
+
+void dun_text_duration(struct dun_text *t, int64_t s)
+{
+	if (s != 0 && s % 86400 == 0) {
+		dun_text_i64(t, s / 86400);
+		dun_text_str(t, "d");
+	} else if (s != 0 && s % 3600 == 0) {
+		dun_text_i64(t, s / 3600);
+		dun_text_str(t, "h");
+	} else if (s != 0 && s % 60 == 0) {
+		dun_text_i64(t, s / 60);
+		dun_text_str(t, "m");
+	} else {
+		dun_text_i64(t, s);
+		dun_text_str(t, "s");
+	}
+}
+
+void dun_text_money(struct dun_text *t, int64_t minor, const char *currency)
+{
+	uint64_t u = minor < 0 ? (uint64_t)0 - (uint64_t)minor : (uint64_t)minor;
+	if (minor < 0)
+		dun_text_str(t, "-");
+	dun_text_i64(t, (int64_t)(u / 100));
+	dun_text_str(t, ".");
+	if (u % 100 < 10)
+		dun_text_str(t, "0");
+	dun_text_i64(t, (int64_t)(u % 100));
+	dun_text_str(t, " ");
+	char cur[8];
+	size_t i;
+	for (i = 0; currency && currency[i] && i < sizeof cur - 1; i++) {
+		char c = currency[i];
+		cur[i] = (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+	}
+	cur[i] = '\0';
+	dun_text_str(t, cur);
+}
+
+void dun_strlcpy(char *dst, const char *src, size_t size)
+{
+	if (!size)
+		return;
+	size_t n = strlen(src);
+	if (n >= size)
+		n = size - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}

@@ -1,0 +1,33 @@
+/*
+ * text.h — a bounded string builder for the pure core.
+ *
+ * The core may not use stdio, so reasons and keys are built with these few
+ * appenders. Output is always NUL-terminated and silently truncated at the
+ * buffer's end (a reason line is informative, never parsed).
+ */
+#ifndef DUN_TEXT_H
+#define DUN_TEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+struct dun_text {
+	char *buf;
+	size_t cap;
+	size_t len;
+};
+
+/* Point t at buf (cap bytes, cap >= 1) and make it the empty string. */
+void dun_text_init(struct dun_text *t, char *buf, size_t cap);
+void dun_text_str(struct dun_text *t, const char *s);
+void dun_text_i64(struct dun_text *t, int64_t v);
+/* A duration in seconds, as "7d", "36h", "90m" or "45s" (largest exact unit). */
+void dun_text_duration(struct dun_text *t, int64_t seconds);
+/* An amount in minor units as "12.34 USD" (two decimals; currency upper-cased). */
+void dun_text_money(struct dun_text *t, int64_t minor, const char *currency);
+
+/* Copy src into dst (size bytes), truncating; dst is always terminated. */
+void dun_strlcpy(char *dst, const char *src, size_t size);
+
+#endif
