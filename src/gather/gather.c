@@ -1,0 +1,263 @@
+/*
+ * gather.c — GATHER for the SQLite store: one account's rows from the
+ * engine tables, the local platform table, the invoice documents and the
+ * provider mirror, folded into a struct dun_state (see gather.h).
+ *
+ * An account has one provider customer here (the first, by id, when the
+ * mirror knows several); its subscriptions, invoices and payment attempts
+ * are read with one query each, ordered by id, and attempts are attached to
+ * their invoice by a merge walk.
+ */
+#include "gather.h"
+#include "core/text.h"
+#include "util/mem.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void dun_snapshot_init(struct dun_snapshot *snap)
+{
+	memset(snap, 0, sizeof *snap);
+	dun_state_init(&snap->state);
+}
+
+void dun_snapshot_free(struct dun_snapshot *snap)
+{
+	free(snap->invoices);
+	free(snap->attempts);
+	free(snap->subs);
+	free(snap->emails);
+	memset(snap, 0, sizeof *snap);
+}
+
+#define GROW(ptr, cap, n)                                                                \
+	do {                                                                             \
+		if ((n) >= (cap)) {                                                      \
+			(cap) = (cap) ? (cap) * 2 : 16;                                  \
+			(ptr) = dun_realloc((ptr), sizeof *(ptr) * (size_t)(cap));       \
+		}                                                                        \
+	} while (0)
+
+static enum dun_err step_err(int rc)
+{
+	return rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+}
+
+static void split_covers(struct dun_invoice *inv, const char *list)
+{
+	inv->is_consolidated = true;
+	inv->n_covers = 0;
+	while (*list && inv->n_covers < DUN_COVERS_MAX) {
+		const char *comma = strchr(list, ',');
+		size_t n = comma ? (size_t)(comma - list) : strlen(list);
+		while (n && *list == ' ') {
+			list++;
+			n--;
+		}
+		if (n && n < DUN_ID_MAX) {
+			memcpy(inv->covers[inv->n_covers], list, n);
+			inv->covers[inv->n_covers][n] = '\0';
+			inv->n_covers++;
+		}
+		if (!comma)
+			break;
+		list = comma + 1;
+	}
+}
+
+enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_snapshot *snap)
+{
+	struct dun_state *s = &snap->state;
+	dun_state_init(s);
+	snap->email[0] = snap->name[0] = '\0';
+	dun_strlcpy(s->account_id, account_id, sizeof s->account_id);
+	int rc;
+
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT segment, bad_debt, no_successful_payment,"
+					   " kill_switch, email, name FROM accounts WHERE id = ?1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(st);
+		return rc == SQLITE_DONE ? DUN_E_NOT_FOUND : dun_db_err(rc);
+	}
+	dun_segment_parse((const char *)sqlite3_column_text(st, 0), &s->segment);
+	s->account_bad_debt = sqlite3_column_int(st, 1);
+	s->no_successful_payment = sqlite3_column_int(st, 2);
+	s->kill_switch = sqlite3_column_int(st, 3);
+	dun_db_col_text(st, 4, snap->email, sizeof snap->email);
+	dun_db_col_text(st, 5, snap->name, sizeof snap->name);
+	sqlite3_reset(st);
+
+	st = dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
+			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
+			     " COALESCE(p.name, '') FROM customers c"
+			     " LEFT JOIN p_customers p ON p.id = c.id"
+			     " WHERE c.account_id = ?1 ORDER BY c.id LIMIT 1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		s->has_customer = true;
+		dun_db_col_text(st, 0, s->customer_id, sizeof s->customer_id);
+		s->customer_bad_debt = sqlite3_column_int(st, 1);
+		s->provider_meta_bad_debt = sqlite3_column_int(st, 2);
+		dun_db_col_text(st, 3, s->default_payment_method,
+				sizeof s->default_payment_method);
+		if (!snap->email[0])
+			dun_db_col_text(st, 4, snap->email, sizeof snap->email);
+		if (!snap->name[0])
+			dun_db_col_text(st, 5, snap->name, sizeof snap->name);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return dun_db_err(rc);
+
+	st = dun_db_stmt(db, "SELECT banned, entitlement, resource_flags FROM platform"
+			     " WHERE account_id = ?1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		s->banned = sqlite3_column_int(st, 0);
+		dun_entitlement_parse((const char *)sqlite3_column_text(st, 1), &s->entitlement);
+		s->has_resource_flags = sqlite3_column_int64(st, 2) != 0;
+	}
+	sqlite3_reset(st);
+
+	st = dun_db_stmt(db, "SELECT stage, since, episode, lifting_since, next_recheck_at"
+			     " FROM dunning WHERE account_id = ?1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		dun_stage_parse((const char *)sqlite3_column_text(st, 0), &s->stage);
+		s->stage_since = sqlite3_column_int64(st, 1);
+		s->episode = sqlite3_column_int64(st, 2);
+		s->lifting_since = sqlite3_column_int64(st, 3);
+		s->next_recheck_at = sqlite3_column_int64(st, 4);
+	}
+	sqlite3_reset(st);
+
+	st = dun_db_stmt(db, "SELECT 1 FROM bad_debt_episodes WHERE account_id = ?1"
+			     " AND exited_at = 0 LIMIT 1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	s->bad_debt_episode_open = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_reset(st);
+
+	/* Sent (or being sent) emails: the dedup keys. */
+	int n = 0;
+	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		GROW(snap->emails, snap->emails_cap, n);
+		dun_db_col_text(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
+		n++;
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return step_err(rc);
+	s->sent_emails = snap->emails;
+	s->n_sent_emails = n;
+
+	if (!s->has_customer)
+		return DUN_OK;
+
+	n = 0;
+	st = dun_db_stmt(db, "SELECT id, status FROM p_subscriptions WHERE customer_id = ?1"
+			     " ORDER BY id");
+	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		GROW(snap->subs, snap->subs_cap, n);
+		struct dun_subscription *sub = &snap->subs[n];
+		dun_db_col_text(st, 0, sub->id, sizeof sub->id);
+		sub->status = DUN_SUB_ACTIVE;
+		dun_sub_status_parse((const char *)sqlite3_column_text(st, 1), &sub->status);
+		n++;
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return step_err(rc);
+	s->subscriptions = snap->subs;
+	s->n_subscriptions = n;
+
+	n = 0;
+	st = dun_db_stmt(
+		db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
+		    " i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
+		    " i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
+		    " i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
+		    " d.paylinks_enabled FROM p_invoices i"
+		    " LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
+		    " WHERE i.customer_id = ?1 ORDER BY i.id");
+	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		GROW(snap->invoices, snap->invoices_cap, n);
+		struct dun_invoice *inv = &snap->invoices[n];
+		memset(inv, 0, sizeof *inv);
+		dun_db_col_text(st, 0, inv->id, sizeof inv->id);
+		dun_db_col_text(st, 1, inv->subscription_id, sizeof inv->subscription_id);
+		inv->status = DUN_INVOICE_OPEN;
+		dun_invoice_status_parse((const char *)sqlite3_column_text(st, 2), &inv->status);
+		inv->billing_reason =
+			dun_billing_reason_from((const char *)sqlite3_column_text(st, 3));
+		inv->amount_due_minor = sqlite3_column_int64(st, 4);
+		inv->amount_paid_minor = sqlite3_column_int64(st, 5);
+		inv->amount_remaining_minor = sqlite3_column_int64(st, 6);
+		dun_db_col_text(st, 7, inv->currency, sizeof inv->currency);
+		inv->attempt_count = sqlite3_column_int(st, 8);
+		inv->created_at = sqlite3_column_int64(st, 9);
+		inv->paid_at = sqlite3_column_int64(st, 10);
+		dun_db_col_text(st, 11, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
+		inv->meta_has_bad_debt_amount = sqlite3_column_type(st, 12) != SQLITE_NULL;
+		inv->meta_bad_debt_amount_minor = sqlite3_column_int64(st, 12);
+		inv->meta_bad_debt_paid = sqlite3_column_int(st, 13);
+		if (sqlite3_column_type(st, 14) != SQLITE_NULL)
+			split_covers(inv, (const char *)sqlite3_column_text(st, 14));
+		inv->has_doc = sqlite3_column_type(st, 15) != SQLITE_NULL;
+		inv->doc_closed = inv->has_doc && sqlite3_column_int(st, 15);
+		inv->doc_paylinks_enabled = !inv->has_doc || sqlite3_column_int(st, 16);
+		n++;
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return step_err(rc);
+	s->invoices = snap->invoices;
+	s->n_invoices = n;
+
+	/* Attempts, ordered like the invoices, attached by a merge walk. */
+	int na = 0, cur = 0;
+	st = dun_db_stmt(db, "SELECT a.invoice_id, a.id, a.created, a.status, a.payment_method,"
+			     " a.decline_code, a.advice_code, a.network_advice_code"
+			     " FROM p_attempts a JOIN p_invoices i ON i.id = a.invoice_id"
+			     " WHERE i.customer_id = ?1 ORDER BY a.invoice_id, a.created, a.id");
+	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
+	int *first = dun_calloc((size_t)(n ? n : 1), sizeof *first);
+	int *count = dun_calloc((size_t)(n ? n : 1), sizeof *count);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *inv_id = (const char *)sqlite3_column_text(st, 0);
+		while (cur < n && strcmp(snap->invoices[cur].id, inv_id) < 0)
+			cur++;
+		if (cur >= n || strcmp(snap->invoices[cur].id, inv_id) != 0)
+			continue;
+		GROW(snap->attempts, snap->attempts_cap, na);
+		struct dun_attempt *a = &snap->attempts[na];
+		memset(a, 0, sizeof *a);
+		dun_db_col_text(st, 1, a->id, sizeof a->id);
+		a->created_at = sqlite3_column_int64(st, 2);
+		a->status = DUN_ATTEMPT_FAILED;
+		dun_attempt_status_parse((const char *)sqlite3_column_text(st, 3), &a->status);
+		dun_db_col_text(st, 4, a->payment_method, sizeof a->payment_method);
+		dun_db_col_text(st, 5, a->decline_code, sizeof a->decline_code);
+		dun_db_col_text(st, 6, a->advice_code, sizeof a->advice_code);
+		dun_db_col_text(st, 7, a->network_advice_code, sizeof a->network_advice_code);
+		if (!count[cur])
+			first[cur] = na;
+		count[cur]++;
+		na++;
+	}
+	sqlite3_reset(st);
+	/* Pointers are set after the array stopped moving. */
+	for (int i = 0; i < n; i++) {
+		snap->invoices[i].attempts = count[i] ? &snap->attempts[first[i]] : NULL;
+		snap->invoices[i].n_attempts = count[i];
+	}
+	free(first);
+	free(count);
+	return step_err(rc);
+}

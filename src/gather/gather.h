@@ -1,0 +1,38 @@
+/*
+ * gather.h — GATHER: read every store for one account into one snapshot.
+ *
+ * All reads of the pipeline happen here. The snapshot owns the arrays the
+ * pure core's struct dun_state points into; it is reused across accounts
+ * (the drift scan gathers millions) so its buffers only grow.
+ */
+#ifndef DUN_GATHER_H
+#define DUN_GATHER_H
+
+#include "core/model.h"
+#include "store/db.h"
+
+struct dun_snapshot {
+	struct dun_state state;
+	struct dun_invoice *invoices;
+	int invoices_cap;
+	struct dun_attempt *attempts;
+	int attempts_cap;
+	struct dun_subscription *subs;
+	int subs_cap;
+	struct dun_sent_email *emails;
+	int emails_cap;
+	/* display-only facts for explain and emails */
+	char email[256];
+	char name[256];
+};
+
+void dun_snapshot_init(struct dun_snapshot *snap);
+void dun_snapshot_free(struct dun_snapshot *snap);
+
+/*
+ * Fill snap for account_id from db. DUN_E_NOT_FOUND when the account does
+ * not exist. snap->state is valid until the next gather into snap.
+ */
+enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_snapshot *snap);
+
+#endif

@@ -1,0 +1,648 @@
+/*
+ * sim.c — the simulated payment provider (see sim.h).
+ *
+ * It keeps Stripe-shaped objects as JSON in sim_objects and behaves like the
+ * parts of Stripe dunning depends on: invoices move draft/open → paid |
+ * uncollectible | void and refuse illegal moves, charges fail with the
+ * customer's card's decline code, metadata updates merge (an empty value
+ * deletes the key), a repeated idempotency key returns the first answer.
+ * Every change queues a Stripe-format event in sim_events. Objects use the
+ * pre-2025-03-31 invoice shape (top-level subscription and payment_intent,
+ * charge.invoice); the mirror accepts both shapes.
+ *
+ * The simulated provider writes through its own statements, outside the
+ * engine's transactions: like a real provider, what it did stays done even
+ * if the engine's bookkeeping of it fails afterwards.
+ */
+#include "sim.h"
+#include "core/model.h"
+#include "core/text.h"
+#include "util/clock.h"
+#include "util/mem.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dun_sim {
+	struct dun_db *db;
+	uint64_t seed;
+	int64_t next_id;
+};
+
+static const char API_VERSION[] = "2024-06-20";
+
+static void load_counter(struct dun_sim *sim)
+{
+	char buf[32];
+	bool found = false;
+	sim->next_id = 1;
+	if (dun_db_setting_get(sim->db, "sim.next_id", buf, sizeof buf, &found) == DUN_OK && found)
+		sim->next_id = strtoll(buf, NULL, 10);
+}
+
+static void new_id(struct dun_sim *sim, const char *prefix, char *out, size_t n)
+{
+	char buf[32];
+	int64_t v = sim->next_id++;
+	snprintf(out, n, "%s_sim%06" PRId64, prefix, v);
+	snprintf(buf, sizeof buf, "%" PRId64, sim->next_id);
+	dun_db_setting_set(sim->db, "sim.next_id", buf);
+}
+
+struct dun_sim *dun_sim_new(struct dun_db *db, uint64_t seed)
+{
+	struct dun_sim *sim = dun_calloc(1, sizeof *sim);
+	sim->db = db;
+	sim->seed = seed;
+	load_counter(sim);
+	return sim;
+}
+
+void dun_sim_destroy(struct dun_sim *sim)
+{
+	free(sim);
+}
+
+/* ---- object storage ------------------------------------------------------ */
+
+static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t bsize)
+{
+	sqlite3_stmt *st =
+		dun_db_stmt(sim->db, "SELECT body, behavior FROM sim_objects WHERE id = ?1");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	json_t *o = NULL;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+		if (behavior)
+			dun_db_col_text(st, 1, behavior, bsize);
+	}
+	sqlite3_reset(st);
+	return o;
+}
+
+static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
+{
+	char *body = json_dumps(o, JSON_COMPACT);
+	if (!body)
+		dun_oom();
+	const char *type = json_string_value(json_object_get(o, "object"));
+	const char *cus = json_string_value(json_object_get(o, "customer"));
+	if (!strcmp(type, "customer"))
+		cus = json_string_value(json_object_get(o, "id"));
+	sqlite3_stmt *st = dun_db_stmt(
+		sim->db, "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
+			 " VALUES (?1, ?2, ?3, COALESCE(?4, ''), ?5) ON CONFLICT(id) DO UPDATE SET"
+			 " body = excluded.body, behavior = COALESCE(?4, behavior)");
+	sqlite3_bind_text(st, 1, json_string_value(json_object_get(o, "id")), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, cus ? cus : "", -1, SQLITE_STATIC);
+	dun_db_bind_text(st, 4, behavior);
+	sqlite3_bind_text(st, 5, body, -1, SQLITE_STATIC);
+	enum dun_err e = dun_db_step_done(st);
+	free(body);
+	return e;
+}
+
+static void emit(struct dun_sim *sim, const char *type, json_t *o)
+{
+	char id[64];
+	new_id(sim, "evt", id, sizeof id);
+	json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:s, s:b, s:{s:O}}", "id", id, "object",
+			       "event", "type", type, "created", (json_int_t)dun_clock_now(),
+			       "api_version", API_VERSION, "livemode", 0, "data", "object", o);
+	char *body = json_dumps(ev, JSON_COMPACT);
+	json_decref(ev);
+	sqlite3_stmt *st = dun_db_stmt(sim->db, "INSERT INTO sim_events(body) VALUES (?1)");
+	sqlite3_bind_text(st, 1, body, -1, SQLITE_STATIC);
+	dun_db_step_done(st);
+	free(body);
+}
+
+json_t *dun_sim_take_events(struct dun_sim *sim, int max)
+{
+	json_t *arr = json_array();
+	int64_t last = 0;
+	sqlite3_stmt *st = dun_db_stmt(sim->db, "SELECT seq, body FROM sim_events"
+						" WHERE delivered = 0 ORDER BY seq LIMIT ?1");
+	sqlite3_bind_int(st, 1, max);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		last = sqlite3_column_int64(st, 0);
+		json_t *ev = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+		if (ev)
+			json_array_append_new(arr, ev);
+	}
+	sqlite3_reset(st);
+	if (last) {
+		st = dun_db_stmt(sim->db,
+				 "UPDATE sim_events SET delivered = 1 WHERE delivered = 0 AND seq <= ?1");
+		sqlite3_bind_int64(st, 1, last);
+		dun_db_step_done(st);
+	}
+	return arr;
+}
+
+/* ---- idempotency ------------------------------------------------------------ */
+
+static json_t *idem_get(struct dun_sim *sim, const char *key)
+{
+	if (!key || !key[0])
+		return NULL;
+	char id[DUN_ID_MAX + 200];
+	snprintf(id, sizeof id, "idem:%s", key);
+	json_t *rec = load(sim, id, NULL, 0);
+	if (!rec)
+		return NULL;
+	json_t *resp = json_incref(json_object_get(rec, "response"));
+	json_decref(rec);
+	return resp;
+}
+
+static void idem_put(struct dun_sim *sim, const char *key, json_t *resp)
+{
+	if (!key || !key[0])
+		return;
+	char id[DUN_ID_MAX + 200];
+	snprintf(id, sizeof id, "idem:%s", key);
+	json_t *rec = json_pack("{s:s, s:s, s:O}", "id", id, "object", "idempotency_record",
+				"response", resp);
+	save(sim, rec, NULL);
+	json_decref(rec);
+}
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static void set_err(char *err, size_t n, const char *msg, const char *id)
+{
+	if (err && n)
+		snprintf(err, n, "%s: %s", id, msg);
+}
+
+static const char *sget(json_t *o, const char *k)
+{
+	const char *v = json_string_value(json_object_get(o, k));
+	return v ? v : "";
+}
+
+static uint64_t mix(uint64_t h, const char *s)
+{
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+/* Parse "code@pct,advice=x,network=y". */
+struct card {
+	bool ok;
+	char code[DUN_CODE_MAX];
+	int success_pct;
+	char advice[DUN_CODE_MAX];
+	char network[DUN_CODE_MAX];
+};
+
+static void parse_behavior(const char *b, struct card *c)
+{
+	memset(c, 0, sizeof *c);
+	if (!b[0] || !strcmp(b, "ok")) {
+		c->ok = true;
+		return;
+	}
+	char buf[256];
+	dun_strlcpy(buf, b, sizeof buf);
+	char *save_ptr = NULL;
+	for (char *tok = strtok_r(buf, ",", &save_ptr); tok; tok = strtok_r(NULL, ",", &save_ptr)) {
+		if (!strncmp(tok, "advice=", 7))
+			dun_strlcpy(c->advice, tok + 7, sizeof c->advice);
+		else if (!strncmp(tok, "network=", 8))
+			dun_strlcpy(c->network, tok + 8, sizeof c->network);
+		else {
+			char *at = strchr(tok, '@');
+			if (at) {
+				*at = '\0';
+				c->success_pct = atoi(at + 1);
+			}
+			dun_strlcpy(c->code, tok, sizeof c->code);
+		}
+	}
+}
+
+/*
+ * Charge invoice inv (an open invoice object, modified in place) with the
+ * customer's card; queue the events; save the invoice.
+ */
+static enum dun_err charge(struct dun_sim *sim, json_t *inv, bool force_success)
+{
+	const char *cus_id = sget(inv, "customer");
+	char behavior[256] = "";
+	json_t *cus = load(sim, cus_id, behavior, sizeof behavior);
+	if (!cus)
+		return DUN_E_NOT_FOUND;
+	const char *pm =
+		sget(json_object_get(cus, "invoice_settings"), "default_payment_method");
+	struct card card;
+	parse_behavior(behavior, &card);
+	int64_t attempt = json_integer_value(json_object_get(inv, "attempt_count")) + 1;
+	bool ok = force_success || card.ok;
+	if (!ok && card.success_pct > 0) {
+		char num[32];
+		snprintf(num, sizeof num, "%" PRId64, attempt);
+		uint64_t h = mix(mix(sim->seed ^ 14695981039346656037ULL, sget(inv, "id")), num);
+		ok = (int)(h % 100) < card.success_pct;
+	}
+	int64_t now = dun_clock_now();
+	char ch_id[64];
+	new_id(sim, "ch", ch_id, sizeof ch_id);
+	json_t *ch = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s}", "id", ch_id,
+			       "object", "charge", "customer", cus_id, "invoice", sget(inv, "id"),
+			       "payment_intent", sget(inv, "payment_intent"), "created",
+			       (json_int_t)now, "amount",
+			       json_integer_value(json_object_get(inv, "amount_remaining")),
+			       "status", ok ? "succeeded" : "failed", "payment_method", pm);
+	if (!ok) {
+		json_object_set_new(ch, "failure_code",
+				    json_string(strcmp(card.code, "expired_card") &&
+							strcmp(card.code, "incorrect_number")
+						? "card_declined"
+						: card.code));
+		json_t *outcome = json_pack("{s:s, s:s}", "type", "issuer_declined", "reason",
+					    card.code);
+		if (card.advice[0])
+			json_object_set_new(outcome, "advice_code", json_string(card.advice));
+		if (card.network[0])
+			json_object_set_new(outcome, "network_advice_code",
+					    json_string(card.network));
+		json_object_set_new(ch, "outcome", outcome);
+	}
+	save(sim, ch, NULL);
+	json_object_set_new(inv, "attempt_count", json_integer(attempt));
+	json_object_set_new(inv, "attempted", json_true());
+	if (ok) {
+		json_int_t due = json_integer_value(json_object_get(inv, "amount_due"));
+		json_object_set_new(inv, "status", json_string("paid"));
+		json_object_set_new(inv, "amount_paid", json_integer(due));
+		json_object_set_new(inv, "amount_remaining", json_integer(0));
+		json_object_set_new(inv, "status_transitions",
+				    json_pack("{s:I}", "paid_at", (json_int_t)now));
+		json_object_set_new(inv, "next_payment_attempt", json_null());
+	}
+	save(sim, inv, NULL);
+	emit(sim, ok ? "charge.succeeded" : "charge.failed", ch);
+	emit(sim, ok ? "invoice.paid" : "invoice.payment_failed", inv);
+	json_decref(ch);
+	/* The subscription follows its latest invoice. */
+	const char *sub_id = sget(inv, "subscription");
+	json_t *sub = sub_id[0] ? load(sim, sub_id, NULL, 0) : NULL;
+	if (sub && strcmp(sget(sub, "status"), "canceled") != 0) {
+		const char *want = ok ? "active" : "past_due";
+		if (strcmp(sget(sub, "status"), want) != 0) {
+			json_object_set_new(sub, "status", json_string(want));
+			save(sim, sub, NULL);
+			emit(sim, "customer.subscription.updated", sub);
+		}
+	}
+	json_decref(sub);
+	json_decref(cus);
+	return DUN_OK;
+}
+
+/* ---- world operations --------------------------------------------------------- */
+
+enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id,
+				     const char *email, const char *name, const char *behavior,
+				     char *customer_id_out)
+{
+	char id[64], pm[64];
+	new_id(sim, "cus", id, sizeof id);
+	new_id(sim, "pm", pm, sizeof pm);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:{s:s}, s:{s:s}}", "id", id, "object",
+			      "customer", "email", email, "name", name, "created",
+			      (json_int_t)dun_clock_now(), "metadata", "account_id", account_id,
+			      "invoice_settings", "default_payment_method", pm);
+	enum dun_err e = save(sim, o, behavior);
+	if (e == DUN_OK)
+		emit(sim, "customer.created", o);
+	json_decref(o);
+	if (customer_id_out)
+		dun_strlcpy(customer_id_out, id, DUN_ID_MAX);
+	return e;
+}
+
+enum dun_err dun_sim_create_subscription(struct dun_sim *sim, const char *customer_id,
+					 char *subscription_id_out)
+{
+	char id[64];
+	new_id(sim, "sub", id, sizeof id);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "object", "subscription",
+			      "customer", customer_id, "status", "active", "created",
+			      (json_int_t)dun_clock_now());
+	enum dun_err e = save(sim, o, NULL);
+	if (e == DUN_OK)
+		emit(sim, "customer.subscription.created", o);
+	json_decref(o);
+	if (subscription_id_out)
+		dun_strlcpy(subscription_id_out, id, DUN_ID_MAX);
+	return e;
+}
+
+static json_t *new_invoice(struct dun_sim *sim, const char *customer_id, const char *sub_id,
+			   int64_t amount, const char *reason, const char *collection)
+{
+	char id[64], pi[64], url[160];
+	new_id(sim, "in", id, sizeof id);
+	new_id(sim, "pi", pi, sizeof pi);
+	snprintf(url, sizeof url, "https://invoice.sim.invalid/i/%s", id);
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:i, s:b, s:s, s:s,"
+			 " s:I, s:s, s:s, s:{}, s:{}}",
+			 "id", id, "object", "invoice", "customer", customer_id, "subscription",
+			 sub_id, "status", "open", "amount_due", (json_int_t)amount, "amount_paid",
+			 (json_int_t)0, "amount_remaining", (json_int_t)amount, "currency", "usd",
+			 "attempt_count", 0, "attempted", 0, "billing_reason", reason,
+			 "collection_method", collection, "created", (json_int_t)dun_clock_now(),
+			 "hosted_invoice_url", url, "payment_intent", pi, "metadata",
+			 "status_transitions");
+}
+
+enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id,
+			  const char *subscription_id, int64_t amount_minor,
+			  const char *billing_reason, char *invoice_id_out)
+{
+	json_t *inv = new_invoice(sim, customer_id, subscription_id ? subscription_id : "",
+				  amount_minor, billing_reason, "charge_automatically");
+	if (invoice_id_out)
+		dun_strlcpy(invoice_id_out, sget(inv, "id"), DUN_ID_MAX);
+	save(sim, inv, NULL);
+	emit(sim, "invoice.finalized", inv);
+	enum dun_err e = charge(sim, inv, false);
+	json_decref(inv);
+	return e;
+}
+
+enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id,
+				 const char *behavior)
+{
+	json_t *cus = load(sim, customer_id, NULL, 0);
+	if (!cus)
+		return DUN_E_NOT_FOUND;
+	char pm[64];
+	new_id(sim, "pm", pm, sizeof pm);
+	json_object_set_new(cus, "invoice_settings",
+			    json_pack("{s:s}", "default_payment_method", pm));
+	enum dun_err e = save(sim, cus, behavior);
+	if (e == DUN_OK)
+		emit(sim, "customer.updated", cus);
+	json_decref(cus);
+	return e;
+}
+
+enum dun_err dun_sim_pay_out_of_band(struct dun_sim *sim, const char *invoice_id)
+{
+	json_t *inv = load(sim, invoice_id, NULL, 0);
+	if (!inv)
+		return DUN_E_NOT_FOUND;
+	enum dun_err e = DUN_E_PROVIDER_REJECTED;
+	if (!strcmp(sget(inv, "status"), "open"))
+		e = charge(sim, inv, true);
+	json_decref(inv);
+	return e;
+}
+
+/* ---- provider operations ------------------------------------------------------- */
+
+static enum dun_err op_set_meta(struct dun_sim *sim, const char *id, const char *type,
+				const char *event, const char *key, const char *value,
+				const char *idem, json_t **out, char *err, size_t es)
+{
+	*out = idem_get(sim, idem);
+	if (*out)
+		return DUN_OK;
+	json_t *o = load(sim, id, NULL, 0);
+	if (!o || strcmp(sget(o, "object"), type) != 0) {
+		json_decref(o);
+		set_err(err, es, "no such object", id);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	json_t *md = json_object_get(o, "metadata");
+	if (!json_is_object(md)) {
+		md = json_object();
+		json_object_set_new(o, "metadata", md);
+	}
+	if (value[0])
+		json_object_set_new(md, key, json_string(value));
+	else
+		json_object_del(md, key);
+	save(sim, o, NULL);
+	emit(sim, event, o);
+	idem_put(sim, idem, o);
+	*out = o;
+	return DUN_OK;
+}
+
+static enum dun_err sim_set_customer_metadata(void *self, const char *customer_id,
+					      const char *key, const char *value,
+					      const char *idem, json_t **out, char *err,
+					      size_t es)
+{
+	return op_set_meta(self, customer_id, "customer", "customer.updated", key, value, idem,
+			   out, err, es);
+}
+
+static enum dun_err sim_set_invoice_metadata(void *self, const char *invoice_id,
+					     const char *key, const char *value,
+					     const char *idem, json_t **out, char *err, size_t es)
+{
+	return op_set_meta(self, invoice_id, "invoice", "invoice.updated", key, value, idem, out,
+			   err, es);
+}
+
+/* Move an invoice from one of the allowed statuses to `to`. */
+static enum dun_err transition(struct dun_sim *sim, const char *invoice_id, const char *from1,
+			       const char *from2, const char *to, const char *event,
+			       const char *idem, json_t **out, char *err, size_t es)
+{
+	*out = idem_get(sim, idem);
+	if (*out)
+		return DUN_OK;
+	json_t *inv = load(sim, invoice_id, NULL, 0);
+	if (!inv) {
+		set_err(err, es, "no such invoice", invoice_id);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	const char *st = sget(inv, "status");
+	if (strcmp(st, from1) != 0 && (!from2 || strcmp(st, from2) != 0)) {
+		if (err && es)
+			snprintf(err, es, "%s: cannot move an invoice from %s to %s", invoice_id,
+				 st, to);
+		json_decref(inv);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	json_object_set_new(inv, "status", json_string(to));
+	save(sim, inv, NULL);
+	emit(sim, event, inv);
+	idem_put(sim, idem, inv);
+	*out = inv;
+	return DUN_OK;
+}
+
+static enum dun_err sim_mark_uncollectible(void *self, const char *invoice_id, const char *idem,
+					   json_t **out, char *err, size_t es)
+{
+	return transition(self, invoice_id, "open", NULL, "uncollectible",
+			  "invoice.marked_uncollectible", idem, out, err, es);
+}
+
+static enum dun_err sim_void_invoice(void *self, const char *invoice_id, const char *idem,
+				     json_t **out, char *err, size_t es)
+{
+	return transition(self, invoice_id, "open", "uncollectible", "void", "invoice.voided",
+			  idem, out, err, es);
+}
+
+static enum dun_err sim_cancel_subscription(void *self, const char *sub_id, const char *idem,
+					    json_t **out, char *err, size_t es)
+{
+	struct dun_sim *sim = self;
+	*out = idem_get(sim, idem);
+	if (*out)
+		return DUN_OK;
+	json_t *sub = load(sim, sub_id, NULL, 0);
+	if (!sub) {
+		set_err(err, es, "no such subscription", sub_id);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	if (strcmp(sget(sub, "status"), "canceled") != 0) {
+		json_object_set_new(sub, "status", json_string("canceled"));
+		json_object_set_new(sub, "canceled_at", json_integer(dun_clock_now()));
+		save(sim, sub, NULL);
+		emit(sim, "customer.subscription.deleted", sub);
+	}
+	idem_put(sim, idem, sub);
+	*out = sub;
+	return DUN_OK;
+}
+
+static enum dun_err sim_pay_invoice(void *self, const char *invoice_id, const char *idem,
+				    json_t **out, char *err, size_t es)
+{
+	struct dun_sim *sim = self;
+	*out = idem_get(sim, idem);
+	if (*out)
+		return DUN_OK;
+	json_t *inv = load(sim, invoice_id, NULL, 0);
+	if (!inv) {
+		set_err(err, es, "no such invoice", invoice_id);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	if (strcmp(sget(inv, "status"), "open") != 0) {
+		set_err(err, es, "invoice is not open", invoice_id);
+		json_decref(inv);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	enum dun_err e = charge(sim, inv, false);
+	if (e != DUN_OK) {
+		json_decref(inv);
+		return e;
+	}
+	idem_put(sim, idem, inv);
+	*out = inv;
+	return DUN_OK;
+}
+
+static enum dun_err sim_create_consolidated(void *self, const struct dun_consolidated_req *req,
+					    const char *idem, json_t **out, char *err,
+					    size_t es)
+{
+	struct dun_sim *sim = self;
+	*out = idem_get(sim, idem);
+	if (*out)
+		return DUN_OK;
+	int64_t total = 0;
+	for (int i = 0; i < req->n_originals; i++)
+		total += req->original_amounts_minor[i];
+	json_t *inv = new_invoice(sim, req->customer_id, "", total, "manual", "send_invoice");
+	json_object_set_new(inv, "currency", json_string(req->currency));
+	json_object_set_new(inv, "due_date",
+			    json_integer(dun_clock_now() + (int64_t)req->days_until_due * 86400));
+	/* The list of originals, in values of at most 500 characters. */
+	json_t *md = json_object_get(inv, "metadata");
+	char value[501];
+	size_t len = 0;
+	int part = 1;
+	value[0] = '\0';
+	for (int i = 0; i <= req->n_originals; i++) {
+		const char *id = i < req->n_originals ? req->original_ids[i] : NULL;
+		size_t n = id ? strlen(id) : 0;
+		if (!id || len + n + (len ? 1 : 0) > 500) {
+			char key[40];
+			if (part == 1)
+				snprintf(key, sizeof key, "bad_debt_invoices");
+			else
+				snprintf(key, sizeof key, "bad_debt_invoices_%d", part);
+			if (len)
+				json_object_set_new(md, key, json_string(value));
+			part++;
+			len = 0;
+			value[0] = '\0';
+		}
+		if (id) {
+			if (len)
+				value[len++] = ',';
+			memcpy(value + len, id, n + 1);
+			len += n;
+		}
+	}
+	save(sim, inv, NULL);
+	emit(sim, "invoice.created", inv);
+	emit(sim, "invoice.finalized", inv);
+	idem_put(sim, idem, inv);
+	(void)err;
+	(void)es;
+	*out = inv;
+	return DUN_OK;
+}
+
+static enum dun_err sim_list_invoices(void *self, const char *customer_id, json_t **out,
+				      char *err, size_t es)
+{
+	struct dun_sim *sim = self;
+	json_t *arr = json_array();
+	sqlite3_stmt *st = dun_db_stmt(sim->db, "SELECT body FROM sim_objects WHERE"
+						" customer_id = ?1 AND type = 'invoice' ORDER BY id");
+	sqlite3_bind_text(st, 1, customer_id, -1, SQLITE_STATIC);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		json_t *o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+		if (o)
+			json_array_append_new(arr, o);
+	}
+	sqlite3_reset(st);
+	(void)err;
+	(void)es;
+	*out = arr;
+	return DUN_OK;
+}
+
+static void sim_destroy_op(void *self)
+{
+	(void)self; /* the sim is owned by whoever created it */
+}
+
+static const struct dun_provider_ops sim_ops = {
+	.name = "simulated",
+	.set_customer_metadata = sim_set_customer_metadata,
+	.set_invoice_metadata = sim_set_invoice_metadata,
+	.mark_uncollectible = sim_mark_uncollectible,
+	.void_invoice = sim_void_invoice,
+	.cancel_subscription = sim_cancel_subscription,
+	.pay_invoice = sim_pay_invoice,
+	.create_consolidated = sim_create_consolidated,
+	.list_invoices = sim_list_invoices,
+	.destroy = sim_destroy_op,
+};
+
+struct dun_provider dun_sim_provider(struct dun_sim *sim)
+{
+	struct dun_provider p = {.ops = &sim_ops, .self = sim};
+	return p;
+}

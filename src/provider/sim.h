@@ -1,0 +1,61 @@
+/*
+ * sim.h — the built-in simulated payment provider.
+ *
+ * It plays Stripe for the embedded default: customers with cards that
+ * succeed or fail with given decline codes, subscriptions, invoices, payment
+ * attempts that really succeed or fail, consolidated invoices. Its objects
+ * are Stripe-format JSON kept in the sim_* tables of the same SQLite file,
+ * and every change it makes is also queued as a Stripe-format event
+ * (sim_events) — the simulated webhooks, which `dunning demo` feeds through
+ * the same ingest path real webhooks take.
+ *
+ * Card behaviour of a customer is a string:
+ *   "ok"                      every charge succeeds
+ *   "<decline_code>"          every charge fails with that code
+ *   "<decline_code>@<pct>"    fails with that code, succeeds pct% of the time
+ *                             (deterministic per invoice and attempt)
+ * Optional suffixes ",advice=<advice_code>" and ",network=<code>".
+ */
+#ifndef DUN_SIM_H
+#define DUN_SIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "provider/provider.h"
+#include "store/db.h"
+
+struct dun_sim;
+
+/* A simulated provider over db (borrowed; must outlive the sim). */
+struct dun_sim *dun_sim_new(struct dun_db *db, uint64_t seed);
+void dun_sim_destroy(struct dun_sim *sim);
+/* The provider interface over sim (sim stays owned by the caller). */
+struct dun_provider dun_sim_provider(struct dun_sim *sim);
+
+/* World operations (the demo, tests and `dunning sim ...` use these). */
+enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id,
+				     const char *email, const char *name, const char *behavior,
+				     char *customer_id_out);
+enum dun_err dun_sim_create_subscription(struct dun_sim *sim, const char *customer_id,
+					 char *subscription_id_out);
+/*
+ * Create an invoice for customer (on subscription, may be "") and attempt
+ * to charge it once, as the provider does when a billing period starts.
+ */
+enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id,
+			  const char *subscription_id, int64_t amount_minor,
+			  const char *billing_reason, char *invoice_id_out);
+/* The customer puts a new card on file with this behaviour. */
+enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id,
+				 const char *behavior);
+/* The customer pays an open invoice out of band (e.g. the hosted page). */
+enum dun_err dun_sim_pay_out_of_band(struct dun_sim *sim, const char *invoice_id);
+
+/*
+ * Pop up to max queued events (oldest first) into a JSON array (new
+ * reference, caller decrefs); marks them delivered.
+ */
+json_t *dun_sim_take_events(struct dun_sim *sim, int max);
+
+#endif
