@@ -142,7 +142,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 
 	/* Sent (or being sent) emails: the dedup keys. */
 	int n = 0;
-	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1");
+	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1 AND state = 'sent'");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		GROW(snap->emails, snap->emails_cap, n);

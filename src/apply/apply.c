@@ -1,0 +1,571 @@
+/*
+ * apply.c — EXECUTE: the one applier.
+ *
+ * Design
+ * ------
+ * The applier is the only code in the project that writes to a store. It
+ * takes a plan computed by the pure core and applies its consequences in
+ * order, recording each one's outcome in the `applied` table under its
+ * idempotency key and the decision that planned it.
+ *
+ * Two kinds of consequences (see DUN_CONSEQ_LIST in core/plan.h):
+ *
+ *   setters  (flags, entitlement, ban, metadata, documents, stage, recheck)
+ *            are applied whenever planned. They set a value, so applying one
+ *            twice is harmless, and the plan only contains them when the
+ *            store disagrees with the desired state. They are NOT skipped by
+ *            key: if someone flips a flag back, the next recompute repairs it.
+ *   once     (emails, payment retries, outcome events, episode open/close)
+ *            are applied at most once per key, ever. The key names the
+ *            intent precisely (account, kind, invoice or episode, attempt
+ *            number), so a retried or duplicated plan finds the key already
+ *            applied and skips it.
+ *
+ * Engine-store writes and their `applied` record share one transaction.
+ * External writes (provider, platform, email) cannot: the effect happens,
+ * then the record is written. A crash between the two leaves the effect
+ * unrecorded; the next recompute reads the new state (the mirror is updated
+ * from the provider's reply in the same step) and plans nothing, or plans
+ * the same setter again, which is harmless. For the provider the consequence
+ * key is also the Idempotency-Key: setters append the decision id (a later
+ * drift repair must really be sent again), once-consequences use the bare
+ * key so a repeat returns the first answer instead of charging twice.
+ *
+ * Emails: the rendered message is inserted into the email log as `pending`
+ * under its dedup key BEFORE it is handed to the mailer, and marked `sent`
+ * after. GATHER only counts `sent` keys, so a failed send is planned again.
+ * The one remaining window — the relay accepted the message, the process
+ * died before marking it sent — resends with the same Message-ID, derived
+ * from the key, so a relay or client that dedupes on Message-ID drops it.
+ *
+ * Destructive consequences (ban, mark uncollectible, cancel, the account
+ * bad_debt flag) first re-read the customer's invoices fresh from the
+ * provider; if any invoice the plan was based on has been paid meanwhile,
+ * the plan is abandoned with DUN_E_CONFLICT and the trigger retried — the
+ * retry recomputes from the fresh state and lifts instead of banning.
+ *
+ * Failure stops the plan: later consequences may depend on earlier ones
+ * (the stage is written last). The inbox retries the trigger with backoff,
+ * and the retry recomputes; an old plan is never replayed.
+ */
+#include "apply.h"
+#include "core/text.h"
+#include "store/mirror.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ERR_MAX 256
+
+void dun_apply_message_id(const char *key, char *out, size_t out_size)
+{
+	/* FNV-1a over the key: stable across processes and versions. */
+	uint64_t h = 14695981039346656037ULL;
+	for (const char *p = key; *p; p++) {
+		h ^= (unsigned char)*p;
+		h *= 1099511628211ULL;
+	}
+	snprintf(out, out_size, "<dunning.%016" PRIx64 "@dunning.local>", h);
+}
+
+static bool already_applied(struct dun_db *db, const char *key)
+{
+	sqlite3_stmt *st =
+		dun_db_stmt(db, "SELECT 1 FROM applied WHERE key = ?1 AND outcome = 'applied'");
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	bool found = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_reset(st);
+	return found;
+}
+
+static enum dun_err record(struct dun_db *db, const char *account, const struct dun_consequence *c,
+			   int64_t decision_id, enum dun_err e, const char *err)
+{
+	sqlite3_stmt *st = dun_db_stmt(
+		db, "INSERT INTO applied(key, account_id, type, decision_id, at, outcome, error)"
+		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(key) DO UPDATE SET"
+		    " decision_id = excluded.decision_id, at = excluded.at,"
+		    " outcome = excluded.outcome, error = excluded.error");
+	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, dun_conseq_name(c->type), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, decision_id);
+	sqlite3_bind_int64(st, 5, dun_clock_now());
+	sqlite3_bind_text(st, 6, e == DUN_OK ? "applied" : "failed", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, e == DUN_OK ? "" : err, -1, SQLITE_STATIC);
+	return dun_db_step_done(st);
+}
+
+/* Fold a provider reply into the mirror. Takes obj. */
+static enum dun_err fold(struct dun_db *db, json_t *obj, char *err)
+{
+	if (!obj)
+		return DUN_OK;
+	enum dun_err e = dun_mirror_upsert(db, obj, dun_clock_now(), NULL, NULL, err, ERR_MAX);
+	json_decref(obj);
+	return e;
+}
+
+/* ---- the fresh re-read before destructive consequences ------------------- */
+
+static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snapshot *snap,
+				  char *err)
+{
+	const struct dun_state *s = &snap->state;
+	if (!s->has_customer || !ap->provider.ops->list_invoices)
+		return DUN_OK;
+	json_t *list = NULL;
+	enum dun_err e = ap->provider.ops->list_invoices(ap->provider.self, s->customer_id, &list,
+							 err, ERR_MAX);
+	if (e != DUN_OK)
+		return e;
+	enum dun_err result = DUN_OK;
+	size_t i;
+	json_t *inv;
+	json_array_foreach(list, i, inv)
+	{
+		const char *id = json_string_value(json_object_get(inv, "id"));
+		const char *status = json_string_value(json_object_get(inv, "status"));
+		if (!id || !status)
+			continue;
+		for (int k = 0; k < s->n_invoices; k++) {
+			if (strcmp(s->invoices[k].id, id) != 0)
+				continue;
+			if (!strcmp(status, "paid") && s->invoices[k].status != DUN_INVOICE_PAID) {
+				snprintf(err, ERR_MAX,
+					 "invoice %s was paid since the state was read; recompute",
+					 id);
+				result = DUN_E_CONFLICT;
+			}
+		}
+		enum dun_err fe = dun_mirror_upsert(ap->db, inv, dun_clock_now(), NULL, NULL, err,
+						    ERR_MAX);
+		if (fe != DUN_OK && result == DUN_OK)
+			result = fe;
+	}
+	json_decref(list);
+	return result;
+}
+
+/* ---- engine-store writes --------------------------------------------------- */
+
+static enum dun_err exec_bind(struct dun_db *db, const char *sql, const char *a, const char *b,
+			      int64_t x, int64_t y)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, sql);
+	int n = sqlite3_bind_parameter_count(st);
+	if (n >= 1)
+		dun_db_bind_text(st, 1, a);
+	if (n >= 2)
+		dun_db_bind_text(st, 2, b);
+	if (n >= 3)
+		sqlite3_bind_int64(st, 3, x);
+	if (n >= 4)
+		sqlite3_bind_int64(st, 4, y);
+	return dun_db_step_done(st);
+}
+
+static char *episode_products(const struct dun_state *s)
+{
+	size_t cap = 1, len = 0;
+	for (int i = 0; i < s->n_subscriptions; i++)
+		cap += strlen(s->subscriptions[i].id) + 1;
+	char *out = dun_malloc(cap);
+	out[0] = '\0';
+	for (int i = 0; i < s->n_subscriptions; i++) {
+		size_t n = strlen(s->subscriptions[i].id);
+		if (len)
+			out[len++] = ',';
+		memcpy(out + len, s->subscriptions[i].id, n + 1);
+		len += n;
+	}
+	return out;
+}
+
+static const char *first_reason(const struct dun_desired *d, const char *rule)
+{
+	for (int i = 0; i < d->n_reasons; i++)
+		if (!strcmp(d->reasons[i].rule, rule))
+			return d->reasons[i].text;
+	return "";
+}
+
+static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapshot *snap,
+				 const struct dun_desired *d, const struct dun_consequence *c)
+{
+	struct dun_db *db = ap->db;
+	const char *acct = snap->state.account_id;
+	int64_t now = dun_clock_now();
+	switch (c->type) {
+	case DUN_C_SET_CUSTOMER_BAD_DEBT:
+		return exec_bind(db, "UPDATE customers SET bad_debt = ?3 WHERE id = ?1",
+				 c->target, NULL, c->value, 0);
+	case DUN_C_SET_ACCOUNT_BAD_DEBT:
+		return exec_bind(db, "UPDATE accounts SET bad_debt = ?3 WHERE id = ?1",
+				 acct, NULL, c->value, 0);
+	case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
+		return exec_bind(db,
+				 "UPDATE accounts SET no_successful_payment = ?3"
+				 " WHERE id = ?1",
+				 acct, NULL, c->value, 0);
+	case DUN_C_CLOSE_INVOICE_DOCUMENT:
+		return exec_bind(db,
+				 "INSERT INTO invoice_docs(invoice_id, closed, updated_at)"
+				 " VALUES (?1, 1, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
+				 " closed = 1, updated_at = ?3",
+				 c->target, NULL, now, 0);
+	case DUN_C_DISABLE_PAYLINKS:
+		return exec_bind(db,
+				 "INSERT INTO invoice_docs(invoice_id, paylinks_enabled, updated_at)"
+				 " VALUES (?1, 0, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
+				 " paylinks_enabled = 0, updated_at = ?3",
+				 c->target, NULL, now, 0);
+	case DUN_C_OPEN_BAD_DEBT_EPISODE: {
+		int64_t amount = 0;
+		for (int i = 0; i < snap->state.n_invoices; i++)
+			amount += d->invoices[i].bad_debt_amount_minor;
+		char *products = episode_products(&snap->state);
+		sqlite3_stmt *st = dun_db_stmt(
+			db, "INSERT OR IGNORE INTO bad_debt_episodes(account_id, episode,"
+			    " entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"
+			    " ?5, ?6)");
+		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, c->episode);
+		sqlite3_bind_int64(st, 3, now);
+		sqlite3_bind_text(st, 4, first_reason(d, "bad_debt"), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, products, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 6, amount);
+		enum dun_err e = dun_db_step_done(st);
+		free(products);
+		return e;
+	}
+	case DUN_C_CLOSE_BAD_DEBT_EPISODE:
+		return exec_bind(db,
+				 "UPDATE bad_debt_episodes SET exited_at = ?3, exit_reason = ?2"
+				 " WHERE account_id = ?1 AND exited_at = 0",
+				 acct, dun_exit_reason_name((enum dun_exit_reason)c->value), now, 0);
+	case DUN_C_EMIT_OUTCOME_EVENT: {
+		const char *type = c->value == DUN_STAGE_NONE ? "dunning.lifted"
+							      : "dunning.stage_changed";
+		json_t *payload = json_pack(
+			"{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s}", "key", c->key, "type", type,
+			"account_id", acct, "from_stage", dun_stage_name(c->from), "to_stage",
+			dun_stage_name((enum dun_stage)c->value), "episode", (json_int_t)c->episode,
+			"at", (json_int_t)now, "entitlement",
+			dun_entitlement_name(d->entitlement));
+		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
+		json_decref(payload);
+		sqlite3_stmt *st = dun_db_stmt(
+			db, "INSERT OR IGNORE INTO outcome_events(key, account_id, type, payload,"
+			    " created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+		sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, acct, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, text, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 5, now);
+		enum dun_err e = dun_db_step_done(st);
+		free(text);
+		return e;
+	}
+	case DUN_C_SET_STAGE: {
+		sqlite3_stmt *st = dun_db_stmt(
+			db, "INSERT INTO dunning(account_id, stage, since, episode, lifting_since,"
+			    " updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(account_id)"
+			    " DO UPDATE SET stage = excluded.stage, since = excluded.since,"
+			    " episode = excluded.episode, lifting_since = excluded.lifting_since,"
+			    " updated_at = excluded.updated_at");
+		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, dun_stage_name((enum dun_stage)c->value), -1,
+				  SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, c->at);
+		sqlite3_bind_int64(st, 4, c->episode);
+		sqlite3_bind_int64(st, 5, c->lifting_since);
+		sqlite3_bind_int64(st, 6, now);
+		return dun_db_step_done(st);
+	}
+	case DUN_C_SCHEDULE_RECHECK:
+		return exec_bind(db,
+				 "INSERT INTO dunning(account_id, next_recheck_at, updated_at)"
+				 " VALUES (?1, ?3, ?4) ON CONFLICT(account_id) DO UPDATE SET"
+				 " next_recheck_at = ?3, updated_at = ?4",
+				 acct, NULL, c->at, now);
+	case DUN_C_MARK_UNCOLLECTIBLE:
+	case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
+	case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
+	case DUN_C_BAN:
+	case DUN_C_UNBAN:
+	case DUN_C_SET_ENTITLEMENT:
+	case DUN_C_REMOVE_RESOURCE_FLAGS:
+	case DUN_C_CANCEL_SUBSCRIPTION:
+	case DUN_C_MARK_INVOICE_BAD_DEBT_PAID:
+	case DUN_C_RETRY_PAYMENT:
+	case DUN_C_SEND_EMAIL:
+		break;
+	}
+	return DUN_E_INVALID;
+}
+
+/* ---- external writes --------------------------------------------------------- */
+
+static enum dun_err provider_write(struct dun_applier *ap, const struct dun_consequence *c,
+				   int64_t decision_id, char *err)
+{
+	const struct dun_provider_ops *ops = ap->provider.ops;
+	void *self = ap->provider.self;
+	char idem[DUN_KEY_MAX + 32];
+	if (dun_conseq_is_once(c->type))
+		snprintf(idem, sizeof idem, "%s", c->key);
+	else
+		snprintf(idem, sizeof idem, "%s/d%" PRId64, c->key, decision_id);
+	json_t *obj = NULL;
+	enum dun_err e = DUN_E_INVALID;
+	char value[32];
+	switch (c->type) {
+	case DUN_C_MARK_UNCOLLECTIBLE:
+		e = ops->mark_uncollectible(self, c->target, idem, &obj, err, ERR_MAX);
+		break;
+	case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
+		snprintf(value, sizeof value, "%" PRId64, c->value);
+		e = ops->set_invoice_metadata(self, c->target, "bad_debt_amount", value, idem, &obj,
+					      err, ERR_MAX);
+		break;
+	case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
+		e = ops->set_customer_metadata(self, c->target, "bad_debt",
+					       c->value ? "true" : "false", idem, &obj, err,
+					       ERR_MAX);
+		break;
+	case DUN_C_CANCEL_SUBSCRIPTION:
+		e = ops->cancel_subscription(self, c->target, idem, &obj, err, ERR_MAX);
+		break;
+	case DUN_C_MARK_INVOICE_BAD_DEBT_PAID:
+		e = ops->set_invoice_metadata(self, c->target, "bad_debt_paid", "true", idem, &obj,
+					      err, ERR_MAX);
+		break;
+	case DUN_C_RETRY_PAYMENT:
+		e = ops->pay_invoice(self, c->target, idem, &obj, err, ERR_MAX);
+		break;
+	case DUN_C_SET_CUSTOMER_BAD_DEBT:
+	case DUN_C_SET_ACCOUNT_BAD_DEBT:
+	case DUN_C_BAN:
+	case DUN_C_UNBAN:
+	case DUN_C_SET_ENTITLEMENT:
+	case DUN_C_REMOVE_RESOURCE_FLAGS:
+	case DUN_C_CLOSE_INVOICE_DOCUMENT:
+	case DUN_C_DISABLE_PAYLINKS:
+	case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
+	case DUN_C_SEND_EMAIL:
+	case DUN_C_OPEN_BAD_DEBT_EPISODE:
+	case DUN_C_CLOSE_BAD_DEBT_EPISODE:
+	case DUN_C_EMIT_OUTCOME_EVENT:
+	case DUN_C_SET_STAGE:
+	case DUN_C_SCHEDULE_RECHECK:
+		break;
+	}
+	if (e != DUN_OK) {
+		json_decref(obj);
+		return e;
+	}
+	return fold(ap->db, obj, err);
+}
+
+static enum dun_err platform_write(struct dun_applier *ap, const struct dun_consequence *c,
+				   int64_t decision_id, char *err)
+{
+	char idem[DUN_KEY_MAX + 32];
+	snprintf(idem, sizeof idem, "%s/d%" PRId64, c->key, decision_id);
+	const struct dun_platform_ops *ops = ap->platform.ops;
+	switch (c->type) {
+	case DUN_C_BAN:
+		return ops->ban(ap->platform.self, c->target, true, idem, err, ERR_MAX);
+	case DUN_C_UNBAN:
+		return ops->ban(ap->platform.self, c->target, false, idem, err, ERR_MAX);
+	case DUN_C_SET_ENTITLEMENT:
+		return ops->set_entitlement(ap->platform.self, c->target,
+					    (enum dun_entitlement)c->value, idem, err, ERR_MAX);
+	case DUN_C_REMOVE_RESOURCE_FLAGS:
+		return ops->remove_resource_flags(ap->platform.self, c->target, idem, err,
+						  ERR_MAX);
+	case DUN_C_MARK_UNCOLLECTIBLE:
+	case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
+	case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
+	case DUN_C_SET_CUSTOMER_BAD_DEBT:
+	case DUN_C_SET_ACCOUNT_BAD_DEBT:
+	case DUN_C_CANCEL_SUBSCRIPTION:
+	case DUN_C_MARK_INVOICE_BAD_DEBT_PAID:
+	case DUN_C_CLOSE_INVOICE_DOCUMENT:
+	case DUN_C_DISABLE_PAYLINKS:
+	case DUN_C_RETRY_PAYMENT:
+	case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
+	case DUN_C_SEND_EMAIL:
+	case DUN_C_OPEN_BAD_DEBT_EPISODE:
+	case DUN_C_CLOSE_BAD_DEBT_EPISODE:
+	case DUN_C_EMIT_OUTCOME_EVENT:
+	case DUN_C_SET_STAGE:
+	case DUN_C_SCHEDULE_RECHECK:
+		break;
+	}
+	return DUN_E_INVALID;
+}
+
+/*
+ * Record the email as pending under its key, hand it to the mailer, mark it
+ * sent. *skipped is set when the key was already sent.
+ */
+static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot *snap,
+			       const struct dun_desired *d, const struct dun_consequence *c,
+			       bool *skipped, char *err)
+{
+	struct dun_db *db = ap->db;
+	*skipped = false;
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT state FROM emails WHERE key = ?1");
+	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+	char state[16] = "";
+	if (sqlite3_step(st) == SQLITE_ROW)
+		dun_db_col_text(st, 0, state, sizeof state);
+	sqlite3_reset(st);
+	if (!strcmp(state, "sent")) {
+		*skipped = true;
+		return DUN_OK;
+	}
+	struct dun_email_ctx ctx = {
+		.kind = c->kind,
+		.snap = snap,
+		.desired = d,
+		.policy = ap->policy,
+		.invoice_id = strcmp(c->target, snap->state.account_id) ? c->target : "",
+		.now = dun_clock_now(),
+	};
+	char *subject = NULL, *body = NULL;
+	enum dun_err e = ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err,
+						  ERR_MAX);
+	if (e != DUN_OK)
+		return e;
+	char message_id[200];
+	dun_apply_message_id(c->key, message_id, sizeof message_id);
+	st = dun_db_stmt(db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr,"
+			     " subject, body, message_id, state, created_at) VALUES (?1, ?2, ?3,"
+			     " ?4, ?5, ?6, ?7, ?8, 'pending', ?9) ON CONFLICT(key) DO UPDATE SET"
+			     " subject = excluded.subject, body = excluded.body"
+			     " WHERE state <> 'sent'");
+	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, snap->state.account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, dun_email_kind_name(c->kind), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, ctx.invoice_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, snap->email, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, subject, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, body, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 8, message_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, ctx.now);
+	e = dun_db_step_done(st);
+	if (e == DUN_OK) {
+		struct dun_email_msg msg = {.key = c->key,
+					    .message_id = message_id,
+					    .to = snap->email,
+					    .subject = subject,
+					    .body = body};
+		e = ap->mailer.ops->send(ap->mailer.self, &msg, err, ERR_MAX);
+	}
+	st = dun_db_stmt(db, "UPDATE emails SET state = ?2, attempts = attempts + 1,"
+			     " last_error = ?3, sent_at = CASE WHEN ?2 = 'sent' THEN ?4 ELSE"
+			     " sent_at END WHERE key = ?1");
+	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, e == DUN_OK ? "sent" : "failed", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, e == DUN_OK ? "" : err, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, dun_clock_now());
+	enum dun_err ue = dun_db_step_done(st);
+	free(subject);
+	free(body);
+	return e != DUN_OK ? e : ue;
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
+static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot *snap,
+			      const struct dun_desired *d, const struct dun_consequence *c,
+			      int64_t decision_id, bool *skipped, char *err)
+{
+	const char *acct = snap->state.account_id;
+	enum dun_err e = DUN_E_INVALID;
+	*skipped = false;
+	switch (dun_conseq_store(c->type)) {
+	case DUN_STORE_ENGINE:
+		e = dun_db_begin(ap->db);
+		if (e != DUN_OK) {
+			snprintf(err, ERR_MAX, "begin: %s", sqlite3_errmsg(dun_db_handle(ap->db)));
+			return e;
+		}
+		e = engine_write(ap, snap, d, c);
+		if (e == DUN_OK)
+			e = record(ap->db, acct, c, decision_id, DUN_OK, "");
+		if (e == DUN_OK)
+			e = dun_db_commit(ap->db);
+		if (e != DUN_OK) {
+			snprintf(err, ERR_MAX, "%s: %s", dun_conseq_name(c->type),
+				 sqlite3_errmsg(dun_db_handle(ap->db)));
+			dun_db_rollback(ap->db);
+		}
+		return e;
+	case DUN_STORE_PROVIDER:
+		e = provider_write(ap, c, decision_id, err);
+		break;
+	case DUN_STORE_PLATFORM:
+		e = platform_write(ap, c, decision_id, err);
+		break;
+	case DUN_STORE_EMAIL:
+		e = send_email(ap, snap, d, c, skipped, err);
+		break;
+	}
+	enum dun_err re = record(ap->db, acct, c, decision_id, e, err);
+	return e != DUN_OK ? e : re;
+}
+
+enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *snap,
+			    const struct dun_desired *d, const struct dun_plan *plan,
+			    int64_t decision_id, struct dun_apply_result *res)
+{
+	memset(res, 0, sizeof *res);
+	res->failed_index = -1;
+	bool fresh_checked = false;
+	const char *acct = snap->state.account_id;
+	for (int i = 0; i < plan->n; i++) {
+		const struct dun_consequence *c = &plan->items[i];
+		char err[ERR_MAX] = "";
+		if (dun_conseq_is_once(c->type) && already_applied(ap->db, c->key)) {
+			res->n_skipped++;
+			continue;
+		}
+		enum dun_err e = DUN_OK;
+		if (dun_conseq_is_destructive(c->type) && !fresh_checked) {
+			fresh_checked = true;
+			e = recheck_fresh(ap, snap, err);
+		}
+		bool skipped = false;
+		if (e == DUN_OK)
+			e = apply_one(ap, snap, d, c, decision_id, &skipped, err);
+		char line[DUN_KEY_MAX + 64];
+		dun_conseq_format(c, line, sizeof line);
+		if (e != DUN_OK) {
+			res->n_failed++;
+			res->error = e;
+			res->failed_index = i;
+			snprintf(res->error_text, sizeof res->error_text, "%s: %s", line,
+				 err[0] ? err : dun_err_str(e));
+			dun_log(DUN_LOG_WARN, "apply.failed", "account", acct, "consequence", line,
+				"key", c->key, "error", res->error_text, NULL);
+			return e;
+		}
+		if (skipped) {
+			res->n_skipped++;
+			continue;
+		}
+		res->n_applied++;
+		dun_log(DUN_LOG_DEBUG, "apply.done", "account", acct, "consequence", line, "key",
+			c->key, NULL);
+	}
+	return DUN_OK;
+}

@@ -1,0 +1,67 @@
+/*
+ * apply.h — EXECUTE: the one applier.
+ *
+ * Every write the engine makes to any store goes through dun_apply_plan().
+ * See apply.c for the design essay (keys, once-semantics, crash windows).
+ */
+#ifndef DUN_APPLY_H
+#define DUN_APPLY_H
+
+#include "apply/effects.h"
+#include "core/plan.h"
+#include "core/policy.h"
+#include "gather/gather.h"
+#include "provider/provider.h"
+#include "store/db.h"
+
+/* Renders one email; subject and body are heap strings the caller frees. */
+struct dun_email_ctx {
+	enum dun_email_kind kind;
+	const struct dun_snapshot *snap;
+	const struct dun_desired *desired;
+	const struct dun_policy *policy;
+	const char *invoice_id; /* the invoice a per-invoice notice is about, or "" */
+	int64_t now;
+};
+
+struct dun_renderer_ops {
+	enum dun_err (*render)(void *self, const struct dun_email_ctx *ctx, char **subject,
+			       char **body, char *err, size_t err_size);
+};
+
+struct dun_renderer {
+	const struct dun_renderer_ops *ops;
+	void *self;
+};
+
+struct dun_applier {
+	struct dun_db *db; /* borrowed */
+	struct dun_provider provider;
+	struct dun_platform platform;
+	struct dun_mailer mailer;
+	struct dun_renderer renderer;
+	const struct dun_policy *policy;
+};
+
+struct dun_apply_result {
+	int n_applied;
+	int n_skipped; /* "once" consequences whose key was already applied */
+	int n_failed;
+	enum dun_err error;
+	char error_text[256];
+	int failed_index; /* index in the plan of the failed consequence, or -1 */
+};
+
+/*
+ * Apply plan for the account in snap, recording each consequence's outcome
+ * under decision_id. Stops at the first failure (later consequences may
+ * depend on it; the retry recomputes from fresh state). Borrows everything.
+ */
+enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *snap,
+			    const struct dun_desired *d, const struct dun_plan *plan,
+			    int64_t decision_id, struct dun_apply_result *res);
+
+/* The stable Message-ID for an email dedup key (out: at least 200 bytes). */
+void dun_apply_message_id(const char *key, char *out, size_t out_size);
+
+#endif

@@ -1,0 +1,192 @@
+/*
+ * recompute.c — the pipeline driver (see recompute.h).
+ *
+ * Every trigger, whatever its kind, ends here and does the same thing: read
+ * everything, compute the truth, apply the difference. The decision log
+ * records each pass (mode, stages, reasons, plan, outcome) before and after
+ * the applier runs, so a crash mid-plan leaves a decision marked `applying`
+ * that the next pass supersedes.
+ */
+#include "recompute.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void dun_engine_init(struct dun_engine *en, struct dun_db *db, const struct dun_policy *policy,
+		     struct dun_provider provider, struct dun_platform platform,
+		     struct dun_mailer mailer, struct dun_renderer renderer)
+{
+	memset(en, 0, sizeof *en);
+	en->db = db;
+	en->policy = policy;
+	en->applier.db = db;
+	en->applier.provider = provider;
+	en->applier.platform = platform;
+	en->applier.mailer = mailer;
+	en->applier.renderer = renderer;
+	en->applier.policy = policy;
+	dun_snapshot_init(&en->snap);
+	dun_rollout_load(db, &en->rollout);
+}
+
+void dun_engine_free(struct dun_engine *en)
+{
+	dun_snapshot_free(&en->snap);
+	free(en->inv_d);
+	free(en->items);
+	memset(en, 0, sizeof *en);
+}
+
+enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now)
+{
+	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
+	if (e != DUN_OK)
+		return e;
+	const struct dun_state *s = &en->snap.state;
+	if (s->n_invoices > en->inv_d_cap) {
+		en->inv_d_cap = s->n_invoices * 2;
+		en->inv_d = dun_realloc(en->inv_d, sizeof *en->inv_d * (size_t)en->inv_d_cap);
+	}
+	en->desired.invoices = en->inv_d;
+	en->desired.reasons = en->reasons;
+	en->desired.reasons_cap = DUN_REASONS_MAX;
+	e = dun_policy_evaluate(s, en->policy, now, &en->desired);
+	if (e != DUN_OK && e != DUN_E_TOO_BIG)
+		return e;
+	if (!en->items) {
+		en->items_cap = 64;
+		en->items = dun_malloc(sizeof *en->items * (size_t)en->items_cap);
+	}
+	for (;;) {
+		en->plan.items = en->items;
+		en->plan.cap = en->items_cap;
+		en->plan.n = 0;
+		e = dun_plan_decide(s, &en->desired, &en->plan);
+		if (e != DUN_E_TOO_BIG)
+			return e;
+		en->items_cap *= 2;
+		en->items = dun_realloc(en->items, sizeof *en->items * (size_t)en->items_cap);
+	}
+}
+
+json_t *dun_engine_plan_json(const struct dun_engine *en)
+{
+	json_t *arr = json_array();
+	for (int i = 0; i < en->plan.n; i++) {
+		const struct dun_consequence *c = &en->plan.items[i];
+		char line[DUN_KEY_MAX + 64];
+		dun_conseq_format(c, line, sizeof line);
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:s, s:s}", "type",
+						     dun_conseq_name(c->type), "store",
+						     dun_store_name(dun_conseq_store(c->type)),
+						     "target", c->target, "value",
+						     (json_int_t)c->value, "key", c->key, "text",
+						     line));
+	}
+	return arr;
+}
+
+json_t *dun_engine_reasons_json(const struct dun_engine *en)
+{
+	json_t *arr = json_array();
+	for (int i = 0; i < en->desired.n_reasons; i++)
+		json_array_append_new(arr, json_pack("{s:s, s:s}", "rule",
+						     en->desired.reasons[i].rule, "text",
+						     en->desired.reasons[i].text));
+	return arr;
+}
+
+static enum dun_err record_decision(struct dun_engine *en, const struct dun_trigger_ref *t,
+				    enum dun_mode mode, const char *outcome, int64_t *id_out)
+{
+	json_t *plan = dun_engine_plan_json(en);
+	json_t *reasons = dun_engine_reasons_json(en);
+	char *plan_s = json_dumps(plan, JSON_COMPACT);
+	char *reasons_s = json_dumps(reasons, JSON_COMPACT);
+	json_decref(plan);
+	json_decref(reasons);
+	sqlite3_stmt *st = dun_db_stmt(
+		en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
+			" stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
+			" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+	sqlite3_bind_text(st, 1, en->snap.state.account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, t ? t->id : 0);
+	sqlite3_bind_text(st, 3, t && t->kind ? t->kind : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, dun_clock_now());
+	sqlite3_bind_text(st, 5, dun_mode_name(mode), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, dun_stage_name(en->snap.state.stage), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, dun_stage_name(en->desired.computed_stage), -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 8, en->desired.held);
+	sqlite3_bind_int(st, 9, en->desired.skipped);
+	sqlite3_bind_int(st, 10, en->plan.n);
+	sqlite3_bind_text(st, 11, outcome, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 12, reasons_s, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 13, plan_s, -1, SQLITE_STATIC);
+	enum dun_err e = dun_db_step_done(st);
+	free(plan_s);
+	free(reasons_s);
+	*id_out = sqlite3_last_insert_rowid(dun_db_handle(en->db));
+	return e;
+}
+
+static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const char *outcome,
+				    int n_applied, const char *error)
+{
+	sqlite3_stmt *st = dun_db_stmt(en->db, "UPDATE decisions SET outcome = ?2, n_applied = ?3,"
+					       " error = ?4 WHERE id = ?1");
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, outcome, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, n_applied);
+	sqlite3_bind_text(st, 4, error, -1, SQLITE_STATIC);
+	return dun_db_step_done(st);
+}
+
+enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
+				  const struct dun_trigger_ref *trigger, bool dry_run,
+				  struct dun_recompute_result *out)
+{
+	memset(out, 0, sizeof *out);
+	out->dry_run = dry_run;
+	int64_t now = dun_clock_now();
+	enum dun_err e = dun_engine_evaluate(en, account_id, now);
+	if (e != DUN_OK)
+		return e;
+	out->from = en->snap.state.stage;
+	out->to = en->desired.stage;
+	out->held = en->desired.held;
+	out->skipped = en->desired.skipped;
+	out->n_planned = en->plan.n;
+	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	if (dry_run)
+		return DUN_OK;
+	const char *kind = trigger && trigger->kind ? trigger->kind : "";
+	if (out->mode == DUN_MODE_OBSERVE || en->plan.n == 0) {
+		const char *outcome = out->mode == DUN_MODE_OBSERVE ? "observed" : "noop";
+		e = record_decision(en, trigger, out->mode, outcome, &out->decision_id);
+		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
+			"mode", dun_mode_name(out->mode), "outcome", outcome, "stage",
+			dun_stage_name(out->to), NULL);
+		return e;
+	}
+	e = record_decision(en, trigger, out->mode, "applying", &out->decision_id);
+	if (e != DUN_OK)
+		return e;
+	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,
+			   &out->apply);
+	const char *outcome = e == DUN_OK ? "applied" : "failed";
+	enum dun_err fe = finish_decision(en, out->decision_id, outcome, out->apply.n_applied,
+					  out->apply.error_text);
+	char planned[16], applied[16];
+	snprintf(planned, sizeof planned, "%d", en->plan.n);
+	snprintf(applied, sizeof applied, "%d", out->apply.n_applied);
+	dun_log(e == DUN_OK ? DUN_LOG_INFO : DUN_LOG_WARN, "recompute.done", "account",
+		account_id, "trigger", kind, "mode", "active", "outcome", outcome, "from",
+		dun_stage_name(out->from), "to", dun_stage_name(out->to), "planned", planned,
+		"applied", applied, "error", out->apply.error_text, NULL);
+	return e != DUN_OK ? e : fe;
+}

@@ -1,0 +1,75 @@
+/*
+ * recompute.h — one trigger, one pass through the pipeline:
+ * GATHER → EVALUATE → DECIDE → (rollout gate) → EXECUTE → decision log.
+ *
+ * A struct dun_engine holds the reusable buffers of one worker (snapshot,
+ * desired state, plan) and the applier's seams. One engine per thread.
+ */
+#ifndef DUN_RECOMPUTE_H
+#define DUN_RECOMPUTE_H
+
+#include "apply/apply.h"
+#include "apply/rollout.h"
+
+#define DUN_REASONS_MAX 64
+
+struct dun_engine {
+	struct dun_db *db;
+	const struct dun_policy *policy;
+	struct dun_applier applier;
+	struct dun_rollout rollout;
+	struct dun_snapshot snap;
+	struct dun_invoice_desired *inv_d;
+	int inv_d_cap;
+	struct dun_reason reasons[DUN_REASONS_MAX];
+	struct dun_consequence *items;
+	int items_cap;
+	struct dun_desired desired;
+	struct dun_plan plan;
+};
+
+/* Set up en over db with the given seams (all borrowed; they must outlive en). */
+void dun_engine_init(struct dun_engine *en, struct dun_db *db, const struct dun_policy *policy,
+		     struct dun_provider provider, struct dun_platform platform,
+		     struct dun_mailer mailer, struct dun_renderer renderer);
+void dun_engine_free(struct dun_engine *en);
+
+/*
+ * GATHER + EVALUATE + DECIDE for account_id at now, writing nothing.
+ * Afterwards en->snap, en->desired and en->plan hold the result.
+ */
+enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now);
+
+struct dun_recompute_result {
+	int64_t decision_id; /* 0 for a dry run */
+	enum dun_mode mode;
+	const char *mode_why;
+	bool dry_run;
+	enum dun_stage from;
+	enum dun_stage to;
+	bool held;
+	bool skipped;
+	int n_planned;
+	struct dun_apply_result apply;
+};
+
+struct dun_trigger_ref {
+	int64_t id;	  /* inbox id, 0 when none */
+	const char *kind; /* payment_failed, support_recompute, recheck, ... */
+};
+
+/*
+ * The whole pipeline for one account. With dry_run, nothing is written (not
+ * even the decision log). Returns the applier's error when a consequence
+ * failed (the decision is recorded as failed); DUN_E_NOT_FOUND for an
+ * unknown account.
+ */
+enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
+				  const struct dun_trigger_ref *trigger, bool dry_run,
+				  struct dun_recompute_result *out);
+
+/* The plan and reasons of en as JSON (new references). */
+json_t *dun_engine_plan_json(const struct dun_engine *en);
+json_t *dun_engine_reasons_json(const struct dun_engine *en);
+
+#endif
