@@ -1,0 +1,276 @@
+/*
+ * inbox.c — the durable inbox (see inbox.h).
+ *
+ * Design
+ * ------
+ * Every trigger — a webhook, a support button, a drift finding, a timer —
+ * is a row here before anyone acts on it, so a failure is a state, never a
+ * lost event. Triggers carry an account id; the worker's unit of work is an
+ * account, not a trigger:
+ *
+ *   Coalescing.  Claiming an account moves ALL its ready triggers to
+ *   processing at once; one recompute answers them all, because the
+ *   pipeline reads full state and does not care which event woke it.
+ *
+ *   Serialization.  An account with any trigger in processing is not
+ *   claimable, so two workers (threads or processes) never recompute the
+ *   same account at once. The claim runs in a BEGIN IMMEDIATE transaction,
+ *   which SQLite serializes across processes.
+ *
+ *   Leases.  A worker that dies leaves its triggers in processing. A claim
+ *   older than lease_s is taken back (to retrying, due now) by the next
+ *   claim. Recomputes are idempotent, so a double run after a stolen lease
+ *   applies nothing twice.
+ *
+ *   Retries.  A failed recompute moves the account's triggers to retrying
+ *   with not_before = now + backoff (base × 2^(attempts-1), capped, ±20%
+ *   jitter); after max_attempts, or for an error that cannot succeed on a
+ *   retry, to dead. Dead triggers stay until someone runs `dunning retry`.
+ *   A retry recomputes from fresh state; it never replays an old plan.
+ */
+#include "inbox.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void dun_inbox_config_defaults(struct dun_inbox_config *c)
+{
+	c->max_attempts = 8;
+	c->backoff_base_s = 30;
+	c->backoff_max_s = 3600;
+	c->lease_s = 300;
+}
+
+int64_t dun_inbox_backoff(const struct dun_inbox_config *cfg, int attempts, uint64_t seed)
+{
+	int64_t d = cfg->backoff_base_s;
+	for (int i = 1; i < attempts && d < cfg->backoff_max_s; i++)
+		d *= 2;
+	if (d > cfg->backoff_max_s)
+		d = cfg->backoff_max_s;
+	/* ±20% jitter, deterministic in seed so tests can predict it */
+	seed ^= seed >> 33;
+	seed *= 0xff51afd7ed558ccdULL;
+	seed ^= seed >> 33;
+	int64_t span = d / 5;
+	if (span > 0)
+		d += (int64_t)(seed % (uint64_t)(2 * span + 1)) - span;
+	return d > 0 ? d : 1;
+}
+
+enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const char *kind,
+			       const char *source, const char *event_id, const char *dedup_key,
+			       int64_t not_before, bool *inserted, int64_t *id_out)
+{
+	int64_t now = dun_clock_now();
+	sqlite3_stmt *st = dun_db_stmt(
+		db, "INSERT INTO inbox(account_id, kind, source, event_id, dedup_key, not_before,"
+		    " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+		    " ON CONFLICT(dedup_key) DO NOTHING");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, source ? source : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, event_id ? event_id : "", -1, SQLITE_STATIC);
+	dun_db_bind_text(st, 5, dedup_key);
+	sqlite3_bind_int64(st, 6, not_before);
+	sqlite3_bind_int64(st, 7, now);
+	enum dun_err e = dun_db_step_done(st);
+	if (e != DUN_OK)
+		return e;
+	bool ins = sqlite3_changes(dun_db_handle(db)) > 0;
+	if (inserted)
+		*inserted = ins;
+	if (!id_out)
+		return DUN_OK;
+	if (ins) {
+		*id_out = sqlite3_last_insert_rowid(dun_db_handle(db));
+		return DUN_OK;
+	}
+	st = dun_db_stmt(db, "SELECT id FROM inbox WHERE dedup_key = ?1");
+	dun_db_bind_text(st, 1, dedup_key);
+	*id_out = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_reset(st);
+	return DUN_OK;
+}
+
+static void read_item(sqlite3_stmt *st, struct dun_inbox_item *it)
+{
+	memset(it, 0, sizeof *it);
+	it->id = sqlite3_column_int64(st, 0);
+	dun_db_col_text(st, 1, it->account_id, sizeof it->account_id);
+	dun_db_col_text(st, 2, it->kind, sizeof it->kind);
+	dun_db_col_text(st, 3, it->source, sizeof it->source);
+	dun_db_col_text(st, 4, it->event_id, sizeof it->event_id);
+	dun_db_col_text(st, 5, it->state, sizeof it->state);
+	it->attempts = sqlite3_column_int(st, 6);
+	dun_db_col_text(st, 7, it->last_error, sizeof it->last_error);
+	it->not_before = sqlite3_column_int64(st, 8);
+	it->created_at = sqlite3_column_int64(st, 9);
+	it->updated_at = sqlite3_column_int64(st, 10);
+}
+
+enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
+			     const char *worker_id, int64_t now, int max,
+			     struct dun_inbox_item *out, int *n_out)
+{
+	*n_out = 0;
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
+	/* Take back expired leases. */
+	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?1,"
+					   " claimed_by = '', last_error = 'lease expired',"
+					   " updated_at = ?1 WHERE state = 'processing' AND"
+					   " claimed_at < ?2");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, now - cfg->lease_s);
+	e = dun_db_step_done(st);
+	if (e != DUN_OK)
+		goto rollback;
+	/* The oldest ready trigger of each claimable account. */
+	st = dun_db_stmt(
+		db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
+		    " i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
+		    " WHERE i.state IN ('received', 'retrying') AND i.not_before <= ?1"
+		    " AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE j.account_id = i.account_id"
+		    "  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
+		    " AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
+		    "  AND p.state = 'processing')"
+		    " ORDER BY i.id LIMIT ?2");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int(st, 2, max);
+	int n = 0, rc;
+	while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		read_item(st, &out[n++]);
+	sqlite3_reset(st);
+	for (int i = 0; i < n; i++) {
+		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
+				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
+				     " state IN ('received', 'retrying') AND not_before <= ?3");
+		sqlite3_bind_text(st, 1, out[i].account_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, now);
+		e = dun_db_step_done(st);
+		if (e != DUN_OK)
+			goto rollback;
+		out[i].coalesced = sqlite3_changes(dun_db_handle(db));
+	}
+	e = dun_db_commit(db);
+	if (e != DUN_OK)
+		goto rollback;
+	*n_out = n;
+	return DUN_OK;
+rollback:
+	dun_db_rollback(db);
+	return e;
+}
+
+enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
+				int64_t now)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
+					   " last_error = '', updated_at = ?3 WHERE account_id = ?1"
+					   " AND state = 'processing' AND claimed_by = ?2");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now);
+	return dun_db_step_done(st);
+}
+
+enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
+			    const char *worker_id, const char *account_id, int64_t now,
+			    bool retryable, const char *error)
+{
+	/* attempts is shared by the coalesced triggers: use the largest. */
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT MAX(attempts), MIN(id) FROM inbox WHERE"
+					   " account_id = ?1 AND state = 'processing' AND"
+					   " claimed_by = ?2");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+	int attempts = 0;
+	int64_t first = 0;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		attempts = sqlite3_column_int(st, 0) + 1;
+		first = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	bool dead = !retryable || attempts >= cfg->max_attempts;
+	int64_t delay = dun_inbox_backoff(cfg, attempts, (uint64_t)first * 2654435761u + (uint64_t)attempts);
+	st = dun_db_stmt(db, "UPDATE inbox SET state = ?3, attempts = ?4, last_error = ?5,"
+			     " not_before = ?6, claimed_by = '', updated_at = ?7"
+			     " WHERE account_id = ?1 AND state = 'processing' AND claimed_by = ?2");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, dead ? "dead" : "retrying", -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 4, attempts);
+	sqlite3_bind_text(st, 5, error, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, dead ? 0 : now + delay);
+	sqlite3_bind_int64(st, 7, now);
+	enum dun_err e = dun_db_step_done(st);
+	char a[16], d[24];
+	snprintf(a, sizeof a, "%d", attempts);
+	snprintf(d, sizeof d, "%lld", (long long)(dead ? 0 : delay));
+	dun_log(dead ? DUN_LOG_ERROR : DUN_LOG_WARN, dead ? "inbox.dead" : "inbox.retrying",
+		"account", account_id, "attempts", a, "retry_in_s", d, "error", error, NULL);
+	return e;
+}
+
+enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *n_out)
+{
+	sqlite3_stmt *st;
+	if (id) {
+		st = dun_db_stmt(db, "UPDATE inbox SET state = 'received', not_before = ?2,"
+				     " attempts = 0, updated_at = ?2 WHERE id = ?1 AND state IN"
+				     " ('dead', 'retrying')");
+		sqlite3_bind_int64(st, 1, id);
+	} else {
+		st = dun_db_stmt(db, "UPDATE inbox SET state = 'received', not_before = ?2,"
+				     " attempts = 0, updated_at = ?2 WHERE state = 'dead' AND ?1 = 0");
+		sqlite3_bind_int64(st, 1, 0);
+	}
+	sqlite3_bind_int64(st, 2, now);
+	enum dun_err e = dun_db_step_done(st);
+	if (n_out)
+		*n_out = sqlite3_changes(dun_db_handle(db));
+	return e;
+}
+
+enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int *n_out)
+{
+	sqlite3_stmt *st = dun_db_stmt(
+		db, "INSERT INTO inbox(account_id, kind, source, dedup_key, not_before, created_at,"
+		    " updated_at) SELECT account_id, 'recheck', 'timer',"
+		    " 'recheck:' || account_id || ':' || next_recheck_at, next_recheck_at, ?1, ?1"
+		    " FROM dunning WHERE next_recheck_at > 0 AND next_recheck_at <= ?1"
+		    " ON CONFLICT(dedup_key) DO NOTHING");
+	sqlite3_bind_int64(st, 1, now);
+	enum dun_err e = dun_db_step_done(st);
+	if (n_out)
+		*n_out = sqlite3_changes(dun_db_handle(db));
+	return e;
+}
+
+enum dun_err dun_inbox_counts(struct dun_db *db, struct dun_inbox_counts *c)
+{
+	memset(c, 0, sizeof *c);
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT state, COUNT(*) FROM inbox GROUP BY state");
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *s = (const char *)sqlite3_column_text(st, 0);
+		int64_t n = sqlite3_column_int64(st, 1);
+		if (!strcmp(s, "received"))
+			c->received = n;
+		else if (!strcmp(s, "processing"))
+			c->processing = n;
+		else if (!strcmp(s, "done"))
+			c->done = n;
+		else if (!strcmp(s, "retrying"))
+			c->retrying = n;
+		else if (!strcmp(s, "dead"))
+			c->dead = n;
+	}
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+}

@@ -1,0 +1,92 @@
+/*
+ * inbox.h — the durable inbox of triggers and their workflow states.
+ *
+ *   received ──claim──► processing ──ok──► done
+ *                           │
+ *                           └─fail──► retrying ──(not_before)──► processing ...
+ *                                        └─(max attempts or terminal error)──► dead
+ *
+ * See inbox.c for the design (coalescing, per-account serialization, leases).
+ */
+#ifndef DUN_INBOX_H
+#define DUN_INBOX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/db.h"
+
+#define DUN_TRIGGER_KIND_MAX 32
+
+struct dun_inbox_item {
+	int64_t id;
+	char account_id[64];
+	char kind[DUN_TRIGGER_KIND_MAX];
+	char source[32];
+	char event_id[96];
+	char state[16];
+	int attempts;
+	char last_error[256];
+	int64_t not_before;
+	int64_t created_at;
+	int64_t updated_at;
+	int coalesced; /* claim only: how many triggers this claim stands for */
+};
+
+struct dun_inbox_config {
+	int max_attempts;	/* then dead; default 8 */
+	int64_t backoff_base_s; /* default 30 */
+	int64_t backoff_max_s;	/* default 3600 */
+	int64_t lease_s;	/* a claim older than this is taken back; default 300 */
+};
+
+void dun_inbox_config_defaults(struct dun_inbox_config *c);
+
+/*
+ * Add a trigger. dedup_key (may be NULL) makes the insert a no-op when a
+ * trigger with the same key exists; *inserted says which. *id_out (may be
+ * NULL) gets the new or existing id. Runs in the caller's transaction if any.
+ */
+enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const char *kind,
+			       const char *source, const char *event_id, const char *dedup_key,
+			       int64_t not_before, bool *inserted, int64_t *id_out);
+
+/*
+ * Claim up to max accounts that have ready triggers and no trigger in
+ * processing: every ready trigger of a claimed account moves to processing
+ * under worker_id (coalescing). out[i] describes the oldest trigger of the
+ * i-th account, with coalesced = how many. Also takes back expired leases.
+ */
+enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
+			     const char *worker_id, int64_t now, int max,
+			     struct dun_inbox_item *out, int *n_out);
+
+/* The claimed triggers of account_id under worker_id are done. */
+enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
+				int64_t now);
+
+/*
+ * The claimed triggers of account_id failed with error. Retryable errors go
+ * to retrying with capped exponential backoff and jitter; after
+ * max_attempts, or for a terminal error, they go to dead.
+ */
+enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
+			    const char *worker_id, const char *account_id, int64_t now,
+			    bool retryable, const char *error);
+
+/* Move dead (or retrying) triggers back to received, due now: one id, or all dead (id 0). */
+enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *n_out);
+
+/* Enqueue a `recheck` trigger for every account whose scheduled recheck is due. */
+enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int *n_out);
+
+/* Count triggers per state (received, processing, done, retrying, dead). */
+struct dun_inbox_counts {
+	int64_t received, processing, done, retrying, dead;
+};
+enum dun_err dun_inbox_counts(struct dun_db *db, struct dun_inbox_counts *c);
+
+/* Backoff before attempt n (1-based) with jitter from seed; exposed for tests. */
+int64_t dun_inbox_backoff(const struct dun_inbox_config *cfg, int attempts, uint64_t seed);
+
+#endif

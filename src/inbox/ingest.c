@@ -1,0 +1,206 @@
+/*
+ * ingest.c — provider events into the engine (see ingest.h).
+ *
+ * Order of work, all inside one transaction so an event is either wholly
+ * recorded or not at all:
+ *   1. parse and validate the envelope (id, type, created, data.object);
+ *   2. store the raw event under its id — a second delivery of the same id
+ *      stops here as a duplicate (Stripe delivers at least once);
+ *   3. fold data.object into the mirror, versioned by the event's created
+ *      time, so a late, older delivery never overwrites newer state;
+ *   4. find the account (customer metadata account_id, through the mirror);
+ *   5. enqueue a trigger for the types dunning reacts to. The trigger's
+ *      dedup key is type + object id + created, which also absorbs two
+ *      distinct events Stripe may create for one change.
+ * Unknown types are stored and acknowledged but start nothing.
+ */
+#include "ingest.h"
+#include "core/model.h"
+#include "core/text.h"
+#include "inbox/inbox.h"
+#include "store/mirror.h"
+#include "util/clock.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+	const char *type;
+	const char *kind;
+} kinds[] = {
+	{"invoice.payment_failed", "payment_failed"},
+	{"invoice.marked_uncollectible", "marked_uncollectible"},
+	{"invoice.paid", "paid"},
+	{"invoice.payment_succeeded", "paid"},
+	{"invoice.voided", "invoice_changed"},
+	{"invoice.updated", "invoice_changed"},
+	{"invoice.finalized", "invoice_changed"},
+	{"invoice.created", "invoice_changed"},
+	{"invoice_payment.paid", "paid"},
+	{"charge.failed", "payment_failed"},
+	{"charge.succeeded", "paid"},
+	{"charge.pending", "payment_processing"},
+	{"payment_intent.processing", "payment_processing"},
+	{"payment_intent.payment_failed", "payment_failed"},
+	{"payment_intent.succeeded", "paid"},
+	{"customer.updated", "customer_changed"},
+	{"customer.created", "customer_changed"},
+	{"customer.subscription.updated", "subscription_changed"},
+	{"customer.subscription.deleted", "subscription_changed"},
+	{"customer.subscription.created", "subscription_changed"},
+};
+
+const char *dun_ingest_trigger_kind(const char *type, bool consolidated)
+{
+	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+		if (!strcmp(kinds[i].type, type)) {
+			if (consolidated && !strcmp(kinds[i].kind, "paid"))
+				return "bad_debt_paid";
+			return kinds[i].kind;
+		}
+	return NULL;
+}
+
+static void say(char *err, size_t n, const char *msg, const char *detail)
+{
+	if (err && n)
+		snprintf(err, n, "%s%s", msg, detail ? detail : "");
+}
+
+static enum dun_err mark(struct dun_db *db, const char *id, const char *account,
+			 const char *outcome)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE events_raw SET account_id = ?2, outcome = ?3"
+					   " WHERE id = ?1");
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, outcome, -1, SQLITE_STATIC);
+	return dun_db_step_done(st);
+}
+
+enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t len,
+				    struct dun_ingest_result *res, char *err, size_t err_size)
+{
+	memset(res, 0, sizeof *res);
+	res->outcome = "rejected";
+	json_error_t jerr;
+	json_t *ev = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!ev) {
+		if (err && err_size)
+			snprintf(err, err_size, "malformed JSON at line %d column %d: %s",
+				 jerr.line, jerr.column, jerr.text);
+		return DUN_E_PARSE;
+	}
+	enum dun_err e = DUN_E_PARSE;
+	json_t *id = json_object_get(ev, "id");
+	json_t *type = json_object_get(ev, "type");
+	json_t *created = json_object_get(ev, "created");
+	json_t *data = json_object_get(ev, "data");
+	json_t *obj = json_is_object(data) ? json_object_get(data, "object") : NULL;
+	if (!json_is_object(ev)) {
+		say(err, err_size, "event is not a JSON object", NULL);
+		goto out;
+	}
+	if (!json_is_string(id) || !json_string_length(id) || json_string_length(id) >= 96) {
+		say(err, err_size, "event has no valid \"id\"", NULL);
+		goto out;
+	}
+	if (!json_is_string(type) || !json_string_length(type) ||
+	    json_string_length(type) >= 64) {
+		say(err, err_size, "event has no valid \"type\": ", json_string_value(id));
+		goto out;
+	}
+	if (!json_is_integer(created)) {
+		say(err, err_size, "event has no integer \"created\": ", json_string_value(id));
+		goto out;
+	}
+	if (!json_is_object(obj)) {
+		say(err, err_size, "event has no \"data.object\": ", json_string_value(id));
+		goto out;
+	}
+	dun_strlcpy(res->event_id, json_string_value(id), sizeof res->event_id);
+	dun_strlcpy(res->type, json_string_value(type), sizeof res->type);
+	const char *object_id = json_string_value(json_object_get(obj, "id"));
+	int64_t version = (int64_t)json_integer_value(created);
+
+	sqlite3_stmt *st = dun_db_stmt(
+		db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
+		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING");
+	sqlite3_bind_text(st, 1, res->event_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, res->type, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, object_id ? object_id : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, version);
+	sqlite3_bind_int64(st, 5, dun_clock_now());
+	sqlite3_bind_text(st, 6, body, (int)len, SQLITE_STATIC);
+	e = dun_db_step_done(st);
+	if (e != DUN_OK) {
+		say(err, err_size, "cannot store event: ", sqlite3_errmsg(dun_db_handle(db)));
+		goto out;
+	}
+	if (sqlite3_changes(dun_db_handle(db)) == 0) {
+		res->duplicate = true;
+		res->outcome = "duplicate";
+		goto out;
+	}
+
+	char customer[DUN_ID_MAX];
+	bool applied = false;
+	e = dun_mirror_upsert(db, obj, version, customer, &applied, err, err_size);
+	if (e != DUN_OK)
+		goto out;
+	const char *otype = json_string_value(json_object_get(obj, "object"));
+	res->stale = !applied && otype && dun_mirror_knows(otype);
+	const char *md_list = NULL;
+	json_t *md = json_object_get(obj, "metadata");
+	if (json_is_object(md))
+		md_list = json_string_value(json_object_get(md, "bad_debt_invoices"));
+	const char *kind = dun_ingest_trigger_kind(res->type, md_list && md_list[0]);
+	if (!kind) {
+		res->outcome = "ignored_type";
+		e = mark(db, res->event_id, "", res->outcome);
+		goto out;
+	}
+	if (!customer[0] ||
+	    dun_mirror_account_of(db, customer, res->account_id, sizeof res->account_id) !=
+		    DUN_OK) {
+		res->outcome = "unmapped";
+		e = mark(db, res->event_id, "", res->outcome);
+		goto out;
+	}
+	char dedup[256];
+	snprintf(dedup, sizeof dedup, "%s:%s:%lld", res->type, object_id ? object_id : "",
+		 (long long)version);
+	bool inserted = false;
+	e = dun_inbox_enqueue(db, res->account_id, kind, "provider", res->event_id, dedup, 0,
+			      &inserted, &res->trigger_id);
+	if (e != DUN_OK)
+		goto out;
+	res->triggered = true;
+	res->outcome = inserted ? "triggered" : "coalesced";
+	e = mark(db, res->event_id, res->account_id, res->outcome);
+out:
+	json_decref(ev);
+	return e;
+}
+
+enum dun_err dun_ingest_event(struct dun_db *db, const char *body, size_t len,
+			      struct dun_ingest_result *res, char *err, size_t err_size)
+{
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK) {
+		say(err, err_size, "cannot begin transaction: ", sqlite3_errmsg(dun_db_handle(db)));
+		return e;
+	}
+	e = dun_ingest_event_in_tx(db, body, len, res, err, err_size);
+	if (e != DUN_OK) {
+		dun_db_rollback(db);
+		return e;
+	}
+	e = dun_db_commit(db);
+	if (e != DUN_OK) {
+		say(err, err_size, "cannot commit: ", sqlite3_errmsg(dun_db_handle(db)));
+		dun_db_rollback(db);
+	}
+	return e;
+}

@@ -1,0 +1,43 @@
+/*
+ * ingest.h — one provider event in: stored, folded into the mirror, and
+ * turned into a trigger, all in one transaction.
+ *
+ * The same function serves `dunning ingest FILE` and POST /webhooks/stripe,
+ * so both take exactly the same path.
+ */
+#ifndef DUN_INGEST_H
+#define DUN_INGEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/db.h"
+
+struct dun_ingest_result {
+	char event_id[96];
+	char type[64];
+	char account_id[64];
+	bool duplicate;	   /* the event id was already stored */
+	bool stale;	   /* the payload was older than the mirror's copy */
+	bool triggered;	   /* a trigger was enqueued (or coalesced into one) */
+	int64_t trigger_id;
+	const char *outcome; /* static: "triggered", "duplicate", "ignored_type", "unmapped", ... */
+};
+
+/*
+ * Ingest one Stripe-format event (body, len bytes, need not be
+ * NUL-terminated). Malformed input is DUN_E_PARSE with err saying what is
+ * wrong; nothing is written then. Runs its own transaction.
+ */
+enum dun_err dun_ingest_event(struct dun_db *db, const char *body, size_t len,
+			      struct dun_ingest_result *res, char *err, size_t err_size);
+
+/* Same, inside the caller's transaction (for batching many events in one commit). */
+enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t len,
+				    struct dun_ingest_result *res, char *err, size_t err_size);
+
+/* The trigger kind an event type starts, or NULL when it starts none. */
+const char *dun_ingest_trigger_kind(const char *event_type, bool consolidated);
+
+#endif

@@ -1,0 +1,60 @@
+/*
+ * worker.c — the loop that turns inbox triggers into recomputes.
+ *
+ * The worker claims a batch of accounts (coalescing their triggers), runs
+ * the pipeline once per account, and settles the triggers: done on success,
+ * retrying or dead on failure (inbox.c decides which). An unknown account is
+ * a terminal failure: no retry will make it exist.
+ */
+#include "worker.h"
+#include "util/log.h"
+
+#include <string.h>
+
+#define BATCH 64
+
+enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
+			      const char *worker_id, int64_t now, int64_t max_accounts,
+			      struct dun_drain_stats *stats)
+{
+	struct dun_inbox_item items[BATCH];
+	memset(stats, 0, sizeof *stats);
+	int n_rechecks = 0;
+	enum dun_err e = dun_inbox_enqueue_due_rechecks(en->db, now, &n_rechecks);
+	if (e != DUN_OK)
+		return e;
+	stats->rechecks_enqueued = n_rechecks;
+	for (;;) {
+		int want = BATCH;
+		if (max_accounts && max_accounts - stats->accounts < want)
+			want = (int)(max_accounts - stats->accounts);
+		if (want <= 0)
+			break;
+		int n = 0;
+		e = dun_inbox_claim(en->db, cfg, worker_id, now, want, items, &n);
+		if (e != DUN_OK)
+			return e;
+		if (n == 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct dun_trigger_ref t = {.id = items[i].id, .kind = items[i].kind};
+			struct dun_recompute_result r;
+			enum dun_err re = dun_engine_recompute(en, items[i].account_id, &t, false, &r);
+			stats->accounts++;
+			stats->triggers += items[i].coalesced;
+			stats->consequences_applied += r.apply.n_applied;
+			if (re == DUN_OK) {
+				e = dun_inbox_complete(en->db, worker_id, items[i].account_id, now);
+			} else {
+				stats->failed++;
+				const char *msg = r.apply.error_text[0] ? r.apply.error_text
+									: dun_err_str(re);
+				e = dun_inbox_fail(en->db, cfg, worker_id, items[i].account_id, now,
+						   dun_err_is_retryable(re), msg);
+			}
+			if (e != DUN_OK)
+				return e;
+		}
+	}
+	return DUN_OK;
+}

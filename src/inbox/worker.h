@@ -1,0 +1,26 @@
+/*
+ * worker.h — draining the inbox: claim accounts, recompute, settle.
+ */
+#ifndef DUN_WORKER_H
+#define DUN_WORKER_H
+
+#include "apply/recompute.h"
+#include "inbox/inbox.h"
+
+struct dun_drain_stats {
+	int64_t accounts;
+	int64_t triggers;
+	int64_t failed;
+	int64_t rechecks_enqueued;
+	int64_t consequences_applied;
+};
+
+/*
+ * Process every trigger that is due at now (and enqueue due rechecks first),
+ * until none is left or max_accounts were processed (0: no limit). Borrows en.
+ */
+enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
+			      const char *worker_id, int64_t now, int64_t max_accounts,
+			      struct dun_drain_stats *stats);
+
+#endif
