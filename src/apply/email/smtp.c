@@ -66,7 +66,7 @@ static bool is_set(const char *s)
 }
 
 static void set_err(char *err, size_t err_size, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void set_err(char *err, size_t err_size, const char *fmt, ...)
 {
@@ -139,8 +139,7 @@ static bool host_is_loopback(const char *host)
 	       strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
 }
 
-enum dun_err dun_smtp_config_validate(const struct dun_smtp_config *cfg, char *err,
-				      size_t err_size)
+enum dun_err dun_smtp_config_validate(const struct dun_smtp_config *cfg, char *err, size_t err_size)
 {
 	enum dun_err e = DUN_E_CONFIG;
 	char *scheme = NULL, *host = NULL, *user = NULL, *pass = NULL;
@@ -195,7 +194,8 @@ enum dun_err dun_smtp_config_validate(const struct dun_smtp_config *cfg, char *e
 		break;
 	}
 	if (!address_ok(cfg->from)) {
-		set_err(err, err_size, "smtp_from '%s' is not a plain address like billing@example.com",
+		set_err(err, err_size,
+			"smtp_from '%s' is not a plain address like billing@example.com",
 			cfg->from ? cfg->from : "");
 		goto free_url;
 	}
@@ -237,7 +237,8 @@ enum dun_err dun_smtp_message_id(const char *dedup_key, const char *from, char *
 	const char *at = from ? strrchr(from, '@') : NULL;
 	if (!dedup_key || !*dedup_key || !at || !at[1])
 		return DUN_E_INVALID;
-	size_t cap = out_size < DUN_SMTP_MESSAGE_ID_MAX + 1 ? out_size : DUN_SMTP_MESSAGE_ID_MAX + 1;
+	size_t cap =
+	    out_size < DUN_SMTP_MESSAGE_ID_MAX + 1 ? out_size : DUN_SMTP_MESSAGE_ID_MAX + 1;
 	size_t o = 0;
 	const char *prefix = "dunning.";
 	for (const char *p = prefix; *p; p++) {
@@ -312,7 +313,7 @@ static void rfc5322_date(char *out, size_t out_size, int64_t t)
 static void base64(struct buf *b, const unsigned char *s, size_t n)
 {
 	static const char tab[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	for (size_t i = 0; i < n; i += 3) {
 		unsigned v = (unsigned)s[i] << 16;
 		if (i + 1 < n)
@@ -385,7 +386,8 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 	}
 	if (!address_ok(to)) {
 		/* Not echoed: it may hold the very bytes that make it invalid. */
-		set_err(err, err_size, "recipient address is not a plain address like a@example.com");
+		set_err(err, err_size,
+			"recipient address is not a plain address like a@example.com");
 		return DUN_E_INVALID;
 	}
 	if (!message_id_ok(message_id)) {
@@ -398,7 +400,8 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 	}
 	for (const unsigned char *s = (const unsigned char *)subject; *s; s++) {
 		if (*s < 0x20 || *s == 0x7f) {
-			set_err(err, err_size, "subject contains a control character (CR, LF, ...)");
+			set_err(err, err_size,
+				"subject contains a control character (CR, LF, ...)");
 			return DUN_E_INVALID;
 		}
 	}
@@ -445,8 +448,8 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 			if (body[k] != '\r')
 				width++;
 		if (width > DUN_SMTP_LINE_MAX) {
-			set_err(err, err_size, "body line %zu is %zu bytes; SMTP allows %d",
-				lineno, width, DUN_SMTP_LINE_MAX);
+			set_err(err, err_size, "body line %zu is %zu bytes; SMTP allows %d", lineno,
+				width, DUN_SMTP_LINE_MAX);
 			free(b.p);
 			return DUN_E_INVALID;
 		}
@@ -466,17 +469,17 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 
 /* What the debug callback saw; never any argument of AUTH. */
 struct trace {
-	char verb[12];	  /* last command sent: "EHLO", "AUTH", "RCPT", ... */
-	char reply[200];  /* last reply line from the server, sanitized */
-	int reply_code;	  /* its three-digit code, 0 if none */
+	char verb[12];	 /* last command sent: "EHLO", "AUTH", "RCPT", ... */
+	char reply[200]; /* last reply line from the server, sanitized */
+	int reply_code;	 /* its three-digit code, 0 if none */
 	bool auth_sent;
-	bool quitting;	  /* QUIT or RSET sent: later replies say nothing of the failure */
+	bool quitting; /* QUIT or RSET sent: later replies say nothing of the failure */
 };
 
 static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *userp)
 {
 	static const char *const verbs[] = {"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL",
-					    "RCPT", "DATA", "NOOP", "RSET", "QUIT"};
+					    "RCPT", "DATA", "NOOP",	"RSET", "QUIT"};
 	struct trace *tr = userp;
 	(void)h;
 	if (tr->quitting)
@@ -490,11 +493,13 @@ static int on_debug(CURL *h, curl_infotype type, char *data, size_t size, void *
 			size_t k = strlen(verbs[i]);
 			if (size >= k && memcmp(data, verbs[i], k) == 0 &&
 			    (size == k || data[k] == ' ' || data[k] == '\r')) {
-				if (strcmp(verbs[i], "QUIT") == 0 || strcmp(verbs[i], "RSET") == 0) {
+				if (strcmp(verbs[i], "QUIT") == 0 ||
+				    strcmp(verbs[i], "RSET") == 0) {
 					tr->quitting = true;
 					break;
 				}
-				snprintf(tr->verb, sizeof tr->verb, "%s", verbs[i]);
+				/* Every verb fits: the longest, STARTTLS, is 8 bytes. */
+				memcpy(tr->verb, verbs[i], k + 1);
 				if (strcmp(verbs[i], "AUTH") == 0)
 					tr->auth_sent = true;
 				tr->reply[0] = '\0';
@@ -613,8 +618,9 @@ static CURL *open_handle(const struct dun_smtp_config *cfg, struct trace *tr, ch
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, cfg->timeout_ms);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_msg);
-	curl_easy_setopt(h, CURLOPT_USE_SSL, cfg->tls == DUN_SMTP_TLS_NONE ? (long)CURLUSESSL_NONE
-									   : (long)CURLUSESSL_ALL);
+	curl_easy_setopt(h, CURLOPT_USE_SSL,
+			 cfg->tls == DUN_SMTP_TLS_NONE ? (long)CURLUSESSL_NONE
+						       : (long)CURLUSESSL_ALL);
 	if (is_set(cfg->ca_file))
 		curl_easy_setopt(h, CURLOPT_CAINFO, cfg->ca_file);
 	if (is_set(cfg->username)) {
@@ -635,6 +641,15 @@ enum dun_err dun_smtp_send(const struct dun_smtp_config *cfg, const char *to, co
 	enum dun_err e = dun_smtp_config_validate(cfg, err, err_size);
 	if (e != DUN_OK)
 		return e;
+	/* "<id>" is accepted too: callers that store the header form pass it. */
+	char bare_id[DUN_SMTP_MESSAGE_ID_MAX + 1];
+	size_t id_len = message_id ? strlen(message_id) : 0;
+	if (id_len >= 2 && message_id[0] == '<' && message_id[id_len - 1] == '>' &&
+	    id_len - 2 < sizeof bare_id) {
+		memcpy(bare_id, message_id + 1, id_len - 2);
+		bare_id[id_len - 2] = '\0';
+		message_id = bare_id;
+	}
 	char *msg = NULL;
 	e = dun_smtp_build_message(cfg->from, to, subject, body, message_id, dun_clock_now(), &msg,
 				   err, err_size);

@@ -61,7 +61,7 @@ struct dun_smtp_config {
 	const char *username; /* optional; AUTH is used when set */
 	const char *password; /* required with username */
 	enum dun_smtp_tls tls;
-	long timeout_ms; /* whole exchange; > 0 */
+	long timeout_ms;     /* whole exchange; > 0 */
 	const char *ca_file; /* PEM bundle to trust instead of the system's */
 };
 
@@ -108,7 +108,7 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 /*
  * Send one email to one recipient. subject is one line, body uses "\n" or
  * "\r\n" line ends, message_id is the stable id of dun_smtp_message_id()
- * without angle brackets. The Date header is dun_clock_now(). Blocks for at
+ * (with or without its angle brackets). The Date header is dun_clock_now(). Blocks for at
  * most about cfg->timeout_ms. Borrows everything for the call; err receives a
  * one-line reason on failure. Error codes: see the top of this file.
  */

@@ -33,16 +33,16 @@
 #include "util/mem.h"
 
 /* The placeholders. X(id, name) — the names are part of the template format. */
-#define VAR_LIST(X)                                                                      \
-	X(V_ACCOUNT_ID, "account_id")                                                    \
-	X(V_CUSTOMER_NAME, "customer_name")                                              \
-	X(V_AMOUNT_DUE, "amount_due")                                                    \
-	X(V_CURRENCY, "currency")                                                        \
-	X(V_INVOICE_LIST, "invoice_list")                                                \
-	X(V_PAY_URL, "pay_url")                                                          \
-	X(V_NEXT_ACTION_DATE, "next_action_date")                                        \
-	X(V_NEXT_ACTION, "next_action")                                                  \
-	X(V_RETRIES_LEFT, "retries_left")                                                \
+#define VAR_LIST(X)                               \
+	X(V_ACCOUNT_ID, "account_id")             \
+	X(V_CUSTOMER_NAME, "customer_name")       \
+	X(V_AMOUNT_DUE, "amount_due")             \
+	X(V_CURRENCY, "currency")                 \
+	X(V_INVOICE_LIST, "invoice_list")         \
+	X(V_PAY_URL, "pay_url")                   \
+	X(V_NEXT_ACTION_DATE, "next_action_date") \
+	X(V_NEXT_ACTION, "next_action")           \
+	X(V_RETRIES_LEFT, "retries_left")         \
 	X(V_SUPPORT_EMAIL, "support_email")
 
 #define VAR_ENUM(id, name) id,
@@ -173,9 +173,8 @@ static bool is_empty(const char *s)
 /* Decimals of a currency's minor unit (ISO 4217, as the provider counts them). */
 static int currency_decimals(const char *cur)
 {
-	static const char *const zero[] = {"bif", "clp", "djf", "gnf", "jpy", "kmf",
-					   "krw", "mga", "pyg", "rwf", "ugx", "vnd",
-					   "vuv", "xaf", "xof", "xpf"};
+	static const char *const zero[] = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+					   "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"};
 	static const char *const three[] = {"bhd", "jod", "kwd", "omr", "tnd"};
 	char low[4];
 	size_t i;
@@ -345,7 +344,7 @@ struct parser {
 };
 
 static enum dun_err fail(struct parser *p, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static enum dun_err fail(struct parser *p, int line, const char *fmt, ...)
 {
@@ -476,8 +475,9 @@ static enum dun_err compile_tag(struct parser *p, size_t tag_off, size_t n, int 
 	if (!lookup_var(s, n, &var))
 		return fail(p, line, "unknown placeholder %s", quoted);
 	if (p->in_subject && var == V_INVOICE_LIST)
-		return fail(p, line, "{{invoice_list}} spans several lines and cannot be used "
-				     "in the Subject");
+		return fail(p, line,
+			    "{{invoice_list}} spans several lines and cannot be used "
+			    "in the Subject");
 	int i = emit(p->part, OP_VAR);
 	p->part->ops[i].var = var;
 	return DUN_OK;
@@ -490,7 +490,8 @@ static enum dun_err compile_span(struct parser *p, size_t off, size_t len, int l
 	while (i + 1 < end) {
 		if (p->text[i] == '{' && p->text[i + 1] == '{') {
 			size_t close = i + 2;
-			while (close + 1 < end && !(p->text[close] == '}' && p->text[close + 1] == '}'))
+			while (close + 1 < end &&
+			       !(p->text[close] == '}' && p->text[close + 1] == '}'))
 				close++;
 			if (close + 1 >= end)
 				return fail(p, line, "'{{' is not closed by '}}' on the same line");
@@ -510,7 +511,7 @@ static enum dun_err compile_span(struct parser *p, size_t off, size_t len, int l
 
 /*
  * Whether the line (without its "\n") is one block tag and blanks only; if
- * so, *tag_off/*tag_len is the tag's inside.
+ * so, tag_off and tag_len receive the inside of the tag.
  */
 static bool standalone_block(const char *text, size_t off, size_t len, size_t *tag_off,
 			     size_t *tag_len)
@@ -544,8 +545,7 @@ static enum dun_err close_part(struct parser *p)
 {
 	if (p->depth) {
 		struct open_block *b = &p->open[p->depth - 1];
-		return fail(p, b->line, "{{#if %s}} is never closed by {{/if}}",
-			    var_names[b->var]);
+		return fail(p, b->line, "{{#if %s}} is never closed by {{/if}}", var_names[b->var]);
 	}
 	return DUN_OK;
 }
@@ -628,9 +628,9 @@ static enum dun_err compile(struct parser *p, struct dun_template *t, size_t len
 					    (int)(colon - (text + pos)), text + pos);
 			return fail(p, line,
 				    have_subject
-					    ? "expected a blank line between the header and the body"
-					    : "missing 'Subject:' header (a template starts with "
-					      "'Subject: ...', a blank line, then the body)");
+					? "expected a blank line between the header and the body"
+					: "missing 'Subject:' header (a template starts with "
+					  "'Subject: ...', a blank line, then the body)");
 		}
 		pos = eol < len ? eol + 1 : eol;
 	}
@@ -813,7 +813,8 @@ enum dun_err dun_template_set_load(const char *dir, struct dun_template_set **ou
 	*out = NULL;
 	struct dun_template_set *set = dun_calloc(1, sizeof *set);
 	for (int k = 0; k < DUN_EMAIL_KIND__COUNT; k++) {
-		char *path = dun_asprintf("%s/%s.txt", dir, dun_email_kind_name((enum dun_email_kind)k));
+		char *path =
+		    dun_asprintf("%s/%s.txt", dir, dun_email_kind_name((enum dun_email_kind)k));
 		enum dun_err e = dun_template_load(path, &set->by_kind[k], err, err_size);
 		free(path);
 		if (e != DUN_OK) {
