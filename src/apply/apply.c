@@ -305,6 +305,8 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 	case DUN_C_MARK_INVOICE_BAD_DEBT_PAID:
 	case DUN_C_RETRY_PAYMENT:
 	case DUN_C_SEND_EMAIL:
+	case DUN_C_VOID_INVOICE:
+	case DUN_C_CREATE_CONSOLIDATED_INVOICE:
 		break;
 	}
 	return DUN_E_INVALID;
@@ -312,7 +314,50 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 
 /* ---- external writes --------------------------------------------------------- */
 
-static enum dun_err provider_write(struct dun_applier *ap, const struct dun_consequence *c,
+/*
+ * The consolidated bad-debt invoice lists the account's unresolved
+ * uncollectible invoices (upgrades excluded: they never make bad debt).
+ */
+static enum dun_err create_consolidated(struct dun_applier *ap, const struct dun_snapshot *snap,
+					const struct dun_desired *d, const char *idem,
+					json_t **obj, char *err)
+{
+	const struct dun_state *s = &snap->state;
+	int n = 0;
+	const char **ids = dun_calloc((size_t)(s->n_invoices + 1), sizeof *ids);
+	int64_t *amounts = dun_calloc((size_t)(s->n_invoices + 1), sizeof *amounts);
+	const char *currency = "usd";
+	for (int i = 0; i < s->n_invoices; i++) {
+		if (!d->invoices[i].unresolved_uncollectible || d->invoices[i].upgrade)
+			continue;
+		const struct dun_invoice *inv = &s->invoices[i];
+		ids[n] = inv->id;
+		amounts[n] = inv->amount_remaining_minor > 0
+				     ? inv->amount_remaining_minor
+				     : inv->amount_due_minor - inv->amount_paid_minor;
+		currency = inv->currency;
+		n++;
+	}
+	enum dun_err e = DUN_E_GUARD;
+	if (n == 0)
+		snprintf(err, ERR_MAX, "no unresolved uncollectible invoice to consolidate");
+	else {
+		struct dun_consolidated_req req = {.customer_id = s->customer_id,
+						   .currency = currency,
+						   .n_originals = n,
+						   .original_ids = ids,
+						   .original_amounts_minor = amounts,
+						   .days_until_due = 30};
+		e = ap->provider.ops->create_consolidated(ap->provider.self, &req, idem, obj, err,
+							  ERR_MAX);
+	}
+	free(ids);
+	free(amounts);
+	return e;
+}
+
+static enum dun_err provider_write(struct dun_applier *ap, const struct dun_snapshot *snap,
+				   const struct dun_desired *d, const struct dun_consequence *c,
 				   int64_t decision_id, char *err)
 {
 	const struct dun_provider_ops *ops = ap->provider.ops;
@@ -348,6 +393,12 @@ static enum dun_err provider_write(struct dun_applier *ap, const struct dun_cons
 		break;
 	case DUN_C_RETRY_PAYMENT:
 		e = ops->pay_invoice(self, c->target, idem, &obj, err, ERR_MAX);
+		break;
+	case DUN_C_VOID_INVOICE:
+		e = ops->void_invoice(self, c->target, idem, &obj, err, ERR_MAX);
+		break;
+	case DUN_C_CREATE_CONSOLIDATED_INVOICE:
+		e = create_consolidated(ap, snap, d, idem, &obj, err);
 		break;
 	case DUN_C_SET_CUSTOMER_BAD_DEBT:
 	case DUN_C_SET_ACCOUNT_BAD_DEBT:
@@ -407,6 +458,8 @@ static enum dun_err platform_write(struct dun_applier *ap, const struct dun_cons
 	case DUN_C_EMIT_OUTCOME_EVENT:
 	case DUN_C_SET_STAGE:
 	case DUN_C_SCHEDULE_RECHECK:
+	case DUN_C_VOID_INVOICE:
+	case DUN_C_CREATE_CONSOLIDATED_INVOICE:
 		break;
 	}
 	return DUN_E_INVALID;
@@ -511,7 +564,7 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 		}
 		return e;
 	case DUN_STORE_PROVIDER:
-		e = provider_write(ap, c, decision_id, err);
+		e = provider_write(ap, snap, d, c, decision_id, err);
 		break;
 	case DUN_STORE_PLATFORM:
 		e = platform_write(ap, c, decision_id, err);

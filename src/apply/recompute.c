@@ -190,3 +190,39 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		"applied", applied, "error", out->apply.error_text, NULL);
 	return e != DUN_OK ? e : fe;
 }
+
+enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_consequence *items,
+				      int n, const char *kind, struct dun_recompute_result *out)
+{
+	memset(out, 0, sizeof *out);
+	const char *account_id = en->snap.state.account_id;
+	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	if (out->mode == DUN_MODE_OBSERVE) {
+		snprintf(out->apply.error_text, sizeof out->apply.error_text,
+			 "account %s is in observe mode (%s): nothing is written", account_id,
+			 out->mode_why);
+		return DUN_E_GUARD;
+	}
+	if (n > en->items_cap) {
+		en->items_cap = n;
+		en->items = dun_realloc(en->items, sizeof *en->items * (size_t)n);
+	}
+	memcpy(en->items, items, sizeof *items * (size_t)n);
+	en->plan.items = en->items;
+	en->plan.cap = en->items_cap;
+	en->plan.n = n;
+	out->n_planned = n;
+	out->from = out->to = en->snap.state.stage;
+	struct dun_trigger_ref t = {.id = 0, .kind = kind};
+	enum dun_err e = record_decision(en, &t, out->mode, "applying", &out->decision_id);
+	if (e != DUN_OK)
+		return e;
+	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,
+			   &out->apply);
+	enum dun_err fe = finish_decision(en, out->decision_id, e == DUN_OK ? "applied" : "failed",
+					  out->apply.n_applied, out->apply.error_text);
+	dun_log(e == DUN_OK ? DUN_LOG_INFO : DUN_LOG_WARN, "request.done", "account", account_id,
+		"request", kind, "outcome", e == DUN_OK ? "applied" : "failed", "error",
+		out->apply.error_text, NULL);
+	return e != DUN_OK ? e : fe;
+}

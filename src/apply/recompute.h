@@ -68,6 +68,14 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 				  const struct dun_trigger_ref *trigger, bool dry_run,
 				  struct dun_recompute_result *out);
 
+/*
+ * Apply an explicit request's plan (items, n) to the account evaluated last
+ * by dun_engine_evaluate(), recording a decision with trigger kind. Refused
+ * (DUN_E_GUARD) for an account in observe mode: observe writes nothing.
+ */
+enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_consequence *items,
+				      int n, const char *kind, struct dun_recompute_result *out);
+
 /* The plan and reasons of en as JSON (new references). */
 json_t *dun_engine_plan_json(const struct dun_engine *en);
 json_t *dun_engine_reasons_json(const struct dun_engine *en);

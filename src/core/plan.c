@@ -321,6 +321,8 @@ size_t dun_conseq_format(const struct dun_consequence *c, char *out, size_t out_
 	case DUN_C_DISABLE_PAYLINKS:
 	case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
 	case DUN_C_OPEN_BAD_DEBT_EPISODE:
+	case DUN_C_VOID_INVOICE:
+	case DUN_C_CREATE_CONSOLIDATED_INVOICE:
 		dun_text_str(&t, " ");
 		dun_text_i64(&t, c->value);
 		break;

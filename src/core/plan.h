@@ -11,6 +11,10 @@
  * then the platform, then emails, then the bookkeeping (episodes, outcome
  * events, the stage itself, the next recheck). The stage is written last so
  * that a plan interrupted half-way is re-planned in full on the next run.
+ *
+ * VOID_INVOICE and CREATE_CONSOLIDATED_INVOICE are never produced by the
+ * policy: they are the plan of an explicit request (pay-bad-debt), built by
+ * the caller and executed by the same applier.
  */
 #ifndef DUN_PLAN_H
 #define DUN_PLAN_H
@@ -46,7 +50,10 @@
 	X(DUN_C_CLOSE_BAD_DEBT_EPISODE, "close_bad_debt_episode", DUN_STORE_ENGINE, true) \
 	X(DUN_C_EMIT_OUTCOME_EVENT, "emit_outcome_event", DUN_STORE_ENGINE, true)        \
 	X(DUN_C_SET_STAGE, "set_stage", DUN_STORE_ENGINE, false)                         \
-	X(DUN_C_SCHEDULE_RECHECK, "schedule_recheck", DUN_STORE_ENGINE, false)
+	X(DUN_C_SCHEDULE_RECHECK, "schedule_recheck", DUN_STORE_ENGINE, false)           \
+	X(DUN_C_VOID_INVOICE, "void_invoice", DUN_STORE_PROVIDER, false)                 \
+	X(DUN_C_CREATE_CONSOLIDATED_INVOICE, "create_consolidated_invoice",              \
+	  DUN_STORE_PROVIDER, true)
 
 enum dun_store { DUN_STORE_ENGINE, DUN_STORE_PROVIDER, DUN_STORE_PLATFORM, DUN_STORE_EMAIL };
 

@@ -167,6 +167,57 @@ rollback:
 	return e;
 }
 
+enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_config *cfg,
+				     const char *worker_id, const char *account_id, int64_t now,
+				     struct dun_inbox_item *out, int *n_out)
+{
+	*n_out = 0;
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT 1 FROM inbox WHERE account_id = ?1 AND"
+					   " state = 'processing' AND claimed_at >= ?2");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now - cfg->lease_s);
+	bool busy = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_reset(st);
+	if (busy) {
+		dun_db_rollback(db);
+		return DUN_OK;
+	}
+	st = dun_db_stmt(db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
+			     " last_error, not_before, created_at, updated_at FROM inbox"
+			     " WHERE account_id = ?1 AND state IN ('received', 'retrying', 'processing')"
+			     " AND not_before <= ?2 ORDER BY id LIMIT 1");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now);
+	bool found = sqlite3_step(st) == SQLITE_ROW;
+	if (found)
+		read_item(st, out);
+	sqlite3_reset(st);
+	if (!found) {
+		dun_db_rollback(db);
+		return DUN_OK;
+	}
+	st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
+			     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
+			     " state IN ('received', 'retrying', 'processing') AND not_before <= ?3");
+	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now);
+	e = dun_db_step_done(st);
+	if (e == DUN_OK) {
+		out->coalesced = sqlite3_changes(dun_db_handle(db));
+		e = dun_db_commit(db);
+	}
+	if (e != DUN_OK) {
+		dun_db_rollback(db);
+		return e;
+	}
+	*n_out = 1;
+	return DUN_OK;
+}
+
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now)
 {

@@ -61,6 +61,14 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 			     const char *worker_id, int64_t now, int max,
 			     struct dun_inbox_item *out, int *n_out);
 
+/*
+ * Claim the ready triggers of one account (the CLI's recompute). *n_out is
+ * 0 when the account has nothing ready or is being processed elsewhere.
+ */
+enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_config *cfg,
+				     const char *worker_id, const char *account_id, int64_t now,
+				     struct dun_inbox_item *out, int *n_out);
+
 /* The claimed triggers of account_id under worker_id are done. */
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now);

@@ -201,6 +201,7 @@ struct card {
 	int success_pct;
 	char advice[DUN_CODE_MAX];
 	char network[DUN_CODE_MAX];
+	char upgrades[DUN_CODE_MAX]; /* upgrade invoices fail with this code */
 };
 
 static void parse_behavior(const char *b, struct card *c)
@@ -208,6 +209,11 @@ static void parse_behavior(const char *b, struct card *c)
 	memset(c, 0, sizeof *c);
 	if (!b[0] || !strcmp(b, "ok")) {
 		c->ok = true;
+		return;
+	}
+	if (!strncmp(b, "ok,upgrades=", 12)) {
+		c->ok = true;
+		dun_strlcpy(c->upgrades, b + 12, sizeof c->upgrades);
 		return;
 	}
 	char buf[256];
@@ -246,6 +252,11 @@ static enum dun_err charge(struct dun_sim *sim, json_t *inv, bool force_success)
 	parse_behavior(behavior, &card);
 	int64_t attempt = json_integer_value(json_object_get(inv, "attempt_count")) + 1;
 	bool ok = force_success || card.ok;
+	if (!force_success && card.upgrades[0] &&
+	    !strcmp(sget(inv, "billing_reason"), "subscription_update")) {
+		ok = false;
+		dun_strlcpy(card.code, card.upgrades, sizeof card.code);
+	}
 	if (!ok && card.success_pct > 0) {
 		char num[32];
 		snprintf(num, sizeof num, "%" PRId64, attempt);

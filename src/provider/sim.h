@@ -15,6 +15,8 @@
  *   "<decline_code>@<pct>"    fails with that code, succeeds pct% of the time
  *                             (deterministic per invoice and attempt)
  * Optional suffixes ",advice=<advice_code>" and ",network=<code>".
+ *   "ok,upgrades=<code>"      succeeds, except upgrade (subscription_update)
+ *                             invoices, which fail with that code
  */
 #ifndef DUN_SIM_H
 #define DUN_SIM_H

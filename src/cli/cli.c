@@ -1,0 +1,144 @@
+/*
+ * cli.c — shared plumbing of the `dunning` subcommands (see cli.h).
+ */
+#include "cli.h"
+#include "apply/local.h"
+#include "config/policy_file.h"
+#include "util/clock.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void dun_cli_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("dunning: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+int dun_cli_exit_code(enum dun_err e)
+{
+	switch (e) {
+	case DUN_OK:
+		return DUN_EX_OK;
+	case DUN_E_INVALID:
+		return DUN_EX_USAGE;
+	case DUN_E_NOT_FOUND:
+		return DUN_EX_NOINPUT;
+	case DUN_E_TOO_BIG:
+	case DUN_E_PARSE:
+	case DUN_E_SIGNATURE:
+		return DUN_EX_DATAERR;
+	case DUN_E_CONFIG:
+	case DUN_E_SCHEMA:
+		return DUN_EX_CONFIG;
+	case DUN_E_STORE:
+	case DUN_E_IO:
+		return DUN_EX_IOERR;
+	case DUN_E_BUSY:
+	case DUN_E_CONFLICT:
+	case DUN_E_TIMEOUT:
+		return DUN_EX_TEMPFAIL;
+	case DUN_E_PROVIDER:
+	case DUN_E_PLATFORM:
+	case DUN_E_EMAIL:
+		return DUN_EX_UNAVAILABLE;
+	case DUN_E_PROVIDER_REJECTED:
+	case DUN_E_GUARD:
+	case DUN_E_UNSUPPORTED:
+		return DUN_EX_FAIL;
+	}
+	return DUN_EX_SOFTWARE;
+}
+
+bool dun_cli_tty(void)
+{
+	return isatty(2) != 0;
+}
+
+bool dun_cli_is_help(const char *arg)
+{
+	return !strcmp(arg, "-h") || !strcmp(arg, "--help");
+}
+
+void dun_cli_print_json(json_t *v)
+{
+	char *s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	if (s) {
+		fputs(s, stdout);
+		fputc('\n', stdout);
+		free(s);
+	}
+	json_decref(v);
+}
+
+const char *dun_cli_time(int64_t t, char *buf, size_t n)
+{
+	if (!t) {
+		snprintf(buf, n, "-");
+		return buf;
+	}
+	char iso[32];
+	dun_clock_format(t, iso, sizeof iso);
+	/* 2026-03-01T10:00:00Z -> 2026-03-01 10:00 */
+	snprintf(buf, n, "%.10s %.5s", iso, iso + 11);
+	return buf;
+}
+
+int dun_cli_open(struct dun_cli *cli, unsigned need)
+{
+	char err[512] = "";
+	if ((need & DUN_NEED_DB) && !cli->db) {
+		enum dun_err e = dun_db_open(cli->db_path, &cli->db, err, sizeof err);
+		if (e != DUN_OK) {
+			dun_cli_error("%s", err);
+			return dun_cli_exit_code(e);
+		}
+	}
+	if (need & DUN_NEED_POLICY) {
+		if (cli->policy_path) {
+			enum dun_err e =
+				dun_policy_file_load(cli->policy_path, &cli->policy, err, sizeof err);
+			if (e != DUN_OK) {
+				dun_cli_error("%s", err);
+				return DUN_EX_CONFIG;
+			}
+		} else {
+			dun_policy_defaults(&cli->policy);
+		}
+	}
+	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready) {
+		enum dun_err e =
+			dun_template_set_load(cli->templates_dir, &cli->templates, err, sizeof err);
+		if (e != DUN_OK) {
+			dun_cli_error("%s", err);
+			return DUN_EX_CONFIG;
+		}
+		cli->renderer.templates = cli->templates;
+		cli->renderer.support_email = cli->support_email ? cli->support_email : "";
+		cli->sim = dun_sim_new(cli->db, 1);
+		dun_engine_init(&cli->engine, cli->db, &cli->policy, dun_sim_provider(cli->sim),
+				dun_local_platform(cli->db), dun_log_mailer(),
+				dun_template_renderer(&cli->renderer));
+		cli->engine_ready = true;
+	}
+	return DUN_EX_OK;
+}
+
+void dun_cli_close(struct dun_cli *cli)
+{
+	if (cli->engine_ready)
+		dun_engine_free(&cli->engine);
+	cli->engine_ready = false;
+	dun_sim_destroy(cli->sim);
+	cli->sim = NULL;
+	dun_template_set_destroy(cli->templates);
+	cli->templates = NULL;
+	dun_db_close(cli->db);
+	cli->db = NULL;
+}
