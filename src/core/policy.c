@@ -360,8 +360,7 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	for (int i = 0; i < s->n_invoices; i++) {
 		const struct dun_invoice *inv = &s->invoices[i];
 		struct dun_invoice_desired *id = &inv_d[i];
-		if (inv->status == DUN_INVOICE_PAID && inv->amount_paid_minor > 0 &&
-		    !inv->is_consolidated)
+		if (inv->status == DUN_INVOICE_PAID && inv->amount_paid_minor > 0)
 			ever_paid = true;
 		if (inv->is_consolidated) {
 			/* A consolidated invoice only matters for coverage and lifting. */
@@ -470,6 +469,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 
 	/* Pass 3: the in-flight guard never lets the stage rise. */
 	d->lifting_since = lifting_since;
+	if (lifting_since) /* lifting ends by itself when the window closes */
+		min_time(&d->next_recheck_at, lifting_since + p->lifting_window_s);
 	d->stage = d->computed_stage;
 	if (d->computed_stage > s->stage && (processing || lifting_since)) {
 		d->held = true;
@@ -489,8 +490,6 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 				dun_text_str(&t, " window");
 			}
 		}
-		if (lifting_since)
-			min_time(&d->next_recheck_at, lifting_since + p->lifting_window_s);
 	}
 
 	/* Episode and since. */

@@ -1,0 +1,105 @@
+/*
+ * config.h — the service configuration file (`dunning serve`, `dunning
+ * config check`, and the CLI when given --config).
+ *
+ * INI format, parsed with libinih. Every key is documented in
+ * docs/config.md. Secrets (Stripe API key, webhook secrets, admin token,
+ * SMTP password, platform token, outcome-event secrets) may also come from
+ * the environment, which wins over the file; they are never logged.
+ *
+ *   [server]   listen = 127.0.0.1:8080, body_max_bytes, workers, ...
+ *   [database] path
+ *   [policy]   file
+ *   [stripe]   api_key, api_base, webhook_secrets, tolerance_s, rate_limit_per_s, ...
+ *   [admin]    token
+ *   [rollout]  mode, percent (initial values; the database keeps the live ones)
+ *   [email]    transport = log|smtp, smtp_url, smtp_from, ...
+ *   [platform] kind = local|http, base_url, token, timeout_ms
+ *   [events]   endpoints, secret
+ */
+#ifndef DUN_CONFIG_H
+#define DUN_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define DUN_CONFIG_SECRETS_MAX	 4
+#define DUN_CONFIG_ENDPOINTS_MAX 8
+#define DUN_CONFIG_STR		 512
+
+struct dun_config {
+	char path[DUN_CONFIG_STR]; /* the file it was read from ("" for defaults) */
+	/* [server] */
+	char listen_host[64];
+	int listen_port;
+	int64_t body_max_bytes; /* default 1 MiB */
+	int workers;		/* worker threads; default 2 */
+	int64_t poll_ms;	/* how often idle workers look for due triggers; default 500 */
+	int group_commit_max;	/* events per fsync at most; default 256 */
+	/* [database] */
+	char db_path[DUN_CONFIG_STR];
+	/* [policy] */
+	char policy_path[DUN_CONFIG_STR]; /* "" = built-in defaults */
+	char templates_dir[DUN_CONFIG_STR];
+	char support_email[256];
+	/* [provider] */
+	char provider[16]; /* simulated | stripe */
+	/* [stripe] */
+	char stripe_api_key[256];
+	char stripe_api_base[DUN_CONFIG_STR];
+	char stripe_version[64];
+	char webhook_secrets[DUN_CONFIG_SECRETS_MAX][256];
+	int n_webhook_secrets;
+	int64_t webhook_tolerance_s;
+	double stripe_rate_limit_per_s;
+	int64_t stripe_timeout_ms;
+	int stripe_max_retries;
+	/* [admin] */
+	char admin_token[256];
+	/* [rollout] */
+	char rollout_mode[16]; /* "" = leave the database's setting alone */
+	double rollout_percent; /* < 0 = leave alone */
+	/* [inbox] */
+	int inbox_max_attempts;
+	int64_t inbox_backoff_base_s;
+	int64_t inbox_backoff_max_s;
+	int64_t inbox_lease_s;
+	/* [email] */
+	char email_transport[16]; /* log | smtp */
+	char smtp_url[DUN_CONFIG_STR];
+	char smtp_from[256];
+	char smtp_username[256];
+	char smtp_password[256];
+	char smtp_tls[16];
+	int64_t smtp_timeout_ms;
+	char smtp_ca_file[DUN_CONFIG_STR];
+	/* [platform] */
+	char platform_kind[16]; /* local | http */
+	char platform_base_url[DUN_CONFIG_STR];
+	char platform_token[256];
+	int64_t platform_timeout_ms;
+	/* [events] payment-outcome events out */
+	char event_endpoints[DUN_CONFIG_ENDPOINTS_MAX][DUN_CONFIG_STR];
+	int n_event_endpoints;
+	char event_secret[256];
+	int64_t event_timeout_ms;
+};
+
+/* The defaults every key has when the file does not set it. */
+void dun_config_defaults(struct dun_config *c);
+
+/*
+ * Read path over the defaults, then apply the environment (DUNNING_* and
+ * STRIPE_* variables, see docs/config.md), then validate. err names the
+ * file, line and key of the first problem.
+ */
+enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err,
+			     size_t err_size);
+
+/* Apply environment overrides and validate (also used without a file). */
+enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size);
+
+#endif
