@@ -25,55 +25,61 @@ struct key {
 	int64_t min, max;
 };
 
-#define STR(sec, name, field)                                                            \
-	{sec, name, K_STR, offsetof(struct dun_config, field),                           \
-	 sizeof(((struct dun_config *)0)->field), 0, 0}
-#define INT(sec, name, field, lo, hi)                                                    \
-	{sec, name, K_INT, offsetof(struct dun_config, field), 0, lo, hi}
-#define DBL(sec, name, field, lo, hi)                                                    \
-	{sec, name, K_DOUBLE, offsetof(struct dun_config, field), 0, lo, hi}
+#define STR(sec, name, field)                                         \
+	{                                                             \
+		sec, name, K_STR, offsetof(struct dun_config, field), \
+		    sizeof(((struct dun_config *)0)->field), 0, 0     \
+	}
+#define INT(sec, name, field, lo, hi)                                           \
+	{                                                                       \
+		sec, name, K_INT, offsetof(struct dun_config, field), 0, lo, hi \
+	}
+#define DBL(sec, name, field, lo, hi)                                              \
+	{                                                                          \
+		sec, name, K_DOUBLE, offsetof(struct dun_config, field), 0, lo, hi \
+	}
 
 static const struct key keys[] = {
-	{"server", "listen", K_LISTEN, 0, 0, 0, 0},
-	INT("server", "body_max_bytes", body_max_bytes, 1024, 64 * 1024 * 1024),
-	INT("server", "workers", workers, 1, 64),
-	INT("server", "poll_ms", poll_ms, 10, 60000),
-	INT("server", "group_commit_max", group_commit_max, 1, 10000),
-	STR("database", "path", db_path),
-	STR("policy", "file", policy_path),
-	STR("policy", "templates", templates_dir),
-	STR("policy", "support_email", support_email),
-	STR("provider", "kind", provider),
-	STR("stripe", "api_key", stripe_api_key),
-	STR("stripe", "api_base", stripe_api_base),
-	STR("stripe", "version", stripe_version),
-	{"stripe", "webhook_secrets", K_SECRETS, 0, 0, 0, 0},
-	INT("stripe", "webhook_tolerance_s", webhook_tolerance_s, 0, 86400),
-	DBL("stripe", "rate_limit_per_s", stripe_rate_limit_per_s, 1, 10000),
-	INT("stripe", "timeout_ms", stripe_timeout_ms, 100, 600000),
-	INT("stripe", "max_retries", stripe_max_retries, 0, 20),
-	STR("admin", "token", admin_token),
-	STR("rollout", "mode", rollout_mode),
-	DBL("rollout", "percent", rollout_percent, 0, 100),
-	INT("inbox", "max_attempts", inbox_max_attempts, 1, 1000),
-	INT("inbox", "backoff_base_s", inbox_backoff_base_s, 1, 86400),
-	INT("inbox", "backoff_max_s", inbox_backoff_max_s, 1, 7 * 86400),
-	INT("inbox", "lease_s", inbox_lease_s, 5, 86400),
-	STR("email", "transport", email_transport),
-	STR("email", "smtp_url", smtp_url),
-	STR("email", "smtp_from", smtp_from),
-	STR("email", "smtp_username", smtp_username),
-	STR("email", "smtp_password", smtp_password),
-	STR("email", "smtp_tls", smtp_tls),
-	INT("email", "smtp_timeout_ms", smtp_timeout_ms, 100, 600000),
-	STR("email", "smtp_ca_file", smtp_ca_file),
-	STR("platform", "kind", platform_kind),
-	STR("platform", "base_url", platform_base_url),
-	STR("platform", "token", platform_token),
-	INT("platform", "timeout_ms", platform_timeout_ms, 100, 600000),
-	{"events", "endpoints", K_ENDPOINTS, 0, 0, 0, 0},
-	STR("events", "secret", event_secret),
-	INT("events", "timeout_ms", event_timeout_ms, 100, 600000),
+    {"server", "listen", K_LISTEN, 0, 0, 0, 0},
+    INT("server", "body_max_bytes", body_max_bytes, 1024, 64 * 1024 * 1024),
+    INT("server", "workers", workers, 1, 64),
+    INT("server", "poll_ms", poll_ms, 10, 60000),
+    INT("server", "group_commit_max", group_commit_max, 1, 10000),
+    STR("database", "path", db_path),
+    STR("policy", "file", policy_path),
+    STR("policy", "templates", templates_dir),
+    STR("policy", "support_email", support_email),
+    STR("provider", "kind", provider),
+    STR("stripe", "api_key", stripe_api_key),
+    STR("stripe", "api_base", stripe_api_base),
+    STR("stripe", "version", stripe_version),
+    {"stripe", "webhook_secrets", K_SECRETS, 0, 0, 0, 0},
+    INT("stripe", "webhook_tolerance_s", webhook_tolerance_s, 0, 86400),
+    DBL("stripe", "rate_limit_per_s", stripe_rate_limit_per_s, 1, 10000),
+    INT("stripe", "timeout_ms", stripe_timeout_ms, 100, 600000),
+    INT("stripe", "max_retries", stripe_max_retries, 0, 20),
+    STR("admin", "token", admin_token),
+    STR("rollout", "mode", rollout_mode),
+    DBL("rollout", "percent", rollout_percent, 0, 100),
+    INT("inbox", "max_attempts", inbox_max_attempts, 1, 1000),
+    INT("inbox", "backoff_base_s", inbox_backoff_base_s, 1, 86400),
+    INT("inbox", "backoff_max_s", inbox_backoff_max_s, 1, 7 * 86400),
+    INT("inbox", "lease_s", inbox_lease_s, 5, 86400),
+    STR("email", "transport", email_transport),
+    STR("email", "smtp_url", smtp_url),
+    STR("email", "smtp_from", smtp_from),
+    STR("email", "smtp_username", smtp_username),
+    STR("email", "smtp_password", smtp_password),
+    STR("email", "smtp_tls", smtp_tls),
+    INT("email", "smtp_timeout_ms", smtp_timeout_ms, 100, 600000),
+    STR("email", "smtp_ca_file", smtp_ca_file),
+    STR("platform", "kind", platform_kind),
+    STR("platform", "base_url", platform_base_url),
+    STR("platform", "token", platform_token),
+    INT("platform", "timeout_ms", platform_timeout_ms, 100, 600000),
+    {"events", "endpoints", K_ENDPOINTS, 0, 0, 0, 0},
+    STR("events", "secret", event_secret),
+    INT("events", "timeout_ms", event_timeout_ms, 100, 600000),
 };
 
 void dun_config_defaults(struct dun_config *c)
@@ -107,14 +113,15 @@ void dun_config_defaults(struct dun_config *c)
 
 struct ctx {
 	struct dun_config *c;
+	FILE *f;
+	int line; /* Debian's inih passes no line numbers: the reader counts */
 	const char *path;
 	char *err;
 	size_t err_size;
 	bool failed;
 };
 
-static void fail_at(struct ctx *x, int line, const char *section, const char *name,
-		    const char *why)
+static void fail_at(struct ctx *x, int line, const char *section, const char *name, const char *why)
 {
 	if (x->failed)
 		return;
@@ -122,8 +129,8 @@ static void fail_at(struct ctx *x, int line, const char *section, const char *na
 	snprintf(x->err, x->err_size, "%s:%d: [%s] %s: %s", x->path, line, section, name, why);
 }
 
-static bool split_list(const char *value, char (*out)[DUN_CONFIG_STR], size_t item_size,
-		       int max, int *n)
+static bool split_list(const char *value, char (*out)[DUN_CONFIG_STR], size_t item_size, int max,
+		       int *n)
 {
 	*n = 0;
 	const char *p = value;
@@ -149,10 +156,10 @@ static bool split_list(const char *value, char (*out)[DUN_CONFIG_STR], size_t it
 	return true;
 }
 
-static int handler(void *user, const char *section, const char *name, const char *value,
-		   int line)
+static int handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct ctx *x = user;
+	int line = x->line;
 	struct dun_config *c = x->c;
 	if (x->failed)
 		return 1;
@@ -227,8 +234,7 @@ static int handler(void *user, const char *section, const char *name, const char
 				return 1;
 			}
 			for (int s = 0; s < n; s++)
-				snprintf(c->webhook_secrets[s], sizeof c->webhook_secrets[s], "%s",
-					 tmp[s]);
+				memcpy(c->webhook_secrets[s], tmp[s], 256);
 			c->n_webhook_secrets = n;
 			return 1;
 		}
@@ -267,7 +273,7 @@ enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size)
 			return DUN_E_CONFIG;
 		}
 		for (int s = 0; s < n; s++)
-			snprintf(c->webhook_secrets[s], sizeof c->webhook_secrets[s], "%s", tmp[s]);
+			memcpy(c->webhook_secrets[s], tmp[s], 256);
 		c->n_webhook_secrets = n;
 	}
 	const char *where = c->path[0] ? c->path : "configuration";
@@ -285,9 +291,10 @@ enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size)
 	}
 	for (int s = 0; s < c->n_webhook_secrets; s++)
 		if (strncmp(c->webhook_secrets[s], "whsec_", 6) != 0) {
-			snprintf(err, err_size,
-				 "%s: [stripe] webhook_secrets: secret %d does not start with whsec_",
-				 where, s + 1);
+			snprintf(
+			    err, err_size,
+			    "%s: [stripe] webhook_secrets: secret %d does not start with whsec_",
+			    where, s + 1);
 			return DUN_E_CONFIG;
 		}
 	if (c->rollout_mode[0] && strcmp(c->rollout_mode, "observe") &&
@@ -302,8 +309,8 @@ enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size)
 		return DUN_E_CONFIG;
 	}
 	if (!strcmp(c->email_transport, "smtp") && (!c->smtp_url[0] || !c->smtp_from[0])) {
-		snprintf(err, err_size,
-			 "%s: [email] transport = smtp needs smtp_url and smtp_from", where);
+		snprintf(err, err_size, "%s: [email] transport = smtp needs smtp_url and smtp_from",
+			 where);
 		return DUN_E_CONFIG;
 	}
 	if (strcmp(c->platform_kind, "local") && strcmp(c->platform_kind, "http")) {
@@ -323,8 +330,16 @@ enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size)
 	return DUN_OK;
 }
 
-enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err,
-			     size_t err_size)
+static char *read_line(char *buf, int size, void *stream)
+{
+	struct ctx *x = stream;
+	char *r = fgets(buf, size, x->f);
+	if (r)
+		x->line++;
+	return r;
+}
+
+enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err, size_t err_size)
 {
 	dun_config_defaults(c);
 	snprintf(c->path, sizeof c->path, "%s", path);
@@ -333,14 +348,15 @@ enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err,
 		snprintf(err, err_size, "%s: %s", path, strerror(errno));
 		return DUN_E_CONFIG;
 	}
-	struct ctx x = {.c = c, .path = path, .err = err, .err_size = err_size};
-	int rc = ini_parse_file(f, handler, &x);
+	struct ctx x = {.c = c, .f = f, .path = path, .err = err, .err_size = err_size};
+	int rc = ini_parse_stream(read_line, &x, handler, &x);
 	fclose(f);
 	if (x.failed)
 		return DUN_E_CONFIG;
 	if (rc > 0) {
-		snprintf(err, err_size, "%s:%d: cannot parse this line (expected [section] or "
-					"key = value)",
+		snprintf(err, err_size,
+			 "%s:%d: cannot parse this line (expected [section] or "
+			 "key = value)",
 			 path, rc);
 		return DUN_E_CONFIG;
 	}

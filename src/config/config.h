@@ -60,7 +60,7 @@ struct dun_config {
 	/* [admin] */
 	char admin_token[256];
 	/* [rollout] */
-	char rollout_mode[16]; /* "" = leave the database's setting alone */
+	char rollout_mode[16];	/* "" = leave the database's setting alone */
 	double rollout_percent; /* < 0 = leave alone */
 	/* [inbox] */
 	int inbox_max_attempts;
@@ -96,8 +96,7 @@ void dun_config_defaults(struct dun_config *c);
  * STRIPE_* variables, see docs/config.md), then validate. err names the
  * file, line and key of the first problem.
  */
-enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err,
-			     size_t err_size);
+enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err, size_t err_size);
 
 /* Apply environment overrides and validate (also used without a file). */
 enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size);
