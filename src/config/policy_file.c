@@ -185,6 +185,17 @@ static void section_header(struct load *l, const char *p)
 	const char *end = strchr(p + 1, ']');
 	if (!end)
 		return; /* inih reports the syntax error */
+	/* inih ignores whatever follows the ']'; a stray word there is a slip. */
+	const char *rest = end + 1;
+	while (*rest == ' ' || *rest == '\t')
+		rest++;
+	if (*rest && *rest != ';' && *rest != '#') {
+		fail(
+		    l, l->line, NULL, NULL,
+		    "unexpected text after the section header: \"%s\" (comments start with ; or #)",
+		    rest);
+		return;
+	}
 	char name[ITEM_MAX];
 	size_t n = (size_t)(end - (p + 1));
 	if (n >= sizeof name)

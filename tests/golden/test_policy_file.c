@@ -168,7 +168,7 @@ static void test_partial_files(void)
 	check_policy_equal(&p, &def);
 
 	/* One key changes one field; the rest stays at the defaults. */
-	p = load_ok("[stages]\nbad_debt_after = 45d\n");
+	p = load_ok("[stages] ; thresholds\nbad_debt_after = 45d\n[guard]\t# the guard\n");
 	CHECK_INT(p.bad_debt_after_s, 45 * 86400);
 	p.bad_debt_after_s = def.bad_debt_after_s;
 	check_policy_equal(&p, &def);
@@ -415,6 +415,9 @@ static void test_structure(void)
 		     "x.conf:3: [stages] restricted_after: given twice (first on line 2)");
 	expect_error("[stages\nrestricted_after = 7d\n",
 		     "x.conf:1: syntax error: expected a [section] header or a key = value line");
+	expect_error("[stages] restricted\nrestricted_after = 7d\n",
+		     "x.conf:1: unexpected text after the section header: \"restricted\" (comments "
+		     "start with ; or #)");
 	expect_error("[stages]\nrestricted_after 7d\n",
 		     "x.conf:2: syntax error: expected a [section] header or a key = value line");
 	/* The first error wins, whichever part of the loader saw it. */
