@@ -12,21 +12,21 @@
 #include <string.h>
 
 static const struct dun_command commands[] = {
-	{"init", dun_cmd_init, "create or migrate the database"},
-	{"demo", dun_cmd_demo, "run a simulated population for 90 days through the real pipeline"},
-	{"recompute", dun_cmd_recompute, "recompute one account now (--dry-run: plan only)"},
-	{"explain", dun_cmd_explain, "show an account's state, matched rules, plan and history"},
-	{"scan", dun_cmd_scan, "find accounts whose stores disagree with the policy (drift)"},
-	{"events", dun_cmd_events, "list triggers in the inbox and their workflow state"},
-	{"work", dun_cmd_work, "process every trigger and recheck that is due now"},
-	{"retry", dun_cmd_retry, "requeue dead triggers (all, or by id) and process them"},
-	{"ingest", dun_cmd_ingest, "read Stripe-format events, one JSON per line"},
-	{"account", dun_cmd_account, "add, change or list accounts (segment, kill switch)"},
-	{"pay-bad-debt", dun_cmd_pay_bad_debt, "create or return the consolidated bad-debt invoice"},
-	{"policy", dun_cmd_policy, "check or show a policy file"},
-	{"rollout", dun_cmd_rollout, "observe or active: global mode, percentage, allow/deny lists"},
-	{"emails", dun_cmd_emails, "show the email log"},
-	{"simulate", dun_cmd_simulate, "run policies over a synthetic population and compare them"},
+    {"init", dun_cmd_init, "create or migrate the database"},
+    {"demo", dun_cmd_demo, "run a simulated population for 90 days through the real pipeline"},
+    {"recompute", dun_cmd_recompute, "recompute one account now (--dry-run: plan only)"},
+    {"explain", dun_cmd_explain, "show an account's state, matched rules, plan and history"},
+    {"scan", dun_cmd_scan, "find accounts whose stores disagree with the policy (drift)"},
+    {"events", dun_cmd_events, "list triggers in the inbox and their workflow state"},
+    {"work", dun_cmd_work, "process every trigger and recheck that is due now"},
+    {"retry", dun_cmd_retry, "requeue dead triggers (all, or by id) and process them"},
+    {"ingest", dun_cmd_ingest, "read Stripe-format events, one JSON per line"},
+    {"account", dun_cmd_account, "add, change or list accounts (segment, kill switch)"},
+    {"pay-bad-debt", dun_cmd_pay_bad_debt, "create or return the consolidated bad-debt invoice"},
+    {"policy", dun_cmd_policy, "check or show a policy file"},
+    {"rollout", dun_cmd_rollout, "observe or active: global mode, percentage, allow/deny lists"},
+    {"emails", dun_cmd_emails, "show the email log"},
+    {"simulate", dun_cmd_simulate, "run policies over a synthetic population and compare them"},
 };
 
 static void usage(FILE *out)
@@ -35,15 +35,17 @@ static void usage(FILE *out)
 		     "commands:\n");
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
 		fprintf(out, "  %-13s %s\n", commands[i].name, commands[i].summary);
-	fprintf(out,
-		"\nglobal options (anywhere on the line):\n"
-		"  --db PATH         the SQLite database (default: $DUNNING_DB or ./dunning.db)\n"
-		"  --policy FILE     the policy file (default: $DUNNING_POLICY or the built-in\n"
-		"                    defaults, which policy/default.conf spells out)\n"
-		"  --templates DIR   email templates (default: $DUNNING_TEMPLATES or the shipped ones)\n"
-		"  --now TIME        fix the clock: unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ\n"
-		"  -v, --verbose     log every step to stderr\n"
-		"\n'dunning COMMAND --help' describes one command.\n");
+	fprintf(
+	    out,
+	    "\nglobal options (anywhere on the line):\n"
+	    "  --db PATH         the SQLite database (default: $DUNNING_DB or ./dunning.db)\n"
+	    "  --policy FILE     the policy file (default: $DUNNING_POLICY or the built-in\n"
+	    "                    defaults, which policy/default.conf spells out)\n"
+	    "  --templates DIR   email templates (default: $DUNNING_TEMPLATES or the shipped "
+	    "ones)\n"
+	    "  --now TIME        fix the clock: unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ\n"
+	    "  -v, --verbose     log every step to stderr\n"
+	    "\n'dunning COMMAND --help' describes one command.\n");
 }
 
 /* Remove argv[i] (and argv[i+1] when takes_value) from the vector. */
@@ -60,8 +62,8 @@ int main(int argc, char **argv)
 	memset(&cli, 0, sizeof cli);
 	cli.db_path = getenv("DUNNING_DB") ? getenv("DUNNING_DB") : "dunning.db";
 	cli.policy_path = getenv("DUNNING_POLICY");
-	cli.templates_dir = getenv("DUNNING_TEMPLATES") ? getenv("DUNNING_TEMPLATES")
-							: DUN_DATA_DIR "/templates";
+	cli.templates_dir =
+	    getenv("DUNNING_TEMPLATES") ? getenv("DUNNING_TEMPLATES") : DUN_DATA_DIR "/templates";
 	cli.support_email = getenv("DUNNING_SUPPORT_EMAIL");
 	dun_log_set_level(DUN_LOG_WARN);
 
@@ -85,9 +87,10 @@ int main(int argc, char **argv)
 			} else {
 				int64_t t;
 				if (!dun_clock_parse(argv[i + 1], &t)) {
-					dun_cli_error("--now: cannot read \"%s\" as a time (use unix "
-						      "seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)",
-						      argv[i + 1]);
+					dun_cli_error(
+					    "--now: cannot read \"%s\" as a time (use unix "
+					    "seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)",
+					    argv[i + 1]);
 					return DUN_EX_USAGE;
 				}
 				dun_clock_set(t);

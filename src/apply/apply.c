@@ -76,7 +76,7 @@ void dun_apply_message_id(const char *key, char *out, size_t out_size)
 static bool already_applied(struct dun_db *db, const char *key)
 {
 	sqlite3_stmt *st =
-		dun_db_stmt(db, "SELECT 1 FROM applied WHERE key = ?1 AND outcome = 'applied'");
+	    dun_db_stmt(db, "SELECT 1 FROM applied WHERE key = ?1 AND outcome = 'applied'");
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	bool found = sqlite3_step(st) == SQLITE_ROW;
 	sqlite3_reset(st);
@@ -87,10 +87,10 @@ static enum dun_err record(struct dun_db *db, const char *account, const struct 
 			   int64_t decision_id, enum dun_err e, const char *err)
 {
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO applied(key, account_id, type, decision_id, at, outcome, error)"
-		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(key) DO UPDATE SET"
-		    " decision_id = excluded.decision_id, at = excluded.at,"
-		    " outcome = excluded.outcome, error = excluded.error");
+	    db, "INSERT INTO applied(key, account_id, type, decision_id, at, outcome, error)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(key) DO UPDATE SET"
+		" decision_id = excluded.decision_id, at = excluded.at,"
+		" outcome = excluded.outcome, error = excluded.error");
 	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, dun_conseq_name(c->type), -1, SQLITE_STATIC);
@@ -120,8 +120,8 @@ static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snaps
 	if (!s->has_customer || !ap->provider.ops->list_invoices)
 		return DUN_OK;
 	json_t *list = NULL;
-	enum dun_err e = ap->provider.ops->list_invoices(ap->provider.self, s->customer_id, &list,
-							 err, ERR_MAX);
+	enum dun_err e =
+	    ap->provider.ops->list_invoices(ap->provider.self, s->customer_id, &list, err, ERR_MAX);
 	if (e != DUN_OK)
 		return e;
 	enum dun_err result = DUN_OK;
@@ -143,8 +143,8 @@ static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snaps
 				result = DUN_E_CONFLICT;
 			}
 		}
-		enum dun_err fe = dun_mirror_upsert(ap->db, inv, dun_clock_now(), NULL, NULL, err,
-						    ERR_MAX);
+		enum dun_err fe =
+		    dun_mirror_upsert(ap->db, inv, dun_clock_now(), NULL, NULL, err, ERR_MAX);
 		if (fe != DUN_OK && result == DUN_OK)
 			result = fe;
 	}
@@ -203,11 +203,11 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 	int64_t now = dun_clock_now();
 	switch (c->type) {
 	case DUN_C_SET_CUSTOMER_BAD_DEBT:
-		return exec_bind(db, "UPDATE customers SET bad_debt = ?3 WHERE id = ?1",
-				 c->target, NULL, c->value, 0);
+		return exec_bind(db, "UPDATE customers SET bad_debt = ?3 WHERE id = ?1", c->target,
+				 NULL, c->value, 0);
 	case DUN_C_SET_ACCOUNT_BAD_DEBT:
-		return exec_bind(db, "UPDATE accounts SET bad_debt = ?3 WHERE id = ?1",
-				 acct, NULL, c->value, 0);
+		return exec_bind(db, "UPDATE accounts SET bad_debt = ?3 WHERE id = ?1", acct, NULL,
+				 c->value, 0);
 	case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
 		return exec_bind(db,
 				 "UPDATE accounts SET no_successful_payment = ?3"
@@ -220,22 +220,23 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 				 " closed = 1, updated_at = ?3",
 				 c->target, NULL, now, 0);
 	case DUN_C_DISABLE_PAYLINKS:
-		return exec_bind(db,
-				 "INSERT INTO invoice_docs(invoice_id, paylinks_enabled, updated_at)"
-				 " VALUES (?1, 0, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
-				 " paylinks_enabled = 0, updated_at = ?3",
-				 c->target, NULL, now, 0);
+		return exec_bind(
+		    db,
+		    "INSERT INTO invoice_docs(invoice_id, paylinks_enabled, updated_at)"
+		    " VALUES (?1, 0, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
+		    " paylinks_enabled = 0, updated_at = ?3",
+		    c->target, NULL, now, 0);
 	case DUN_C_OPEN_BAD_DEBT_EPISODE: {
 		int64_t amount = 0;
 		for (int i = 0; i < snap->state.n_invoices; i++)
 			amount += d->invoices[i].bad_debt_amount_minor;
 		char *products = episode_products(&snap->state);
 		sqlite3_stmt *st = dun_db_stmt(
-			db, "INSERT OR IGNORE INTO bad_debt_episodes(account_id, episode,"
-			    " entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"
-			    " ?5, ?6)");
+		    db, "INSERT OR IGNORE INTO bad_debt_episodes(account_id, episode,"
+			" entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"
+			" ?5, ?6)");
 		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, c->episode);
+		sqlite3_bind_int64(st, 2, c->value); /* the bad-debt episode number */
 		sqlite3_bind_int64(st, 3, now);
 		sqlite3_bind_text(st, 4, first_reason(d, "bad_debt"), -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 5, products, -1, SQLITE_STATIC);
@@ -248,21 +249,21 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		return exec_bind(db,
 				 "UPDATE bad_debt_episodes SET exited_at = ?3, exit_reason = ?2"
 				 " WHERE account_id = ?1 AND exited_at = 0",
-				 acct, dun_exit_reason_name((enum dun_exit_reason)c->value), now, 0);
+				 acct, dun_exit_reason_name((enum dun_exit_reason)c->value), now,
+				 0);
 	case DUN_C_EMIT_OUTCOME_EVENT: {
-		const char *type = c->value == DUN_STAGE_NONE ? "dunning.lifted"
-							      : "dunning.stage_changed";
+		const char *type =
+		    c->value == DUN_STAGE_NONE ? "dunning.lifted" : "dunning.stage_changed";
 		json_t *payload = json_pack(
-			"{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s}", "key", c->key, "type", type,
-			"account_id", acct, "from_stage", dun_stage_name(c->from), "to_stage",
-			dun_stage_name((enum dun_stage)c->value), "episode", (json_int_t)c->episode,
-			"at", (json_int_t)now, "entitlement",
-			dun_entitlement_name(d->entitlement));
+		    "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s}", "key", c->key, "type", type,
+		    "account_id", acct, "from_stage", dun_stage_name(c->from), "to_stage",
+		    dun_stage_name((enum dun_stage)c->value), "episode", (json_int_t)c->episode,
+		    "at", (json_int_t)now, "entitlement", dun_entitlement_name(d->entitlement));
 		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 		json_decref(payload);
 		sqlite3_stmt *st = dun_db_stmt(
-			db, "INSERT OR IGNORE INTO outcome_events(key, account_id, type, payload,"
-			    " created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+		    db, "INSERT OR IGNORE INTO outcome_events(key, account_id, type, payload,"
+			" created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
 		sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, acct, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC);
@@ -274,11 +275,11 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 	}
 	case DUN_C_SET_STAGE: {
 		sqlite3_stmt *st = dun_db_stmt(
-			db, "INSERT INTO dunning(account_id, stage, since, episode, lifting_since,"
-			    " updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(account_id)"
-			    " DO UPDATE SET stage = excluded.stage, since = excluded.since,"
-			    " episode = excluded.episode, lifting_since = excluded.lifting_since,"
-			    " updated_at = excluded.updated_at");
+		    db, "INSERT INTO dunning(account_id, stage, since, episode, lifting_since,"
+			" updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(account_id)"
+			" DO UPDATE SET stage = excluded.stage, since = excluded.since,"
+			" episode = excluded.episode, lifting_since = excluded.lifting_since,"
+			" updated_at = excluded.updated_at");
 		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, dun_stage_name((enum dun_stage)c->value), -1,
 				  SQLITE_STATIC);
@@ -319,8 +320,8 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
  * uncollectible invoices (upgrades excluded: they never make bad debt).
  */
 static enum dun_err create_consolidated(struct dun_applier *ap, const struct dun_snapshot *snap,
-					const struct dun_desired *d, const char *idem,
-					json_t **obj, char *err)
+					const struct dun_desired *d, const char *idem, json_t **obj,
+					char *err)
 {
 	const struct dun_state *s = &snap->state;
 	int n = 0;
@@ -333,8 +334,8 @@ static enum dun_err create_consolidated(struct dun_applier *ap, const struct dun
 		const struct dun_invoice *inv = &s->invoices[i];
 		ids[n] = inv->id;
 		amounts[n] = inv->amount_remaining_minor > 0
-				     ? inv->amount_remaining_minor
-				     : inv->amount_due_minor - inv->amount_paid_minor;
+				 ? inv->amount_remaining_minor
+				 : inv->amount_due_minor - inv->amount_paid_minor;
 		currency = inv->currency;
 		n++;
 	}
@@ -439,8 +440,7 @@ static enum dun_err platform_write(struct dun_applier *ap, const struct dun_cons
 		return ops->set_entitlement(ap->platform.self, c->target,
 					    (enum dun_entitlement)c->value, idem, err, ERR_MAX);
 	case DUN_C_REMOVE_RESOURCE_FLAGS:
-		return ops->remove_resource_flags(ap->platform.self, c->target, idem, err,
-						  ERR_MAX);
+		return ops->remove_resource_flags(ap->platform.self, c->target, idem, err, ERR_MAX);
 	case DUN_C_MARK_UNCOLLECTIBLE:
 	case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
 	case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
@@ -486,16 +486,16 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 		return DUN_OK;
 	}
 	struct dun_email_ctx ctx = {
-		.kind = c->kind,
-		.snap = snap,
-		.desired = d,
-		.policy = ap->policy,
-		.invoice_id = strcmp(c->target, snap->state.account_id) ? c->target : "",
-		.now = dun_clock_now(),
+	    .kind = c->kind,
+	    .snap = snap,
+	    .desired = d,
+	    .policy = ap->policy,
+	    .invoice_id = strcmp(c->target, snap->state.account_id) ? c->target : "",
+	    .now = dun_clock_now(),
 	};
 	char *subject = NULL, *body = NULL;
-	enum dun_err e = ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err,
-						  ERR_MAX);
+	enum dun_err e =
+	    ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err, ERR_MAX);
 	if (e != DUN_OK)
 		return e;
 	char message_id[200];

@@ -24,8 +24,8 @@ struct dun_platform_ops {
 	enum dun_err (*ban)(void *self, const char *account_id, bool banned, const char *idem_key,
 			    char *err, size_t err_size);
 	enum dun_err (*set_entitlement)(void *self, const char *account_id,
-					enum dun_entitlement level, const char *idem_key,
-					char *err, size_t err_size);
+					enum dun_entitlement level, const char *idem_key, char *err,
+					size_t err_size);
 	enum dun_err (*remove_resource_flags)(void *self, const char *account_id,
 					      const char *idem_key, char *err, size_t err_size);
 };

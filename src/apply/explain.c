@@ -18,15 +18,15 @@ static json_t *attempts_json(const struct dun_policy *p, const struct dun_invoic
 		int64_t delay = 0;
 		const char *cls = "";
 		if (a->status == DUN_ATTEMPT_FAILED)
-			cls = dun_policy_classify(p, a, &delay) == DUN_DECLINE_HARD ? "hard"
-										   : "soft";
+			cls =
+			    dun_policy_classify(p, a, &delay) == DUN_DECLINE_HARD ? "hard" : "soft";
 		json_array_append_new(
-			arr, json_pack("{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "id", a->id,
-				       "created", (json_int_t)a->created_at, "status",
-				       dun_attempt_status_name(a->status), "payment_method",
-				       a->payment_method, "decline_code", a->decline_code,
-				       "advice_code", a->advice_code, "network_advice_code",
-				       a->network_advice_code, "decline_class", cls));
+		    arr, json_pack("{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "id", a->id,
+				   "created", (json_int_t)a->created_at, "status",
+				   dun_attempt_status_name(a->status), "payment_method",
+				   a->payment_method, "decline_code", a->decline_code,
+				   "advice_code", a->advice_code, "network_advice_code",
+				   a->network_advice_code, "decline_class", cls));
 	}
 	return arr;
 }
@@ -54,7 +54,8 @@ static json_t *rows(struct dun_db *db, const char *sql, const char *account_id)
 				/* reasons and plan are stored as JSON text */
 				if (t && (t[0] == '[' || t[0] == '{'))
 					parsed = json_loads(t, 0, NULL);
-				json_object_set_new(row, name, parsed ? parsed : json_string(t ? t : ""));
+				json_object_set_new(row, name,
+						    parsed ? parsed : json_string(t ? t : ""));
 				break;
 			}
 			}
@@ -84,14 +85,13 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 				      jbool(s->kill_switch), "bad_debt", jbool(s->account_bad_debt),
 				      "no_successful_payment", jbool(s->no_successful_payment),
 				      "email", en->snap.email, "name", en->snap.name));
-	json_object_set_new(o, "customer",
-			    s->has_customer
-				    ? json_pack("{s:s, s:o, s:o, s:s}", "id", s->customer_id,
-						"bad_debt", jbool(s->customer_bad_debt),
-						"provider_metadata_bad_debt",
-						jbool(s->provider_meta_bad_debt),
-						"default_payment_method", s->default_payment_method)
-				    : json_null());
+	json_object_set_new(
+	    o, "customer",
+	    s->has_customer ? json_pack("{s:s, s:o, s:o, s:s}", "id", s->customer_id, "bad_debt",
+					jbool(s->customer_bad_debt), "provider_metadata_bad_debt",
+					jbool(s->provider_meta_bad_debt), "default_payment_method",
+					s->default_payment_method)
+			    : json_null());
 	json_object_set_new(o, "platform",
 			    json_pack("{s:o, s:s, s:o}", "banned", jbool(s->banned), "entitlement",
 				      dun_entitlement_name(s->entitlement), "resource_flags",
@@ -105,9 +105,9 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 				      jbool(s->bad_debt_episode_open)));
 	json_t *subs = json_array();
 	for (int i = 0; i < s->n_subscriptions; i++)
-		json_array_append_new(subs, json_pack("{s:s, s:s}", "id", s->subscriptions[i].id,
-						      "status",
-						      dun_sub_status_name(s->subscriptions[i].status)));
+		json_array_append_new(
+		    subs, json_pack("{s:s, s:s}", "id", s->subscriptions[i].id, "status",
+				    dun_sub_status_name(s->subscriptions[i].status)));
 	json_object_set_new(o, "subscriptions", subs);
 	json_t *invs = json_array();
 	for (int i = 0; i < s->n_invoices; i++) {
@@ -117,38 +117,37 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 		for (int k = 0; k < inv->n_covers; k++)
 			json_array_append_new(covers, json_string(inv->covers[k]));
 		json_t *j = json_pack(
-			"{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:I, s:o, s:o, s:o, s:o, s:o, s:o,"
-			" s:o, s:I, s:o, s:o, s:s}",
-			"id", inv->id, "status", dun_invoice_status_name(inv->status),
-			"billing_reason", dun_billing_reason_name(inv->billing_reason),
-			"amount_due", (json_int_t)inv->amount_due_minor, "amount_remaining",
-			(json_int_t)inv->amount_remaining_minor, "currency", inv->currency,
-			"attempt_count", inv->attempt_count, "created", (json_int_t)inv->created_at,
-			"consolidated", jbool(inv->is_consolidated), "covers", covers, "failing",
-			jbool(id->failing), "upgrade", jbool(id->upgrade),
-			"unresolved_uncollectible", jbool(id->unresolved_uncollectible),
-			"covered_by_paid", jbool(id->covered_by_paid), "hard_decline",
-			jbool(id->hard_decline), "next_retry_at", (json_int_t)id->next_retry_at,
-			"document_closed", jbool(inv->has_doc && inv->doc_closed),
-			"paylinks_enabled", jbool(inv->doc_paylinks_enabled), "display",
-			inv->status == DUN_INVOICE_PAID ? "Paid"
-			: (inv->meta_bad_debt_paid || id->covered_by_paid)
-				? "Paid"
-			: inv->status == DUN_INVOICE_VOID ? "Resolved"
-							  : dun_invoice_status_name(inv->status));
+		    "{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:I, s:o, s:o, s:o, s:o, s:o, s:o,"
+		    " s:o, s:I, s:o, s:o, s:s}",
+		    "id", inv->id, "status", dun_invoice_status_name(inv->status), "billing_reason",
+		    dun_billing_reason_name(inv->billing_reason), "amount_due",
+		    (json_int_t)inv->amount_due_minor, "amount_remaining",
+		    (json_int_t)inv->amount_remaining_minor, "currency", inv->currency,
+		    "attempt_count", inv->attempt_count, "created", (json_int_t)inv->created_at,
+		    "consolidated", jbool(inv->is_consolidated), "covers", covers, "failing",
+		    jbool(id->failing), "upgrade", jbool(id->upgrade), "unresolved_uncollectible",
+		    jbool(id->unresolved_uncollectible), "covered_by_paid",
+		    jbool(id->covered_by_paid), "hard_decline", jbool(id->hard_decline),
+		    "next_retry_at", (json_int_t)id->next_retry_at, "document_closed",
+		    jbool(inv->has_doc && inv->doc_closed), "paylinks_enabled",
+		    jbool(inv->doc_paylinks_enabled), "display",
+		    inv->status == DUN_INVOICE_PAID		       ? "Paid"
+		    : (inv->meta_bad_debt_paid || id->covered_by_paid) ? "Paid"
+		    : inv->status == DUN_INVOICE_VOID		       ? "Resolved"
+						      : dun_invoice_status_name(inv->status));
 		json_object_set_new(j, "attempts", attempts_json(en->policy, inv));
 		json_array_append_new(invs, j);
 	}
 	json_object_set_new(o, "invoices", invs);
-	json_object_set_new(
-		o, "evaluation",
-		json_pack("{s:I, s:s, s:s, s:o, s:o, s:I, s:I, s:I, s:s, s:s}", "now",
-			  (json_int_t)now, "stage", dun_stage_name(d->stage), "computed_stage",
-			  dun_stage_name(d->computed_stage), "held", jbool(d->held), "skipped",
-			  jbool(d->skipped), "days_delinquent", (json_int_t)d->days_delinquent,
-			  "delinquent_since", (json_int_t)d->delinquent_since, "next_recheck_at",
-			  (json_int_t)d->next_recheck_at, "mode", dun_mode_name(mode), "mode_why",
-			  why));
+	json_object_set_new(o, "evaluation",
+			    json_pack("{s:I, s:s, s:s, s:o, s:o, s:I, s:I, s:I, s:s, s:s}", "now",
+				      (json_int_t)now, "stage", dun_stage_name(d->stage),
+				      "computed_stage", dun_stage_name(d->computed_stage), "held",
+				      jbool(d->held), "skipped", jbool(d->skipped),
+				      "days_delinquent", (json_int_t)d->days_delinquent,
+				      "delinquent_since", (json_int_t)d->delinquent_since,
+				      "next_recheck_at", (json_int_t)d->next_recheck_at, "mode",
+				      dun_mode_name(mode), "mode_why", why));
 	json_object_set_new(o, "reasons", dun_engine_reasons_json(en));
 	json_object_set_new(o, "plan", dun_engine_plan_json(en));
 	json_object_set_new(o, "decisions",
@@ -163,12 +162,13 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 				 " exited_at, exit_reason FROM bad_debt_episodes"
 				 " WHERE account_id = ?1 ORDER BY episode",
 				 account_id));
-	json_object_set_new(o, "emails",
-			    rows(en->db,
-				 "SELECT key, kind, invoice_id, state, message_id, attempts,"
-				 " last_error, created_at, sent_at FROM emails WHERE account_id = ?1"
-				 " ORDER BY created_at, key",
-				 account_id));
+	json_object_set_new(
+	    o, "emails",
+	    rows(en->db,
+		 "SELECT key, kind, invoice_id, state, message_id, attempts,"
+		 " last_error, created_at, sent_at FROM emails WHERE account_id = ?1"
+		 " ORDER BY created_at, key",
+		 account_id));
 	json_object_set_new(o, "pending_triggers",
 			    rows(en->db,
 				 "SELECT id, kind, source, state, attempts, last_error, not_before"

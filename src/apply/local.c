@@ -10,14 +10,14 @@
 #include "local.h"
 #include "util/clock.h"
 
-static enum dun_err local_ban(void *self, const char *account_id, bool banned,
-			      const char *idem_key, char *err, size_t err_size)
+static enum dun_err local_ban(void *self, const char *account_id, bool banned, const char *idem_key,
+			      char *err, size_t err_size)
 {
 	struct dun_db *db = self;
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO platform(account_id, banned, updated_at) VALUES (?1, ?2, ?3)"
-		    " ON CONFLICT(account_id) DO UPDATE SET banned = excluded.banned,"
-		    " updated_at = excluded.updated_at");
+	    db, "INSERT INTO platform(account_id, banned, updated_at) VALUES (?1, ?2, ?3)"
+		" ON CONFLICT(account_id) DO UPDATE SET banned = excluded.banned,"
+		" updated_at = excluded.updated_at");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 2, banned);
 	sqlite3_bind_int64(st, 3, dun_clock_now());
@@ -30,9 +30,9 @@ static enum dun_err local_set_entitlement(void *self, const char *account_id,
 {
 	struct dun_db *db = self;
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO platform(account_id, entitlement, updated_at) VALUES (?1, ?2, ?3)"
-		    " ON CONFLICT(account_id) DO UPDATE SET entitlement = excluded.entitlement,"
-		    " updated_at = excluded.updated_at");
+	    db, "INSERT INTO platform(account_id, entitlement, updated_at) VALUES (?1, ?2, ?3)"
+		" ON CONFLICT(account_id) DO UPDATE SET entitlement = excluded.entitlement,"
+		" updated_at = excluded.updated_at");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, dun_entitlement_name(level), -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, dun_clock_now());
@@ -51,10 +51,10 @@ static enum dun_err local_remove_flags(void *self, const char *account_id, const
 }
 
 static const struct dun_platform_ops local_platform_ops = {
-	.name = "local",
-	.ban = local_ban,
-	.set_entitlement = local_set_entitlement,
-	.remove_resource_flags = local_remove_flags,
+    .name = "local",
+    .ban = local_ban,
+    .set_entitlement = local_set_entitlement,
+    .remove_resource_flags = local_remove_flags,
 };
 
 struct dun_platform dun_local_platform(struct dun_db *db)
@@ -72,8 +72,8 @@ static enum dun_err log_send(void *self, const struct dun_email_msg *msg, char *
 }
 
 static const struct dun_mailer_ops log_mailer_ops = {
-	.name = "log",
-	.send = log_send,
+    .name = "log",
+    .send = log_send,
 };
 
 struct dun_mailer dun_log_mailer(void)

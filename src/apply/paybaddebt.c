@@ -42,12 +42,12 @@ static json_t *describe(const struct dun_invoice *inv, bool created)
 	return json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:b}", "id", inv->id, "status",
 			 dun_invoice_status_name(inv->status), "amount_due",
 			 (json_int_t)inv->amount_due_minor, "currency", inv->currency,
-			 "hosted_invoice_url", inv->hosted_invoice_url, "covers", covers,
-			 "created", created);
+			 "hosted_invoice_url", inv->hosted_invoice_url, "covers", covers, "created",
+			 created);
 }
 
 static const struct dun_invoice *find_open_consolidated(const struct dun_state *s,
-							 const struct dun_desired *d, bool exact)
+							const struct dun_desired *d, bool exact)
 {
 	for (int i = 0; i < s->n_invoices; i++) {
 		const struct dun_invoice *inv = &s->invoices[i];
@@ -130,7 +130,8 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 	e = dun_engine_apply_request(en, items, n, "pay_bad_debt", &r);
 	free(items);
 	if (e != DUN_OK) {
-		snprintf(err, err_size, "%s", r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
+		snprintf(err, err_size, "%s",
+			 r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
 		return e;
 	}
 	/* Read back what the applier folded into the mirror. */

@@ -81,12 +81,11 @@ json_t *dun_engine_plan_json(const struct dun_engine *en)
 		const struct dun_consequence *c = &en->plan.items[i];
 		char line[DUN_KEY_MAX + 64];
 		dun_conseq_format(c, line, sizeof line);
-		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:s, s:s}", "type",
-						     dun_conseq_name(c->type), "store",
-						     dun_store_name(dun_conseq_store(c->type)),
-						     "target", c->target, "value",
-						     (json_int_t)c->value, "key", c->key, "text",
-						     line));
+		json_array_append_new(
+		    arr, json_pack("{s:s, s:s, s:s, s:I, s:s, s:s}", "type",
+				   dun_conseq_name(c->type), "store",
+				   dun_store_name(dun_conseq_store(c->type)), "target", c->target,
+				   "value", (json_int_t)c->value, "key", c->key, "text", line));
 	}
 	return arr;
 }
@@ -95,9 +94,9 @@ json_t *dun_engine_reasons_json(const struct dun_engine *en)
 {
 	json_t *arr = json_array();
 	for (int i = 0; i < en->desired.n_reasons; i++)
-		json_array_append_new(arr, json_pack("{s:s, s:s}", "rule",
-						     en->desired.reasons[i].rule, "text",
-						     en->desired.reasons[i].text));
+		json_array_append_new(arr,
+				      json_pack("{s:s, s:s}", "rule", en->desired.reasons[i].rule,
+						"text", en->desired.reasons[i].text));
 	return arr;
 }
 
@@ -111,9 +110,9 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	json_decref(plan);
 	json_decref(reasons);
 	sqlite3_stmt *st = dun_db_stmt(
-		en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
-			" stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
-			" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
+	    en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
+		    " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
+		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
 	sqlite3_bind_text(st, 1, en->snap.state.account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, t ? t->id : 0);
 	sqlite3_bind_text(st, 3, t && t->kind ? t->kind : "", -1, SQLITE_STATIC);
@@ -184,8 +183,8 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	char planned[16], applied[16];
 	snprintf(planned, sizeof planned, "%d", en->plan.n);
 	snprintf(applied, sizeof applied, "%d", out->apply.n_applied);
-	dun_log(e == DUN_OK ? DUN_LOG_INFO : DUN_LOG_WARN, "recompute.done", "account",
-		account_id, "trigger", kind, "mode", "active", "outcome", outcome, "from",
+	dun_log(e == DUN_OK ? DUN_LOG_INFO : DUN_LOG_WARN, "recompute.done", "account", account_id,
+		"trigger", kind, "mode", "active", "outcome", outcome, "from",
 		dun_stage_name(out->from), "to", dun_stage_name(out->to), "planned", planned,
 		"applied", applied, "error", out->apply.error_text, NULL);
 	return e != DUN_OK ? e : fe;

@@ -58,11 +58,11 @@ static int64_t next_action(const struct dun_email_ctx *ctx, const char **what)
 		int64_t after;
 		const char *what;
 	} steps[] = {
-		{DUN_STAGE_RESTRICTED, p->restricted_after_s,
-		 "some features of your account will be restricted"},
-		{DUN_STAGE_SUSPENDED, p->suspended_after_s, "your account will be suspended"},
-		{DUN_STAGE_BAD_DEBT, p->bad_debt_after_s,
-		 "your subscription will be canceled and the balance recorded as bad debt"},
+	    {DUN_STAGE_RESTRICTED, p->restricted_after_s,
+	     "some features of your account will be restricted"},
+	    {DUN_STAGE_SUSPENDED, p->suspended_after_s, "your account will be suspended"},
+	    {DUN_STAGE_BAD_DEBT, p->bad_debt_after_s,
+	     "your subscription will be canceled and the balance recorded as bad debt"},
 	};
 	for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
 		if (steps[i].stage > cap)
@@ -100,13 +100,13 @@ void dun_render_vars(const struct dun_email_ctx *ctx, const char *support_email,
 		else if (ctx->kind == DUN_EMAIL_RESOLVED)
 			listed = id->covered_by_paid;
 		else
-			listed = id->failing || id->unresolved_uncollectible ||
-				 id->mark_uncollectible;
+			listed =
+			    id->failing || id->unresolved_uncollectible || id->mark_uncollectible;
 		if (!listed)
 			continue;
 		int64_t amt = inv->amount_remaining_minor > 0
-				      ? inv->amount_remaining_minor
-				      : inv->amount_due_minor - inv->amount_paid_minor;
+				  ? inv->amount_remaining_minor
+				  : inv->amount_due_minor - inv->amount_paid_minor;
 		invoices[n].id = inv->id;
 		invoices[n].amount_minor = amt;
 		invoices[n].currency = inv->currency;
@@ -132,14 +132,14 @@ void dun_render_vars(const struct dun_email_ctx *ctx, const char *support_email,
 		v->pay_url = subject_inv->hosted_invoice_url;
 	}
 	if (ctx->invoice_id[0])
-		v->retries_left = retries_left(ctx->policy, find_invoice(s, ctx->invoice_id),
-					       subject_d);
+		v->retries_left =
+		    retries_left(ctx->policy, find_invoice(s, ctx->invoice_id), subject_d);
 	if (ctx->kind != DUN_EMAIL_RESOLVED && ctx->kind != DUN_EMAIL_BAD_DEBT)
 		v->next_action_at = next_action(ctx, &v->next_action);
 }
 
-static enum dun_err render(void *self, const struct dun_email_ctx *ctx, char **subject,
-			   char **body, char *err, size_t err_size)
+static enum dun_err render(void *self, const struct dun_email_ctx *ctx, char **subject, char **body,
+			   char *err, size_t err_size)
 {
 	struct dun_template_renderer *r = self;
 	int cap = ctx->snap->state.n_invoices > 0 ? ctx->snap->state.n_invoices : 1;

@@ -103,7 +103,7 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 	if (need & DUN_NEED_POLICY) {
 		if (cli->policy_path) {
 			enum dun_err e =
-				dun_policy_file_load(cli->policy_path, &cli->policy, err, sizeof err);
+			    dun_policy_file_load(cli->policy_path, &cli->policy, err, sizeof err);
 			if (e != DUN_OK) {
 				dun_cli_error("%s", err);
 				return DUN_EX_CONFIG;
@@ -114,7 +114,7 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 	}
 	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready) {
 		enum dun_err e =
-			dun_template_set_load(cli->templates_dir, &cli->templates, err, sizeof err);
+		    dun_template_set_load(cli->templates_dir, &cli->templates, err, sizeof err);
 		if (e != DUN_OK) {
 			dun_cli_error("%s", err);
 			return DUN_EX_CONFIG;

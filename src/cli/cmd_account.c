@@ -49,12 +49,12 @@ static int list(struct dun_cli *cli, int argc, char **argv)
 	if (rc)
 		return rc;
 	sqlite3_stmt *st = dun_db_stmt(
-		cli->db, "SELECT a.id, a.segment, a.kill_switch, a.bad_debt,"
-			 " COALESCE(d.stage, 'none'), COALESCE(p.banned, 0),"
-			 " COALESCE(p.entitlement, 'full') FROM accounts a"
-			 " LEFT JOIN dunning d ON d.account_id = a.id"
-			 " LEFT JOIN platform p ON p.account_id = a.id"
-			 " WHERE ?1 IS NULL OR COALESCE(d.stage, 'none') = ?1 ORDER BY a.id LIMIT ?2");
+	    cli->db, "SELECT a.id, a.segment, a.kill_switch, a.bad_debt,"
+		     " COALESCE(d.stage, 'none'), COALESCE(p.banned, 0),"
+		     " COALESCE(p.entitlement, 'full') FROM accounts a"
+		     " LEFT JOIN dunning d ON d.account_id = a.id"
+		     " LEFT JOIN platform p ON p.account_id = a.id"
+		     " WHERE ?1 IS NULL OR COALESCE(d.stage, 'none') = ?1 ORDER BY a.id LIMIT ?2");
 	dun_db_bind_text(st, 1, stage);
 	sqlite3_bind_int64(st, 2, limit);
 	printf("%-20s %-11s %-6s %-9s %-11s %-7s %s\n", "account", "segment", "kill", "bad_debt",
@@ -137,9 +137,10 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 	enum dun_err e = dun_db_begin(cli->db);
 	sqlite3_stmt *st;
 	if (add) {
-		st = dun_db_stmt(cli->db, "INSERT INTO accounts(id, segment, email, name, created_at)"
-					  " VALUES (?1, COALESCE(?2, 'self_serve'), COALESCE(?3, ''),"
-					  " COALESCE(?4, ''), ?5) ON CONFLICT(id) DO NOTHING");
+		st = dun_db_stmt(cli->db,
+				 "INSERT INTO accounts(id, segment, email, name, created_at)"
+				 " VALUES (?1, COALESCE(?2, 'self_serve'), COALESCE(?3, ''),"
+				 " COALESCE(?4, ''), ?5) ON CONFLICT(id) DO NOTHING");
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 		dun_db_bind_text(st, 2, segment);
 		dun_db_bind_text(st, 3, email);
@@ -153,17 +154,19 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 			return DUN_EX_CANTCREAT;
 		}
 		if (e == DUN_OK && customer) {
-			st = dun_db_stmt(cli->db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
-						  " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
+			st = dun_db_stmt(cli->db,
+					 "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
+					 " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
 			sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
 			e = dun_db_step_done(st);
 		}
 	} else {
-		st = dun_db_stmt(cli->db,
-				 "UPDATE accounts SET segment = COALESCE(?2, segment),"
-				 " kill_switch = COALESCE(?3, kill_switch), email = COALESCE(?4, email),"
-				 " name = COALESCE(?5, name) WHERE id = ?1");
+		st = dun_db_stmt(
+		    cli->db,
+		    "UPDATE accounts SET segment = COALESCE(?2, segment),"
+		    " kill_switch = COALESCE(?3, kill_switch), email = COALESCE(?4, email),"
+		    " name = COALESCE(?5, name) WHERE id = ?1");
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 		dun_db_bind_text(st, 2, segment);
 		if (kill)
@@ -180,8 +183,9 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 			return DUN_EX_NOINPUT;
 		}
 		if (e == DUN_OK && customer) {
-			st = dun_db_stmt(cli->db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
-						  " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
+			st = dun_db_stmt(cli->db,
+					 "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
+					 " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
 			sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
 			sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
 			e = dun_db_step_done(st);

@@ -19,8 +19,8 @@
 static void print_header(void)
 {
 	printf("%-5s %-4s %7s %8s %10s %9s %8s %8s %12s %7s %9s %8s\n", "week", "day", "none",
-	       "notified", "restricted", "suspended", "bad_debt", "failing", "recovered$",
-	       "emails", "bd_in/out", "retries");
+	       "notified", "restricted", "suspended", "bad_debt", "failing", "recovered$", "emails",
+	       "bd_in/out", "retries");
 }
 
 static void print_row(int week, const struct dun_world_stats *s)
@@ -102,12 +102,13 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 			cfg.seed = strtoull(optarg, NULL, 10);
 			break;
 		case 'h':
-			printf("usage: dunning demo [--accounts N] [--days N] [--seed S]\n\n"
-			       "Build a synthetic population (default 1000 accounts) in a fresh\n"
-			       "database (--db, default ./dunning-demo.db, replaced on every run)\n"
-			       "and run it for 90 simulated days through the real pipeline with the\n"
-			       "simulated provider, printing a weekly table. Ends with a drift scan\n"
-			       "and a second recompute of every account, which must find nothing.\n");
+			printf(
+			    "usage: dunning demo [--accounts N] [--days N] [--seed S]\n\n"
+			    "Build a synthetic population (default 1000 accounts) in a fresh\n"
+			    "database (--db, default ./dunning-demo.db, replaced on every run)\n"
+			    "and run it for 90 simulated days through the real pipeline with the\n"
+			    "simulated provider, printing a weekly table. Ends with a drift scan\n"
+			    "and a second recompute of every account, which must find nothing.\n");
 			return DUN_EX_OK;
 		default:
 			return DUN_EX_USAGE;
@@ -179,8 +180,8 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	dun_world_stats(w, cfg.days - 1, &s);
 	printf("\nprovider events delivered: %lld, consequences applied: %lld, written off: "
 	       "%.2f USD, dead triggers: %lld\n",
-	       (long long)s.events, (long long)s.consequences,
-	       (double)s.written_off_minor / 100.0, (long long)s.dead_triggers);
+	       (long long)s.events, (long long)s.consequences, (double)s.written_off_minor / 100.0,
+	       (long long)s.dead_triggers);
 
 	struct dun_scan_result scan;
 	e = dun_scan_run(&cli->engine, dun_clock_now(), false, NULL, NULL, &scan);

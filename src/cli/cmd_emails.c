@@ -18,8 +18,9 @@ int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv)
 		if (c == 's')
 			show = optarg;
 		else if (c == 'h') {
-			printf("usage: dunning emails [ACCOUNT] [--show KEY]\n\n"
-			       "List the email log (one row per dedup key), or print one message.\n");
+			printf(
+			    "usage: dunning emails [ACCOUNT] [--show KEY]\n\n"
+			    "List the email log (one row per dedup key), or print one message.\n");
 			return DUN_EX_OK;
 		} else
 			return DUN_EX_USAGE;

@@ -11,12 +11,10 @@
 
 int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 {
-	static const struct option opts[] = {{"state", required_argument, NULL, 's'},
-					     {"account", required_argument, NULL, 'a'},
-					     {"limit", required_argument, NULL, 'n'},
-					     {"json", no_argument, NULL, 'j'},
-					     {"help", no_argument, NULL, 'h'},
-					     {NULL, 0, NULL, 0}};
+	static const struct option opts[] = {
+	    {"state", required_argument, NULL, 's'}, {"account", required_argument, NULL, 'a'},
+	    {"limit", required_argument, NULL, 'n'}, {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},	     {NULL, 0, NULL, 0}};
 	const char *state = NULL, *account = NULL;
 	long limit = 50;
 	bool json = false;
@@ -37,9 +35,11 @@ int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 			json = true;
 			break;
 		case 'h':
-			printf("usage: dunning events [--state received|processing|done|retrying|dead]\n"
+			printf("usage: dunning events [--state "
+			       "received|processing|done|retrying|dead]\n"
 			       "                      [--account A] [--limit N] [--json]\n\n"
-			       "List triggers in the inbox, newest first, with their counts per state.\n");
+			       "List triggers in the inbox, newest first, with their counts per "
+			       "state.\n");
 			return DUN_EX_OK;
 		default:
 			return DUN_EX_USAGE;
@@ -62,33 +62,33 @@ int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 	struct dun_inbox_counts counts;
 	dun_inbox_counts(cli->db, &counts);
 	sqlite3_stmt *st = dun_db_stmt(
-		cli->db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
-			 " last_error, not_before, created_at FROM inbox"
-			 " WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR account_id = ?2)"
-			 " ORDER BY id DESC LIMIT ?3");
+	    cli->db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
+		     " last_error, not_before, created_at FROM inbox"
+		     " WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR account_id = ?2)"
+		     " ORDER BY id DESC LIMIT ?3");
 	dun_db_bind_text(st, 1, state);
 	dun_db_bind_text(st, 2, account);
 	sqlite3_bind_int64(st, 3, limit);
 	json_t *arr = json_array();
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		json_array_append_new(
-			arr, json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:I}", "id",
-				       (json_int_t)sqlite3_column_int64(st, 0), "account_id",
-				       sqlite3_column_text(st, 1), "kind", sqlite3_column_text(st, 2),
-				       "source", sqlite3_column_text(st, 3), "event_id",
-				       sqlite3_column_text(st, 4), "state", sqlite3_column_text(st, 5),
-				       "attempts", sqlite3_column_int(st, 6), "last_error",
-				       sqlite3_column_text(st, 7), "not_before",
-				       (json_int_t)sqlite3_column_int64(st, 8), "created_at",
-				       (json_int_t)sqlite3_column_int64(st, 9)));
+		    arr, json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:I}", "id",
+				   (json_int_t)sqlite3_column_int64(st, 0), "account_id",
+				   sqlite3_column_text(st, 1), "kind", sqlite3_column_text(st, 2),
+				   "source", sqlite3_column_text(st, 3), "event_id",
+				   sqlite3_column_text(st, 4), "state", sqlite3_column_text(st, 5),
+				   "attempts", sqlite3_column_int(st, 6), "last_error",
+				   sqlite3_column_text(st, 7), "not_before",
+				   (json_int_t)sqlite3_column_int64(st, 8), "created_at",
+				   (json_int_t)sqlite3_column_int64(st, 9)));
 	}
 	sqlite3_reset(st);
 	if (json) {
-		json_t *o = json_pack("{s:{s:I, s:I, s:I, s:I, s:I}, s:o}", "counts", "received",
-				      (json_int_t)counts.received, "processing",
-				      (json_int_t)counts.processing, "done", (json_int_t)counts.done,
-				      "retrying", (json_int_t)counts.retrying, "dead",
-				      (json_int_t)counts.dead, "events", arr);
+		json_t *o = json_pack(
+		    "{s:{s:I, s:I, s:I, s:I, s:I}, s:o}", "counts", "received",
+		    (json_int_t)counts.received, "processing", (json_int_t)counts.processing,
+		    "done", (json_int_t)counts.done, "retrying", (json_int_t)counts.retrying,
+		    "dead", (json_int_t)counts.dead, "events", arr);
 		dun_cli_print_json(o);
 		return DUN_EX_OK;
 	}
@@ -107,8 +107,10 @@ int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 		       json_string_value(json_object_get(v, "kind")),
 		       json_string_value(json_object_get(v, "source")),
 		       (long long)json_integer_value(json_object_get(v, "attempts")),
-		       dun_cli_time(json_integer_value(json_object_get(v, "created_at")), t1, sizeof t1),
-		       dun_cli_time(json_integer_value(json_object_get(v, "not_before")), t2, sizeof t2),
+		       dun_cli_time(json_integer_value(json_object_get(v, "created_at")), t1,
+				    sizeof t1),
+		       dun_cli_time(json_integer_value(json_object_get(v, "not_before")), t2,
+				    sizeof t2),
 		       json_string_value(json_object_get(v, "last_error")));
 	}
 	json_decref(arr);

@@ -57,7 +57,8 @@ static void print_text(json_t *o)
 		printf("  %-22s %-13s %-19s %10.2f %s attempts=%lld%s%s%s%s display=%s\n",
 		       js(v, "id"), js(v, "status"), js(v, "billing_reason"),
 		       (double)ji(v, "amount_remaining") / 100.0, js(v, "currency"),
-		       ji(v, "attempt_count"), json_is_true(json_object_get(v, "failing")) ? " failing" : "",
+		       ji(v, "attempt_count"),
+		       json_is_true(json_object_get(v, "failing")) ? " failing" : "",
 		       json_is_true(json_object_get(v, "upgrade")) ? " upgrade" : "",
 		       json_is_true(json_object_get(v, "consolidated")) ? " consolidated" : "",
 		       json_is_true(json_object_get(v, "hard_decline")) ? " hard-decline" : "",
@@ -66,59 +67,59 @@ static void print_text(json_t *o)
 		json_t *at;
 		json_array_foreach(json_object_get(v, "attempts"), k, at)
 		{
-			printf("      %s %-10s %s %s%s%s\n", dun_cli_time(ji(at, "created"), t1, sizeof t1),
-			       js(at, "status"), js(at, "decline_code"), js(at, "decline_class"),
+			printf("      %s %-10s %s %s%s%s\n",
+			       dun_cli_time(ji(at, "created"), t1, sizeof t1), js(at, "status"),
+			       js(at, "decline_code"), js(at, "decline_class"),
 			       js(at, "advice_code")[0] ? " advice=" : "", js(at, "advice_code"));
 		}
 	}
-	printf("\nevaluation at %s: stage %s (rules say %s)%s%s, %lld days delinquent, mode %s (%s)\n",
-	       dun_cli_time(ji(ev, "now"), t1, sizeof t1), js(ev, "stage"),
-	       js(ev, "computed_stage"), json_is_true(json_object_get(ev, "held")) ? ", HELD" : "",
-	       json_is_true(json_object_get(ev, "skipped")) ? ", SKIPPED" : "",
-	       ji(ev, "days_delinquent"), js(ev, "mode"), js(ev, "mode_why"));
+	printf(
+	    "\nevaluation at %s: stage %s (rules say %s)%s%s, %lld days delinquent, mode %s (%s)\n",
+	    dun_cli_time(ji(ev, "now"), t1, sizeof t1), js(ev, "stage"), js(ev, "computed_stage"),
+	    json_is_true(json_object_get(ev, "held")) ? ", HELD" : "",
+	    json_is_true(json_object_get(ev, "skipped")) ? ", SKIPPED" : "",
+	    ji(ev, "days_delinquent"), js(ev, "mode"), js(ev, "mode_why"));
 	printf("rules:\n");
 	json_array_foreach(json_object_get(o, "reasons"), i, v)
-		printf("  [%s] %s\n", js(v, "rule"), js(v, "text"));
+	    printf("  [%s] %s\n", js(v, "rule"), js(v, "text"));
 	json_t *plan = json_object_get(o, "plan");
 	printf("plan (%zu):\n", json_array_size(plan));
-	json_array_foreach(plan, i, v)
-		printf("  %s\n", js(v, "text"));
+	json_array_foreach(plan, i, v) printf("  %s\n", js(v, "text"));
 	json_t *eps = json_object_get(o, "bad_debt_episodes");
 	if (json_array_size(eps)) {
 		printf("bad-debt episodes:\n");
 		json_array_foreach(eps, i, v)
-			printf("  ep%lld entered %s (%s) exited %s %s\n", ji(v, "episode"),
-			       dun_cli_time(ji(v, "entered_at"), t1, sizeof t1), js(v, "reason"),
-			       dun_cli_time(ji(v, "exited_at"), t2, sizeof t2), js(v, "exit_reason"));
+		    printf("  ep%lld entered %s (%s) exited %s %s\n", ji(v, "episode"),
+			   dun_cli_time(ji(v, "entered_at"), t1, sizeof t1), js(v, "reason"),
+			   dun_cli_time(ji(v, "exited_at"), t2, sizeof t2), js(v, "exit_reason"));
 	}
 	json_t *emails = json_object_get(o, "emails");
 	if (json_array_size(emails)) {
 		printf("emails:\n");
 		json_array_foreach(emails, i, v)
-			printf("  %s %-20s %-7s %s\n", dun_cli_time(ji(v, "created_at"), t1, sizeof t1),
-			       js(v, "kind"), js(v, "state"), js(v, "key"));
+		    printf("  %s %-20s %-7s %s\n", dun_cli_time(ji(v, "created_at"), t1, sizeof t1),
+			   js(v, "kind"), js(v, "state"), js(v, "key"));
 	}
 	json_t *dec = json_object_get(o, "decisions");
 	printf("recent decisions (%zu):\n", json_array_size(dec));
 	json_array_foreach(dec, i, v)
-		printf("  #%lld %s %-18s %-8s %s -> %s planned=%lld applied=%lld %s %s\n",
-		       ji(v, "id"), dun_cli_time(ji(v, "at"), t1, sizeof t1), js(v, "trigger_kind"),
-		       js(v, "mode"), js(v, "stage_from"), js(v, "stage_to"), ji(v, "n_planned"),
-		       ji(v, "n_applied"), js(v, "outcome"), js(v, "error"));
+	    printf("  #%lld %s %-18s %-8s %s -> %s planned=%lld applied=%lld %s %s\n", ji(v, "id"),
+		   dun_cli_time(ji(v, "at"), t1, sizeof t1), js(v, "trigger_kind"), js(v, "mode"),
+		   js(v, "stage_from"), js(v, "stage_to"), ji(v, "n_planned"), ji(v, "n_applied"),
+		   js(v, "outcome"), js(v, "error"));
 	json_t *pend = json_object_get(o, "pending_triggers");
 	if (json_array_size(pend)) {
 		printf("pending triggers:\n");
 		json_array_foreach(pend, i, v)
-			printf("  #%lld %s %s attempts=%lld %s\n", ji(v, "id"), js(v, "kind"),
-			       js(v, "state"), ji(v, "attempts"), js(v, "last_error"));
+		    printf("  #%lld %s %s attempts=%lld %s\n", ji(v, "id"), js(v, "kind"),
+			   js(v, "state"), ji(v, "attempts"), js(v, "last_error"));
 	}
 }
 
 int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv)
 {
-	static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-					     {"help", no_argument, NULL, 'h'},
-					     {NULL, 0, NULL, 0}};
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 	bool json = false;
 	int c;
 	optind = 0;
@@ -128,10 +129,12 @@ int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv)
 			json = true;
 			break;
 		case 'h':
-			printf("usage: dunning explain ACCOUNT [--json]\n\n"
-			       "Show the gathered state of an account, the rules that matched with\n"
-			       "their numbers, the plan a recompute would apply now, and the history:\n"
-			       "decisions, bad-debt episodes, emails and pending triggers.\n");
+			printf(
+			    "usage: dunning explain ACCOUNT [--json]\n\n"
+			    "Show the gathered state of an account, the rules that matched with\n"
+			    "their numbers, the plan a recompute would apply now, and the "
+			    "history:\n"
+			    "decisions, bad-debt episodes, emails and pending triggers.\n");
 			return DUN_EX_OK;
 		default:
 			return DUN_EX_USAGE;

@@ -75,7 +75,8 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 		}
 		struct dun_ingest_result res;
 		char err[512] = "";
-		enum dun_err e = dun_ingest_event(cli->db, line, (size_t)len, &res, err, sizeof err);
+		enum dun_err e =
+		    dun_ingest_event(cli->db, line, (size_t)len, &res, err, sizeof err);
 		if (e != DUN_OK) {
 			dun_cli_error("ingest: %s:%ld: %s; skipped", path, lineno, err);
 			bad++;
@@ -101,7 +102,8 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 		struct dun_inbox_config cfg;
 		dun_inbox_config_defaults(&cfg);
 		struct dun_drain_stats st;
-		enum dun_err e = dun_worker_drain(&cli->engine, &cfg, "cli", dun_clock_now(), 0, &st);
+		enum dun_err e =
+		    dun_worker_drain(&cli->engine, &cfg, "cli", dun_clock_now(), 0, &st);
 		if (e != DUN_OK) {
 			dun_cli_error("ingest: processing triggers: %s", dun_err_str(e));
 			return dun_cli_exit_code(e);

@@ -13,11 +13,12 @@ int dun_cmd_pay_bad_debt(struct dun_cli *cli, int argc, char **argv)
 	const char *account = NULL;
 	for (int i = 1; i < argc; i++) {
 		if (dun_cli_is_help(argv[i])) {
-			printf("usage: dunning pay-bad-debt ACCOUNT [--json]\n\n"
-			       "Create (or return the existing) consolidated invoice that settles an\n"
-			       "account's bad debt, and print its hosted payment link. Only for an\n"
-			       "account in bad debt; never two open at once; a stale one (covering\n"
-			       "other invoices) is voided first.\n");
+			printf(
+			    "usage: dunning pay-bad-debt ACCOUNT [--json]\n\n"
+			    "Create (or return the existing) consolidated invoice that settles an\n"
+			    "account's bad debt, and print its hosted payment link. Only for an\n"
+			    "account in bad debt; never two open at once; a stale one (covering\n"
+			    "other invoices) is voided first.\n");
 			return DUN_EX_OK;
 		}
 		if (!strcmp(argv[i], "--json"))
@@ -38,8 +39,8 @@ int dun_cmd_pay_bad_debt(struct dun_cli *cli, int argc, char **argv)
 		return rc;
 	json_t *inv = NULL;
 	char err[512] = "";
-	enum dun_err e = dun_pay_bad_debt(&cli->engine, account, dun_clock_now(), &inv, err,
-					  sizeof err);
+	enum dun_err e =
+	    dun_pay_bad_debt(&cli->engine, account, dun_clock_now(), &inv, err, sizeof err);
 	if (e != DUN_OK) {
 		dun_cli_error("pay-bad-debt: %s", err);
 		return dun_cli_exit_code(e);

@@ -36,7 +36,8 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		case 'h':
 			printf("usage: dunning recompute ACCOUNT [--dry-run]\n\n"
 			       "Recompute one account now: read all its state, apply the policy,\n"
-			       "apply the difference. --dry-run prints the plan and writes nothing.\n");
+			       "apply the difference. --dry-run prints the plan and writes "
+			       "nothing.\n");
 			return DUN_EX_OK;
 		default:
 			return DUN_EX_USAGE;

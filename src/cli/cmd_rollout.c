@@ -33,7 +33,8 @@ int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv)
 	if (!strcmp(verb, "show") && argc == 2) {
 		struct dun_rollout r;
 		dun_rollout_load(cli->db, &r);
-		printf("mode: %s\npercent: %g\n", r.global_observe ? "observe" : "active", r.percent);
+		printf("mode: %s\npercent: %g\n", r.global_observe ? "observe" : "active",
+		       r.percent);
 		sqlite3_stmt *st = dun_db_stmt(cli->db, "SELECT account_id, list FROM rollout_list"
 							" ORDER BY list, account_id");
 		while (sqlite3_step(st) == SQLITE_ROW)
@@ -61,16 +62,16 @@ int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv)
 		}
 		e = dun_db_setting_set(cli->db, "rollout.percent", arg);
 	} else if (!strcmp(verb, "allow") || !strcmp(verb, "deny")) {
-		sqlite3_stmt *st = dun_db_stmt(cli->db,
-					       "INSERT INTO rollout_list(account_id, list) VALUES"
-					       " (?1, ?2) ON CONFLICT(account_id) DO UPDATE SET"
-					       " list = excluded.list");
+		sqlite3_stmt *st =
+		    dun_db_stmt(cli->db, "INSERT INTO rollout_list(account_id, list) VALUES"
+					 " (?1, ?2) ON CONFLICT(account_id) DO UPDATE SET"
+					 " list = excluded.list");
 		sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, verb, -1, SQLITE_STATIC);
 		e = dun_db_step_done(st);
 	} else if (!strcmp(verb, "remove")) {
 		sqlite3_stmt *st =
-			dun_db_stmt(cli->db, "DELETE FROM rollout_list WHERE account_id = ?1");
+		    dun_db_stmt(cli->db, "DELETE FROM rollout_list WHERE account_id = ?1");
 		sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
 		e = dun_db_step_done(st);
 	} else {

@@ -35,8 +35,10 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		case 'h':
 			printf("usage: dunning scan [--json] [--enqueue]\n\n"
 			       "Evaluate every account against the policy and count those whose\n"
-			       "stores disagree with it, per class. --enqueue queues a drift_detected\n"
-			       "trigger for each drifting account (processed by 'dunning work' or the\n"
+			       "stores disagree with it, per class. --enqueue queues a "
+			       "drift_detected\n"
+			       "trigger for each drifting account (processed by 'dunning work' or "
+			       "the\n"
 			       "service). Exit status 1 when any account drifts.\n");
 			return DUN_EX_OK;
 		default:
@@ -52,8 +54,8 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		return rc;
 	struct dun_scan_result r;
 	bool tty = dun_cli_tty() && !json;
-	enum dun_err e = dun_scan_run(&cli->engine, dun_clock_now(), enqueue,
-				      tty ? progress : NULL, NULL, &r);
+	enum dun_err e =
+	    dun_scan_run(&cli->engine, dun_clock_now(), enqueue, tty ? progress : NULL, NULL, &r);
 	if (tty && r.accounts >= 10000)
 		fputc('\n', stderr);
 	if (e != DUN_OK) {
@@ -66,12 +68,11 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		for (int i = 0; i < DUN_DRIFT__COUNT; i++)
 			json_object_set_new(classes, dun_drift_name((enum dun_drift_class)i),
 					    json_integer(r.per_class[i]));
-		dun_cli_print_json(json_pack("{s:I, s:I, s:o, s:I, s:I, s:o}", "accounts",
-					     (json_int_t)r.accounts, "drifting",
-					     (json_int_t)r.drifting, "classes", classes,
-					     "planned_consequences", (json_int_t)r.planned,
-					     "enqueued", (json_int_t)r.enqueued, "examples",
-					     r.examples));
+		dun_cli_print_json(
+		    json_pack("{s:I, s:I, s:o, s:I, s:I, s:o}", "accounts", (json_int_t)r.accounts,
+			      "drifting", (json_int_t)r.drifting, "classes", classes,
+			      "planned_consequences", (json_int_t)r.planned, "enqueued",
+			      (json_int_t)r.enqueued, "examples", r.examples));
 	} else {
 		printf("scanned %lld accounts: %lld drifting\n", (long long)r.accounts,
 		       (long long)r.drifting);
@@ -85,7 +86,8 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		json_array_foreach(r.examples, i, v)
 		{
 			char *cl = json_dumps(json_object_get(v, "classes"), JSON_COMPACT);
-			printf("  e.g. %s %s\n", json_string_value(json_object_get(v, "account")), cl);
+			printf("  e.g. %s %s\n", json_string_value(json_object_get(v, "account")),
+			       cl);
 			free(cl);
 		}
 		json_decref(r.examples);

@@ -64,12 +64,10 @@ static void row(const char *name, double a, double b, bool two, bool money)
 
 int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv)
 {
-	static const struct option opts[] = {{"accounts", required_argument, NULL, 'a'},
-					     {"days", required_argument, NULL, 'd'},
-					     {"seed", required_argument, NULL, 's'},
-					     {"compare", required_argument, NULL, 'c'},
-					     {"help", no_argument, NULL, 'h'},
-					     {NULL, 0, NULL, 0}};
+	static const struct option opts[] = {
+	    {"accounts", required_argument, NULL, 'a'}, {"days", required_argument, NULL, 'd'},
+	    {"seed", required_argument, NULL, 's'},	{"compare", required_argument, NULL, 'c'},
+	    {"help", no_argument, NULL, 'h'},		{NULL, 0, NULL, 0}};
 	struct dun_world_config cfg = {.accounts = 1000, .days = 90, .seed = 7};
 	const char *compare = NULL;
 	int c;
@@ -89,12 +87,14 @@ int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv)
 			compare = optarg;
 			break;
 		case 'h':
-			printf("usage: dunning simulate [--accounts N] [--days N] [--seed S]\n"
-			       "                        [--compare POLICY_FILE]\n\n"
-			       "Run the policy (--policy, or the defaults) over a synthetic population\n"
-			       "for N days (default 1000 accounts, 90 days) in memory and print the\n"
-			       "outcome. With --compare, run a second policy over the identical\n"
-			       "population and print both side by side with the difference.\n");
+			printf(
+			    "usage: dunning simulate [--accounts N] [--days N] [--seed S]\n"
+			    "                        [--compare POLICY_FILE]\n\n"
+			    "Run the policy (--policy, or the defaults) over a synthetic "
+			    "population\n"
+			    "for N days (default 1000 accounts, 90 days) in memory and print the\n"
+			    "outcome. With --compare, run a second policy over the identical\n"
+			    "population and print both side by side with the difference.\n");
 			return DUN_EX_OK;
 		default:
 			return DUN_EX_USAGE;

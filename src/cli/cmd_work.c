@@ -36,7 +36,8 @@ int dun_cmd_work(struct dun_cli *cli, int argc, char **argv)
 	if (argc > 1 && dun_cli_is_help(argv[1])) {
 		printf("usage: dunning work\n\n"
 		       "Process every trigger and scheduled recheck that is due now, then stop.\n"
-		       "Exit status 1 when some recompute failed (its trigger is retrying or dead).\n");
+		       "Exit status 1 when some recompute failed (its trigger is retrying or "
+		       "dead).\n");
 		return DUN_EX_OK;
 	}
 	if (argc > 1) {

@@ -122,7 +122,9 @@ enum dun_err dun_world_populate(struct dun_world *w)
 		struct person *p = &w->people[i];
 		snprintf(p->account, sizeof p->account, "acct_%05d", i + 1);
 		int seg = pick(w, 100);
-		const char *segment = seg < 90 ? "self_serve" : seg < 96 ? "enterprise" : "contract";
+		const char *segment = seg < 90	 ? "self_serve"
+				      : seg < 96 ? "enterprise"
+						 : "contract";
 		const char *card = card_for(w, p);
 		p->bill_day = pick(w, 30);
 		p->amount_minor = 1000 + 100 * (int64_t)pick(w, 491);
@@ -135,8 +137,9 @@ enum dun_err dun_world_populate(struct dun_world *w)
 		char email[128], name[64];
 		snprintf(email, sizeof email, "billing+%s@example.com", p->account);
 		snprintf(name, sizeof name, "Customer %d", i + 1);
-		sqlite3_stmt *st = dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, segment, email,"
-						   " name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+		sqlite3_stmt *st =
+		    dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, segment, email,"
+				    " name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
 		sqlite3_bind_text(st, 1, p->account, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, segment, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, email, -1, SQLITE_STATIC);
@@ -180,7 +183,8 @@ enum dun_err dun_world_pump(struct dun_world *w)
 				char *body = json_dumps(ev, JSON_COMPACT);
 				struct dun_ingest_result r;
 				char err[256];
-				e = dun_ingest_event_in_tx(db, body, strlen(body), &r, err, sizeof err);
+				e = dun_ingest_event_in_tx(db, body, strlen(body), &r, err,
+							   sizeof err);
 				if (e != DUN_OK)
 					fprintf(stderr, "dunning: demo: ingest: %s\n", err);
 				free(body);
@@ -235,7 +239,8 @@ static enum dun_err act(struct dun_world *w, struct person *p, int day)
 	enum dun_err e = DUN_OK;
 	/* Billing: monthly, on the subscription's day, while it is not canceled. */
 	if (day % 30 == p->bill_day) {
-		sqlite3_stmt *st = dun_db_stmt(db, "SELECT status FROM p_subscriptions WHERE id = ?1");
+		sqlite3_stmt *st =
+		    dun_db_stmt(db, "SELECT status FROM p_subscriptions WHERE id = ?1");
 		sqlite3_bind_text(st, 1, p->subscription, -1, SQLITE_STATIC);
 		bool live = sqlite3_step(st) == SQLITE_ROW &&
 			    strcmp((const char *)sqlite3_column_text(st, 0), "canceled") != 0;
@@ -274,8 +279,7 @@ static enum dun_err act(struct dun_world *w, struct person *p, int day)
 				e = dun_sim_update_card(w->sim, p->customer, "ok");
 				if (e == DUN_OK)
 					e = dun_sim_pay_out_of_band(
-						w->sim,
-						json_string_value(json_object_get(inv, "id")));
+					    w->sim, json_string_value(json_object_get(inv, "id")));
 			}
 			json_decref(inv);
 		}
@@ -326,18 +330,18 @@ enum dun_err dun_world_stats(struct dun_world *w, int day, struct dun_world_stat
 	}
 	sqlite3_reset(st);
 	out->per_stage[DUN_STAGE_NONE] += scalar(db, "SELECT COUNT(*) FROM accounts") - staged;
-	out->failing_invoices = scalar(
-		db, "SELECT COUNT(*) FROM p_invoices WHERE status = 'open' AND attempt_count > 0"
-		    " AND amount_remaining > 0 AND meta_bad_debt_invoices IS NULL");
+	out->failing_invoices =
+	    scalar(db, "SELECT COUNT(*) FROM p_invoices WHERE status = 'open' AND attempt_count > 0"
+		       " AND amount_remaining > 0 AND meta_bad_debt_invoices IS NULL");
 	out->recovered_minor = scalar(
-		db, "SELECT COALESCE(SUM(amount_paid), 0) FROM p_invoices WHERE status = 'paid' AND"
-		    " (attempt_count > 1 OR meta_bad_debt_invoices IS NOT NULL)");
-	out->written_off_minor = scalar(
-		db, "SELECT COALESCE(SUM(amount_minor), 0) FROM bad_debt_episodes");
+	    db, "SELECT COALESCE(SUM(amount_paid), 0) FROM p_invoices WHERE status = 'paid' AND"
+		" (attempt_count > 1 OR meta_bad_debt_invoices IS NOT NULL)");
+	out->written_off_minor =
+	    scalar(db, "SELECT COALESCE(SUM(amount_minor), 0) FROM bad_debt_episodes");
 	out->emails_sent = scalar(db, "SELECT COUNT(*) FROM emails WHERE state = 'sent'");
 	out->bad_debt_entries = scalar(db, "SELECT COUNT(*) FROM bad_debt_episodes");
 	out->bad_debt_exits =
-		scalar(db, "SELECT COUNT(*) FROM bad_debt_episodes WHERE exited_at > 0");
+	    scalar(db, "SELECT COUNT(*) FROM bad_debt_episodes WHERE exited_at > 0");
 	out->retries = scalar(db, "SELECT COUNT(*) FROM applied WHERE type = 'retry_payment'"
 				  " AND outcome = 'applied'");
 	out->dead_triggers = scalar(db, "SELECT COUNT(*) FROM inbox WHERE state = 'dead'");

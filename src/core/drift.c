@@ -7,8 +7,8 @@
 const char *dun_drift_name(enum dun_drift_class c)
 {
 	switch (c) {
-#define DRIFT_NAME(name, str, text)                                                      \
-	case name:                                                                       \
+#define DRIFT_NAME(name, str, text) \
+	case name:                  \
 		return str;
 		DUN_DRIFT_LIST(DRIFT_NAME)
 #undef DRIFT_NAME
@@ -19,8 +19,8 @@ const char *dun_drift_name(enum dun_drift_class c)
 const char *dun_drift_text(enum dun_drift_class c)
 {
 	switch (c) {
-#define DRIFT_TEXT(name, str, text)                                                      \
-	case name:                                                                       \
+#define DRIFT_TEXT(name, str, text) \
+	case name:                  \
 		return text;
 		DUN_DRIFT_LIST(DRIFT_TEXT)
 #undef DRIFT_TEXT

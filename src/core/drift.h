@@ -11,17 +11,17 @@
 #include "model.h"
 #include "policy.h"
 
-#define DUN_DRIFT_LIST(X)                                                                \
-	X(DUN_DRIFT_STUCK_BAD_DEBT, "stuck_in_bad_debt",                                 \
-	  "flagged bad debt somewhere, but nothing is owed")                             \
-	X(DUN_DRIFT_MISSED_BAD_DEBT, "missed_bad_debt",                                  \
-	  "the policy says bad debt, the account is not flagged")                        \
-	X(DUN_DRIFT_FLAGS_DISAGREE, "flags_disagree",                                    \
-	  "account, customer and provider bad_debt flags differ")                        \
-	X(DUN_DRIFT_STALE_RESTRICTION, "stale_restriction_or_ban",                       \
-	  "banned or restricted more than the policy says")                              \
-	X(DUN_DRIFT_STALE_NO_SUCCESSFUL_PAYMENT, "stale_no_successful_payment",          \
-	  "no_successful_payment is set although a payment succeeded")                   \
+#define DUN_DRIFT_LIST(X)                                                       \
+	X(DUN_DRIFT_STUCK_BAD_DEBT, "stuck_in_bad_debt",                        \
+	  "flagged bad debt somewhere, but nothing is owed")                    \
+	X(DUN_DRIFT_MISSED_BAD_DEBT, "missed_bad_debt",                         \
+	  "the policy says bad debt, the account is not flagged")               \
+	X(DUN_DRIFT_FLAGS_DISAGREE, "flags_disagree",                           \
+	  "account, customer and provider bad_debt flags differ")               \
+	X(DUN_DRIFT_STALE_RESTRICTION, "stale_restriction_or_ban",              \
+	  "banned or restricted more than the policy says")                     \
+	X(DUN_DRIFT_STALE_NO_SUCCESSFUL_PAYMENT, "stale_no_successful_payment", \
+	  "no_successful_payment is set although a payment succeeded")          \
 	X(DUN_DRIFT_STAGE, "stage_mismatch", "the recorded stage is not the policy's")
 
 #define DUN_DRIFT_ENUM(name, str, text) name,

@@ -19,75 +19,75 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DUN_ID_MAX	  64  /* provider ids, account ids (with NUL) */
-#define DUN_CODE_MAX	  48  /* decline codes, advice codes */
-#define DUN_URL_MAX	  256 /* hosted invoice url */
-#define DUN_COVERS_MAX	  64  /* originals one consolidated invoice may list */
+#define DUN_ID_MAX     64  /* provider ids, account ids (with NUL) */
+#define DUN_CODE_MAX   48  /* decline codes, advice codes */
+#define DUN_URL_MAX    256 /* hosted invoice url */
+#define DUN_COVERS_MAX 64  /* originals one consolidated invoice may list */
 
 /* Segments: only self_serve accounts are ever touched. */
-#define DUN_SEGMENT_LIST(X)                                                              \
-	X(DUN_SEGMENT_SELF_SERVE, "self_serve")                                          \
-	X(DUN_SEGMENT_ENTERPRISE, "enterprise")                                          \
+#define DUN_SEGMENT_LIST(X)                     \
+	X(DUN_SEGMENT_SELF_SERVE, "self_serve") \
+	X(DUN_SEGMENT_ENTERPRISE, "enterprise") \
 	X(DUN_SEGMENT_CONTRACT, "contract")
 
 /* Dunning stages, least severe first (the numeric order is the severity). */
-#define DUN_STAGE_LIST(X)                                                                \
-	X(DUN_STAGE_NONE, "none")                                                        \
-	X(DUN_STAGE_NOTIFIED, "notified")                                                \
-	X(DUN_STAGE_RESTRICTED, "restricted")                                            \
-	X(DUN_STAGE_SUSPENDED, "suspended")                                              \
+#define DUN_STAGE_LIST(X)                     \
+	X(DUN_STAGE_NONE, "none")             \
+	X(DUN_STAGE_NOTIFIED, "notified")     \
+	X(DUN_STAGE_RESTRICTED, "restricted") \
+	X(DUN_STAGE_SUSPENDED, "suspended")   \
 	X(DUN_STAGE_BAD_DEBT, "bad_debt")
 
-#define DUN_ENTITLEMENT_LIST(X)                                                          \
-	X(DUN_ENTITLEMENT_FULL, "full")                                                  \
-	X(DUN_ENTITLEMENT_RESTRICTED, "restricted")                                      \
+#define DUN_ENTITLEMENT_LIST(X)                     \
+	X(DUN_ENTITLEMENT_FULL, "full")             \
+	X(DUN_ENTITLEMENT_RESTRICTED, "restricted") \
 	X(DUN_ENTITLEMENT_SUSPENDED, "suspended")
 
-#define DUN_INVOICE_STATUS_LIST(X)                                                       \
-	X(DUN_INVOICE_DRAFT, "draft")                                                    \
-	X(DUN_INVOICE_OPEN, "open")                                                      \
-	X(DUN_INVOICE_PAID, "paid")                                                      \
-	X(DUN_INVOICE_UNCOLLECTIBLE, "uncollectible")                                    \
+#define DUN_INVOICE_STATUS_LIST(X)                    \
+	X(DUN_INVOICE_DRAFT, "draft")                 \
+	X(DUN_INVOICE_OPEN, "open")                   \
+	X(DUN_INVOICE_PAID, "paid")                   \
+	X(DUN_INVOICE_UNCOLLECTIBLE, "uncollectible") \
 	X(DUN_INVOICE_VOID, "void")
 
-#define DUN_BILLING_REASON_LIST(X)                                                       \
-	X(DUN_BILLING_OTHER, "other")                                                    \
-	X(DUN_BILLING_SUBSCRIPTION_CYCLE, "subscription_cycle")                          \
-	X(DUN_BILLING_SUBSCRIPTION_CREATE, "subscription_create")                        \
-	X(DUN_BILLING_SUBSCRIPTION_UPDATE, "subscription_update")                        \
+#define DUN_BILLING_REASON_LIST(X)                                \
+	X(DUN_BILLING_OTHER, "other")                             \
+	X(DUN_BILLING_SUBSCRIPTION_CYCLE, "subscription_cycle")   \
+	X(DUN_BILLING_SUBSCRIPTION_CREATE, "subscription_create") \
+	X(DUN_BILLING_SUBSCRIPTION_UPDATE, "subscription_update") \
 	X(DUN_BILLING_MANUAL, "manual")
 
-#define DUN_SUB_STATUS_LIST(X)                                                           \
-	X(DUN_SUB_INCOMPLETE, "incomplete")                                              \
-	X(DUN_SUB_INCOMPLETE_EXPIRED, "incomplete_expired")                              \
-	X(DUN_SUB_TRIALING, "trialing")                                                  \
-	X(DUN_SUB_ACTIVE, "active")                                                      \
-	X(DUN_SUB_PAST_DUE, "past_due")                                                  \
-	X(DUN_SUB_CANCELED, "canceled")                                                  \
-	X(DUN_SUB_UNPAID, "unpaid")                                                      \
+#define DUN_SUB_STATUS_LIST(X)                              \
+	X(DUN_SUB_INCOMPLETE, "incomplete")                 \
+	X(DUN_SUB_INCOMPLETE_EXPIRED, "incomplete_expired") \
+	X(DUN_SUB_TRIALING, "trialing")                     \
+	X(DUN_SUB_ACTIVE, "active")                         \
+	X(DUN_SUB_PAST_DUE, "past_due")                     \
+	X(DUN_SUB_CANCELED, "canceled")                     \
+	X(DUN_SUB_UNPAID, "unpaid")                         \
 	X(DUN_SUB_PAUSED, "paused")
 
-#define DUN_ATTEMPT_STATUS_LIST(X)                                                       \
-	X(DUN_ATTEMPT_FAILED, "failed")                                                  \
-	X(DUN_ATTEMPT_SUCCEEDED, "succeeded")                                            \
+#define DUN_ATTEMPT_STATUS_LIST(X)            \
+	X(DUN_ATTEMPT_FAILED, "failed")       \
+	X(DUN_ATTEMPT_SUCCEEDED, "succeeded") \
 	X(DUN_ATTEMPT_PROCESSING, "processing")
 
 /* Why a bad-debt episode ended; also how the originals are displayed. */
-#define DUN_EXIT_REASON_LIST(X)                                                          \
-	X(DUN_EXIT_NONE, "")                                                             \
-	X(DUN_EXIT_PAID, "paid")                                                         \
+#define DUN_EXIT_REASON_LIST(X)  \
+	X(DUN_EXIT_NONE, "")     \
+	X(DUN_EXIT_PAID, "paid") \
 	X(DUN_EXIT_RESOLVED, "resolved")
 
-#define DUN_EMAIL_KIND_LIST(X)                                                           \
-	X(DUN_EMAIL_PAYMENT_FAILED, "payment_failed")                                    \
-	X(DUN_EMAIL_CARD_UPDATE_REQUIRED, "card_update_required")                        \
-	X(DUN_EMAIL_RESTRICTED, "restricted")                                            \
-	X(DUN_EMAIL_SUSPENDED, "suspended")                                              \
-	X(DUN_EMAIL_BAD_DEBT, "bad_debt")                                                \
+#define DUN_EMAIL_KIND_LIST(X)                                    \
+	X(DUN_EMAIL_PAYMENT_FAILED, "payment_failed")             \
+	X(DUN_EMAIL_CARD_UPDATE_REQUIRED, "card_update_required") \
+	X(DUN_EMAIL_RESTRICTED, "restricted")                     \
+	X(DUN_EMAIL_SUSPENDED, "suspended")                       \
+	X(DUN_EMAIL_BAD_DEBT, "bad_debt")                         \
 	X(DUN_EMAIL_RESOLVED, "resolved")
 
 #define DUN_ENUM_MEMBER(name, str) name,
-#define DUN_ENUM_ONE(name, str) +1
+#define DUN_ENUM_ONE(name, str)	   +1
 enum dun_segment { DUN_SEGMENT_LIST(DUN_ENUM_MEMBER) };
 enum { DUN_SEGMENT__COUNT = 0 DUN_SEGMENT_LIST(DUN_ENUM_ONE) };
 enum dun_stage { DUN_STAGE_LIST(DUN_ENUM_MEMBER) };
@@ -159,7 +159,7 @@ struct dun_invoice {
 	char currency[8];
 	int attempt_count;
 	int64_t created_at;
-	int64_t paid_at;	/* 0 unless status paid */
+	int64_t paid_at; /* 0 unless status paid */
 	char hosted_invoice_url[DUN_URL_MAX];
 	/* metadata the engine reads and writes */
 	bool meta_has_bad_debt_amount;
@@ -211,10 +211,11 @@ struct dun_state {
 	/* engine: dunning */
 	enum dun_stage stage;
 	int64_t stage_since;
-	int64_t episode;	  /* 0 before the first episode; increases by one */
-	int64_t lifting_since;	  /* 0 when not lifting */
-	int64_t next_recheck_at;  /* 0 when none scheduled */
-	/* engine: the open bad-debt episode, if any */
+	int64_t episode;	 /* 0 before the first episode; increases by one */
+	int64_t lifting_since;	 /* 0 when not lifting */
+	int64_t next_recheck_at; /* 0 when none scheduled */
+	/* engine: bad-debt episodes entered so far, and whether the last is open */
+	int64_t bad_debt_episodes;
 	bool bad_debt_episode_open;
 	/* provider mirror */
 	const struct dun_subscription *subscriptions;

@@ -8,27 +8,27 @@
 
 #include <string.h>
 
-#define NAME_FUNCS(type, list)                                                           \
-	const char *dun_##type##_name(enum dun_##type v)                                 \
-	{                                                                                \
-		switch (v) {                                                             \
-			list(NAME_CASE)                                                  \
-		}                                                                        \
-		return "?";                                                              \
+#define NAME_FUNCS(type, list)                           \
+	const char *dun_##type##_name(enum dun_##type v) \
+	{                                                \
+		switch (v) {                             \
+			list(NAME_CASE)                  \
+		}                                        \
+		return "?";                              \
 	}
-#define NAME_CASE(name, str)                                                             \
-	case name:                                                                       \
+#define NAME_CASE(name, str) \
+	case name:           \
 		return str;
 
-#define PARSE_FUNCS(type, list)                                                          \
-	bool dun_##type##_parse(const char *s, enum dun_##type *out)                     \
-	{                                                                                \
-		list(PARSE_CASE) return false;                                           \
+#define PARSE_FUNCS(type, list)                                      \
+	bool dun_##type##_parse(const char *s, enum dun_##type *out) \
+	{                                                            \
+		list(PARSE_CASE) return false;                       \
 	}
-#define PARSE_CASE(name, str)                                                            \
-	if (strcmp(s, str) == 0) {                                                       \
-		*out = name;                                                             \
-		return true;                                                             \
+#define PARSE_CASE(name, str)      \
+	if (strcmp(s, str) == 0) { \
+		*out = name;       \
+		return true;       \
 	}
 
 /* clang-format off */
@@ -58,8 +58,8 @@ PARSE_FUNCS(email_kind, DUN_EMAIL_KIND_LIST)
 
 enum dun_billing_reason dun_billing_reason_from(const char *s)
 {
-#define BR_CASE(name, str)                                                               \
-	if (s && strcmp(s, str) == 0)                                                    \
+#define BR_CASE(name, str)            \
+	if (s && strcmp(s, str) == 0) \
 		return name;
 	DUN_BILLING_REASON_LIST(BR_CASE)
 #undef BR_CASE

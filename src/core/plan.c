@@ -13,8 +13,8 @@
 
 #include <string.h>
 
-#define CONSEQ_NAME(name, str, store, once)                                              \
-	case name:                                                                       \
+#define CONSEQ_NAME(name, str, store, once) \
+	case name:                          \
 		return str;
 const char *dun_conseq_name(enum dun_conseq_type t)
 {
@@ -27,10 +27,10 @@ const char *dun_conseq_name(enum dun_conseq_type t)
 
 bool dun_conseq_parse(const char *s, enum dun_conseq_type *out)
 {
-#define CONSEQ_PARSE(name, str, store, once)                                             \
-	if (strcmp(s, str) == 0) {                                                       \
-		*out = name;                                                             \
-		return true;                                                             \
+#define CONSEQ_PARSE(name, str, store, once) \
+	if (strcmp(s, str) == 0) {           \
+		*out = name;                 \
+		return true;                 \
 	}
 	DUN_CONSEQ_LIST(CONSEQ_PARSE)
 #undef CONSEQ_PARSE
@@ -40,8 +40,8 @@ bool dun_conseq_parse(const char *s, enum dun_conseq_type *out)
 enum dun_store dun_conseq_store(enum dun_conseq_type t)
 {
 	switch (t) {
-#define CONSEQ_STORE(name, str, store, once)                                             \
-	case name:                                                                       \
+#define CONSEQ_STORE(name, str, store, once) \
+	case name:                           \
 		return store;
 		DUN_CONSEQ_LIST(CONSEQ_STORE)
 #undef CONSEQ_STORE
@@ -52,8 +52,8 @@ enum dun_store dun_conseq_store(enum dun_conseq_type t)
 bool dun_conseq_is_once(enum dun_conseq_type t)
 {
 	switch (t) {
-#define CONSEQ_ONCE(name, str, store, once)                                              \
-	case name:                                                                       \
+#define CONSEQ_ONCE(name, str, store, once) \
+	case name:                          \
 		return once;
 		DUN_CONSEQ_LIST(CONSEQ_ONCE)
 #undef CONSEQ_ONCE
@@ -91,8 +91,8 @@ struct builder {
 	bool overflow;
 };
 
-static struct dun_consequence *add(struct builder *b, enum dun_conseq_type type,
-				   const char *target, int64_t value)
+static struct dun_consequence *add(struct builder *b, enum dun_conseq_type type, const char *target,
+				   int64_t value)
 {
 	if (b->plan->n >= b->plan->cap) {
 		b->overflow = true;
@@ -130,6 +130,21 @@ static void add_email(struct builder *b, enum dun_email_kind kind, const char *t
 		return;
 	c->kind = kind;
 	dun_email_key(c->key, sizeof c->key, b->s->account_id, kind, scope);
+}
+
+/* Bad-debt episode keys name the bad-debt episode, not the dunning one. */
+static void episode_key(struct dun_consequence *c, int64_t seq)
+{
+	if (!c)
+		return;
+	char *slash = strrchr(c->key, '/');
+	if (!slash)
+		return;
+	struct dun_text t;
+	size_t keep = (size_t)(slash - c->key) + 1;
+	dun_text_init(&t, slash + 1, sizeof c->key - keep);
+	dun_text_str(&t, "bd");
+	dun_text_i64(&t, seq);
 }
 
 static bool sub_is_live(enum dun_sub_status st)
@@ -205,7 +220,7 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 		if (!id->retry_due)
 			continue;
 		struct dun_consequence *c =
-			add(&b, DUN_C_RETRY_PAYMENT, s->invoices[i].id, id->retry_attempt);
+		    add(&b, DUN_C_RETRY_PAYMENT, s->invoices[i].id, id->retry_attempt);
 		if (c) {
 			struct dun_text t;
 			dun_text_init(&t, c->key, sizeof c->key);
@@ -227,15 +242,18 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 		char scope[32];
 		struct dun_text t;
 		dun_text_init(&t, scope, sizeof scope);
-		dun_text_str(&t, "ep");
-		dun_text_i64(&t, d->episode);
+		dun_text_str(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? "bd" : "ep");
+		dun_text_i64(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? d->bad_debt_seq
+									   : d->episode);
 		add_email(&b, d->stage_email_kind, acct, scope);
 	}
 	/* 8. Bookkeeping: episodes, the outcome event, the stage, the recheck. */
 	if (d->open_bad_debt_episode)
-		add(&b, DUN_C_OPEN_BAD_DEBT_EPISODE, acct, 1);
+		episode_key(add(&b, DUN_C_OPEN_BAD_DEBT_EPISODE, acct, d->bad_debt_seq),
+			    d->bad_debt_seq);
 	if (d->close_bad_debt_episode)
-		add(&b, DUN_C_CLOSE_BAD_DEBT_EPISODE, acct, d->exit_reason);
+		episode_key(add(&b, DUN_C_CLOSE_BAD_DEBT_EPISODE, acct, d->exit_reason),
+			    s->bad_debt_episodes > 0 ? s->bad_debt_episodes : 1);
 	if (d->stage != s->stage) {
 		struct dun_consequence *c = add(&b, DUN_C_EMIT_OUTCOME_EVENT, acct, d->stage);
 		if (c) {
@@ -263,7 +281,7 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 	}
 	if (d->next_recheck_at != s->next_recheck_at) {
 		struct dun_consequence *c =
-			add(&b, DUN_C_SCHEDULE_RECHECK, acct, d->next_recheck_at);
+		    add(&b, DUN_C_SCHEDULE_RECHECK, acct, d->next_recheck_at);
 		if (c)
 			c->at = d->next_recheck_at;
 	}

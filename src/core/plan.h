@@ -25,40 +25,39 @@
 #define DUN_KEY_MAX 160
 
 /* X(name, string, store, once) — once: applied at most once per key, ever. */
-#define DUN_CONSEQ_LIST(X)                                                               \
-	X(DUN_C_MARK_UNCOLLECTIBLE, "mark_uncollectible", DUN_STORE_PROVIDER, false)     \
-	X(DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT, "set_invoice_bad_debt_amount",              \
-	  DUN_STORE_PROVIDER, false)                                                     \
-	X(DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT, "set_provider_customer_bad_debt",        \
-	  DUN_STORE_PROVIDER, false)                                                     \
-	X(DUN_C_SET_CUSTOMER_BAD_DEBT, "set_customer_bad_debt", DUN_STORE_ENGINE, false)  \
-	X(DUN_C_SET_ACCOUNT_BAD_DEBT, "set_account_bad_debt", DUN_STORE_ENGINE, false)    \
-	X(DUN_C_BAN, "ban", DUN_STORE_PLATFORM, false)                                   \
-	X(DUN_C_UNBAN, "unban", DUN_STORE_PLATFORM, false)                               \
-	X(DUN_C_SET_ENTITLEMENT, "set_entitlement", DUN_STORE_PLATFORM, false)           \
-	X(DUN_C_REMOVE_RESOURCE_FLAGS, "remove_resource_flags", DUN_STORE_PLATFORM, false) \
-	X(DUN_C_CANCEL_SUBSCRIPTION, "cancel_subscription", DUN_STORE_PROVIDER, false)   \
-	X(DUN_C_MARK_INVOICE_BAD_DEBT_PAID, "mark_invoice_bad_debt_paid",                \
-	  DUN_STORE_PROVIDER, false)                                                     \
-	X(DUN_C_CLOSE_INVOICE_DOCUMENT, "close_invoice_document", DUN_STORE_ENGINE, false) \
-	X(DUN_C_DISABLE_PAYLINKS, "disable_paylinks", DUN_STORE_ENGINE, false)           \
-	X(DUN_C_RETRY_PAYMENT, "retry_payment", DUN_STORE_PROVIDER, true)                \
-	X(DUN_C_SET_NO_SUCCESSFUL_PAYMENT, "set_no_successful_payment", DUN_STORE_ENGINE, \
-	  false)                                                                         \
-	X(DUN_C_SEND_EMAIL, "send_email", DUN_STORE_EMAIL, true)                         \
-	X(DUN_C_OPEN_BAD_DEBT_EPISODE, "open_bad_debt_episode", DUN_STORE_ENGINE, true)  \
-	X(DUN_C_CLOSE_BAD_DEBT_EPISODE, "close_bad_debt_episode", DUN_STORE_ENGINE, true) \
-	X(DUN_C_EMIT_OUTCOME_EVENT, "emit_outcome_event", DUN_STORE_ENGINE, true)        \
-	X(DUN_C_SET_STAGE, "set_stage", DUN_STORE_ENGINE, false)                         \
-	X(DUN_C_SCHEDULE_RECHECK, "schedule_recheck", DUN_STORE_ENGINE, false)           \
-	X(DUN_C_VOID_INVOICE, "void_invoice", DUN_STORE_PROVIDER, false)                 \
-	X(DUN_C_CREATE_CONSOLIDATED_INVOICE, "create_consolidated_invoice",              \
-	  DUN_STORE_PROVIDER, true)
+#define DUN_CONSEQ_LIST(X)                                                                       \
+	X(DUN_C_MARK_UNCOLLECTIBLE, "mark_uncollectible", DUN_STORE_PROVIDER, false)             \
+	X(DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT, "set_invoice_bad_debt_amount", DUN_STORE_PROVIDER,  \
+	  false)                                                                                 \
+	X(DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT, "set_provider_customer_bad_debt",                \
+	  DUN_STORE_PROVIDER, false)                                                             \
+	X(DUN_C_SET_CUSTOMER_BAD_DEBT, "set_customer_bad_debt", DUN_STORE_ENGINE, false)         \
+	X(DUN_C_SET_ACCOUNT_BAD_DEBT, "set_account_bad_debt", DUN_STORE_ENGINE, false)           \
+	X(DUN_C_BAN, "ban", DUN_STORE_PLATFORM, false)                                           \
+	X(DUN_C_UNBAN, "unban", DUN_STORE_PLATFORM, false)                                       \
+	X(DUN_C_SET_ENTITLEMENT, "set_entitlement", DUN_STORE_PLATFORM, false)                   \
+	X(DUN_C_REMOVE_RESOURCE_FLAGS, "remove_resource_flags", DUN_STORE_PLATFORM, false)       \
+	X(DUN_C_CANCEL_SUBSCRIPTION, "cancel_subscription", DUN_STORE_PROVIDER, false)           \
+	X(DUN_C_MARK_INVOICE_BAD_DEBT_PAID, "mark_invoice_bad_debt_paid", DUN_STORE_PROVIDER,    \
+	  false)                                                                                 \
+	X(DUN_C_CLOSE_INVOICE_DOCUMENT, "close_invoice_document", DUN_STORE_ENGINE, false)       \
+	X(DUN_C_DISABLE_PAYLINKS, "disable_paylinks", DUN_STORE_ENGINE, false)                   \
+	X(DUN_C_RETRY_PAYMENT, "retry_payment", DUN_STORE_PROVIDER, true)                        \
+	X(DUN_C_SET_NO_SUCCESSFUL_PAYMENT, "set_no_successful_payment", DUN_STORE_ENGINE, false) \
+	X(DUN_C_SEND_EMAIL, "send_email", DUN_STORE_EMAIL, true)                                 \
+	X(DUN_C_OPEN_BAD_DEBT_EPISODE, "open_bad_debt_episode", DUN_STORE_ENGINE, true)          \
+	X(DUN_C_CLOSE_BAD_DEBT_EPISODE, "close_bad_debt_episode", DUN_STORE_ENGINE, true)        \
+	X(DUN_C_EMIT_OUTCOME_EVENT, "emit_outcome_event", DUN_STORE_ENGINE, true)                \
+	X(DUN_C_SET_STAGE, "set_stage", DUN_STORE_ENGINE, false)                                 \
+	X(DUN_C_SCHEDULE_RECHECK, "schedule_recheck", DUN_STORE_ENGINE, false)                   \
+	X(DUN_C_VOID_INVOICE, "void_invoice", DUN_STORE_PROVIDER, false)                         \
+	X(DUN_C_CREATE_CONSOLIDATED_INVOICE, "create_consolidated_invoice", DUN_STORE_PROVIDER,  \
+	  true)
 
 enum dun_store { DUN_STORE_ENGINE, DUN_STORE_PROVIDER, DUN_STORE_PLATFORM, DUN_STORE_EMAIL };
 
 #define DUN_CONSEQ_ENUM(name, str, store, once) name,
-#define DUN_CONSEQ_ONE(name, str, store, once) +1
+#define DUN_CONSEQ_ONE(name, str, store, once)	+1
 enum dun_conseq_type { DUN_CONSEQ_LIST(DUN_CONSEQ_ENUM) };
 enum { DUN_CONSEQ__COUNT = 0 DUN_CONSEQ_LIST(DUN_CONSEQ_ONE) };
 #undef DUN_CONSEQ_ENUM

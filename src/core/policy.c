@@ -87,26 +87,25 @@ void dun_policy_defaults(struct dun_policy *p)
 	add_decline(p, N, "29", S, 8 * DAY);
 	add_decline(p, N, "30", S, 10 * DAY);
 	static const char *const hard[] = {
-		"incorrect_number",
-		"lost_card",
-		"pickup_card",
-		"stolen_card",
-		"revocation_of_authorization",
-		"revocation_of_all_authorizations",
-		"authentication_required",
-		"transaction_not_allowed",
-		"highest_risk_level",
-		"expired_card",
-		"invalid_account",
-		"card_not_supported",
-		"fraudulent",
+	    "incorrect_number",
+	    "lost_card",
+	    "pickup_card",
+	    "stolen_card",
+	    "revocation_of_authorization",
+	    "revocation_of_all_authorizations",
+	    "authentication_required",
+	    "transaction_not_allowed",
+	    "highest_risk_level",
+	    "expired_card",
+	    "invalid_account",
+	    "card_not_supported",
+	    "fraudulent",
 	};
 	for (size_t i = 0; i < sizeof hard / sizeof hard[0]; i++)
 		add_decline(p, D, hard[i], H, 0);
 	static const char *const soft[] = {
-		"insufficient_funds", "processing_error", "issuer_not_available",
-		"try_again_later",    "do_not_honor",	  "generic_decline",
-		"card_velocity_exceeded",
+	    "insufficient_funds", "processing_error", "issuer_not_available",	"try_again_later",
+	    "do_not_honor",	  "generic_decline",  "card_velocity_exceeded",
 	};
 	for (size_t i = 0; i < sizeof soft / sizeof soft[0]; i++)
 		add_decline(p, D, soft[i], S, 0);
@@ -129,13 +128,13 @@ static bool rule_matches(const struct dun_decline_rule *r, const struct dun_atte
 	return v[0] && strcmp(v, r->code) == 0;
 }
 
-enum dun_decline_class dun_policy_classify(const struct dun_policy *p,
-					   const struct dun_attempt *a, int64_t *min_delay_s)
+enum dun_decline_class dun_policy_classify(const struct dun_policy *p, const struct dun_attempt *a,
+					   int64_t *min_delay_s)
 {
 	static const enum dun_decline_field order[] = {
-		DUN_DECLINE_FIELD_ADVICE_CODE,
-		DUN_DECLINE_FIELD_NETWORK_ADVICE_CODE,
-		DUN_DECLINE_FIELD_DECLINE_CODE,
+	    DUN_DECLINE_FIELD_ADVICE_CODE,
+	    DUN_DECLINE_FIELD_NETWORK_ADVICE_CODE,
+	    DUN_DECLINE_FIELD_DECLINE_CODE,
 	};
 	if (min_delay_s)
 		*min_delay_s = 0;
@@ -174,8 +173,8 @@ bool dun_state_has_sent(const struct dun_state *s, const char *key)
 
 /* ---- reasons ----------------------------------------------------------- */
 
-static struct dun_text *reason_begin(struct dun_desired *d, const char *rule,
-				     struct dun_text *t, bool *overflow)
+static struct dun_text *reason_begin(struct dun_desired *d, const char *rule, struct dun_text *t,
+				     bool *overflow)
 {
 	if (d->n_reasons >= d->reasons_cap) {
 		*overflow = true;
@@ -267,8 +266,7 @@ static enum dun_stage stage_for_days(const struct dun_policy *p, int64_t delinqu
 static int64_t next_boundary(const struct dun_policy *p, int64_t since, int64_t now,
 			     enum dun_stage cap)
 {
-	const int64_t bounds[] = {p->restricted_after_s, p->suspended_after_s,
-				  p->bad_debt_after_s};
+	const int64_t bounds[] = {p->restricted_after_s, p->suspended_after_s, p->bad_debt_after_s};
 	const enum dun_stage stages[] = {DUN_STAGE_RESTRICTED, DUN_STAGE_SUSPENDED,
 					 DUN_STAGE_BAD_DEBT};
 	for (int i = 0; i < 3; i++) {
@@ -310,8 +308,8 @@ static void set_since_reason(struct dun_desired *d, bool *of, const char *rule, 
 
 /* ---- EVALUATE ------------------------------------------------------------ */
 
-enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_policy *p,
-				 int64_t now, struct dun_desired *d)
+enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_policy *p, int64_t now,
+				 struct dun_desired *d)
 {
 	struct dun_invoice_desired *inv_d = d->invoices;
 	struct dun_reason *reasons = d->reasons;
@@ -390,7 +388,7 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			      id->first_failed_at > 0;
 		if (inv->status == DUN_INVOICE_UNCOLLECTIBLE) {
 			id->covered_by_paid =
-				covering_paid(s, inv->id) >= 0 || inv->meta_bad_debt_paid;
+			    covering_paid(s, inv->id) >= 0 || inv->meta_bad_debt_paid;
 			id->unresolved_uncollectible = !id->covered_by_paid;
 		}
 		if (!id->failing && !id->unresolved_uncollectible)
@@ -454,8 +452,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			upg = cap;
 		}
 		if (upg > full)
-			set_since_reason(d, &of, dun_stage_name(upg), "upgrade invoice",
-					 upg_oldest, upg_since, now);
+			set_since_reason(d, &of, dun_stage_name(upg), "upgrade invoice", upg_oldest,
+					 upg_since, now);
 	}
 	d->computed_stage = max_stage(full, upg);
 	if (full_since && upg_since)
@@ -510,17 +508,20 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	d->cancel_subscriptions = bd && p->bad_debt_cancel_subscriptions;
 	d->no_successful_payment = any_failed && !ever_paid;
 	d->open_bad_debt_episode = bd && !s->bad_debt_episode_open;
+	d->bad_debt_seq = s->bad_debt_episode_open
+			      ? (s->bad_debt_episodes > 0 ? s->bad_debt_episodes : 1)
+			      : s->bad_debt_episodes + 1;
 	d->close_bad_debt_episode = !bd && s->bad_debt_episode_open;
 	if (d->close_bad_debt_episode) {
 		d->exit_reason = paid_consolidated_at && paid_consolidated_at >= s->stage_since
-					 ? DUN_EXIT_PAID
-					 : DUN_EXIT_RESOLVED;
+				     ? DUN_EXIT_PAID
+				     : DUN_EXIT_RESOLVED;
 		reason(d, &of, "lift", "bad debt ends: ", dun_exit_reason_name(d->exit_reason),
 		       d->exit_reason == DUN_EXIT_PAID ? " (a consolidated invoice was paid)"
 						       : " (voided, credited or written off)");
 	}
 	if (d->stage >= DUN_STAGE_RESTRICTED) {
-		d->stage_email_kind = d->stage == DUN_STAGE_RESTRICTED	  ? DUN_EMAIL_RESTRICTED
+		d->stage_email_kind = d->stage == DUN_STAGE_RESTRICTED	? DUN_EMAIL_RESTRICTED
 				      : d->stage == DUN_STAGE_SUSPENDED ? DUN_EMAIL_SUSPENDED
 									: DUN_EMAIL_BAD_DEBT;
 		d->send_stage_email = true;
@@ -532,8 +533,13 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		char key[128], scope[32];
 		struct dun_text st;
 		dun_text_init(&st, scope, sizeof scope);
-		dun_text_str(&st, "ep");
-		dun_text_i64(&st, d->episode);
+		if (d->stage_email_kind == DUN_EMAIL_BAD_DEBT) {
+			dun_text_str(&st, "bd");
+			dun_text_i64(&st, d->bad_debt_seq);
+		} else {
+			dun_text_str(&st, "ep");
+			dun_text_i64(&st, d->episode);
+		}
 		dun_email_key(key, sizeof key, s->account_id, d->stage_email_kind, scope);
 		if (dun_state_has_sent(s, key))
 			d->send_stage_email = false;
@@ -546,8 +552,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		if (inv->is_consolidated)
 			continue;
 		if (bd && !id->upgrade) {
-			id->mark_uncollectible = by_days && id->failing &&
-						 p->bad_debt_mark_uncollectible;
+			id->mark_uncollectible =
+			    by_days && id->failing && p->bad_debt_mark_uncollectible;
 			if (id->mark_uncollectible || id->unresolved_uncollectible) {
 				int64_t amt = inv->amount_remaining_minor;
 				if (amt <= 0)
@@ -575,15 +581,16 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		if (id->processing)
 			continue;
 		/* Retries. */
-		int made = inv->attempt_count > inv->n_attempts ? inv->attempt_count
-								  : inv->n_attempts;
+		int made =
+		    inv->attempt_count > inv->n_attempts ? inv->attempt_count : inv->n_attempts;
 		if (made >= p->max_attempts)
 			continue;
 		const struct dun_attempt *lf = last_failed(inv);
 		int64_t delay = 0;
 		enum dun_decline_class cls = dun_policy_classify(p, lf, &delay);
 		if (cls == DUN_DECLINE_HARD) {
-			if (s->default_payment_method[0] &&
+			/* Only a card known to differ from the declined one is worth a try. */
+			if (s->default_payment_method[0] && lf->payment_method[0] &&
 			    strcmp(s->default_payment_method, lf->payment_method) != 0) {
 				id->retry_due = true;
 				id->retry_attempt = made + 1;

@@ -12,10 +12,10 @@
 #include "model.h"
 #include "../util/err.h"
 
-#define DUN_RETRY_SCHEDULE_MAX 16
-#define DUN_DECLINE_RULES_MAX  128
-#define DUN_REASON_TEXT_MAX    200
-#define DUN_REASON_RULE_MAX    32
+#define DUN_RETRY_SCHEDULE_MAX	16
+#define DUN_DECLINE_RULES_MAX	128
+#define DUN_REASON_TEXT_MAX	200
+#define DUN_REASON_RULE_MAX	32
 #define DUN_UPGRADE_REASONS_MAX 4
 
 enum dun_decline_class { DUN_DECLINE_SOFT, DUN_DECLINE_HARD };
@@ -73,8 +73,8 @@ void dun_policy_defaults(struct dun_policy *p);
  * decline_default applies when none does. *min_delay_s (may be NULL) gets the
  * matched rule's minimum retry delay.
  */
-enum dun_decline_class dun_policy_classify(const struct dun_policy *p,
-					   const struct dun_attempt *a, int64_t *min_delay_s);
+enum dun_decline_class dun_policy_classify(const struct dun_policy *p, const struct dun_attempt *a,
+					   int64_t *min_delay_s);
 
 /* One line of the explanation: which rule, and what it saw (with numbers). */
 struct dun_reason {
@@ -98,16 +98,16 @@ struct dun_invoice_desired {
 	bool mark_bad_debt_paid;
 	bool close_document;
 	bool disable_paylinks;
-	bool notice;		       /* a per-invoice email is wanted */
+	bool notice; /* a per-invoice email is wanted */
 	enum dun_email_kind notice_kind;
-	bool retry_due;		       /* a retry is due now */
-	int retry_attempt;	       /* the attempt number the retry will be */
-	int64_t next_retry_at;	       /* 0 when no further retry */
+	bool retry_due;	       /* a retry is due now */
+	int retry_attempt;     /* the attempt number the retry will be */
+	int64_t next_retry_at; /* 0 when no further retry */
 };
 
 struct dun_desired {
-	bool skipped;	/* segment or kill switch: nothing is planned */
-	bool held;	/* the in-flight guard stopped an escalation */
+	bool skipped;		       /* segment or kill switch: nothing is planned */
+	bool held;		       /* the in-flight guard stopped an escalation */
 	enum dun_stage computed_stage; /* what the rules say, before the guard */
 	enum dun_stage stage;	       /* what will be applied */
 	int64_t stage_since;
@@ -124,6 +124,12 @@ struct dun_desired {
 	bool no_successful_payment;
 	bool open_bad_debt_episode;
 	bool close_bad_debt_episode;
+	/*
+	 * The bad-debt episode the account is in or is entering (1, 2, ...):
+	 * it scopes the bad_debt email and the episode keys, so bad debt
+	 * entered twice within one dunning episode is a new episode.
+	 */
+	int64_t bad_debt_seq;
 	enum dun_exit_reason exit_reason;
 	bool send_stage_email;
 	enum dun_email_kind stage_email_kind;
@@ -143,8 +149,8 @@ struct dun_desired {
  * beforehand. Returns DUN_E_TOO_BIG when reasons_cap is too small (the
  * desired state is still complete; only reasons were dropped).
  */
-enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_policy *p,
-				 int64_t now, struct dun_desired *d);
+enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_policy *p, int64_t now,
+				 struct dun_desired *d);
 
 /* Build an email dedup key: "<account>/email/<kind>/<scope>". */
 void dun_email_key(char *out, size_t out_size, const char *account_id, enum dun_email_kind kind,

@@ -30,12 +30,12 @@ void dun_snapshot_free(struct dun_snapshot *snap)
 	memset(snap, 0, sizeof *snap);
 }
 
-#define GROW(ptr, cap, n)                                                                \
-	do {                                                                             \
-		if ((n) >= (cap)) {                                                      \
-			(cap) = (cap) ? (cap) * 2 : 16;                                  \
-			(ptr) = dun_realloc((ptr), sizeof *(ptr) * (size_t)(cap));       \
-		}                                                                        \
+#define GROW(ptr, cap, n)                                                          \
+	do {                                                                       \
+		if ((n) >= (cap)) {                                                \
+			(cap) = (cap) ? (cap)*2 : 16;                              \
+			(ptr) = dun_realloc((ptr), sizeof *(ptr) * (size_t)(cap)); \
+		}                                                                  \
 	} while (0)
 
 static enum dun_err step_err(int rc)
@@ -101,8 +101,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		dun_db_col_text(st, 0, s->customer_id, sizeof s->customer_id);
 		s->customer_bad_debt = sqlite3_column_int(st, 1);
 		s->provider_meta_bad_debt = sqlite3_column_int(st, 2);
-		dun_db_col_text(st, 3, s->default_payment_method,
-				sizeof s->default_payment_method);
+		dun_db_col_text(st, 3, s->default_payment_method, sizeof s->default_payment_method);
 		if (!snap->email[0])
 			dun_db_col_text(st, 4, snap->email, sizeof snap->email);
 		if (!snap->name[0])
@@ -134,10 +133,13 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	sqlite3_reset(st);
 
-	st = dun_db_stmt(db, "SELECT 1 FROM bad_debt_episodes WHERE account_id = ?1"
-			     " AND exited_at = 0 LIMIT 1");
+	st = dun_db_stmt(db, "SELECT COUNT(*), COALESCE(SUM(exited_at = 0), 0)"
+			     " FROM bad_debt_episodes WHERE account_id = ?1");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	s->bad_debt_episode_open = sqlite3_step(st) == SQLITE_ROW;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		s->bad_debt_episodes = sqlite3_column_int64(st, 0);
+		s->bad_debt_episode_open = sqlite3_column_int64(st, 1) > 0;
+	}
 	sqlite3_reset(st);
 
 	/* Sent (or being sent) emails: the dedup keys. */
@@ -178,13 +180,13 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 
 	n = 0;
 	st = dun_db_stmt(
-		db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
-		    " i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
-		    " i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
-		    " i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
-		    " d.paylinks_enabled FROM p_invoices i"
-		    " LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-		    " WHERE i.customer_id = ?1 ORDER BY i.id");
+	    db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
+		" i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
+		" i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
+		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
+		" d.paylinks_enabled FROM p_invoices i"
+		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
+		" WHERE i.customer_id = ?1 ORDER BY i.id");
 	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		GROW(snap->invoices, snap->invoices_cap, n);
@@ -195,7 +197,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		inv->status = DUN_INVOICE_OPEN;
 		dun_invoice_status_parse((const char *)sqlite3_column_text(st, 2), &inv->status);
 		inv->billing_reason =
-			dun_billing_reason_from((const char *)sqlite3_column_text(st, 3));
+		    dun_billing_reason_from((const char *)sqlite3_column_text(st, 3));
 		inv->amount_due_minor = sqlite3_column_int64(st, 4);
 		inv->amount_paid_minor = sqlite3_column_int64(st, 5);
 		inv->amount_remaining_minor = sqlite3_column_int64(st, 6);

@@ -66,9 +66,9 @@ enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const 
 {
 	int64_t now = dun_clock_now();
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO inbox(account_id, kind, source, event_id, dedup_key, not_before,"
-		    " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
-		    " ON CONFLICT(dedup_key) DO NOTHING");
+	    db, "INSERT INTO inbox(account_id, kind, source, event_id, dedup_key, not_before,"
+		" created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+		" ON CONFLICT(dedup_key) DO NOTHING");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, source ? source : "", -1, SQLITE_STATIC);
@@ -131,14 +131,14 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 		goto rollback;
 	/* The oldest ready trigger of each claimable account. */
 	st = dun_db_stmt(
-		db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
-		    " i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
-		    " WHERE i.state IN ('received', 'retrying') AND i.not_before <= ?1"
-		    " AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE j.account_id = i.account_id"
-		    "  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
-		    " AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
-		    "  AND p.state = 'processing')"
-		    " ORDER BY i.id LIMIT ?2");
+	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
+		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
+		" WHERE i.state IN ('received', 'retrying') AND i.not_before <= ?1"
+		" AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE j.account_id = i.account_id"
+		"  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
+		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
+		"  AND p.state = 'processing')"
+		" ORDER BY i.id LIMIT ?2");
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_int(st, 2, max);
 	int n = 0, rc;
@@ -185,10 +185,11 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		dun_db_rollback(db);
 		return DUN_OK;
 	}
-	st = dun_db_stmt(db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
-			     " last_error, not_before, created_at, updated_at FROM inbox"
-			     " WHERE account_id = ?1 AND state IN ('received', 'retrying', 'processing')"
-			     " AND not_before <= ?2 ORDER BY id LIMIT 1");
+	st = dun_db_stmt(
+	    db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
+		" last_error, not_before, created_at, updated_at FROM inbox"
+		" WHERE account_id = ?1 AND state IN ('received', 'retrying', 'processing')"
+		" AND not_before <= ?2 ORDER BY id LIMIT 1");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, now);
 	bool found = sqlite3_step(st) == SQLITE_ROW;
@@ -199,9 +200,10 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		dun_db_rollback(db);
 		return DUN_OK;
 	}
-	st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
-			     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
-			     " state IN ('received', 'retrying', 'processing') AND not_before <= ?3");
+	st = dun_db_stmt(db,
+			 "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
+			 " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
+			 " state IN ('received', 'retrying', 'processing') AND not_before <= ?3");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, now);
@@ -221,9 +223,10 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
-					   " last_error = '', updated_at = ?3 WHERE account_id = ?1"
-					   " AND state = 'processing' AND claimed_by = ?2");
+	sqlite3_stmt *st =
+	    dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
+			    " last_error = '', updated_at = ?3 WHERE account_id = ?1"
+			    " AND state = 'processing' AND claimed_by = ?2");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, now);
@@ -248,7 +251,8 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 	}
 	sqlite3_reset(st);
 	bool dead = !retryable || attempts >= cfg->max_attempts;
-	int64_t delay = dun_inbox_backoff(cfg, attempts, (uint64_t)first * 2654435761u + (uint64_t)attempts);
+	int64_t delay =
+	    dun_inbox_backoff(cfg, attempts, (uint64_t)first * 2654435761u + (uint64_t)attempts);
 	st = dun_db_stmt(db, "UPDATE inbox SET state = ?3, attempts = ?4, last_error = ?5,"
 			     " not_before = ?6, claimed_by = '', updated_at = ?7"
 			     " WHERE account_id = ?1 AND state = 'processing' AND claimed_by = ?2");
@@ -277,8 +281,9 @@ enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *
 				     " ('dead', 'retrying')");
 		sqlite3_bind_int64(st, 1, id);
 	} else {
-		st = dun_db_stmt(db, "UPDATE inbox SET state = 'received', not_before = ?2,"
-				     " attempts = 0, updated_at = ?2 WHERE state = 'dead' AND ?1 = 0");
+		st = dun_db_stmt(db,
+				 "UPDATE inbox SET state = 'received', not_before = ?2,"
+				 " attempts = 0, updated_at = ?2 WHERE state = 'dead' AND ?1 = 0");
 		sqlite3_bind_int64(st, 1, 0);
 	}
 	sqlite3_bind_int64(st, 2, now);
@@ -291,11 +296,11 @@ enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *
 enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int *n_out)
 {
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO inbox(account_id, kind, source, dedup_key, not_before, created_at,"
-		    " updated_at) SELECT account_id, 'recheck', 'timer',"
-		    " 'recheck:' || account_id || ':' || next_recheck_at, next_recheck_at, ?1, ?1"
-		    " FROM dunning WHERE next_recheck_at > 0 AND next_recheck_at <= ?1"
-		    " ON CONFLICT(dedup_key) DO NOTHING");
+	    db, "INSERT INTO inbox(account_id, kind, source, dedup_key, not_before, created_at,"
+		" updated_at) SELECT account_id, 'recheck', 'timer',"
+		" 'recheck:' || account_id || ':' || next_recheck_at, next_recheck_at, ?1, ?1"
+		" FROM dunning WHERE next_recheck_at > 0 AND next_recheck_at <= ?1"
+		" ON CONFLICT(dedup_key) DO NOTHING");
 	sqlite3_bind_int64(st, 1, now);
 	enum dun_err e = dun_db_step_done(st);
 	if (n_out)

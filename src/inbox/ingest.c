@@ -29,26 +29,26 @@ static const struct {
 	const char *type;
 	const char *kind;
 } kinds[] = {
-	{"invoice.payment_failed", "payment_failed"},
-	{"invoice.marked_uncollectible", "marked_uncollectible"},
-	{"invoice.paid", "paid"},
-	{"invoice.payment_succeeded", "paid"},
-	{"invoice.voided", "invoice_changed"},
-	{"invoice.updated", "invoice_changed"},
-	{"invoice.finalized", "invoice_changed"},
-	{"invoice.created", "invoice_changed"},
-	{"invoice_payment.paid", "paid"},
-	{"charge.failed", "payment_failed"},
-	{"charge.succeeded", "paid"},
-	{"charge.pending", "payment_processing"},
-	{"payment_intent.processing", "payment_processing"},
-	{"payment_intent.payment_failed", "payment_failed"},
-	{"payment_intent.succeeded", "paid"},
-	{"customer.updated", "customer_changed"},
-	{"customer.created", "customer_changed"},
-	{"customer.subscription.updated", "subscription_changed"},
-	{"customer.subscription.deleted", "subscription_changed"},
-	{"customer.subscription.created", "subscription_changed"},
+    {"invoice.payment_failed", "payment_failed"},
+    {"invoice.marked_uncollectible", "marked_uncollectible"},
+    {"invoice.paid", "paid"},
+    {"invoice.payment_succeeded", "paid"},
+    {"invoice.voided", "invoice_changed"},
+    {"invoice.updated", "invoice_changed"},
+    {"invoice.finalized", "invoice_changed"},
+    {"invoice.created", "invoice_changed"},
+    {"invoice_payment.paid", "paid"},
+    {"charge.failed", "payment_failed"},
+    {"charge.succeeded", "paid"},
+    {"charge.pending", "payment_processing"},
+    {"payment_intent.processing", "payment_processing"},
+    {"payment_intent.payment_failed", "payment_failed"},
+    {"payment_intent.succeeded", "paid"},
+    {"customer.updated", "customer_changed"},
+    {"customer.created", "customer_changed"},
+    {"customer.subscription.updated", "subscription_changed"},
+    {"customer.subscription.deleted", "subscription_changed"},
+    {"customer.subscription.created", "subscription_changed"},
 };
 
 const char *dun_ingest_trigger_kind(const char *type, bool consolidated)
@@ -106,8 +106,7 @@ enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t 
 		say(err, err_size, "event has no valid \"id\"", NULL);
 		goto out;
 	}
-	if (!json_is_string(type) || !json_string_length(type) ||
-	    json_string_length(type) >= 64) {
+	if (!json_is_string(type) || !json_string_length(type) || json_string_length(type) >= 64) {
 		say(err, err_size, "event has no valid \"type\": ", json_string_value(id));
 		goto out;
 	}
@@ -125,8 +124,8 @@ enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t 
 	int64_t version = (int64_t)json_integer_value(created);
 
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
-		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING");
+	    db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING");
 	sqlite3_bind_text(st, 1, res->event_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, res->type, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, object_id ? object_id : "", -1, SQLITE_STATIC);
@@ -161,9 +160,8 @@ enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t 
 		e = mark(db, res->event_id, "", res->outcome);
 		goto out;
 	}
-	if (!customer[0] ||
-	    dun_mirror_account_of(db, customer, res->account_id, sizeof res->account_id) !=
-		    DUN_OK) {
+	if (!customer[0] || dun_mirror_account_of(db, customer, res->account_id,
+						  sizeof res->account_id) != DUN_OK) {
 		res->outcome = "unmapped";
 		e = mark(db, res->event_id, "", res->outcome);
 		goto out;

@@ -18,9 +18,9 @@ struct dun_ingest_result {
 	char event_id[96];
 	char type[64];
 	char account_id[64];
-	bool duplicate;	   /* the event id was already stored */
-	bool stale;	   /* the payload was older than the mirror's copy */
-	bool triggered;	   /* a trigger was enqueued (or coalesced into one) */
+	bool duplicate; /* the event id was already stored */
+	bool stale;	/* the payload was older than the mirror's copy */
+	bool triggered; /* a trigger was enqueued (or coalesced into one) */
 	int64_t trigger_id;
 	const char *outcome; /* static: "triggered", "duplicate", "ignored_type", "unmapped", ... */
 };

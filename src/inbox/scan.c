@@ -52,13 +52,13 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 				if (m & (1u << c)) {
 					out->per_class[c]++;
 					json_array_append_new(
-						classes,
-						json_string(dun_drift_name((enum dun_drift_class)c)));
+					    classes,
+					    json_string(dun_drift_name((enum dun_drift_class)c)));
 				}
 			if (json_array_size(out->examples) < 20)
-				json_array_append_new(out->examples,
-						      json_pack("{s:s, s:o}", "account", ids[i],
-								"classes", classes));
+				json_array_append_new(
+				    out->examples,
+				    json_pack("{s:s, s:o}", "account", ids[i], "classes", classes));
 			else
 				json_decref(classes);
 			if (!enqueue)

@@ -13,9 +13,9 @@ struct dun_scan_result {
 	int64_t accounts;
 	int64_t drifting;
 	int64_t per_class[DUN_DRIFT__COUNT];
-	int64_t planned;   /* consequences a recompute of every account would plan */
-	int64_t enqueued;  /* drift_detected triggers queued */
-	json_t *examples;  /* up to 20 drifting accounts with their classes (new ref) */
+	int64_t planned;  /* consequences a recompute of every account would plan */
+	int64_t enqueued; /* drift_detected triggers queued */
+	json_t *examples; /* up to 20 drifting accounts with their classes (new ref) */
 };
 
 /* Called every 10,000 accounts with the number done so far (may be NULL). */

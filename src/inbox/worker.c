@@ -39,7 +39,8 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		for (int i = 0; i < n; i++) {
 			struct dun_trigger_ref t = {.id = items[i].id, .kind = items[i].kind};
 			struct dun_recompute_result r;
-			enum dun_err re = dun_engine_recompute(en, items[i].account_id, &t, false, &r);
+			enum dun_err re =
+			    dun_engine_recompute(en, items[i].account_id, &t, false, &r);
 			stats->accounts++;
 			stats->triggers += items[i].coalesced;
 			stats->consequences_applied += r.apply.n_applied;
@@ -47,8 +48,8 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 				e = dun_inbox_complete(en->db, worker_id, items[i].account_id, now);
 			} else {
 				stats->failed++;
-				const char *msg = r.apply.error_text[0] ? r.apply.error_text
-									: dun_err_str(re);
+				const char *msg =
+				    r.apply.error_text[0] ? r.apply.error_text : dun_err_str(re);
 				e = dun_inbox_fail(en->db, cfg, worker_id, items[i].account_id, now,
 						   dun_err_is_retryable(re), msg);
 			}

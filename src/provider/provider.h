@@ -26,23 +26,21 @@ struct dun_consolidated_req {
 	const char *customer_id;
 	const char *currency;
 	int n_originals;
-	const char *const *original_ids;	/* the uncollectible invoices */
-	const int64_t *original_amounts_minor;	/* what each still owes */
+	const char *const *original_ids;       /* the uncollectible invoices */
+	const int64_t *original_amounts_minor; /* what each still owes */
 	int days_until_due;
 };
 
 struct dun_provider_ops {
 	const char *name;
-	enum dun_err (*set_customer_metadata)(void *self, const char *customer_id,
-					      const char *key, const char *value,
-					      const char *idem_key, json_t **obj_out, char *err,
-					      size_t err_size);
+	enum dun_err (*set_customer_metadata)(void *self, const char *customer_id, const char *key,
+					      const char *value, const char *idem_key,
+					      json_t **obj_out, char *err, size_t err_size);
 	enum dun_err (*set_invoice_metadata)(void *self, const char *invoice_id, const char *key,
 					     const char *value, const char *idem_key,
 					     json_t **obj_out, char *err, size_t err_size);
-	enum dun_err (*mark_uncollectible)(void *self, const char *invoice_id,
-					   const char *idem_key, json_t **obj_out, char *err,
-					   size_t err_size);
+	enum dun_err (*mark_uncollectible)(void *self, const char *invoice_id, const char *idem_key,
+					   json_t **obj_out, char *err, size_t err_size);
 	enum dun_err (*void_invoice)(void *self, const char *invoice_id, const char *idem_key,
 				     json_t **obj_out, char *err, size_t err_size);
 	enum dun_err (*cancel_subscription)(void *self, const char *subscription_id,

@@ -70,7 +70,7 @@ void dun_sim_destroy(struct dun_sim *sim)
 static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t bsize)
 {
 	sqlite3_stmt *st =
-		dun_db_stmt(sim->db, "SELECT body, behavior FROM sim_objects WHERE id = ?1");
+	    dun_db_stmt(sim->db, "SELECT body, behavior FROM sim_objects WHERE id = ?1");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	json_t *o = NULL;
 	if (sqlite3_step(st) == SQLITE_ROW) {
@@ -92,9 +92,9 @@ static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
 	if (!strcmp(type, "customer"))
 		cus = json_string_value(json_object_get(o, "id"));
 	sqlite3_stmt *st = dun_db_stmt(
-		sim->db, "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
-			 " VALUES (?1, ?2, ?3, COALESCE(?4, ''), ?5) ON CONFLICT(id) DO UPDATE SET"
-			 " body = excluded.body, behavior = COALESCE(?4, behavior)");
+	    sim->db, "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
+		     " VALUES (?1, ?2, ?3, COALESCE(?4, ''), ?5) ON CONFLICT(id) DO UPDATE SET"
+		     " body = excluded.body, behavior = COALESCE(?4, behavior)");
 	sqlite3_bind_text(st, 1, json_string_value(json_object_get(o, "id")), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, cus ? cus : "", -1, SQLITE_STATIC);
@@ -135,8 +135,9 @@ json_t *dun_sim_take_events(struct dun_sim *sim, int max)
 	}
 	sqlite3_reset(st);
 	if (last) {
-		st = dun_db_stmt(sim->db,
-				 "UPDATE sim_events SET delivered = 1 WHERE delivered = 0 AND seq <= ?1");
+		st = dun_db_stmt(
+		    sim->db,
+		    "UPDATE sim_events SET delivered = 1 WHERE delivered = 0 AND seq <= ?1");
 		sqlite3_bind_int64(st, 1, last);
 		dun_db_step_done(st);
 	}
@@ -246,8 +247,7 @@ static enum dun_err charge(struct dun_sim *sim, json_t *inv, bool force_success)
 	json_t *cus = load(sim, cus_id, behavior, sizeof behavior);
 	if (!cus)
 		return DUN_E_NOT_FOUND;
-	const char *pm =
-		sget(json_object_get(cus, "invoice_settings"), "default_payment_method");
+	const char *pm = sget(json_object_get(cus, "invoice_settings"), "default_payment_method");
 	struct card card;
 	parse_behavior(behavior, &card);
 	int64_t attempt = json_integer_value(json_object_get(inv, "attempt_count")) + 1;
@@ -266,20 +266,20 @@ static enum dun_err charge(struct dun_sim *sim, json_t *inv, bool force_success)
 	int64_t now = dun_clock_now();
 	char ch_id[64];
 	new_id(sim, "ch", ch_id, sizeof ch_id);
-	json_t *ch = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s}", "id", ch_id,
-			       "object", "charge", "customer", cus_id, "invoice", sget(inv, "id"),
-			       "payment_intent", sget(inv, "payment_intent"), "created",
-			       (json_int_t)now, "amount",
-			       json_integer_value(json_object_get(inv, "amount_remaining")),
-			       "status", ok ? "succeeded" : "failed", "payment_method", pm);
+	json_t *ch =
+	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s, s:s}", "id", ch_id, "object",
+		      "charge", "customer", cus_id, "invoice", sget(inv, "id"), "payment_intent",
+		      sget(inv, "payment_intent"), "created", (json_int_t)now, "amount",
+		      json_integer_value(json_object_get(inv, "amount_remaining")), "status",
+		      ok ? "succeeded" : "failed", "payment_method", pm);
 	if (!ok) {
 		json_object_set_new(ch, "failure_code",
 				    json_string(strcmp(card.code, "expired_card") &&
 							strcmp(card.code, "incorrect_number")
-						? "card_declined"
-						: card.code));
-		json_t *outcome = json_pack("{s:s, s:s}", "type", "issuer_declined", "reason",
-					    card.code);
+						    ? "card_declined"
+						    : card.code));
+		json_t *outcome =
+		    json_pack("{s:s, s:s}", "type", "issuer_declined", "reason", card.code);
 		if (card.advice[0])
 			json_object_set_new(outcome, "advice_code", json_string(card.advice));
 		if (card.network[0])
@@ -321,9 +321,8 @@ static enum dun_err charge(struct dun_sim *sim, json_t *inv, bool force_success)
 
 /* ---- world operations --------------------------------------------------------- */
 
-enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id,
-				     const char *email, const char *name, const char *behavior,
-				     char *customer_id_out)
+enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id, const char *email,
+				     const char *name, const char *behavior, char *customer_id_out)
 {
 	char id[64], pm[64];
 	new_id(sim, "cus", id, sizeof id);
@@ -346,9 +345,9 @@ enum dun_err dun_sim_create_subscription(struct dun_sim *sim, const char *custom
 {
 	char id[64];
 	new_id(sim, "sub", id, sizeof id);
-	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "object", "subscription",
-			      "customer", customer_id, "status", "active", "created",
-			      (json_int_t)dun_clock_now());
+	json_t *o =
+	    json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "object", "subscription", "customer",
+		      customer_id, "status", "active", "created", (json_int_t)dun_clock_now());
 	enum dun_err e = save(sim, o, NULL);
 	if (e == DUN_OK)
 		emit(sim, "customer.subscription.created", o);
@@ -376,9 +375,8 @@ static json_t *new_invoice(struct dun_sim *sim, const char *customer_id, const c
 			 "status_transitions");
 }
 
-enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id,
-			  const char *subscription_id, int64_t amount_minor,
-			  const char *billing_reason, char *invoice_id_out)
+enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id, const char *subscription_id,
+			  int64_t amount_minor, const char *billing_reason, char *invoice_id_out)
 {
 	json_t *inv = new_invoice(sim, customer_id, subscription_id ? subscription_id : "",
 				  amount_minor, billing_reason, "charge_automatically");
@@ -391,8 +389,7 @@ enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id,
 	return e;
 }
 
-enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id,
-				 const char *behavior)
+enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id, const char *behavior)
 {
 	json_t *cus = load(sim, customer_id, NULL, 0);
 	if (!cus)
@@ -451,18 +448,17 @@ static enum dun_err op_set_meta(struct dun_sim *sim, const char *id, const char 
 	return DUN_OK;
 }
 
-static enum dun_err sim_set_customer_metadata(void *self, const char *customer_id,
-					      const char *key, const char *value,
-					      const char *idem, json_t **out, char *err,
-					      size_t es)
+static enum dun_err sim_set_customer_metadata(void *self, const char *customer_id, const char *key,
+					      const char *value, const char *idem, json_t **out,
+					      char *err, size_t es)
 {
-	return op_set_meta(self, customer_id, "customer", "customer.updated", key, value, idem,
-			   out, err, es);
+	return op_set_meta(self, customer_id, "customer", "customer.updated", key, value, idem, out,
+			   err, es);
 }
 
-static enum dun_err sim_set_invoice_metadata(void *self, const char *invoice_id,
-					     const char *key, const char *value,
-					     const char *idem, json_t **out, char *err, size_t es)
+static enum dun_err sim_set_invoice_metadata(void *self, const char *invoice_id, const char *key,
+					     const char *value, const char *idem, json_t **out,
+					     char *err, size_t es)
 {
 	return op_set_meta(self, invoice_id, "invoice", "invoice.updated", key, value, idem, out,
 			   err, es);
@@ -507,8 +503,8 @@ static enum dun_err sim_mark_uncollectible(void *self, const char *invoice_id, c
 static enum dun_err sim_void_invoice(void *self, const char *invoice_id, const char *idem,
 				     json_t **out, char *err, size_t es)
 {
-	return transition(self, invoice_id, "open", "uncollectible", "void", "invoice.voided",
-			  idem, out, err, es);
+	return transition(self, invoice_id, "open", "uncollectible", "void", "invoice.voided", idem,
+			  out, err, es);
 }
 
 static enum dun_err sim_cancel_subscription(void *self, const char *sub_id, const char *idem,
@@ -562,8 +558,7 @@ static enum dun_err sim_pay_invoice(void *self, const char *invoice_id, const ch
 }
 
 static enum dun_err sim_create_consolidated(void *self, const struct dun_consolidated_req *req,
-					    const char *idem, json_t **out, char *err,
-					    size_t es)
+					    const char *idem, json_t **out, char *err, size_t es)
 {
 	struct dun_sim *sim = self;
 	*out = idem_get(sim, idem);
@@ -614,13 +609,14 @@ static enum dun_err sim_create_consolidated(void *self, const struct dun_consoli
 	return DUN_OK;
 }
 
-static enum dun_err sim_list_invoices(void *self, const char *customer_id, json_t **out,
-				      char *err, size_t es)
+static enum dun_err sim_list_invoices(void *self, const char *customer_id, json_t **out, char *err,
+				      size_t es)
 {
 	struct dun_sim *sim = self;
 	json_t *arr = json_array();
-	sqlite3_stmt *st = dun_db_stmt(sim->db, "SELECT body FROM sim_objects WHERE"
-						" customer_id = ?1 AND type = 'invoice' ORDER BY id");
+	sqlite3_stmt *st =
+	    dun_db_stmt(sim->db, "SELECT body FROM sim_objects WHERE"
+				 " customer_id = ?1 AND type = 'invoice' ORDER BY id");
 	sqlite3_bind_text(st, 1, customer_id, -1, SQLITE_STATIC);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		json_t *o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
@@ -640,16 +636,16 @@ static void sim_destroy_op(void *self)
 }
 
 static const struct dun_provider_ops sim_ops = {
-	.name = "simulated",
-	.set_customer_metadata = sim_set_customer_metadata,
-	.set_invoice_metadata = sim_set_invoice_metadata,
-	.mark_uncollectible = sim_mark_uncollectible,
-	.void_invoice = sim_void_invoice,
-	.cancel_subscription = sim_cancel_subscription,
-	.pay_invoice = sim_pay_invoice,
-	.create_consolidated = sim_create_consolidated,
-	.list_invoices = sim_list_invoices,
-	.destroy = sim_destroy_op,
+    .name = "simulated",
+    .set_customer_metadata = sim_set_customer_metadata,
+    .set_invoice_metadata = sim_set_invoice_metadata,
+    .mark_uncollectible = sim_mark_uncollectible,
+    .void_invoice = sim_void_invoice,
+    .cancel_subscription = sim_cancel_subscription,
+    .pay_invoice = sim_pay_invoice,
+    .create_consolidated = sim_create_consolidated,
+    .list_invoices = sim_list_invoices,
+    .destroy = sim_destroy_op,
 };
 
 struct dun_provider dun_sim_provider(struct dun_sim *sim)

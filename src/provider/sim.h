@@ -36,18 +36,16 @@ void dun_sim_destroy(struct dun_sim *sim);
 struct dun_provider dun_sim_provider(struct dun_sim *sim);
 
 /* World operations (the demo, tests and `dunning sim ...` use these). */
-enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id,
-				     const char *email, const char *name, const char *behavior,
-				     char *customer_id_out);
+enum dun_err dun_sim_create_customer(struct dun_sim *sim, const char *account_id, const char *email,
+				     const char *name, const char *behavior, char *customer_id_out);
 enum dun_err dun_sim_create_subscription(struct dun_sim *sim, const char *customer_id,
 					 char *subscription_id_out);
 /*
  * Create an invoice for customer (on subscription, may be "") and attempt
  * to charge it once, as the provider does when a billing period starts.
  */
-enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id,
-			  const char *subscription_id, int64_t amount_minor,
-			  const char *billing_reason, char *invoice_id_out);
+enum dun_err dun_sim_bill(struct dun_sim *sim, const char *customer_id, const char *subscription_id,
+			  int64_t amount_minor, const char *billing_reason, char *invoice_id_out);
 /* The customer puts a new card on file with this behaviour. */
 enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id,
 				 const char *behavior);

@@ -57,8 +57,7 @@ enum dun_err dun_db_err(int rc)
 	}
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt,
-							  ...)
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
 {
 	if (!err || !n)
 		return;
@@ -147,9 +146,8 @@ static enum dun_err open_db(const char *path, bool apply, struct dun_db **out, c
 	*out = NULL;
 	struct dun_db *db = dun_calloc(1, sizeof *db);
 	db->path = dun_strdup(path);
-	int rc = sqlite3_open_v2(path, &db->h,
-				 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-				 NULL);
+	int rc = sqlite3_open_v2(
+	    path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
 		set_err(err, err_size, "%s: cannot open database: %s", path,
 			db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc));
@@ -269,9 +267,9 @@ enum dun_err dun_db_setting_get(struct dun_db *db, const char *key, char *out, s
 
 enum dun_err dun_db_setting_set(struct dun_db *db, const char *key, const char *value)
 {
-	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO settings(key, value) VALUES (?1, ?2)"
-		    " ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+	sqlite3_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO settings(key, value) VALUES (?1, ?2)"
+			    " ON CONFLICT(key) DO UPDATE SET value = excluded.value");
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
 	return dun_db_step_done(st);

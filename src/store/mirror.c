@@ -91,14 +91,14 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 		pm = jid(o, "default_source");
 	char *mdtext = json_is_object(md) ? json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO p_customers(id, account_id, email, name, default_payment_method,"
-		    " meta_bad_debt, metadata, version) VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6,"
-		    " ?7, ?8)"
-		    " ON CONFLICT(id) DO UPDATE SET account_id = COALESCE(excluded.account_id,"
-		    " account_id), email = excluded.email, name = excluded.name,"
-		    " default_payment_method = excluded.default_payment_method,"
-		    " meta_bad_debt = excluded.meta_bad_debt, metadata = excluded.metadata,"
-		    " version = excluded.version WHERE excluded.version >= version");
+	    db, "INSERT INTO p_customers(id, account_id, email, name, default_payment_method,"
+		" meta_bad_debt, metadata, version) VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6,"
+		" ?7, ?8)"
+		" ON CONFLICT(id) DO UPDATE SET account_id = COALESCE(excluded.account_id,"
+		" account_id), email = excluded.email, name = excluded.name,"
+		" default_payment_method = excluded.default_payment_method,"
+		" meta_bad_debt = excluded.meta_bad_debt, metadata = excluded.metadata,"
+		" version = excluded.version WHERE excluded.version >= version");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, jstr(o, "email"), -1, SQLITE_STATIC);
@@ -131,12 +131,12 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 static enum dun_err upsert_subscription(struct dun_db *db, json_t *o, int64_t version,
 					bool *applied)
 {
-	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO p_subscriptions(id, customer_id, status, version)"
-		    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET"
-		    " status = excluded.status, version = excluded.version"
-		    " WHERE excluded.version > version OR (excluded.version = version AND"
-		    " excluded.status = 'canceled')");
+	sqlite3_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO p_subscriptions(id, customer_id, status, version)"
+			    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET"
+			    " status = excluded.status, version = excluded.version"
+			    " WHERE excluded.version > version OR (excluded.version = version AND"
+			    " excluded.status = 'canceled')");
 	sqlite3_bind_text(st, 1, jstr(o, "id"), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, jid(o, "customer"), -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, jstr(o, "status"), -1, SQLITE_STATIC);
@@ -223,29 +223,29 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 
 	/* The version rule, decided in SQL against the stored row. */
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
-		    " amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
-		    " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
-		    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
-		    " version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-		    " ?15, ?16, ?17, ?18, ?19, ?20)"
-		    " ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
-		    " status = excluded.status, amount_due = excluded.amount_due,"
-		    " amount_paid = excluded.amount_paid,"
-		    " amount_remaining = excluded.amount_remaining, currency = excluded.currency,"
-		    " attempt_count = excluded.attempt_count,"
-		    " billing_reason = excluded.billing_reason,"
-		    " collection_method = excluded.collection_method, created = excluded.created,"
-		    " paid_at = excluded.paid_at, hosted_invoice_url = excluded.hosted_invoice_url,"
-		    " payment_intent = CASE WHEN excluded.payment_intent <> '' THEN"
-		    " excluded.payment_intent ELSE payment_intent END,"
-		    " meta_bad_debt_amount = excluded.meta_bad_debt_amount,"
-		    " meta_bad_debt_paid = excluded.meta_bad_debt_paid,"
-		    " meta_bad_debt_invoices = excluded.meta_bad_debt_invoices,"
-		    " metadata = excluded.metadata, version = excluded.version"
-		    " WHERE excluded.version > version OR (excluded.version = version AND ?21 >="
-		    " (CASE status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
-		    " THEN 2 ELSE 3 END))");
+	    db, "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
+		" amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
+		" collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
+		" meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
+		" version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+		" ?15, ?16, ?17, ?18, ?19, ?20)"
+		" ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
+		" status = excluded.status, amount_due = excluded.amount_due,"
+		" amount_paid = excluded.amount_paid,"
+		" amount_remaining = excluded.amount_remaining, currency = excluded.currency,"
+		" attempt_count = excluded.attempt_count,"
+		" billing_reason = excluded.billing_reason,"
+		" collection_method = excluded.collection_method, created = excluded.created,"
+		" paid_at = excluded.paid_at, hosted_invoice_url = excluded.hosted_invoice_url,"
+		" payment_intent = CASE WHEN excluded.payment_intent <> '' THEN"
+		" excluded.payment_intent ELSE payment_intent END,"
+		" meta_bad_debt_amount = excluded.meta_bad_debt_amount,"
+		" meta_bad_debt_paid = excluded.meta_bad_debt_paid,"
+		" meta_bad_debt_invoices = excluded.meta_bad_debt_invoices,"
+		" metadata = excluded.metadata, version = excluded.version"
+		" WHERE excluded.version > version OR (excluded.version = version AND ?21 >="
+		" (CASE status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
+		" THEN 2 ELSE 3 END))");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, customer, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, sub, -1, SQLITE_STATIC);
@@ -301,9 +301,9 @@ static void invoice_of_pi(struct dun_db *db, const char *pi, char *out, size_t n
 }
 
 static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *invoice,
-				const char *pi, int64_t created, const char *status,
-				const char *pm, const char *decline, const char *advice,
-				const char *network_advice, int64_t version, bool *applied)
+				const char *pi, int64_t created, const char *status, const char *pm,
+				const char *decline, const char *advice, const char *network_advice,
+				int64_t version, bool *applied)
 {
 	char inv[DUN_ID_MAX];
 	if (invoice[0])
@@ -311,15 +311,15 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 	else
 		invoice_of_pi(db, pi, inv, sizeof inv);
 	sqlite3_stmt *st = dun_db_stmt(
-		db, "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-		    " payment_method, decline_code, advice_code, network_advice_code, version)"
-		    " VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-		    " ON CONFLICT(id) DO UPDATE SET invoice_id = COALESCE(excluded.invoice_id,"
-		    " invoice_id), status = excluded.status,"
-		    " payment_method = excluded.payment_method,"
-		    " decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
-		    " network_advice_code = excluded.network_advice_code,"
-		    " version = excluded.version WHERE excluded.version >= version");
+	    db, "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
+		" payment_method, decline_code, advice_code, network_advice_code, version)"
+		" VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+		" ON CONFLICT(id) DO UPDATE SET invoice_id = COALESCE(excluded.invoice_id,"
+		" invoice_id), status = excluded.status,"
+		" payment_method = excluded.payment_method,"
+		" decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
+		" network_advice_code = excluded.network_advice_code,"
+		" version = excluded.version WHERE excluded.version >= version");
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, inv, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, pi, -1, SQLITE_STATIC);
@@ -370,7 +370,8 @@ static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t 
 				   "processing", jid(o, "payment_method"), "", "", "", version,
 				   applied);
 	/* The payment is no longer in flight: drop the marker. */
-	sqlite3_stmt *st = dun_db_stmt(db, "DELETE FROM p_attempts WHERE id = ?1 AND version <= ?2");
+	sqlite3_stmt *st =
+	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE id = ?1 AND version <= ?2");
 	sqlite3_bind_text(st, 1, marker, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, version);
 	enum dun_err e = dun_db_step_done(st);
@@ -422,8 +423,8 @@ static enum dun_err upsert_invoice_payment(struct dun_db *db, json_t *o, int64_t
 	return e;
 }
 
-enum dun_err dun_mirror_upsert(struct dun_db *db, json_t *obj, int64_t version,
-			       char *customer_out, bool *applied, char *err, size_t err_size)
+enum dun_err dun_mirror_upsert(struct dun_db *db, json_t *obj, int64_t version, char *customer_out,
+			       bool *applied, char *err, size_t err_size)
 {
 	bool dummy;
 	if (!applied)

@@ -31,8 +31,8 @@
  * accepted and ignored (*applied false). Runs inside the caller's
  * transaction if one is open.
  */
-enum dun_err dun_mirror_upsert(struct dun_db *db, json_t *obj, int64_t version,
-			       char *customer_out, bool *applied, char *err, size_t err_size);
+enum dun_err dun_mirror_upsert(struct dun_db *db, json_t *obj, int64_t version, char *customer_out,
+			       bool *applied, char *err, size_t err_size);
 
 /*
  * The account a provider customer belongs to ("" and DUN_E_NOT_FOUND when

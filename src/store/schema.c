@@ -22,225 +22,225 @@
 #include <stddef.h>
 
 static const char *const migration_1[] = {
-	"CREATE TABLE accounts ("
-	" id TEXT PRIMARY KEY,"
-	" segment TEXT NOT NULL DEFAULT 'self_serve'"
-	"  CHECK (segment IN ('self_serve','enterprise','contract')),"
-	" bad_debt INTEGER NOT NULL DEFAULT 0,"
-	" no_successful_payment INTEGER NOT NULL DEFAULT 0,"
-	" kill_switch INTEGER NOT NULL DEFAULT 0,"
-	" email TEXT NOT NULL DEFAULT '',"
-	" name TEXT NOT NULL DEFAULT '',"
-	" created_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE accounts ("
+    " id TEXT PRIMARY KEY,"
+    " segment TEXT NOT NULL DEFAULT 'self_serve'"
+    "  CHECK (segment IN ('self_serve','enterprise','contract')),"
+    " bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " no_successful_payment INTEGER NOT NULL DEFAULT 0,"
+    " kill_switch INTEGER NOT NULL DEFAULT 0,"
+    " email TEXT NOT NULL DEFAULT '',"
+    " name TEXT NOT NULL DEFAULT '',"
+    " created_at INTEGER NOT NULL DEFAULT 0)",
 
-	"CREATE TABLE customers ("
-	" id TEXT PRIMARY KEY,"
-	" account_id TEXT NOT NULL,"
-	" bad_debt INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX customers_account ON customers(account_id)",
+    "CREATE TABLE customers ("
+    " id TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " bad_debt INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX customers_account ON customers(account_id)",
 
-	"CREATE TABLE dunning ("
-	" account_id TEXT PRIMARY KEY,"
-	" stage TEXT NOT NULL DEFAULT 'none',"
-	" since INTEGER NOT NULL DEFAULT 0,"
-	" episode INTEGER NOT NULL DEFAULT 0,"
-	" lifting_since INTEGER NOT NULL DEFAULT 0,"
-	" next_recheck_at INTEGER NOT NULL DEFAULT 0,"
-	" updated_at INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX dunning_recheck ON dunning(next_recheck_at) WHERE next_recheck_at > 0",
+    "CREATE TABLE dunning ("
+    " account_id TEXT PRIMARY KEY,"
+    " stage TEXT NOT NULL DEFAULT 'none',"
+    " since INTEGER NOT NULL DEFAULT 0,"
+    " episode INTEGER NOT NULL DEFAULT 0,"
+    " lifting_since INTEGER NOT NULL DEFAULT 0,"
+    " next_recheck_at INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX dunning_recheck ON dunning(next_recheck_at) WHERE next_recheck_at > 0",
 
-	"CREATE TABLE platform ("
-	" account_id TEXT PRIMARY KEY,"
-	" banned INTEGER NOT NULL DEFAULT 0,"
-	" entitlement TEXT NOT NULL DEFAULT 'full',"
-	" resource_flags INTEGER NOT NULL DEFAULT 0,"
-	" updated_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE platform ("
+    " account_id TEXT PRIMARY KEY,"
+    " banned INTEGER NOT NULL DEFAULT 0,"
+    " entitlement TEXT NOT NULL DEFAULT 'full',"
+    " resource_flags INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0)",
 
-	"CREATE TABLE invoice_docs ("
-	" invoice_id TEXT PRIMARY KEY,"
-	" closed INTEGER NOT NULL DEFAULT 0,"
-	" paylinks_enabled INTEGER NOT NULL DEFAULT 1,"
-	" updated_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE invoice_docs ("
+    " invoice_id TEXT PRIMARY KEY,"
+    " closed INTEGER NOT NULL DEFAULT 0,"
+    " paylinks_enabled INTEGER NOT NULL DEFAULT 1,"
+    " updated_at INTEGER NOT NULL DEFAULT 0)",
 
-	"CREATE TABLE p_customers ("
-	" id TEXT PRIMARY KEY,"
-	" account_id TEXT,"
-	" email TEXT NOT NULL DEFAULT '',"
-	" name TEXT NOT NULL DEFAULT '',"
-	" default_payment_method TEXT NOT NULL DEFAULT '',"
-	" meta_bad_debt INTEGER NOT NULL DEFAULT 0,"
-	" metadata TEXT NOT NULL DEFAULT '{}',"
-	" version INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX p_customers_account ON p_customers(account_id)",
+    "CREATE TABLE p_customers ("
+    " id TEXT PRIMARY KEY,"
+    " account_id TEXT,"
+    " email TEXT NOT NULL DEFAULT '',"
+    " name TEXT NOT NULL DEFAULT '',"
+    " default_payment_method TEXT NOT NULL DEFAULT '',"
+    " meta_bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " metadata TEXT NOT NULL DEFAULT '{}',"
+    " version INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX p_customers_account ON p_customers(account_id)",
 
-	"CREATE TABLE p_subscriptions ("
-	" id TEXT PRIMARY KEY,"
-	" customer_id TEXT NOT NULL,"
-	" status TEXT NOT NULL,"
-	" version INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX p_subscriptions_customer ON p_subscriptions(customer_id)",
+    "CREATE TABLE p_subscriptions ("
+    " id TEXT PRIMARY KEY,"
+    " customer_id TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " version INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX p_subscriptions_customer ON p_subscriptions(customer_id)",
 
-	"CREATE TABLE p_invoices ("
-	" id TEXT PRIMARY KEY,"
-	" customer_id TEXT NOT NULL,"
-	" subscription_id TEXT NOT NULL DEFAULT '',"
-	" status TEXT NOT NULL,"
-	" amount_due INTEGER NOT NULL DEFAULT 0,"
-	" amount_paid INTEGER NOT NULL DEFAULT 0,"
-	" amount_remaining INTEGER NOT NULL DEFAULT 0,"
-	" currency TEXT NOT NULL DEFAULT 'usd',"
-	" attempt_count INTEGER NOT NULL DEFAULT 0,"
-	" billing_reason TEXT NOT NULL DEFAULT '',"
-	" collection_method TEXT NOT NULL DEFAULT 'charge_automatically',"
-	" created INTEGER NOT NULL DEFAULT 0,"
-	" paid_at INTEGER NOT NULL DEFAULT 0,"
-	" hosted_invoice_url TEXT NOT NULL DEFAULT '',"
-	" payment_intent TEXT NOT NULL DEFAULT '',"
-	" meta_bad_debt_amount INTEGER,"
-	" meta_bad_debt_paid INTEGER NOT NULL DEFAULT 0,"
-	" meta_bad_debt_invoices TEXT,"
-	" metadata TEXT NOT NULL DEFAULT '{}',"
-	" version INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX p_invoices_customer ON p_invoices(customer_id)",
-	"CREATE INDEX p_invoices_pi ON p_invoices(payment_intent) WHERE payment_intent <> ''",
+    "CREATE TABLE p_invoices ("
+    " id TEXT PRIMARY KEY,"
+    " customer_id TEXT NOT NULL,"
+    " subscription_id TEXT NOT NULL DEFAULT '',"
+    " status TEXT NOT NULL,"
+    " amount_due INTEGER NOT NULL DEFAULT 0,"
+    " amount_paid INTEGER NOT NULL DEFAULT 0,"
+    " amount_remaining INTEGER NOT NULL DEFAULT 0,"
+    " currency TEXT NOT NULL DEFAULT 'usd',"
+    " attempt_count INTEGER NOT NULL DEFAULT 0,"
+    " billing_reason TEXT NOT NULL DEFAULT '',"
+    " collection_method TEXT NOT NULL DEFAULT 'charge_automatically',"
+    " created INTEGER NOT NULL DEFAULT 0,"
+    " paid_at INTEGER NOT NULL DEFAULT 0,"
+    " hosted_invoice_url TEXT NOT NULL DEFAULT '',"
+    " payment_intent TEXT NOT NULL DEFAULT '',"
+    " meta_bad_debt_amount INTEGER,"
+    " meta_bad_debt_paid INTEGER NOT NULL DEFAULT 0,"
+    " meta_bad_debt_invoices TEXT,"
+    " metadata TEXT NOT NULL DEFAULT '{}',"
+    " version INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX p_invoices_customer ON p_invoices(customer_id)",
+    "CREATE INDEX p_invoices_pi ON p_invoices(payment_intent) WHERE payment_intent <> ''",
 
-	"CREATE TABLE p_attempts ("
-	" id TEXT PRIMARY KEY,"
-	" invoice_id TEXT,"
-	" payment_intent TEXT NOT NULL DEFAULT '',"
-	" created INTEGER NOT NULL DEFAULT 0,"
-	" status TEXT NOT NULL,"
-	" payment_method TEXT NOT NULL DEFAULT '',"
-	" decline_code TEXT NOT NULL DEFAULT '',"
-	" advice_code TEXT NOT NULL DEFAULT '',"
-	" network_advice_code TEXT NOT NULL DEFAULT '',"
-	" version INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX p_attempts_invoice ON p_attempts(invoice_id)",
-	"CREATE INDEX p_attempts_pi ON p_attempts(payment_intent) WHERE payment_intent <> ''",
+    "CREATE TABLE p_attempts ("
+    " id TEXT PRIMARY KEY,"
+    " invoice_id TEXT,"
+    " payment_intent TEXT NOT NULL DEFAULT '',"
+    " created INTEGER NOT NULL DEFAULT 0,"
+    " status TEXT NOT NULL,"
+    " payment_method TEXT NOT NULL DEFAULT '',"
+    " decline_code TEXT NOT NULL DEFAULT '',"
+    " advice_code TEXT NOT NULL DEFAULT '',"
+    " network_advice_code TEXT NOT NULL DEFAULT '',"
+    " version INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX p_attempts_invoice ON p_attempts(invoice_id)",
+    "CREATE INDEX p_attempts_pi ON p_attempts(payment_intent) WHERE payment_intent <> ''",
 
-	/* The durable inbox of triggers; see src/inbox/inbox.c for the states. */
-	"CREATE TABLE inbox ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" account_id TEXT NOT NULL,"
-	" kind TEXT NOT NULL,"
-	" source TEXT NOT NULL DEFAULT '',"
-	" event_id TEXT NOT NULL DEFAULT '',"
-	" dedup_key TEXT UNIQUE,"
-	" state TEXT NOT NULL DEFAULT 'received'"
-	"  CHECK (state IN ('received','processing','done','retrying','dead')),"
-	" attempts INTEGER NOT NULL DEFAULT 0,"
-	" last_error TEXT NOT NULL DEFAULT '',"
-	" not_before INTEGER NOT NULL DEFAULT 0,"
-	" claimed_by TEXT NOT NULL DEFAULT '',"
-	" claimed_at INTEGER NOT NULL DEFAULT 0,"
-	" created_at INTEGER NOT NULL,"
-	" updated_at INTEGER NOT NULL)",
-	"CREATE INDEX inbox_ready ON inbox(state, not_before)"
-	" WHERE state IN ('received','retrying','processing')",
-	"CREATE INDEX inbox_account ON inbox(account_id, state)",
+    /* The durable inbox of triggers; see src/inbox/inbox.c for the states. */
+    "CREATE TABLE inbox ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " account_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " source TEXT NOT NULL DEFAULT '',"
+    " event_id TEXT NOT NULL DEFAULT '',"
+    " dedup_key TEXT UNIQUE,"
+    " state TEXT NOT NULL DEFAULT 'received'"
+    "  CHECK (state IN ('received','processing','done','retrying','dead')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " not_before INTEGER NOT NULL DEFAULT 0,"
+    " claimed_by TEXT NOT NULL DEFAULT '',"
+    " claimed_at INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL)",
+    "CREATE INDEX inbox_ready ON inbox(state, not_before)"
+    " WHERE state IN ('received','retrying','processing')",
+    "CREATE INDEX inbox_account ON inbox(account_id, state)",
 
-	/* Raw provider events as received, deduplicated by id. */
-	"CREATE TABLE events_raw ("
-	" id TEXT PRIMARY KEY,"
-	" type TEXT NOT NULL,"
-	" object_id TEXT NOT NULL DEFAULT '',"
-	" created INTEGER NOT NULL DEFAULT 0,"
-	" received_at INTEGER NOT NULL,"
-	" account_id TEXT NOT NULL DEFAULT '',"
-	" outcome TEXT NOT NULL DEFAULT '',"
-	" body TEXT NOT NULL)",
-	"CREATE INDEX events_raw_object ON events_raw(object_id, type)",
+    /* Raw provider events as received, deduplicated by id. */
+    "CREATE TABLE events_raw ("
+    " id TEXT PRIMARY KEY,"
+    " type TEXT NOT NULL,"
+    " object_id TEXT NOT NULL DEFAULT '',"
+    " created INTEGER NOT NULL DEFAULT 0,"
+    " received_at INTEGER NOT NULL,"
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " outcome TEXT NOT NULL DEFAULT '',"
+    " body TEXT NOT NULL)",
+    "CREATE INDEX events_raw_object ON events_raw(object_id, type)",
 
-	"CREATE TABLE decisions ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" account_id TEXT NOT NULL,"
-	" trigger_id INTEGER NOT NULL DEFAULT 0,"
-	" trigger_kind TEXT NOT NULL DEFAULT '',"
-	" at INTEGER NOT NULL,"
-	" mode TEXT NOT NULL,"
-	" stage_from TEXT NOT NULL,"
-	" stage_to TEXT NOT NULL,"
-	" held INTEGER NOT NULL DEFAULT 0,"
-	" skipped INTEGER NOT NULL DEFAULT 0,"
-	" n_planned INTEGER NOT NULL DEFAULT 0,"
-	" n_applied INTEGER NOT NULL DEFAULT 0,"
-	" outcome TEXT NOT NULL,"
-	" error TEXT NOT NULL DEFAULT '',"
-	" reasons TEXT NOT NULL DEFAULT '[]',"
-	" plan TEXT NOT NULL DEFAULT '[]')",
-	"CREATE INDEX decisions_account ON decisions(account_id, id)",
+    "CREATE TABLE decisions ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " account_id TEXT NOT NULL,"
+    " trigger_id INTEGER NOT NULL DEFAULT 0,"
+    " trigger_kind TEXT NOT NULL DEFAULT '',"
+    " at INTEGER NOT NULL,"
+    " mode TEXT NOT NULL,"
+    " stage_from TEXT NOT NULL,"
+    " stage_to TEXT NOT NULL,"
+    " held INTEGER NOT NULL DEFAULT 0,"
+    " skipped INTEGER NOT NULL DEFAULT 0,"
+    " n_planned INTEGER NOT NULL DEFAULT 0,"
+    " n_applied INTEGER NOT NULL DEFAULT 0,"
+    " outcome TEXT NOT NULL,"
+    " error TEXT NOT NULL DEFAULT '',"
+    " reasons TEXT NOT NULL DEFAULT '[]',"
+    " plan TEXT NOT NULL DEFAULT '[]')",
+    "CREATE INDEX decisions_account ON decisions(account_id, id)",
 
-	/* One row per consequence key: what was applied, once, and how it went. */
-	"CREATE TABLE applied ("
-	" key TEXT PRIMARY KEY,"
-	" account_id TEXT NOT NULL,"
-	" type TEXT NOT NULL,"
-	" decision_id INTEGER NOT NULL,"
-	" at INTEGER NOT NULL,"
-	" outcome TEXT NOT NULL,"
-	" error TEXT NOT NULL DEFAULT '')",
-	"CREATE INDEX applied_account ON applied(account_id)",
+    /* One row per consequence key: what was applied, once, and how it went. */
+    "CREATE TABLE applied ("
+    " key TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " type TEXT NOT NULL,"
+    " decision_id INTEGER NOT NULL,"
+    " at INTEGER NOT NULL,"
+    " outcome TEXT NOT NULL,"
+    " error TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX applied_account ON applied(account_id)",
 
-	"CREATE TABLE emails ("
-	" key TEXT PRIMARY KEY,"
-	" account_id TEXT NOT NULL,"
-	" kind TEXT NOT NULL,"
-	" invoice_id TEXT NOT NULL DEFAULT '',"
-	" to_addr TEXT NOT NULL DEFAULT '',"
-	" subject TEXT NOT NULL DEFAULT '',"
-	" body TEXT NOT NULL DEFAULT '',"
-	" message_id TEXT NOT NULL,"
-	" state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
-	" attempts INTEGER NOT NULL DEFAULT 0,"
-	" last_error TEXT NOT NULL DEFAULT '',"
-	" created_at INTEGER NOT NULL,"
-	" sent_at INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX emails_account ON emails(account_id)",
+    "CREATE TABLE emails ("
+    " key TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " invoice_id TEXT NOT NULL DEFAULT '',"
+    " to_addr TEXT NOT NULL DEFAULT '',"
+    " subject TEXT NOT NULL DEFAULT '',"
+    " body TEXT NOT NULL DEFAULT '',"
+    " message_id TEXT NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX emails_account ON emails(account_id)",
 
-	"CREATE TABLE bad_debt_episodes ("
-	" account_id TEXT NOT NULL,"
-	" episode INTEGER NOT NULL,"
-	" entered_at INTEGER NOT NULL,"
-	" reason TEXT NOT NULL,"
-	" products TEXT NOT NULL DEFAULT '',"
-	" amount_minor INTEGER NOT NULL DEFAULT 0,"
-	" exited_at INTEGER NOT NULL DEFAULT 0,"
-	" exit_reason TEXT NOT NULL DEFAULT '',"
-	" PRIMARY KEY (account_id, episode))",
-	"CREATE INDEX bad_debt_open ON bad_debt_episodes(account_id) WHERE exited_at = 0",
+    "CREATE TABLE bad_debt_episodes ("
+    " account_id TEXT NOT NULL,"
+    " episode INTEGER NOT NULL,"
+    " entered_at INTEGER NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " products TEXT NOT NULL DEFAULT '',"
+    " amount_minor INTEGER NOT NULL DEFAULT 0,"
+    " exited_at INTEGER NOT NULL DEFAULT 0,"
+    " exit_reason TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (account_id, episode))",
+    "CREATE INDEX bad_debt_open ON bad_debt_episodes(account_id) WHERE exited_at = 0",
 
-	"CREATE TABLE outcome_events ("
-	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" key TEXT NOT NULL UNIQUE,"
-	" account_id TEXT NOT NULL,"
-	" type TEXT NOT NULL,"
-	" payload TEXT NOT NULL,"
-	" created_at INTEGER NOT NULL,"
-	" delivered_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE outcome_events ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " key TEXT NOT NULL UNIQUE,"
+    " account_id TEXT NOT NULL,"
+    " type TEXT NOT NULL,"
+    " payload TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " delivered_at INTEGER NOT NULL DEFAULT 0)",
 
-	"CREATE TABLE rollout_list ("
-	" account_id TEXT PRIMARY KEY,"
-	" list TEXT NOT NULL CHECK (list IN ('allow','deny')))",
+    "CREATE TABLE rollout_list ("
+    " account_id TEXT PRIMARY KEY,"
+    " list TEXT NOT NULL CHECK (list IN ('allow','deny')))",
 
-	"CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 
-	"CREATE TABLE sim_objects ("
-	" id TEXT PRIMARY KEY,"
-	" type TEXT NOT NULL,"
-	" customer_id TEXT NOT NULL DEFAULT '',"
-	" behavior TEXT NOT NULL DEFAULT '',"
-	" body TEXT NOT NULL)",
-	"CREATE INDEX sim_objects_customer ON sim_objects(customer_id, type)",
-	"CREATE TABLE sim_events ("
-	" seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-	" body TEXT NOT NULL,"
-	" delivered INTEGER NOT NULL DEFAULT 0)",
-	"CREATE INDEX sim_events_pending ON sim_events(seq) WHERE delivered = 0",
-	NULL,
+    "CREATE TABLE sim_objects ("
+    " id TEXT PRIMARY KEY,"
+    " type TEXT NOT NULL,"
+    " customer_id TEXT NOT NULL DEFAULT '',"
+    " behavior TEXT NOT NULL DEFAULT '',"
+    " body TEXT NOT NULL)",
+    "CREATE INDEX sim_objects_customer ON sim_objects(customer_id, type)",
+    "CREATE TABLE sim_events ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " body TEXT NOT NULL,"
+    " delivered INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX sim_events_pending ON sim_events(seq) WHERE delivered = 0",
+    NULL,
 };
 
 static const char *const *const migrations[] = {
-	migration_1,
+    migration_1,
 };
 
 int dun_schema_count(void)

@@ -7,8 +7,8 @@
 const char *dun_err_str(enum dun_err e)
 {
 	switch (e) {
-#define DUN_ERR_STR(name, value, retry, msg)                                             \
-	case name:                                                                       \
+#define DUN_ERR_STR(name, value, retry, msg) \
+	case name:                           \
 		return msg;
 		DUN_ERR_LIST(DUN_ERR_STR)
 #undef DUN_ERR_STR
@@ -19,8 +19,8 @@ const char *dun_err_str(enum dun_err e)
 const char *dun_err_name(enum dun_err e)
 {
 	switch (e) {
-#define DUN_ERR_NAME(name, value, retry, msg)                                            \
-	case name:                                                                       \
+#define DUN_ERR_NAME(name, value, retry, msg) \
+	case name:                            \
 		return #name;
 		DUN_ERR_LIST(DUN_ERR_NAME)
 #undef DUN_ERR_NAME
@@ -31,8 +31,8 @@ const char *dun_err_name(enum dun_err e)
 bool dun_err_is_retryable(enum dun_err e)
 {
 	switch (e) {
-#define DUN_ERR_RETRY(name, value, retry, msg)                                           \
-	case name:                                                                       \
+#define DUN_ERR_RETRY(name, value, retry, msg) \
+	case name:                             \
 		return retry;
 		DUN_ERR_LIST(DUN_ERR_RETRY)
 #undef DUN_ERR_RETRY

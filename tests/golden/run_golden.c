@@ -298,6 +298,8 @@ static bool read_dunning(struct reader *r, json_t *o, struct dun_state *s)
 			ok = get_time(r, p, v, &s->lifting_since);
 		else if (strcmp(k, "next_recheck_at") == 0)
 			ok = get_time(r, p, v, &s->next_recheck_at);
+		else if (strcmp(k, "bad_debt_episodes") == 0)
+			ok = get_i64(r, p, v, &s->bad_debt_episodes);
 		else if (strcmp(k, "bad_debt_episode_open") == 0)
 			ok = get_bool(r, p, v, &s->bad_debt_episode_open);
 		else
@@ -955,6 +957,7 @@ static bool apply_one(struct world *w, const struct dun_consequence *c, int64_t 
 		break;
 	case DUN_C_OPEN_BAD_DEBT_EPISODE:
 		s->bad_debt_episode_open = true;
+		s->bad_debt_episodes = c->value;
 		break;
 	case DUN_C_CLOSE_BAD_DEBT_EPISODE:
 		s->bad_debt_episode_open = false;
