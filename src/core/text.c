@@ -44,18 +44,33 @@ void dun_text_i64(struct dun_text *t, int64_t v)
 
 void dun_text_duration(struct dun_text *t, int64_t s)
 {
-	if (s != 0 && s % 86400 == 0) {
-		dun_text_i64(t, s / 86400);
-		dun_text_str(t, "d");
-	} else if (s != 0 && s % 3600 == 0) {
-		dun_text_i64(t, s / 3600);
-		dun_text_str(t, "h");
-	} else if (s != 0 && s % 60 == 0) {
-		dun_text_i64(t, s / 60);
-		dun_text_str(t, "m");
-	} else {
-		dun_text_i64(t, s);
-		dun_text_str(t, "s");
+	/* The two largest non-zero units: "7d", "1d 4h", "1h 58m", "45s". */
+	static const struct {
+		int64_t seconds;
+		const char *unit;
+	} units[] = {{86400, "d"}, {3600, "h"}, {60, "m"}, {1, "s"}};
+	if (s < 0) {
+		dun_text_str(t, "-");
+		s = -s;
+	}
+	if (s == 0) {
+		dun_text_str(t, "0s");
+		return;
+	}
+	int shown = 0;
+	for (size_t i = 0; i < sizeof units / sizeof units[0] && shown < 2; i++) {
+		int64_t n = s / units[i].seconds;
+		if (n == 0) {
+			if (shown)
+				break; /* "1d 0h 5m" would mislead: stop at a gap */
+			continue;
+		}
+		if (shown)
+			dun_text_str(t, " ");
+		dun_text_i64(t, n);
+		dun_text_str(t, units[i].unit);
+		s -= n * units[i].seconds;
+		shown++;
 	}
 }
 

@@ -22,7 +22,7 @@ struct dun_text {
 void dun_text_init(struct dun_text *t, char *buf, size_t cap);
 void dun_text_str(struct dun_text *t, const char *s);
 void dun_text_i64(struct dun_text *t, int64_t v);
-/* A duration in seconds, as "7d", "36h", "90m" or "45s" (largest exact unit). */
+/* A duration in seconds by its two largest units: "7d", "1d 12h", "1h 30m", "45s". */
 void dun_text_duration(struct dun_text *t, int64_t seconds);
 /* An amount in minor units as "12.34 USD" (two decimals; currency upper-cased). */
 void dun_text_money(struct dun_text *t, int64_t minor, const char *currency);
