@@ -606,7 +606,7 @@ enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *s
 			res->n_failed++;
 			res->error = e;
 			res->failed_index = i;
-			snprintf(res->error_text, sizeof res->error_text, "%s: %s", line,
+			snprintf(res->error_text, sizeof res->error_text, "%.200s: %.300s", line,
 				 err[0] ? err : dun_err_str(e));
 			dun_log(DUN_LOG_WARN, "apply.failed", "account", acct, "consequence", line,
 				"key", c->key, "error", res->error_text, NULL);

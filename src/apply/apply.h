@@ -48,7 +48,7 @@ struct dun_apply_result {
 	int n_skipped; /* "once" consequences whose key was already applied */
 	int n_failed;
 	enum dun_err error;
-	char error_text[256];
+	char error_text[512];
 	int failed_index; /* index in the plan of the failed consequence, or -1 */
 };
 

@@ -808,9 +808,9 @@ static void check_order(struct load *l, enum key_id a, int64_t a_s, enum key_id 
 	char av[32], bv[32], where[40];
 	struct dun_text t;
 	dun_text_init(&t, av, sizeof av);
-	dun_text_duration(&t, a_s);
+	dun_text_duration_exact(&t, a_s);
 	dun_text_init(&t, bv, sizeof bv);
-	dun_text_duration(&t, b_s);
+	dun_text_duration_exact(&t, b_s);
 	if (lb >= la) {
 		if (la)
 			snprintf(where, sizeof where, "line %d", la);
@@ -905,7 +905,7 @@ static void put_duration(FILE *out, const char *key, int64_t s)
 	char buf[32];
 	struct dun_text t;
 	dun_text_init(&t, buf, sizeof buf);
-	dun_text_duration(&t, s);
+	dun_text_duration_exact(&t, s);
 	fprintf(out, "%s = %s\n", key, buf);
 }
 
@@ -948,7 +948,7 @@ void dun_policy_file_dump(const struct dun_policy *p, FILE *out)
 		char buf[32];
 		struct dun_text t;
 		dun_text_init(&t, buf, sizeof buf);
-		dun_text_duration(&t, p->retry_schedule_s[i]);
+		dun_text_duration_exact(&t, p->retry_schedule_s[i]);
 		fprintf(out, "%s%s", i ? ", " : "", buf);
 	}
 	fprintf(out, "\nmax_attempts = %d\n", p->max_attempts);
@@ -986,7 +986,7 @@ void dun_policy_file_dump(const struct dun_policy *p, FILE *out)
 			char buf[32];
 			struct dun_text t;
 			dun_text_init(&t, buf, sizeof buf);
-			dun_text_duration(&t, r->min_delay_s);
+			dun_text_duration_exact(&t, r->min_delay_s);
 			fprintf(out, " after %s", buf);
 		}
 		fputs("\n", out);

@@ -74,6 +74,23 @@ void dun_text_duration(struct dun_text *t, int64_t s)
 	}
 }
 
+void dun_text_duration_exact(struct dun_text *t, int64_t s)
+{
+	if (s != 0 && s % 86400 == 0) {
+		dun_text_i64(t, s / 86400);
+		dun_text_str(t, "d");
+	} else if (s != 0 && s % 3600 == 0) {
+		dun_text_i64(t, s / 3600);
+		dun_text_str(t, "h");
+	} else if (s != 0 && s % 60 == 0) {
+		dun_text_i64(t, s / 60);
+		dun_text_str(t, "m");
+	} else {
+		dun_text_i64(t, s);
+		dun_text_str(t, "s");
+	}
+}
+
 void dun_text_money(struct dun_text *t, int64_t minor, const char *currency)
 {
 	uint64_t u = minor < 0 ? (uint64_t)0 - (uint64_t)minor : (uint64_t)minor;

@@ -24,6 +24,8 @@ void dun_text_str(struct dun_text *t, const char *s);
 void dun_text_i64(struct dun_text *t, int64_t v);
 /* A duration in seconds by its two largest units: "7d", "1d 12h", "1h 30m", "45s". */
 void dun_text_duration(struct dun_text *t, int64_t seconds);
+/* A duration exactly, in its largest exact unit: "7d", "36h", "90m", "45s" (policy files). */
+void dun_text_duration_exact(struct dun_text *t, int64_t seconds);
 /* An amount in minor units as "12.34 USD" (two decimals; currency upper-cased). */
 void dun_text_money(struct dun_text *t, int64_t minor, const char *currency);
 

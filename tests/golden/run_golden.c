@@ -953,7 +953,7 @@ static bool apply_one(struct world *w, const struct dun_consequence *c, int64_t 
 			snprintf(msg, msg_size, "too many emails");
 			return false;
 		}
-		snprintf(w->sent[s->n_sent_emails++].key, sizeof w->sent[0].key, "%s", c->key);
+		snprintf(w->sent[s->n_sent_emails++].key, sizeof w->sent[0].key, "%.127s", c->key);
 		break;
 	case DUN_C_OPEN_BAD_DEBT_EPISODE:
 		s->bad_debt_episode_open = true;
