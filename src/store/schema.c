@@ -11,7 +11,9 @@
  *   engine     accounts, customers, dunning, invoice_docs, inbox, decisions,
  *              applied, emails, bad_debt_episodes, outcome_events,
  *              rollout_list, settings
- *   platform   platform (the built-in local platform)
+ *   platform   platform (the built-in local platform, and the engine's view
+ *              of an HTTP platform), platform_outbox (calls to deliver)
+ *   events     outcome_deliveries (outcome_events per endpoint)
  *   provider   p_customers, p_subscriptions, p_invoices, p_attempts — the
  *              mirror of provider objects, fed by webhooks and API replies
  *   simulated  sim_objects, sim_events — the built-in simulated provider's
@@ -239,8 +241,83 @@ static const char *const migration_1[] = {
     NULL,
 };
 
+/*
+ * Migration 2 — real effects (see docs/effects.md):
+ *   platform_outbox     intents for the HTTP platform, written by the applier
+ *                       in the transaction of their `applied` record and
+ *                       delivered in id order per account by the sender;
+ *   emails              rebuilt to add the 'sending' claim (claimed_by,
+ *                       claimed_at) so one sender wins a key across workers,
+ *                       engines and a legacy writer; `source` says who wrote it;
+ *   outcome_deliveries  one row per payment-outcome event and endpoint.
+ */
+static const char *const migration_2[] = {
+    "CREATE TABLE platform_outbox ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " account_id TEXT NOT NULL,"
+    " op TEXT NOT NULL"
+    "  CHECK (op IN ('ban','unban','set_entitlement','remove_resource_flags')),"
+    " value TEXT NOT NULL DEFAULT '',"
+    " idem_key TEXT NOT NULL UNIQUE,"
+    " decision_id INTEGER NOT NULL DEFAULT 0,"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','dead')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_status INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " not_before INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX platform_outbox_pending ON platform_outbox(account_id, id)"
+    " WHERE state = 'pending'",
+    "CREATE INDEX platform_outbox_state ON platform_outbox(state, id)",
+
+    "CREATE TABLE emails_v2 ("
+    " key TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " invoice_id TEXT NOT NULL DEFAULT '',"
+    " to_addr TEXT NOT NULL DEFAULT '',"
+    " subject TEXT NOT NULL DEFAULT '',"
+    " body TEXT NOT NULL DEFAULT '',"
+    " message_id TEXT NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'pending'"
+    "  CHECK (state IN ('pending','sending','sent','failed')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " claimed_by TEXT NOT NULL DEFAULT '',"
+    " claimed_at INTEGER NOT NULL DEFAULT 0,"
+    " source TEXT NOT NULL DEFAULT 'engine',"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0)",
+    "INSERT INTO emails_v2(key, account_id, kind, invoice_id, to_addr, subject, body,"
+    " message_id, state, attempts, last_error, created_at, sent_at)"
+    " SELECT key, account_id, kind, invoice_id, to_addr, subject, body, message_id, state,"
+    " attempts, last_error, created_at, sent_at FROM emails",
+    "DROP TABLE emails",
+    "ALTER TABLE emails_v2 RENAME TO emails",
+    "CREATE INDEX emails_account ON emails(account_id)",
+    "CREATE INDEX emails_unsent ON emails(state) WHERE state <> 'sent'",
+
+    "CREATE TABLE outcome_deliveries ("
+    " event_id INTEGER NOT NULL,"
+    " endpoint TEXT NOT NULL,"
+    " account_id TEXT NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','dead')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_status INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " not_before INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (event_id, endpoint))",
+    "CREATE INDEX outcome_deliveries_pending ON outcome_deliveries(endpoint, account_id,"
+    " event_id) WHERE state = 'pending'",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,
+    migration_2,
 };
 
 int dun_schema_count(void)
