@@ -315,9 +315,29 @@ static const char *const migration_2[] = {
     NULL,
 };
 
+/*
+ * Migration 3 — the drift scan's ordered reads (src/gather/stream.c). Each
+ * index extends a one-column index it replaces, so lookups by the first
+ * column still find one: the scan walks customers by (account, id) and, per
+ * customer, subscriptions and invoices by id and attempts by (created, id),
+ * so SQLite hands rows over in account order without sorting anything.
+ */
+static const char *const migration_3[] = {
+    "CREATE INDEX customers_account_id ON customers(account_id, id)",
+    "DROP INDEX customers_account",
+    "CREATE INDEX p_subscriptions_customer_id ON p_subscriptions(customer_id, id)",
+    "DROP INDEX p_subscriptions_customer",
+    "CREATE INDEX p_invoices_customer_id ON p_invoices(customer_id, id)",
+    "DROP INDEX p_invoices_customer",
+    "CREATE INDEX p_attempts_invoice_created ON p_attempts(invoice_id, created, id)",
+    "DROP INDEX p_attempts_invoice",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,
     migration_2,
+    migration_3,
 };
 
 int dun_schema_count(void)
