@@ -22,8 +22,17 @@
  *            applied and skips it.
  *
  * Engine-store writes and their `applied` record share one transaction.
- * External writes (provider, platform, email) cannot: the effect happens,
- * then the record is written. A crash between the two leaves the effect
+ * So do platform writes whenever the platform writes only to the engine DB
+ * (dun_platform_ops.in_engine_db): the local platform's table, and the HTTP
+ * platform, whose operation queues the call in platform_outbox and sets the
+ * engine's view in the platform table (platform_http.c). For the HTTP
+ * platform "queued" is "applied": the intent commits with its decision or
+ * not at all, the call is delivered later by the outbox sender in order per
+ * account, and a slow or dead platform never blocks a recompute. Each call's
+ * Idempotency-Key is the consequence key plus the decision id.
+ *
+ * Provider writes cannot share the transaction: the effect happens, then
+ * the record is written. A crash between the two leaves the effect
  * unrecorded; the next recompute reads the new state (the mirror is updated
  * from the provider's reply in the same step) and plans nothing, or plans
  * the same setter again, which is harmless. For the provider the consequence
@@ -31,12 +40,23 @@
  * drift repair must really be sent again), once-consequences use the bare
  * key so a repeat returns the first answer instead of charging twice.
  *
- * Emails: the rendered message is inserted into the email log as `pending`
- * under its dedup key BEFORE it is handed to the mailer, and marked `sent`
- * after. GATHER only counts `sent` keys, so a failed send is planned again.
- * The one remaining window — the relay accepted the message, the process
- * died before marking it sent — resends with the same Message-ID, derived
- * from the key, so a relay or client that dedupes on Message-ID drops it.
+ * Emails: the rendered message is CLAIMED in the email log under its dedup
+ * key BEFORE it is handed to the mailer (email_log.c): one atomic statement
+ * moves the key to `sending` with this process as owner, so of several
+ * workers, engines or a legacy writer only one sends it; a key someone else
+ * is sending fails this plan with DUN_E_BUSY (retried later), a key already
+ * sent is skipped. After the mailer, the key is `sent` or `failed`. GATHER
+ * only counts `sent` keys, so a failed send is planned and claimed again. A
+ * claim whose owner died is taken over when the owner is seen to be gone
+ * (same host) or its lease runs out. The one remaining window — the relay
+ * accepted the message, the process died before marking it sent — resends
+ * with the same Message-ID (dun_smtp_message_id: the key and the sender's
+ * domain, recorded with the first claim), so a relay or client that dedupes
+ * on Message-ID drops it. docs/email.md, "Exactly once", has the details.
+ *
+ * Outcome events are rows of outcome_events written in the transaction of
+ * their record, with their final payload and a stable id; the events sender
+ * delivers them (events_sender.c).
  *
  * Destructive consequences (ban, mark uncollectible, cancel, the account
  * bad_debt flag) first re-read the customer's invoices fresh from the
@@ -49,6 +69,9 @@
  * and the retry recomputes; an old plan is never replayed.
  */
 #include "apply.h"
+#include "apply/email/smtp.h"
+#include "apply/email_log.h"
+#include "apply/events_sender.h"
 #include "core/text.h"
 #include "store/mirror.h"
 #include "util/clock.h"
@@ -61,17 +84,6 @@
 #include <string.h>
 
 #define ERR_MAX 256
-
-void dun_apply_message_id(const char *key, char *out, size_t out_size)
-{
-	/* FNV-1a over the key: stable across processes and versions. */
-	uint64_t h = 14695981039346656037ULL;
-	for (const char *p = key; *p; p++) {
-		h ^= (unsigned char)*p;
-		h *= 1099511628211ULL;
-	}
-	snprintf(out, out_size, "<dunning.%016" PRIx64 "@dunning.local>", h);
-}
 
 static bool already_applied(struct dun_db *db, const char *key)
 {
@@ -254,11 +266,17 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 	case DUN_C_EMIT_OUTCOME_EVENT: {
 		const char *type =
 		    c->value == DUN_STAGE_NONE ? "dunning.lifted" : "dunning.stage_changed";
+		/* The payload is final here: the sender posts these bytes on every
+		 * attempt, to every endpoint (schema: docs/events.md). */
+		char id[DUN_EVENT_ID_SIZE];
+		dun_event_id(c->key, id);
 		json_t *payload = json_pack(
-		    "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:s}", "key", c->key, "type", type,
-		    "account_id", acct, "from_stage", dun_stage_name(c->from), "to_stage",
-		    dun_stage_name((enum dun_stage)c->value), "episode", (json_int_t)c->episode,
-		    "at", (json_int_t)now, "entitlement", dun_entitlement_name(d->entitlement));
+		    "{s:s, s:s, s:i, s:s, s:I, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "object",
+		    "event", "version", DUN_EVENT_SCHEMA_VERSION, "type", type, "created",
+		    (json_int_t)now, "key", c->key, "account_id", acct, "from_stage",
+		    dun_stage_name(c->from), "to_stage", dun_stage_name((enum dun_stage)c->value),
+		    "episode", (json_int_t)c->episode, "entitlement",
+		    dun_entitlement_name(d->entitlement));
 		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 		json_decref(payload);
 		sqlite3_stmt *st = dun_db_stmt(
@@ -433,14 +451,18 @@ static enum dun_err platform_write(struct dun_applier *ap, const struct dun_cons
 	const struct dun_platform_ops *ops = ap->platform.ops;
 	switch (c->type) {
 	case DUN_C_BAN:
-		return ops->ban(ap->platform.self, c->target, true, idem, err, ERR_MAX);
+		return ops->ban(ap->platform.self, c->target, true, idem, decision_id, err,
+				ERR_MAX);
 	case DUN_C_UNBAN:
-		return ops->ban(ap->platform.self, c->target, false, idem, err, ERR_MAX);
+		return ops->ban(ap->platform.self, c->target, false, idem, decision_id, err,
+				ERR_MAX);
 	case DUN_C_SET_ENTITLEMENT:
 		return ops->set_entitlement(ap->platform.self, c->target,
-					    (enum dun_entitlement)c->value, idem, err, ERR_MAX);
+					    (enum dun_entitlement)c->value, idem, decision_id, err,
+					    ERR_MAX);
 	case DUN_C_REMOVE_RESOURCE_FLAGS:
-		return ops->remove_resource_flags(ap->platform.self, c->target, idem, err, ERR_MAX);
+		return ops->remove_resource_flags(ap->platform.self, c->target, idem, decision_id,
+						  err, ERR_MAX);
 	case DUN_C_MARK_UNCOLLECTIBLE:
 	case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
 	case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
@@ -466,8 +488,30 @@ static enum dun_err platform_write(struct dun_applier *ap, const struct dun_cons
 }
 
 /*
- * Record the email as pending under its key, hand it to the mailer, mark it
- * sent. *skipped is set when the key was already sent.
+ * The Message-ID of an email: "<dunning.<key>@<domain of the sender>>"
+ * (dun_smtp_message_id), so two installations with the same account ids
+ * never share one. Without a sender address the domain is dunning.local.
+ */
+static enum dun_err message_id_for(const struct dun_applier *ap, const char *key, char *out,
+				   size_t out_size, char *err)
+{
+	const char *from = ap->mailer.from && strchr(ap->mailer.from, '@')
+			       ? ap->mailer.from
+			       : "dunning@dunning.local";
+	char bare[DUN_EMAIL_MESSAGE_ID_MAX];
+	enum dun_err e = dun_smtp_message_id(key, from, bare, sizeof bare);
+	if (e != DUN_OK) {
+		snprintf(err, ERR_MAX, "no Message-ID for key %s: %s", key, dun_err_str(e));
+		return e;
+	}
+	snprintf(out, out_size, "<%.250s>", bare);
+	return DUN_OK;
+}
+
+/*
+ * Claim the email's key in the email log, hand it to the mailer, settle the
+ * claim (see email_log.c). *skipped is set when the key was already sent;
+ * a live claim of someone else is DUN_E_BUSY, retried with the trigger.
  */
 static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot *snap,
 			       const struct dun_desired *d, const struct dun_consequence *c,
@@ -493,50 +537,100 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 	    .invoice_id = strcmp(c->target, snap->state.account_id) ? c->target : "",
 	    .now = dun_clock_now(),
 	};
-	char *subject = NULL, *body = NULL;
-	enum dun_err e =
-	    ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err, ERR_MAX);
+	char message_id[DUN_EMAIL_MESSAGE_ID_MAX];
+	enum dun_err e = message_id_for(ap, c->key, message_id, sizeof message_id, err);
 	if (e != DUN_OK)
 		return e;
-	char message_id[200];
-	dun_apply_message_id(c->key, message_id, sizeof message_id);
-	st = dun_db_stmt(db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr,"
-			     " subject, body, message_id, state, created_at) VALUES (?1, ?2, ?3,"
-			     " ?4, ?5, ?6, ?7, ?8, 'pending', ?9) ON CONFLICT(key) DO UPDATE SET"
-			     " subject = excluded.subject, body = excluded.body"
-			     " WHERE state <> 'sent'");
-	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, snap->state.account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, dun_email_kind_name(c->kind), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, ctx.invoice_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, snap->email, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, subject, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, body, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 8, message_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 9, ctx.now);
-	e = dun_db_step_done(st);
-	if (e == DUN_OK) {
-		struct dun_email_msg msg = {.key = c->key,
-					    .message_id = message_id,
-					    .to = snap->email,
-					    .subject = subject,
-					    .body = body};
-		e = ap->mailer.ops->send(ap->mailer.self, &msg, err, ERR_MAX);
+	char *subject = NULL, *body = NULL;
+	e = ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err, ERR_MAX);
+	if (e != DUN_OK)
+		return e;
+	char owner[DUN_EMAIL_OWNER_MAX];
+	dun_email_owner_self(owner, sizeof owner);
+	struct dun_email_intent in = {.key = c->key,
+				      .account_id = snap->state.account_id,
+				      .kind = dun_email_kind_name(c->kind),
+				      .invoice_id = ctx.invoice_id,
+				      .to = snap->email,
+				      .subject = subject,
+				      .body = body,
+				      .message_id = message_id,
+				      .source = "engine"};
+	struct dun_email_claim claim;
+	e = dun_email_claim(db, &in, owner, ctx.now, ap->mailer.claim_lease_s, &claim);
+	if (e != DUN_OK) {
+		snprintf(err, ERR_MAX, "claiming %s: %s", c->key,
+			 sqlite3_errmsg(dun_db_handle(db)));
+		goto free_text;
 	}
-	st = dun_db_stmt(db, "UPDATE emails SET state = ?2, attempts = attempts + 1,"
-			     " last_error = ?3, sent_at = CASE WHEN ?2 = 'sent' THEN ?4 ELSE"
-			     " sent_at END WHERE key = ?1");
-	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, e == DUN_OK ? "sent" : "failed", -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, e == DUN_OK ? "" : err, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, dun_clock_now());
-	enum dun_err ue = dun_db_step_done(st);
+	switch (claim.result) {
+	case DUN_EMAIL_ALREADY_SENT:
+		*skipped = true;
+		goto free_text;
+	case DUN_EMAIL_BUSY: {
+		char t[32];
+		dun_clock_format(claim.claimed_at, t, sizeof t);
+		snprintf(err, ERR_MAX,
+			 "email %.100s is being sent by %.80s (claimed %.24s); retried later",
+			 c->key, claim.owner, t);
+		e = DUN_E_BUSY;
+		goto free_text;
+	}
+	case DUN_EMAIL_CLAIMED:
+		break;
+	}
+	struct dun_email_msg msg = {.key = c->key,
+				    .message_id = claim.message_id,
+				    .to = snap->email,
+				    .subject = subject,
+				    .body = body};
+	e = ap->mailer.ops->send(ap->mailer.self, &msg, err, ERR_MAX);
+	enum dun_err se = dun_email_settle(db, c->key, owner, e == DUN_OK, err, dun_clock_now());
+	if (e == DUN_OK && se != DUN_OK) {
+		/* Sent, but not recorded: the next plan finds the claim of a live
+		 * owner, then an expired one, and resends with the same Message-ID. */
+		snprintf(err, ERR_MAX, "sent %s but could not record it: %s", c->key,
+			 sqlite3_errmsg(dun_db_handle(db)));
+		e = se;
+	}
+free_text:
 	free(subject);
 	free(body);
-	return e != DUN_OK ? e : ue;
+	return e;
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
+
+/*
+ * A consequence whose write lands in the engine DB (the engine's own tables,
+ * the local platform table, the HTTP platform's outbox) commits in one
+ * transaction with its `applied` record: both or neither.
+ */
+static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snapshot *snap,
+				   const struct dun_desired *d, const struct dun_consequence *c,
+				   int64_t decision_id, char *err)
+{
+	enum dun_err e = dun_db_begin(ap->db);
+	if (e != DUN_OK) {
+		snprintf(err, ERR_MAX, "begin: %s", sqlite3_errmsg(dun_db_handle(ap->db)));
+		return e;
+	}
+	if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
+		e = platform_write(ap, c, decision_id, err);
+	else
+		e = engine_write(ap, snap, d, c);
+	if (e == DUN_OK)
+		e = record(ap->db, snap->state.account_id, c, decision_id, DUN_OK, "");
+	if (e == DUN_OK)
+		e = dun_db_commit(ap->db);
+	if (e != DUN_OK) {
+		if (!err[0])
+			snprintf(err, ERR_MAX, "%s: %s", dun_conseq_name(c->type),
+				 sqlite3_errmsg(dun_db_handle(ap->db)));
+		dun_db_rollback(ap->db);
+	}
+	return e;
+}
 
 static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot *snap,
 			      const struct dun_desired *d, const struct dun_consequence *c,
@@ -547,26 +641,13 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 	*skipped = false;
 	switch (dun_conseq_store(c->type)) {
 	case DUN_STORE_ENGINE:
-		e = dun_db_begin(ap->db);
-		if (e != DUN_OK) {
-			snprintf(err, ERR_MAX, "begin: %s", sqlite3_errmsg(dun_db_handle(ap->db)));
-			return e;
-		}
-		e = engine_write(ap, snap, d, c);
-		if (e == DUN_OK)
-			e = record(ap->db, acct, c, decision_id, DUN_OK, "");
-		if (e == DUN_OK)
-			e = dun_db_commit(ap->db);
-		if (e != DUN_OK) {
-			snprintf(err, ERR_MAX, "%s: %s", dun_conseq_name(c->type),
-				 sqlite3_errmsg(dun_db_handle(ap->db)));
-			dun_db_rollback(ap->db);
-		}
-		return e;
+		return in_transaction(ap, snap, d, c, decision_id, err);
 	case DUN_STORE_PROVIDER:
 		e = provider_write(ap, snap, d, c, decision_id, err);
 		break;
 	case DUN_STORE_PLATFORM:
+		if (ap->platform.ops->in_engine_db)
+			return in_transaction(ap, snap, d, c, decision_id, err);
 		e = platform_write(ap, c, decision_id, err);
 		break;
 	case DUN_STORE_EMAIL:

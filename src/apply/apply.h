@@ -61,7 +61,4 @@ enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *s
 			    const struct dun_desired *d, const struct dun_plan *plan,
 			    int64_t decision_id, struct dun_apply_result *res);
 
-/* The stable Message-ID for an email dedup key (out: at least 200 bytes). */
-void dun_apply_message_id(const char *key, char *out, size_t out_size);
-
 #endif

@@ -15,19 +15,29 @@
 #define DUN_EFFECTS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/model.h"
 #include "util/err.h"
 
+/*
+ * Every operation gets the idempotency key of the call (the consequence key
+ * and the decision: "<key>/d<decision_id>") and the decision that planned it.
+ * in_engine_db: the operations write only to the engine DB, through the
+ * applier's connection (the local table; the HTTP platform's outbox), so the
+ * applier runs them inside the transaction that records them as applied.
+ */
 struct dun_platform_ops {
 	const char *name;
+	bool in_engine_db;
 	enum dun_err (*ban)(void *self, const char *account_id, bool banned, const char *idem_key,
-			    char *err, size_t err_size);
+			    int64_t decision_id, char *err, size_t err_size);
 	enum dun_err (*set_entitlement)(void *self, const char *account_id,
-					enum dun_entitlement level, const char *idem_key, char *err,
-					size_t err_size);
+					enum dun_entitlement level, const char *idem_key,
+					int64_t decision_id, char *err, size_t err_size);
 	enum dun_err (*remove_resource_flags)(void *self, const char *account_id,
-					      const char *idem_key, char *err, size_t err_size);
+					      const char *idem_key, int64_t decision_id, char *err,
+					      size_t err_size);
 };
 
 struct dun_platform {
@@ -53,6 +63,12 @@ struct dun_mailer_ops {
 struct dun_mailer {
 	const struct dun_mailer_ops *ops;
 	void *self;
+	/* The sender address; its domain qualifies the Message-IDs (NULL or
+	 * "": "dunning.local"). */
+	const char *from;
+	/* How long a claim to send one email lasts, in seconds: longer than
+	 * one send can take (0: DUN_EMAIL_LEASE_S_DEFAULT). */
+	int64_t claim_lease_s;
 };
 
 #endif

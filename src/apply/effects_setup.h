@@ -22,12 +22,19 @@ struct dun_effects {
 	struct dun_smtp_config smtp;
 	void *platform_state;
 	char from[256];
+	/* Something start-up should print but that is not an error (the
+	 * platform did not answer the check: calls wait in the outbox). */
+	char warning[512];
 };
 
 /*
- * Set up fx from cfg over db (borrowed). With check, also talk to the
- * outside (SMTP: connect and authenticate) so a wrong setting fails now.
- * err names the setting at fault. fx must stay at a fixed address while in
+ * Set up fx from cfg over db (borrowed). Always checked: the templates
+ * (every kind present, no unknown placeholder), the SMTP settings, the
+ * platform's base_url and token, the event endpoints and their secret.
+ * With check, also talk to the outside so a wrong setting fails now: SMTP
+ * connects and authenticates; the HTTP platform is asked GET /health, where
+ * a refused token fails and an unreachable platform is only a warning (its
+ * calls wait in the outbox). err names the setting at fault. fx must stay at a fixed address while in
  * use (the seams point into it).
  */
 enum dun_err dun_effects_open(const struct dun_config *cfg, struct dun_db *db, bool check,

@@ -11,7 +11,7 @@
 #include "util/clock.h"
 
 static enum dun_err local_ban(void *self, const char *account_id, bool banned, const char *idem_key,
-			      char *err, size_t err_size)
+			      int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
 	sqlite3_stmt *st = dun_db_stmt(
@@ -26,7 +26,7 @@ static enum dun_err local_ban(void *self, const char *account_id, bool banned, c
 
 static enum dun_err local_set_entitlement(void *self, const char *account_id,
 					  enum dun_entitlement level, const char *idem_key,
-					  char *err, size_t err_size)
+					  int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
 	sqlite3_stmt *st = dun_db_stmt(
@@ -40,7 +40,7 @@ static enum dun_err local_set_entitlement(void *self, const char *account_id,
 }
 
 static enum dun_err local_remove_flags(void *self, const char *account_id, const char *idem_key,
-				       char *err, size_t err_size)
+				       int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
 	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE platform SET resource_flags = 0, updated_at = ?2"
@@ -52,6 +52,7 @@ static enum dun_err local_remove_flags(void *self, const char *account_id, const
 
 static const struct dun_platform_ops local_platform_ops = {
     .name = "local",
+    .in_engine_db = true,
     .ban = local_ban,
     .set_entitlement = local_set_entitlement,
     .remove_resource_flags = local_remove_flags,
