@@ -1,0 +1,224 @@
+/*
+ * committer.c — the single writer of webhook events (see committer.h).
+ *
+ * Where it sits: POST /webhooks/stripe verifies the signature on a request
+ * thread, then hands the raw body here. This thread runs the ingest step
+ * (store the raw event, fold it into the mirror, enqueue the trigger — the
+ * same dun_ingest_event_in_tx() as `dunning ingest`) for a batch of events
+ * inside one transaction, commits, and answers each request. The recompute
+ * happens later, in the workers.
+ *
+ * Why group commit: with synchronous=FULL every COMMIT is an fsync, and an
+ * fsync costs far more than the inserts of an event. One transaction per
+ * batch pays one fsync for all of them. There is no timer: the batch is
+ * simply everything that queued up while the previous batch was being
+ * written (up to batch_max), so an idle service commits a lone event at
+ * once and a busy one commits large batches.
+ *
+ * Durability before the answer: an item's done callback, which sends the
+ * HTTP answer, runs only after COMMIT returned. If COMMIT fails, every event
+ * of the batch is answered with an error (Stripe delivers again) — none was
+ * acknowledged.
+ *
+ * Isolation of bad events: each event runs inside its own SAVEPOINT. An
+ * event that cannot be ingested (malformed JSON, an invalid envelope, a
+ * store error on just that row) is rolled back to its savepoint and answered
+ * with its own error; the other events of the batch commit normally.
+ */
+#include "committer.h"
+#include "store/db.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct dun_committer {
+	struct dun_db *db;
+	int batch_max;
+	struct dun_metrics *metrics;
+	void (*triggered)(void *arg);
+	void *arg;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct dun_commit_item *head, *tail; /* guarded by mu */
+	bool stopping;			     /* guarded by mu */
+	_Atomic bool running;
+};
+
+static void fail_all(struct dun_commit_item **items, int n, enum dun_err e, const char *why)
+{
+	for (int i = 0; i < n; i++) {
+		if (items[i]->err != DUN_OK)
+			continue; /* keeps its own, more precise error */
+		items[i]->err = e;
+		snprintf(items[i]->err_text, sizeof items[i]->err_text, "%s", why);
+	}
+}
+
+static bool savepoint(struct dun_db *db, const char *sql)
+{
+	return dun_db_step_done(dun_db_stmt(db, sql)) == DUN_OK;
+}
+
+static void run_batch(struct dun_committer *c, struct dun_commit_item **items, int n)
+{
+	struct timespec ts0, ts1;
+	clock_gettime(CLOCK_MONOTONIC, &ts0);
+	for (int i = 0; i < n; i++) {
+		items[i]->err = DUN_OK;
+		items[i]->err_text[0] = '\0';
+	}
+	bool any_trigger = false;
+	enum dun_err e = dun_db_begin(c->db);
+	if (e != DUN_OK) {
+		fail_all(items, n, e, "cannot begin a transaction");
+		goto answer;
+	}
+	for (int i = 0; i < n; i++) {
+		struct dun_commit_item *it = items[i];
+		if (!savepoint(c->db, "SAVEPOINT webhook_event")) {
+			it->err = DUN_E_STORE;
+			snprintf(it->err_text, sizeof it->err_text, "cannot open a savepoint");
+			continue;
+		}
+		it->err = dun_ingest_event_in_tx(c->db, it->body, it->len, &it->res, it->err_text,
+						 sizeof it->err_text);
+		if (it->err != DUN_OK) {
+			if (!savepoint(c->db, "ROLLBACK TO webhook_event")) {
+				/* The transaction is unusable: give up the whole batch. */
+				dun_db_rollback(c->db);
+				e = DUN_E_STORE;
+				fail_all(items, n, e, "cannot roll back to a savepoint");
+				any_trigger = false;
+				goto answer;
+			}
+		} else if (it->res.triggered) {
+			any_trigger = true;
+		}
+		savepoint(c->db, "RELEASE webhook_event");
+	}
+	e = dun_db_commit(c->db);
+	if (e != DUN_OK) {
+		dun_db_rollback(c->db);
+		/* Nothing of the batch is durable, so nothing may be acknowledged. */
+		for (int i = 0; i < n; i++)
+			if (items[i]->err == DUN_OK) {
+				items[i]->err = e;
+				snprintf(items[i]->err_text, sizeof items[i]->err_text,
+					 "cannot commit: %s", sqlite3_errmsg(dun_db_handle(c->db)));
+			}
+		any_trigger = false;
+	}
+answer:
+	clock_gettime(CLOCK_MONOTONIC, &ts1);
+	int64_t us =
+	    (int64_t)(ts1.tv_sec - ts0.tv_sec) * 1000000 + (ts1.tv_nsec - ts0.tv_nsec) / 1000;
+	dun_metrics_batch(c->metrics, n, us);
+	if (e != DUN_OK) {
+		char num[16], ms[24];
+		snprintf(num, sizeof num, "%d", n);
+		snprintf(ms, sizeof ms, "%lld", (long long)(us / 1000));
+		dun_log(DUN_LOG_ERROR, "webhook.commit_failed", "events", num, "duration_ms", ms,
+			"error", dun_err_str(e), NULL);
+	}
+	if (any_trigger && c->triggered)
+		c->triggered(c->arg);
+	for (int i = 0; i < n; i++)
+		items[i]->done(items[i]); /* last access to the item */
+}
+
+static void *committer_main(void *arg)
+{
+	struct dun_committer *c = arg;
+	struct dun_commit_item **batch = dun_calloc((size_t)c->batch_max, sizeof *batch);
+	for (;;) {
+		pthread_mutex_lock(&c->mu);
+		while (!c->head && !c->stopping)
+			pthread_cond_wait(&c->cv, &c->mu);
+		if (!c->head) {
+			pthread_mutex_unlock(&c->mu);
+			break;
+		}
+		int n = 0;
+		while (c->head && n < c->batch_max) {
+			batch[n++] = c->head;
+			c->head = c->head->next;
+		}
+		if (!c->head)
+			c->tail = NULL;
+		pthread_mutex_unlock(&c->mu);
+		run_batch(c, batch, n);
+	}
+	free(batch);
+	atomic_store(&c->running, false);
+	return NULL;
+}
+
+enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_metrics *metrics,
+				 void (*triggered)(void *arg), void *arg,
+				 struct dun_committer **out, char *err, size_t err_size)
+{
+	*out = NULL;
+	struct dun_committer *c = dun_calloc(1, sizeof *c);
+	enum dun_err e = dun_db_open(db_path, &c->db, err, err_size);
+	if (e != DUN_OK) {
+		free(c);
+		return e;
+	}
+	c->batch_max = batch_max > 0 ? batch_max : 1;
+	c->metrics = metrics;
+	c->triggered = triggered;
+	c->arg = arg;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	atomic_store(&c->running, true);
+	if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
+		snprintf(err, err_size, "cannot start the committer thread");
+		pthread_cond_destroy(&c->cv);
+		pthread_mutex_destroy(&c->mu);
+		dun_db_close(c->db);
+		free(c);
+		return DUN_E_IO;
+	}
+	*out = c;
+	return DUN_OK;
+}
+
+void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item)
+{
+	item->next = NULL;
+	pthread_mutex_lock(&c->mu);
+	if (c->tail)
+		c->tail->next = item;
+	else
+		c->head = item;
+	c->tail = item;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
+
+bool dun_committer_running(struct dun_committer *c)
+{
+	return atomic_load(&c->running);
+}
+
+void dun_committer_stop(struct dun_committer *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->mu);
+	c->stopping = true;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->thread, NULL);
+	pthread_cond_destroy(&c->cv);
+	pthread_mutex_destroy(&c->mu);
+	dun_db_close(c->db);
+	free(c);
+}

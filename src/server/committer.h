@@ -1,0 +1,51 @@
+/*
+ * committer.h — group commit of webhook events.
+ *
+ * Request threads hand verified event bodies to one committer thread, which
+ * makes a whole batch durable in ONE SQLite transaction (one fsync with
+ * synchronous=FULL) and only then tells each request how its event fared.
+ * See committer.c for the design.
+ */
+#ifndef DUN_COMMITTER_H
+#define DUN_COMMITTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "inbox/ingest.h"
+#include "server/metrics.h"
+
+/*
+ * One event waiting to be made durable. The submitter owns it and keeps it
+ * (and body) alive until done is called; done is the committer's last
+ * access, so the submitter may free it from there or any time after.
+ */
+struct dun_commit_item {
+	const char *body; /* borrowed */
+	size_t len;
+	/* filled in by the committer before done */
+	enum dun_err err;	      /* DUN_OK: stored durably (or a known duplicate) */
+	struct dun_ingest_result res; /* when err is DUN_OK */
+	char err_text[256];	      /* when err is not DUN_OK; may quote the body */
+	void (*done)(struct dun_commit_item *item);
+	struct dun_commit_item *next; /* the committer's queue */
+};
+
+struct dun_committer;
+
+/*
+ * Start the committer thread on its own connection to db_path. At most
+ * batch_max events per transaction. After a batch that enqueued triggers,
+ * triggered(arg) is called (to wake the workers). metrics is borrowed.
+ */
+enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_metrics *metrics,
+				 void (*triggered)(void *arg), void *arg,
+				 struct dun_committer **out, char *err, size_t err_size);
+/* Queue item; its done callback runs on the committer thread. Thread-safe. */
+void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item);
+/* Whether the committer thread is running (for /readyz). */
+bool dun_committer_running(struct dun_committer *c);
+/* Commit everything still queued, then stop the thread and close; NULL is a no-op. */
+void dun_committer_stop(struct dun_committer *c);
+
+#endif

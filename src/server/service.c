@@ -1,0 +1,237 @@
+/*
+ * service.c — `dunning serve` assembled (see service.h): the order in which
+ * its parts start and stop, and the routes.
+ *
+ * Start-up fails fast and leaves nothing running: the policy and the
+ * database are checked, the listening address is bound (so a port in use
+ * is reported before any thread exists), then the committer, the workers
+ * and the admin lane open their own connections, and only then does the
+ * HTTP server start accepting.
+ *
+ * Stopping is the reverse, gracefully: stop accepting; answer parked
+ * support recomputes (202, their triggers stay queued); wait until every
+ * request in flight is answered, which needs the committer (webhooks are
+ * answered after their commit) and the lane to keep running; stop the HTTP
+ * server; drain and stop the committer and the lane; and let each worker
+ * finish the recompute it is in.
+ */
+#include "service.h"
+#include "apply/effects_setup.h"
+#include "config/policy_file.h"
+#include "server/admin.h"
+#include "server/committer.h"
+#include "server/http.h"
+#include "server/lane.h"
+#include "server/shared_provider.h"
+#include "server/webhook.h"
+#include "server/workers.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Admin threads: enough that one slow provider call does not hold up the others. */
+#define LANE_THREADS	 2
+/* How long a graceful stop waits for requests in flight. */
+#define DRAIN_TIMEOUT_MS 30000
+
+static const struct dun_http_route routes[] = {
+    {"POST", "/webhooks/stripe", dun_webhook_handle},
+    {"GET", "/healthz", dun_admin_healthz},
+    {"GET", "/readyz", dun_admin_readyz},
+    {"GET", "/metrics", dun_admin_metrics},
+    {"GET", "/accounts/{}", dun_admin_account},
+    {"POST", "/accounts/{}/recompute", dun_admin_recompute},
+    {"POST", "/accounts/{}/pay-bad-debt", dun_admin_pay_bad_debt},
+    {"GET", "/events", dun_admin_events},
+    {"POST", "/events/{}/retry", dun_admin_retry},
+};
+
+static void wake_workers(void *arg)
+{
+	struct dun_service *svc = arg;
+	if (svc->workers)
+		dun_workers_wake(svc->workers);
+}
+
+/* [rollout] mode and percent are initial values: written once, at start-up. */
+static enum dun_err apply_rollout(const struct dun_config *cfg, char *err, size_t err_size)
+{
+	if (!cfg->rollout_mode[0] && cfg->rollout_percent < 0)
+		return DUN_OK;
+	struct dun_db *db = NULL;
+	enum dun_err e = dun_db_open(cfg->db_path, &db, err, err_size);
+	if (e != DUN_OK)
+		return e;
+	if (cfg->rollout_mode[0])
+		e = dun_db_setting_set(db, "mode", cfg->rollout_mode);
+	if (e == DUN_OK && cfg->rollout_percent >= 0) {
+		char v[32];
+		snprintf(v, sizeof v, "%g", cfg->rollout_percent);
+		e = dun_db_setting_set(db, "rollout.percent", v);
+	}
+	if (e != DUN_OK)
+		snprintf(err, err_size, "%s: cannot write the [rollout] settings: %s", cfg->db_path,
+			 dun_err_str(e));
+	else
+		dun_log(DUN_LOG_INFO, "server.rollout_applied", "mode",
+			cfg->rollout_mode[0] ? cfg->rollout_mode : "(unchanged)", NULL);
+	dun_db_close(db);
+	return e;
+}
+
+static int http_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+/* Lane first (its jobs wake the workers), then the committer (it wakes them too). */
+static void teardown(struct dun_service *svc)
+{
+	if (svc->senders_started) {
+		dun_senders_stop(&svc->senders);
+		pthread_join(svc->senders_thread, NULL);
+	}
+	dun_lane_stop(svc->lane);
+	dun_committer_stop(svc->committer);
+	dun_workers_stop(svc->workers);
+	dun_admin_destroy(svc->admin);
+	dun_shared_provider_destroy(svc->provider);
+	free(svc);
+}
+
+enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service **out, char *err,
+			       size_t err_size)
+{
+	*out = NULL;
+	struct dun_service *svc = dun_calloc(1, sizeof *svc);
+	svc->cfg = *cfg;
+	cfg = &svc->cfg;
+	dun_metrics_init(&svc->metrics);
+	enum dun_err e = DUN_OK;
+	if (cfg->policy_path[0])
+		e = dun_policy_file_load(cfg->policy_path, &svc->policy, err, err_size);
+	else
+		dun_policy_defaults(&svc->policy);
+	if (e != DUN_OK) {
+		free(svc);
+		return DUN_E_CONFIG;
+	}
+	/* Opening once here migrates the schema before any thread connects. */
+	struct dun_db *db = NULL;
+	e = dun_db_open(cfg->db_path, &db, err, err_size);
+	if (e != DUN_OK) {
+		free(svc);
+		return e;
+	}
+	/* Effects are checked once here (templates, SMTP settings) for a clear error. */
+	struct dun_effects fx;
+	e = dun_effects_open(cfg, db, false, &fx, err, err_size);
+	if (e == DUN_OK) {
+		if (fx.warning[0])
+			dun_log(DUN_LOG_WARN, "server.effects_warning", "message", fx.warning,
+				NULL);
+		dun_effects_close(&fx);
+	}
+	dun_db_close(db);
+	if (e != DUN_OK) {
+		free(svc);
+		return e;
+	}
+	e = apply_rollout(cfg, err, err_size);
+	if (e != DUN_OK) {
+		free(svc);
+		return e;
+	}
+	e = dun_shared_provider_new(cfg, &svc->provider, err, err_size);
+	if (e != DUN_OK) {
+		free(svc);
+		return e;
+	}
+	int fd = -1;
+	e = dun_http_listen(cfg->listen_host, cfg->listen_port, &fd, svc->addr, sizeof svc->addr,
+			    err, err_size);
+	if (e != DUN_OK) {
+		teardown(svc);
+		return e;
+	}
+	const char *colon = strrchr(svc->addr, ':');
+	svc->port = colon ? atoi(colon + 1) : 0;
+	svc->admin = dun_admin_new(svc);
+	struct dun_provider provider = dun_shared_provider_get(svc->provider);
+	char prefix[48];
+	snprintf(prefix, sizeof prefix, "serve-%ld", (long)getpid());
+	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
+				svc, &svc->committer, err, err_size);
+	if (e == DUN_OK)
+		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, prefix,
+				      dun_admin_settled, svc->admin, &svc->workers, err, err_size);
+	if (e == DUN_OK)
+		e = dun_lane_start(cfg, &svc->policy, provider, LANE_THREADS, &svc->lane, err,
+				   err_size);
+	if (e == DUN_OK) {
+		dun_senders_init(&svc->senders, cfg->db_path, cfg);
+		if (pthread_create(&svc->senders_thread, NULL, dun_senders_thread, &svc->senders) ==
+		    0) {
+			svc->senders_started = true;
+		} else {
+			snprintf(err, err_size, "cannot start the delivery thread");
+			e = DUN_E_IO;
+		}
+	}
+	if (e == DUN_OK) {
+		struct dun_http_config hc = {
+		    .listen_fd = fd,
+		    .threads = http_threads(),
+		    .body_max_bytes = cfg->body_max_bytes,
+		    .routes = routes,
+		    .n_routes = (int)(sizeof routes / sizeof routes[0]),
+		    .arg = svc,
+		    .metrics = &svc->metrics,
+		};
+		e = dun_http_start(&hc, &svc->http, err, err_size);
+	}
+	if (e != DUN_OK) {
+		close(fd);
+		teardown(svc);
+		return e;
+	}
+	char workers[16];
+	snprintf(workers, sizeof workers, "%d", cfg->workers);
+	dun_log(DUN_LOG_INFO, "server.listening", "addr", svc->addr, "workers", workers, "provider",
+		dun_shared_provider_kind(svc->provider), "db", cfg->db_path, NULL);
+	if (!cfg->n_webhook_secrets)
+		dun_log(DUN_LOG_WARN, "server.webhooks_disabled", "reason",
+			"no [stripe] webhook_secrets: POST /webhooks/stripe answers 503", NULL);
+	if (!cfg->admin_token[0])
+		dun_log(DUN_LOG_WARN, "server.admin_disabled", "reason",
+			"no [admin] token: the admin API answers 503", NULL);
+	*out = svc;
+	return DUN_OK;
+}
+
+void dun_service_tick(struct dun_service *svc)
+{
+	dun_admin_expire(svc->admin);
+}
+
+bool dun_service_stop(struct dun_service *svc)
+{
+	dun_log(DUN_LOG_INFO, "server.stopping", "addr", svc->addr, NULL);
+	dun_http_begin_shutdown(svc->http);
+	dun_admin_release_all(svc->admin);
+	if (!dun_http_wait_idle(svc->http, DRAIN_TIMEOUT_MS)) {
+		dun_log(DUN_LOG_ERROR, "server.drain_timeout", "reason",
+			"requests were still in flight after 30 s", NULL);
+		return false;
+	}
+	dun_http_stop(svc->http);
+	svc->http = NULL;
+	teardown(svc);
+	dun_log(DUN_LOG_INFO, "server.stopped", NULL);
+	return true;
+}

@@ -1,0 +1,33 @@
+/*
+ * shared_provider.h — the one payment provider of a `dunning serve`
+ * process, shared by every worker and admin thread.
+ *
+ * [provider] kind = simulated: one simulated provider on its own SQLite
+ * connection, behind a mutex. It must be one instance: the simulator keeps
+ * its id counter in memory, so two instances over one database would mint
+ * the same ids.
+ * [provider] kind = stripe: the Stripe client (provider/stripe.h), which is
+ * thread-safe and keeps one rate limiter for the whole process. Only when
+ * this build has it; otherwise kind = stripe is refused at start-up.
+ */
+#ifndef DUN_SHARED_PROVIDER_H
+#define DUN_SHARED_PROVIDER_H
+
+#include "config/config.h"
+#include "provider/provider.h"
+
+struct dun_shared_provider;
+
+/* Open the provider cfg asks for. On failure *out is NULL and err says why. */
+enum dun_err dun_shared_provider_new(const struct dun_config *cfg, struct dun_shared_provider **out,
+				     char *err, size_t err_size);
+/* The seam every thread may call at once; it lives as long as sp. */
+struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp);
+/* "simulated" or "stripe". */
+const char *dun_shared_provider_kind(const struct dun_shared_provider *sp);
+/* Whether this build can talk to Stripe ([provider] kind = stripe). */
+bool dun_shared_provider_has_stripe(void);
+/* Close it; NULL is a no-op. No thread may use the seam any more. */
+void dun_shared_provider_destroy(struct dun_shared_provider *sp);
+
+#endif

@@ -1,0 +1,245 @@
+/*
+ * workers.c — the inbox drain of the long-running service (see
+ * workers.h). It is the service's form of src/inbox/worker.c: the same
+ * claim → dun_engine_recompute → complete/fail cycle, run forever on
+ * several threads instead of once.
+ *
+ * One account per claim. A claim moves the account's triggers to
+ * processing; on shutdown a worker finishes the account it holds and
+ * exits, so claiming one at a time means no claimed-but-unstarted account
+ * is ever left behind for the lease to take back. The cost is one small
+ * transaction per account, next to the several a recompute writes anyway.
+ *
+ * A worker that hits a store error (e.g. the database is locked for longer
+ * than the busy timeout) logs it and tries again after poll_ms; it never
+ * exits on its own, so /readyz's "workers running" means "not stopped".
+ */
+#include "workers.h"
+#include "inbox/inbox.h"
+#include "server/engine_ctx.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/mem.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct worker {
+	struct dun_workers *pool;
+	struct dun_engine_ctx *ctx;
+	char id[64];
+	pthread_t thread;
+	bool started;
+};
+
+struct dun_workers {
+	const struct dun_config *cfg;
+	struct dun_metrics *metrics;
+	struct dun_inbox_config inbox;
+	dun_workers_settled_fn settled;
+	void *settled_arg;
+	struct worker *w;
+	int n;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t wakeups; /* guarded by mu: bumped by every wake */
+	bool stopping;	  /* guarded by mu */
+	_Atomic int running;
+	_Atomic int64_t last_recheck_ms;
+};
+
+static bool stopping(struct dun_workers *p)
+{
+	pthread_mutex_lock(&p->mu);
+	bool s = p->stopping;
+	pthread_mutex_unlock(&p->mu);
+	return s;
+}
+
+/* Sleep up to ms, or until woken (by new work or by stop) after `seen`. */
+static void idle(struct dun_workers *p, uint64_t seen, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&p->mu);
+	while (!p->stopping && p->wakeups == seen)
+		if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) != 0)
+			break;
+	pthread_mutex_unlock(&p->mu);
+}
+
+static uint64_t wakeups(struct dun_workers *p)
+{
+	pthread_mutex_lock(&p->mu);
+	uint64_t v = p->wakeups;
+	pthread_mutex_unlock(&p->mu);
+	return v;
+}
+
+/*
+ * Enqueue due rechecks at most every poll_ms across the pool: the query is
+ * cheap, but it takes the write lock, which the webhook committer wants.
+ */
+static void maybe_rechecks(struct worker *w, int64_t now)
+{
+	struct dun_workers *p = w->pool;
+	int64_t now_ms = dun_clock_mono_ms();
+	int64_t last = atomic_load(&p->last_recheck_ms);
+	if (now_ms - last < p->cfg->poll_ms ||
+	    !atomic_compare_exchange_strong(&p->last_recheck_ms, &last, now_ms))
+		return;
+	int n = 0;
+	enum dun_err e = dun_inbox_enqueue_due_rechecks(w->ctx->db, now, &n);
+	if (e != DUN_OK) {
+		dun_log(DUN_LOG_WARN, "worker.recheck_failed", "worker", w->id, "error",
+			dun_err_str(e), NULL);
+		return;
+	}
+	if (n > 0) {
+		atomic_fetch_add(&p->metrics->rechecks_enqueued, n);
+		dun_workers_wake(p);
+	}
+}
+
+/* Claim one account and run it; false when there was nothing to do. */
+static bool run_one(struct worker *w)
+{
+	struct dun_workers *p = w->pool;
+	struct dun_inbox_item item;
+	int n = 0;
+	int64_t now = dun_clock_now();
+	maybe_rechecks(w, now);
+	dun_engine_ctx_refresh(w->ctx);
+	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now, 1, &item, &n);
+	if (e != DUN_OK) {
+		dun_log(DUN_LOG_WARN, "worker.claim_failed", "worker", w->id, "error",
+			dun_err_str(e), NULL);
+		return false;
+	}
+	if (n == 0)
+		return false;
+	struct dun_trigger_ref t = {.id = item.id, .kind = item.kind};
+	struct dun_recompute_result r;
+	enum dun_err re = dun_engine_recompute(&w->ctx->engine, item.account_id, &t, false, &r);
+	atomic_fetch_add(&p->metrics->consequences_applied, r.apply.n_applied);
+	if (re == DUN_OK) {
+		atomic_fetch_add(&p->metrics->recomputes_ok, 1);
+		e = dun_inbox_complete(w->ctx->db, w->id, item.account_id, dun_clock_now());
+	} else {
+		atomic_fetch_add(&p->metrics->recomputes_failed, 1);
+		const char *msg = r.apply.error_text[0] ? r.apply.error_text : dun_err_str(re);
+		e = dun_inbox_fail(w->ctx->db, &p->inbox, w->id, item.account_id, dun_clock_now(),
+				   dun_err_is_retryable(re), msg);
+	}
+	if (e != DUN_OK)
+		/* The claim stays in processing; its lease brings it back. */
+		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",
+			item.account_id, "error", dun_err_str(e), NULL);
+	if (p->settled)
+		p->settled(p->settled_arg, w->ctx->db, item.account_id);
+	return true;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct dun_workers *p = w->pool;
+	dun_log(DUN_LOG_DEBUG, "worker.started", "worker", w->id, NULL);
+	while (!stopping(p)) {
+		uint64_t seen = wakeups(p);
+		if (!run_one(w))
+			idle(p, seen, p->cfg->poll_ms);
+	}
+	atomic_fetch_sub(&p->running, 1);
+	dun_log(DUN_LOG_DEBUG, "worker.stopped", "worker", w->id, NULL);
+	return NULL;
+}
+
+enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
+			       struct dun_provider provider, struct dun_metrics *metrics,
+			       const char *worker_prefix, dun_workers_settled_fn settled,
+			       void *settled_arg, struct dun_workers **out, char *err,
+			       size_t err_size)
+{
+	*out = NULL;
+	struct dun_workers *p = dun_calloc(1, sizeof *p);
+	p->cfg = cfg;
+	p->metrics = metrics;
+	p->settled = settled;
+	p->settled_arg = settled_arg;
+	p->inbox.max_attempts = cfg->inbox_max_attempts;
+	p->inbox.backoff_base_s = cfg->inbox_backoff_base_s;
+	p->inbox.backoff_max_s = cfg->inbox_backoff_max_s;
+	p->inbox.lease_s = cfg->inbox_lease_s;
+	p->n = cfg->workers;
+	p->w = dun_calloc((size_t)p->n, sizeof *p->w);
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	atomic_store(&p->last_recheck_ms, dun_clock_mono_ms() - cfg->poll_ms);
+	/* Open every context first, so a failure leaves no thread to stop. */
+	for (int i = 0; i < p->n; i++) {
+		struct worker *w = &p->w[i];
+		w->pool = p;
+		snprintf(w->id, sizeof w->id, "%s-w%d", worker_prefix, i + 1);
+		enum dun_err e = dun_engine_ctx_new(cfg, policy, provider, &w->ctx, err, err_size);
+		if (e != DUN_OK) {
+			dun_workers_stop(p);
+			return e;
+		}
+	}
+	for (int i = 0; i < p->n; i++) {
+		struct worker *w = &p->w[i];
+		atomic_fetch_add(&p->running, 1);
+		if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+			atomic_fetch_sub(&p->running, 1);
+			snprintf(err, err_size, "cannot start worker thread %d", i + 1);
+			dun_workers_stop(p);
+			return DUN_E_IO;
+		}
+		w->started = true;
+	}
+	*out = p;
+	return DUN_OK;
+}
+
+void dun_workers_wake(struct dun_workers *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->wakeups++;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+int dun_workers_running(struct dun_workers *p)
+{
+	return atomic_load(&p->running);
+}
+
+void dun_workers_stop(struct dun_workers *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stopping = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->n; i++) {
+		if (p->w[i].started)
+			pthread_join(p->w[i].thread, NULL);
+		dun_engine_ctx_destroy(p->w[i].ctx);
+	}
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+	free(p->w);
+	free(p);
+}

@@ -1,0 +1,48 @@
+/*
+ * workers.h — the threads of `dunning serve` that drain the inbox.
+ *
+ * Each worker owns an engine context (its own SQLite connection and
+ * engine), claims one account at a time (dun_inbox_claim coalesces the
+ * account's ready triggers and keeps any other worker or process off it),
+ * recomputes it and settles its triggers; when idle it enqueues the
+ * scheduled rechecks that came due and sleeps until woken or poll_ms.
+ */
+#ifndef DUN_WORKERS_H
+#define DUN_WORKERS_H
+
+#include "config/config.h"
+#include "core/policy.h"
+#include "provider/provider.h"
+#include "server/metrics.h"
+#include "store/db.h"
+
+struct dun_workers;
+
+/*
+ * Called on the worker thread after an account's triggers were settled
+ * (done, retrying or dead), with the worker's connection (no transaction
+ * open). The admin API uses it to answer a waiting recompute request.
+ */
+typedef void (*dun_workers_settled_fn)(void *arg, struct dun_db *db, const char *account_id);
+
+/*
+ * Start cfg->workers threads (cfg, policy, provider and metrics are
+ * borrowed and must outlive the pool). worker_prefix names the claims
+ * ("<prefix>-w<n>") so a crashed process's leases are recognisable.
+ */
+enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
+			       struct dun_provider provider, struct dun_metrics *metrics,
+			       const char *worker_prefix, dun_workers_settled_fn settled,
+			       void *settled_arg, struct dun_workers **out, char *err,
+			       size_t err_size);
+/* Wake idle workers now (new triggers were enqueued). Thread-safe. */
+void dun_workers_wake(struct dun_workers *w);
+/* How many worker threads are alive. */
+int dun_workers_running(struct dun_workers *w);
+/*
+ * Stop: each worker finishes the recompute it is in (and settles it), then
+ * exits; joins them all and frees the pool. NULL is a no-op.
+ */
+void dun_workers_stop(struct dun_workers *w);
+
+#endif
