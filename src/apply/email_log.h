@@ -20,8 +20,13 @@
 #include "store/db.h"
 #include "util/err.h"
 
-/* How long a `sending` claim protects its owner when the owner cannot be seen to be gone. */
-#define DUN_EMAIL_LEASE_S_DEFAULT 300
+/*
+ * How long a `sending` claim protects its owner when the owner cannot be
+ * seen to be gone (another host, a legacy system). Longer than any send,
+ * and longer than the inbox's lease (300 s by default): a worker whose
+ * account was taken over after a stall still owns the email it is sending.
+ */
+#define DUN_EMAIL_LEASE_S_DEFAULT 900
 #define DUN_EMAIL_OWNER_MAX	  160
 #define DUN_EMAIL_MESSAGE_ID_MAX  256
 
