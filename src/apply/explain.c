@@ -169,6 +169,15 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 		 " last_error, created_at, sent_at FROM emails WHERE account_id = ?1"
 		 " ORDER BY created_at, key",
 		 account_id));
+	/* The platform calls still on their way (HTTP platform): the platform
+	 * table above is the engine's view, these may not have arrived yet. */
+	json_object_set_new(
+	    o, "platform_outbox",
+	    rows(en->db,
+		 "SELECT id, op, value, state, attempts, last_status, last_error,"
+		 " not_before, created_at FROM platform_outbox WHERE account_id = ?1"
+		 " AND state <> 'sent' ORDER BY id",
+		 account_id));
 	json_object_set_new(o, "pending_triggers",
 			    rows(en->db,
 				 "SELECT id, kind, source, state, attempts, last_error, not_before"

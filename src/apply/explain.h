@@ -1,8 +1,9 @@
 /*
  * explain.h — the explain trace of one account as JSON: the gathered state,
  * the rules that matched (with their numbers), the plan, and the history
- * (decisions, bad-debt episodes, emails, pending triggers). Used by
- * `dunning explain` and GET /accounts/{id}. Writes nothing.
+ * (decisions, bad-debt episodes, emails, platform calls not yet delivered,
+ * pending triggers). Used by `dunning explain` and GET /accounts/{id}.
+ * Writes nothing.
  */
 #ifndef DUN_EXPLAIN_H
 #define DUN_EXPLAIN_H

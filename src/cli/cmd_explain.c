@@ -107,6 +107,13 @@ static void print_text(json_t *o)
 		   dun_cli_time(ji(v, "at"), t1, sizeof t1), js(v, "trigger_kind"), js(v, "mode"),
 		   js(v, "stage_from"), js(v, "stage_to"), ji(v, "n_planned"), ji(v, "n_applied"),
 		   js(v, "outcome"), js(v, "error"));
+	json_t *outbox = json_object_get(o, "platform_outbox");
+	if (json_array_size(outbox)) {
+		printf("platform calls not yet delivered:\n");
+		json_array_foreach(outbox, i, v)
+		    printf("  #%lld %s %s %s attempts=%lld %s\n", ji(v, "id"), js(v, "op"),
+			   js(v, "value"), js(v, "state"), ji(v, "attempts"), js(v, "last_error"));
+	}
 	json_t *pend = json_object_get(o, "pending_triggers");
 	if (json_array_size(pend)) {
 		printf("pending triggers:\n");
