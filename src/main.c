@@ -27,6 +27,8 @@ static const struct dun_command commands[] = {
     {"rollout", dun_cmd_rollout, "observe or active: global mode, percentage, allow/deny lists"},
     {"emails", dun_cmd_emails, "show the email log"},
     {"simulate", dun_cmd_simulate, "run policies over a synthetic population and compare them"},
+    {"sync", dun_cmd_sync, "import customers, subscriptions and invoices from Stripe (--config)"},
+    {"backfill", dun_cmd_backfill, "replay Stripe's events since a time, like lost webhooks"},
 };
 
 static void usage(FILE *out)
@@ -39,6 +41,8 @@ static void usage(FILE *out)
 	    out,
 	    "\nglobal options (anywhere on the line):\n"
 	    "  --db PATH         the SQLite database (default: $DUNNING_DB or ./dunning.db)\n"
+	    "  --config FILE     the service configuration: database, policy, [provider],\n"
+	    "                    [stripe] and the effects (docs/config.md)\n"
 	    "  --policy FILE     the policy file (default: $DUNNING_POLICY or the built-in\n"
 	    "                    defaults, which policy/default.conf spells out)\n"
 	    "  --templates DIR   email templates (default: $DUNNING_TEMPLATES or the shipped "
@@ -73,6 +77,8 @@ int main(int argc, char **argv)
 		const char **slot = NULL;
 		if (!strcmp(a, "--db"))
 			slot = &cli.db_path;
+		else if (!strcmp(a, "--config"))
+			slot = &cli.config_path;
 		else if (!strcmp(a, "--policy"))
 			slot = &cli.policy_path;
 		else if (!strcmp(a, "--templates"))
@@ -84,6 +90,7 @@ int main(int argc, char **argv)
 			}
 			if (slot) {
 				*slot = argv[i + 1];
+				cli.db_path_given |= slot == &cli.db_path;
 			} else {
 				int64_t t;
 				if (!dun_clock_parse(argv[i + 1], &t)) {

@@ -2,9 +2,13 @@
  * cli.c — shared plumbing of the `dunning` subcommands (see cli.h).
  */
 #include "cli.h"
+#include "apply/effects_setup.h"
 #include "apply/local.h"
+#include "config/config.h"
 #include "config/policy_file.h"
+#include "provider/stripe.h"
 #include "util/clock.h"
+#include "util/mem.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -90,9 +94,65 @@ const char *dun_cli_time(int64_t t, char *buf, size_t n)
 	return buf;
 }
 
+int dun_cli_load_config(struct dun_cli *cli)
+{
+	if (!cli->config_path || cli->config)
+		return DUN_EX_OK;
+	char err[512] = "";
+	struct dun_config *c = dun_calloc(1, sizeof *c);
+	enum dun_err e = dun_config_load(cli->config_path, c, err, sizeof err);
+	if (e != DUN_OK) {
+		dun_cli_error("%s", err);
+		free(c);
+		return DUN_EX_CONFIG;
+	}
+	cli->config = c;
+	if (!cli->db_path_given)
+		cli->db_path = c->db_path;
+	if (!cli->policy_path && c->policy_path[0])
+		cli->policy_path = c->policy_path;
+	if (!cli->support_email && c->support_email[0])
+		cli->support_email = c->support_email;
+	if (!c->templates_dir[0] && cli->templates_dir)
+		snprintf(c->templates_dir, sizeof c->templates_dir, "%s", cli->templates_dir);
+	return DUN_EX_OK;
+}
+
+/* The engine's seams from the configuration: its provider and effects. */
+static int open_configured_engine(struct dun_cli *cli)
+{
+	char err[512] = "";
+	cli->effects = dun_calloc(1, sizeof *cli->effects);
+	enum dun_err e =
+	    dun_effects_open(cli->config, cli->db, false, cli->effects, err, sizeof err);
+	if (e != DUN_OK) {
+		free(cli->effects);
+		cli->effects = NULL;
+		dun_cli_error("%s", err);
+		return dun_cli_exit_code(e);
+	}
+	if (!strcmp(cli->config->provider, "stripe")) {
+		e = dun_stripe_provider_new(cli->config, &cli->provider, err, sizeof err);
+		if (e != DUN_OK) {
+			dun_cli_error("%s: %s", cli->config_path, err);
+			return dun_cli_exit_code(e);
+		}
+	} else {
+		cli->sim = dun_sim_new(cli->db, 1);
+		cli->provider = dun_sim_provider(cli->sim);
+	}
+	dun_engine_init(&cli->engine, cli->db, &cli->policy, cli->provider, cli->effects->platform,
+			cli->effects->mailer, cli->effects->renderer);
+	cli->engine_ready = true;
+	return DUN_EX_OK;
+}
+
 int dun_cli_open(struct dun_cli *cli, unsigned need)
 {
 	char err[512] = "";
+	int rc = dun_cli_load_config(cli);
+	if (rc)
+		return rc;
 	if ((need & DUN_NEED_DB) && !cli->db) {
 		enum dun_err e = dun_db_open(cli->db_path, &cli->db, err, sizeof err);
 		if (e != DUN_OK) {
@@ -112,6 +172,8 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 			dun_policy_defaults(&cli->policy);
 		}
 	}
+	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready && cli->config)
+		return open_configured_engine(cli);
 	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready) {
 		enum dun_err e =
 		    dun_template_set_load(cli->templates_dir, &cli->templates, err, sizeof err);
@@ -135,10 +197,18 @@ void dun_cli_close(struct dun_cli *cli)
 	if (cli->engine_ready)
 		dun_engine_free(&cli->engine);
 	cli->engine_ready = false;
+	dun_provider_destroy(&cli->provider);
+	memset(&cli->provider, 0, sizeof cli->provider);
 	dun_sim_destroy(cli->sim);
 	cli->sim = NULL;
+	if (cli->effects)
+		dun_effects_close(cli->effects);
+	free(cli->effects);
+	cli->effects = NULL;
 	dun_template_set_destroy(cli->templates);
 	cli->templates = NULL;
 	dun_db_close(cli->db);
 	cli->db = NULL;
+	free(cli->config);
+	cli->config = NULL;
 }

@@ -13,6 +13,9 @@
 #include "apply/render.h"
 #include "provider/sim.h"
 
+struct dun_config;
+struct dun_effects;
+
 /* Exit codes, from sysexits(3). */
 enum {
 	DUN_EX_OK = 0,
@@ -38,6 +41,8 @@ enum {
 struct dun_cli {
 	/* global options */
 	const char *db_path;
+	bool db_path_given;	 /* --db was given: it wins over [database] path */
+	const char *config_path; /* --config FILE: the service configuration */
 	const char *policy_path;
 	const char *templates_dir;
 	const char *support_email;
@@ -48,6 +53,9 @@ struct dun_cli {
 	struct dun_template_set *templates;
 	struct dun_template_renderer renderer;
 	struct dun_sim *sim;
+	struct dun_config *config;    /* loaded from config_path, or NULL */
+	struct dun_effects *effects;  /* with a config: platform, mailer, renderer */
+	struct dun_provider provider; /* with [provider] kind = stripe: the Stripe client */
 	struct dun_engine engine;
 	bool engine_ready;
 };
@@ -59,7 +67,18 @@ struct dun_command {
 	const char *summary;
 };
 
-/* Open what `need` asks for; prints a clear error and returns an exit code on failure. */
+/*
+ * Load --config once into cli->config (no-op without --config). Its
+ * [database] path, [policy] file and support_email apply unless given on the
+ * command line. Prints a clear error and returns an exit code on failure.
+ */
+int dun_cli_load_config(struct dun_cli *cli);
+
+/*
+ * Open what `need` asks for; prints a clear error and returns an exit code
+ * on failure. With --config the engine's seams come from it: the provider
+ * its [provider] kind names, the effects of dun_effects_open().
+ */
 int dun_cli_open(struct dun_cli *cli, unsigned need);
 void dun_cli_close(struct dun_cli *cli);
 
