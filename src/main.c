@@ -26,6 +26,8 @@ static const struct dun_command commands[] = {
     {"policy", dun_cmd_policy, "check or show a policy file"},
     {"rollout", dun_cmd_rollout, "observe or active: global mode, percentage, allow/deny lists"},
     {"emails", dun_cmd_emails, "show the email log"},
+    {"email", dun_cmd_email, "preview an email; claim or record one sent by another system"},
+    {"outbox", dun_cmd_outbox, "platform calls and outcome events on their way out; --deliver"},
     {"simulate", dun_cmd_simulate, "run policies over a synthetic population and compare them"},
     {"sync", dun_cmd_sync, "import customers, subscriptions and invoices from Stripe (--config)"},
     {"backfill", dun_cmd_backfill, "replay Stripe's events since a time, like lost webhooks"},

@@ -21,6 +21,8 @@ int dun_cmd_policy(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_email(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_outbox(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_backfill(struct dun_cli *cli, int argc, char **argv);
 
