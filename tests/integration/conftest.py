@@ -1,0 +1,326 @@
+"""Shared helpers for the integration tests that drive the `dunning` binary.
+
+Everything here is namespaced so it cannot collide with the fixtures of
+other test files in this directory:
+
+* the ``dun`` fixture: a :class:`Dunning` bound to a fresh database in the
+  test's own ``tmp_path`` — ``dun.run(...)``, ``dun.ok(...)``,
+  ``dun.explain(...)``, ``dun.ingest(...)``, ``dun.sql(...)``;
+* the ``dun_stripe`` fixture: a :class:`StripeEvents` that builds
+  Stripe-format objects and events (customer.created with metadata
+  account_id, invoice.finalized, charge.failed with outcome.reason,
+  invoice.payment_failed, invoice.paid, ...) on a fixed timeline;
+* ``dun.at(days)``: the ``--now`` value ``days`` after that timeline's start.
+
+The binary is found in $DUNNING_BUILD_DIR (default: build, relative to the
+repository root). Every command gets ``--db`` explicitly; the environment
+variables the binary reads (DUNNING_DB, DUNNING_POLICY, ...) are removed so
+a developer's shell cannot leak into a test.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+DUN_REPO = Path(__file__).resolve().parents[2]
+DUN_BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
+if not DUN_BUILD.is_absolute():
+    DUN_BUILD = DUN_REPO / DUN_BUILD
+DUN_BINARY = DUN_BUILD / "dunning"
+
+# The timeline of the tests' events: day 0 is Monday 2 March 2026, 09:00 UTC.
+DUN_T0 = int(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc).timestamp())
+DUN_DAY = 86400
+
+# Exit codes (sysexits), as docs and `dunning --help` promise.
+EX_OK, EX_FAIL, EX_USAGE, EX_DATAERR, EX_NOINPUT = 0, 1, 64, 65, 66
+EX_CANTCREAT, EX_CONFIG = 73, 78
+
+
+def dun_at(days=0.0, seconds=0):
+    """The --now value `days` (may be fractional) after DUN_T0, as ISO 8601 UTC."""
+    t = DUN_T0 + int(days * DUN_DAY) + seconds
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class DunResult:
+    """One finished command: its exit code and both outputs."""
+
+    def __init__(self, args, proc):
+        self.args = args
+        self.rc = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def __repr__(self):
+        return "dunning %s -> %d\n--- stdout\n%s--- stderr\n%s" % (
+            " ".join(self.args), self.rc, self.out, self.err)
+
+
+class Dunning:
+    """The `dunning` command bound to one database file."""
+
+    DAY = DUN_DAY
+    T0 = DUN_T0
+    repo = DUN_REPO
+    at = staticmethod(dun_at)
+
+    def __init__(self, db, workdir):
+        self.db = Path(db)
+        self.workdir = Path(workdir)
+        self._files = 0
+
+    # -- running the binary ------------------------------------------------
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUNNING_")}
+        env["TZ"] = "UTC"
+        return env
+
+    def argv(self, args, now=None, policy=None, db=True):
+        argv = [str(DUN_BINARY)]
+        if db:
+            argv += ["--db", str(self.db)]
+        if now is not None:
+            argv += ["--now", now]
+        if policy is not None:
+            argv += ["--policy", str(policy)]
+        return argv + [str(a) for a in args]
+
+    def run(self, *args, now=None, policy=None, db=True, stdin=None, timeout=300):
+        """Run `dunning [--db DB] [--now NOW] [--policy P] ARGS...`; never raises on rc."""
+        proc = subprocess.run(self.argv(args, now, policy, db), input=stdin, text=True,
+                              capture_output=True, env=self.env(), cwd=self.workdir,
+                              timeout=timeout)
+        return DunResult([str(a) for a in args], proc)
+
+    def ok(self, *args, **kw):
+        """Run and require exit status 0; returns the result."""
+        r = self.run(*args, **kw)
+        assert r.rc == 0, r
+        return r
+
+    def expect(self, rc, *args, **kw):
+        """Run and require exit status rc; returns the result."""
+        r = self.run(*args, **kw)
+        assert r.rc == rc, r
+        return r
+
+    def popen(self, *args, now=None, policy=None):
+        """Start a command in the background (the caller waits or kills it by its pid)."""
+        return subprocess.Popen(self.argv(args, now, policy), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self.env(), cwd=self.workdir)
+
+    def init(self):
+        return self.ok("init")
+
+    def explain(self, account, now=None):
+        """`explain ACCOUNT --json`, parsed."""
+        r = self.ok("explain", account, "--json", now=now)
+        return json.loads(r.out)
+
+    def write(self, name, text):
+        """A file in the test's directory."""
+        path = self.workdir / name
+        path.write_text(text)
+        return path
+
+    def ingest(self, events, now=None, no_work=False, expect=EX_OK, raw_lines=None):
+        """Write events (dicts, or raw strings) one per line and `ingest` them."""
+        self._files += 1
+        lines = raw_lines if raw_lines is not None else [
+            e if isinstance(e, str) else json.dumps(e) for e in events]
+        path = self.write("events-%d.jsonl" % self._files, "".join(l + "\n" for l in lines))
+        args = ["ingest", path] + (["--no-work"] if no_work else [])
+        return self.expect(expect, *args, now=now)
+
+    def work(self, now=None, expect=EX_OK):
+        return self.expect(expect, "work", now=now)
+
+    # -- reading the database ---------------------------------------------
+
+    def sql(self, query, params=()):
+        """Rows of a query (read-only use; WAL lets this run beside the binary)."""
+        con = sqlite3.connect(str(self.db), timeout=30)
+        try:
+            return con.execute(query, params).fetchall()
+        finally:
+            con.close()
+
+    def scalar(self, query, params=()):
+        rows = self.sql(query, params)
+        return rows[0][0] if rows else None
+
+    def execute(self, query, params=()):
+        """Write to the database behind the binary's back (tampering, drift)."""
+        con = sqlite3.connect(str(self.db), timeout=30)
+        try:
+            con.execute(query, params)
+            con.commit()
+        finally:
+            con.close()
+
+    def emails(self, account=None):
+        """The email log as dicts, oldest first."""
+        con = sqlite3.connect(str(self.db), timeout=30)
+        con.row_factory = sqlite3.Row
+        try:
+            rows = con.execute(
+                "SELECT * FROM emails WHERE ?1 IS NULL OR account_id = ?1"
+                " ORDER BY created_at, key", (account,)).fetchall()
+            return [dict(r) for r in rows]
+        finally:
+            con.close()
+
+    def decisions(self, account):
+        return self.scalar("SELECT COUNT(*) FROM decisions WHERE account_id = ?", (account,))
+
+    # -- the simulated provider ------------------------------------------
+
+    def provider_knows(self, *objects, behavior=None):
+        """Put Stripe objects into the simulated provider's own store.
+
+        The CLI's provider is the built-in simulated one; it keeps its
+        objects in the sim_objects table of the same database. A test that
+        plays "Stripe" with ingested events and wants the engine's writes
+        (retries, mark uncollectible, cancel, metadata) to land must also
+        make the provider know those objects, as Stripe would. behavior is
+        the card behaviour of customers (see src/provider/sim.h), e.g.
+        "insufficient_funds" or "expired_card".
+        """
+        con = sqlite3.connect(str(self.db), timeout=30)
+        try:
+            for o in objects:
+                cus = o["id"] if o["object"] == "customer" else o.get("customer", "")
+                con.execute(
+                    "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " body = excluded.body, behavior = CASE WHEN ?4 = '' THEN behavior"
+                    " ELSE excluded.behavior END",
+                    (o["id"], o["object"], cus,
+                     behavior if (behavior and o["object"] == "customer") else "",
+                     json.dumps(o)))
+            con.commit()
+        finally:
+            con.close()
+
+    def provider_object(self, object_id):
+        """The simulated provider's current copy of one object (dict), or None."""
+        body = self.scalar("SELECT body FROM sim_objects WHERE id = ?", (object_id,))
+        return json.loads(body) if body else None
+
+
+class StripeEvents:
+    """Stripe-format objects and events on the DUN_T0 timeline.
+
+    Objects use the pre-2025-03-31 invoice shape (top-level subscription and
+    payment_intent; charge.invoice), which is what the simulated provider
+    speaks too. Ids are unique within one test.
+    """
+
+    def __init__(self, prefix="t"):
+        self.prefix = prefix
+        self.n = 0
+
+    def _id(self, kind):
+        self.n += 1
+        return "%s_%s%05d" % (kind, self.prefix, self.n)
+
+    @staticmethod
+    def t(days=0.0, seconds=0):
+        return DUN_T0 + int(days * DUN_DAY) + seconds
+
+    def customer(self, account_id, email=None, name=None, days=0.0):
+        cid = self._id("cus")
+        return {"id": cid, "object": "customer", "email": email or "%s@example.com" % account_id,
+                "name": name or "Customer of %s" % account_id, "created": self.t(days),
+                "metadata": {"account_id": account_id},
+                "invoice_settings": {"default_payment_method": self._id("pm")}}
+
+    def subscription(self, customer, days=0.0):
+        return {"id": self._id("sub"), "object": "subscription", "customer": customer["id"],
+                "status": "active", "created": self.t(days)}
+
+    def invoice(self, customer, subscription=None, amount=2000, days=0.0,
+                billing_reason="subscription_cycle", status="open", attempt_count=0):
+        iid = self._id("in")
+        return {"id": iid, "object": "invoice", "customer": customer["id"],
+                "subscription": subscription["id"] if subscription else "",
+                "status": status, "amount_due": amount, "amount_paid": 0,
+                "amount_remaining": amount, "currency": "usd", "attempt_count": attempt_count,
+                "attempted": attempt_count > 0, "billing_reason": billing_reason,
+                "collection_method": "charge_automatically", "created": self.t(days),
+                "hosted_invoice_url": "https://invoice.example.invalid/%s" % iid,
+                "payment_intent": self._id("pi"), "metadata": {},
+                "status_transitions": {}}
+
+    def charge(self, invoice, customer, reason="insufficient_funds", status="failed",
+               days=0.0, advice_code=None, network_advice_code=None):
+        ch = {"id": self._id("ch"), "object": "charge", "customer": customer["id"],
+              "invoice": invoice["id"], "payment_intent": invoice["payment_intent"],
+              "created": self.t(days), "amount": invoice["amount_remaining"],
+              "status": status,
+              "payment_method": customer["invoice_settings"]["default_payment_method"]}
+        if status == "failed":
+            ch["failure_code"] = reason if reason in ("expired_card", "incorrect_number") \
+                else "card_declined"
+            ch["outcome"] = {"type": "issuer_declined", "reason": reason}
+            if advice_code:
+                ch["outcome"]["advice_code"] = advice_code
+            if network_advice_code:
+                ch["outcome"]["network_advice_code"] = network_advice_code
+        return ch
+
+    def event(self, etype, obj, days=0.0, seconds=0, event_id=None):
+        """A Stripe event envelope around a copy of obj."""
+        return {"id": event_id or self._id("evt"), "object": "event", "type": etype,
+                "created": self.t(days, seconds), "api_version": "2024-06-20",
+                "livemode": False, "data": {"object": json.loads(json.dumps(obj))}}
+
+    def failing_account(self, account_id, reason="insufficient_funds", days=0.0, amount=2000):
+        """The events of one account whose first invoice's payment fails.
+
+        Returns (events, objects) where objects has customer, subscription,
+        invoice (as the provider holds it after the failed attempt) and charge.
+        """
+        cus = self.customer(account_id, days=days)
+        sub = self.subscription(cus, days=days)
+        inv = self.invoice(cus, sub, amount=amount, days=days)
+        evs = [self.event("customer.created", cus, days),
+               self.event("customer.subscription.created", sub, days),
+               self.event("invoice.finalized", inv, days, 1)]
+        inv["attempt_count"] = 1
+        inv["attempted"] = True
+        ch = self.charge(inv, cus, reason=reason, days=days)
+        sub["status"] = "past_due"
+        evs += [self.event("charge.failed", ch, days, 2),
+                self.event("invoice.payment_failed", inv, days, 3),
+                self.event("customer.subscription.updated", sub, days, 4)]
+        return evs, {"customer": cus, "subscription": sub, "invoice": inv, "charge": ch}
+
+    def paid(self, invoice, days=0.0):
+        """The invoice as paid in full (a new dict)."""
+        inv = json.loads(json.dumps(invoice))
+        inv.update({"status": "paid", "amount_paid": inv["amount_due"], "amount_remaining": 0,
+                    "status_transitions": {"paid_at": self.t(days)}})
+        return inv
+
+
+@pytest.fixture
+def dun(tmp_path):
+    """The `dunning` binary on a database of its own in tmp_path."""
+    if not DUN_BINARY.exists():
+        pytest.skip("dunning is not built in %s" % DUN_BUILD)
+    return Dunning(tmp_path / "dunning.db", tmp_path)
+
+
+@pytest.fixture
+def dun_stripe():
+    """A builder of Stripe-format objects and events on the DUN_T0 timeline."""
+    return StripeEvents()
