@@ -79,7 +79,7 @@
 #define GEN_SLOTS	 512 /* remembered bases that met an error */
 #define COVERS_VALUE_MAX 500
 #define COVERS_KEYS_MAX	 40
-#define RATE_HEADROOM	 1.025 /* see dun_stripe_bucket_rate */
+#define RATE_HEADROOM	 1.10 /* see dun_stripe_bucket_rate */
 #define ERR_TEXT_MAX	 512
 
 /* ---- form encoding --------------------------------------------------------- */
@@ -252,9 +252,11 @@ int64_t dun_stripe_bucket_take(struct dun_stripe_bucket *b, int64_t now_us)
 double dun_stripe_bucket_rate(double limit_per_s)
 {
 	/*
-	 * With one token of capacity, any window shorter than 1.025 s holds
+	 * With one token of capacity, any window shorter than 1.1 s holds
 	 * fewer than 1 + limit_per_s tokens' worth, so at most limit_per_s
-	 * requests start in it: 25 ms of jitter are absorbed.
+	 * requests start in it: 100 ms of jitter are absorbed (delays in our
+	 * own scheduling, the network, the server's). 2.5 % was not enough
+	 * on a loaded machine.
 	 */
 	return limit_per_s / RATE_HEADROOM;
 }

@@ -94,9 +94,9 @@ int64_t dun_stripe_bucket_take(struct dun_stripe_bucket *b, int64_t now_us);
 
 /*
  * The bucket's rate for a configured limit of limit_per_s requests per
- * second: a little under it, so that network jitter between us and
- * Stripe's own counter never pushes limit_per_s + 1 requests into one of
- * its one-second windows (see docs/stripe.md).
+ * second: 10 % under it, so that up to 100 ms of jitter between our
+ * clock and Stripe's counter never pushes limit_per_s + 1 requests into
+ * one of its one-second windows (see docs/stripe.md).
  */
 double dun_stripe_bucket_rate(double limit_per_s);
 

@@ -2,7 +2,7 @@
  * test_stripe_unit.c — offline tests of the Stripe client's pure parts:
  * the form encoder (nested keys, escaping), the consolidated invoice's
  * metadata split, the rate limiter's token bucket (simulated clocks: no
- * window of one second ever holds more than the limit, with about 25 ms
+ * window of one second ever holds more than the limit, with about 100 ms
  * to spare), the backoff schedule and the idempotency key derivation.
  *
  * The same client against a Stripe-compatible server is tested by
@@ -232,10 +232,10 @@ static int cmp_i64(const void *a, const void *b)
 
 /*
  * The most send times (µs, sorted) that fall in any window [t, t + window_us).
- * MARGIN_US is the bucket's 25 ms of headroom, less the microsecond a wait
+ * MARGIN_US is the bucket's 100 ms of headroom, less the microsecond a wait
  * may gain by being rounded up.
  */
-#define MARGIN_US 24900
+#define MARGIN_US 99900
 static int max_in_window(const int64_t *t, int n, int64_t window_us)
 {
 	int best = 0, lo = 0;
@@ -274,10 +274,10 @@ static void test_bucket(void)
 	qsort(sent, N, sizeof *sent, cmp_i64);
 	CHECK(max_in_window(sent, N, 1000000) <= 25);
 	CHECK(max_in_window(sent, N, 1000000 + MARGIN_US) <= 25); /* with time to spare */
-	CHECK(max_in_window(sent, N, 1000000) >= 24);		  /* and not much slower */
+	CHECK(max_in_window(sent, N, 1000000) >= 22);		  /* and not much slower */
 	int64_t span = sent[N - 1] - sent[0];
 	double rate = (double)(N - 1) * 1e6 / (double)span;
-	CHECK(rate > 24.0 && rate <= 25.0);
+	CHECK(rate > 22.5 && rate <= 25.0 / 1.1);
 
 	/* Many threads asking at random moments, in clusters and pauses. */
 	dun_stripe_bucket_init(&b, dun_stripe_bucket_rate(limit), 1.0, 0);
