@@ -321,7 +321,9 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	d->invoices = inv_d;
 	d->reasons = reasons;
 	d->reasons_cap = reasons_cap;
-	memset(inv_d, 0, sizeof *inv_d * (size_t)(s->n_invoices > 0 ? s->n_invoices : 0));
+	/* No invoices: inv_d may be NULL, and memset(NULL, 0, 0) is undefined. */
+	if (s->n_invoices > 0)
+		memset(inv_d, 0, sizeof *inv_d * (size_t)s->n_invoices);
 
 	/* Skipped accounts: desired == current, so the plan is empty. */
 	d->stage = d->computed_stage = s->stage;

@@ -595,6 +595,45 @@ static void test_observe_writes_only_the_decision(void)
 	teardown(&fx);
 }
 
+/* ---- an account with nothing yet ---------------------------------------------- */
+
+/*
+ * A fresh engine evaluating an account without a customer or invoices: the
+ * per-invoice array has never been allocated. This once passed NULL to
+ * memset in EVALUATE (undefined behaviour, caught by UBSan in `dunning
+ * explain` of a new account).
+ */
+static void test_account_without_invoices(void)
+{
+	dun_clock_set(T0);
+	struct dun_db *db = testdb_open(":memory:");
+	struct dun_sim *sim = dun_sim_new(db, 1);
+	struct dun_policy policy;
+	dun_policy_defaults(&policy);
+	struct test_mailer tm = {.db = db};
+	struct dun_mailer mailer = {.ops = &test_mailer_ops, .self = &tm};
+	struct dun_template_renderer tr = {.templates = NULL, .support_email = ""};
+	struct dun_engine en;
+	dun_engine_init(&en, db, &policy, dun_sim_provider(sim), dun_local_platform(db), mailer,
+			dun_template_renderer(&tr));
+	testdb_exec(db, "INSERT INTO accounts(id) VALUES ('acct_new')");
+	CHECK_INT(dun_engine_evaluate(&en, "acct_new", T0), DUN_OK);
+	CHECK_INT(en.snap.state.n_invoices, 0);
+	CHECK_INT(en.desired.stage, DUN_STAGE_NONE);
+	CHECK(!en.desired.skipped);
+	CHECK_INT(en.plan.n, 0);
+	struct dun_recompute_result r;
+	struct dun_trigger_ref t = {.id = 0, .kind = "support_recompute"};
+	CHECK_INT(dun_engine_recompute(&en, "acct_new", &t, false, &r), DUN_OK);
+	CHECK_INT(r.n_planned, 0);
+	CHECK_INT(tm.calls, 0);
+	CHECK_INT(dun_engine_evaluate(&en, "acct_nobody", T0), DUN_E_NOT_FOUND);
+	dun_engine_free(&en);
+	dun_sim_destroy(sim);
+	dun_db_close(db);
+	dun_clock_reset();
+}
+
 /* ---- the rollout gate ---------------------------------------------------------- */
 
 static void test_rollout_buckets(void)
@@ -691,6 +730,7 @@ int main(void)
 	test_paid_meanwhile_aborts_destructive_plan();
 	test_paid_before_webhook_fails_trigger_retryably();
 	test_observe_writes_only_the_decision();
+	test_account_without_invoices();
 	test_rollout_buckets();
 	return CHECK_DONE();
 }
