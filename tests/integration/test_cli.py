@@ -333,6 +333,10 @@ def test_duplicate_event_is_counted_not_applied(dun, dun_stripe):
     r = dun.ingest(evs, now=dun.at(0, 90))
     assert "6 duplicates" in r.out
     assert "0 triggered" in r.out
+    # Standard input is read the same way ("-").
+    r = dun.ok("ingest", "-", now=dun.at(0, 120),
+               stdin="".join(json.dumps(e) + "\n" for e in evs[:2]))
+    assert "ingested 2 events" in r.out and "2 duplicates" in r.out
     assert dun.scalar("SELECT COUNT(*) FROM events_raw") == 6
     assert dun.scalar("SELECT COUNT(*) FROM inbox") == 6
     assert len(dun.emails()) == 1

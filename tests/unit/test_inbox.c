@@ -11,6 +11,7 @@
 #include "testdb.h"
 
 #include "inbox/inbox.h"
+#include "inbox/ingest.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -426,6 +427,91 @@ static void test_due_rechecks_once(void)
 	dun_db_close(db);
 }
 
+/* ---- ingest: one event in, all or nothing ------------------------------------ */
+
+static enum dun_err ingest(struct dun_db *db, const char *body, struct dun_ingest_result *r,
+			   char *err, size_t err_size)
+{
+	return dun_ingest_event(db, body, strlen(body), r, err, err_size);
+}
+
+static void test_ingest_event(void)
+{
+	struct dun_db *db = fresh();
+	struct dun_ingest_result r;
+	char err[256];
+	static const char customer[] =
+	    "{\"id\":\"evt_c\",\"type\":\"customer.created\",\"created\":100,\"data\":{\"object\":"
+	    "{\"id\":\"cus_1\",\"object\":\"customer\",\"metadata\":{\"account_id\":\"acct_i\"}}}}";
+	CHECK_INT(ingest(db, customer, &r, err, sizeof err), DUN_OK);
+	CHECK_STR(r.account_id, "acct_i");
+	CHECK_STR(r.outcome, "triggered");
+	CHECK(r.triggered && !r.duplicate);
+	CHECK_INT(ingest(db, customer, &r, err, sizeof err), DUN_OK);
+	CHECK(r.duplicate);
+	CHECK_STR(r.outcome, "duplicate");
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM inbox", NULL), 1);
+
+	/* Two events for one change (same type, object and time) are one trigger. */
+	static const char failed1[] =
+	    "{\"id\":\"evt_f1\",\"type\":\"invoice.payment_failed\",\"created\":200,\"data\":"
+	    "{\"object\":{\"id\":\"in_1\",\"object\":\"invoice\",\"customer\":\"cus_1\","
+	    "\"status\":\"open\"}}}";
+	static const char failed2[] =
+	    "{\"id\":\"evt_f2\",\"type\":\"invoice.payment_failed\",\"created\":200,\"data\":"
+	    "{\"object\":{\"id\":\"in_1\",\"object\":\"invoice\",\"customer\":\"cus_1\","
+	    "\"status\":\"open\"}}}";
+	CHECK_INT(ingest(db, failed1, &r, err, sizeof err), DUN_OK);
+	CHECK_STR(r.outcome, "triggered");
+	int64_t first = r.trigger_id;
+	CHECK_INT(ingest(db, failed2, &r, err, sizeof err), DUN_OK);
+	CHECK_STR(r.outcome, "coalesced");
+	CHECK_INT(r.trigger_id, first);
+	char kind[32];
+	CHECK_STR(testdb_text(db, "SELECT kind FROM inbox WHERE id = (SELECT MAX(id) FROM inbox)",
+			      NULL, kind, sizeof kind),
+		  "payment_failed");
+
+	/* Malformed: nothing at all is written, not even the raw event. */
+	int64_t raw = testdb_int(db, "SELECT COUNT(*) FROM events_raw", NULL);
+	static const char no_customer[] =
+	    "{\"id\":\"evt_bad\",\"type\":\"invoice.paid\",\"created\":300,\"data\":"
+	    "{\"object\":{\"id\":\"in_2\",\"object\":\"invoice\",\"status\":\"paid\"}}}";
+	err[0] = '\0';
+	CHECK_INT(ingest(db, no_customer, &r, err, sizeof err), DUN_E_PARSE);
+	CHECK(strstr(err, "in_2") != NULL);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM events_raw", NULL), raw);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM p_invoices WHERE id = 'in_2'", NULL), 0);
+	static const char *const bad[] = {
+	    "not json",
+	    "[1, 2]",
+	    "{\"type\":\"invoice.paid\",\"created\":1,\"data\":{\"object\":{}}}",
+	    "{\"id\":\"evt_t\",\"created\":1,\"data\":{\"object\":{}}}",
+	    "{\"id\":\"evt_t\",\"type\":\"invoice.paid\",\"created\":\"1\",\"data\":{\"object\":{}}"
+	    "}",
+	    "{\"id\":\"evt_t\",\"type\":\"invoice.paid\",\"created\":1,\"data\":{}}",
+	    "{\"id\":\"evt_t\",\"id\":\"evt_u\",\"type\":\"invoice.paid\",\"created\":1,"
+	    "\"data\":{\"object\":{}}}",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		err[0] = '\0';
+		CHECK_INT(ingest(db, bad[i], &r, err, sizeof err), DUN_E_PARSE);
+		CHECK(err[0] != '\0');
+	}
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM events_raw", NULL), raw);
+
+	/* Which events start which triggers. */
+	CHECK_STR(dun_ingest_trigger_kind("invoice.payment_failed", false), "payment_failed");
+	CHECK_STR(dun_ingest_trigger_kind("invoice.marked_uncollectible", false),
+		  "marked_uncollectible");
+	CHECK_STR(dun_ingest_trigger_kind("invoice.paid", false), "paid");
+	CHECK_STR(dun_ingest_trigger_kind("invoice.paid", true), "bad_debt_paid");
+	CHECK_STR(dun_ingest_trigger_kind("charge.failed", false), "payment_failed");
+	CHECK(dun_ingest_trigger_kind("plan.created", false) == NULL);
+	CHECK(dun_ingest_trigger_kind("", false) == NULL);
+	dun_db_close(db);
+}
+
 int main(void)
 {
 	/* Retries and dead letters log warnings; only errors are worth reading here. */
@@ -437,6 +523,7 @@ int main(void)
 	test_requeue_by_id();
 	test_expired_lease_taken_back();
 	test_due_rechecks_once();
+	test_ingest_event();
 	dun_clock_reset();
 	return CHECK_DONE();
 }

@@ -286,6 +286,18 @@ static void test_versions_out_of_order(void)
 	CHECK_STR(testdb_text(db, "SELECT status FROM p_subscriptions WHERE id = ?1", "sub_v", st,
 			      sizeof st),
 		  "past_due");
+	/* On a tie only a cancellation wins: it is the one terminal status. */
+	sub = json_pack("{s:s, s:s, s:s, s:s}", "id", "sub_v", "object", "subscription", "customer",
+			"cus_1", "status", "active");
+	CHECK_INT(fold(db, sub, 500, &applied), DUN_OK);
+	CHECK(!applied);
+	sub = json_pack("{s:s, s:s, s:s, s:s}", "id", "sub_v", "object", "subscription", "customer",
+			"cus_1", "status", "canceled");
+	CHECK_INT(fold(db, sub, 500, &applied), DUN_OK);
+	CHECK(applied);
+	CHECK_STR(testdb_text(db, "SELECT status FROM p_subscriptions WHERE id = ?1", "sub_v", st,
+			      sizeof st),
+		  "canceled");
 	dun_db_close(db);
 }
 
