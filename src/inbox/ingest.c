@@ -79,19 +79,39 @@ static enum dun_err mark(struct dun_db *db, const char *id, const char *account,
 	return dun_db_step_done(st);
 }
 
+enum dun_err dun_ingest_parse(const char *body, size_t len, json_t **ev_out, char *err,
+			      size_t err_size)
+{
+	json_error_t jerr;
+	*ev_out = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (*ev_out)
+		return DUN_OK;
+	if (err && err_size)
+		snprintf(err, err_size, "malformed JSON at line %d column %d: %s", jerr.line,
+			 jerr.column, jerr.text);
+	return DUN_E_PARSE;
+}
+
 enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t len,
 				    struct dun_ingest_result *res, char *err, size_t err_size)
 {
+	json_t *ev = NULL;
+	enum dun_err e = dun_ingest_parse(body, len, &ev, err, err_size);
+	if (e != DUN_OK) {
+		memset(res, 0, sizeof *res);
+		res->outcome = "rejected";
+		return e;
+	}
+	e = dun_ingest_parsed_in_tx(db, ev, body, len, res, err, err_size);
+	json_decref(ev);
+	return e;
+}
+
+enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *body, size_t len,
+				     struct dun_ingest_result *res, char *err, size_t err_size)
+{
 	memset(res, 0, sizeof *res);
 	res->outcome = "rejected";
-	json_error_t jerr;
-	json_t *ev = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!ev) {
-		if (err && err_size)
-			snprintf(err, err_size, "malformed JSON at line %d column %d: %s",
-				 jerr.line, jerr.column, jerr.text);
-		return DUN_E_PARSE;
-	}
 	enum dun_err e = DUN_E_PARSE;
 	json_t *id = json_object_get(ev, "id");
 	json_t *type = json_object_get(ev, "type");
@@ -178,7 +198,6 @@ enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t 
 	res->outcome = inserted ? "triggered" : "coalesced";
 	e = mark(db, res->event_id, res->account_id, res->outcome);
 out:
-	json_decref(ev);
 	return e;
 }
 

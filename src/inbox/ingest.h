@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "store/db.h"
 
 struct dun_ingest_result {
@@ -36,6 +38,21 @@ enum dun_err dun_ingest_event(struct dun_db *db, const char *body, size_t len,
 /* Same, inside the caller's transaction (for batching many events in one commit). */
 enum dun_err dun_ingest_event_in_tx(struct dun_db *db, const char *body, size_t len,
 				    struct dun_ingest_result *res, char *err, size_t err_size);
+
+/*
+ * Parse an event body as dun_ingest_event_in_tx() does: *ev_out is a new
+ * reference (NULL on DUN_E_PARSE, with err saying where). The webhook
+ * parses on its request thread, outside the group commit's transaction.
+ */
+enum dun_err dun_ingest_parse(const char *body, size_t len, json_t **ev_out, char *err,
+			      size_t err_size);
+
+/*
+ * dun_ingest_event_in_tx() for an event already parsed by
+ * dun_ingest_parse() from body (stored as the raw event). Borrows ev.
+ */
+enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *body, size_t len,
+				     struct dun_ingest_result *res, char *err, size_t err_size);
 
 /* The trigger kind an event type starts, or NULL when it starts none. */
 const char *dun_ingest_trigger_kind(const char *event_type, bool consolidated);
