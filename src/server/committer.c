@@ -1,8 +1,10 @@
 /*
  * committer.c — the single writer of webhook events (see committer.h).
  *
- * Where it sits: POST /webhooks/stripe verifies the signature on a request
- * thread, then hands the raw body here. This thread runs the ingest step
+ * Where it sits: POST /webhooks/stripe verifies the signature and parses the
+ * JSON on a request thread (a malformed body never reaches this thread),
+ * then hands the raw body and the parsed event here. This thread runs the
+ * ingest step
  * (store the raw event, fold it into the mirror, enqueue the trigger — the
  * same dun_ingest_event_in_tx() as `dunning ingest`) for a batch of events
  * inside one transaction, commits, and answers each request. The recompute
@@ -20,12 +22,17 @@
  * of the batch is answered with an error (Stripe delivers again) — none was
  * acknowledged.
  *
+ * Why parse on the request threads: this thread is the one serial stage of
+ * ingestion, so it does only what must be serial (the SQL); JSON parsing,
+ * a third of an event's cost, runs in parallel before it.
+ *
  * Isolation of bad events: each event runs inside its own SAVEPOINT. An
- * event that cannot be ingested (malformed JSON, an invalid envelope, a
- * store error on just that row) is rolled back to its savepoint and answered
+ * event that cannot be ingested (an invalid envelope, a store error on just
+ * that row) is rolled back to its savepoint and answered
  * with its own error; the other events of the batch commit normally.
  */
 #include "committer.h"
+#include "server/engine_ctx.h"
 #include "store/db.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -46,7 +53,9 @@ struct dun_committer {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	pthread_cond_t idle_cv;		     /* broadcast when nothing is queued or committing */
 	struct dun_commit_item *head, *tail; /* guarded by mu */
+	bool committing;		     /* guarded by mu */
 	bool stopping;			     /* guarded by mu */
 	_Atomic bool running;
 };
@@ -87,8 +96,13 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 			snprintf(it->err_text, sizeof it->err_text, "cannot open a savepoint");
 			continue;
 		}
-		it->err = dun_ingest_event_in_tx(c->db, it->body, it->len, &it->res, it->err_text,
-						 sizeof it->err_text);
+		if (it->ev)
+			it->err =
+			    dun_ingest_parsed_in_tx(c->db, it->ev, it->body, it->len, &it->res,
+						    it->err_text, sizeof it->err_text);
+		else
+			it->err = dun_ingest_event_in_tx(c->db, it->body, it->len, &it->res,
+							 it->err_text, sizeof it->err_text);
 		if (it->err != DUN_OK) {
 			if (!savepoint(c->db, "ROLLBACK TO webhook_event")) {
 				/* The transaction is unusable: give up the whole batch. */
@@ -152,8 +166,14 @@ static void *committer_main(void *arg)
 		}
 		if (!c->head)
 			c->tail = NULL;
+		c->committing = true;
 		pthread_mutex_unlock(&c->mu);
 		run_batch(c, batch, n);
+		pthread_mutex_lock(&c->mu);
+		c->committing = false;
+		if (!c->head)
+			pthread_cond_broadcast(&c->idle_cv);
+		pthread_mutex_unlock(&c->mu);
 	}
 	free(batch);
 	atomic_store(&c->running, false);
@@ -171,15 +191,18 @@ enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_
 		free(c);
 		return e;
 	}
+	dun_engine_ctx_busy_wait(c->db);
 	c->batch_max = batch_max > 0 ? batch_max : 1;
 	c->metrics = metrics;
 	c->triggered = triggered;
 	c->arg = arg;
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
+	pthread_cond_init(&c->idle_cv, NULL);
 	atomic_store(&c->running, true);
 	if (pthread_create(&c->thread, NULL, committer_main, c) != 0) {
 		snprintf(err, err_size, "cannot start the committer thread");
+		pthread_cond_destroy(&c->idle_cv);
 		pthread_cond_destroy(&c->cv);
 		pthread_mutex_destroy(&c->mu);
 		dun_db_close(c->db);
@@ -203,6 +226,23 @@ void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item)
 	pthread_mutex_unlock(&c->mu);
 }
 
+void dun_committer_wait_idle(struct dun_committer *c, int64_t max_ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += max_ms / 1000;
+	ts.tv_nsec += (max_ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&c->mu);
+	while ((c->head || c->committing) && !c->stopping)
+		if (pthread_cond_timedwait(&c->idle_cv, &c->mu, &ts) != 0)
+			break;
+	pthread_mutex_unlock(&c->mu);
+}
+
 bool dun_committer_running(struct dun_committer *c)
 {
 	return atomic_load(&c->running);
@@ -215,8 +255,10 @@ void dun_committer_stop(struct dun_committer *c)
 	pthread_mutex_lock(&c->mu);
 	c->stopping = true;
 	pthread_cond_signal(&c->cv);
+	pthread_cond_broadcast(&c->idle_cv);
 	pthread_mutex_unlock(&c->mu);
 	pthread_join(c->thread, NULL);
+	pthread_cond_destroy(&c->idle_cv);
 	pthread_cond_destroy(&c->cv);
 	pthread_mutex_destroy(&c->mu);
 	dun_db_close(c->db);

@@ -1,7 +1,7 @@
 /*
  * committer.h — group commit of webhook events.
  *
- * Request threads hand verified event bodies to one committer thread, which
+ * Request threads hand verified, parsed event bodies to one committer thread, which
  * makes a whole batch durable in ONE SQLite transaction (one fsync with
  * synchronous=FULL) and only then tells each request how its event fared.
  * See committer.c for the design.
@@ -23,6 +23,7 @@
 struct dun_commit_item {
 	const char *body; /* borrowed */
 	size_t len;
+	json_t *ev; /* borrowed: body parsed by dun_ingest_parse(), or NULL to parse here */
 	/* filled in by the committer before done */
 	enum dun_err err;	      /* DUN_OK: stored durably (or a known duplicate) */
 	struct dun_ingest_result res; /* when err is DUN_OK */
@@ -43,6 +44,12 @@ enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_
 				 struct dun_committer **out, char *err, size_t err_size);
 /* Queue item; its done callback runs on the committer thread. Thread-safe. */
 void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item);
+/*
+ * Wait until no event is queued or being committed, or max_ms passed. The
+ * workers call it before each claim: acknowledging webhooks comes first,
+ * recomputes catch up in the gaps (see workers.c).
+ */
+void dun_committer_wait_idle(struct dun_committer *c, int64_t max_ms);
 /* Whether the committer thread is running (for /readyz). */
 bool dun_committer_running(struct dun_committer *c);
 /* Commit everything still queued, then stop the thread and close; NULL is a no-op. */

@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 enum dun_err dun_engine_ctx_new(const struct dun_config *cfg, const struct dun_policy *policy,
 				struct dun_provider provider, struct dun_engine_ctx **out,
@@ -19,6 +20,7 @@ enum dun_err dun_engine_ctx_new(const struct dun_config *cfg, const struct dun_p
 	enum dun_err e = dun_db_open(cfg->db_path, &ctx->db, err, err_size);
 	if (e != DUN_OK)
 		goto free_ctx;
+	dun_engine_ctx_busy_wait(ctx->db);
 	e = dun_effects_open(cfg, ctx->db, false, &ctx->fx, err, err_size);
 	if (e != DUN_OK)
 		goto close_db;
@@ -50,6 +52,25 @@ void dun_engine_ctx_destroy(struct dun_engine_ctx *ctx)
 	dun_effects_close(&ctx->fx);
 	dun_db_close(ctx->db);
 	free(ctx);
+}
+
+/* 100 waits of 0.1 ms, then waits of 1 ms: about 10 s before SQLITE_BUSY. */
+#define BUSY_FINE_WAITS	 100
+#define BUSY_TOTAL_WAITS (BUSY_FINE_WAITS + 10000)
+
+static int busy_wait(void *arg, int count)
+{
+	(void)arg;
+	if (count >= BUSY_TOTAL_WAITS)
+		return 0;
+	struct timespec ts = {.tv_sec = 0, .tv_nsec = count < BUSY_FINE_WAITS ? 100000 : 1000000};
+	nanosleep(&ts, NULL);
+	return 1;
+}
+
+void dun_engine_ctx_busy_wait(struct dun_db *db)
+{
+	sqlite3_busy_handler(dun_db_handle(db), busy_wait, NULL);
 }
 
 void dun_engine_ctx_refresh(struct dun_engine_ctx *ctx)

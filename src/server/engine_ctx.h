@@ -29,6 +29,14 @@ enum dun_err dun_engine_ctx_new(const struct dun_config *cfg, const struct dun_p
 /* Close everything the context owns; NULL is a no-op. */
 void dun_engine_ctx_destroy(struct dun_engine_ctx *ctx);
 
+/*
+ * Replace the connection's busy timeout with one that retries every 0.1 ms
+ * at first, then every 1 ms, for 10 s in all. SQLite's own sleeps grow to
+ * 100 ms, which behind the short transactions of a busy service turns a
+ * wait of one commit into a wait of tens of milliseconds.
+ */
+void dun_engine_ctx_busy_wait(struct dun_db *db);
+
 /* Re-read the rollout settings, so a `dunning rollout` change is seen without a restart. */
 void dun_engine_ctx_refresh(struct dun_engine_ctx *ctx);
 

@@ -50,6 +50,21 @@ static const struct dun_http_route routes[] = {
     {"POST", "/events/{}/retry", dun_admin_retry},
 };
 
+/* How long a worker gives way to a webhook burst before it claims anyway. */
+#define WORKER_YIELD_MAX_MS 200
+
+static void settled(void *arg, struct dun_db *db, const char *account_id)
+{
+	struct dun_service *svc = arg;
+	dun_admin_settled(svc->admin, db, account_id);
+}
+
+static void worker_yield(void *arg)
+{
+	struct dun_service *svc = arg;
+	dun_committer_wait_idle(svc->committer, WORKER_YIELD_MAX_MS);
+}
+
 static void wake_workers(void *arg)
 {
 	struct dun_service *svc = arg;
@@ -168,8 +183,8 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
 				svc, &svc->committer, err, err_size);
 	if (e == DUN_OK)
-		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, prefix,
-				      dun_admin_settled, svc->admin, &svc->workers, err, err_size);
+		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, prefix, settled,
+				      worker_yield, svc, &svc->workers, err, err_size);
 	if (e == DUN_OK)
 		e = dun_lane_start(cfg, &svc->policy, provider, LANE_THREADS, &svc->lane, err,
 				   err_size);

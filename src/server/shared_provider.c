@@ -12,6 +12,7 @@
  */
 #include "shared_provider.h"
 #include "provider/sim.h"
+#include "server/engine_ctx.h"
 #include "store/db.h"
 #include "util/mem.h"
 
@@ -168,6 +169,7 @@ enum dun_err dun_shared_provider_new(const struct dun_config *cfg, struct dun_sh
 		sp->kind = "simulated";
 		e = dun_db_open(cfg->db_path, &sp->sim_db, err, err_size);
 		if (e == DUN_OK) {
+			dun_engine_ctx_busy_wait(sp->sim_db);
 			sp->sim = dun_sim_new(sp->sim_db, 1);
 			sp->inner = dun_sim_provider(sp->sim);
 			sp->outer.ops = &locked_ops;

@@ -5,10 +5,11 @@
  *
  * On the request thread: refuse an oversized body (413), check the
  * Stripe-Signature header against every configured secret (several during
- * a rotation) within the tolerance (400 when it fails), then suspend the
- * request and hand the raw body to the committer. On the committer thread,
- * after the batch's COMMIT: 200 with {"received":true,"duplicate":...,
- * "event_id":...}, 400 for malformed JSON or an invalid envelope, 503 when
+ * a rotation) within the tolerance (400 when it fails), parse the JSON (400
+ * when malformed), then suspend the request and hand the body to the
+ * committer. On the committer thread, after the batch's COMMIT: 200 with
+ * {"received":true,"duplicate":...,"event_id":...}, 400 for an invalid
+ * envelope, 503 when
  * the event could not be stored (Stripe delivers it again). Nothing is
  * recomputed here; the workers pick the trigger up.
  *
@@ -31,6 +32,13 @@ struct webhook_job {
 	struct dun_service *svc;
 	struct dun_http_request *req;
 };
+
+static void job_free(void *p)
+{
+	struct webhook_job *job = p;
+	json_decref(job->item.ev);
+	free(job);
+}
 
 static void reject(struct dun_service *svc, struct dun_http_request *req,
 		   enum dun_webhook_rejection why)
@@ -131,13 +139,23 @@ void dun_webhook_handle(void *arg, struct dun_http_request *req)
 				     dun_err_str(e));
 		return;
 	}
+	/* Parsed here, in parallel with the other requests, not in the serial committer. */
+	json_t *ev = NULL;
+	char perr[256];
+	if (dun_ingest_parse(body, len, &ev, perr, sizeof perr) != DUN_OK) {
+		reject(svc, req, DUN_REJECT_MALFORMED);
+		/* The parser's message may quote the body: it goes to the sender only. */
+		dun_http_reply_error(req, 400, "malformed_event", "%s", perr);
+		return;
+	}
 	struct webhook_job *job = dun_calloc(1, sizeof *job);
 	job->svc = svc;
 	job->req = req;
 	job->item.body = body;
 	job->item.len = len;
+	job->item.ev = ev;
 	job->item.done = committed;
-	dun_http_set_user(req, job, free);
+	dun_http_set_user(req, job, job_free);
 	/* Suspend before submitting, so the answer can never come first. */
 	dun_http_suspend(req);
 	dun_committer_submit(svc->committer, &job->item);

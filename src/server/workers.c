@@ -10,6 +10,15 @@
  * is ever left behind for the lease to take back. The cost is one small
  * transaction per account, next to the several a recompute writes anyway.
  *
+ * Webhooks first. SQLite has one writer at a time and every commit is an
+ * fsync; a recompute commits several small transactions, the webhook
+ * committer one per batch. Left alone, the workers would hold the write
+ * lock most of the time during a burst and Stripe's deliveries would wait
+ * behind recomputes nobody is waiting for. So before each claim a worker
+ * calls the yield hook, which waits (a bounded time) until no webhook batch
+ * is queued or committing: during a burst the recomputes run in the gaps
+ * and catch up afterwards; the triggers are durable in the inbox meanwhile.
+ *
  * A worker that hits a store error (e.g. the database is locked for longer
  * than the busy timeout) logs it and tries again after poll_ms; it never
  * exits on its own, so /readyz's "workers running" means "not stopped".
@@ -41,7 +50,8 @@ struct dun_workers {
 	struct dun_metrics *metrics;
 	struct dun_inbox_config inbox;
 	dun_workers_settled_fn settled;
-	void *settled_arg;
+	dun_workers_yield_fn yield;
+	void *hook_arg;
 	struct worker *w;
 	int n;
 	pthread_mutex_t mu;
@@ -118,6 +128,8 @@ static bool run_one(struct worker *w)
 	struct dun_inbox_item item;
 	int n = 0;
 	int64_t now = dun_clock_now();
+	if (p->yield)
+		p->yield(p->hook_arg);
 	maybe_rechecks(w, now);
 	dun_engine_ctx_refresh(w->ctx);
 	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now, 1, &item, &n);
@@ -146,7 +158,7 @@ static bool run_one(struct worker *w)
 		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",
 			item.account_id, "error", dun_err_str(e), NULL);
 	if (p->settled)
-		p->settled(p->settled_arg, w->ctx->db, item.account_id);
+		p->settled(p->hook_arg, w->ctx->db, item.account_id);
 	return true;
 }
 
@@ -168,15 +180,16 @@ static void *worker_main(void *arg)
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
 			       const char *worker_prefix, dun_workers_settled_fn settled,
-			       void *settled_arg, struct dun_workers **out, char *err,
-			       size_t err_size)
+			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
+			       char *err, size_t err_size)
 {
 	*out = NULL;
 	struct dun_workers *p = dun_calloc(1, sizeof *p);
 	p->cfg = cfg;
 	p->metrics = metrics;
 	p->settled = settled;
-	p->settled_arg = settled_arg;
+	p->yield = yield;
+	p->hook_arg = hook_arg;
 	p->inbox.max_attempts = cfg->inbox_max_attempts;
 	p->inbox.backoff_base_s = cfg->inbox_backoff_base_s;
 	p->inbox.backoff_max_s = cfg->inbox_backoff_max_s;

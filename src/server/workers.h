@@ -25,16 +25,20 @@ struct dun_workers;
  */
 typedef void (*dun_workers_settled_fn)(void *arg, struct dun_db *db, const char *account_id);
 
+/* Called on the worker thread before each claim; may wait (see workers.c). */
+typedef void (*dun_workers_yield_fn)(void *arg);
+
 /*
  * Start cfg->workers threads (cfg, policy, provider and metrics are
  * borrowed and must outlive the pool). worker_prefix names the claims
  * ("<prefix>-w<n>") so a crashed process's leases are recognisable.
+ * settled and yield (either may be NULL) get hook_arg.
  */
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
 			       const char *worker_prefix, dun_workers_settled_fn settled,
-			       void *settled_arg, struct dun_workers **out, char *err,
-			       size_t err_size);
+			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
+			       char *err, size_t err_size);
 /* Wake idle workers now (new triggers were enqueued). Thread-safe. */
 void dun_workers_wake(struct dun_workers *w);
 /* How many worker threads are alive. */
