@@ -29,6 +29,8 @@ static const struct dun_command commands[] = {
     {"email", dun_cmd_email, "preview an email; claim or record one sent by another system"},
     {"outbox", dun_cmd_outbox, "platform calls and outcome events on their way out; --deliver"},
     {"simulate", dun_cmd_simulate, "run policies over a synthetic population and compare them"},
+    {"serve", dun_cmd_serve, "run the service: webhooks, admin API, workers (--config FILE)"},
+    {"config", dun_cmd_config, "check a service configuration file (config check FILE)"},
     {"sync", dun_cmd_sync, "import customers, subscriptions and invoices from Stripe (--config)"},
     {"backfill", dun_cmd_backfill, "replay Stripe's events since a time, like lost webhooks"},
 };

@@ -23,6 +23,8 @@ int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_email(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_outbox(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_serve(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_config(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_backfill(struct dun_cli *cli, int argc, char **argv);
 
