@@ -990,3 +990,61 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, serve):
     r = subprocess.run([str(BIN), "--db", str(s.db), "scan"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"scanned {len(accounts)} accounts: 0 drifting" in r.stdout
+
+
+# ---- [provider] kind = stripe, against the Stripe fake ------------------------------------------
+
+
+def test_workers_write_through_the_stripe_provider(tmp_path, serve):
+    """A recompute's payment retry goes to the Stripe API with the consequence's key."""
+    port_file = tmp_path / "fake.port"
+    fake = subprocess.Popen(["/usr/bin/python3", str(REPO / "tests/integration/fake_stripe.py"),
+                             "--port", "0", "--port-file", str(port_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert time.time() < deadline and fake.poll() is None, "the Stripe fake did not start"
+            time.sleep(0.02)
+        fport = int(port_file.read_text())
+
+        def control(path, body=None, method="POST"):
+            conn = http.client.HTTPConnection("127.0.0.1", fport, timeout=10)
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            conn.close()
+            assert r.status < 300, data
+            return json.loads(data) if data else None
+
+        t = now() - 2 * DAY
+        control("/_test/clock", {"now": t})
+        control("/_test/seed", {
+            "customers": [{"id": "cus_s1", "email": "s1@example.com",
+                           "metadata": {"account_id": "acct_s1"}, "card": "insufficient_funds"}],
+            "subscriptions": [{"id": "sub_s1", "customer": "cus_s1", "status": "past_due"}],
+            "invoices": [{"id": "in_s1", "customer": "cus_s1", "subscription": "sub_s1",
+                          "status": "open", "amount_due": 5000, "currency": "usd",
+                          "attempts": ["insufficient_funds"]}]})
+        control("/_test/clock", {"now": None})
+        s = serve(provider={"kind": "stripe"},
+                  stripe={"api_key": "sk_test_serve", "api_base": f"http://127.0.0.1:{fport}"})
+        for p in failing_account_events("acct_s1", days_ago=2, reason="insufficient_funds"):
+            p = p.replace(b"cus_acct_s1", b"cus_s1").replace(b"in_acct_s1", b"in_s1")
+            status, body = s.deliver(p)
+            assert status == 200, body
+        s.wait_idle()
+        assert s.counts()["dead"] == 0
+        assert s.stage("acct_s1") == "notified"
+        recorded = control("/_test/requests", method="GET")
+        recorded = recorded["requests"] if isinstance(recorded, dict) else recorded
+        pays = [r for r in recorded if r["method"] == "POST" and r["path"] == "/v1/invoices/in_s1/pay"]
+        assert len(pays) == 1, recorded
+        headers = {k.lower(): v for k, v in pays[0]["headers"].items()}
+        assert headers["idempotency-key"] == "acct_s1/retry_payment/in_s1/attempt2"
+        assert headers["stripe-version"]
+        assert "sk_test_serve" not in s.logs()
+    finally:
+        fake.terminate()
+        fake.wait(10)
