@@ -8,7 +8,9 @@
 * Email goes through a real SMTP server (aiosmtpd) on 127.0.0.1: exactly one
   message per dedup key when `dunning work` is killed with SIGKILL in the
   middle of sending and restarted, when two `dunning work` run at once on
-  one database, and when a legacy system claims a key first.
+  one database (also with one taking over the other's accounts), and when a
+  legacy system claims a key first; and the one documented crash window
+  (accepted by the server, not yet recorded) repeats the same Message-ID.
 * Payment-outcome events go to a receiver that checks the Stripe-style
   signature, answers 500 once, and sees every event id delivered.
 * Bad configuration fails at `dunning config check` with a clear message.
@@ -483,6 +485,57 @@ def test_smtp_exactly_once_when_worker_killed_and_restarted(tmp_path, smtp):
     key = claimed[0][0]
     mid = query(db, "SELECT message_id FROM emails WHERE key = ?", key)[0][0]
     assert box.message_ids().count(mid) == 1
+
+
+def test_smtp_the_one_remaining_window_repeats_the_same_message_id(tmp_path, smtp):
+    """docs/email.md, "The crash windows": the server accepted a message and
+    the worker died before recording it. The restart sends it again — with
+    the same Message-ID, which is what lets a deduplicating relay drop it."""
+    box, port = smtp
+    db = tmp_path / "x.db"
+    demo(db, 600, 20)
+    keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
+    cfg = write_config(tmp_path / "x.ini", db, smtp_port=port)
+    lock = sqlite3.connect(str(db), timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    locked = threading.Event()
+
+    def hold_db(n):
+        # While the 4th message is on the wire, take the database: after the
+        # server's 250 the worker cannot record `sent`.
+        if n == 3:
+            lock.execute("BEGIN EXCLUSIVE")
+            locked.set()
+
+    box.on_data = hold_db
+    box.delay = 0.05
+    worker = subprocess.Popen([str(DUNNING), "--config", str(cfg), "--now", LATER, "work"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert locked.wait(60)
+        deadline = time.monotonic() + 10
+        while len(box.messages) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(box.messages) == 4  # accepted: the worker now waits for the database
+        time.sleep(0.3)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    accepted = box.messages[3]["message_id"]
+    assert query(db, "SELECT state FROM emails WHERE message_id = ?", accepted) == [("sending",)]
+    box.on_data = None
+    r = dunning("work", config=cfg, now=LATER_STILL, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    received = Counter(box.message_ids())
+    assert received[accepted] == 2  # the one duplicate, with one Message-ID
+    assert [m for m, n in received.items() if n > 1] == [accepted]
+    copies = [m for m in box.messages if m["message_id"] == accepted]
+    assert copies[0]["subject"] == copies[1]["subject"] and copies[0]["to"] == copies[1]["to"]
+    new = sent_after(db, keys_before)
+    assert set(received) == {mid for mid, _st in new.values()}
+    assert {st for _mid, st in new.values()} == {"sent"}
 
 
 def test_smtp_exactly_once_with_two_workers_at_once(tmp_path, smtp):
