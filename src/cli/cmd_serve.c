@@ -13,6 +13,7 @@
 #include "server/service.h"
 #include "util/log.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -117,16 +118,23 @@ int dun_cmd_serve(struct dun_cli *cli, int argc, char **argv)
 	sigaddset(&stop_signals, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
+	/* libcurl (SMTP, the HTTP platform, Stripe) is set up once, before any thread. */
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		dun_cli_error("serve: cannot initialise libcurl");
+		return DUN_EX_SOFTWARE;
+	}
 	struct dun_service *svc = NULL;
 	char err[1024] = "";
 	enum dun_err e = dun_service_start(cli->config, &svc, err, sizeof err);
 	if (e != DUN_OK) {
 		dun_cli_error("serve: %s", err[0] ? err : dun_err_str(e));
+		curl_global_cleanup();
 		return DUN_EX_CONFIG;
 	}
 	if (port_file && !write_port_file(port_file, svc->port)) {
 		dun_cli_error("serve: --port-file %s: %s", port_file, strerror(errno));
-		dun_service_stop(svc);
+		if (dun_service_stop(svc))
+			curl_global_cleanup();
 		return DUN_EX_CANTCREAT;
 	}
 	int sig = 0;
@@ -146,5 +154,6 @@ int dun_cmd_serve(struct dun_cli *cli, int argc, char **argv)
 		/* The service still holds threads; leave without touching what they use. */
 		_Exit(DUN_EX_TEMPFAIL);
 	}
+	curl_global_cleanup();
 	return DUN_EX_OK;
 }
