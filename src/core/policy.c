@@ -605,7 +605,16 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			done = 0;
 		if (done >= p->n_retry_schedule)
 			continue;
+		/*
+		 * Due on the schedule, but never sooner after the last attempt
+		 * than the schedule's own spacing: an account looked at late
+		 * catches up one retry at a time, not with a burst of charges.
+		 */
 		int64_t due = id->first_failed_at + p->retry_schedule_s[done];
+		int64_t spacing = p->retry_schedule_s[done] -
+				  (done > 0 ? p->retry_schedule_s[done - 1] : 0);
+		if (lf->created_at + spacing > due)
+			due = lf->created_at + spacing;
 		if (lf->created_at + delay > due)
 			due = lf->created_at + delay;
 		id->next_retry_at = due;
