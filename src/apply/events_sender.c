@@ -257,9 +257,10 @@ static enum dun_err run_endpoint(struct dun_db *db, const struct dun_config *cfg
 static enum dun_err count(struct dun_db *db, struct dun_events_stats *stats)
 {
 	sqlite3_stmt *st = dun_db_stmt(
-	    db, "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0),"
-		" COALESCE(MIN(CASE WHEN state = 'pending' THEN created_at END), 0)"
-		" FROM outcome_deliveries WHERE state <> 'sent'");
+	    db, "SELECT (SELECT COUNT(*) FROM outcome_deliveries WHERE state = 'pending'),"
+		" (SELECT COUNT(*) FROM outcome_deliveries WHERE state = 'dead'),"
+		" (SELECT COALESCE(MIN(created_at), 0) FROM outcome_deliveries WHERE state = "
+		"'pending')");
 	int rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		stats->pending = sqlite3_column_int64(st, 0);

@@ -124,13 +124,14 @@ static char *request_body(const struct row *r)
 
 static int select_due(struct dun_db *db, int64_t now, struct row *out, int max)
 {
-	sqlite3_stmt *st = dun_db_stmt(
-	    db, "SELECT o.id, o.account_id, o.op, o.value, o.idem_key, o.decision_id,"
-		" o.attempts, o.created_at FROM platform_outbox o"
-		" WHERE o.state = 'pending' AND o.not_before <= ?1"
-		" AND NOT EXISTS (SELECT 1 FROM platform_outbox p WHERE p.state = 'pending'"
-		"  AND p.account_id = o.account_id AND p.id < o.id)"
-		" ORDER BY o.id LIMIT ?2");
+	sqlite3_stmt *st =
+	    dun_db_stmt(db, "SELECT o.id, o.account_id, o.op, o.value, o.idem_key, o.decision_id,"
+			    " o.attempts, o.created_at FROM platform_outbox o"
+			    " WHERE o.state = 'pending' AND o.not_before <= ?1"
+			    " AND NOT EXISTS (SELECT 1 FROM platform_outbox p INDEXED BY"
+			    "  platform_outbox_pending WHERE p.state = 'pending'"
+			    "  AND p.account_id = o.account_id AND p.id < o.id)"
+			    " ORDER BY o.id LIMIT ?2");
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_int(st, 2, max);
 	int n = 0;
@@ -182,9 +183,10 @@ static enum dun_err settle(struct dun_db *db, const struct row *r, enum dun_outb
 static enum dun_err count(struct dun_db *db, struct dun_outbox_stats *stats)
 {
 	sqlite3_stmt *st = dun_db_stmt(
-	    db, "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'dead'), 0),"
-		" COALESCE(MIN(CASE WHEN state = 'pending' THEN created_at END), 0)"
-		" FROM platform_outbox WHERE state <> 'sent'");
+	    db,
+	    "SELECT (SELECT COUNT(*) FROM platform_outbox WHERE state = 'pending'),"
+	    " (SELECT COUNT(*) FROM platform_outbox WHERE state = 'dead'),"
+	    " (SELECT COALESCE(MIN(created_at), 0) FROM platform_outbox WHERE state = 'pending')");
 	int rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		stats->pending = sqlite3_column_int64(st, 0);

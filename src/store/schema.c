@@ -334,10 +334,21 @@ static const char *const migration_3[] = {
     NULL,
 };
 
+/*
+ * Migration 4 — the delivery thread counts dead event deliveries every run
+ * (a metric); without an index that count would read every delivered row.
+ */
+static const char *const migration_4[] = {
+    "CREATE INDEX outcome_deliveries_dead ON outcome_deliveries(event_id)"
+    " WHERE state = 'dead'",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,
     migration_2,
     migration_3,
+    migration_4,
 };
 
 int dun_schema_count(void)
