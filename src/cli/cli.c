@@ -7,6 +7,8 @@
 #include "config/config.h"
 #include "config/policy_file.h"
 #include "provider/stripe.h"
+#include "inbox/ingest.h"
+#include "inbox/worker.h"
 #include "util/clock.h"
 #include "util/mem.h"
 
@@ -211,4 +213,55 @@ void dun_cli_close(struct dun_cli *cli)
 	cli->db = NULL;
 	free(cli->config);
 	cli->config = NULL;
+}
+
+int dun_cli_drain(struct dun_cli *cli, bool quiet)
+{
+	struct dun_inbox_config cfg;
+	dun_inbox_config_defaults(&cfg);
+	char worker[200];
+	dun_inbox_worker_id(worker, sizeof worker, "cli");
+	struct dun_drain_stats total;
+	memset(&total, 0, sizeof total);
+	int64_t events = 0;
+	for (int round = 0; round < 1000; round++) {
+		int64_t n = 0;
+		if (cli->sim) {
+			char err[256] = "";
+			enum dun_err e =
+			    dun_ingest_sim_events(cli->db, cli->sim, &n, err, sizeof err);
+			if (e != DUN_OK) {
+				dun_cli_error("delivering the simulated provider's events: %s",
+					      err);
+				return dun_cli_exit_code(e);
+			}
+			events += n;
+		}
+		struct dun_drain_stats st;
+		enum dun_err e =
+		    dun_worker_drain(&cli->engine, &cfg, worker, dun_clock_now(), 0, &st);
+		if (e != DUN_OK) {
+			dun_cli_error("processing triggers: %s", dun_err_str(e));
+			return dun_cli_exit_code(e);
+		}
+		total.accounts += st.accounts;
+		total.triggers += st.triggers;
+		total.failed += st.failed;
+		total.rechecks_enqueued += st.rechecks_enqueued;
+		total.consequences_applied += st.consequences_applied;
+		if (!n && !st.accounts)
+			break;
+	}
+	if (!quiet)
+		printf("processed %lld accounts (%lld triggers, %lld rechecks due%s), %lld "
+		       "consequences applied, %lld failed\n",
+		       (long long)total.accounts, (long long)total.triggers,
+		       (long long)total.rechecks_enqueued,
+		       events ? ", provider events delivered" : "",
+		       (long long)total.consequences_applied, (long long)total.failed);
+	if (total.failed)
+		dun_cli_error("%lld recomputes failed; see 'dunning events --state retrying' and "
+			      "'--state dead'",
+			      (long long)total.failed);
+	return total.failed ? DUN_EX_FAIL : DUN_EX_OK;
 }

@@ -82,6 +82,16 @@ int dun_cli_load_config(struct dun_cli *cli);
 int dun_cli_open(struct dun_cli *cli, unsigned need);
 void dun_cli_close(struct dun_cli *cli);
 
+/*
+ * Process everything that is due now until nothing is left: with the
+ * simulated provider, its queued webhooks are delivered through ingest
+ * first (they are what a real provider would send after our own writes),
+ * then the inbox is drained, and again, until both are quiet. Prints a
+ * one-line summary unless quiet. Returns an exit code (1 when some
+ * recompute failed; its trigger is retrying or dead).
+ */
+int dun_cli_drain(struct dun_cli *cli, bool quiet);
+
 /* Map an error code to an exit code. */
 int dun_cli_exit_code(enum dun_err e);
 

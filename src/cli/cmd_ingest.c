@@ -7,7 +7,6 @@
  */
 #include "commands.h"
 #include "inbox/ingest.h"
-#include "inbox/worker.h"
 #include "util/clock.h"
 
 #include <errno.h>
@@ -98,19 +97,8 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 	printf("ingested %ld events: %ld triggered, %ld duplicates, %ld ignored types, %ld "
 	       "unmapped customers, %ld rejected\n",
 	       ok, triggered, dup, ignored, unmapped, bad);
-	if (work) {
-		struct dun_inbox_config cfg;
-		dun_inbox_config_defaults(&cfg);
-		struct dun_drain_stats st;
-		enum dun_err e =
-		    dun_worker_drain(&cli->engine, &cfg, "cli", dun_clock_now(), 0, &st);
-		if (e != DUN_OK) {
-			dun_cli_error("ingest: processing triggers: %s", dun_err_str(e));
-			return dun_cli_exit_code(e);
-		}
-		printf("processed %lld accounts, %lld consequences applied, %lld failed\n",
-		       (long long)st.accounts, (long long)st.consequences_applied,
-		       (long long)st.failed);
-	}
-	return bad ? DUN_EX_DATAERR : DUN_EX_OK;
+	int work_rc = work ? dun_cli_drain(cli, false) : DUN_EX_OK;
+	if (bad)
+		return DUN_EX_DATAERR;
+	return work_rc;
 }

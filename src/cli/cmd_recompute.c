@@ -85,10 +85,12 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 	}
 	struct dun_inbox_config cfg;
 	dun_inbox_config_defaults(&cfg);
+	char worker[200];
+	dun_inbox_worker_id(worker, sizeof worker, "cli");
 	struct dun_inbox_item item;
 	int n = 0;
 	/* Claim only this account: other accounts' triggers stay for the workers. */
-	e = dun_inbox_claim_account(cli->db, &cfg, "cli", account, dun_clock_now(), &item, &n);
+	e = dun_inbox_claim_account(cli->db, &cfg, worker, account, dun_clock_now(), &item, &n);
 	if (e != DUN_OK || n == 0) {
 		dun_cli_error("recompute: %s is being processed by a worker right now; the "
 			      "trigger %lld is queued",
@@ -99,9 +101,9 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 	t.id = item.id;
 	e = dun_engine_recompute(en, account, &t, false, &r);
 	if (e == DUN_OK)
-		dun_inbox_complete(cli->db, "cli", account, dun_clock_now());
+		dun_inbox_complete(cli->db, worker, account, dun_clock_now());
 	else
-		dun_inbox_fail(cli->db, &cfg, "cli", account, dun_clock_now(),
+		dun_inbox_fail(cli->db, &cfg, worker, account, dun_clock_now(),
 			       dun_err_is_retryable(e),
 			       r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
 	printf("%s: %s -> %s%s%s, mode %s, decision %lld\n", account, dun_stage_name(r.from),
@@ -115,5 +117,6 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 			      r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
 		return dun_cli_exit_code(e);
 	}
-	return DUN_EX_OK;
+	/* What the provider answers to our writes (a retry's outcome) comes next. */
+	return dun_cli_drain(cli, false);
 }

@@ -7,29 +7,12 @@
  * to received, then does the same pass.
  */
 #include "commands.h"
-#include "inbox/worker.h"
+#include "inbox/inbox.h"
 #include "util/clock.h"
 
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int drain(struct dun_cli *cli)
-{
-	struct dun_inbox_config cfg;
-	dun_inbox_config_defaults(&cfg);
-	struct dun_drain_stats st;
-	enum dun_err e = dun_worker_drain(&cli->engine, &cfg, "cli", dun_clock_now(), 0, &st);
-	if (e != DUN_OK) {
-		dun_cli_error("work: %s", dun_err_str(e));
-		return dun_cli_exit_code(e);
-	}
-	printf("processed %lld accounts (%lld triggers, %lld rechecks due), %lld consequences "
-	       "applied, %lld failed\n",
-	       (long long)st.accounts, (long long)st.triggers, (long long)st.rechecks_enqueued,
-	       (long long)st.consequences_applied, (long long)st.failed);
-	return st.failed ? DUN_EX_FAIL : DUN_EX_OK;
-}
 
 int dun_cmd_work(struct dun_cli *cli, int argc, char **argv)
 {
@@ -45,7 +28,7 @@ int dun_cmd_work(struct dun_cli *cli, int argc, char **argv)
 		return DUN_EX_USAGE;
 	}
 	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
-	return rc ? rc : drain(cli);
+	return rc ? rc : dun_cli_drain(cli, false);
 }
 
 int dun_cmd_retry(struct dun_cli *cli, int argc, char **argv)
@@ -80,5 +63,5 @@ int dun_cmd_retry(struct dun_cli *cli, int argc, char **argv)
 		}
 	}
 	printf("requeued %d triggers\n", total);
-	return drain(cli);
+	return dun_cli_drain(cli, false);
 }

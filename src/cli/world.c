@@ -166,42 +166,21 @@ enum dun_err dun_world_populate(struct dun_world *w)
 
 enum dun_err dun_world_pump(struct dun_world *w)
 {
-	struct dun_db *db = w->en->db;
 	struct dun_inbox_config cfg;
 	dun_inbox_config_defaults(&cfg);
+	char worker[200];
+	dun_inbox_worker_id(worker, sizeof worker, "demo");
 	for (int round = 0; round < 1000; round++) {
-		json_t *evs = dun_sim_take_events(w->sim, 500);
-		size_t n = json_array_size(evs);
-		if (n) {
-			enum dun_err e = dun_db_begin(db);
-			size_t i;
-			json_t *ev;
-			json_array_foreach(evs, i, ev)
-			{
-				if (e != DUN_OK)
-					break;
-				char *body = json_dumps(ev, JSON_COMPACT);
-				struct dun_ingest_result r;
-				char err[256];
-				e = dun_ingest_event_in_tx(db, body, strlen(body), &r, err,
-							   sizeof err);
-				if (e != DUN_OK)
-					fprintf(stderr, "dunning: demo: ingest: %s\n", err);
-				free(body);
-			}
-			if (e == DUN_OK)
-				e = dun_db_commit(db);
-			else
-				dun_db_rollback(db);
-			json_decref(evs);
-			if (e != DUN_OK)
-				return e;
-			w->events += (int64_t)n;
-		} else {
-			json_decref(evs);
+		int64_t n = 0;
+		char err[256] = "";
+		enum dun_err e = dun_ingest_sim_events(w->en->db, w->sim, &n, err, sizeof err);
+		if (e != DUN_OK) {
+			fprintf(stderr, "dunning: demo: ingest: %s\n", err);
+			return e;
 		}
+		w->events += n;
 		struct dun_drain_stats st;
-		enum dun_err e = dun_worker_drain(w->en, &cfg, "demo", dun_clock_now(), 0, &st);
+		e = dun_worker_drain(w->en, &cfg, worker, dun_clock_now(), 0, &st);
 		if (e != DUN_OK)
 			return e;
 		w->consequences += st.consequences_applied;

@@ -32,8 +32,12 @@
 #include "util/clock.h"
 #include "util/log.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c)
 {
@@ -41,6 +45,65 @@ void dun_inbox_config_defaults(struct dun_inbox_config *c)
 	c->backoff_base_s = 30;
 	c->backoff_max_s = 3600;
 	c->lease_s = 300;
+}
+
+void dun_inbox_worker_id(char *out, size_t out_size, const char *role)
+{
+	char host[128] = "localhost";
+	gethostname(host, sizeof host - 1);
+	host[sizeof host - 1] = '\0';
+	snprintf(out, out_size, "%s@%s:%ld", role, host, (long)getpid());
+}
+
+/* Whether worker id names a process of this host that no longer runs. */
+static bool owner_is_gone(const char *worker_id)
+{
+	const char *at = strrchr(worker_id, '@');
+	const char *colon = strrchr(worker_id, ':');
+	if (!at || !colon || colon < at)
+		return false;
+	char host[128] = "localhost", mine[128];
+	gethostname(host, sizeof host - 1);
+	host[sizeof host - 1] = '\0';
+	size_t n = (size_t)(colon - at - 1);
+	if (n >= sizeof mine)
+		return false;
+	memcpy(mine, at + 1, n);
+	mine[n] = '\0';
+	if (strcmp(mine, host) != 0)
+		return false;
+	char *end;
+	long pid = strtol(colon + 1, &end, 10);
+	if (*end || pid <= 0 || pid == (long)getpid())
+		return false;
+	return kill((pid_t)pid, 0) == -1 && errno == ESRCH;
+}
+
+/* Take back the claims of workers that died on this host. */
+static enum dun_err reclaim_dead_owners(struct dun_db *db, int64_t now)
+{
+	char owners[16][160];
+	int n = 0;
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT DISTINCT claimed_by FROM inbox"
+					   " WHERE state = 'processing' LIMIT 16");
+	while (n < 16 && sqlite3_step(st) == SQLITE_ROW)
+		dun_db_col_text(st, 0, owners[n++], sizeof owners[0]);
+	sqlite3_reset(st);
+	for (int i = 0; i < n; i++) {
+		if (!owner_is_gone(owners[i]))
+			continue;
+		st = dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?2,"
+				     " claimed_by = '', last_error = 'worker died', updated_at = ?2"
+				     " WHERE state = 'processing' AND claimed_by = ?1");
+		sqlite3_bind_text(st, 1, owners[i], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, now);
+		enum dun_err e = dun_db_step_done(st);
+		if (e != DUN_OK)
+			return e;
+		dun_log(DUN_LOG_WARN, "inbox.reclaimed", "worker", owners[i], "reason",
+			"process gone", NULL);
+	}
+	return DUN_OK;
 }
 
 int64_t dun_inbox_backoff(const struct dun_inbox_config *cfg, int attempts, uint64_t seed)
@@ -119,6 +182,9 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK)
 		return e;
+	e = reclaim_dead_owners(db, now);
+	if (e != DUN_OK)
+		goto rollback;
 	/* Take back expired leases. */
 	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?1,"
 					   " claimed_by = '', last_error = 'lease expired',"
@@ -175,6 +241,11 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK)
 		return e;
+	e = reclaim_dead_owners(db, now);
+	if (e != DUN_OK) {
+		dun_db_rollback(db);
+		return e;
+	}
 	sqlite3_stmt *st = dun_db_stmt(db, "SELECT 1 FROM inbox WHERE account_id = ?1 AND"
 					   " state = 'processing' AND claimed_at >= ?2");
 	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);

@@ -12,6 +12,7 @@
 #define DUN_INBOX_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "store/db.h"
@@ -41,6 +42,13 @@ struct dun_inbox_config {
 };
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c);
+
+/*
+ * A worker id for this process: "<role>@<host>:<pid>". Claims carry it, so a
+ * claim whose process is gone (same host, pid no longer running) is taken
+ * back at once instead of waiting for its lease.
+ */
+void dun_inbox_worker_id(char *out, size_t out_size, const char *role);
 
 /*
  * Add a trigger. dedup_key (may be NULL) makes the insert a no-op when a

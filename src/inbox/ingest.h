@@ -54,6 +54,16 @@ enum dun_err dun_ingest_parse(const char *body, size_t len, json_t **ev_out, cha
 enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *body, size_t len,
 				     struct dun_ingest_result *res, char *err, size_t err_size);
 
+struct dun_sim;
+
+/*
+ * Deliver the simulated provider's queued webhooks (see provider/sim.h)
+ * through the same ingest path, in batches of one transaction each.
+ * *n_out (may be NULL) gets the number of events delivered.
+ */
+enum dun_err dun_ingest_sim_events(struct dun_db *db, struct dun_sim *sim, int64_t *n_out,
+				   char *err, size_t err_size);
+
 /* The trigger kind an event type starts, or NULL when it starts none. */
 const char *dun_ingest_trigger_kind(const char *event_type, bool consolidated);
 
