@@ -27,6 +27,7 @@
 #include "server/committer.h"
 #include "server/lane.h"
 #include "server/service.h"
+#include "server/shared_provider.h"
 #include "server/workers.h"
 #include "util/clock.h"
 #include "util/mem.h"
@@ -250,6 +251,8 @@ static void job_pay(struct admin_job *job, struct dun_engine_ctx *ctx)
 	    dun_pay_bad_debt(&ctx->engine, job->account, dun_clock_now(), &inv, err, sizeof err);
 	switch (e) {
 	case DUN_OK:
+		/* The simulated provider's events for the new invoice, as Stripe would send them. */
+		dun_shared_provider_deliver(job->svc->provider, NULL);
 		dun_http_reply_json(job->req, 200, inv);
 		return;
 	case DUN_E_GUARD:

@@ -192,6 +192,12 @@ enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_
 		return e;
 	}
 	dun_engine_ctx_busy_wait(c->db);
+	/*
+	 * No automatic checkpoint on this connection: copying the WAL back into
+	 * the database would run after one of our COMMITs, inside the serial
+	 * path of every webhook. The workers checkpoint instead (workers.c).
+	 */
+	dun_db_exec(c->db, "PRAGMA wal_autocheckpoint=0", NULL, 0);
 	c->batch_max = batch_max > 0 ? batch_max : 1;
 	c->metrics = metrics;
 	c->triggered = triggered;

@@ -82,6 +82,7 @@ struct dun_http_request {
 	int n_log;
 	void *user;
 	void (*user_free)(void *);
+	void (*finish)(struct dun_http_request *r, void *user); /* set before a resume */
 };
 
 /* ---- listening ---------------------------------------------------------------- */
@@ -335,6 +336,13 @@ void dun_http_resume(struct dun_http_request *r)
 	MHD_resume_connection(r->conn);
 }
 
+void dun_http_resume_with(struct dun_http_request *r,
+			  void (*finish)(struct dun_http_request *r, void *user))
+{
+	r->finish = finish;
+	MHD_resume_connection(r->conn); /* its lock publishes finish to the HTTP thread */
+}
+
 bool dun_http_shutting_down(const struct dun_http *h)
 {
 	return atomic_load(&h->stopping);
@@ -447,8 +455,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		}
 		return MHD_YES;
 	}
-	if (r->dispatched)
+	if (r->dispatched) {
+		if (!atomic_load(&r->ready) && r->finish) {
+			void (*finish)(struct dun_http_request *, void *) = r->finish;
+			r->finish = NULL;
+			finish(r, r->user);
+			if (!atomic_load(&r->ready))
+				dun_http_reply_error(r, 500, "internal",
+						     "the handler gave no answer");
+		}
 		return atomic_load(&r->ready) ? queue(r) : MHD_YES;
+	}
 	if (*upload_data_size) {
 		append(r, upload_data, *upload_data_size);
 		*upload_data_size = 0;

@@ -100,6 +100,13 @@ void dun_http_reply_error(struct dun_http_request *r, unsigned status, const cha
 void dun_http_suspend(struct dun_http_request *r);
 /* After a reply to a suspended request: hand it back to its HTTP thread. Any thread. */
 void dun_http_resume(struct dun_http_request *r);
+/*
+ * Hand a suspended request back without a reply: finish(r, user) is called
+ * on its HTTP thread and must reply there. Lets a serial thread (the
+ * committer) leave the building of answers to the HTTP threads. Any thread.
+ */
+void dun_http_resume_with(struct dun_http_request *r,
+			  void (*finish)(struct dun_http_request *r, void *user));
 
 /* Attach handler state, freed with free_fn when the request is done (after the answer). */
 void dun_http_set_user(struct dun_http_request *r, void *user, void (*free_fn)(void *));

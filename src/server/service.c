@@ -56,6 +56,14 @@ static const struct dun_http_route routes[] = {
 static void settled(void *arg, struct dun_db *db, const char *account_id)
 {
 	struct dun_service *svc = arg;
+	/*
+	 * What the simulated provider did during this recompute (a retry that
+	 * succeeded, a consolidated invoice) reaches the mirror as its webhooks
+	 * would, and may start the next recompute.
+	 */
+	int64_t delivered = 0;
+	if (dun_shared_provider_deliver(svc->provider, &delivered) == DUN_OK && delivered > 0)
+		dun_workers_wake(svc->workers);
 	dun_admin_settled(svc->admin, db, account_id);
 }
 
@@ -178,12 +186,10 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 	svc->port = colon ? atoi(colon + 1) : 0;
 	svc->admin = dun_admin_new(svc);
 	struct dun_provider provider = dun_shared_provider_get(svc->provider);
-	char prefix[48];
-	snprintf(prefix, sizeof prefix, "serve-%ld", (long)getpid());
 	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
 				svc, &svc->committer, err, err_size);
 	if (e == DUN_OK)
-		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, prefix, settled,
+		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, "serve", settled,
 				      worker_yield, svc, &svc->workers, err, err_size);
 	if (e == DUN_OK)
 		e = dun_lane_start(cfg, &svc->policy, provider, LANE_THREADS, &svc->lane, err,

@@ -11,9 +11,11 @@
  * two connections never wait for each other.
  */
 #include "shared_provider.h"
+#include "inbox/ingest.h"
 #include "provider/sim.h"
 #include "server/engine_ctx.h"
 #include "store/db.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 #ifdef DUN_HAVE_STRIPE_PROVIDER
@@ -182,6 +184,24 @@ enum dun_err dun_shared_provider_new(const struct dun_config *cfg, struct dun_sh
 	}
 	*out = sp;
 	return DUN_OK;
+}
+
+enum dun_err dun_shared_provider_deliver(struct dun_shared_provider *sp, int64_t *n_out)
+{
+	int64_t n = 0;
+	enum dun_err e = DUN_OK;
+	if (sp->sim) {
+		char err[256] = "";
+		pthread_mutex_lock(&sp->mu);
+		e = dun_ingest_sim_events(sp->sim_db, sp->sim, &n, err, sizeof err);
+		pthread_mutex_unlock(&sp->mu);
+		if (e != DUN_OK)
+			dun_log(DUN_LOG_WARN, "sim.delivery_failed", "error",
+				err[0] ? err : dun_err_str(e), NULL);
+	}
+	if (n_out)
+		*n_out = n;
+	return e;
 }
 
 struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp)

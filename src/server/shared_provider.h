@@ -23,6 +23,13 @@ enum dun_err dun_shared_provider_new(const struct dun_config *cfg, struct dun_sh
 				     char *err, size_t err_size);
 /* The seam every thread may call at once; it lives as long as sp. */
 struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp);
+/*
+ * The simulated provider's queued webhooks (what its own writes changed: a
+ * retry's outcome, a new invoice) through the real ingest path, as Stripe
+ * would deliver them; *n_out (may be NULL) gets how many. Nothing to do for
+ * Stripe, whose webhooks arrive over HTTP. Thread-safe.
+ */
+enum dun_err dun_shared_provider_deliver(struct dun_shared_provider *sp, int64_t *n_out);
 /* "simulated" or "stripe". */
 const char *dun_shared_provider_kind(const struct dun_shared_provider *sp);
 /* Whether this build can talk to Stripe ([provider] kind = stripe). */

@@ -47,12 +47,12 @@ static void reject(struct dun_service *svc, struct dun_http_request *req,
 	dun_http_log(req, "reason", dun_webhook_rejection_name(why));
 }
 
-/* On the committer thread, once the batch is durable (or failed). */
-static void committed(struct dun_commit_item *item)
+/* On the request's HTTP thread, after the committer handed it back. */
+static void answer(struct dun_http_request *req, void *user)
 {
-	struct webhook_job *job = (struct webhook_job *)item;
+	struct webhook_job *job = user;
+	struct dun_commit_item *item = &job->item;
 	struct dun_service *svc = job->svc;
-	struct dun_http_request *req = job->req;
 	if (item->res.event_id[0])
 		dun_http_log(req, "event_id", item->res.event_id);
 	switch (item->err) {
@@ -98,7 +98,17 @@ static void committed(struct dun_commit_item *item)
 				     dun_err_str(item->err));
 		break;
 	}
-	dun_http_resume(req); /* last touch: the request may be freed from here on */
+}
+
+/*
+ * On the committer thread, once the batch is durable (or failed): only hand
+ * the request back; the answer is built on its HTTP thread, in parallel,
+ * so the one serial thread of ingestion does nothing but the SQL.
+ */
+static void committed(struct dun_commit_item *item)
+{
+	struct webhook_job *job = (struct webhook_job *)item;
+	dun_http_resume_with(job->req, answer); /* last touch: the request may be freed */
 }
 
 void dun_webhook_handle(void *arg, struct dun_http_request *req)

@@ -40,7 +40,7 @@
 struct worker {
 	struct dun_workers *pool;
 	struct dun_engine_ctx *ctx;
-	char id[64];
+	char id[192];
 	pthread_t thread;
 	bool started;
 };
@@ -97,8 +97,9 @@ static uint64_t wakeups(struct dun_workers *p)
 }
 
 /*
- * Enqueue due rechecks at most every poll_ms across the pool: the query is
- * cheap, but it takes the write lock, which the webhook committer wants.
+ * Checkpoint and enqueue due rechecks at most every poll_ms across the
+ * pool: both are cheap, but the rechecks take the write lock, which the
+ * webhook committer wants.
  */
 static void maybe_rechecks(struct worker *w, int64_t now)
 {
@@ -108,6 +109,13 @@ static void maybe_rechecks(struct worker *w, int64_t now)
 	if (now_ms - last < p->cfg->poll_ms ||
 	    !atomic_compare_exchange_strong(&p->last_recheck_ms, &last, now_ms))
 		return;
+	/*
+	 * The webhook committer never checkpoints (committer.c); a passive
+	 * checkpoint here copies what it wrote back into the database without
+	 * blocking it, and keeps the WAL from growing without end when the
+	 * workers themselves write little.
+	 */
+	dun_db_exec(w->ctx->db, "PRAGMA wal_checkpoint(PASSIVE)", NULL, 0);
 	int n = 0;
 	enum dun_err e = dun_inbox_enqueue_due_rechecks(w->ctx->db, now, &n);
 	if (e != DUN_OK) {
@@ -179,7 +187,7 @@ static void *worker_main(void *arg)
 
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
-			       const char *worker_prefix, dun_workers_settled_fn settled,
+			       const char *role, dun_workers_settled_fn settled,
 			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
 			       char *err, size_t err_size)
 {
@@ -203,7 +211,9 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	for (int i = 0; i < p->n; i++) {
 		struct worker *w = &p->w[i];
 		w->pool = p;
-		snprintf(w->id, sizeof w->id, "%s-w%d", worker_prefix, i + 1);
+		char name[48];
+		snprintf(name, sizeof name, "%s-w%d", role, i + 1);
+		dun_inbox_worker_id(w->id, sizeof w->id, name);
 		enum dun_err e = dun_engine_ctx_new(cfg, policy, provider, &w->ctx, err, err_size);
 		if (e != DUN_OK) {
 			dun_workers_stop(p);

@@ -30,13 +30,15 @@ typedef void (*dun_workers_yield_fn)(void *arg);
 
 /*
  * Start cfg->workers threads (cfg, policy, provider and metrics are
- * borrowed and must outlive the pool). worker_prefix names the claims
- * ("<prefix>-w<n>") so a crashed process's leases are recognisable.
+ * borrowed and must outlive the pool). Claims are made as
+ * "<role>-w<n>@<host>:<pid>" (dun_inbox_worker_id), so the claims of a
+ * process that died are taken back at its next start, without waiting for
+ * their lease.
  * settled and yield (either may be NULL) get hook_arg.
  */
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
-			       const char *worker_prefix, dun_workers_settled_fn settled,
+			       const char *role, dun_workers_settled_fn settled,
 			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
 			       char *err, size_t err_size);
 /* Wake idle workers now (new triggers were enqueued). Thread-safe. */
