@@ -44,7 +44,7 @@ EX_CANTCREAT, EX_CONFIG = 73, 78
 
 def dun_at(days=0.0, seconds=0):
     """The --now value `days` (may be fractional) after DUN_T0, as ISO 8601 UTC."""
-    t = DUN_T0 + int(days * DUN_DAY) + seconds
+    t = DUN_T0 + round(days * DUN_DAY) + seconds
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
