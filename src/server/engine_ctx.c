@@ -26,15 +26,6 @@ enum dun_err dun_engine_ctx_new(const struct dun_config *cfg, const struct dun_p
 		goto close_db;
 	dun_engine_init(&ctx->engine, ctx->db, policy, provider, ctx->fx.platform, ctx->fx.mailer,
 			ctx->fx.renderer);
-	/*
-	 * dun_policy_evaluate() clears the per-invoice buffer with memset even
-	 * for an account without invoices, which is undefined behaviour on the
-	 * NULL buffer of a fresh engine (UBSan stops the process). Giving the
-	 * engine a buffer up front keeps a worker whose first account has no
-	 * invoices alive; the engine grows and frees it as usual.
-	 */
-	ctx->engine.inv_d_cap = 16;
-	ctx->engine.inv_d = dun_calloc((size_t)ctx->engine.inv_d_cap, sizeof *ctx->engine.inv_d);
 	*out = ctx;
 	return DUN_OK;
 close_db:

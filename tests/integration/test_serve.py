@@ -725,12 +725,9 @@ def test_admin_events_list_and_retry(serve):
 def test_pay_bad_debt_returns_the_invoice(tmp_path, serve):
     db = tmp_path / "demo.db"
     account = None
-    # The demo is only set-up here: under a sanitizer build it must not stop on
-    # findings in code this test is not about.
-    env = dict(os.environ, UBSAN_OPTIONS="halt_on_error=0", ASAN_OPTIONS="detect_leaks=0")
     for seed in range(1, 8):
         subprocess.run([str(BIN), "--db", str(db), "demo", "--accounts", "40", "--days", "75",
-                        "--seed", str(seed)], capture_output=True, check=True, env=env)
+                        "--seed", str(seed)], capture_output=True, check=True)
         con = sqlite3.connect(db)
         row = con.execute("SELECT account_id FROM dunning WHERE stage = 'bad_debt'"
                           " ORDER BY account_id LIMIT 1").fetchone()
@@ -1030,7 +1027,12 @@ def test_workers_write_through_the_stripe_provider(tmp_path, serve):
         control("/_test/clock", {"now": None})
         s = serve(provider={"kind": "stripe"},
                   stripe={"api_key": "sk_test_serve", "api_base": f"http://127.0.0.1:{fport}"})
-        for p in failing_account_events("acct_s1", days_ago=2, reason="insufficient_funds"):
+        customer, invoice_failed, charge = failing_account_events(
+            "acct_s1", days_ago=2, reason="insufficient_funds")
+        # The charge first: the invoice then arrives with its attempt already in the
+        # mirror, so GATHER has nothing to ask Stripe for and the plan does not
+        # depend on which webhook a worker happens to see first.
+        for p in (customer, charge, invoice_failed):
             p = p.replace(b"cus_acct_s1", b"cus_s1").replace(b"in_acct_s1", b"in_s1")
             status, body = s.deliver(p)
             assert status == 200, body
