@@ -1322,6 +1322,18 @@ def charge_get(st, p, m, req):
     return st.get("charge", m["id"])
 
 
+def charge_list(st, p, m, req):
+    check_params(p, {"customer", "payment_intent", "created", "limit", "starting_after", "ending_before"})
+    customer = get_str(p, "customer")
+    pi = get_str(p, "payment_intent")
+    when = created_filter(p)
+    items = [c for c in st.all_of("charge")
+             if (customer is None or c["customer"] == customer)
+             and (pi is None or c["payment_intent"] == pi)
+             and when(c["created"])]
+    return paginate(st, "charge", items, p, "/v1/charges")
+
+
 def event_list(st, p, m, req):
     check_params(p, {"type", "types", "created", "delivery_success", "limit", "starting_after", "ending_before"})
     t = get_str(p, "type")
@@ -1376,6 +1388,7 @@ ROUTES = [
     ("GET", r"/v1/invoice_payments", invoice_payment_list),
     ("GET", r"/v1/invoice_payments/" + ID, invoice_payment_get),
     ("GET", r"/v1/payment_intents/" + ID, payment_intent_get),
+    ("GET", r"/v1/charges", charge_list),
     ("GET", r"/v1/charges/" + ID, charge_get),
     ("GET", r"/v1/events", event_list),
     ("GET", r"/v1/events/" + ID, event_get),
@@ -1406,12 +1419,16 @@ def seed(st, body):
             for k in ("email", "name", "description", "phone"):
                 if k in c:
                     cus[k] = c[k]
+            if "metadata" in c:
+                cus["metadata"] = dict(c["metadata"])
         else:
             cus = st.new_customer(c, ident=cid, created=c.get("created"))
+            # The metadata first: customer.created carries it, as it does when
+            # a customer is created through the API with metadata.
+            if "metadata" in c:
+                cus["metadata"] = dict(c["metadata"])
             if emit:
                 st.emit("customer.created", cus)
-        if "metadata" in c:
-            cus["metadata"] = dict(c["metadata"])
         if "card" in c:
             card = c["card"] if isinstance(c["card"], list) else [c["card"]]
             for b in card:

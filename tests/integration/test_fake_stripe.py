@@ -791,6 +791,38 @@ def test_seeded_attempts(fake):
     assert fake.ok("GET", "/v1/events")["data"] == []  # seeds do not emit unless asked
 
 
+def test_charges_of_a_payment_intent_are_listed_newest_first(fake):
+    cid = seed_customer(fake, card=["insufficient_funds", "expired_card"])
+    other = seed_customer(fake)
+    fake.ctl("POST", "/_test/seed", {"invoices": [
+        {"id": "in_c", "customer": cid, "created": 1700000000,
+         "attempts": ["insufficient_funds", "expired_card"]},
+        {"id": "in_d", "customer": other, "attempts": ["do_not_honor"]}]})
+    ip = fake.ok("GET", "/v1/invoice_payments", {"invoice": "in_c"})["data"][0]
+    pi = ip["payment"]["payment_intent"]
+    charges = fake.ok("GET", "/v1/charges", {"payment_intent": pi})["data"]
+    assert [c["outcome"]["reason"] for c in charges] == ["expired_card", "insufficient_funds"]
+    assert all(c["payment_intent"] == pi and "invoice" not in c for c in charges)  # basil
+    assert charges[0]["id"] == fake.ok("GET", "/v1/payment_intents/" + pi)["latest_charge"]
+    page = fake.ok("GET", "/v1/charges", {"payment_intent": pi, "limit": "1"})
+    assert page["has_more"] and len(page["data"]) == 1
+    assert len(fake.ok("GET", "/v1/charges", {"customer": other})["data"]) == 1
+    assert len(fake.ok("GET", "/v1/charges")["data"]) == 3
+    assert fake.call("GET", "/v1/charges", {"invoice": "in_c"}).status == 400
+
+
+def test_seeded_customer_created_event_carries_metadata(fake):
+    fake.ctl("POST", "/_test/seed", {"customers": [{"id": "cus_m", "metadata": {"account_id": "acct_m"}}],
+                                     "events": True})
+    [ev] = fake.ok("GET", "/v1/events", {"type": "customer.created"})["data"]
+    assert ev["data"]["object"]["metadata"] == {"account_id": "acct_m"}
+    # Seeding it again updates the metadata without a new event.
+    fake.ctl("POST", "/_test/seed", {"customers": [{"id": "cus_m", "metadata": {"account_id": "acct_n"}}],
+                                     "events": True})
+    assert fake.ok("GET", "/v1/customers/cus_m")["metadata"] == {"account_id": "acct_n"}
+    assert len(fake.ok("GET", "/v1/events")["data"]) == 1
+
+
 def test_expand_errors(fake):
     cid = seed_customer(fake)
     fake.ctl("POST", "/_test/seed", {"invoices": [{"id": "in_e", "customer": cid}]})
