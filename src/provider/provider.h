@@ -59,6 +59,19 @@ struct dun_provider_ops {
 	 */
 	enum dun_err (*list_invoices)(void *self, const char *customer_id, json_t **list_out,
 				      char *err, size_t err_size);
+	/*
+	 * Optional (may be NULL): GATHER's targeted refresh
+	 * (gather/refresh.h). A fresh read of n invoices and their payment
+	 * attempts, for invoices whose attempt_count says the mirror misses
+	 * some: *objs_out is a JSON array of Stripe objects in the order the
+	 * mirror should fold them — per invoice, the invoice, its
+	 * invoice_payment objects, each payment intent and every charge of
+	 * it (the decline codes). Reads only; the ids are borrowed. A
+	 * provider whose own events already link every attempt to its
+	 * invoice leaves it NULL.
+	 */
+	enum dun_err (*refresh_invoices)(void *self, const char *const *invoice_ids, int n,
+					 json_t **objs_out, char *err, size_t err_size);
 	void (*destroy)(void *self);
 };
 

@@ -645,6 +645,12 @@ static const struct dun_provider_ops sim_ops = {
     .pay_invoice = sim_pay_invoice,
     .create_consolidated = sim_create_consolidated,
     .list_invoices = sim_list_invoices,
+    /*
+     * No targeted refresh: every attempt the simulator makes is a charge
+     * that names its invoice (the pre-basil shape) in the same event
+     * stream that raises attempt_count, so the mirror never lacks one.
+     */
+    .refresh_invoices = NULL,
     .destroy = sim_destroy_op,
 };
 

@@ -52,6 +52,10 @@
  * payments at /v1/invoice_payments. list_invoices returns invoices, then
  * the invoice_payment objects of the open and uncollectible ones, each
  * followed by its expanded payment intent, all of which the mirror folds.
+ * refresh_invoices (GATHER's targeted refresh, gather/refresh.h) reads
+ * the same for a few named invoices and adds every charge of their
+ * payment intents, so the mirror learns each attempt and its decline code,
+ * earlier attempts included.
  */
 #include "stripe.h"
 #include "core/model.h"
@@ -1473,6 +1477,274 @@ static enum dun_err op_list_invoices(void *self, const char *customer_id, json_t
 	return DUN_OK;
 }
 
+/* ---- the targeted refresh (provider.h refresh_invoices) ------------------------ */
+
+#define REFRESH_CHUNK (BATCH_MAX / 2) /* invoices per round: two reads each */
+
+/*
+ * A read of the second round: every charge of one payment intent (a list),
+ * or the single charge an invoice_payment names instead of a payment
+ * intent (older, non-PaymentIntent payments).
+ */
+struct refresh_read {
+	int invoice;	     /* index into the chunk's invoices */
+	json_t *pi;	     /* the expanded payment intent (borrowed), or NULL */
+	char id[DUN_ID_MAX]; /* the payment intent, or the charge */
+	bool single_charge;
+	json_t *charges; /* what the read found, newest first (owned) */
+};
+
+/*
+ * Name invoice_id in obj's pre-basil "invoice" field when the API version
+ * left it out. The client knows the link for certain (it reached obj
+ * through the invoice's invoice_payment), and with it the mirror ties
+ * every attempt to its invoice, even one made through a second payment
+ * intent that p_invoices.payment_intent does not name.
+ */
+static void tie_to_invoice(json_t *obj, const char *invoice_id)
+{
+	json_t *v = json_object_get(obj, "invoice");
+	if (json_is_object(v) || (json_is_string(v) && json_string_length(v)))
+		return;
+	json_object_set_new(obj, "invoice", json_string(invoice_id));
+}
+
+/* Append the data of list reply c to out, then the pages after it while has_more. */
+static enum dun_err take_list(struct dun_stripe *s, const struct call *c, const char *path,
+			      const struct dun_form *params, json_t *out, char *err, size_t es)
+{
+	json_t *data = json_object_get(c->obj, "data");
+	if (!json_is_array(data)) {
+		snprintf(err, es, "GET %s: the reply is not a list", path);
+		return DUN_E_PARSE;
+	}
+	json_array_extend(out, data);
+	size_t m = json_array_size(data);
+	if (!m || !json_is_true(json_object_get(c->obj, "has_more")))
+		return DUN_OK;
+	/* Rare: more than 100 payments of one invoice, or charges of one payment intent. */
+	return list_from(s, path, params, jstr(json_array_get(data, m - 1), "id"), append_all, out,
+			 err, es);
+}
+
+/* The first error of the finished calls, copied to err. */
+static enum dun_err first_error(const struct call *calls, int n, char *err, size_t es)
+{
+	for (int i = 0; i < n; i++)
+		if (calls[i].e != DUN_OK) {
+			snprintf(err, es, "%s", calls[i].err);
+			return calls[i].e;
+		}
+	return DUN_OK;
+}
+
+/* Round 1: each invoice, and its invoice_payments with the payment intent expanded. */
+static enum dun_err refresh_round1(struct dun_stripe *s, const char *const *ids, int k,
+				   json_t **invoices, json_t **payments, char *err, size_t es)
+{
+	struct call *calls = dun_calloc((size_t)(2 * k), sizeof *calls);
+	enum dun_err e = DUN_OK;
+	for (int i = 0; i < k && e == DUN_OK; i++) {
+		char path[128];
+		snprintf(path, sizeof path, "/v1/invoices/%s", ids[i]);
+		e = call_init(s, &calls[2 * i], "GET", path, NULL, NULL, err, es);
+		struct dun_form q;
+		dun_form_init(&q);
+		payments_query(&q, ids[i]);
+		dun_form_add(&q, "limit", "100");
+		if (e == DUN_OK)
+			e = call_init(s, &calls[2 * i + 1], "GET", "/v1/invoice_payments", &q, NULL,
+				      err, es);
+		dun_form_free(&q);
+	}
+	if (e == DUN_OK) {
+		run(s, calls, 2 * k);
+		e = first_error(calls, 2 * k, err, es);
+	}
+	for (int i = 0; i < k && e == DUN_OK; i++) {
+		invoices[i] = calls[2 * i].obj;
+		calls[2 * i].obj = NULL;
+		payments[i] = json_array();
+		struct dun_form q;
+		dun_form_init(&q);
+		payments_query(&q, ids[i]);
+		e = take_list(s, &calls[2 * i + 1], "/v1/invoice_payments", &q, payments[i], err,
+			      es);
+		dun_form_free(&q);
+	}
+	for (int i = 0; i < 2 * k; i++)
+		call_free(&calls[i]);
+	free(calls);
+	return e;
+}
+
+/* The second round's reads for the payments of invoice i, appended to *reads. */
+static enum dun_err plan_reads(json_t *payments, int i, struct refresh_read **reads, int *n,
+			       int *cap, char *err, size_t es)
+{
+	size_t j;
+	json_t *ip;
+	json_array_foreach(payments, j, ip)
+	{
+		json_t *pay = json_object_get(ip, "payment");
+		json_t *pi = json_object_get(pay, "payment_intent");
+		json_t *ch = json_object_get(pay, "charge");
+		const char *id = json_is_object(pi)   ? jstr(pi, "id")
+				 : json_is_string(pi) ? json_string_value(pi)
+				 : json_is_object(ch) ? jstr(ch, "id")
+				 : json_is_string(ch) ? json_string_value(ch)
+						      : "";
+		if (!id[0])
+			continue;
+		if (!valid_id(id, err, es))
+			return DUN_E_PARSE;
+		if (*n == *cap) {
+			*cap = *cap ? *cap * 2 : 8;
+			*reads = dun_realloc(*reads, (size_t)*cap * sizeof **reads);
+		}
+		struct refresh_read *r = &(*reads)[(*n)++];
+		memset(r, 0, sizeof *r);
+		r->invoice = i;
+		r->pi = json_is_object(pi) ? pi : NULL;
+		r->single_charge = !json_is_object(pi) && !json_is_string(pi);
+		dun_strlcpy(r->id, id, sizeof r->id);
+	}
+	return DUN_OK;
+}
+
+static void charges_query(struct dun_form *q, const char *pi)
+{
+	dun_form_add(q, "payment_intent", pi);
+}
+
+/* Round 2: every charge of each payment intent (or the one charge), BATCH_MAX at a time. */
+static enum dun_err refresh_round2(struct dun_stripe *s, struct refresh_read *reads, int n,
+				   char *err, size_t es)
+{
+	struct call *calls = dun_calloc(BATCH_MAX, sizeof *calls);
+	enum dun_err e = DUN_OK;
+	for (int at = 0; at < n && e == DUN_OK; at += BATCH_MAX) {
+		int k = n - at < BATCH_MAX ? n - at : BATCH_MAX;
+		memset(calls, 0, (size_t)k * sizeof *calls);
+		for (int i = 0; i < k && e == DUN_OK; i++) {
+			struct refresh_read *r = &reads[at + i];
+			struct dun_form q;
+			dun_form_init(&q);
+			if (r->single_charge) {
+				char path[128];
+				snprintf(path, sizeof path, "/v1/charges/%s", r->id);
+				e = call_init(s, &calls[i], "GET", path, NULL, NULL, err, es);
+			} else {
+				charges_query(&q, r->id);
+				dun_form_add(&q, "limit", "100");
+				e = call_init(s, &calls[i], "GET", "/v1/charges", &q, NULL, err,
+					      es);
+			}
+			dun_form_free(&q);
+		}
+		if (e == DUN_OK) {
+			run(s, calls, k);
+			e = first_error(calls, k, err, es);
+		}
+		for (int i = 0; i < k && e == DUN_OK; i++) {
+			struct refresh_read *r = &reads[at + i];
+			r->charges = json_array();
+			if (r->single_charge) {
+				json_array_append(r->charges, calls[i].obj);
+				continue;
+			}
+			struct dun_form q;
+			dun_form_init(&q);
+			charges_query(&q, r->id);
+			e = take_list(s, &calls[i], "/v1/charges", &q, r->charges, err, es);
+			dun_form_free(&q);
+		}
+		for (int i = 0; i < k; i++)
+			call_free(&calls[i]);
+	}
+	free(calls);
+	return e;
+}
+
+/*
+ * Append one invoice's objects to out in fold order: the invoice, its
+ * invoice_payments (they link payment intents to it), then per payment
+ * intent the payment intent and its charges, oldest first.
+ */
+static void refresh_emit(const char *invoice_id, json_t *invoice, json_t *payments,
+			 const struct refresh_read *reads, int n_reads, int i, json_t *out)
+{
+	json_array_append(out, invoice);
+	json_array_extend(out, payments);
+	for (int r = 0; r < n_reads; r++) {
+		if (reads[r].invoice != i)
+			continue;
+		if (reads[r].pi) {
+			tie_to_invoice(reads[r].pi, invoice_id);
+			json_array_append(out, reads[r].pi);
+		}
+		for (size_t c = json_array_size(reads[r].charges); c-- > 0;) {
+			json_t *ch = json_array_get(reads[r].charges, c);
+			if (json_is_object(ch)) {
+				tie_to_invoice(ch, invoice_id);
+				json_array_append(out, ch);
+			}
+		}
+	}
+}
+
+/*
+ * The refresh takes two rounds of parallel reads (run() keeps PARALLEL_MAX
+ * in flight and the shared bucket paces them): first every invoice and its
+ * invoice_payments, then the charges of every payment intent found. An
+ * invoice costs three requests with one payment intent, and the latency
+ * of two whatever the number of invoices up to REFRESH_CHUNK. Any failure
+ * fails the whole refresh: the caller keeps the mirror as it was.
+ */
+static enum dun_err op_refresh_invoices(void *self, const char *const *invoice_ids, int n,
+					json_t **objs_out, char *err, size_t es)
+{
+	struct dun_stripe *s = self;
+	*objs_out = NULL;
+	for (int i = 0; i < n; i++)
+		if (!valid_id(invoice_ids[i], err, es))
+			return DUN_E_INVALID;
+	json_t *out = json_array();
+	json_t **invoices = dun_calloc(REFRESH_CHUNK, sizeof *invoices);
+	json_t **payments = dun_calloc(REFRESH_CHUNK, sizeof *payments);
+	struct refresh_read *reads = NULL;
+	int cap = 0;
+	enum dun_err e = DUN_OK;
+	for (int at = 0; at < n && e == DUN_OK; at += REFRESH_CHUNK) {
+		int k = n - at < REFRESH_CHUNK ? n - at : REFRESH_CHUNK;
+		int n_reads = 0;
+		e = refresh_round1(s, invoice_ids + at, k, invoices, payments, err, es);
+		for (int i = 0; i < k && e == DUN_OK; i++)
+			e = plan_reads(payments[i], i, &reads, &n_reads, &cap, err, es);
+		if (e == DUN_OK)
+			e = refresh_round2(s, reads, n_reads, err, es);
+		for (int i = 0; i < k && e == DUN_OK; i++)
+			refresh_emit(invoice_ids[at + i], invoices[i], payments[i], reads, n_reads,
+				     i, out);
+		for (int r = 0; r < n_reads; r++)
+			json_decref(reads[r].charges);
+		for (int i = 0; i < k; i++) {
+			json_decref(invoices[i]);
+			json_decref(payments[i]);
+			invoices[i] = payments[i] = NULL;
+		}
+	}
+	free(reads);
+	free(invoices);
+	free(payments);
+	if (e != DUN_OK) {
+		json_decref(out);
+		return e;
+	}
+	*objs_out = out;
+	return DUN_OK;
+}
+
 static void op_destroy(void *self)
 {
 	dun_stripe_destroy(self);
@@ -1488,6 +1760,7 @@ static const struct dun_provider_ops stripe_ops = {
     .pay_invoice = op_pay_invoice,
     .create_consolidated = op_create_consolidated,
     .list_invoices = op_list_invoices,
+    .refresh_invoices = op_refresh_invoices,
     .destroy = op_destroy,
 };
 

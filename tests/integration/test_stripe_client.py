@@ -329,6 +329,36 @@ def test_backfill_usage_errors(env):
 
 
 # --------------------------------------------------------------------------
+# the targeted refresh: basil webhooks alone start dunning
+
+
+def test_refresh_op_ties_every_charge_to_its_invoice(env, fake):
+    """The provider op itself: per invoice the invoice, its invoice payments,
+    the payment intent and every charge oldest first, each naming the
+    invoice (basil leaves that out), for several invoices at once."""
+    cus = api_customer(fake, "acct_T")
+    fake.seed(invoices=[{"id": "in_T1", "customer": cus, "attempts": ["insufficient_funds", "lost_card"]},
+                        {"id": "in_T2", "customer": cus, "attempts": ["do_not_honor"]}])
+    fake.clear_requests()
+    [line] = env.tool("op", "refresh_invoices", "in_T1", "in_T2")
+    assert line["rc"] == "DUN_OK"
+    objs = line["obj"]
+    assert [o["object"] for o in objs] == [
+        "invoice", "invoice_payment", "payment_intent", "charge", "charge",
+        "invoice", "invoice_payment", "payment_intent", "charge"]
+    assert [o["id"] for o in objs if o["object"] == "invoice"] == ["in_T1", "in_T2"]
+    assert [o["outcome"]["reason"] for o in objs if o["object"] == "charge"] == [
+        "insufficient_funds", "lost_card", "do_not_honor"]
+    assert [o["invoice"] for o in objs if o["object"] in ("payment_intent", "charge")] == [
+        "in_T1"] * 3 + ["in_T2"] * 2
+    assert fake.obj([o for o in objs if o["object"] == "charge"][0]["id"]).get("invoice") is None
+    reqs = fake.requests()
+    assert len(reqs) == 6 and all(r["method"] == "GET" for r in reqs)
+    [line] = env.tool("op", "refresh_invoices", "in_nope", rc=1)
+    assert line["rc"] == "DUN_E_PROVIDER_REJECTED" and "HTTP 404" in line["err"]
+
+
+# --------------------------------------------------------------------------
 # what goes over the wire
 
 

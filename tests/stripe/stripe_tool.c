@@ -3,8 +3,9 @@
  * the integration tests, for what the `dunning` commands cannot show:
  * one op repeated inside one process (the client's memory of keys that
  * met an error), ops the engine only reaches in rare states (a card
- * declined on a payment retry, a second cancellation), and many threads
- * sharing one client (one rate limiter for all).
+ * declined on a payment retry, a second cancellation), the whole answer
+ * of an op (refresh_invoices INVOICE...), and many threads sharing one
+ * client (one rate limiter for all).
  *
  *   stripe-tool CONFIG op OP ARG... [--key KEY] [--times N]
  *   stripe-tool CONFIG threads THREADS CALLS CUSTOMER
@@ -56,6 +57,9 @@ static enum dun_err run_op(int argc, char **argv, const char *key, json_t **obj,
 		return ops->pay_invoice(self, argv[1], key, obj, err, es);
 	if (!strcmp(op, "list_invoices") && argc == 2)
 		return ops->list_invoices(self, argv[1], obj, err, es);
+	if (!strcmp(op, "refresh_invoices") && argc >= 2)
+		return ops->refresh_invoices(self, (const char *const *)(argv + 1), argc - 1, obj,
+					     err, es);
 	if (!strcmp(op, "create_consolidated") && argc >= 4) {
 		/* create_consolidated CUSTOMER CURRENCY INVOICE:AMOUNT... */
 		int n = argc - 3;
