@@ -43,7 +43,7 @@ static enum dun_err step_err(int rc)
 	return rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
 }
 
-static void split_covers(struct dun_invoice *inv, const char *list)
+void dun_gather_split_covers(struct dun_invoice *inv, const char *list)
 {
 	inv->is_consolidated = true;
 	inv->n_covers = 0;
@@ -210,7 +210,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		inv->meta_bad_debt_amount_minor = sqlite3_column_int64(st, 12);
 		inv->meta_bad_debt_paid = sqlite3_column_int(st, 13);
 		if (sqlite3_column_type(st, 14) != SQLITE_NULL)
-			split_covers(inv, (const char *)sqlite3_column_text(st, 14));
+			dun_gather_split_covers(inv, (const char *)sqlite3_column_text(st, 14));
 		inv->has_doc = sqlite3_column_type(st, 15) != SQLITE_NULL;
 		inv->doc_closed = inv->has_doc && sqlite3_column_int(st, 15);
 		inv->doc_paylinks_enabled = !inv->has_doc || sqlite3_column_int(st, 16);

@@ -35,4 +35,12 @@ void dun_snapshot_free(struct dun_snapshot *snap);
  */
 enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_snapshot *snap);
 
+/*
+ * Mark inv consolidated and fill its covers from list, the comma-separated
+ * metadata bad_debt_invoices (borrowed); ids past DUN_COVERS_MAX, and ids
+ * that do not fit DUN_ID_MAX, are dropped. Shared with the streaming GATHER
+ * (stream.h) so both read the list the same way.
+ */
+void dun_gather_split_covers(struct dun_invoice *inv, const char *list);
+
 #endif

@@ -1,0 +1,455 @@
+/*
+ * stream.c — the streaming GATHER of the drift scan (see stream.h).
+ *
+ * Eight ordered reads, each a single pass over its table in account id
+ * order (the indexes of schema migration 3 make SQLite deliver them without
+ * sorting; bench/test_stream_equiv.c checks the plans):
+ *
+ *   accounts        one row per account: drives the walk
+ *   customers       by (account, customer id), with the provider's customer
+ *                   joined; the first row of an account is its customer, as
+ *                   in dun_gather()
+ *   platform,       at most one row per account
+ *   dunning
+ *   episodes        grouped per account (count, open)
+ *   emails          the sent ones, in rowid order within an account
+ *   subscriptions   by (account, customer id, id)
+ *   invoices        by (account, customer id, invoice id), with the invoice
+ *                   document and the payment attempts joined: one row per
+ *                   attempt (or one with NULL attempt columns), attempts by
+ *                   (created, id) — the order dun_gather() attaches them in
+ *
+ * For each account row, every other read is advanced past rows of smaller
+ * account ids (rows whose account does not exist are skipped) and consumes
+ * the rows equal to it; rows of other customers than the account's first
+ * are passed over. The decoding of every column mirrors dun_gather(),
+ * accessor for accessor (sqlite3_column_int where it truncates, the same
+ * defaults for unknown names), so the two agree on every field.
+ */
+#include "stream.h"
+#include "core/text.h"
+#include "util/mem.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const sql[DUN_STREAM__COUNT] = {
+    [DUN_STREAM_ACCOUNTS] = "SELECT id, segment, bad_debt, no_successful_payment, kill_switch,"
+			    " email, name FROM accounts WHERE id > ?1 ORDER BY id",
+    [DUN_STREAM_CUSTOMERS] = "SELECT c.account_id, c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
+			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
+			     " COALESCE(p.name, '') FROM customers c"
+			     " LEFT JOIN p_customers p ON p.id = c.id WHERE c.account_id > ?1"
+			     " ORDER BY c.account_id, c.id, c.rowid",
+    [DUN_STREAM_PLATFORM] = "SELECT account_id, banned, entitlement, resource_flags FROM platform"
+			    " WHERE account_id > ?1 ORDER BY account_id",
+    [DUN_STREAM_DUNNING] = "SELECT account_id, stage, since, episode, lifting_since,"
+			   " next_recheck_at FROM dunning WHERE account_id > ?1"
+			   " ORDER BY account_id",
+    [DUN_STREAM_EPISODES] = "SELECT account_id, COUNT(*), COALESCE(SUM(exited_at = 0), 0)"
+			    " FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
+			    " ORDER BY account_id",
+    [DUN_STREAM_EMAILS] = "SELECT account_id, key FROM emails WHERE account_id > ?1"
+			  " AND state = 'sent' ORDER BY account_id, rowid",
+    [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
+				 " JOIN p_subscriptions s ON s.customer_id = c.id"
+				 " WHERE c.account_id > ?1"
+				 " ORDER BY c.account_id, c.id, c.rowid, s.id",
+    [DUN_STREAM_INVOICES] =
+	"SELECT c.account_id, c.id, i.rowid, i.id, i.subscription_id, i.status,"
+	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
+	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
+	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
+	" a.id, a.created, a.status, a.payment_method, a.decline_code, a.advice_code,"
+	" a.network_advice_code FROM customers c"
+	" JOIN p_invoices i ON i.customer_id = c.id"
+	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
+	" LEFT JOIN p_attempts a ON a.invoice_id = i.id WHERE c.account_id > ?1"
+	" ORDER BY c.account_id, c.id, c.rowid, i.id, i.rowid, a.created, a.id",
+};
+
+/* Columns of DUN_STREAM_INVOICES. */
+enum {
+	INV_CUSTOMER = 1,
+	INV_ROWID,
+	INV_ID,
+	INV_SUB,
+	INV_STATUS,
+	INV_REASON,
+	INV_DUE,
+	INV_PAID,
+	INV_REMAINING,
+	INV_CURRENCY,
+	INV_ATTEMPT_COUNT,
+	INV_CREATED,
+	INV_PAID_AT,
+	INV_URL,
+	INV_BD_AMOUNT,
+	INV_BD_PAID,
+	INV_COVERS,
+	INV_DOC_CLOSED,
+	INV_DOC_PAYLINKS,
+	ATT_ID,
+	ATT_CREATED,
+	ATT_STATUS,
+	ATT_PM,
+	ATT_DECLINE,
+	ATT_ADVICE,
+	ATT_NETWORK,
+};
+
+const char *dun_stream_sql(enum dun_stream_query q)
+{
+	return sql[q];
+}
+
+enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err, size_t err_size)
+{
+	memset(s, 0, sizeof *s);
+	s->db = db;
+	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
+		int rc = sqlite3_prepare_v3(dun_db_handle(db), sql[q], -1,
+					    SQLITE_PREPARE_PERSISTENT, &s->st[q], NULL);
+		if (rc != SQLITE_OK) {
+			if (err && err_size)
+				dun_strlcpy(err, sqlite3_errmsg(dun_db_handle(db)), err_size);
+			dun_stream_free(s);
+			return DUN_E_STORE;
+		}
+	}
+	return DUN_OK;
+}
+
+void dun_stream_free(struct dun_stream *s)
+{
+	for (int q = 0; q < DUN_STREAM__COUNT; q++)
+		sqlite3_finalize(s->st[q]);
+	free(s->last);
+	free(s->inv_first);
+	memset(s, 0, sizeof *s);
+}
+
+void dun_stream_pause(struct dun_stream *s)
+{
+	for (int q = 0; q < DUN_STREAM__COUNT; q++)
+		sqlite3_reset(s->st[q]);
+	s->open = false;
+}
+
+#define GROW(ptr, cap, n)                                                          \
+	do {                                                                       \
+		if ((n) >= (cap)) {                                                \
+			(cap) = (cap) ? (cap)*2 : 16;                              \
+			(ptr) = dun_realloc((ptr), sizeof *(ptr) * (size_t)(cap)); \
+		}                                                                  \
+	} while (0)
+
+static enum dun_err step(struct dun_stream *s, int q)
+{
+	int rc = sqlite3_step(s->st[q]);
+	s->has_row[q] = rc == SQLITE_ROW;
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+}
+
+static enum dun_err open_window(struct dun_stream *s)
+{
+	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
+		sqlite3_reset(s->st[q]);
+		sqlite3_bind_text(s->st[q], 1, s->last ? s->last : "", -1, SQLITE_TRANSIENT);
+		enum dun_err e = step(s, q);
+		if (e != DUN_OK)
+			return e;
+	}
+	s->open = true;
+	return DUN_OK;
+}
+
+/*
+ * Advance read q past the rows of accounts before id; *at tells whether its
+ * current row belongs to id.
+ */
+static enum dun_err seek(struct dun_stream *s, int q, const char *id, bool *at)
+{
+	*at = false;
+	while (s->has_row[q]) {
+		int c = strcmp((const char *)sqlite3_column_text(s->st[q], 0), id);
+		if (c >= 0) {
+			*at = c == 0;
+			return DUN_OK;
+		}
+		enum dun_err e = step(s, q);
+		if (e != DUN_OK)
+			return e;
+	}
+	return DUN_OK;
+}
+
+/* Whether read q's current row still belongs to id. */
+static bool still(const struct dun_stream *s, int q, const char *id)
+{
+	return s->has_row[q] && strcmp((const char *)sqlite3_column_text(s->st[q], 0), id) == 0;
+}
+
+/* Whether read q's current row is of the account's customer (column 1). */
+static bool of_customer(const struct dun_stream *s, int q, const struct dun_state *st)
+{
+	return st->has_customer &&
+	       strcmp((const char *)sqlite3_column_text(s->st[q], 1), st->customer_id) == 0;
+}
+
+static void remember_last(struct dun_stream *s, const char *id)
+{
+	size_t n = strlen(id) + 1;
+	if (n > s->last_cap) {
+		s->last_cap = n < 64 ? 64 : n * 2;
+		s->last = dun_realloc(s->last, s->last_cap);
+	}
+	memcpy(s->last, id, n);
+}
+
+static void read_account(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	sqlite3_stmt *st = s->st[DUN_STREAM_ACCOUNTS];
+	struct dun_state *state = &snap->state;
+	dun_state_init(state);
+	snap->email[0] = snap->name[0] = '\0';
+	dun_strlcpy(state->account_id, s->last, sizeof state->account_id);
+	dun_segment_parse((const char *)sqlite3_column_text(st, 1), &state->segment);
+	state->account_bad_debt = sqlite3_column_int(st, 2);
+	state->no_successful_payment = sqlite3_column_int(st, 3);
+	state->kill_switch = sqlite3_column_int(st, 4);
+	dun_db_col_text(st, 5, snap->email, sizeof snap->email);
+	dun_db_col_text(st, 6, snap->name, sizeof snap->name);
+}
+
+static enum dun_err read_customer(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_CUSTOMERS;
+	struct dun_state *state = &snap->state;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	if (e != DUN_OK || !at)
+		return e;
+	sqlite3_stmt *st = s->st[q];
+	state->has_customer = true;
+	dun_db_col_text(st, 1, state->customer_id, sizeof state->customer_id);
+	state->customer_bad_debt = sqlite3_column_int(st, 2);
+	state->provider_meta_bad_debt = sqlite3_column_int(st, 3);
+	dun_db_col_text(st, 4, state->default_payment_method, sizeof state->default_payment_method);
+	if (!snap->email[0])
+		dun_db_col_text(st, 5, snap->email, sizeof snap->email);
+	if (!snap->name[0])
+		dun_db_col_text(st, 6, snap->name, sizeof snap->name);
+	/* Only the first customer (by id) counts; pass over the others. */
+	while (e == DUN_OK && still(s, q, s->last))
+		e = step(s, q);
+	return e;
+}
+
+static enum dun_err read_platform(struct dun_stream *s, struct dun_state *state)
+{
+	const int q = DUN_STREAM_PLATFORM;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	if (e != DUN_OK || !at)
+		return e;
+	sqlite3_stmt *st = s->st[q];
+	state->banned = sqlite3_column_int(st, 1);
+	dun_entitlement_parse((const char *)sqlite3_column_text(st, 2), &state->entitlement);
+	state->has_resource_flags = sqlite3_column_int64(st, 3) != 0;
+	return step(s, q);
+}
+
+static enum dun_err read_dunning(struct dun_stream *s, struct dun_state *state)
+{
+	const int q = DUN_STREAM_DUNNING;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	if (e != DUN_OK || !at)
+		return e;
+	sqlite3_stmt *st = s->st[q];
+	dun_stage_parse((const char *)sqlite3_column_text(st, 1), &state->stage);
+	state->stage_since = sqlite3_column_int64(st, 2);
+	state->episode = sqlite3_column_int64(st, 3);
+	state->lifting_since = sqlite3_column_int64(st, 4);
+	state->next_recheck_at = sqlite3_column_int64(st, 5);
+	return step(s, q);
+}
+
+static enum dun_err read_episodes(struct dun_stream *s, struct dun_state *state)
+{
+	const int q = DUN_STREAM_EPISODES;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	if (e != DUN_OK || !at)
+		return e;
+	sqlite3_stmt *st = s->st[q];
+	state->bad_debt_episodes = sqlite3_column_int64(st, 1);
+	state->bad_debt_episode_open = sqlite3_column_int64(st, 2) > 0;
+	return step(s, q);
+}
+
+static enum dun_err read_emails(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_EMAILS;
+	int n = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		GROW(snap->emails, snap->emails_cap, n);
+		dun_db_col_text(s->st[q], 1, snap->emails[n].key, sizeof snap->emails[n].key);
+		n++;
+		e = step(s, q);
+	}
+	snap->state.sent_emails = snap->emails;
+	snap->state.n_sent_emails = n;
+	return e;
+}
+
+static enum dun_err read_subscriptions(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_SUBSCRIPTIONS;
+	struct dun_state *state = &snap->state;
+	int n = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		sqlite3_stmt *st = s->st[q];
+		if (of_customer(s, q, state)) {
+			GROW(snap->subs, snap->subs_cap, n);
+			struct dun_subscription *sub = &snap->subs[n];
+			dun_db_col_text(st, 2, sub->id, sizeof sub->id);
+			sub->status = DUN_SUB_ACTIVE;
+			dun_sub_status_parse((const char *)sqlite3_column_text(st, 3),
+					     &sub->status);
+			n++;
+		}
+		e = step(s, q);
+	}
+	if (state->has_customer) {
+		state->subscriptions = snap->subs;
+		state->n_subscriptions = n;
+	}
+	return e;
+}
+
+/* Zero an invoice but its covers: only the first n_covers of them are ever read. */
+static void invoice_clear(struct dun_invoice *inv)
+{
+	const size_t covers = offsetof(struct dun_invoice, covers);
+	const size_t after = covers + sizeof inv->covers;
+	memset(inv, 0, covers);
+	memset((char *)inv + after, 0, sizeof *inv - after);
+}
+
+static void read_invoice_row(sqlite3_stmt *st, struct dun_invoice *inv)
+{
+	invoice_clear(inv);
+	dun_db_col_text(st, INV_ID, inv->id, sizeof inv->id);
+	dun_db_col_text(st, INV_SUB, inv->subscription_id, sizeof inv->subscription_id);
+	inv->status = DUN_INVOICE_OPEN;
+	dun_invoice_status_parse((const char *)sqlite3_column_text(st, INV_STATUS), &inv->status);
+	inv->billing_reason =
+	    dun_billing_reason_from((const char *)sqlite3_column_text(st, INV_REASON));
+	inv->amount_due_minor = sqlite3_column_int64(st, INV_DUE);
+	inv->amount_paid_minor = sqlite3_column_int64(st, INV_PAID);
+	inv->amount_remaining_minor = sqlite3_column_int64(st, INV_REMAINING);
+	dun_db_col_text(st, INV_CURRENCY, inv->currency, sizeof inv->currency);
+	inv->attempt_count = sqlite3_column_int(st, INV_ATTEMPT_COUNT);
+	inv->created_at = sqlite3_column_int64(st, INV_CREATED);
+	inv->paid_at = sqlite3_column_int64(st, INV_PAID_AT);
+	dun_db_col_text(st, INV_URL, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
+	inv->meta_has_bad_debt_amount = sqlite3_column_type(st, INV_BD_AMOUNT) != SQLITE_NULL;
+	inv->meta_bad_debt_amount_minor = sqlite3_column_int64(st, INV_BD_AMOUNT);
+	inv->meta_bad_debt_paid = sqlite3_column_int(st, INV_BD_PAID);
+	if (sqlite3_column_type(st, INV_COVERS) != SQLITE_NULL)
+		dun_gather_split_covers(inv, (const char *)sqlite3_column_text(st, INV_COVERS));
+	inv->has_doc = sqlite3_column_type(st, INV_DOC_CLOSED) != SQLITE_NULL;
+	inv->doc_closed = inv->has_doc && sqlite3_column_int(st, INV_DOC_CLOSED);
+	inv->doc_paylinks_enabled = !inv->has_doc || sqlite3_column_int(st, INV_DOC_PAYLINKS);
+}
+
+static void read_attempt_row(sqlite3_stmt *st, struct dun_attempt *a)
+{
+	memset(a, 0, sizeof *a);
+	dun_db_col_text(st, ATT_ID, a->id, sizeof a->id);
+	a->created_at = sqlite3_column_int64(st, ATT_CREATED);
+	a->status = DUN_ATTEMPT_FAILED;
+	dun_attempt_status_parse((const char *)sqlite3_column_text(st, ATT_STATUS), &a->status);
+	dun_db_col_text(st, ATT_PM, a->payment_method, sizeof a->payment_method);
+	dun_db_col_text(st, ATT_DECLINE, a->decline_code, sizeof a->decline_code);
+	dun_db_col_text(st, ATT_ADVICE, a->advice_code, sizeof a->advice_code);
+	dun_db_col_text(st, ATT_NETWORK, a->network_advice_code, sizeof a->network_advice_code);
+}
+
+static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_INVOICES;
+	struct dun_state *state = &snap->state;
+	int n = 0, na = 0;
+	sqlite3_int64 current = 0;
+	bool attach = false;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		sqlite3_stmt *st = s->st[q];
+		if (!of_customer(s, q, state)) {
+			e = step(s, q);
+			continue;
+		}
+		sqlite3_int64 rowid = sqlite3_column_int64(st, INV_ROWID);
+		if (!n || rowid != current) {
+			GROW(snap->invoices, snap->invoices_cap, n);
+			GROW(s->inv_first, s->inv_first_cap, n);
+			read_invoice_row(st, &snap->invoices[n]);
+			s->inv_first[n] = na;
+			current = rowid;
+			/*
+			 * dun_gather() matches attempts to the invoice id it kept,
+			 * so an id too long to keep gets none there; nor here.
+			 */
+			attach = sqlite3_column_bytes(st, INV_ID) < DUN_ID_MAX;
+			n++;
+		}
+		if (attach && sqlite3_column_type(st, ATT_CREATED) != SQLITE_NULL) {
+			GROW(snap->attempts, snap->attempts_cap, na);
+			read_attempt_row(st, &snap->attempts[na]);
+			snap->invoices[n - 1].n_attempts++;
+			na++;
+		}
+		e = step(s, q);
+	}
+	if (e != DUN_OK || !state->has_customer)
+		return e;
+	/* Pointers are set once the arrays stopped moving. */
+	for (int i = 0; i < n; i++) {
+		struct dun_invoice *inv = &snap->invoices[i];
+		inv->attempts = inv->n_attempts ? &snap->attempts[s->inv_first[i]] : NULL;
+	}
+	state->invoices = snap->invoices;
+	state->n_invoices = n;
+	return DUN_OK;
+}
+
+enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bool *got)
+{
+	*got = false;
+	enum dun_err e = DUN_OK;
+	if (!s->open && (e = open_window(s)) != DUN_OK)
+		return e;
+	if (!s->has_row[DUN_STREAM_ACCOUNTS])
+		return DUN_OK;
+	remember_last(s, (const char *)sqlite3_column_text(s->st[DUN_STREAM_ACCOUNTS], 0));
+	read_account(s, snap);
+	struct dun_state *state = &snap->state;
+	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||
+	    (e = read_dunning(s, state)) != DUN_OK || (e = read_episodes(s, state)) != DUN_OK ||
+	    (e = read_emails(s, snap)) != DUN_OK || (e = read_subscriptions(s, snap)) != DUN_OK ||
+	    (e = read_invoices(s, snap)) != DUN_OK)
+		return e;
+	if ((e = step(s, DUN_STREAM_ACCOUNTS)) != DUN_OK)
+		return e;
+	*got = true;
+	return DUN_OK;
+}

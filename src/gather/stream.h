@@ -1,0 +1,72 @@
+/*
+ * stream.h — GATHER for every account at once, for the drift scan.
+ *
+ * dun_gather() reads one account with about ten point queries; over a
+ * million accounts that is ten million statement executions, most of the
+ * scan's time. A stream instead runs one query per store over the whole
+ * table, each ordered by account id, and walks them in lockstep (a merge
+ * join), handing out one snapshot per account in account id order. There is
+ * no per-account SQL and no per-account allocation: the snapshot's buffers
+ * are reused and only grow.
+ *
+ * The snapshot of an account is exactly the one dun_gather() builds for it
+ * (bench/test_stream_equiv.c checks that field by field).
+ *
+ * Reads happen in windows: between dun_stream_pause() and the next
+ * dun_stream_next() no statement is open, so no read transaction spans the
+ * caller's writes (the scan queues triggers there) and the WAL can be
+ * checkpointed. The next window starts after the last account returned.
+ */
+#ifndef DUN_STREAM_H
+#define DUN_STREAM_H
+
+#include "gather/gather.h"
+
+/* The ordered reads, one per store (see stream.c for the SQL). */
+enum dun_stream_query {
+	DUN_STREAM_ACCOUNTS,
+	DUN_STREAM_CUSTOMERS,
+	DUN_STREAM_PLATFORM,
+	DUN_STREAM_DUNNING,
+	DUN_STREAM_EPISODES,
+	DUN_STREAM_EMAILS,
+	DUN_STREAM_SUBSCRIPTIONS,
+	DUN_STREAM_INVOICES,
+};
+enum { DUN_STREAM__COUNT = DUN_STREAM_INVOICES + 1 };
+
+struct dun_stream {
+	struct dun_db *db; /* borrowed */
+	sqlite3_stmt *st[DUN_STREAM__COUNT];
+	bool has_row[DUN_STREAM__COUNT];
+	bool open;  /* statements bound and stepped in this window */
+	char *last; /* the last account returned (NULL before the first) */
+	size_t last_cap;
+	int *inv_first; /* per invoice: index of its first attempt */
+	int inv_first_cap;
+};
+
+/*
+ * Set up s over db (borrowed; it must outlive s). Prepares the queries;
+ * DUN_E_STORE when the schema lacks what they need (err says why).
+ */
+enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err, size_t err_size);
+void dun_stream_free(struct dun_stream *s);
+
+/*
+ * The next account, in id order, into snap (whose buffers are reused).
+ * *got is false, and snap untouched, when every account was returned.
+ * snap->state is valid until the next call that fills snap.
+ */
+enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bool *got);
+
+/* Close the current read window (reset every statement); see above. */
+void dun_stream_pause(struct dun_stream *s);
+
+/*
+ * The SQL of one ordered read, for the benchmark's raw-read baseline: ?1 is
+ * the account id to start after; every query is ordered by account id.
+ */
+const char *dun_stream_sql(enum dun_stream_query q);
+
+#endif
