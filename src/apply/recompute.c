@@ -47,6 +47,12 @@ enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, 
 	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
 	if (e != DUN_OK)
 		return e;
+	return dun_engine_decide(en, now);
+}
+
+enum dun_err dun_engine_decide(struct dun_engine *en, int64_t now)
+{
+	enum dun_err e;
 	const struct dun_state *s = &en->snap.state;
 	if (s->n_invoices > en->inv_d_cap) {
 		en->inv_d_cap = s->n_invoices * 2;

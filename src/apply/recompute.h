@@ -40,6 +40,13 @@ void dun_engine_free(struct dun_engine *en);
  */
 enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now);
 
+/*
+ * EVALUATE + DECIDE at now on en->snap as it stands (filled by dun_gather()
+ * or by a stream, see gather/stream.h), writing nothing. Afterwards
+ * en->desired and en->plan hold the result.
+ */
+enum dun_err dun_engine_decide(struct dun_engine *en, int64_t now);
+
 struct dun_recompute_result {
 	int64_t decision_id; /* 0 for a dry run */
 	enum dun_mode mode;
