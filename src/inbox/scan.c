@@ -1,92 +1,119 @@
 /*
  * scan.c — the drift scan (see scan.h).
  *
- * The scan walks accounts in id order through the same GATHER and EVALUATE
- * a recompute uses, so "drift" means exactly "a recompute would change
- * something the stores disagree on". Triggers for drifting accounts are
- * queued in batches of one transaction.
+ * The scan reads every account through the streaming GATHER
+ * (gather/stream.h), which builds the snapshot dun_gather() would build
+ * from a few ordered passes over the tables instead of ten point queries per
+ * account, and runs the same EVALUATE and DECIDE a recompute uses, so
+ * "drift" means exactly "a recompute would change something the stores
+ * disagree on".
+ *
+ * Reads proceed in windows of WINDOW accounts. The drifting accounts of a
+ * window are queued (with enqueue) in one transaction once the window's
+ * statements are closed, so a read never spans a write and no read
+ * transaction outlives a window.
  */
 #include "scan.h"
+#include "gather/stream.h"
 #include "inbox/inbox.h"
+#include "util/mem.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define WINDOW	 4096
+#define EXAMPLES 20
+
+/* Queue a drift_detected trigger for each pending account, in one transaction. */
+static enum dun_err flush(struct dun_engine *en, char (*pending)[DUN_ID_MAX], int *n, int64_t now,
+			  struct dun_scan_result *out)
+{
+	if (!*n)
+		return DUN_OK;
+	enum dun_err e = dun_db_begin(en->db);
+	for (int i = 0; i < *n && e == DUN_OK; i++) {
+		char key[128];
+		snprintf(key, sizeof key, "drift:%.63s:%lld", pending[i], (long long)now);
+		bool inserted = false;
+		e = dun_inbox_enqueue(en->db, pending[i], "drift_detected", "scan", "", key, 0,
+				      &inserted, NULL);
+		out->enqueued += inserted;
+	}
+	if (e == DUN_OK)
+		e = dun_db_commit(en->db);
+	if (e != DUN_OK)
+		dun_db_rollback(en->db);
+	*n = 0;
+	return e;
+}
+
+static void count(struct dun_scan_result *out, const char *account, unsigned m)
+{
+	out->drifting++;
+	for (int c = 0; c < DUN_DRIFT__COUNT; c++)
+		if (m & (1u << c))
+			out->per_class[c]++;
+	if (json_array_size(out->examples) >= EXAMPLES)
+		return;
+	json_t *classes = json_array();
+	for (int c = 0; c < DUN_DRIFT__COUNT; c++)
+		if (m & (1u << c))
+			json_array_append_new(classes,
+					      json_string(dun_drift_name((enum dun_drift_class)c)));
+	json_array_append_new(out->examples,
+			      json_pack("{s:s, s:o}", "account", account, "classes", classes));
+}
 
 enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 			  dun_scan_progress_fn progress, void *arg, struct dun_scan_result *out)
 {
 	memset(out, 0, sizeof *out);
 	out->examples = json_array();
-	char last[DUN_ID_MAX] = "";
-	char ids[256][DUN_ID_MAX];
+	struct dun_stream stream;
+	enum dun_err e = dun_stream_init(&stream, en->db, NULL, 0);
+	if (e != DUN_OK)
+		return e;
+	char(*pending)[DUN_ID_MAX] = enqueue ? dun_malloc(sizeof *pending * WINDOW) : NULL;
+	int n_pending = 0, in_window = 0;
 	for (;;) {
-		/* Page through account ids so the read cursor never spans a write. */
-		sqlite3_stmt *st = dun_db_stmt(en->db, "SELECT id FROM accounts WHERE id > ?1"
-						       " ORDER BY id LIMIT 256");
-		sqlite3_bind_text(st, 1, last, -1, SQLITE_STATIC);
-		int n = 0;
-		while (sqlite3_step(st) == SQLITE_ROW)
-			dun_db_col_text(st, 0, ids[n++], DUN_ID_MAX);
-		sqlite3_reset(st);
-		if (!n)
+		bool got = false;
+		e = dun_stream_next(&stream, &en->snap, &got);
+		if (e != DUN_OK || !got)
 			break;
-		memcpy(last, ids[n - 1], DUN_ID_MAX);
-		bool tx = false;
-		for (int i = 0; i < n; i++) {
-			enum dun_err e = dun_engine_evaluate(en, ids[i], now);
-			if (e != DUN_OK) {
-				if (tx)
-					dun_db_rollback(en->db);
-				return e;
-			}
-			out->accounts++;
-			out->planned += en->plan.n;
-			unsigned m = dun_drift_classify(&en->snap.state, &en->desired);
-			if (progress && out->accounts % 10000 == 0)
-				progress(out->accounts, arg);
-			if (!m)
-				continue;
-			out->drifting++;
-			json_t *classes = json_array();
-			for (int c = 0; c < DUN_DRIFT__COUNT; c++)
-				if (m & (1u << c)) {
-					out->per_class[c]++;
-					json_array_append_new(
-					    classes,
-					    json_string(dun_drift_name((enum dun_drift_class)c)));
-				}
-			if (json_array_size(out->examples) < 20)
-				json_array_append_new(
-				    out->examples,
-				    json_pack("{s:s, s:o}", "account", ids[i], "classes", classes));
-			else
-				json_decref(classes);
-			if (!enqueue)
-				continue;
-			if (!tx) {
-				e = dun_db_begin(en->db);
-				if (e != DUN_OK)
-					return e;
-				tx = true;
-			}
-			char key[128];
-			snprintf(key, sizeof key, "drift:%.63s:%lld", ids[i], (long long)now);
-			bool inserted = false;
-			e = dun_inbox_enqueue(en->db, ids[i], "drift_detected", "scan", "", key, 0,
-					      &inserted, NULL);
-			if (e != DUN_OK) {
-				dun_db_rollback(en->db);
-				return e;
-			}
-			out->enqueued += inserted;
+		/*
+		 * No targeted refresh (gather/refresh.h) here, deliberately:
+		 * the scan is a read-only estimate over every account and
+		 * must never call the provider per account. The accounts it
+		 * finds drifting are re-checked by the recompute it enqueues,
+		 * which refreshes what it needs.
+		 */
+		e = dun_engine_decide(en, now);
+		if (e != DUN_OK)
+			break;
+		const struct dun_state *s = &en->snap.state;
+		out->accounts++;
+		out->planned += en->plan.n;
+		unsigned m = dun_drift_classify(s, &en->desired);
+		if (m) {
+			count(out, s->account_id, m);
+			if (enqueue)
+				memcpy(pending[n_pending++], s->account_id, DUN_ID_MAX);
 		}
-		if (tx) {
-			enum dun_err e = dun_db_commit(en->db);
-			if (e != DUN_OK) {
-				dun_db_rollback(en->db);
-				return e;
-			}
+		if (progress && out->accounts % 10000 == 0)
+			progress(out->accounts, arg);
+		if (++in_window == WINDOW) {
+			in_window = 0;
+			dun_stream_pause(&stream);
+			e = flush(en, pending, &n_pending, now, out);
+			if (e != DUN_OK)
+				break;
 		}
 	}
-	return DUN_OK;
+	dun_stream_pause(&stream);
+	if (e == DUN_OK)
+		e = flush(en, pending, &n_pending, now, out);
+	dun_stream_free(&stream);
+	free(pending);
+	return e;
 }
