@@ -1,0 +1,46 @@
+/*
+ * pointwise.c — the per-account drift scan kept as a reference (see
+ * pointwise.h).
+ */
+#include "pointwise.h"
+
+#include <string.h>
+
+enum dun_err dun_bench_pointwise_scan(struct dun_engine *en, int64_t now,
+				      struct dun_scan_result *out)
+{
+	memset(out, 0, sizeof *out);
+	char last[DUN_ID_MAX] = "";
+	char ids[256][DUN_ID_MAX];
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(dun_db_handle(en->db),
+			       "SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT 256", -1,
+			       &st, NULL) != SQLITE_OK)
+		return DUN_E_STORE;
+	enum dun_err e = DUN_OK;
+	while (e == DUN_OK) {
+		int n = 0;
+		sqlite3_bind_text(st, 1, last, -1, SQLITE_TRANSIENT);
+		while (sqlite3_step(st) == SQLITE_ROW)
+			dun_db_col_text(st, 0, ids[n++], DUN_ID_MAX);
+		sqlite3_reset(st);
+		if (!n)
+			break;
+		memcpy(last, ids[n - 1], DUN_ID_MAX);
+		for (int i = 0; i < n && e == DUN_OK; i++) {
+			e = dun_gather(en->db, ids[i], &en->snap);
+			if (e == DUN_OK)
+				e = dun_engine_decide(en, now);
+			if (e != DUN_OK)
+				break;
+			out->accounts++;
+			out->planned += en->plan.n;
+			unsigned m = dun_drift_classify(&en->snap.state, &en->desired);
+			out->drifting += m != 0;
+			for (int c = 0; c < DUN_DRIFT__COUNT; c++)
+				out->per_class[c] += (m >> c) & 1u;
+		}
+	}
+	sqlite3_finalize(st);
+	return e;
+}
