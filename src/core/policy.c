@@ -611,8 +611,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		 * catches up one retry at a time, not with a burst of charges.
 		 */
 		int64_t due = id->first_failed_at + p->retry_schedule_s[done];
-		int64_t spacing = p->retry_schedule_s[done] -
-				  (done > 0 ? p->retry_schedule_s[done - 1] : 0);
+		int64_t spacing =
+		    p->retry_schedule_s[done] - (done > 0 ? p->retry_schedule_s[done - 1] : 0);
 		if (lf->created_at + spacing > due)
 			due = lf->created_at + spacing;
 		if (lf->created_at + delay > due)
