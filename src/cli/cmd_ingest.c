@@ -82,6 +82,14 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 			continue;
 		}
 		ok++;
+		if (cli->sim && !res.duplicate) {
+			/* The embedded default's provider learns what the events show. */
+			json_t *ev = json_loadb(line, (size_t)len, 0, NULL);
+			json_t *obj = json_object_get(json_object_get(ev, "data"), "object");
+			if (json_is_object(obj))
+				dun_sim_observe(cli->sim, obj);
+			json_decref(ev);
+		}
 		if (res.duplicate)
 			dup++;
 		else if (res.triggered)

@@ -208,6 +208,8 @@ struct card {
 static void parse_behavior(const char *b, struct card *c)
 {
 	memset(c, 0, sizeof *c);
+	if (b[0] == '=') /* a card learnt from ingested events (dun_sim_observe) */
+		b++;
 	if (!b[0] || !strcmp(b, "ok")) {
 		c->ok = true;
 		return;
@@ -658,4 +660,72 @@ struct dun_provider dun_sim_provider(struct dun_sim *sim)
 {
 	struct dun_provider p = {.ops = &sim_ops, .self = sim};
 	return p;
+}
+
+/* ---- objects learnt from ingested events ------------------------------------- */
+
+static bool is_own_id(const char *id)
+{
+	return strstr(id, "_sim") != NULL;
+}
+
+void dun_sim_observe(struct dun_sim *sim, json_t *obj)
+{
+	const char *type = sget(obj, "object");
+	const char *id = sget(obj, "id");
+	if (!id[0] || is_own_id(id))
+		return; /* the simulator's own objects: it is their source of truth */
+	if (strcmp(type, "customer") && strcmp(type, "subscription") && strcmp(type, "invoice") &&
+	    strcmp(type, "charge"))
+		return;
+	char behavior[256] = "";
+	json_t *known = load(sim, id, behavior, sizeof behavior);
+	const char *set_behavior = NULL;
+	if (!strcmp(type, "customer")) {
+		/* A new card on file is a card that works, until a charge says otherwise. */
+		const char *pm =
+		    sget(json_object_get(obj, "invoice_settings"), "default_payment_method");
+		const char *old = known ? sget(json_object_get(known, "invoice_settings"),
+					       "default_payment_method")
+					: "";
+		if (!known || strcmp(pm, old) != 0)
+			set_behavior = "=ok";
+	}
+	json_decref(known);
+	save(sim, obj, set_behavior);
+	if (strcmp(type, "charge") != 0)
+		return;
+	/* The card keeps doing what its last charge did. */
+	const char *cus_id = sget(obj, "customer");
+	char cus_behavior[256] = "";
+	json_t *cus = cus_id[0] ? load(sim, cus_id, cus_behavior, sizeof cus_behavior) : NULL;
+	if (!cus) {
+		return;
+	}
+	json_decref(cus);
+	if (cus_behavior[0] && cus_behavior[0] != '=')
+		return; /* a card the simulator was told about explicitly */
+	char learnt[256];
+	if (!strcmp(sget(obj, "status"), "succeeded")) {
+		snprintf(learnt, sizeof learnt, "=ok");
+	} else {
+		json_t *outcome = json_object_get(obj, "outcome");
+		const char *code = sget(outcome, "reason");
+		if (!code[0])
+			code = sget(obj, "failure_code");
+		if (!code[0])
+			code = "generic_decline";
+		int n = snprintf(learnt, sizeof learnt, "=%s", code);
+		const char *advice = sget(outcome, "advice_code");
+		const char *network = sget(outcome, "network_advice_code");
+		if (advice[0] && n > 0 && (size_t)n < sizeof learnt)
+			n += snprintf(learnt + n, sizeof learnt - (size_t)n, ",advice=%s", advice);
+		if (network[0] && n > 0 && (size_t)n < sizeof learnt)
+			snprintf(learnt + n, sizeof learnt - (size_t)n, ",network=%s", network);
+	}
+	sqlite3_stmt *st =
+	    dun_db_stmt(sim->db, "UPDATE sim_objects SET behavior = ?2 WHERE id = ?1");
+	sqlite3_bind_text(st, 1, cus_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, learnt, -1, SQLITE_STATIC);
+	dun_db_step_done(st);
 }

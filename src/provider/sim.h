@@ -53,6 +53,17 @@ enum dun_err dun_sim_update_card(struct dun_sim *sim, const char *customer_id,
 enum dun_err dun_sim_pay_out_of_band(struct dun_sim *sim, const char *invoice_id);
 
 /*
+ * Learn an object from an ingested provider event (`dunning ingest` on the
+ * embedded default), so the simulated provider can act on accounts it did
+ * not create: customers, subscriptions, invoices and charges are stored as
+ * the event shows them, and a customer's card behaves like its last charge
+ * (it keeps failing with the same decline code until a new card appears in
+ * a customer update, which works). The simulator's own objects (ids with
+ * "_sim") are never overwritten. Borrows obj.
+ */
+void dun_sim_observe(struct dun_sim *sim, json_t *obj);
+
+/*
  * Pop up to max queued events (oldest first) into a JSON array (new
  * reference, caller decrefs); marks them delivered.
  */

@@ -12,8 +12,9 @@ The CLI's payment provider is the built-in simulated one. When a scenario
 needs the engine's own provider writes to land (retries, mark
 uncollectible, cancel, metadata, the consolidated invoice), the test also
 puts the objects into the simulated provider (``dun.provider_knows``), as
-Stripe would know them. Two tests marked xfail show what happens when it
-does not, and a retry gap of the embedded default; see their reasons.
+Stripe would know them. The last section shows the embedded default
+without that help: the simulated provider learns accounts from the ingested
+events themselves, and retries, their outcomes and lifts land on time.
 
 Run: /usr/bin/python3 -m pytest tests/integration/test_cli.py -q
 (the binary comes from $DUNNING_BUILD_DIR, default build/).
@@ -1017,16 +1018,9 @@ def test_kill_minus_9_mid_work_then_restart(dun, dun_stripe):
 
 
 # --------------------------------------------------------------------------
-# Known problems of the embedded default (see the reasons)
+# The embedded default on its own: ingested accounts, retries and their outcomes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The CLI's provider is the simulated one, which knows only objects it made itself: for an "
-    "account that came in through `ingest` alone (the README's terminal session), the day-1 "
-    "retry_payment is rejected ('in_...: no such invoice', DUN_E_PROVIDER_REJECTED, terminal), "
-    "the recheck trigger goes dead, and because the plan stops before set_stage/"
-    "schedule_recheck the account is never rechecked: it is still 'notified' on day 31 "
-    "(the same happens to mark_uncollectible/cancel at bad debt)."))
 def test_ingest_only_account_reaches_bad_debt(dun, dun_stripe):
     dun.init()
     failing_account(dun, dun_stripe, "acct_readme", provider=False)
