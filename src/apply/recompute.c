@@ -8,6 +8,7 @@
  * that the next pass supersedes.
  */
 #include "recompute.h"
+#include "gather/refresh.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -42,9 +43,39 @@ void dun_engine_free(struct dun_engine *en)
 	memset(en, 0, sizeof *en);
 }
 
+/*
+ * The end of GATHER: when the mirror lacks payment attempts of an open
+ * invoice, read them from the provider and gather again (gather/refresh.h).
+ * A failed refresh does not fail the pass: it is logged and the pipeline
+ * goes on with what the mirror has. At worst that decides on the state the
+ * webhooks left, which is what a pass without a refresh would do; and a
+ * destructive plan is re-checked against a fresh read by the applier.
+ */
+static enum dun_err gather_refresh(struct dun_engine *en)
+{
+	struct dun_refresh_result r;
+	enum dun_err e = dun_gather_refresh(en->db, en->applier.provider, &en->snap, &r);
+	if (!r.n_invoices)
+		return e;
+	const char *account = en->snap.state.account_id;
+	char invoices[16], objects[16];
+	snprintf(invoices, sizeof invoices, "%d", r.n_invoices);
+	snprintf(objects, sizeof objects, "%d", r.n_objects);
+	if (r.refresh_err != DUN_OK)
+		dun_log(DUN_LOG_WARN, "gather.refresh_failed", "account", account, "invoices",
+			invoices, "code", dun_err_name(r.refresh_err), "error",
+			r.err_text[0] ? r.err_text : dun_err_str(r.refresh_err), NULL);
+	else
+		dun_log(DUN_LOG_INFO, "gather.refreshed", "account", account, "invoices", invoices,
+			"objects", objects, NULL);
+	return e;
+}
+
 enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now)
 {
 	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
+	if (e == DUN_OK)
+		e = gather_refresh(en);
 	if (e != DUN_OK)
 		return e;
 	return dun_engine_decide(en, now);

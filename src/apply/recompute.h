@@ -35,8 +35,11 @@ void dun_engine_init(struct dun_engine *en, struct dun_db *db, const struct dun_
 void dun_engine_free(struct dun_engine *en);
 
 /*
- * GATHER + EVALUATE + DECIDE for account_id at now, writing nothing.
- * Afterwards en->snap, en->desired and en->plan hold the result.
+ * GATHER + EVALUATE + DECIDE for account_id at now. Afterwards en->snap,
+ * en->desired and en->plan hold the result. Writes nothing but the
+ * provider mirror, and that only when GATHER finds an open invoice whose
+ * payment attempts the mirror lacks and refreshes it from the provider
+ * (gather/refresh.h); otherwise it makes no provider call.
  */
 enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now);
 

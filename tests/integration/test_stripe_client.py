@@ -258,8 +258,8 @@ def test_sync_twice_changes_nothing_and_work_recomputes(env, fake):
 
 
 def api_customer(fake, account):
-    """A customer created through the API, so its customer.created event carries
-    the metadata (the fake's seeding emits that event before it sets metadata)."""
+    """A customer created through the API with metadata account_id (its
+    customer.created event carries the metadata)."""
     return fake.api("POST", "/v1/customers", {"email": account + "@example.com",
                                               "metadata[account_id]": account})["id"]
 
@@ -299,16 +299,18 @@ def test_backfill_replays_events_oldest_first_and_is_idempotent(env, fake):
     assert "0 triggered, %d duplicates" % len(recent) in out
     assert env.sql("SELECT count(*) FROM inbox") == triggers
     assert env.sql("SELECT count(*) FROM events_raw") == [(len(recent),)]
+    # Basil-shaped events link no payment to its invoice (no invoice on the
+    # charge or payment intent, no payment_intent on the invoice).
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id = 'in_A'") == [(0,)]
+    fake.clear_requests()
     out = env.run("work").stdout
     assert "processed 2 accounts" in out
-    # Basil-shaped events link no payment to its invoice (no invoice on the
-    # charge or payment intent, no payment_intent on the invoice); the
-    # invoice_payment objects sync fetches do, and dunning starts.
-    env.run("sync")
+    # The recompute's targeted refresh fetched the links, and dunning starts.
     assert env.sql("SELECT decline_code FROM p_attempts WHERE invoice_id = 'in_A'") == [
         ("insufficient_funds",)]
-    env.run("work")
     assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]
+    assert sorted(r["path"] for r in fake.requests()) == [
+        "/v1/charges", "/v1/invoice_payments", "/v1/invoices/in_A"]
 
 
 def test_backfill_pages_through_many_events(env, fake):
@@ -330,6 +332,115 @@ def test_backfill_usage_errors(env):
 
 # --------------------------------------------------------------------------
 # the targeted refresh: basil webhooks alone start dunning
+
+
+def basil_failing_account(fake, account="acct_A", declines=("insufficient_funds", "expired_card")):
+    """A customer created through the API, a subscription and an invoice
+    whose payment failed once per decline, a day apart, every change
+    recorded as a basil-shaped event. Returns (invoice id, time of the first
+    attempt)."""
+    cus = api_customer(fake, account)
+    first = fake.now() - len(declines) * DAY
+    inv = "in_" + account
+    fake.seed(subscriptions=[{"id": "sub_" + account, "customer": cus, "status": "past_due"}],
+              invoices=[{"id": inv, "customer": cus, "subscription": "sub_" + account,
+                         "amount_due": 1500, "created": first - 3600,
+                         "attempts": [{"decline_code": d, "created": first + n * DAY}
+                                      for n, d in enumerate(declines)]}],
+              events=True)
+    return inv, first
+
+
+def ingest_fake_events(env, fake):
+    """Every event the fake recorded, oldest first, through `dunning ingest`
+    (the webhook path) without processing the triggers."""
+    events = fake.api("GET", "/v1/events?limit=100")["data"][::-1]
+    path = env.dir / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    env.run("ingest", str(path), "--no-work")
+    return events
+
+
+def test_basil_webhooks_alone_start_dunning_through_a_targeted_refresh(env, fake):
+    inv, first = basil_failing_account(fake)
+    events = ingest_fake_events(env, fake)
+    assert {"charge.failed", "payment_intent.payment_failed", "invoice.payment_failed"} <= {
+        e["type"] for e in events}
+    # What the webhooks left: an open invoice attempted twice, its attempts
+    # in the mirror but tied to no invoice, so the policy sees nothing failing.
+    assert env.sql("SELECT status, attempt_count, payment_intent FROM p_invoices WHERE id = ?",
+                   inv) == [("open", 2, "")]
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NULL") == [(2,)]
+
+    # The drift scan reads the mirror only: it never calls Stripe.
+    fake.clear_requests()
+    env.run("scan")
+    assert fake.requests() == []
+
+    env.run("work")
+    assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]
+    # expired_card is a hard decline: the customer is asked for another card.
+    assert env.sql("SELECT kind, invoice_id FROM emails WHERE account_id = 'acct_A'") == [
+        ("card_update_required", inv)]
+
+    # The refresh: two rounds of reads, nothing else.
+    reqs = fake.requests()
+    assert all(r["method"] == "GET" and r["status"] == 200 for r in reqs), reqs
+    [pi] = [ip["payment"]["payment_intent"] for ip in
+            fake.api("GET", "/v1/invoice_payments?invoice=" + inv)["data"]]
+    assert sorted((r["path"], json.dumps(r["params"], sort_keys=True)) for r in reqs) == sorted([
+        ("/v1/invoices/" + inv, "{}"),
+        ("/v1/invoice_payments", json.dumps({"expand": ["data.payment.payment_intent"],
+                                             "invoice": inv, "limit": "100"}, sort_keys=True)),
+        ("/v1/charges", json.dumps({"limit": "100", "payment_intent": pi}, sort_keys=True)),
+    ])
+    charges = [r for r in reqs if r["path"] == "/v1/charges"]
+    assert charges[0]["seq"] > max(r["seq"] for r in reqs if r["path"] != "/v1/charges")
+
+    # The mirror now ties both attempts, the earlier one included, to the invoice.
+    assert env.sql("SELECT payment_intent FROM p_invoices WHERE id = ?", inv) == [(pi,)]
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NULL") == [(0,)]
+    x = json.loads(env.run("explain", "acct_A", "--json").stdout)
+    [xi] = x["invoices"]
+    assert xi["failing"] and xi["hard_decline"]
+    assert [(a["decline_code"], a["status"], a["decline_class"], a["created"])
+            for a in xi["attempts"]] == [("insufficient_funds", "failed", "soft", first),
+                                         ("expired_card", "failed", "hard", first + DAY)]
+    # Dunning counts from the first failed attempt, not the latest.
+    assert x["evaluation"]["delinquent_since"] == first
+
+    # Attempts known now: evaluating the account again calls nothing.
+    fake.clear_requests()
+    env.run("recompute", "acct_A")
+    assert fake.requests() == []
+
+
+def test_no_refresh_when_the_mirror_knows_the_attempts(env, fake):
+    seed_failing_account(fake, decline="expired_card")
+    env.run("sync")  # links the attempts through the invoice payments
+    fake.clear_requests()
+    assert "processed 1 accounts" in env.run("work").stdout
+    assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]
+    assert fake.requests() == []
+    assert json.loads(env.run("explain", "acct_A", "--json").stdout)["invoices"][0]["failing"]
+    assert fake.requests() == []
+
+
+def test_a_failed_refresh_is_logged_and_the_recompute_goes_on(env, fake):
+    env.write_config(max_retries=0)
+    inv, _ = basil_failing_account(fake, declines=("expired_card",))
+    ingest_fake_events(env, fake)
+    fake.fault(path_regex="^/v1/invoice_payments$", status=500, count=-1)
+    p = env.run("work")
+    assert "processed 1 accounts" in p.stdout and "0 failed" in p.stdout
+    assert "event=gather.refresh_failed account=acct_A invoices=1" in p.stderr
+    assert "HTTP 500" in p.stderr
+    # Decided on what the mirror had: nothing failing yet, nothing written.
+    assert env.sql("SELECT outcome FROM decisions WHERE account_id = 'acct_A'") == [("noop",)]
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NOT NULL") == [(0,)]
+    fake.ctl("DELETE", "/_test/faults")
+    env.run("recompute", "acct_A")
+    assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]
 
 
 def test_refresh_op_ties_every_charge_to_its_invoice(env, fake):
