@@ -68,6 +68,16 @@ static int list(struct dun_cli *cli, int argc, char **argv)
 	return DUN_EX_OK;
 }
 
+/* Link a provider customer id to the account (moving it if linked elsewhere). */
+static enum dun_err link_customer(struct dun_db *db, const char *customer, const char *account)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
+					   " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
+	sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
+	return dun_db_step_done(st);
+}
+
 int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 {
 	if (argc < 2 || dun_cli_is_help(argv[1]))
@@ -153,14 +163,8 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 			dun_cli_error("account add: \"%s\" exists already (use account set)", id);
 			return DUN_EX_CANTCREAT;
 		}
-		if (e == DUN_OK && customer) {
-			st = dun_db_stmt(cli->db,
-					 "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
-					 " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
-			sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-			e = dun_db_step_done(st);
-		}
+		if (e == DUN_OK && customer)
+			e = link_customer(cli->db, customer, id);
 	} else {
 		st = dun_db_stmt(
 		    cli->db,
@@ -182,14 +186,8 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 			dun_cli_error("account set: no account \"%s\"", id);
 			return DUN_EX_NOINPUT;
 		}
-		if (e == DUN_OK && customer) {
-			st = dun_db_stmt(cli->db,
-					 "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
-					 " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
-			sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-			e = dun_db_step_done(st);
-		}
+		if (e == DUN_OK && customer)
+			e = link_customer(cli->db, customer, id);
 		/* Let the engine act on the change. */
 		if (e == DUN_OK)
 			e = dun_inbox_enqueue(cli->db, id, "support_recompute", "cli", "", NULL, 0,
