@@ -117,6 +117,19 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_drained(base, timeout_s=600):
+    """Seconds until no trigger is received, processing or retrying."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        req = urllib.request.Request(base + "/events?limit=1",
+                                     headers={"Authorization": "Bearer " + TOKEN})
+        c = json.loads(urllib.request.urlopen(req).read())["counts"]
+        if c["received"] + c["processing"] + c["retrying"] == 0:
+            return time.perf_counter() - t0
+        time.sleep(0.1)
+    return float("nan")
+
+
 def metric(text, name):
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -194,6 +207,10 @@ def run_once(args, binary):
             m1 = urllib.request.urlopen(base + "/metrics").read().decode()
             commit_s = (metric(m1, "dunning_group_commit_seconds_total") -
                         metric(m0, "dunning_group_commit_seconds_total"))
+            # How far the workers were behind when the load stopped, and how
+            # long they took to catch up (coalescing: one recompute per account).
+            backlog = metric(m1, 'dunning_inbox_triggers{state="received"}')
+            drain_s = wait_drained(base) if not args.unmapped else 0.0
             batches = (metric(m1, "dunning_group_commit_batch_size_count") -
                        metric(m0, "dunning_group_commit_batch_size_count"))
             batched = (metric(m1, "dunning_group_commit_batch_size_sum") -
@@ -238,6 +255,8 @@ def run_once(args, binary):
         "group_commits": int(batches),
         "mean_batch": round(mean_batch, 1),
         "raw_batch": batch,
+        "trigger_backlog_at_end": int(backlog),
+        "drain_s": round(drain_s, 2),
         "mean_commit_ms": round(commit_s / batches * 1000, 3) if batches else 0,
         "serve_cpu_s": round(cpu1 - cpu0, 2),
         "elapsed_s": load["elapsed_s"],
@@ -301,6 +320,10 @@ def report(args, result, run):
           f"max {result['max_ms']:.2f} ms")
     print(f"  group commit: {result['group_commits']} transactions (fsyncs), mean "
           f"{result['mean_batch']:.1f} events and {result['mean_commit_ms']:.2f} ms each")
+    if result["mapped_accounts"]:
+        print(f"  workers:      {result['trigger_backlog_at_end']} triggers still queued when "
+              f"the load stopped, all {result['mapped_accounts']} accounts recomputed "
+              f"{result['drain_s']:.1f} s later")
     print(f"  server CPU:   {result['serve_cpu_s']:.2f} s over {result['elapsed_s']:.2f} s of "
           f"load ({1e6 * result['serve_cpu_s'] / max(1, result['answered_200']):.0f} us per event)")
     print("raw sqlite3 insert of the same rows (synchronous=FULL, WAL):")
