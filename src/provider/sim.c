@@ -18,37 +18,48 @@
 #include "core/model.h"
 #include "core/text.h"
 #include "util/clock.h"
+#include "util/log.h"
 #include "util/mem.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct dun_sim {
 	struct dun_db *db;
 	uint64_t seed;
-	int64_t next_id;
+	int64_t next_id; /* only for ids made while the store is unavailable */
 };
 
 static const char API_VERSION[] = "2024-06-20";
 
-static void load_counter(struct dun_sim *sim)
-{
-	char buf[32];
-	bool found = false;
-	sim->next_id = 1;
-	if (dun_db_setting_get(sim->db, "sim.next_id", buf, sizeof buf, &found) == DUN_OK && found)
-		sim->next_id = strtoll(buf, NULL, 10);
-}
-
+/*
+ * A new object id. The counter lives in the database and is advanced in one
+ * statement, so several simulators on one file (worker threads, a CLI next
+ * to the service) never hand out the same id.
+ */
 static void new_id(struct dun_sim *sim, const char *prefix, char *out, size_t n)
 {
-	char buf[32];
-	int64_t v = sim->next_id++;
+	sqlite3_stmt *st = dun_db_stmt(
+	    sim->db, "INSERT INTO settings(key, value) VALUES ('sim.next_id', '2')"
+		     " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+		     " RETURNING CAST(value AS INTEGER) - 1");
+	int64_t v = 0;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	while (sqlite3_step(st) == SQLITE_ROW)
+		;
+	sqlite3_reset(st);
+	if (v <= 0) {
+		/* The store is unavailable: an id from the process is still unique. */
+		dun_log(DUN_LOG_WARN, "sim.id_fallback", "error",
+			sqlite3_errmsg(dun_db_handle(sim->db)), NULL);
+		snprintf(out, n, "%s_sim%ldp%" PRId64, prefix, (long)getpid(), ++sim->next_id);
+		return;
+	}
 	snprintf(out, n, "%s_sim%06" PRId64, prefix, v);
-	snprintf(buf, sizeof buf, "%" PRId64, sim->next_id);
-	dun_db_setting_set(sim->db, "sim.next_id", buf);
 }
 
 struct dun_sim *dun_sim_new(struct dun_db *db, uint64_t seed)
@@ -56,7 +67,6 @@ struct dun_sim *dun_sim_new(struct dun_db *db, uint64_t seed)
 	struct dun_sim *sim = dun_calloc(1, sizeof *sim);
 	sim->db = db;
 	sim->seed = seed;
-	load_counter(sim);
 	return sim;
 }
 
