@@ -339,30 +339,39 @@ static char *read_line(char *buf, int size, void *stream)
 	return r;
 }
 
-enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err, size_t err_size)
+enum dun_err dun_config_load_stream(FILE *f, const char *name, struct dun_config *c, char *err,
+				    size_t err_size)
 {
 	dun_config_defaults(c);
-	snprintf(c->path, sizeof c->path, "%s", path);
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		snprintf(err, err_size, "%s: %s", path, strerror(errno));
-		return DUN_E_CONFIG;
-	}
-	struct ctx x = {.c = c, .f = f, .path = path, .err = err, .err_size = err_size};
+	if (err_size)
+		err[0] = '\0';
+	snprintf(c->path, sizeof c->path, "%s", name);
+	struct ctx x = {.c = c, .f = f, .path = name, .err = err, .err_size = err_size};
 	int rc = ini_parse_stream(read_line, &x, handler, &x);
-	fclose(f);
 	if (x.failed)
 		return DUN_E_CONFIG;
 	if (rc > 0) {
 		snprintf(err, err_size,
-			 "%s:%d: cannot parse this line (expected [section] or "
-			 "key = value)",
-			 path, rc);
+			 "%s:%d: cannot parse this line (expected [section] or key = value)", name,
+			 rc);
 		return DUN_E_CONFIG;
 	}
 	if (rc < 0) {
-		snprintf(err, err_size, "%s: cannot read the file", path);
+		snprintf(err, err_size, "%s: cannot read the file", name);
 		return DUN_E_CONFIG;
 	}
 	return dun_config_finish(c, err, err_size);
+}
+
+enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err, size_t err_size)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		dun_config_defaults(c);
+		snprintf(err, err_size, "%s: %s", path, strerror(errno));
+		return DUN_E_CONFIG;
+	}
+	enum dun_err e = dun_config_load_stream(f, path, c, err, err_size);
+	fclose(f);
+	return e;
 }

@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "util/err.h"
 
@@ -97,6 +98,10 @@ void dun_config_defaults(struct dun_config *c);
  * file, line and key of the first problem.
  */
 enum dun_err dun_config_load(const char *path, struct dun_config *c, char *err, size_t err_size);
+
+/* The same, from an open stream; name is used in messages. Borrows f. */
+enum dun_err dun_config_load_stream(FILE *f, const char *name, struct dun_config *c, char *err,
+				    size_t err_size);
 
 /* Apply environment overrides and validate (also used without a file). */
 enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size);
