@@ -30,6 +30,7 @@
 #include <time.h>
 
 #include "util/clock.h"
+#include "util/buf.h"
 #include "util/mem.h"
 
 const char *dun_smtp_tls_name(enum dun_smtp_tls t)
@@ -271,30 +272,6 @@ enum dun_err dun_smtp_message_id(const char *dedup_key, const char *from, char *
 
 /* ---- building the message ---- */
 
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		b->p = dun_realloc(b->p, cap);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
 /* RFC 5322 date-time in UTC, with English names whatever the locale. */
 static void rfc5322_date(char *out, size_t out_size, int64_t t)
 {
@@ -310,7 +287,7 @@ static void rfc5322_date(char *out, size_t out_size, int64_t t)
 		 tm.tm_sec);
 }
 
-static void base64(struct buf *b, const unsigned char *s, size_t n)
+static void base64(struct dun_buf *b, const unsigned char *s, size_t n)
 {
 	static const char tab[] =
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -322,7 +299,7 @@ static void base64(struct buf *b, const unsigned char *s, size_t n)
 			v |= s[i + 2];
 		char q[4] = {tab[(v >> 18) & 63], tab[(v >> 12) & 63],
 			     i + 1 < n ? tab[(v >> 6) & 63] : '=', i + 2 < n ? tab[v & 63] : '='};
-		buf_add(b, q, 4);
+		dun_buf_add(b, q, 4);
 	}
 }
 
@@ -333,14 +310,14 @@ static void base64(struct buf *b, const unsigned char *s, size_t n)
  * requires, one per folded line; decoders drop the folding between adjacent
  * encoded-words.
  */
-static void add_subject(struct buf *b, const char *subject)
+static void add_subject(struct dun_buf *b, const char *subject)
 {
 	size_t n = strlen(subject);
 	bool ascii = true;
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)subject[i] >= 0x80)
 			ascii = false;
-	buf_str(b, "Subject:");
+	dun_buf_str(b, "Subject:");
 	if (ascii) {
 		size_t col = 8, i = 0;
 		while (i < n) {
@@ -348,15 +325,15 @@ static void add_subject(struct buf *b, const char *subject)
 			while (j < n && subject[j] != ' ')
 				j++;
 			if (col > 8 && col + 1 + (j - i) > 78) {
-				buf_str(b, "\r\n");
+				dun_buf_str(b, "\r\n");
 				col = 0;
 			}
-			buf_str(b, " ");
-			buf_add(b, subject + i, j - i);
+			dun_buf_str(b, " ");
+			dun_buf_add(b, subject + i, j - i);
 			col += 1 + (j - i);
 			i = j < n ? j + 1 : j;
 		}
-		buf_str(b, "\r\n");
+		dun_buf_str(b, "\r\n");
 		return;
 	}
 	size_t i = 0;
@@ -366,12 +343,12 @@ static void add_subject(struct buf *b, const char *subject)
 			j--;
 		if (j == i)
 			j = i + 1;
-		buf_str(b, i ? "\r\n =?UTF-8?B?" : " =?UTF-8?B?");
+		dun_buf_str(b, i ? "\r\n =?UTF-8?B?" : " =?UTF-8?B?");
 		base64(b, (const unsigned char *)subject + i, j - i);
-		buf_str(b, "?=");
+		dun_buf_str(b, "?=");
 		i = j;
 	}
-	buf_str(b, "\r\n");
+	dun_buf_str(b, "\r\n");
 }
 
 enum dun_err dun_smtp_build_message(const char *from, const char *to, const char *subject,
@@ -414,26 +391,26 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 		return DUN_E_TOO_BIG;
 	}
 
-	struct buf b = {0};
+	struct dun_buf b = {0};
 	char line[160];
 	rfc5322_date(line, sizeof line, date_unix);
-	buf_str(&b, "Date: ");
-	buf_str(&b, line);
-	buf_str(&b, "\r\nFrom: ");
-	buf_str(&b, from);
-	buf_str(&b, "\r\nTo: ");
-	buf_str(&b, to);
-	buf_str(&b, "\r\n");
+	dun_buf_str(&b, "Date: ");
+	dun_buf_str(&b, line);
+	dun_buf_str(&b, "\r\nFrom: ");
+	dun_buf_str(&b, from);
+	dun_buf_str(&b, "\r\nTo: ");
+	dun_buf_str(&b, to);
+	dun_buf_str(&b, "\r\n");
 	add_subject(&b, subject);
-	buf_str(&b, "Message-ID: <");
-	buf_str(&b, message_id);
-	buf_str(&b, ">\r\n"
-		    "MIME-Version: 1.0\r\n"
-		    "Content-Type: text/plain; charset=UTF-8\r\n"
-		    "Content-Transfer-Encoding: 8bit\r\n"
-		    /* RFC 3834: keeps vacation responders from answering. */
-		    "Auto-Submitted: auto-generated\r\n"
-		    "\r\n");
+	dun_buf_str(&b, "Message-ID: <");
+	dun_buf_str(&b, message_id);
+	dun_buf_str(&b, ">\r\n"
+			"MIME-Version: 1.0\r\n"
+			"Content-Type: text/plain; charset=UTF-8\r\n"
+			"Content-Transfer-Encoding: 8bit\r\n"
+			/* RFC 3834: keeps vacation responders from answering. */
+			"Auto-Submitted: auto-generated\r\n"
+			"\r\n");
 
 	/* The body with every line end as CRLF; a stray CR is dropped. */
 	size_t start = 0, lineno = 1;
@@ -455,9 +432,9 @@ enum dun_err dun_smtp_build_message(const char *from, const char *to, const char
 		}
 		for (size_t k = start; k < end; k++)
 			if (body[k] != '\r')
-				buf_add(&b, body + k, 1);
+				dun_buf_add(&b, body + k, 1);
 		if (i < body_len || end > start)
-			buf_str(&b, "\r\n");
+			dun_buf_str(&b, "\r\n");
 		start = i + 1;
 		lineno++;
 	}

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/buf.h"
 #include "util/mem.h"
 
 /* The placeholders. X(id, name) — the names are part of the template format. */
@@ -76,31 +77,6 @@ struct dun_template_set {
 	struct dun_template *by_kind[DUN_EMAIL_KIND__COUNT];
 };
 
-/* A growable string for rendering. */
-struct buf {
-	char *p;
-	size_t len, cap;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		b->p = dun_realloc(b->p, cap);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
 /* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
@@ -142,7 +118,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
  * a control character (CR and LF included) becomes a space, and the value is
  * cut, on a character boundary, at DUN_TEMPLATE_VALUE_MAX bytes.
  */
-static void add_value(struct buf *b, const char *s)
+static void add_value(struct dun_buf *b, const char *s)
 {
 	if (!s)
 		return;
@@ -153,12 +129,12 @@ static void add_value(struct buf *b, const char *s)
 		if (out + (k ? k : 1) > DUN_TEMPLATE_VALUE_MAX)
 			break;
 		if (k == 0) {
-			buf_add(b, "?", 1);
+			dun_buf_add(b, "?", 1);
 			k = 1;
 		} else if (k == 1 && (u[i] < 0x20 || u[i] == 0x7f)) {
-			buf_add(b, " ", 1);
+			dun_buf_add(b, " ", 1);
 		} else {
-			buf_add(b, s + i, k);
+			dun_buf_add(b, s + i, k);
 		}
 		i += k;
 		out += k;
@@ -266,7 +242,7 @@ static bool var_is_true(const struct dun_email_vars *v, enum var_id id)
 	return false;
 }
 
-static void add_var(struct buf *b, const struct dun_email_vars *v, enum var_id id)
+static void add_var(struct dun_buf *b, const struct dun_email_vars *v, enum var_id id)
 {
 	char tmp[64];
 	switch (id) {
@@ -279,27 +255,27 @@ static void add_var(struct buf *b, const struct dun_email_vars *v, enum var_id i
 		return;
 	case V_AMOUNT_DUE:
 		dun_email_money(tmp, sizeof tmp, v->amount_due_minor, v->currency);
-		buf_str(b, tmp);
+		dun_buf_str(b, tmp);
 		return;
 	case V_CURRENCY:
 		currency_code(tmp, sizeof tmp, v->currency);
-		buf_str(b, tmp);
+		dun_buf_str(b, tmp);
 		return;
 	case V_INVOICE_LIST:
 		for (int i = 0; v->invoices && i < v->n_invoices; i++) {
 			const struct dun_email_invoice *inv = &v->invoices[i];
 			if (i)
-				buf_str(b, "\n");
-			buf_str(b, "- ");
+				dun_buf_str(b, "\n");
+			dun_buf_str(b, "- ");
 			add_value(b, inv->id);
-			buf_str(b, ": ");
+			dun_buf_str(b, ": ");
 			dun_email_money(tmp, sizeof tmp, inv->amount_minor,
 					is_empty(inv->currency) ? v->currency : inv->currency);
-			buf_str(b, tmp);
+			dun_buf_str(b, tmp);
 			format_date(tmp, sizeof tmp, inv->issued_at);
 			if (tmp[0]) {
-				buf_str(b, ", issued ");
-				buf_str(b, tmp);
+				dun_buf_str(b, ", issued ");
+				dun_buf_str(b, tmp);
 			}
 		}
 		return;
@@ -308,14 +284,14 @@ static void add_var(struct buf *b, const struct dun_email_vars *v, enum var_id i
 		return;
 	case V_NEXT_ACTION_DATE:
 		format_date(tmp, sizeof tmp, v->next_action_at);
-		buf_str(b, tmp);
+		dun_buf_str(b, tmp);
 		return;
 	case V_NEXT_ACTION:
 		add_value(b, v->next_action);
 		return;
 	case V_RETRIES_LEFT:
 		snprintf(tmp, sizeof tmp, "%d", v->retries_left > 0 ? v->retries_left : 0);
-		buf_str(b, tmp);
+		dun_buf_str(b, tmp);
 		return;
 	case V_SUPPORT_EMAIL:
 		add_value(b, v->support_email);
@@ -732,14 +708,14 @@ void dun_template_destroy(struct dun_template *t)
 }
 
 static void render_part(const struct dun_template *t, const struct part *part,
-			const struct dun_email_vars *v, struct buf *b)
+			const struct dun_email_vars *v, struct dun_buf *b)
 {
 	int i = 0;
 	while (i < part->n) {
 		const struct op *o = &part->ops[i];
 		switch (o->type) {
 		case OP_TEXT:
-			buf_add(b, t->text + o->off, o->len);
+			dun_buf_add(b, t->text + o->off, o->len);
 			i++;
 			break;
 		case OP_VAR:
@@ -798,7 +774,7 @@ enum dun_err dun_template_render(const struct dun_template *t, const struct dun_
 {
 	if (!t || !v || !subject || !body)
 		return DUN_E_INVALID;
-	struct buf s = {0}, b = {0};
+	struct dun_buf s = {0}, b = {0};
 	render_part(t, &t->subject, v, &s);
 	render_part(t, &t->body, v, &b);
 	*subject = one_line(s.p ? s.p : "");
