@@ -50,6 +50,8 @@ struct dun_committer {
 	struct dun_metrics *metrics;
 	void (*triggered)(void *arg);
 	void *arg;
+	void (*observe)(void *arg, json_t *event); /* guarded by mu */
+	void *observe_arg;			   /* guarded by mu */
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -143,8 +145,30 @@ answer:
 	}
 	if (any_trigger && c->triggered)
 		c->triggered(c->arg);
+	pthread_mutex_lock(&c->mu);
+	void (*observe)(void *, json_t *) = c->observe;
+	void *observe_arg = c->observe_arg;
+	pthread_mutex_unlock(&c->mu);
+	for (int i = 0; observe && e == DUN_OK && i < n; i++) {
+		struct dun_commit_item *it = items[i];
+		if (it->err != DUN_OK || it->res.duplicate)
+			continue;
+		json_t *ev = it->ev ? json_incref(it->ev) : json_loadb(it->body, it->len, 0, NULL);
+		if (ev)
+			observe(observe_arg, ev);
+		json_decref(ev);
+	}
 	for (int i = 0; i < n; i++)
 		items[i]->done(items[i]); /* last access to the item */
+}
+
+void dun_committer_set_observer(struct dun_committer *c, void (*observe)(void *arg, json_t *event),
+				void *arg)
+{
+	pthread_mutex_lock(&c->mu);
+	c->observe = observe;
+	c->observe_arg = arg;
+	pthread_mutex_unlock(&c->mu);
 }
 
 static void *committer_main(void *arg)

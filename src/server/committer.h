@@ -42,6 +42,13 @@ struct dun_committer;
 enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_metrics *metrics,
 				 void (*triggered)(void *arg), void *arg,
 				 struct dun_committer **out, char *err, size_t err_size);
+/*
+ * After each durable, new (not duplicate) event, call observe(arg, event)
+ * on the committer thread. The service uses it to let the simulated
+ * provider learn the objects webhooks describe. Thread-safe; NULL clears.
+ */
+void dun_committer_set_observer(struct dun_committer *c, void (*observe)(void *arg, json_t *event),
+				void *arg);
 /* Queue item; its done callback runs on the committer thread. Thread-safe. */
 void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item);
 /*

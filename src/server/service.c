@@ -189,6 +189,9 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
 				svc, &svc->committer, err, err_size);
 	if (e == DUN_OK)
+		dun_committer_set_observer(svc->committer, dun_shared_provider_observe,
+					   svc->provider);
+	if (e == DUN_OK)
 		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, "serve", settled,
 				      worker_yield, svc, &svc->workers, err, err_size);
 	if (e == DUN_OK)

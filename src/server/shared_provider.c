@@ -227,3 +227,16 @@ void dun_shared_provider_destroy(struct dun_shared_provider *sp)
 	pthread_mutex_destroy(&sp->mu);
 	free(sp);
 }
+
+void dun_shared_provider_observe(void *arg, json_t *event)
+{
+	struct dun_shared_provider *sp = arg;
+	if (!sp->sim)
+		return;
+	json_t *obj = json_object_get(json_object_get(event, "data"), "object");
+	if (!json_is_object(obj))
+		return;
+	pthread_mutex_lock(&sp->mu);
+	dun_sim_observe(sp->sim, obj);
+	pthread_mutex_unlock(&sp->mu);
+}

@@ -37,4 +37,11 @@ bool dun_shared_provider_has_stripe(void);
 /* Close it; NULL is a no-op. No thread may use the seam any more. */
 void dun_shared_provider_destroy(struct dun_shared_provider *sp);
 
+/*
+ * Let the simulated provider learn the object a durable webhook describes
+ * (dun_sim_observe), so it can act on accounts it did not create. No-op for
+ * the Stripe provider. Matches the committer's observer signature.
+ */
+void dun_shared_provider_observe(void *sp, json_t *event);
+
 #endif

@@ -690,17 +690,26 @@ def test_admin_recompute_explain_and_guard(serve):
 
 def test_admin_events_list_and_retry(serve):
     s = serve()
-    # A soft decline plans a payment retry; the simulated provider does not know
-    # this invoice, so the recompute fails terminally and the trigger is dead.
-    for p in failing_account_events("acct_dead", days_ago=2, reason="insufficient_funds"):
+    # An account that is removed while its customer still sends webhooks: the
+    # recompute cannot find it, which no retry can fix, so the trigger is dead.
+    for p in failing_account_events("acct_dead", days_ago=2):
         assert s.deliver(p)[0] == 200
+    s.wait_idle()
+    con = sqlite3.connect(s.db, timeout=30)
+    con.execute("DELETE FROM accounts WHERE id = 'acct_dead'")
+    con.commit()
+    con.close()
+    t = now() - DAY
+    late = event("evt_cf_late", "charge.failed", t,
+                 charge_failed("ch_late", "cus_acct_dead", "in_acct_dead", t))
+    assert s.deliver(late)[0] == 200
     s.wait_idle()
     status, body = s.json("GET", "/events?state=dead&account=acct_dead&limit=10")
     assert status == 200
     assert body["counts"]["dead"] >= 1
     dead = body["events"]
     assert dead and all(e["state"] == "dead" and e["account_id"] == "acct_dead" for e in dead)
-    assert "no such invoice" in dead[0]["last_error"]
+    assert "not found" in dead[0]["last_error"]
     status, body = s.json("GET", "/events?state=bogus")
     assert status == 400
     status, body = s.json("GET", "/events?limit=0")
