@@ -100,8 +100,10 @@ static enum dun_err reclaim_dead_owners(struct dun_db *db, int64_t now)
 		enum dun_err e = dun_db_step_done(st);
 		if (e != DUN_OK)
 			return e;
-		dun_log(DUN_LOG_WARN, "inbox.reclaimed", "worker", owners[i], "reason",
-			"process gone", NULL);
+		if (sqlite3_changes(dun_db_handle(db)) >
+		    0) /* another claimer may have been first */
+			dun_log(DUN_LOG_WARN, "inbox.reclaimed", "worker", owners[i], "reason",
+				"process gone", NULL);
 	}
 	return DUN_OK;
 }
