@@ -217,6 +217,60 @@ static void job_readyz(struct admin_job *job, struct dun_engine_ctx *ctx)
 				      (json_int_t)dead));
 }
 
+static int64_t scalar(struct dun_db *db, const char *sql, int64_t arg)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, sql);
+	if (sqlite3_bind_parameter_count(st) >= 1)
+		sqlite3_bind_int64(st, 1, arg);
+	int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_reset(st);
+	return v;
+}
+
+/*
+ * The state of the accounts themselves, read per scrape: how many are in
+ * each stage, how many are lifting, how many are stuck lifting (their
+ * window closed and no recompute cleared it — the seeds' "stuck-in-lifting"
+ * gauge), and how many bad-debt episodes are open.
+ */
+static void account_gauges(FILE *f, struct dun_db *db, const struct dun_policy *policy)
+{
+	int64_t per_stage[DUN_STAGE__COUNT] = {0};
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT stage, COUNT(*) FROM dunning GROUP BY stage");
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		enum dun_stage stage;
+		if (dun_stage_parse((const char *)sqlite3_column_text(st, 0), &stage))
+			per_stage[stage] += sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	fprintf(f, "# HELP dunning_accounts Accounts by recorded dunning stage (accounts never "
+		   "in dunning are not counted).\n"
+		   "# TYPE dunning_accounts gauge\n");
+	for (int i = 0; i < DUN_STAGE__COUNT; i++)
+		fprintf(f, "dunning_accounts{stage=\"%s\"} %lld\n",
+			dun_stage_name((enum dun_stage)i), (long long)per_stage[i]);
+	int64_t now = dun_clock_now();
+	fprintf(
+	    f,
+	    "# HELP dunning_accounts_lifting Accounts inside the in-flight guard's lifting "
+	    "window.\n"
+	    "# TYPE dunning_accounts_lifting gauge\n"
+	    "dunning_accounts_lifting %lld\n"
+	    "# HELP dunning_accounts_stuck_lifting Accounts whose lifting window closed "
+	    "without a recompute clearing it.\n"
+	    "# TYPE dunning_accounts_stuck_lifting gauge\n"
+	    "dunning_accounts_stuck_lifting %lld\n"
+	    "# HELP dunning_bad_debt_episodes_open Bad-debt episodes not yet exited.\n"
+	    "# TYPE dunning_bad_debt_episodes_open gauge\n"
+	    "dunning_bad_debt_episodes_open %lld\n",
+	    (long long)scalar(db, "SELECT COUNT(*) FROM dunning WHERE lifting_since > 0", 0),
+	    (long long)scalar(db,
+			      "SELECT COUNT(*) FROM dunning WHERE lifting_since > 0"
+			      " AND lifting_since < ?1",
+			      now - policy->lifting_window_s),
+	    (long long)scalar(db, "SELECT COUNT(*) FROM bad_debt_episodes WHERE exited_at = 0", 0));
+}
+
 static void job_metrics(struct admin_job *job, struct dun_engine_ctx *ctx)
 {
 	struct dun_service *svc = job->svc;
@@ -225,8 +279,17 @@ static void job_metrics(struct admin_job *job, struct dun_engine_ctx *ctx)
 	char *text = dun_metrics_render(&svc->metrics, ok ? &counts : NULL,
 					dun_workers_running(svc->workers), svc->cfg.workers,
 					svc->senders_started ? &svc->senders : NULL);
-	dun_http_reply(job->req, 200, "text/plain; version=0.0.4; charset=utf-8", text,
-		       strlen(text));
+	char *all = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&all, &len);
+	if (!f)
+		dun_oom();
+	fputs(text, f);
+	if (ok)
+		account_gauges(f, ctx->db, &svc->policy);
+	fclose(f);
+	free(text);
+	dun_http_reply(job->req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len);
 }
 
 static void job_account(struct admin_job *job, struct dun_engine_ctx *ctx)

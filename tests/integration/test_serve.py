@@ -783,7 +783,11 @@ def test_health_ready_metrics_and_errors(serve):
                    'dunning_recomputes_total{outcome="ok"}',
                    "dunning_consequences_applied_total",
                    "dunning_group_commit_batch_size_count",
-                   'dunning_http_responses_total{code="400"} 1']:
+                   'dunning_http_responses_total{code="400"} 1',
+                   'dunning_accounts{stage="bad_debt"}',
+                   "dunning_accounts_lifting 0",
+                   "dunning_accounts_stuck_lifting 0",
+                   "dunning_bad_debt_episodes_open 0"]:
         assert needle in text, needle
     # One logfmt line per request, with the event id, without the query string.
     s.json("GET", "/events?limit=1&token=should-not-be-logged")
