@@ -215,10 +215,21 @@ void dun_cli_close(struct dun_cli *cli)
 	cli->config = NULL;
 }
 
+void dun_cli_inbox_config(const struct dun_cli *cli, struct dun_inbox_config *out)
+{
+	dun_inbox_config_defaults(out);
+	if (!cli->config)
+		return;
+	out->max_attempts = cli->config->inbox_max_attempts;
+	out->backoff_base_s = cli->config->inbox_backoff_base_s;
+	out->backoff_max_s = cli->config->inbox_backoff_max_s;
+	out->lease_s = cli->config->inbox_lease_s;
+}
+
 int dun_cli_drain(struct dun_cli *cli, bool quiet)
 {
 	struct dun_inbox_config cfg;
-	dun_inbox_config_defaults(&cfg);
+	dun_cli_inbox_config(cli, &cfg);
 	char worker[200];
 	dun_inbox_worker_id(worker, sizeof worker, "cli");
 	struct dun_drain_stats total;

@@ -11,6 +11,7 @@
 
 #include "apply/recompute.h"
 #include "apply/render.h"
+#include "inbox/inbox.h"
 #include "provider/sim.h"
 
 struct dun_config;
@@ -91,6 +92,9 @@ void dun_cli_close(struct dun_cli *cli);
  * recompute failed; its trigger is retrying or dead).
  */
 int dun_cli_drain(struct dun_cli *cli, bool quiet);
+
+/* The inbox settings: [inbox] of --config when given, the defaults otherwise. */
+void dun_cli_inbox_config(const struct dun_cli *cli, struct dun_inbox_config *out);
 
 /* Map an error code to an exit code. */
 int dun_cli_exit_code(enum dun_err e);

@@ -84,7 +84,7 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		return dun_cli_exit_code(e);
 	}
 	struct dun_inbox_config cfg;
-	dun_inbox_config_defaults(&cfg);
+	dun_cli_inbox_config(cli, &cfg);
 	char worker[200];
 	dun_inbox_worker_id(worker, sizeof worker, "cli");
 	struct dun_inbox_item item;
