@@ -73,6 +73,7 @@ int main(int argc, char **argv)
 	cli.templates_dir =
 	    getenv("DUNNING_TEMPLATES") ? getenv("DUNNING_TEMPLATES") : DUN_DATA_DIR "/templates";
 	cli.support_email = getenv("DUNNING_SUPPORT_EMAIL");
+	cli.pay_bad_debt_url = getenv("DUNNING_PAY_BAD_DEBT_URL");
 	dun_log_set_level(DUN_LOG_WARN);
 
 	/* Global options may stand anywhere; pull them out first. */

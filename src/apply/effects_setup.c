@@ -165,6 +165,7 @@ enum dun_err dun_effects_open(const struct dun_config *cfg, struct dun_db *db, b
 		return e;
 	fx->template_renderer.templates = fx->templates;
 	fx->template_renderer.support_email = cfg->support_email;
+	fx->template_renderer.pay_bad_debt_url = cfg->pay_bad_debt_url;
 	fx->renderer = dun_template_renderer(&fx->template_renderer);
 	fx->mailer = dun_log_mailer();
 	snprintf(fx->from, sizeof fx->from, "%s", cfg->smtp_from);

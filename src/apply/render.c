@@ -75,9 +75,37 @@ static int64_t next_action(const struct dun_email_ctx *ctx, const char **what)
 	return 0;
 }
 
-void dun_render_vars(const struct dun_email_ctx *ctx, const char *support_email,
-		     struct dun_email_vars *v, struct dun_email_invoice *invoices)
+/* r->pay_bad_debt_url with "{account}" replaced by the account id, into out. */
+static const char *pay_bad_debt_link(const struct dun_template_renderer *r, const char *account,
+				     char *out, size_t out_size)
 {
+	const char *tmpl = r ? r->pay_bad_debt_url : NULL;
+	if (!tmpl || !tmpl[0] || !out_size)
+		return "";
+	size_t o = 0;
+	for (const char *p = tmpl; *p && o + 1 < out_size;) {
+		if (!strncmp(p, "{account}", 9)) {
+			for (const char *a = account; *a && o + 1 < out_size; a++) {
+				/* account ids are [A-Za-z0-9_-]; anything else is left out */
+				bool safe = (*a >= 'a' && *a <= 'z') || (*a >= 'A' && *a <= 'Z') ||
+					    (*a >= '0' && *a <= '9') || *a == '_' || *a == '-';
+				if (safe)
+					out[o++] = *a;
+			}
+			p += 9;
+		} else {
+			out[o++] = *p++;
+		}
+	}
+	out[o] = '\0';
+	return out;
+}
+
+void dun_render_vars(const struct dun_email_ctx *ctx, const struct dun_template_renderer *r,
+		     struct dun_email_vars *v, struct dun_email_invoice *invoices, char *url,
+		     size_t url_size)
+{
+	const char *support_email = r ? r->support_email : NULL;
 	const struct dun_state *s = &ctx->snap->state;
 	const struct dun_desired *d = ctx->desired;
 	memset(v, 0, sizeof *v);
@@ -122,11 +150,16 @@ void dun_render_vars(const struct dun_email_ctx *ctx, const char *support_email,
 	}
 	v->n_invoices = n;
 	if (ctx->kind == DUN_EMAIL_BAD_DEBT) {
-		/* Link the open consolidated invoice, when one exists. */
+		/*
+		 * Link the open consolidated invoice, when one exists; otherwise
+		 * the user's pay-bad-debt page, which makes one on demand.
+		 */
 		for (int i = 0; i < s->n_invoices; i++)
 			if (s->invoices[i].is_consolidated &&
 			    s->invoices[i].status == DUN_INVOICE_OPEN)
 				v->pay_url = s->invoices[i].hosted_invoice_url;
+		if (!v->pay_url[0])
+			v->pay_url = pay_bad_debt_link(r, s->account_id, url, url_size);
 	} else if (ctx->kind != DUN_EMAIL_RESOLVED && subject_inv &&
 		   subject_inv->status == DUN_INVOICE_OPEN && !subject_d->mark_uncollectible) {
 		v->pay_url = subject_inv->hosted_invoice_url;
@@ -145,7 +178,8 @@ static enum dun_err render(void *self, const struct dun_email_ctx *ctx, char **s
 	int cap = ctx->snap->state.n_invoices > 0 ? ctx->snap->state.n_invoices : 1;
 	struct dun_email_invoice *invoices = dun_calloc((size_t)cap, sizeof *invoices);
 	struct dun_email_vars vars;
-	dun_render_vars(ctx, r->support_email, &vars, invoices);
+	char url[1024];
+	dun_render_vars(ctx, r, &vars, invoices, url, sizeof url);
 	enum dun_err e = dun_template_render(dun_template_set_get(r->templates, ctx->kind), &vars,
 					     subject, body);
 	free(invoices);

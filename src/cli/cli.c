@@ -115,6 +115,8 @@ int dun_cli_load_config(struct dun_cli *cli)
 		cli->policy_path = c->policy_path;
 	if (!cli->support_email && c->support_email[0])
 		cli->support_email = c->support_email;
+	if (!cli->pay_bad_debt_url && c->pay_bad_debt_url[0])
+		cli->pay_bad_debt_url = c->pay_bad_debt_url;
 	if (!c->templates_dir[0] && cli->templates_dir)
 		snprintf(c->templates_dir, sizeof c->templates_dir, "%s", cli->templates_dir);
 	return DUN_EX_OK;
@@ -185,6 +187,7 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 		}
 		cli->renderer.templates = cli->templates;
 		cli->renderer.support_email = cli->support_email ? cli->support_email : "";
+		cli->renderer.pay_bad_debt_url = cli->pay_bad_debt_url;
 		cli->sim = dun_sim_new(cli->db, 1);
 		dun_engine_init(&cli->engine, cli->db, &cli->policy, dun_sim_provider(cli->sim),
 				dun_local_platform(cli->db), dun_log_mailer(),

@@ -47,6 +47,7 @@ struct dun_cli {
 	const char *policy_path;
 	const char *templates_dir;
 	const char *support_email;
+	const char *pay_bad_debt_url; /* $DUNNING_PAY_BAD_DEBT_URL or [policy] pay_bad_debt_url */
 	bool verbose;
 	/* opened resources */
 	struct dun_db *db;

@@ -124,6 +124,7 @@ int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv)
 	}
 	cli->renderer.templates = cli->templates;
 	cli->renderer.support_email = cli->support_email ? cli->support_email : "";
+	cli->renderer.pay_bad_debt_url = cli->pay_bad_debt_url;
 	dun_clock_parse("2026-01-05", &cfg.start);
 	cfg.progress = dun_cli_tty();
 	struct dun_world_stats sa, sb;

@@ -49,6 +49,7 @@ static const struct key keys[] = {
     STR("policy", "file", policy_path),
     STR("policy", "templates", templates_dir),
     STR("policy", "support_email", support_email),
+    STR("policy", "pay_bad_debt_url", pay_bad_debt_url),
     STR("provider", "kind", provider),
     STR("stripe", "api_key", stripe_api_key),
     STR("stripe", "api_base", stripe_api_base),

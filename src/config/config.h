@@ -46,6 +46,7 @@ struct dun_config {
 	char policy_path[DUN_CONFIG_STR]; /* "" = built-in defaults */
 	char templates_dir[DUN_CONFIG_STR];
 	char support_email[256];
+	char pay_bad_debt_url[DUN_CONFIG_STR]; /* the bad_debt email's link; "{account}" */
 	/* [provider] */
 	char provider[16]; /* simulated | stripe */
 	/* [stripe] */

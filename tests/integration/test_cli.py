@@ -494,6 +494,25 @@ def test_invoice_marked_uncollectible_at_the_provider_is_bad_debt_at_once(dun, d
     assert dun.provider_object(objs["subscription"]["id"])["status"] == "canceled"
 
 
+def test_bad_debt_email_links_the_pay_bad_debt_page(dun, dun_stripe, tmp_path):
+    # Before any consolidated invoice exists, the bad_debt email sends the
+    # customer to the user's pay-bad-debt page ([policy] pay_bad_debt_url).
+    conf = tmp_path / "dunning.conf"
+    conf.write_text("[policy]\npay_bad_debt_url = https://app.example.com/pay?account={account}\n")
+    dun.init()
+    objs = failing_account(dun, dun_stripe, "acct_link")
+    inv = dict(objs["invoice"], status="uncollectible")
+    dun.provider_knows(inv)
+    events = tmp_path / "late.jsonl"
+    events.write_text(json.dumps(dun_stripe.event("invoice.marked_uncollectible", inv, days=2)) + "\n")
+    dun.ok("--config", conf, "ingest", events, now=dun.at(2))
+    body = dun.scalar("SELECT body FROM emails WHERE kind = 'bad_debt'")
+    assert "https://app.example.com/pay?account=acct_link" in body
+    # Without the setting the email reads well and sends them to billing.
+    r = dun.ok("email", "preview", "bad_debt", "acct_link", now=dun.at(2, 60))
+    assert "https://app.example.com" not in r.out
+
+
 def test_new_card_after_hard_decline_is_tried(dun, dun_stripe):
     dun.init()
     objs = failing_account(dun, dun_stripe, "acct_card", reason="expired_card")
