@@ -279,3 +279,24 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet)
 			      (long long)total.failed);
 	return total.failed ? DUN_EX_FAIL : DUN_EX_OK;
 }
+
+int dun_cli_open_stripe(struct dun_cli *cli, const char *cmd, struct dun_stripe **out)
+{
+	*out = NULL;
+	if (!cli->config_path) {
+		dun_cli_error("%s: needs --config FILE (its [stripe] section says where and how "
+			      "to reach Stripe)",
+			      cmd);
+		return DUN_EX_USAGE;
+	}
+	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	if (rc)
+		return rc;
+	char err[512] = "";
+	enum dun_err e = dun_stripe_new(cli->config, out, err, sizeof err);
+	if (e != DUN_OK) {
+		dun_cli_error("%s: %s: %s", cmd, cli->config_path, err);
+		return dun_cli_exit_code(e);
+	}
+	return DUN_EX_OK;
+}

@@ -97,6 +97,16 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet);
 /* The inbox settings: [inbox] of --config when given, the defaults otherwise. */
 void dun_cli_inbox_config(const struct dun_cli *cli, struct dun_inbox_config *out);
 
+struct dun_stripe;
+
+/*
+ * For commands that talk to Stripe directly (sync, backfill): require
+ * --config, open the database and make the client from its [stripe]
+ * section. cmd names the command in messages. Returns an exit code; on 0,
+ * *out is a client the caller releases with dun_stripe_destroy().
+ */
+int dun_cli_open_stripe(struct dun_cli *cli, const char *cmd, struct dun_stripe **out);
+
 /* Map an error code to an exit code. */
 int dun_cli_exit_code(enum dun_err e);
 

@@ -69,21 +69,12 @@ int dun_cmd_backfill(struct dun_cli *cli, int argc, char **argv)
 			      since_text);
 		return DUN_EX_USAGE;
 	}
-	if (!cli->config_path) {
-		dun_cli_error("backfill: needs --config FILE (its [stripe] section says where "
-			      "and how to reach Stripe)");
-		return DUN_EX_USAGE;
-	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	struct dun_stripe *client = NULL;
+	int rc = dun_cli_open_stripe(cli, "backfill", &client);
 	if (rc)
 		return rc;
 	char err[512] = "";
-	struct dun_stripe *client = NULL;
-	enum dun_err e = dun_stripe_new(cli->config, &client, err, sizeof err);
-	if (e != DUN_OK) {
-		dun_cli_error("backfill: %s: %s", cli->config_path, err);
-		return dun_cli_exit_code(e);
-	}
+	enum dun_err e;
 	struct dun_form q;
 	dun_form_init(&q);
 	dun_form_add_i64(&q, "created[gte]", since);

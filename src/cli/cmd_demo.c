@@ -93,13 +93,10 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "a:d:s:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'a':
-			cfg.accounts = atoi(optarg);
-			break;
 		case 'd':
-			cfg.days = atoi(optarg);
-			break;
 		case 's':
-			cfg.seed = strtoull(optarg, NULL, 10);
+			if (!dun_world_option(c, optarg, "demo", &cfg))
+				return DUN_EX_USAGE;
 			break;
 		case 'h':
 			printf(
@@ -113,10 +110,6 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 		default:
 			return DUN_EX_USAGE;
 		}
-	}
-	if (cfg.accounts < 1 || cfg.accounts > 1000000 || cfg.days < 1 || cfg.days > 3650) {
-		dun_cli_error("demo: --accounts must be 1..1000000 and --days 1..3650");
-		return DUN_EX_USAGE;
 	}
 	if (!strcmp(cli->db_path, "dunning.db") && !getenv("DUNNING_DB"))
 		cli->db_path = "dunning-demo.db";

@@ -75,13 +75,10 @@ int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "a:d:s:c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'a':
-			cfg.accounts = atoi(optarg);
-			break;
 		case 'd':
-			cfg.days = atoi(optarg);
-			break;
 		case 's':
-			cfg.seed = strtoull(optarg, NULL, 10);
+			if (!dun_world_option(c, optarg, "simulate", &cfg))
+				return DUN_EX_USAGE;
 			break;
 		case 'c':
 			compare = optarg;
@@ -99,10 +96,6 @@ int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv)
 		default:
 			return DUN_EX_USAGE;
 		}
-	}
-	if (cfg.accounts < 1 || cfg.accounts > 1000000 || cfg.days < 1 || cfg.days > 3650) {
-		dun_cli_error("simulate: --accounts must be 1..1000000 and --days 1..3650");
-		return DUN_EX_USAGE;
 	}
 	if (optind != argc) {
 		dun_cli_error("simulate: unexpected argument \"%s\"", argv[optind]);

@@ -233,21 +233,10 @@ int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("sync: unexpected argument \"%s\" (see --help)", argv[optind]);
 		return DUN_EX_USAGE;
 	}
-	if (!cli->config_path) {
-		dun_cli_error("sync: needs --config FILE (its [stripe] section says where and "
-			      "how to reach Stripe)");
-		return DUN_EX_USAGE;
-	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	struct dun_stripe *client = NULL;
+	int rc = dun_cli_open_stripe(cli, "sync", &client);
 	if (rc)
 		return rc;
-	char err[512] = "";
-	struct dun_stripe *client = NULL;
-	enum dun_err e = dun_stripe_new(cli->config, &client, err, sizeof err);
-	if (e != DUN_OK) {
-		dun_cli_error("sync: %s: %s", cli->config_path, err);
-		return dun_cli_exit_code(e);
-	}
 	struct sync s = {.cli = cli, .version = dun_clock_now()};
 	long counts[4] = {0, 0, 0, 0};
 	rc = run_sync(&s, client, counts);
@@ -258,7 +247,7 @@ int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv)
 	}
 	progress_done();
 	size_t n_accounts = unique_accounts(&s);
-	e = dun_db_begin(cli->db);
+	enum dun_err e = dun_db_begin(cli->db);
 	for (size_t i = 0; i < n_accounts && e == DUN_OK; i++)
 		e = dun_inbox_enqueue(cli->db, s.accounts[i], "sync", "stripe", "", NULL, 0, NULL,
 				      NULL);

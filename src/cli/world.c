@@ -22,6 +22,7 @@
 #include "util/clock.h"
 #include "util/mem.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -327,4 +328,38 @@ enum dun_err dun_world_stats(struct dun_world *w, int day, struct dun_world_stat
 	out->consequences = w->consequences;
 	out->events = w->events;
 	return DUN_OK;
+}
+
+bool dun_world_option(int opt, const char *arg, const char *cmd, struct dun_world_config *cfg)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(arg, &end, 10);
+	bool number = errno == 0 && end != arg && *end == '\0' && arg[0] != '-';
+	switch (opt) {
+	case 'a':
+		if (number && v >= 1 && v <= 1000000) {
+			cfg->accounts = (int)v;
+			return true;
+		}
+		fprintf(stderr, "dunning: %s: --accounts takes 1 to 1000000, not \"%s\"\n", cmd,
+			arg);
+		return false;
+	case 'd':
+		if (number && v >= 1 && v <= 3650) {
+			cfg->days = (int)v;
+			return true;
+		}
+		fprintf(stderr, "dunning: %s: --days takes 1 to 3650, not \"%s\"\n", cmd, arg);
+		return false;
+	case 's':
+		if (number) {
+			cfg->seed = (uint64_t)v;
+			return true;
+		}
+		fprintf(stderr, "dunning: %s: --seed takes a whole number, not \"%s\"\n", cmd, arg);
+		return false;
+	default:
+		return false;
+	}
 }

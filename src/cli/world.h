@@ -41,6 +41,13 @@ struct dun_world_stats {
 	int64_t dead_triggers;
 };
 
+/*
+ * The population options demo and simulate share: --accounts, --days,
+ * --seed (getopt letters a, d, s). Returns false, with a message printed,
+ * for a value that is not a whole number in range.
+ */
+bool dun_world_option(int opt, const char *arg, const char *cmd, struct dun_world_config *cfg);
+
 struct dun_world;
 
 /* A world over en and sim (borrowed). */
