@@ -1,8 +1,11 @@
 /*
- * rollout.c — the per-account mode gate (see rollout.h).
+ * rollout.c — the per-account mode gate (see rollout.h). Every recompute
+ * asks it, after DECIDE, whether the plan is applied (active) or only
+ * recorded in the shadow (observe).
  */
 #include "rollout.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,13 +34,17 @@ enum dun_err dun_rollout_load(struct dun_db *db, struct dun_rollout *r)
 {
 	char buf[64];
 	bool found = false;
-	r->global_observe = false;
-	r->percent = 100.0;
+	/* Safe by default: no row is observe at 0%. */
+	r->global_observe = true;
+	r->percent = 0.0;
+	r->mode_stored = false;
 	enum dun_err e = dun_db_setting_get(db, "mode", buf, sizeof buf, &found);
 	if (e != DUN_OK)
 		return e;
-	if (found && strcmp(buf, "observe") == 0)
-		r->global_observe = true;
+	if (found) {
+		r->mode_stored = true;
+		r->global_observe = strcmp(buf, "active") != 0;
+	}
 	e = dun_db_setting_get(db, "rollout.percent", buf, sizeof buf, &found);
 	if (e != DUN_OK)
 		return e;
@@ -76,4 +83,103 @@ enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 	}
 	*why = "account is outside the rollout percentage";
 	return DUN_MODE_OBSERVE;
+}
+
+enum dun_err dun_rollout_init_defaults(struct dun_db *db)
+{
+	char buf[64];
+	bool found = false;
+	enum dun_err e = dun_db_setting_get(db, "mode", buf, sizeof buf, &found);
+	if (e == DUN_OK && !found)
+		e = dun_db_setting_set(db, "mode", "observe");
+	if (e == DUN_OK)
+		e = dun_db_setting_get(db, "rollout.percent", buf, sizeof buf, &found);
+	if (e == DUN_OK && !found)
+		e = dun_db_setting_set(db, "rollout.percent", "0");
+	return e;
+}
+
+enum dun_err dun_rollout_check_expected(struct dun_db *db, const char *mode, double percent,
+					char *err, size_t err_size)
+{
+	struct dun_rollout r;
+	enum dun_err e = dun_rollout_load(db, &r);
+	if (e != DUN_OK) {
+		snprintf(err, err_size, "cannot read the rollout state: %s", dun_err_str(e));
+		return e;
+	}
+	const char *stored = r.global_observe ? "observe" : "active";
+	if (mode && mode[0] && strcmp(mode, stored) != 0) {
+		snprintf(err, err_size,
+			 "[rollout] mode = %s, but the database says %s; the database holds the "
+			 "rollout: run 'dunning rollout mode %s' or change [rollout] to match",
+			 mode, stored, mode);
+		return DUN_E_CONFIG;
+	}
+	if (percent >= 0 && (percent - r.percent > 1e-9 || r.percent - percent > 1e-9)) {
+		snprintf(err, err_size,
+			 "[rollout] percent = %g, but the database says %g; the database holds the "
+			 "rollout: run 'dunning rollout percent %g' or change [rollout] to match",
+			 percent, r.percent, percent);
+		return DUN_E_CONFIG;
+	}
+	return DUN_OK;
+}
+
+enum dun_err dun_rollout_gate_check(struct dun_db *db, int64_t now,
+				    const struct dun_rollout_gate *g, int64_t *report_id, char *why,
+				    size_t why_size)
+{
+	*report_id = 0;
+	sqlite3_stmt *st = dun_db_stmt(db, "SELECT id, created_at, window_from, window_to, passed"
+					   " FROM parity_reports ORDER BY id DESC LIMIT 1");
+	int rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(st);
+		if (rc != SQLITE_DONE)
+			return dun_db_err(rc);
+		snprintf(why, why_size, "no parity report yet: run 'dunning parity' first");
+		return DUN_E_GUARD;
+	}
+	int64_t id = sqlite3_column_int64(st, 0), created = sqlite3_column_int64(st, 1),
+		from = sqlite3_column_int64(st, 2), to = sqlite3_column_int64(st, 3);
+	bool passed = sqlite3_column_int(st, 4) != 0;
+	sqlite3_reset(st);
+	if (!passed) {
+		snprintf(why, why_size, "the last parity report (#%lld) is below its thresholds",
+			 (long long)id);
+		return DUN_E_GUARD;
+	}
+	if (now - created > g->max_age_s) {
+		snprintf(why, why_size,
+			 "the last parity report (#%lld) is %lld hours old; the gate accepts one "
+			 "at most %lld hours old",
+			 (long long)id, (long long)((now - created) / 3600),
+			 (long long)(g->max_age_s / 3600));
+		return DUN_E_GUARD;
+	}
+	if (to - from < g->window_s || to < now - g->max_age_s) {
+		snprintf(why, why_size,
+			 "the last parity report (#%lld) covers %.1f days ending %lld hours ago; "
+			 "the gate needs the last %lld days",
+			 (long long)id, (double)(to - from) / 86400.0,
+			 (long long)((now - to) / 3600), (long long)(g->window_s / 86400));
+		return DUN_E_GUARD;
+	}
+	*report_id = id;
+	return DUN_OK;
+}
+
+enum dun_err dun_rollout_log(struct dun_db *db, int64_t now, const char *action, const char *value,
+			     bool forced, int64_t report_id, const char *note)
+{
+	sqlite3_stmt *st = dun_db_stmt(db, "INSERT INTO rollout_log(at, action, value, forced,"
+					   " parity_report, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_text(st, 2, action, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 4, forced);
+	sqlite3_bind_int64(st, 5, report_id);
+	sqlite3_bind_text(st, 6, note ? note : "", -1, SQLITE_STATIC);
+	return dun_db_step_done(st);
 }

@@ -176,8 +176,17 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 			dun_policy_defaults(&cli->policy);
 		}
 	}
-	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready && cli->config)
+	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready && cli->config) {
+		/* A [rollout] section that disagrees with the database stops every
+		 * command that could write: one answer, and a loud one. */
+		if (dun_rollout_check_expected(cli->db, cli->config->rollout_mode,
+					       cli->config->rollout_percent, err,
+					       sizeof err) != DUN_OK) {
+			dun_cli_error("%s: %s", cli->config_path, err);
+			return DUN_EX_CONFIG;
+		}
 		return open_configured_engine(cli);
+	}
 	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready) {
 		enum dun_err e =
 		    dun_template_set_load(cli->templates_dir, &cli->templates, err, sizeof err);
@@ -263,6 +272,8 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet)
 		total.failed += st.failed;
 		total.rechecks_enqueued += st.rechecks_enqueued;
 		total.consequences_applied += st.consequences_applied;
+		total.active += st.active;
+		total.observed += st.observed;
 		if (!n && !st.accounts)
 			break;
 	}
@@ -273,6 +284,9 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet)
 		       (long long)total.rechecks_enqueued,
 		       events ? ", provider events delivered" : "",
 		       (long long)total.consequences_applied, (long long)total.failed);
+	if (!quiet && total.accounts)
+		printf("modes: %lld accounts active (written to), %lld observe (shadow only)\n",
+		       (long long)total.active, (long long)total.observed);
 	if (total.failed)
 		dun_cli_error("%lld recomputes failed; see 'dunning events --state retrying' and "
 			      "'--state dead'",

@@ -110,8 +110,22 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	int rc = check_db(c, &db, db_desc, sizeof db_desc);
 	if (rc)
 		return rc;
+	struct dun_rollout ro;
+	char rollout_desc[600] = "";
+	enum dun_err e = dun_rollout_load(db, &ro);
+	if (e == DUN_OK)
+		e = dun_rollout_check_expected(db, c->rollout_mode, c->rollout_percent, err,
+					       sizeof err);
+	if (e != DUN_OK) {
+		dun_db_close(db);
+		dun_cli_error("%s: %s", c->path, err);
+		return DUN_EX_CONFIG;
+	}
+	snprintf(rollout_desc, sizeof rollout_desc, "%s at %g%% (held by the database%s)",
+		 ro.global_observe ? "observe" : "active", ro.percent,
+		 c->rollout_mode[0] || c->rollout_percent >= 0 ? "; [rollout] agrees" : "");
 	struct dun_effects fx;
-	enum dun_err e = dun_effects_open(c, db, true, &fx, err, sizeof err);
+	e = dun_effects_open(c, db, true, &fx, err, sizeof err);
 	dun_db_close(db);
 	if (e != DUN_OK) {
 		dun_cli_error("%s: %s", c->path, err);
@@ -153,9 +167,7 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	printf("  platform    %s\n", c->platform_kind);
 	printf("  events      %d endpoint%s\n", c->n_event_endpoints,
 	       c->n_event_endpoints == 1 ? "" : "s");
-	printf("  rollout     %s\n", c->rollout_mode[0] || c->rollout_percent >= 0
-					 ? "set at start-up from [rollout]"
-					 : "left as the database has it");
+	printf("  rollout     %s\n", rollout_desc);
 	if (warning[0])
 		printf("warning: %s\n", warning);
 	return DUN_EX_OK;

@@ -145,6 +145,13 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	/* Synthetic data: durability buys nothing here, speed does. */
 	dun_db_exec(cli->db, "PRAGMA synchronous=OFF", NULL, 0);
 	dun_db_setting_set(cli->db, "demo", "1");
+	/* A demo database has no legacy system beside it: writes are turned on
+	 * at once, and the rollout log says so. */
+	dun_db_setting_set(cli->db, "mode", "active");
+	dun_db_setting_set(cli->db, "rollout.percent", "100");
+	dun_rollout_log(cli->db, dun_clock_now(), "percent", "100", true, 0,
+			"demo database: no legacy system to prove parity against");
+	dun_rollout_load(cli->db, &cli->engine.rollout);
 	dun_clock_parse("2026-01-05", &cfg.start);
 	cfg.progress = dun_cli_tty();
 

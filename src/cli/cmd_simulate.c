@@ -25,6 +25,9 @@ static enum dun_err run_one(struct dun_cli *cli, const struct dun_policy *policy
 		return e;
 	}
 	dun_db_exec(db, "PRAGMA synchronous=OFF", NULL, 0);
+	/* A sandbox in memory: the policy's effects are the point, so it writes. */
+	dun_db_setting_set(db, "mode", "active");
+	dun_db_setting_set(db, "rollout.percent", "100");
 	struct dun_sim *sim = dun_sim_new(db, cfg->seed);
 	struct dun_engine en;
 	dun_engine_init(&en, db, policy, dun_sim_provider(sim), dun_local_platform(db),

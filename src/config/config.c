@@ -62,6 +62,14 @@ static const struct key keys[] = {
     STR("admin", "token", admin_token),
     STR("rollout", "mode", rollout_mode),
     DBL("rollout", "percent", rollout_percent, 0, 100),
+    INT("rollout", "parity_window_days", rollout_parity_window_days, 1, 366),
+    INT("rollout", "parity_max_age_hours", rollout_parity_max_age_hours, 1, 8760),
+    INT("parity", "tolerance_hours", parity_tolerance_hours, 0, 720),
+    DBL("parity", "min_match_percent", parity_min_match_percent, 0, 100),
+    DBL("parity", "min_coverage_percent", parity_min_coverage_percent, 0, 100),
+    INT("parity", "max_amount_mismatches", parity_max_amount_mismatches, 0, 1000000000),
+    INT("parity", "max_filter_mismatches", parity_max_filter_mismatches, 0, 1000000000),
+    INT("parity", "max_errors", parity_max_errors, 0, 1000000000),
     INT("inbox", "max_attempts", inbox_max_attempts, 1, 1000),
     INT("inbox", "backoff_base_s", inbox_backoff_base_s, 1, 86400),
     INT("inbox", "backoff_max_s", inbox_backoff_max_s, 1, 7 * 86400),
@@ -101,6 +109,11 @@ void dun_config_defaults(struct dun_config *c)
 	c->stripe_timeout_ms = 30000;
 	c->stripe_max_retries = 4;
 	c->rollout_percent = -1;
+	c->rollout_parity_window_days = 7;
+	c->rollout_parity_max_age_hours = 24;
+	c->parity_tolerance_hours = 24;
+	c->parity_min_match_percent = 100;
+	c->parity_min_coverage_percent = 100;
 	c->inbox_max_attempts = 8;
 	c->inbox_backoff_base_s = 30;
 	c->inbox_backoff_max_s = 3600;

@@ -12,7 +12,8 @@
  *   [policy]   file
  *   [stripe]   api_key, api_base, webhook_secrets, tolerance_s, rate_limit_per_s, ...
  *   [admin]    token
- *   [rollout]  mode, percent (initial values; the database keeps the live ones)
+ *   [rollout]  mode, percent: what the database is expected to say (the database
+ *              holds the rollout; a disagreement stops serve, work, ...)
  *   [email]    transport = log|smtp, smtp_url, smtp_from, ...
  *   [platform] kind = local|http, base_url, token, timeout_ms
  *   [events]   endpoints, secret
@@ -62,8 +63,17 @@ struct dun_config {
 	/* [admin] */
 	char admin_token[256];
 	/* [rollout] */
-	char rollout_mode[16];	/* "" = leave the database's setting alone */
-	double rollout_percent; /* < 0 = leave alone */
+	char rollout_mode[16];		      /* "" = no expectation about the database's mode */
+	double rollout_percent;		      /* < 0 = no expectation */
+	int64_t rollout_parity_window_days;   /* the gate: a report must cover this many days */
+	int64_t rollout_parity_max_age_hours; /* ... and be at most this old */
+	/* [parity] thresholds of `dunning parity` */
+	int64_t parity_tolerance_hours;
+	double parity_min_match_percent;
+	double parity_min_coverage_percent;
+	int64_t parity_max_amount_mismatches;
+	int64_t parity_max_filter_mismatches;
+	int64_t parity_max_errors;
 	/* [inbox] */
 	int inbox_max_attempts;
 	int64_t inbox_backoff_base_s;

@@ -44,6 +44,9 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 			stats->accounts++;
 			stats->triggers += items[i].coalesced;
 			stats->consequences_applied += r.apply.n_applied;
+			if (re == DUN_OK || r.decision_id)
+				*(r.mode == DUN_MODE_ACTIVE ? &stats->active : &stats->observed) +=
+				    1;
 			if (re == DUN_OK) {
 				e = dun_inbox_complete(en->db, worker_id, items[i].account_id, now);
 			} else {

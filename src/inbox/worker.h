@@ -13,6 +13,8 @@ struct dun_drain_stats {
 	int64_t failed;
 	int64_t rechecks_enqueued;
 	int64_t consequences_applied;
+	int64_t active;	  /* accounts recomputed in active mode (written to) */
+	int64_t observed; /* accounts recomputed in observe mode (shadow only) */
 };
 
 /*

@@ -17,6 +17,7 @@
  */
 #include "service.h"
 #include "apply/effects_setup.h"
+#include "apply/rollout.h"
 #include "config/policy_file.h"
 #include "server/admin.h"
 #include "server/committer.h"
@@ -80,8 +81,12 @@ static void wake_workers(void *arg)
 		dun_workers_wake(svc->workers);
 }
 
-/* [rollout] mode and percent are initial values: written once, at start-up. */
-static enum dun_err apply_rollout(const struct dun_config *cfg, char *err, size_t err_size)
+/*
+ * The database holds the rollout state (apply/rollout.h); [rollout] only
+ * states what the operator expects it to be. A disagreement refuses the
+ * start-up instead of silently writing one over the other.
+ */
+static enum dun_err check_rollout(const struct dun_config *cfg, char *err, size_t err_size)
 {
 	if (!cfg->rollout_mode[0] && cfg->rollout_percent < 0)
 		return DUN_OK;
@@ -89,19 +94,11 @@ static enum dun_err apply_rollout(const struct dun_config *cfg, char *err, size_
 	enum dun_err e = dun_db_open(cfg->db_path, &db, err, err_size);
 	if (e != DUN_OK)
 		return e;
-	if (cfg->rollout_mode[0])
-		e = dun_db_setting_set(db, "mode", cfg->rollout_mode);
-	if (e == DUN_OK && cfg->rollout_percent >= 0) {
-		char v[32];
-		snprintf(v, sizeof v, "%g", cfg->rollout_percent);
-		e = dun_db_setting_set(db, "rollout.percent", v);
-	}
+	char why[512] = "";
+	e = dun_rollout_check_expected(db, cfg->rollout_mode, cfg->rollout_percent, why,
+				       sizeof why);
 	if (e != DUN_OK)
-		snprintf(err, err_size, "%s: cannot write the [rollout] settings: %s", cfg->db_path,
-			 dun_err_str(e));
-	else
-		dun_log(DUN_LOG_INFO, "server.rollout_applied", "mode",
-			cfg->rollout_mode[0] ? cfg->rollout_mode : "(unchanged)", NULL);
+		snprintf(err, err_size, "%s: %s", cfg->path[0] ? cfg->path : cfg->db_path, why);
 	dun_db_close(db);
 	return e;
 }
@@ -165,7 +162,7 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 		free(svc);
 		return e;
 	}
-	e = apply_rollout(cfg, err, err_size);
+	e = check_rollout(cfg, err, err_size);
 	if (e != DUN_OK) {
 		free(svc);
 		return e;

@@ -38,7 +38,7 @@ struct dun_service {
 
 /*
  * Start everything cfg describes (cfg is copied): load the policy, open and
- * migrate the database, apply [rollout] to it, bind the listening address,
+ * migrate the database, check [rollout] against it, bind the listening address,
  * start the threads. On failure nothing is left running and err says what
  * is wrong; the error is DUN_E_CONFIG for a bad setting, DUN_E_IO for an
  * address that cannot be bound, or the database's error.

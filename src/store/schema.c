@@ -10,7 +10,9 @@
  * Tables, by store (see DESIGN.md):
  *   engine     accounts, customers, dunning, invoice_docs, inbox, decisions,
  *              applied, emails, bad_debt_episodes, outcome_events,
- *              rollout_list, settings
+ *              rollout_list, settings, rollout_log, parity_reports
+ *   shadow     shadow_dunning, shadow_invoices, shadow_subscriptions,
+ *              shadow_consequences — what observe mode would have done
  *   platform   platform (the built-in local platform, and the engine's view
  *              of an HTTP platform), platform_outbox (calls to deliver)
  *   events     outcome_deliveries (outcome_events per endpoint)
@@ -344,11 +346,86 @@ static const char *const migration_4[] = {
     NULL,
 };
 
+/*
+ * Migration 5 — the rollout: a log of every change to it (with --force and
+ * the parity report that allowed it), the parity reports the gate reads,
+ * and the shadow observe mode keeps of what it would have done. The shadow
+ * tables mirror the engine-written fields of the real stores; a row that
+ * does not exist means "untouched" (not banned, full entitlement, ...).
+ */
+static const char *const migration_5[] = {
+    "CREATE TABLE rollout_log ("
+    " id INTEGER PRIMARY KEY,"
+    " at INTEGER NOT NULL,"
+    " action TEXT NOT NULL,"
+    " value TEXT NOT NULL,"
+    " forced INTEGER NOT NULL DEFAULT 0,"
+    " parity_report INTEGER NOT NULL DEFAULT 0,"
+    " note TEXT NOT NULL DEFAULT '')",
+
+    "CREATE TABLE parity_reports ("
+    " id INTEGER PRIMARY KEY,"
+    " created_at INTEGER NOT NULL,"
+    " window_from INTEGER NOT NULL,"
+    " window_to INTEGER NOT NULL,"
+    " source TEXT NOT NULL,"
+    " passed INTEGER NOT NULL,"
+    " summary TEXT NOT NULL)",
+
+    "CREATE TABLE shadow_dunning ("
+    " account_id TEXT PRIMARY KEY,"
+    " stage TEXT NOT NULL DEFAULT 'none',"
+    " since INTEGER NOT NULL DEFAULT 0,"
+    " episode INTEGER NOT NULL DEFAULT 0,"
+    " lifting_since INTEGER NOT NULL DEFAULT 0,"
+    " next_recheck_at INTEGER NOT NULL DEFAULT 0,"
+    " bad_debt_episodes INTEGER NOT NULL DEFAULT 0,"
+    " bad_debt_episode_open INTEGER NOT NULL DEFAULT 0,"
+    " account_bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " customer_bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " provider_meta_bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " banned INTEGER NOT NULL DEFAULT 0,"
+    " entitlement TEXT NOT NULL DEFAULT 'full',"
+    " flags_removed INTEGER NOT NULL DEFAULT 0,"
+    " no_successful_payment INTEGER NOT NULL DEFAULT 0,"
+    " updated_at INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX shadow_dunning_recheck ON shadow_dunning(next_recheck_at)"
+    " WHERE next_recheck_at > 0",
+
+    "CREATE TABLE shadow_invoices ("
+    " invoice_id TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " uncollectible INTEGER NOT NULL DEFAULT 0,"
+    " has_bad_debt_amount INTEGER NOT NULL DEFAULT 0,"
+    " bad_debt_amount INTEGER NOT NULL DEFAULT 0,"
+    " bad_debt_paid INTEGER NOT NULL DEFAULT 0,"
+    " doc_closed INTEGER NOT NULL DEFAULT 0,"
+    " paylinks_disabled INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX shadow_invoices_account ON shadow_invoices(account_id)",
+
+    "CREATE TABLE shadow_subscriptions ("
+    " subscription_id TEXT PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " canceled INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX shadow_subscriptions_account ON shadow_subscriptions(account_id)",
+
+    "CREATE TABLE shadow_consequences ("
+    " id INTEGER PRIMARY KEY,"
+    " account_id TEXT NOT NULL,"
+    " key TEXT NOT NULL UNIQUE,"
+    " type TEXT NOT NULL,"
+    " target TEXT NOT NULL,"
+    " value INTEGER NOT NULL,"
+    " kind TEXT NOT NULL DEFAULT '',"
+    " at INTEGER NOT NULL,"
+    " decision_id INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX shadow_consequences_account ON shadow_consequences(account_id, at)",
+    "CREATE INDEX shadow_consequences_at ON shadow_consequences(at)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1,
-    migration_2,
-    migration_3,
-    migration_4,
+    migration_1, migration_2, migration_3, migration_4, migration_5,
 };
 
 int dun_schema_count(void)

@@ -10,7 +10,12 @@ other test files in this directory:
   Stripe-format objects and events (customer.created with metadata
   account_id, invoice.finalized, charge.failed with outcome.reason,
   invoice.payment_failed, invoice.paid, ...) on a fixed timeline;
-* ``dun.at(days)``: the ``--now`` value ``days`` after that timeline's start.
+* ``dun.at(days)``: the ``--now`` value ``days`` after that timeline's start;
+* ``dun_writes_on(db)``: turn writes on in a database (rollout active at
+  100%, forced past the parity gate) — a new database observes and writes
+  nothing. The ``dun`` fixture does it before its first command (its
+  ``writes`` option); ``dun_observe`` is the same fixture without it, a
+  database exactly as a new installation has it.
 
 The binary is found in $DUNNING_BUILD_DIR (default: build, relative to the
 repository root). Every command gets ``--db`` explicitly; the environment
@@ -48,6 +53,20 @@ def dun_at(days=0.0, seconds=0):
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def dun_writes_on(db, config=None):
+    """Turn writes on in the database `db`, as an operator does after cutover:
+    `init`, `rollout mode active`, `rollout percent 100 --force` (forced: the
+    tests have no legacy system to prove parity against). With config, the
+    commands run with --config too (its [database] path is then db)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUNNING_")}
+    env["TZ"] = "UTC"
+    base = [str(DUN_BINARY)] + (["--config", str(config)] if config else ["--db", str(db)])
+    for args in (["init"], ["rollout", "mode", "active"],
+                 ["rollout", "percent", "100", "--force"]):
+        proc = subprocess.run(base + args, text=True, capture_output=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+
+
 class DunResult:
     """One finished command: its exit code and both outputs."""
 
@@ -70,10 +89,20 @@ class Dunning:
     repo = DUN_REPO
     at = staticmethod(dun_at)
 
-    def __init__(self, db, workdir):
+    def __init__(self, db, workdir, writes=True):
         self.db = Path(db)
         self.workdir = Path(workdir)
         self._files = 0
+        # writes: before the first command that opens a database that does
+        # not exist yet, turn writes on in it (dun_writes_on).
+        self.writes = writes
+
+    def _writes_on_first(self, args, db):
+        if not self.writes or not db or self.db.exists():
+            return
+        if any(str(a) in ("-h", "--help", "help") for a in args):
+            return
+        dun_writes_on(self.db)
 
     # -- running the binary ------------------------------------------------
 
@@ -94,6 +123,7 @@ class Dunning:
 
     def run(self, *args, now=None, policy=None, db=True, stdin=None, timeout=300):
         """Run `dunning [--db DB] [--now NOW] [--policy P] ARGS...`; never raises on rc."""
+        self._writes_on_first(args, db)
         proc = subprocess.run(self.argv(args, now, policy, db), input=stdin, text=True,
                               capture_output=True, env=self.env(), cwd=self.workdir,
                               timeout=timeout)
@@ -113,6 +143,7 @@ class Dunning:
 
     def popen(self, *args, now=None, policy=None):
         """Start a command in the background (the caller waits or kills it by its pid)."""
+        self._writes_on_first(args, True)
         return subprocess.Popen(self.argv(args, now, policy), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=self.env(), cwd=self.workdir)
@@ -318,6 +349,14 @@ def dun(tmp_path):
     if not DUN_BINARY.exists():
         pytest.skip("dunning is not built in %s" % DUN_BUILD)
     return Dunning(tmp_path / "dunning.db", tmp_path)
+
+
+@pytest.fixture
+def dun_observe(tmp_path):
+    """Like ``dun``, on a database left as a new installation has it: observe at 0%."""
+    if not DUN_BINARY.exists():
+        pytest.skip("dunning is not built in %s" % DUN_BUILD)
+    return Dunning(tmp_path / "dunning.db", tmp_path, writes=False)
 
 
 @pytest.fixture

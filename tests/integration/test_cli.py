@@ -869,29 +869,75 @@ def test_rollout_observe_records_and_changes_nothing(dun, dun_stripe):
     assert email_kinds(dun, "acct_o") == ["payment_failed"]
 
 
-def test_rollout_settings(dun):
-    dun.init()
+def test_rollout_settings(dun_observe):
+    dun = dun_observe
+    # A new database is observe at 0%, stored by init.
+    assert "observe at 0%" in dun.ok("init").out
     show = dun.ok("rollout", "show").out
-    assert "mode: active" in show and "percent: 100" in show
-    dun.ok("rollout", "percent", "12.5")
+    assert "mode: observe" in show and "percent: 0" in show
+    assert "gate: closed (no parity report yet" in show
+    # Raising the percentage without a parity report is refused, and changes nothing.
+    r = dun.expect(EX_FAIL, "rollout", "percent", "12.5")
+    assert "no parity report" in r.err and "--force" in r.err
+    assert "percent: 0" in dun.ok("rollout", "show").out
+    r = dun.ok("rollout", "percent", "12.5", "--force")
+    assert "FORCED" in r.out
     dun.ok("rollout", "allow", "acct_vip")
     dun.ok("rollout", "deny", "acct_no")
     show = dun.ok("rollout", "show").out
     assert "percent: 12.5" in show
     assert "allow: acct_vip" in show and "deny: acct_no" in show
-    for bad in (["percent", "150"], ["percent", "-1"], ["percent", "lots"],
-                ["mode", "sideways"]):
+    assert "percent 12.5  FORCED" in show  # the override is recorded
+    for bad in (["percent", "150"], ["percent", "-1"], ["percent", "lots"], ["percent", ""],
+                ["percent", "nan"], ["mode", "sideways"], ["percent", "5", "--forse"]):
         dun.expect(EX_USAGE, "rollout", *bad)
     dun.expect(EX_USAGE, "rollout", "allow")
     assert "percent: 12.5" in dun.ok("rollout", "show").out
-    # percent 0: an account outside the lists is observed; the allow-list is active.
+    # percent 0 (a rollback: always allowed): outside the lists is observed.
     dun.ok("rollout", "percent", "0")
     dun.ok("account", "add", "acct_vip")
     dun.ok("account", "add", "acct_plain")
+    # The global mode is still observe: even the allow-list is observed.
+    assert dun.explain("acct_vip")["evaluation"]["mode"] == "observe"
+    # `mode active` turns on the allow-list and nothing else.
+    dun.ok("rollout", "mode", "active")
     assert dun.explain("acct_vip")["evaluation"]["mode"] == "active"
     assert dun.explain("acct_plain")["evaluation"]["mode"] == "observe"
-    dun.ok("rollout", "percent", "100")
+    dun.expect(EX_FAIL, "rollout", "percent", "100")
+    assert dun.explain("acct_plain")["evaluation"]["mode"] == "observe"
+    dun.ok("rollout", "percent", "100", "--force")
     assert dun.explain("acct_plain")["evaluation"]["mode"] == "active"
+
+
+def test_new_database_observes_and_writes_nothing(dun_observe, dun_stripe):
+    dun = dun_observe
+    # No init at all: a database created by any command observes at 0%.
+    show = dun.ok("rollout", "show").out
+    assert "mode: observe (nothing stored yet" in show and "percent: 0" in show
+    failing_account(dun, dun_stripe, "acct_new")
+    r = dun.ok("recompute", "acct_new", now=dun.at(20))
+    assert "mode observe" in r.out, r.out
+    assert dun.emails() == []
+    assert dun.sql("SELECT * FROM platform") == []
+    assert dun.scalar("SELECT COUNT(*) FROM applied") == 0
+    # init on that database stores the safe default explicitly.
+    assert "observe at 0%" in dun.ok("init").out
+    assert dun.scalar("SELECT value FROM settings WHERE key = 'mode'") == "observe"
+
+
+def test_config_rollout_disagreeing_with_the_database_is_one_loud_answer(dun_observe):
+    dun = dun_observe
+    dun.ok("init")
+    conf = dun.write("d.conf", "[database]\npath = %s\n[rollout]\nmode = active\n" % dun.db)
+    for args in (["work"], ["recompute", "acct_x"], ["config", "check"], ["rollout", "show"]):
+        r = dun.run("--config", conf, *args, db=False)
+        assert r.rc == EX_CONFIG, r
+        assert "[rollout] mode = active, but the database says observe" in r.err, r
+    # Agreeing is fine, and config check says where the truth is.
+    conf = dun.write("e.conf", "[database]\npath = %s\n[rollout]\nmode = observe\n"
+                     "percent = 0\n" % dun.db)
+    r = dun.ok("--config", conf, "config", "check", db=False)
+    assert "observe at 0% (held by the database; [rollout] agrees)" in r.out
 
 
 # --------------------------------------------------------------------------

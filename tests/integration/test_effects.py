@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dun_writes_on
+
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 aiosmtpd_smtp = pytest.importorskip("aiosmtpd.smtp")
 
@@ -82,6 +84,11 @@ def dunning(*args, config=None, db=None, now=None, timeout=120, env=None):
     if now:
         cmd += ["--now", now]
     cmd += [str(a) for a in args]
+    # A new database writes nothing: turn writes on before its first use
+    # (`demo` builds its own database and does it itself).
+    if db and not Path(db).exists() and args and args[0] != "demo" and \
+            not any(str(a) in ("-h", "--help") for a in args):
+        dun_writes_on(db)
     e = dict(os.environ)
     for k in ("DUNNING_DB", "DUNNING_SMTP_PASSWORD", "DUNNING_PLATFORM_TOKEN",
               "DUNNING_EVENTS_SECRET", "DUNNING_POLICY"):

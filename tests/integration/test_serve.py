@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dun_writes_on
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
 if not BUILD.is_absolute():
@@ -192,7 +194,8 @@ def failing_account_events(account, days_ago=8, reason="lost_card", tag=""):
 class Serve:
     """One `dunning serve` process with its own config and database."""
 
-    def __init__(self, tmp_path, name="serve", db=None, **sections):
+    def __init__(self, tmp_path, name="serve", db=None, writes=True, **sections):
+        self.writes = writes
         self.dir = Path(tmp_path)
         self.name = name
         self.db = Path(db) if db else self.dir / f"{name}.db"
@@ -224,6 +227,8 @@ class Serve:
 
     def start(self, env=None, timeout=15):
         self.write_config()
+        if self.writes and not self.db.exists():
+            dun_writes_on(self.db)  # a new database writes nothing until then
         if self.port_file.exists():
             self.port_file.unlink()
         self.log = open(self.log_path, "ab")
@@ -842,16 +847,34 @@ def test_config_check(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_rollout_from_config_is_applied(serve):
-    s = serve(rollout={"mode": "observe", "percent": "25"})
+def test_rollout_config_must_agree_with_the_database(serve, tmp_path):
+    # A new database observes at 0%; a [rollout] section saying so agrees.
+    s = serve(writes=False, rollout={"mode": "observe", "percent": "0"})
     rows = dict(s.sql("SELECT key, value FROM settings WHERE key IN ('mode', 'rollout.percent')"))
-    assert rows == {"mode": "observe", "rollout.percent": "25"}
+    assert rows.get("mode", "observe") == "observe"
     for p in failing_account_events("acct_obs", days_ago=8):
         s.deliver(p)
     s.wait_idle()
     a = s.account("acct_obs")
     assert a["dunning"]["stage"] == "none" and a["platform"]["entitlement"] == "full"
     assert a["decisions"][0]["outcome"] == "observed"
+    # A file saying active beside a database saying observe: serve refuses to
+    # start, config check and rollout show say the same, and nothing is written.
+    other = serve(name="other", start=False, db=s.db, rollout={"mode": "active"})
+    other.write_config()
+    r = subprocess.run([str(BIN), "serve", "--config", str(other.conf)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 78, r.stderr
+    assert "mode = active, but the database says observe" in r.stderr
+    r = subprocess.run([str(BIN), "--config", str(other.conf), "config", "check"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and "the database says observe" in r.stderr
+    r = subprocess.run([str(BIN), "--config", str(other.conf), "rollout", "show"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and "the database says observe" in r.stderr
+    assert "mode: observe" in r.stdout
+    rows = dict(s.sql("SELECT key, value FROM settings WHERE key IN ('mode', 'rollout.percent')"))
+    assert rows.get("mode", "observe") == "observe"
 
 
 # ---- graceful stop --------------------------------------------------------------------------

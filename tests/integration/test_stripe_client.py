@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dun_writes_on
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
 if not BUILD.is_absolute():
@@ -128,12 +130,14 @@ def fake(fake_server):
 class Env:
     """A database, a configuration file pointing at the fake, and the binaries."""
 
-    def __init__(self, tmp_path, fake):
+    def __init__(self, tmp_path, fake, writes=True):
         self.dir = tmp_path
         self.fake = fake
         self.db = tmp_path / "dunning.db"
         self.cfg = tmp_path / "dunning.conf"
         self.write_config()
+        if writes:  # a new database writes nothing until writes are turned on
+            dun_writes_on(self.db)
 
     def write_config(self, **stripe):
         settings = {"api_key": API_KEY, "api_base": self.fake.base, "max_retries": 4,

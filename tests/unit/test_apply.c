@@ -109,6 +109,7 @@ static bool setup(struct fixture *fx, const char *behavior)
 	memset(fx, 0, sizeof *fx);
 	dun_clock_set(T0);
 	fx->db = testdb_open(":memory:");
+	testdb_writes_on(fx->db);
 	fx->sim = dun_sim_new(fx->db, 1);
 	dun_policy_defaults(&fx->policy);
 	char err[512] = "";
@@ -607,6 +608,7 @@ static void test_account_without_invoices(void)
 {
 	dun_clock_set(T0);
 	struct dun_db *db = testdb_open(":memory:");
+	testdb_writes_on(db);
 	struct dun_sim *sim = dun_sim_new(db, 1);
 	struct dun_policy policy;
 	dun_policy_defaults(&policy);
@@ -641,8 +643,9 @@ static void test_rollout_buckets(void)
 	struct dun_db *db = testdb_open(":memory:");
 	struct dun_rollout r;
 	CHECK_INT(dun_rollout_load(db, &r), DUN_OK);
-	CHECK(!r.global_observe); /* nothing set: active everywhere */
-	CHECK(r.percent == 100.0);
+	CHECK(r.global_observe); /* nothing set: observe everywhere, at 0% */
+	CHECK(r.percent == 0.0);
+	r.global_observe = false;
 	CHECK_STR(dun_mode_name(DUN_MODE_OBSERVE), "observe");
 	CHECK_STR(dun_mode_name(DUN_MODE_ACTIVE), "active");
 
@@ -708,6 +711,10 @@ static void test_rollout_buckets(void)
 	CHECK_INT(dun_rollout_mode(db, &r, "acct_allowed", &why), DUN_MODE_OBSERVE);
 	CHECK(strstr(why, "global") != NULL);
 
+	/* A database without a rollout row is observe at 0%, and says so. */
+	CHECK_INT(dun_rollout_load(db, &r), DUN_OK);
+	CHECK(r.global_observe && r.percent == 0 && !r.mode_stored);
+	CHECK_INT(dun_rollout_mode(db, &r, "acct_plain", &why), DUN_MODE_OBSERVE);
 	/* The settings the CLI writes are what the gate reads. */
 	CHECK_INT(dun_db_setting_set(db, "rollout.percent", "12.5"), DUN_OK);
 	CHECK_INT(dun_db_setting_set(db, "mode", "active"), DUN_OK);

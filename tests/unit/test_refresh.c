@@ -139,6 +139,7 @@ static void setup(struct fixture *fx, const struct dun_provider_ops *ops, enum a
 	memset(fx, 0, sizeof *fx);
 	dun_clock_set(T0);
 	fx->db = testdb_open(":memory:");
+	testdb_writes_on(fx->db);
 	dun_policy_defaults(&fx->policy);
 	fx->script.answer = answer;
 	struct dun_provider provider = {.ops = ops, .self = &fx->script};

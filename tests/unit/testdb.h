@@ -59,6 +59,19 @@ static inline struct dun_db *testdb_open(const char *path)
 }
 
 /*
+ * Turn writes on (rollout active at 100%): a new database observes and
+ * writes nothing, and the tests of the applier need it to write.
+ */
+static inline void testdb_writes_on(struct dun_db *db)
+{
+	if (dun_db_setting_set(db, "mode", "active") != DUN_OK ||
+	    dun_db_setting_set(db, "rollout.percent", "100") != DUN_OK) {
+		fprintf(stderr, "cannot turn writes on\n");
+		abort();
+	}
+}
+
+/*
  * The first column of the first row of sql (with an optional text
  * parameter ?1) as an integer; -1 when there is no row. sql may be any
  * string: it is prepared each time, not cached.
