@@ -10,7 +10,7 @@
  *   scan / raw read   dun_scan_run() (streaming GATHER, EVALUATE, DECIDE,
  *                     drift classes) against stepping the scan's own SQL
  *                     (dun_stream_sql) to the end and reading every column
- *                     of every row with sqlite3_column_*; best of --rounds
+ *                     of every row with the column getters; best of --rounds
  *                     alternating runs of each
  *   peak RSS          ru_maxrss of a child process forked before anything
  *                     was opened, which runs one scan and exits
@@ -158,21 +158,18 @@ static int64_t setting_i64(struct dun_db *db, const char *key, int64_t fallback)
 
 static int64_t count_rows(struct dun_db *db, const char *sql)
 {
-	sqlite3_stmt *st = NULL;
+	struct dun_stmt *st = NULL;
 	int64_t n = -1;
-	if (sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		n = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (dun_db_prepare(db, sql, &st) == DUN_OK && dun_stmt_row(st))
+		n = dun_stmt_col_int64(st, 0);
+	dun_stmt_finalize(st);
 	return n;
 }
 
-/* Pages SQLite had to read from the file since the last call. */
+/* Pages the store had to read from the file since the last call. */
 static int64_t cache_misses(struct dun_db *db)
 {
-	int cur = 0, hi = 0;
-	sqlite3_db_status(dun_db_handle(db), SQLITE_DBSTATUS_CACHE_MISS, &cur, &hi, 1);
-	return cur;
+	return dun_db_cache_misses(db);
 }
 
 /* ---- the raw read --------------------------------------------------------------------- */
@@ -187,41 +184,39 @@ static struct timing raw_read(struct dun_db *db, int64_t *rows_out)
 	int64_t rows = 0;
 	struct timing t0 = timing_start();
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
-		sqlite3_stmt *st = NULL;
-		if (sqlite3_prepare_v2(dun_db_handle(db), dun_stream_sql(q), -1, &st, NULL) !=
-		    SQLITE_OK)
-			die("raw read", sqlite3_errmsg(dun_db_handle(db)));
-		sqlite3_bind_text(st, 1, "", -1, SQLITE_STATIC);
+		struct dun_stmt *st = NULL;
+		if (dun_db_prepare(db, dun_stream_sql(q), &st) != DUN_OK)
+			die("raw read", dun_db_errmsg(db));
+		dun_stmt_bind_text(st, 1, "");
 		int rc;
-		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 			rows++;
-			int n = sqlite3_column_count(st);
+			int n = dun_stmt_col_count(st);
 			for (int c = 0; c < n; c++) {
-				switch (sqlite3_column_type(st, c)) {
-				case SQLITE_INTEGER:
-					sum += (uint64_t)sqlite3_column_int64(st, c);
+				switch (dun_stmt_col_type(st, c)) {
+				case DUN_COL_INT:
+					sum += (uint64_t)dun_stmt_col_int64(st, c);
 					break;
-				case SQLITE_FLOAT:
-					sum += (uint64_t)sqlite3_column_double(st, c);
+				case DUN_COL_FLOAT:
+					sum += (uint64_t)dun_stmt_col_double(st, c);
 					break;
-				case SQLITE_TEXT: {
-					const unsigned char *t = sqlite3_column_text(st, c);
-					sum +=
-					    (uint64_t)sqlite3_column_bytes(st, c) + (t ? t[0] : 0);
+				case DUN_COL_TEXT: {
+					const char *t = dun_stmt_col_text(st, c);
+					sum += (uint64_t)dun_stmt_col_bytes(st, c) + (t ? t[0] : 0);
 					break;
 				}
-				case SQLITE_BLOB:
-					sum += (uint64_t)sqlite3_column_bytes(st, c);
+				case DUN_COL_BLOB:
+					sum += (uint64_t)dun_stmt_col_bytes(st, c);
 					break;
-				default:
+				case DUN_COL_NULL:
 					sum++;
 					break;
 				}
 			}
 		}
-		if (rc != SQLITE_DONE)
-			die("raw read", sqlite3_errmsg(dun_db_handle(db)));
-		sqlite3_finalize(st);
+		if (rc != DUN_STEP_DONE)
+			die("raw read", dun_db_errmsg(db));
+		dun_stmt_finalize(st);
 	}
 	struct timing t = timing_stop(t0);
 	/* The checksum is printed so no compiler can drop the reads. */
@@ -325,9 +320,8 @@ static char (*sample(struct dun_db *db, int n, uint64_t seed, int *got))[DUN_ID_
 		n = (int)max;
 	uint8_t *taken = dun_calloc((size_t)max / 8 + 1, 1);
 	char(*ids)[DUN_ID_MAX] = dun_calloc((size_t)n, DUN_ID_MAX);
-	sqlite3_stmt *st = NULL;
-	sqlite3_prepare_v2(dun_db_handle(db), "SELECT id FROM accounts WHERE rowid = ?1", -1, &st,
-			   NULL);
+	struct dun_stmt *st = NULL;
+	dun_db_prepare(db, "SELECT id FROM accounts WHERE rowid = ?1", &st);
 	uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
 	*got = 0;
 	for (int64_t j = max - n + 1; j <= max; j++) {
@@ -338,12 +332,12 @@ static char (*sample(struct dun_db *db, int n, uint64_t seed, int *got))[DUN_ID_
 		if (taken[t / 8] & (1u << (t % 8)))
 			t = j;
 		taken[t / 8] |= (uint8_t)(1u << (t % 8));
-		sqlite3_bind_int64(st, 1, t);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			dun_db_col_text(st, 0, ids[(*got)++], DUN_ID_MAX);
-		sqlite3_reset(st);
+		dun_stmt_bind_int64(st, 1, t);
+		if (dun_stmt_row(st))
+			dun_stmt_col_copy(st, 0, ids[(*got)++], DUN_ID_MAX);
+		dun_stmt_reset(st);
 	}
-	sqlite3_finalize(st);
+	dun_stmt_finalize(st);
 	free(taken);
 	return ids;
 }
@@ -389,16 +383,16 @@ static void seed_sim(struct dun_db *db, char (*ids)[DUN_ID_MAX], int n)
 	if (dun_db_exec(db, "BEGIN", err, sizeof err) != DUN_OK)
 		die("seed", err);
 	for (size_t k = 0; k < sizeof sql / sizeof sql[0]; k++) {
-		sqlite3_stmt *st = NULL;
-		if (sqlite3_prepare_v2(dun_db_handle(db), sql[k], -1, &st, NULL) != SQLITE_OK)
-			die("seed", sqlite3_errmsg(dun_db_handle(db)));
+		struct dun_stmt *st = NULL;
+		if (dun_db_prepare(db, sql[k], &st) != DUN_OK)
+			die("seed", dun_db_errmsg(db));
 		for (int i = 0; i < n; i++) {
-			sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
-			if (sqlite3_step(st) != SQLITE_DONE)
-				die("seed", sqlite3_errmsg(dun_db_handle(db)));
-			sqlite3_reset(st);
+			dun_stmt_bind_text(st, 1, ids[i]);
+			if (dun_stmt_step(st) != DUN_STEP_DONE)
+				die("seed", dun_db_errmsg(db));
+			dun_stmt_reset(st);
 		}
-		sqlite3_finalize(st);
+		dun_stmt_finalize(st);
 	}
 	if (dun_db_exec(db, "COMMIT", err, sizeof err) != DUN_OK)
 		die("seed", err);

@@ -127,9 +127,8 @@ struct gen {
 	const struct dun_bench_gen_config *cfg;
 	struct dun_bench_gen_counts *counts;
 	struct dun_db *db;
-	sqlite3 *h;
-	sqlite3_stmt *account, *customer, *pcustomer, *sub, *dunning, *platform, *episode, *email,
-	    *invoice, *attempt, *doc;
+	struct dun_stmt *account, *customer, *pcustomer, *sub, *dunning, *platform, *episode,
+	    *email, *invoice, *attempt, *doc;
 	char *err;
 	size_t err_size;
 	uint64_t bill_a, bill_a_inv; /* the billing order's multiplier and its inverse */
@@ -394,33 +393,32 @@ static unsigned expect_of(enum plant p)
 
 /* ---- statements ----------------------------------------------------------- */
 
-static bool prepare(struct gen *g, sqlite3_stmt **st, const char *sql)
+static bool prepare(struct gen *g, struct dun_stmt **st, const char *sql)
 {
-	if (sqlite3_prepare_v2(g->h, sql, -1, st, NULL) == SQLITE_OK)
+	if (dun_db_prepare(g->db, sql, st) == DUN_OK)
 		return true;
-	snprintf(g->err, g->err_size, "prepare: %s", sqlite3_errmsg(g->h));
+	snprintf(g->err, g->err_size, "prepare: %s", dun_db_errmsg(g->db));
 	return false;
 }
 
-static bool step(struct gen *g, sqlite3_stmt *st)
+static bool step(struct gen *g, struct dun_stmt *st)
 {
-	int rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	if (rc == SQLITE_DONE)
+	int rc = dun_stmt_step(st);
+	dun_stmt_clear(st);
+	if (rc == DUN_STEP_DONE)
 		return true;
-	snprintf(g->err, g->err_size, "insert: %s", sqlite3_errmsg(g->h));
+	snprintf(g->err, g->err_size, "insert: %s", dun_db_errmsg(g->db));
 	return false;
 }
 
-static void text(sqlite3_stmt *st, int i, const char *s)
+static void text(struct dun_stmt *st, int i, const char *s)
 {
-	sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+	dun_stmt_bind_text_copy(st, i, s);
 }
 
-static void i64(sqlite3_stmt *st, int i, int64_t v)
+static void i64(struct dun_stmt *st, int i, int64_t v)
 {
-	sqlite3_bind_int64(st, i, v);
+	dun_stmt_bind_int64(st, i, v);
 }
 
 static bool exec(struct gen *g, const char *sql)
@@ -443,7 +441,7 @@ static bool put_email(struct gen *g, const struct acct *a, enum dun_email_kind k
 		 " method at https://billing.example.invalid/%s so your service continues"
 		 " without interruption.\n\n-- Billing\n",
 		 a->id, invoice[0] ? invoice : "-", a->id);
-	sqlite3_stmt *st = g->email;
+	struct dun_stmt *st = g->email;
 	text(st, 1, key);
 	text(st, 2, a->id);
 	text(st, 3, dun_email_kind_name(kind));
@@ -465,7 +463,7 @@ static bool put_email(struct gen *g, const struct acct *a, enum dun_email_kind k
 static bool put_platform(struct gen *g, const struct acct *a, bool banned, const char *entitlement,
 			 bool flags)
 {
-	sqlite3_stmt *st = g->platform;
+	struct dun_stmt *st = g->platform;
 	text(st, 1, a->id);
 	i64(st, 2, banned);
 	text(st, 3, entitlement);
@@ -477,7 +475,7 @@ static bool put_platform(struct gen *g, const struct acct *a, bool banned, const
 static bool put_dunning(struct gen *g, const struct acct *a, const char *stage, int64_t since,
 			int64_t episode)
 {
-	sqlite3_stmt *st = g->dunning;
+	struct dun_stmt *st = g->dunning;
 	text(st, 1, a->id);
 	text(st, 2, stage);
 	i64(st, 3, since);
@@ -489,7 +487,7 @@ static bool put_dunning(struct gen *g, const struct acct *a, const char *stage, 
 static bool put_episode(struct gen *g, const struct acct *a, int64_t seq, int64_t entered,
 			int64_t exited, const char *exit_reason)
 {
-	sqlite3_stmt *st = g->episode;
+	struct dun_stmt *st = g->episode;
 	text(st, 1, a->id);
 	i64(st, 2, seq);
 	i64(st, 3, entered);
@@ -505,7 +503,7 @@ static bool put_episode(struct gen *g, const struct acct *a, int64_t seq, int64_
 static bool put_customer(struct gen *g, const struct acct *a, int c, bool bad_debt,
 			 bool meta_bad_debt)
 {
-	sqlite3_stmt *st = g->customer;
+	struct dun_stmt *st = g->customer;
 	text(st, 1, a->cus[c]);
 	text(st, 2, a->id);
 	i64(st, 3, bad_debt);
@@ -534,7 +532,7 @@ static bool put_customer(struct gen *g, const struct acct *a, int c, bool bad_de
 
 static bool put_sub(struct gen *g, const struct acct *a, int c, const char *status)
 {
-	sqlite3_stmt *st = g->sub;
+	struct dun_stmt *st = g->sub;
 	text(st, 1, a->sub[c]);
 	text(st, 2, a->cus[c]);
 	text(st, 3, status);
@@ -706,7 +704,7 @@ static bool pass1_account(struct gen *g, const struct acct *a)
 	char email[64], name[48];
 	snprintf(email, sizeof email, "billing+%s@example.com", a->id);
 	snprintf(name, sizeof name, "Customer %" PRId64, a->idx + 1);
-	sqlite3_stmt *st = g->account;
+	struct dun_stmt *st = g->account;
 	text(st, 1, a->id);
 	text(st, 2, dun_segment_name(a->segment));
 	i64(st, 3, acct_bd);
@@ -770,7 +768,7 @@ static bool put_attempt(struct gen *g, const struct acct *a, const struct inv *v
 	char id[32], pi[160];
 	base36(id, sizeof id, "py_", v->seq << 4 | (uint64_t)n, 11);
 	snprintf(pi, sizeof pi, "pi_%s", v->id + 3);
-	sqlite3_stmt *st = g->attempt;
+	struct dun_stmt *st = g->attempt;
 	text(st, 1, id);
 	text(st, 2, v->id);
 	text(st, 3, pi);
@@ -820,7 +818,7 @@ static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v
 				      n > 1 ? "," : "");
 	if (n < sizeof md)
 		snprintf(md + n, sizeof md - n, "}");
-	sqlite3_stmt *st = g->invoice;
+	struct dun_stmt *st = g->invoice;
 	text(st, 1, v->id);
 	text(st, 2, v->customer);
 	text(st, 3, v->sub);
@@ -838,12 +836,12 @@ static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v
 	if (v->has_bd_amount)
 		i64(st, 15, v->bd_amount);
 	else
-		sqlite3_bind_null(st, 15);
+		dun_stmt_bind_null(st, 15);
 	i64(st, 16, v->bd_paid);
 	if (v->covers)
 		text(st, 17, v->covers);
 	else
-		sqlite3_bind_null(st, 17);
+		dun_stmt_bind_null(st, 17);
 	text(st, 18, md);
 	i64(st, 19, v->paid_at ? v->paid_at : v->created);
 	g->counts->invoices++;
@@ -852,7 +850,7 @@ static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v
 
 static bool put_doc(struct gen *g, const char *invoice, bool closed, bool paylinks, int64_t at)
 {
-	sqlite3_stmt *st = g->doc;
+	struct dun_stmt *st = g->doc;
 	text(st, 1, invoice);
 	i64(st, 2, closed);
 	i64(st, 3, paylinks);
@@ -1101,11 +1099,11 @@ static bool prepare_all(struct gen *g)
 
 static void finalize_all(struct gen *g)
 {
-	sqlite3_stmt *all[] = {g->account, g->customer, g->pcustomer, g->sub,
-			       g->dunning, g->platform, g->episode,   g->email,
-			       g->invoice, g->attempt,	g->doc};
+	struct dun_stmt *all[] = {g->account, g->customer, g->pcustomer, g->sub,
+				  g->dunning, g->platform, g->episode,	 g->email,
+				  g->invoice, g->attempt,  g->doc};
 	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-		sqlite3_finalize(all[i]);
+		dun_stmt_finalize(all[i]);
 }
 
 static bool batch(struct gen *g, int64_t *n)
@@ -1156,18 +1154,18 @@ struct indexes {
 
 static bool drop_indexes(struct gen *g, struct indexes *ix)
 {
-	sqlite3_stmt *st = NULL;
+	struct dun_stmt *st = NULL;
 	if (!prepare(g, &st,
 		     "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
 		     " AND sql IS NOT NULL ORDER BY rowid"))
 		return false;
 	char names[MAX_INDEXES][128];
 	ix->n = 0;
-	while (sqlite3_step(st) == SQLITE_ROW && ix->n < MAX_INDEXES) {
-		snprintf(names[ix->n], sizeof names[0], "%s", sqlite3_column_text(st, 0));
-		ix->sql[ix->n++] = dun_strdup((const char *)sqlite3_column_text(st, 1));
+	while (dun_stmt_row(st) && ix->n < MAX_INDEXES) {
+		snprintf(names[ix->n], sizeof names[0], "%s", dun_stmt_col_text(st, 0));
+		ix->sql[ix->n++] = dun_strdup(dun_stmt_col_text(st, 1));
 	}
-	sqlite3_finalize(st);
+	dun_stmt_finalize(st);
 	for (int i = 0; i < ix->n; i++) {
 		char sql[160];
 		snprintf(sql, sizeof sql, "DROP INDEX \"%.127s\"", names[i]);
@@ -1242,7 +1240,6 @@ enum dun_err dun_bench_gen_run(const struct dun_bench_gen_config *cfg,
 	enum dun_err e = dun_db_open(cfg->path, &g.db, err, err_size);
 	if (e != DUN_OK)
 		return e;
-	g.h = dun_db_handle(g.db);
 	g.bill_a = 2654435761u % (uint64_t)cfg->accounts;
 	g.bill_a_inv = inverse_mod(g.bill_a, (uint64_t)cfg->accounts);
 	bool ok = generate(&g);

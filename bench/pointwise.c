@@ -12,18 +12,17 @@ enum dun_err dun_bench_pointwise_scan(struct dun_engine *en, int64_t now,
 	memset(out, 0, sizeof *out);
 	char last[DUN_ID_MAX] = "";
 	char ids[256][DUN_ID_MAX];
-	sqlite3_stmt *st = NULL;
-	if (sqlite3_prepare_v2(dun_db_handle(en->db),
-			       "SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT 256", -1,
-			       &st, NULL) != SQLITE_OK)
+	struct dun_stmt *st = NULL;
+	if (dun_db_prepare(en->db, "SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT 256",
+			   &st) != DUN_OK)
 		return DUN_E_STORE;
 	enum dun_err e = DUN_OK;
 	while (e == DUN_OK) {
 		int n = 0;
-		sqlite3_bind_text(st, 1, last, -1, SQLITE_TRANSIENT);
-		while (sqlite3_step(st) == SQLITE_ROW)
-			dun_db_col_text(st, 0, ids[n++], DUN_ID_MAX);
-		sqlite3_reset(st);
+		dun_stmt_bind_text_copy(st, 1, last);
+		while (dun_stmt_row(st))
+			dun_stmt_col_copy(st, 0, ids[n++], DUN_ID_MAX);
+		dun_stmt_reset(st);
 		if (!n)
 			break;
 		memcpy(last, ids[n - 1], DUN_ID_MAX);
@@ -41,6 +40,6 @@ enum dun_err dun_bench_pointwise_scan(struct dun_engine *en, int64_t now,
 				out->per_class[c] += (m >> c) & 1u;
 		}
 	}
-	sqlite3_finalize(st);
+	dun_stmt_finalize(st);
 	return e;
 }

@@ -188,12 +188,11 @@ static void check_decision(const struct dun_engine *a, const struct dun_engine *
 
 static int64_t scalar(struct dun_db *db, const char *sql)
 {
-	sqlite3_stmt *st = NULL;
+	struct dun_stmt *st = NULL;
 	int64_t v = -1;
-	if (sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (dun_db_prepare(db, sql, &st) == DUN_OK && dun_stmt_row(st))
+		v = dun_stmt_col_int64(st, 0);
+	dun_stmt_finalize(st);
 	return v;
 }
 
@@ -203,17 +202,17 @@ static void check_plans(struct dun_db *db)
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
 		char sql[4096];
 		snprintf(sql, sizeof sql, "EXPLAIN QUERY PLAN %s", dun_stream_sql(q));
-		sqlite3_stmt *st = NULL;
-		CHECK_INT(sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL), SQLITE_OK);
+		struct dun_stmt *st = NULL;
+		CHECK_INT(dun_db_prepare(db, sql, &st), DUN_OK);
 		bool sorts = false;
-		while (st && sqlite3_step(st) == SQLITE_ROW) {
-			const char *detail = (const char *)sqlite3_column_text(st, 3);
+		while (st && dun_stmt_row(st)) {
+			const char *detail = dun_stmt_col_text(st, 3);
 			if (detail && strstr(detail, "TEMP B-TREE")) {
 				fprintf(stderr, "stream query %d sorts: %s\n", q, detail);
 				sorts = true;
 			}
 		}
-		sqlite3_finalize(st);
+		dun_stmt_finalize(st);
 		CHECK(!sorts);
 	}
 }

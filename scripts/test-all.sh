@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and CI run it:
-#   1. format check (clang-format, pinned style)
+#   1. format check (clang-format, pinned style), and the store seam check
+#      (no SQLite or libpq symbol outside src/store/)
 #   2. -Werror build, C unit/golden/fuzz-corpus tests (meson test)
 #   3. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   4. integration tests: pytest driving the real binary against real
@@ -29,6 +30,13 @@ count_meson() {
 
 stage "format check"
 if scripts/format-check.sh; then
+	passed=$((passed + 1))
+else
+	failed=$((failed + 1))
+fi
+
+stage "store seam check"
+if scripts/store-seam-check.sh; then
 	passed=$((passed + 1))
 else
 	failed=$((failed + 1))

@@ -87,30 +87,30 @@
 
 static bool already_applied(struct dun_db *db, const char *key)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "SELECT 1 FROM applied WHERE key = ?1 AND outcome = 'applied'");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	bool found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_reset(st);
+	dun_stmt_bind_text(st, 1, key);
+	bool found = dun_stmt_row(st);
+	dun_stmt_reset(st);
 	return found;
 }
 
 static enum dun_err record(struct dun_db *db, const char *account, const struct dun_consequence *c,
 			   int64_t decision_id, enum dun_err e, const char *err)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO applied(key, account_id, type, decision_id, at, outcome, error)"
 		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(key) DO UPDATE SET"
 		" decision_id = excluded.decision_id, at = excluded.at,"
 		" outcome = excluded.outcome, error = excluded.error");
-	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, dun_conseq_name(c->type), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, decision_id);
-	sqlite3_bind_int64(st, 5, dun_clock_now());
-	sqlite3_bind_text(st, 6, e == DUN_OK ? "applied" : "failed", -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, e == DUN_OK ? "" : err, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, c->key);
+	dun_stmt_bind_text(st, 2, account);
+	dun_stmt_bind_text(st, 3, dun_conseq_name(c->type));
+	dun_stmt_bind_int64(st, 4, decision_id);
+	dun_stmt_bind_int64(st, 5, dun_clock_now());
+	dun_stmt_bind_text(st, 6, e == DUN_OK ? "applied" : "failed");
+	dun_stmt_bind_text(st, 7, e == DUN_OK ? "" : err);
+	return dun_stmt_done(st);
 }
 
 /* Fold a provider reply into the mirror. Takes obj. */
@@ -169,17 +169,17 @@ static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snaps
 static enum dun_err exec_bind(struct dun_db *db, const char *sql, const char *a, const char *b,
 			      int64_t x, int64_t y)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, sql);
-	int n = sqlite3_bind_parameter_count(st);
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	int n = dun_stmt_param_count(st);
 	if (n >= 1)
-		dun_db_bind_text(st, 1, a);
+		dun_stmt_bind_text_copy(st, 1, a);
 	if (n >= 2)
-		dun_db_bind_text(st, 2, b);
+		dun_stmt_bind_text_copy(st, 2, b);
 	if (n >= 3)
-		sqlite3_bind_int64(st, 3, x);
+		dun_stmt_bind_int64(st, 3, x);
 	if (n >= 4)
-		sqlite3_bind_int64(st, 4, y);
-	return dun_db_step_done(st);
+		dun_stmt_bind_int64(st, 4, y);
+	return dun_stmt_done(st);
 }
 
 static char *episode_products(const struct dun_state *s)
@@ -243,17 +243,17 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		for (int i = 0; i < snap->state.n_invoices; i++)
 			amount += d->invoices[i].bad_debt_amount_minor;
 		char *products = episode_products(&snap->state);
-		sqlite3_stmt *st = dun_db_stmt(
+		struct dun_stmt *st = dun_db_stmt(
 		    db, "INSERT OR IGNORE INTO bad_debt_episodes(account_id, episode,"
 			" entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"
 			" ?5, ?6)");
-		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, c->value); /* the bad-debt episode number */
-		sqlite3_bind_int64(st, 3, now);
-		sqlite3_bind_text(st, 4, first_reason(d, "bad_debt"), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 5, products, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 6, amount);
-		enum dun_err e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, acct);
+		dun_stmt_bind_int64(st, 2, c->value); /* the bad-debt episode number */
+		dun_stmt_bind_int64(st, 3, now);
+		dun_stmt_bind_text(st, 4, first_reason(d, "bad_debt"));
+		dun_stmt_bind_text(st, 5, products);
+		dun_stmt_bind_int64(st, 6, amount);
+		enum dun_err e = dun_stmt_done(st);
 		free(products);
 		return e;
 	}
@@ -279,33 +279,32 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		    dun_entitlement_name(d->entitlement));
 		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 		json_decref(payload);
-		sqlite3_stmt *st = dun_db_stmt(
+		struct dun_stmt *st = dun_db_stmt(
 		    db, "INSERT OR IGNORE INTO outcome_events(key, account_id, type, payload,"
 			" created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
-		sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, acct, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, text, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 5, now);
-		enum dun_err e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, c->key);
+		dun_stmt_bind_text(st, 2, acct);
+		dun_stmt_bind_text(st, 3, type);
+		dun_stmt_bind_text(st, 4, text);
+		dun_stmt_bind_int64(st, 5, now);
+		enum dun_err e = dun_stmt_done(st);
 		free(text);
 		return e;
 	}
 	case DUN_C_SET_STAGE: {
-		sqlite3_stmt *st = dun_db_stmt(
+		struct dun_stmt *st = dun_db_stmt(
 		    db, "INSERT INTO dunning(account_id, stage, since, episode, lifting_since,"
 			" updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(account_id)"
 			" DO UPDATE SET stage = excluded.stage, since = excluded.since,"
 			" episode = excluded.episode, lifting_since = excluded.lifting_since,"
 			" updated_at = excluded.updated_at");
-		sqlite3_bind_text(st, 1, acct, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, dun_stage_name((enum dun_stage)c->value), -1,
-				  SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, c->at);
-		sqlite3_bind_int64(st, 4, c->episode);
-		sqlite3_bind_int64(st, 5, c->lifting_since);
-		sqlite3_bind_int64(st, 6, now);
-		return dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, acct);
+		dun_stmt_bind_text(st, 2, dun_stage_name((enum dun_stage)c->value));
+		dun_stmt_bind_int64(st, 3, c->at);
+		dun_stmt_bind_int64(st, 4, c->episode);
+		dun_stmt_bind_int64(st, 5, c->lifting_since);
+		dun_stmt_bind_int64(st, 6, now);
+		return dun_stmt_done(st);
 	}
 	case DUN_C_SCHEDULE_RECHECK:
 		return exec_bind(db,
@@ -519,12 +518,12 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 {
 	struct dun_db *db = ap->db;
 	*skipped = false;
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT state FROM emails WHERE key = ?1");
-	sqlite3_bind_text(st, 1, c->key, -1, SQLITE_STATIC);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT state FROM emails WHERE key = ?1");
+	dun_stmt_bind_text(st, 1, c->key);
 	char state[16] = "";
-	if (sqlite3_step(st) == SQLITE_ROW)
-		dun_db_col_text(st, 0, state, sizeof state);
-	sqlite3_reset(st);
+	if (dun_stmt_row(st))
+		dun_stmt_col_copy(st, 0, state, sizeof state);
+	dun_stmt_reset(st);
 	if (!strcmp(state, "sent")) {
 		*skipped = true;
 		return DUN_OK;
@@ -559,8 +558,7 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 	struct dun_email_claim claim;
 	e = dun_email_claim(db, &in, owner, ctx.now, ap->mailer.claim_lease_s, &claim);
 	if (e != DUN_OK) {
-		snprintf(err, ERR_MAX, "claiming %s: %s", c->key,
-			 sqlite3_errmsg(dun_db_handle(db)));
+		snprintf(err, ERR_MAX, "claiming %s: %s", c->key, dun_db_errmsg(db));
 		goto free_text;
 	}
 	switch (claim.result) {
@@ -590,7 +588,7 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 		/* Sent, but not recorded: the next plan finds the claim of a live
 		 * owner, then an expired one, and resends with the same Message-ID. */
 		snprintf(err, ERR_MAX, "sent %s but could not record it: %s", c->key,
-			 sqlite3_errmsg(dun_db_handle(db)));
+			 dun_db_errmsg(db));
 		e = se;
 	}
 free_text:
@@ -612,7 +610,7 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 {
 	enum dun_err e = dun_db_begin(ap->db);
 	if (e != DUN_OK) {
-		snprintf(err, ERR_MAX, "begin: %s", sqlite3_errmsg(dun_db_handle(ap->db)));
+		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
 	if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
@@ -626,7 +624,7 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 	if (e != DUN_OK) {
 		if (!err[0])
 			snprintf(err, ERR_MAX, "%s: %s", dun_conseq_name(c->type),
-				 sqlite3_errmsg(dun_db_handle(ap->db)));
+				 dun_db_errmsg(ap->db));
 		dun_db_rollback(ap->db);
 	}
 	return e;

@@ -100,19 +100,19 @@ struct row {
 static enum dun_err read_row(struct dun_db *db, const char *key, struct row *r)
 {
 	memset(r, 0, sizeof *r);
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT state, claimed_by, claimed_at, message_id FROM emails WHERE key = ?1");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, key);
+	int rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
 		r->found = true;
-		dun_db_col_text(st, 0, r->state, sizeof r->state);
-		dun_db_col_text(st, 1, r->owner, sizeof r->owner);
-		r->claimed_at = sqlite3_column_int64(st, 2);
-		dun_db_col_text(st, 3, r->message_id, sizeof r->message_id);
+		dun_stmt_col_copy(st, 0, r->state, sizeof r->state);
+		dun_stmt_col_copy(st, 1, r->owner, sizeof r->owner);
+		r->claimed_at = dun_stmt_col_int64(st, 2);
+		dun_stmt_col_copy(st, 3, r->message_id, sizeof r->message_id);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+	dun_stmt_reset(st);
+	return rc == DUN_STEP_ROW || rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
 }
 
 enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *in,
@@ -134,7 +134,7 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 	if (r.found && !strcmp(r.state, "sending") && r.owner[0] &&
 	    dun_email_owner_is_gone(r.owner))
 		gone = r.owner;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr, subject, body,"
 		" message_id, state, claimed_by, claimed_at, source, created_at)"
 		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sending', ?9, ?10, ?11, ?10)"
@@ -147,24 +147,23 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 		" body = CASE WHEN excluded.body <> '' THEN excluded.body ELSE emails.body END"
 		" WHERE emails.state IN ('pending', 'failed') OR (emails.state = 'sending'"
 		"  AND (emails.claimed_at <= ?12 OR emails.claimed_by = ?13))");
-	sqlite3_bind_text(st, 1, in->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, s(in->account_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, s(in->kind), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, s(in->invoice_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, s(in->to), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, s(in->subject), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, s(in->body), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 8, s(in->message_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 9, owner, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 10, now);
-	sqlite3_bind_text(st, 11, in->source && in->source[0] ? in->source : "engine", -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 12, now - (lease_s > 0 ? lease_s : DUN_EMAIL_LEASE_S_DEFAULT));
-	dun_db_bind_text(st, 13, gone);
-	e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, in->key);
+	dun_stmt_bind_text(st, 2, s(in->account_id));
+	dun_stmt_bind_text(st, 3, s(in->kind));
+	dun_stmt_bind_text(st, 4, s(in->invoice_id));
+	dun_stmt_bind_text(st, 5, s(in->to));
+	dun_stmt_bind_text(st, 6, s(in->subject));
+	dun_stmt_bind_text(st, 7, s(in->body));
+	dun_stmt_bind_text(st, 8, s(in->message_id));
+	dun_stmt_bind_text(st, 9, owner);
+	dun_stmt_bind_int64(st, 10, now);
+	dun_stmt_bind_text(st, 11, in->source && in->source[0] ? in->source : "engine");
+	dun_stmt_bind_int64(st, 12, now - (lease_s > 0 ? lease_s : DUN_EMAIL_LEASE_S_DEFAULT));
+	dun_stmt_bind_text_copy(st, 13, gone);
+	e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
-	bool won = sqlite3_changes(dun_db_handle(db)) > 0;
+	bool won = dun_db_changes(db) > 0;
 	e = read_row(db, in->key, &r);
 	if (e != DUN_OK)
 		return e;
@@ -186,22 +185,22 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 enum dun_err dun_email_settle(struct dun_db *db, const char *key, const char *owner, bool sent,
 			      const char *error, int64_t now)
 {
-	sqlite3_stmt *st;
+	struct dun_stmt *st;
 	if (sent) {
 		st = dun_db_stmt(db, "UPDATE emails SET state = 'sent', attempts = attempts + 1,"
 				     " last_error = '', sent_at = ?2, claimed_by = ''"
 				     " WHERE key = ?1 AND state <> 'sent'");
-		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, now);
-		return dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, key);
+		dun_stmt_bind_int64(st, 2, now);
+		return dun_stmt_done(st);
 	}
 	st = dun_db_stmt(db, "UPDATE emails SET state = 'failed', attempts = attempts + 1,"
 			     " last_error = ?3, claimed_by = '' WHERE key = ?1"
 			     " AND state = 'sending' AND claimed_by = ?2");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, s(error), -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, key);
+	dun_stmt_bind_text(st, 2, owner);
+	dun_stmt_bind_text(st, 3, s(error));
+	return dun_stmt_done(st);
 }
 
 enum dun_err dun_email_record_sent(struct dun_db *db, const struct dun_email_intent *in,
@@ -214,22 +213,21 @@ enum dun_err dun_email_record_sent(struct dun_db *db, const struct dun_email_int
 	*was_sent = r.found && !strcmp(r.state, "sent");
 	if (*was_sent)
 		return DUN_OK;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr, subject, body,"
 		" message_id, state, attempts, source, created_at, sent_at)"
 		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sent', 1, ?9, ?10, ?10)"
 		" ON CONFLICT(key) DO UPDATE SET state = 'sent', attempts = emails.attempts + 1,"
 		" last_error = '', claimed_by = '', sent_at = ?10 WHERE emails.state <> 'sent'");
-	sqlite3_bind_text(st, 1, in->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, s(in->account_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, s(in->kind), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, s(in->invoice_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, s(in->to), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, s(in->subject), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, s(in->body), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 8, s(in->message_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 9, in->source && in->source[0] ? in->source : "legacy", -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 10, now);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, in->key);
+	dun_stmt_bind_text(st, 2, s(in->account_id));
+	dun_stmt_bind_text(st, 3, s(in->kind));
+	dun_stmt_bind_text(st, 4, s(in->invoice_id));
+	dun_stmt_bind_text(st, 5, s(in->to));
+	dun_stmt_bind_text(st, 6, s(in->subject));
+	dun_stmt_bind_text(st, 7, s(in->body));
+	dun_stmt_bind_text(st, 8, s(in->message_id));
+	dun_stmt_bind_text(st, 9, in->source && in->source[0] ? in->source : "legacy");
+	dun_stmt_bind_int64(st, 10, now);
+	return dun_stmt_done(st);
 }

@@ -65,23 +65,23 @@ struct delivery {
 
 static enum dun_err queue_new(struct dun_db *db, const char *endpoint, int64_t now, int64_t *n)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT OR IGNORE INTO outcome_deliveries(event_id, endpoint, account_id,"
 		" created_at) SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
 		" WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
 		"  WHERE endpoint = ?1), 0) ORDER BY e.id");
-	sqlite3_bind_text(st, 1, endpoint, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, endpoint);
+	dun_stmt_bind_int64(st, 2, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (e == DUN_OK)
-		*n += sqlite3_changes(dun_db_handle(db));
+		*n += dun_db_changes(db);
 	return e;
 }
 
 static int select_due(struct dun_db *db, const char *endpoint, int64_t now, struct delivery *out,
 		      int max)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT d.event_id, d.account_id, d.attempts, e.payload"
 		" FROM outcome_deliveries d JOIN outcome_events e ON e.id = d.event_id"
 		" WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.not_before <= ?2"
@@ -89,35 +89,35 @@ static int select_due(struct dun_db *db, const char *endpoint, int64_t now, stru
 		"  AND p.account_id = d.account_id AND p.state = 'pending'"
 		"  AND p.event_id < d.event_id)"
 		" ORDER BY d.event_id LIMIT ?3");
-	sqlite3_bind_text(st, 1, endpoint, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now);
-	sqlite3_bind_int(st, 3, max);
+	dun_stmt_bind_text(st, 1, endpoint);
+	dun_stmt_bind_int64(st, 2, now);
+	dun_stmt_bind_int(st, 3, max);
 	int n = 0;
-	while (n < max && sqlite3_step(st) == SQLITE_ROW) {
+	while (n < max && dun_stmt_row(st)) {
 		struct delivery *d = &out[n++];
-		d->event_id = sqlite3_column_int64(st, 0);
-		dun_db_col_text(st, 1, d->account_id, sizeof d->account_id);
-		d->attempts = sqlite3_column_int(st, 2);
-		const char *p = (const char *)sqlite3_column_text(st, 3);
+		d->event_id = dun_stmt_col_int64(st, 0);
+		dun_stmt_col_copy(st, 1, d->account_id, sizeof d->account_id);
+		d->attempts = dun_stmt_col_int(st, 2);
+		const char *p = dun_stmt_col_text(st, 3);
 		d->payload = dun_strdup(p ? p : "{}");
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return n;
 }
 
 static enum dun_err claim(struct dun_db *db, const char *endpoint, int64_t event_id, int64_t now,
 			  int64_t lease_s, bool *won)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db,
 	    "UPDATE outcome_deliveries SET not_before = ?4, attempts = attempts + 1"
 	    " WHERE event_id = ?1 AND endpoint = ?2 AND state = 'pending' AND not_before <= ?3");
-	sqlite3_bind_int64(st, 1, event_id);
-	sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, now);
-	sqlite3_bind_int64(st, 4, now + lease_s);
-	enum dun_err e = dun_db_step_done(st);
-	*won = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	dun_stmt_bind_int64(st, 1, event_id);
+	dun_stmt_bind_text(st, 2, endpoint);
+	dun_stmt_bind_int64(st, 3, now);
+	dun_stmt_bind_int64(st, 4, now + lease_s);
+	enum dun_err e = dun_stmt_done(st);
+	*won = e == DUN_OK && dun_db_changes(db) > 0;
 	return e;
 }
 
@@ -125,28 +125,27 @@ static enum dun_err settle(struct dun_db *db, const char *endpoint, const struct
 			   enum dun_outbox_verdict v, const struct dun_http_reply *reply,
 			   int64_t now, int64_t delay_s)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "UPDATE outcome_deliveries SET state = ?3, last_status = ?4, last_error = ?5,"
 		" not_before = ?6, sent_at = CASE WHEN ?3 = 'sent' THEN ?7 ELSE sent_at END"
 		" WHERE event_id = ?1 AND endpoint = ?2");
-	sqlite3_bind_int64(st, 1, d->event_id);
-	sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, v == DUN_OUTBOX_RETRY ? "pending" : dun_outbox_verdict_name(v), -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, reply->status);
-	sqlite3_bind_text(st, 5, reply->error, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 6, v == DUN_OUTBOX_RETRY ? now + delay_s : 0);
-	sqlite3_bind_int64(st, 7, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 1, d->event_id);
+	dun_stmt_bind_text(st, 2, endpoint);
+	dun_stmt_bind_text(st, 3, v == DUN_OUTBOX_RETRY ? "pending" : dun_outbox_verdict_name(v));
+	dun_stmt_bind_int64(st, 4, reply->status);
+	dun_stmt_bind_text(st, 5, reply->error);
+	dun_stmt_bind_int64(st, 6, v == DUN_OUTBOX_RETRY ? now + delay_s : 0);
+	dun_stmt_bind_int64(st, 7, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK || v != DUN_OUTBOX_SENT)
 		return e;
 	/* The event is delivered once every endpoint that has it got it. */
 	st = dun_db_stmt(db, "UPDATE outcome_events SET delivered_at = ?2 WHERE id = ?1"
 			     " AND delivered_at = 0 AND NOT EXISTS (SELECT 1 FROM"
 			     " outcome_deliveries WHERE event_id = ?1 AND state <> 'sent')");
-	sqlite3_bind_int64(st, 1, d->event_id);
-	sqlite3_bind_int64(st, 2, now);
-	return dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 1, d->event_id);
+	dun_stmt_bind_int64(st, 2, now);
+	return dun_stmt_done(st);
 }
 
 static enum dun_outbox_verdict post(struct dun_http_client *client, const struct dun_config *cfg,
@@ -256,19 +255,19 @@ static enum dun_err run_endpoint(struct dun_db *db, const struct dun_config *cfg
 
 static enum dun_err count(struct dun_db *db, struct dun_events_stats *stats)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT (SELECT COUNT(*) FROM outcome_deliveries WHERE state = 'pending'),"
 		" (SELECT COUNT(*) FROM outcome_deliveries WHERE state = 'dead'),"
 		" (SELECT COALESCE(MIN(created_at), 0) FROM outcome_deliveries WHERE state = "
 		"'pending')");
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		stats->pending = sqlite3_column_int64(st, 0);
-		stats->dead_total = sqlite3_column_int64(st, 1);
-		stats->oldest_pending_at = sqlite3_column_int64(st, 2);
+	int rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
+		stats->pending = dun_stmt_col_int64(st, 0);
+		stats->dead_total = dun_stmt_col_int64(st, 1);
+		stats->oldest_pending_at = dun_stmt_col_int64(st, 2);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? DUN_OK : dun_db_err(rc);
+	dun_stmt_reset(st);
+	return rc == DUN_STEP_ROW ? DUN_OK : dun_stmt_err(st);
 }
 
 enum dun_err dun_events_sender_run_once(struct dun_db *db, const struct dun_config *cfg,
@@ -296,14 +295,15 @@ enum dun_err dun_events_sender_run_once(struct dun_db *db, const struct dun_conf
 
 enum dun_err dun_events_requeue_dead(struct dun_db *db, int64_t event_id, int64_t now, int *n_out)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE outcome_deliveries SET state = 'pending',"
-					   " not_before = ?2, attempts = 0, last_error ="
-					   " 'requeued after: ' || last_error"
-					   " WHERE state = 'dead' AND (?1 = 0 OR event_id = ?1)");
-	sqlite3_bind_int64(st, 1, event_id);
-	sqlite3_bind_int64(st, 2, now);
-	enum dun_err e = dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "UPDATE outcome_deliveries SET state = 'pending',"
+			    " not_before = ?2, attempts = 0, last_error ="
+			    " 'requeued after: ' || last_error"
+			    " WHERE state = 'dead' AND (?1 = 0 OR event_id = ?1)");
+	dun_stmt_bind_int64(st, 1, event_id);
+	dun_stmt_bind_int64(st, 2, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (n_out)
-		*n_out = sqlite3_changes(dun_db_handle(db));
+		*n_out = dun_db_changes(db);
 	return e;
 }

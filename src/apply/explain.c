@@ -34,22 +34,24 @@ static json_t *attempts_json(const struct dun_policy *p, const struct dun_invoic
 static json_t *rows(struct dun_db *db, const char *sql, const char *account_id)
 {
 	json_t *arr = json_array();
-	sqlite3_stmt *st = dun_db_stmt(db, sql);
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	dun_stmt_bind_text(st, 1, account_id);
+	while (dun_stmt_row(st)) {
 		json_t *row = json_object();
-		for (int c = 0; c < sqlite3_column_count(st); c++) {
-			const char *name = sqlite3_column_name(st, c);
-			switch (sqlite3_column_type(st, c)) {
-			case SQLITE_INTEGER:
+		for (int c = 0; c < dun_stmt_col_count(st); c++) {
+			const char *name = dun_stmt_col_name(st, c);
+			switch (dun_stmt_col_type(st, c)) {
+			case DUN_COL_INT:
 				json_object_set_new(row, name,
-						    json_integer(sqlite3_column_int64(st, c)));
+						    json_integer(dun_stmt_col_int64(st, c)));
 				break;
-			case SQLITE_NULL:
+			case DUN_COL_NULL:
 				json_object_set_new(row, name, json_null());
 				break;
-			default: {
-				const char *t = (const char *)sqlite3_column_text(st, c);
+			case DUN_COL_FLOAT:
+			case DUN_COL_TEXT:
+			case DUN_COL_BLOB: {
+				const char *t = dun_stmt_col_text(st, c);
 				json_t *parsed = NULL;
 				/* reasons and plan are stored as JSON text */
 				if (t && (t[0] == '[' || t[0] == '{'))
@@ -62,7 +64,7 @@ static json_t *rows(struct dun_db *db, const char *sql, const char *account_id)
 		}
 		json_array_append_new(arr, row);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return arr;
 }
 

@@ -14,14 +14,14 @@ static enum dun_err local_ban(void *self, const char *account_id, bool banned, c
 			      int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO platform(account_id, banned, updated_at) VALUES (?1, ?2, ?3)"
 		" ON CONFLICT(account_id) DO UPDATE SET banned = excluded.banned,"
 		" updated_at = excluded.updated_at");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, banned);
-	sqlite3_bind_int64(st, 3, dun_clock_now());
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_int(st, 2, banned);
+	dun_stmt_bind_int64(st, 3, dun_clock_now());
+	return dun_stmt_done(st);
 }
 
 static enum dun_err local_set_entitlement(void *self, const char *account_id,
@@ -29,25 +29,26 @@ static enum dun_err local_set_entitlement(void *self, const char *account_id,
 					  int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO platform(account_id, entitlement, updated_at) VALUES (?1, ?2, ?3)"
 		" ON CONFLICT(account_id) DO UPDATE SET entitlement = excluded.entitlement,"
 		" updated_at = excluded.updated_at");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, dun_entitlement_name(level), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, dun_clock_now());
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, dun_entitlement_name(level));
+	dun_stmt_bind_int64(st, 3, dun_clock_now());
+	return dun_stmt_done(st);
 }
 
 static enum dun_err local_remove_flags(void *self, const char *account_id, const char *idem_key,
 				       int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE platform SET resource_flags = 0, updated_at = ?2"
-					   " WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, dun_clock_now());
-	return dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "UPDATE platform SET resource_flags = 0, updated_at = ?2"
+			    " WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_int64(st, 2, dun_clock_now());
+	return dun_stmt_done(st);
 }
 
 static const struct dun_platform_ops local_platform_ops = {

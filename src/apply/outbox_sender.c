@@ -124,7 +124,7 @@ static char *request_body(const struct row *r)
 
 static int select_due(struct dun_db *db, int64_t now, struct row *out, int max)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "SELECT o.id, o.account_id, o.op, o.value, o.idem_key, o.decision_id,"
 			    " o.attempts, o.created_at FROM platform_outbox o"
 			    " WHERE o.state = 'pending' AND o.not_before <= ?1"
@@ -132,69 +132,68 @@ static int select_due(struct dun_db *db, int64_t now, struct row *out, int max)
 			    "  platform_outbox_pending WHERE p.state = 'pending'"
 			    "  AND p.account_id = o.account_id AND p.id < o.id)"
 			    " ORDER BY o.id LIMIT ?2");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int(st, 2, max);
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_int(st, 2, max);
 	int n = 0;
-	while (n < max && sqlite3_step(st) == SQLITE_ROW) {
+	while (n < max && dun_stmt_row(st)) {
 		struct row *r = &out[n++];
-		r->id = sqlite3_column_int64(st, 0);
-		dun_db_col_text(st, 1, r->account_id, sizeof r->account_id);
-		dun_db_col_text(st, 2, r->op, sizeof r->op);
-		dun_db_col_text(st, 3, r->value, sizeof r->value);
-		dun_db_col_text(st, 4, r->idem_key, sizeof r->idem_key);
-		r->decision_id = sqlite3_column_int64(st, 5);
-		r->attempts = sqlite3_column_int(st, 6);
-		r->created_at = sqlite3_column_int64(st, 7);
+		r->id = dun_stmt_col_int64(st, 0);
+		dun_stmt_col_copy(st, 1, r->account_id, sizeof r->account_id);
+		dun_stmt_col_copy(st, 2, r->op, sizeof r->op);
+		dun_stmt_col_copy(st, 3, r->value, sizeof r->value);
+		dun_stmt_col_copy(st, 4, r->idem_key, sizeof r->idem_key);
+		r->decision_id = dun_stmt_col_int64(st, 5);
+		r->attempts = dun_stmt_col_int(st, 6);
+		r->created_at = dun_stmt_col_int64(st, 7);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return n;
 }
 
 static enum dun_err claim(struct dun_db *db, int64_t id, int64_t now, int64_t lease_s, bool *won)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE platform_outbox SET not_before = ?3,"
-					   " attempts = attempts + 1 WHERE id = ?1 AND"
-					   " state = 'pending' AND not_before <= ?2");
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, now);
-	sqlite3_bind_int64(st, 3, now + lease_s);
-	enum dun_err e = dun_db_step_done(st);
-	*won = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE platform_outbox SET not_before = ?3,"
+					      " attempts = attempts + 1 WHERE id = ?1 AND"
+					      " state = 'pending' AND not_before <= ?2");
+	dun_stmt_bind_int64(st, 1, id);
+	dun_stmt_bind_int64(st, 2, now);
+	dun_stmt_bind_int64(st, 3, now + lease_s);
+	enum dun_err e = dun_stmt_done(st);
+	*won = e == DUN_OK && dun_db_changes(db) > 0;
 	return e;
 }
 
 static enum dun_err settle(struct dun_db *db, const struct row *r, enum dun_outbox_verdict v,
 			   const struct dun_http_reply *reply, int64_t now, int64_t delay_s)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "UPDATE platform_outbox SET state = ?2, last_status = ?3, last_error = ?4,"
 		" not_before = ?5, sent_at = CASE WHEN ?2 = 'sent' THEN ?6 ELSE sent_at END"
 		" WHERE id = ?1");
-	sqlite3_bind_int64(st, 1, r->id);
-	sqlite3_bind_text(st, 2, v == DUN_OUTBOX_RETRY ? "pending" : dun_outbox_verdict_name(v), -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, reply->status);
-	sqlite3_bind_text(st, 4, reply->error, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, v == DUN_OUTBOX_RETRY ? now + delay_s : 0);
-	sqlite3_bind_int64(st, 6, now);
-	return dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 1, r->id);
+	dun_stmt_bind_text(st, 2, v == DUN_OUTBOX_RETRY ? "pending" : dun_outbox_verdict_name(v));
+	dun_stmt_bind_int64(st, 3, reply->status);
+	dun_stmt_bind_text(st, 4, reply->error);
+	dun_stmt_bind_int64(st, 5, v == DUN_OUTBOX_RETRY ? now + delay_s : 0);
+	dun_stmt_bind_int64(st, 6, now);
+	return dun_stmt_done(st);
 }
 
 static enum dun_err count(struct dun_db *db, struct dun_outbox_stats *stats)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db,
 	    "SELECT (SELECT COUNT(*) FROM platform_outbox WHERE state = 'pending'),"
 	    " (SELECT COUNT(*) FROM platform_outbox WHERE state = 'dead'),"
 	    " (SELECT COALESCE(MIN(created_at), 0) FROM platform_outbox WHERE state = 'pending')");
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		stats->pending = sqlite3_column_int64(st, 0);
-		stats->dead_total = sqlite3_column_int64(st, 1);
-		stats->oldest_pending_at = sqlite3_column_int64(st, 2);
+	int rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
+		stats->pending = dun_stmt_col_int64(st, 0);
+		stats->dead_total = dun_stmt_col_int64(st, 1);
+		stats->oldest_pending_at = dun_stmt_col_int64(st, 2);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? DUN_OK : dun_db_err(rc);
+	dun_stmt_reset(st);
+	return rc == DUN_STEP_ROW ? DUN_OK : dun_stmt_err(st);
 }
 
 /* One call for row r; the verdict and the delay before a retry. */
@@ -325,7 +324,7 @@ enum dun_err dun_outbox_requeue_dead(struct dun_db *db, int64_t id, int64_t now,
 	/* A dead row whose effect a later, delivered row of the same kind has
 	 * overtaken (a dead ban after a delivered unban) stays dead: sending it
 	 * now would reach the platform out of order. */
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "UPDATE platform_outbox AS o SET state = 'pending', not_before = ?2,"
 			    " last_error = 'requeued after: ' || last_error"
 			    " WHERE o.state = 'dead' AND (?1 = 0 OR o.id = ?1) AND NOT EXISTS"
@@ -333,10 +332,10 @@ enum dun_err dun_outbox_requeue_dead(struct dun_db *db, int64_t id, int64_t now,
 			    "  AND l.id > o.id AND l.state = 'sent'"
 			    "  AND (CASE l.op WHEN 'unban' THEN 'ban' ELSE l.op END)"
 			    "   = (CASE o.op WHEN 'unban' THEN 'ban' ELSE o.op END))");
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 1, id);
+	dun_stmt_bind_int64(st, 2, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (n_out)
-		*n_out = sqlite3_changes(dun_db_handle(db));
+		*n_out = dun_db_changes(db);
 	return e;
 }

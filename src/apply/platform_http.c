@@ -29,19 +29,19 @@ static enum dun_err enqueue(struct dun_db *db, const char *account_id, const cha
 			    const char *value, const char *idem_key, int64_t decision_id, char *err,
 			    size_t err_size)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO platform_outbox(account_id, op, value, idem_key, decision_id,"
 		" created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(idem_key) DO NOTHING");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, op, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, idem_key, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, decision_id);
-	sqlite3_bind_int64(st, 6, dun_clock_now());
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, op);
+	dun_stmt_bind_text(st, 3, value);
+	dun_stmt_bind_text(st, 4, idem_key);
+	dun_stmt_bind_int64(st, 5, decision_id);
+	dun_stmt_bind_int64(st, 6, dun_clock_now());
+	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		snprintf(err, err_size, "queueing %s for %s: %s", op, account_id,
-			 sqlite3_errmsg(dun_db_handle(db)));
+			 dun_db_errmsg(db));
 	return e;
 }
 

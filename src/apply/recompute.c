@@ -146,40 +146,47 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	char *reasons_s = json_dumps(reasons, JSON_COMPACT);
 	json_decref(plan);
 	json_decref(reasons);
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
 		    " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
-		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
-	sqlite3_bind_text(st, 1, en->snap.state.account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, t ? t->id : 0);
-	sqlite3_bind_text(st, 3, t && t->kind ? t->kind : "", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, dun_clock_now());
-	sqlite3_bind_text(st, 5, dun_mode_name(mode), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, dun_stage_name(en->snap.state.stage), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, dun_stage_name(en->desired.computed_stage), -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 8, en->desired.held);
-	sqlite3_bind_int(st, 9, en->desired.skipped);
-	sqlite3_bind_int(st, 10, en->plan.n);
-	sqlite3_bind_text(st, 11, outcome, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 12, reasons_s, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 13, plan_s, -1, SQLITE_STATIC);
-	enum dun_err e = dun_db_step_done(st);
+		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+		    " RETURNING id");
+	dun_stmt_bind_text(st, 1, en->snap.state.account_id);
+	dun_stmt_bind_int64(st, 2, t ? t->id : 0);
+	dun_stmt_bind_text(st, 3, t && t->kind ? t->kind : "");
+	dun_stmt_bind_int64(st, 4, dun_clock_now());
+	dun_stmt_bind_text(st, 5, dun_mode_name(mode));
+	dun_stmt_bind_text(st, 6, dun_stage_name(en->snap.state.stage));
+	dun_stmt_bind_text(st, 7, dun_stage_name(en->desired.computed_stage));
+	dun_stmt_bind_int(st, 8, en->desired.held);
+	dun_stmt_bind_int(st, 9, en->desired.skipped);
+	dun_stmt_bind_int(st, 10, en->plan.n);
+	dun_stmt_bind_text(st, 11, outcome);
+	dun_stmt_bind_text(st, 12, reasons_s);
+	dun_stmt_bind_text(st, 13, plan_s);
+	*id_out = 0;
+	enum dun_err e = DUN_OK;
+	if (dun_stmt_row(st))
+		*id_out = dun_stmt_col_int64(st, 0);
+	else
+		e = dun_stmt_err(st);
+	dun_stmt_reset(st);
 	free(plan_s);
 	free(reasons_s);
-	*id_out = sqlite3_last_insert_rowid(dun_db_handle(en->db));
 	return e;
 }
 
 static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const char *outcome,
 				    int n_applied, const char *error)
 {
-	sqlite3_stmt *st = dun_db_stmt(en->db, "UPDATE decisions SET outcome = ?2, n_applied = ?3,"
-					       " error = ?4 WHERE id = ?1");
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_text(st, 2, outcome, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 3, n_applied);
-	sqlite3_bind_text(st, 4, error, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(en->db, "UPDATE decisions SET outcome = ?2, n_applied = ?3,"
+				" error = ?4 WHERE id = ?1");
+	dun_stmt_bind_int64(st, 1, id);
+	dun_stmt_bind_text(st, 2, outcome);
+	dun_stmt_bind_int(st, 3, n_applied);
+	dun_stmt_bind_text(st, 4, error);
+	return dun_stmt_done(st);
 }
 
 enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,

@@ -63,12 +63,13 @@ enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 		*why = "global mode is observe";
 		return DUN_MODE_OBSERVE;
 	}
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT list FROM rollout_list WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT list FROM rollout_list WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
 	char list[16] = "";
-	if (sqlite3_step(st) == SQLITE_ROW)
-		dun_db_col_text(st, 0, list, sizeof list);
-	sqlite3_reset(st);
+	if (dun_stmt_row(st))
+		dun_stmt_col_copy(st, 0, list, sizeof list);
+	dun_stmt_reset(st);
 	if (!strcmp(list, "allow")) {
 		*why = "account is on the allow-list";
 		return DUN_MODE_ACTIVE;
@@ -131,20 +132,21 @@ enum dun_err dun_rollout_gate_check(struct dun_db *db, int64_t now,
 				    size_t why_size)
 {
 	*report_id = 0;
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT id, created_at, window_from, window_to, passed"
-					   " FROM parity_reports ORDER BY id DESC LIMIT 1");
-	int rc = sqlite3_step(st);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
-		if (rc != SQLITE_DONE)
-			return dun_db_err(rc);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT id, created_at, window_from, window_to, passed"
+			    " FROM parity_reports ORDER BY id DESC LIMIT 1");
+	int rc = dun_stmt_step(st);
+	if (rc != DUN_STEP_ROW) {
+		dun_stmt_reset(st);
+		if (rc != DUN_STEP_DONE)
+			return dun_stmt_err(st);
 		snprintf(why, why_size, "no parity report yet: run 'dunning parity' first");
 		return DUN_E_GUARD;
 	}
-	int64_t id = sqlite3_column_int64(st, 0), created = sqlite3_column_int64(st, 1),
-		from = sqlite3_column_int64(st, 2), to = sqlite3_column_int64(st, 3);
-	bool passed = sqlite3_column_int(st, 4) != 0;
-	sqlite3_reset(st);
+	int64_t id = dun_stmt_col_int64(st, 0), created = dun_stmt_col_int64(st, 1),
+		from = dun_stmt_col_int64(st, 2), to = dun_stmt_col_int64(st, 3);
+	bool passed = dun_stmt_col_int(st, 4) != 0;
+	dun_stmt_reset(st);
 	if (!passed) {
 		snprintf(why, why_size, "the last parity report (#%lld) is below its thresholds",
 			 (long long)id);
@@ -173,13 +175,14 @@ enum dun_err dun_rollout_gate_check(struct dun_db *db, int64_t now,
 enum dun_err dun_rollout_log(struct dun_db *db, int64_t now, const char *action, const char *value,
 			     bool forced, int64_t report_id, const char *note)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "INSERT INTO rollout_log(at, action, value, forced,"
-					   " parity_report, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_text(st, 2, action, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 4, forced);
-	sqlite3_bind_int64(st, 5, report_id);
-	sqlite3_bind_text(st, 6, note ? note : "", -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO rollout_log(at, action, value, forced,"
+			    " parity_report, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_text(st, 2, action);
+	dun_stmt_bind_text(st, 3, value);
+	dun_stmt_bind_int(st, 4, forced);
+	dun_stmt_bind_int64(st, 5, report_id);
+	dun_stmt_bind_text(st, 6, note ? note : "");
+	return dun_stmt_done(st);
 }

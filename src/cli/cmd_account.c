@@ -48,34 +48,35 @@ static int list(struct dun_cli *cli, int argc, char **argv)
 	int rc = dun_cli_open(cli, DUN_NEED_DB);
 	if (rc)
 		return rc;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    cli->db, "SELECT a.id, a.segment, a.kill_switch, a.bad_debt,"
 		     " COALESCE(d.stage, 'none'), COALESCE(p.banned, 0),"
 		     " COALESCE(p.entitlement, 'full') FROM accounts a"
 		     " LEFT JOIN dunning d ON d.account_id = a.id"
 		     " LEFT JOIN platform p ON p.account_id = a.id"
 		     " WHERE ?1 IS NULL OR COALESCE(d.stage, 'none') = ?1 ORDER BY a.id LIMIT ?2");
-	dun_db_bind_text(st, 1, stage);
-	sqlite3_bind_int64(st, 2, limit);
+	dun_stmt_bind_text_copy(st, 1, stage);
+	dun_stmt_bind_int64(st, 2, limit);
 	printf("%-20s %-11s %-6s %-9s %-11s %-7s %s\n", "account", "segment", "kill", "bad_debt",
 	       "stage", "banned", "entitlement");
-	while (sqlite3_step(st) == SQLITE_ROW)
-		printf("%-20s %-11s %-6s %-9s %-11s %-7s %s\n", sqlite3_column_text(st, 0),
-		       sqlite3_column_text(st, 1), sqlite3_column_int(st, 2) ? "on" : "off",
-		       sqlite3_column_int(st, 3) ? "yes" : "no", sqlite3_column_text(st, 4),
-		       sqlite3_column_int(st, 5) ? "yes" : "no", sqlite3_column_text(st, 6));
-	sqlite3_reset(st);
+	while (dun_stmt_row(st))
+		printf("%-20s %-11s %-6s %-9s %-11s %-7s %s\n", dun_stmt_col_text(st, 0),
+		       dun_stmt_col_text(st, 1), dun_stmt_col_int(st, 2) ? "on" : "off",
+		       dun_stmt_col_int(st, 3) ? "yes" : "no", dun_stmt_col_text(st, 4),
+		       dun_stmt_col_int(st, 5) ? "yes" : "no", dun_stmt_col_text(st, 6));
+	dun_stmt_reset(st);
 	return DUN_EX_OK;
 }
 
 /* Link a provider customer id to the account (moving it if linked elsewhere). */
 static enum dun_err link_customer(struct dun_db *db, const char *customer, const char *account)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
-					   " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
-	sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
+			    " ON CONFLICT(id) DO UPDATE SET account_id = ?2");
+	dun_stmt_bind_text(st, 1, customer);
+	dun_stmt_bind_text(st, 2, account);
+	return dun_stmt_done(st);
 }
 
 int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
@@ -145,20 +146,20 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 	if (rc)
 		return rc;
 	enum dun_err e = dun_db_begin(cli->db);
-	sqlite3_stmt *st;
+	struct dun_stmt *st;
 	if (add) {
 		st = dun_db_stmt(cli->db,
 				 "INSERT INTO accounts(id, segment, email, name, created_at)"
 				 " VALUES (?1, COALESCE(?2, 'self_serve'), COALESCE(?3, ''),"
 				 " COALESCE(?4, ''), ?5) ON CONFLICT(id) DO NOTHING");
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		dun_db_bind_text(st, 2, segment);
-		dun_db_bind_text(st, 3, email);
-		dun_db_bind_text(st, 4, name);
-		sqlite3_bind_int64(st, 5, dun_clock_now());
+		dun_stmt_bind_text(st, 1, id);
+		dun_stmt_bind_text_copy(st, 2, segment);
+		dun_stmt_bind_text_copy(st, 3, email);
+		dun_stmt_bind_text_copy(st, 4, name);
+		dun_stmt_bind_int64(st, 5, dun_clock_now());
 		if (e == DUN_OK)
-			e = dun_db_step_done(st);
-		if (e == DUN_OK && sqlite3_changes(dun_db_handle(cli->db)) == 0) {
+			e = dun_stmt_done(st);
+		if (e == DUN_OK && dun_db_changes(cli->db) == 0) {
 			dun_db_rollback(cli->db);
 			dun_cli_error("account add: \"%s\" exists already (use account set)", id);
 			return DUN_EX_CANTCREAT;
@@ -171,17 +172,17 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 		    "UPDATE accounts SET segment = COALESCE(?2, segment),"
 		    " kill_switch = COALESCE(?3, kill_switch), email = COALESCE(?4, email),"
 		    " name = COALESCE(?5, name) WHERE id = ?1");
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		dun_db_bind_text(st, 2, segment);
+		dun_stmt_bind_text(st, 1, id);
+		dun_stmt_bind_text_copy(st, 2, segment);
 		if (kill)
-			sqlite3_bind_int(st, 3, !strcmp(kill, "on"));
+			dun_stmt_bind_int(st, 3, !strcmp(kill, "on"));
 		else
-			sqlite3_bind_null(st, 3);
-		dun_db_bind_text(st, 4, email);
-		dun_db_bind_text(st, 5, name);
+			dun_stmt_bind_null(st, 3);
+		dun_stmt_bind_text_copy(st, 4, email);
+		dun_stmt_bind_text_copy(st, 5, name);
 		if (e == DUN_OK)
-			e = dun_db_step_done(st);
-		if (e == DUN_OK && sqlite3_changes(dun_db_handle(cli->db)) == 0) {
+			e = dun_stmt_done(st);
+		if (e == DUN_OK && dun_db_changes(cli->db) == 0) {
 			dun_db_rollback(cli->db);
 			dun_cli_error("account set: no account \"%s\"", id);
 			return DUN_EX_NOINPUT;
@@ -197,7 +198,7 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv)
 		e = dun_db_commit(cli->db);
 	if (e != DUN_OK) {
 		dun_db_rollback(cli->db);
-		dun_cli_error("account %s: %s", verb, sqlite3_errmsg(dun_db_handle(cli->db)));
+		dun_cli_error("account %s: %s", verb, dun_db_errmsg(cli->db));
 		return dun_cli_exit_code(e);
 	}
 	printf("account %s %s\n", id, add ? "added" : "updated (recompute queued)");

@@ -44,25 +44,25 @@ static enum dun_err second_pass(struct dun_engine *en, struct dun_world *w, int6
 				int64_t *planned)
 {
 	*applied = *planned = 0;
-	sqlite3_stmt *st = dun_db_stmt(en->db, "SELECT id FROM accounts ORDER BY id");
+	struct dun_stmt *st = dun_db_stmt(en->db, "SELECT id FROM accounts ORDER BY id");
 	int n = 0, cap = 1024;
 	char(*ids)[DUN_ID_MAX] = malloc(sizeof *ids * (size_t)cap);
 	if (!ids)
 		return DUN_E_IO;
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while (dun_stmt_row(st)) {
 		if (n == cap) {
 			cap *= 2;
 			void *g = realloc(ids, sizeof *ids * (size_t)cap);
 			if (!g) {
 				free(ids);
-				sqlite3_reset(st);
+				dun_stmt_reset(st);
 				return DUN_E_IO;
 			}
 			ids = g;
 		}
-		dun_db_col_text(st, 0, ids[n++], DUN_ID_MAX);
+		dun_stmt_col_copy(st, 0, ids[n++], DUN_ID_MAX);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	enum dun_err e = DUN_OK;
 	struct dun_trigger_ref t = {.kind = "support_recompute"};
 	for (int i = 0; i < n && e == DUN_OK; i++) {

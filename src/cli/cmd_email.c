@@ -288,16 +288,16 @@ static int record(struct dun_cli *cli, int argc, char **argv)
 	int rc = dun_cli_open(cli, DUN_NEED_DB);
 	if (rc)
 		return rc;
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(cli->db, "SELECT state, claimed_by FROM emails WHERE key = ?1");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	dun_stmt_bind_text(st, 1, key);
 	char state[16] = "", owner[DUN_EMAIL_OWNER_MAX] = "";
-	bool found = sqlite3_step(st) == SQLITE_ROW;
+	bool found = dun_stmt_row(st);
 	if (found) {
-		dun_db_col_text(st, 0, state, sizeof state);
-		dun_db_col_text(st, 1, owner, sizeof owner);
+		dun_stmt_col_copy(st, 0, state, sizeof state);
+		dun_stmt_col_copy(st, 1, owner, sizeof owner);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	int64_t now = dun_clock_now();
 	if (failed) {
 		if (!found || strcmp(state, "sending") != 0 || strcmp(owner, by) != 0) {

@@ -30,30 +30,30 @@ int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv)
 	if (rc)
 		return rc;
 	if (show) {
-		sqlite3_stmt *st = dun_db_stmt(cli->db, "SELECT to_addr, subject, body, message_id,"
-							" state FROM emails WHERE key = ?1");
-		sqlite3_bind_text(st, 1, show, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) != SQLITE_ROW) {
-			sqlite3_reset(st);
+		struct dun_stmt *st =
+		    dun_db_stmt(cli->db, "SELECT to_addr, subject, body, message_id,"
+					 " state FROM emails WHERE key = ?1");
+		dun_stmt_bind_text(st, 1, show);
+		if (!dun_stmt_row(st)) {
+			dun_stmt_reset(st);
 			dun_cli_error("emails: no email with key \"%s\"", show);
 			return DUN_EX_NOINPUT;
 		}
 		printf("To: %s\nSubject: %s\nMessage-ID: %s\nState: %s\n\n%s\n",
-		       sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
-		       sqlite3_column_text(st, 3), sqlite3_column_text(st, 4),
-		       sqlite3_column_text(st, 2));
-		sqlite3_reset(st);
+		       dun_stmt_col_text(st, 0), dun_stmt_col_text(st, 1), dun_stmt_col_text(st, 3),
+		       dun_stmt_col_text(st, 4), dun_stmt_col_text(st, 2));
+		dun_stmt_reset(st);
 		return DUN_EX_OK;
 	}
-	sqlite3_stmt *st = dun_db_stmt(cli->db, "SELECT created_at, kind, state, key FROM emails"
-						" WHERE ?1 IS NULL OR account_id = ?1"
-						" ORDER BY created_at, key");
-	dun_db_bind_text(st, 1, account);
+	struct dun_stmt *st = dun_db_stmt(cli->db, "SELECT created_at, kind, state, key FROM emails"
+						   " WHERE ?1 IS NULL OR account_id = ?1"
+						   " ORDER BY created_at, key");
+	dun_stmt_bind_text_copy(st, 1, account);
 	char t[32];
-	while (sqlite3_step(st) == SQLITE_ROW)
-		printf("%s %-20s %-7s %s\n", dun_cli_time(sqlite3_column_int64(st, 0), t, sizeof t),
-		       sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
-		       sqlite3_column_text(st, 3));
-	sqlite3_reset(st);
+	while (dun_stmt_row(st))
+		printf("%s %-20s %-7s %s\n", dun_cli_time(dun_stmt_col_int64(st, 0), t, sizeof t),
+		       dun_stmt_col_text(st, 1), dun_stmt_col_text(st, 2),
+		       dun_stmt_col_text(st, 3));
+	dun_stmt_reset(st);
 	return DUN_EX_OK;
 }

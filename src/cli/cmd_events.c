@@ -61,28 +61,28 @@ int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 		return rc;
 	struct dun_inbox_counts counts;
 	dun_inbox_counts(cli->db, &counts);
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    cli->db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
 		     " last_error, not_before, created_at FROM inbox"
 		     " WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR account_id = ?2)"
 		     " ORDER BY id DESC LIMIT ?3");
-	dun_db_bind_text(st, 1, state);
-	dun_db_bind_text(st, 2, account);
-	sqlite3_bind_int64(st, 3, limit);
+	dun_stmt_bind_text_copy(st, 1, state);
+	dun_stmt_bind_text_copy(st, 2, account);
+	dun_stmt_bind_int64(st, 3, limit);
 	json_t *arr = json_array();
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while (dun_stmt_row(st)) {
 		json_array_append_new(
-		    arr, json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:I}", "id",
-				   (json_int_t)sqlite3_column_int64(st, 0), "account_id",
-				   sqlite3_column_text(st, 1), "kind", sqlite3_column_text(st, 2),
-				   "source", sqlite3_column_text(st, 3), "event_id",
-				   sqlite3_column_text(st, 4), "state", sqlite3_column_text(st, 5),
-				   "attempts", sqlite3_column_int(st, 6), "last_error",
-				   sqlite3_column_text(st, 7), "not_before",
-				   (json_int_t)sqlite3_column_int64(st, 8), "created_at",
-				   (json_int_t)sqlite3_column_int64(st, 9)));
+		    arr,
+		    json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:I}", "id",
+			      (json_int_t)dun_stmt_col_int64(st, 0), "account_id",
+			      dun_stmt_col_text(st, 1), "kind", dun_stmt_col_text(st, 2), "source",
+			      dun_stmt_col_text(st, 3), "event_id", dun_stmt_col_text(st, 4),
+			      "state", dun_stmt_col_text(st, 5), "attempts",
+			      dun_stmt_col_int(st, 6), "last_error", dun_stmt_col_text(st, 7),
+			      "not_before", (json_int_t)dun_stmt_col_int64(st, 8), "created_at",
+			      (json_int_t)dun_stmt_col_int64(st, 9)));
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	if (json) {
 		json_t *o = json_pack(
 		    "{s:{s:I, s:I, s:I, s:I, s:I}, s:o}", "counts", "received",

@@ -54,67 +54,67 @@ static int config(struct dun_cli *cli, struct dun_config *fallback, const struct
 
 static void print_platform(struct dun_cli *cli, const char *state, const char *account, long limit)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    cli->db, "SELECT id, account_id, op, value, state, attempts, not_before, created_at,"
 		     " sent_at, last_status, last_error FROM platform_outbox"
 		     " WHERE (?1 = 'all' OR state = ?1 OR (?1 = 'unsent' AND state <> 'sent'))"
 		     " AND (?2 IS NULL OR account_id = ?2) ORDER BY id LIMIT ?3");
-	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	dun_db_bind_text(st, 2, account);
-	sqlite3_bind_int64(st, 3, limit);
+	dun_stmt_bind_text(st, 1, state);
+	dun_stmt_bind_text_copy(st, 2, account);
+	dun_stmt_bind_int64(st, 3, limit);
 	printf("%-7s %-16s %-22s %-10s %-7s %4s %-16s %-16s %s\n", "id", "account", "op", "value",
 	       "state", "try", "created", "next/sent", "last error");
 	char t1[32], t2[32];
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		const char *row_state = (const char *)sqlite3_column_text(st, 4);
-		int64_t when = !strcmp(row_state, "sent")   ? sqlite3_column_int64(st, 8)
+	while (dun_stmt_row(st)) {
+		const char *row_state = dun_stmt_col_text(st, 4);
+		int64_t when = !strcmp(row_state, "sent")   ? dun_stmt_col_int64(st, 8)
 			       : !strcmp(row_state, "dead") ? 0
-							    : sqlite3_column_int64(st, 6);
+							    : dun_stmt_col_int64(st, 6);
 		printf("%-7lld %-16s %-22s %-10s %-7s %4d %-16s %-16s %s\n",
-		       (long long)sqlite3_column_int64(st, 0), sqlite3_column_text(st, 1),
-		       sqlite3_column_text(st, 2), sqlite3_column_text(st, 3), row_state,
-		       sqlite3_column_int(st, 5),
-		       dun_cli_time(sqlite3_column_int64(st, 7), t1, sizeof t1),
-		       when ? dun_cli_time(when, t2, sizeof t2) : "-", sqlite3_column_text(st, 10));
+		       (long long)dun_stmt_col_int64(st, 0), dun_stmt_col_text(st, 1),
+		       dun_stmt_col_text(st, 2), dun_stmt_col_text(st, 3), row_state,
+		       dun_stmt_col_int(st, 5),
+		       dun_cli_time(dun_stmt_col_int64(st, 7), t1, sizeof t1),
+		       when ? dun_cli_time(when, t2, sizeof t2) : "-", dun_stmt_col_text(st, 10));
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 }
 
 static void print_events(struct dun_cli *cli, const char *state, const char *account, long limit)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    cli->db,
 	    "SELECT d.event_id, d.account_id, e.type, d.endpoint, d.state, d.attempts,"
 	    " d.not_before, d.sent_at, d.last_error, json_extract(e.payload, '$.id')"
 	    " FROM outcome_deliveries d JOIN outcome_events e ON e.id = d.event_id"
 	    " WHERE (?1 = 'all' OR d.state = ?1 OR (?1 = 'unsent' AND d.state <> 'sent'))"
 	    " AND (?2 IS NULL OR d.account_id = ?2) ORDER BY d.event_id, d.endpoint LIMIT ?3");
-	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	dun_db_bind_text(st, 2, account);
-	sqlite3_bind_int64(st, 3, limit);
+	dun_stmt_bind_text(st, 1, state);
+	dun_stmt_bind_text_copy(st, 2, account);
+	dun_stmt_bind_int64(st, 3, limit);
 	printf("%-7s %-16s %-22s %-37s %-7s %4s %-16s %s\n", "row", "account", "type", "id",
 	       "state", "try", "next/sent", "endpoint / last error");
 	char t[32];
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		const char *row_state = (const char *)sqlite3_column_text(st, 4);
-		int64_t when = !strcmp(row_state, "sent")   ? sqlite3_column_int64(st, 7)
+	while (dun_stmt_row(st)) {
+		const char *row_state = dun_stmt_col_text(st, 4);
+		int64_t when = !strcmp(row_state, "sent")   ? dun_stmt_col_int64(st, 7)
 			       : !strcmp(row_state, "dead") ? 0
-							    : sqlite3_column_int64(st, 6);
-		const char *last = (const char *)sqlite3_column_text(st, 8);
+							    : dun_stmt_col_int64(st, 6);
+		const char *last = dun_stmt_col_text(st, 8);
 		printf("%-7lld %-16s %-22s %-37s %-7s %4d %-16s %s%s%s\n",
-		       (long long)sqlite3_column_int64(st, 0), sqlite3_column_text(st, 1),
-		       sqlite3_column_text(st, 2), sqlite3_column_text(st, 9), row_state,
-		       sqlite3_column_int(st, 5), when ? dun_cli_time(when, t, sizeof t) : "-",
-		       sqlite3_column_text(st, 3), last && last[0] ? " / " : "", last ? last : "");
+		       (long long)dun_stmt_col_int64(st, 0), dun_stmt_col_text(st, 1),
+		       dun_stmt_col_text(st, 2), dun_stmt_col_text(st, 9), row_state,
+		       dun_stmt_col_int(st, 5), when ? dun_cli_time(when, t, sizeof t) : "-",
+		       dun_stmt_col_text(st, 3), last && last[0] ? " / " : "", last ? last : "");
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	/* Events not yet queued for any endpoint (none configured, or not run yet). */
 	st = dun_db_stmt(cli->db, "SELECT COUNT(*) FROM outcome_events e WHERE NOT EXISTS"
 				  " (SELECT 1 FROM outcome_deliveries d WHERE d.event_id = e.id)");
-	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) > 0)
+	if (dun_stmt_row(st) && dun_stmt_col_int64(st, 0) > 0)
 		printf("(%lld events not yet queued for any endpoint)\n",
-		       (long long)sqlite3_column_int64(st, 0));
-	sqlite3_reset(st);
+		       (long long)dun_stmt_col_int64(st, 0));
+	dun_stmt_reset(st);
 }
 
 static int deliver(struct dun_cli *cli, const struct dun_config *cfg)

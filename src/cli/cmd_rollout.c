@@ -32,26 +32,27 @@ static int usage(void)
 
 static void show_log(struct dun_db *db)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT at, action, value, forced, parity_report, note"
-					   " FROM rollout_log ORDER BY id DESC LIMIT 10");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT at, action, value, forced, parity_report, note"
+			    " FROM rollout_log ORDER BY id DESC LIMIT 10");
 	bool header = false;
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while (dun_stmt_row(st)) {
 		if (!header)
 			printf("changes (newest first):\n");
 		header = true;
 		char t[32];
-		dun_cli_time(sqlite3_column_int64(st, 0), t, sizeof t);
-		int64_t report = sqlite3_column_int64(st, 4);
-		const char *note = (const char *)sqlite3_column_text(st, 5);
-		printf("  %s  %s %s%s", t, sqlite3_column_text(st, 1), sqlite3_column_text(st, 2),
-		       sqlite3_column_int(st, 3) ? "  FORCED" : "");
+		dun_cli_time(dun_stmt_col_int64(st, 0), t, sizeof t);
+		int64_t report = dun_stmt_col_int64(st, 4);
+		const char *note = dun_stmt_col_text(st, 5);
+		printf("  %s  %s %s%s", t, dun_stmt_col_text(st, 1), dun_stmt_col_text(st, 2),
+		       dun_stmt_col_int(st, 3) ? "  FORCED" : "");
 		if (report)
 			printf("  (parity report #%lld)", (long long)report);
 		if (note && note[0])
 			printf("  %s", note);
 		printf("\n");
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 }
 
 static int show(struct dun_cli *cli)
@@ -64,11 +65,11 @@ static int show(struct dun_cli *cli)
 	}
 	printf("mode: %s%s\npercent: %g\n", r.global_observe ? "observe" : "active",
 	       r.mode_stored ? "" : " (nothing stored yet: the safe default)", r.percent);
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    cli->db, "SELECT account_id, list FROM rollout_list ORDER BY list, account_id");
-	while (sqlite3_step(st) == SQLITE_ROW)
-		printf("%s: %s\n", sqlite3_column_text(st, 1), sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
+	while (dun_stmt_row(st))
+		printf("%s: %s\n", dun_stmt_col_text(st, 1), dun_stmt_col_text(st, 0));
+	dun_stmt_reset(st);
 	struct dun_rollout_gate g = {7 * 86400, 24 * 3600};
 	if (cli->config) {
 		g.window_s = cli->config->rollout_parity_window_days * 86400;
@@ -205,18 +206,18 @@ int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv)
 	if (e == DUN_OK && !strcmp(verb, "mode")) {
 		e = dun_db_setting_set(cli->db, "mode", arg);
 	} else if (e == DUN_OK && (!strcmp(verb, "allow") || !strcmp(verb, "deny"))) {
-		sqlite3_stmt *st =
+		struct dun_stmt *st =
 		    dun_db_stmt(cli->db, "INSERT INTO rollout_list(account_id, list) VALUES"
 					 " (?1, ?2) ON CONFLICT(account_id) DO UPDATE SET"
 					 " list = excluded.list");
-		sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, verb, -1, SQLITE_STATIC);
-		e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, arg);
+		dun_stmt_bind_text(st, 2, verb);
+		e = dun_stmt_done(st);
 	} else if (e == DUN_OK) {
-		sqlite3_stmt *st =
+		struct dun_stmt *st =
 		    dun_db_stmt(cli->db, "DELETE FROM rollout_list WHERE account_id = ?1");
-		sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-		e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, arg);
+		e = dun_stmt_done(st);
 	}
 	if (e == DUN_OK)
 		e = dun_rollout_log(cli->db, now, verb, arg, false, 0, "");

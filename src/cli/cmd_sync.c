@@ -75,7 +75,7 @@ static enum dun_err fold_page(void *user, json_t *data)
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK) {
 		snprintf(s->err, sizeof s->err, "cannot begin a transaction: %s",
-			 sqlite3_errmsg(dun_db_handle(db)));
+			 dun_db_errmsg(db));
 		return e;
 	}
 	size_t i;
@@ -115,8 +115,7 @@ static enum dun_err fold_page(void *user, json_t *data)
 	}
 	e = dun_db_commit(db);
 	if (e != DUN_OK) {
-		snprintf(s->err, sizeof s->err, "cannot commit: %s",
-			 sqlite3_errmsg(dun_db_handle(db)));
+		snprintf(s->err, sizeof s->err, "cannot commit: %s", dun_db_errmsg(db));
 		dun_db_rollback(db);
 		return e;
 	}
@@ -256,8 +255,7 @@ int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv)
 	else
 		dun_db_rollback(cli->db);
 	if (e != DUN_OK) {
-		dun_cli_error("sync: cannot queue the sync triggers: %s",
-			      sqlite3_errmsg(dun_db_handle(cli->db)));
+		dun_cli_error("sync: cannot queue the sync triggers: %s", dun_db_errmsg(cli->db));
 		sync_free(&s);
 		return dun_cli_exit_code(e);
 	}

@@ -138,15 +138,15 @@ enum dun_err dun_world_populate(struct dun_world *w)
 		char email[128], name[64];
 		snprintf(email, sizeof email, "billing+%s@example.com", p->account);
 		snprintf(name, sizeof name, "Customer %d", i + 1);
-		sqlite3_stmt *st =
+		struct dun_stmt *st =
 		    dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, segment, email,"
 				    " name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
-		sqlite3_bind_text(st, 1, p->account, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, segment, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, email, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 5, w->cfg.start);
-		e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, p->account);
+		dun_stmt_bind_text(st, 2, segment);
+		dun_stmt_bind_text(st, 3, email);
+		dun_stmt_bind_text(st, 4, name);
+		dun_stmt_bind_int64(st, 5, w->cfg.start);
+		e = dun_stmt_done(st);
 		if (e == DUN_OK)
 			e = dun_sim_create_customer(w->sim, p->account, email, name, card,
 						    p->customer);
@@ -156,8 +156,8 @@ enum dun_err dun_world_populate(struct dun_world *w)
 		if (e == DUN_OK && pick(w, 3) == 0) {
 			st = dun_db_stmt(db, "INSERT OR IGNORE INTO platform(account_id,"
 					     " resource_flags) VALUES (?1, 1)");
-			sqlite3_bind_text(st, 1, p->account, -1, SQLITE_STATIC);
-			e = dun_db_step_done(st);
+			dun_stmt_bind_text(st, 1, p->account);
+			e = dun_stmt_done(st);
 		}
 		if (e == DUN_OK && (i % 200) == 199)
 			e = dun_world_pump(w);
@@ -193,23 +193,23 @@ enum dun_err dun_world_pump(struct dun_world *w)
 
 static enum dun_stage stage_of(struct dun_db *db, const char *account)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT stage FROM dunning WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT stage FROM dunning WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account);
 	enum dun_stage s = DUN_STAGE_NONE;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		dun_stage_parse((const char *)sqlite3_column_text(st, 0), &s);
-	sqlite3_reset(st);
+	if (dun_stmt_row(st))
+		dun_stage_parse(dun_stmt_col_text(st, 0), &s);
+	dun_stmt_reset(st);
 	return s;
 }
 
 static bool has_failure(struct dun_db *db, const char *customer)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT 1 FROM p_invoices WHERE customer_id = ?1 AND"
-					   " attempt_count > 0 AND status IN ('open',"
-					   " 'uncollectible') LIMIT 1");
-	sqlite3_bind_text(st, 1, customer, -1, SQLITE_STATIC);
-	bool yes = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM p_invoices WHERE customer_id = ?1 AND"
+					      " attempt_count > 0 AND status IN ('open',"
+					      " 'uncollectible') LIMIT 1");
+	dun_stmt_bind_text(st, 1, customer);
+	bool yes = dun_stmt_row(st);
+	dun_stmt_reset(st);
 	return yes;
 }
 
@@ -219,12 +219,11 @@ static enum dun_err act(struct dun_world *w, struct person *p, int day)
 	enum dun_err e = DUN_OK;
 	/* Billing: monthly, on the subscription's day, while it is not canceled. */
 	if (day % 30 == p->bill_day) {
-		sqlite3_stmt *st =
+		struct dun_stmt *st =
 		    dun_db_stmt(db, "SELECT status FROM p_subscriptions WHERE id = ?1");
-		sqlite3_bind_text(st, 1, p->subscription, -1, SQLITE_STATIC);
-		bool live = sqlite3_step(st) == SQLITE_ROW &&
-			    strcmp((const char *)sqlite3_column_text(st, 0), "canceled") != 0;
-		sqlite3_reset(st);
+		dun_stmt_bind_text(st, 1, p->subscription);
+		bool live = dun_stmt_row(st) && strcmp(dun_stmt_col_text(st, 0), "canceled") != 0;
+		dun_stmt_reset(st);
 		if (live)
 			e = dun_sim_bill(w->sim, p->customer, p->subscription, p->amount_minor,
 					 day < 30 ? "subscription_create" : "subscription_cycle",
@@ -287,11 +286,11 @@ enum dun_err dun_world_day(struct dun_world *w, int day)
 
 static int64_t scalar(struct dun_db *db, const char *sql)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, sql);
+	struct dun_stmt *st = dun_db_stmt(db, sql);
 	int64_t v = 0;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
+	if (dun_stmt_row(st))
+		v = dun_stmt_col_int64(st, 0);
+	dun_stmt_reset(st);
 	return v;
 }
 
@@ -301,14 +300,14 @@ enum dun_err dun_world_stats(struct dun_world *w, int day, struct dun_world_stat
 	memset(out, 0, sizeof *out);
 	out->day = day;
 	int64_t staged = 0;
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT stage, COUNT(*) FROM dunning GROUP BY stage");
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT stage, COUNT(*) FROM dunning GROUP BY stage");
+	while (dun_stmt_row(st)) {
 		enum dun_stage s = DUN_STAGE_NONE;
-		dun_stage_parse((const char *)sqlite3_column_text(st, 0), &s);
-		out->per_stage[s] += sqlite3_column_int64(st, 1);
-		staged += sqlite3_column_int64(st, 1);
+		dun_stage_parse(dun_stmt_col_text(st, 0), &s);
+		out->per_stage[s] += dun_stmt_col_int64(st, 1);
+		staged += dun_stmt_col_int64(st, 1);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	out->per_stage[DUN_STAGE_NONE] += scalar(db, "SELECT COUNT(*) FROM accounts") - staged;
 	out->failing_invoices =
 	    scalar(db, "SELECT COUNT(*) FROM p_invoices WHERE status = 'open' AND attempt_count > 0"

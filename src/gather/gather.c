@@ -38,9 +38,9 @@ void dun_snapshot_free(struct dun_snapshot *snap)
 		}                                                                  \
 	} while (0)
 
-static enum dun_err step_err(int rc)
+static enum dun_err step_err(const struct dun_stmt *st, int rc)
 {
-	return rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+	return rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
 }
 
 void dun_gather_split_covers(struct dun_invoice *inv, const char *list)
@@ -73,87 +73,89 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_strlcpy(s->account_id, account_id, sizeof s->account_id);
 	int rc;
 
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT segment, bad_debt, no_successful_payment,"
-					   " kill_switch, email, name FROM accounts WHERE id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? DUN_E_NOT_FOUND : dun_db_err(rc);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT segment, bad_debt, no_successful_payment,"
+			    " kill_switch, email, name FROM accounts WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
+	rc = dun_stmt_step(st);
+	if (rc != DUN_STEP_ROW) {
+		dun_stmt_reset(st);
+		return rc == DUN_STEP_DONE ? DUN_E_NOT_FOUND : dun_stmt_err(st);
 	}
-	dun_segment_parse((const char *)sqlite3_column_text(st, 0), &s->segment);
-	s->account_bad_debt = sqlite3_column_int(st, 1);
-	s->no_successful_payment = sqlite3_column_int(st, 2);
-	s->kill_switch = sqlite3_column_int(st, 3);
-	dun_db_col_text(st, 4, snap->email, sizeof snap->email);
-	dun_db_col_text(st, 5, snap->name, sizeof snap->name);
-	sqlite3_reset(st);
+	dun_segment_parse(dun_stmt_col_text(st, 0), &s->segment);
+	s->account_bad_debt = dun_stmt_col_int(st, 1);
+	s->no_successful_payment = dun_stmt_col_int(st, 2);
+	s->kill_switch = dun_stmt_col_int(st, 3);
+	dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
+	dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
+	dun_stmt_reset(st);
 
 	st = dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
 			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
 			     " COALESCE(p.name, '') FROM customers c"
 			     " LEFT JOIN p_customers p ON p.id = c.id"
 			     " WHERE c.account_id = ?1 ORDER BY c.id LIMIT 1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, account_id);
+	rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
 		s->has_customer = true;
-		dun_db_col_text(st, 0, s->customer_id, sizeof s->customer_id);
-		s->customer_bad_debt = sqlite3_column_int(st, 1);
-		s->provider_meta_bad_debt = sqlite3_column_int(st, 2);
-		dun_db_col_text(st, 3, s->default_payment_method, sizeof s->default_payment_method);
+		dun_stmt_col_copy(st, 0, s->customer_id, sizeof s->customer_id);
+		s->customer_bad_debt = dun_stmt_col_int(st, 1);
+		s->provider_meta_bad_debt = dun_stmt_col_int(st, 2);
+		dun_stmt_col_copy(st, 3, s->default_payment_method,
+				  sizeof s->default_payment_method);
 		if (!snap->email[0])
-			dun_db_col_text(st, 4, snap->email, sizeof snap->email);
+			dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
 		if (!snap->name[0])
-			dun_db_col_text(st, 5, snap->name, sizeof snap->name);
+			dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-		return dun_db_err(rc);
+	dun_stmt_reset(st);
+	if (rc != DUN_STEP_ROW && rc != DUN_STEP_DONE)
+		return dun_stmt_err(st);
 
 	st = dun_db_stmt(db, "SELECT banned, entitlement, resource_flags FROM platform"
 			     " WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		s->banned = sqlite3_column_int(st, 0);
-		dun_entitlement_parse((const char *)sqlite3_column_text(st, 1), &s->entitlement);
-		s->has_resource_flags = sqlite3_column_int64(st, 2) != 0;
+	dun_stmt_bind_text(st, 1, account_id);
+	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		s->banned = dun_stmt_col_int(st, 0);
+		dun_entitlement_parse(dun_stmt_col_text(st, 1), &s->entitlement);
+		s->has_resource_flags = dun_stmt_col_int64(st, 2) != 0;
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 
 	st = dun_db_stmt(db, "SELECT stage, since, episode, lifting_since, next_recheck_at"
 			     " FROM dunning WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		dun_stage_parse((const char *)sqlite3_column_text(st, 0), &s->stage);
-		s->stage_since = sqlite3_column_int64(st, 1);
-		s->episode = sqlite3_column_int64(st, 2);
-		s->lifting_since = sqlite3_column_int64(st, 3);
-		s->next_recheck_at = sqlite3_column_int64(st, 4);
+	dun_stmt_bind_text(st, 1, account_id);
+	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		dun_stage_parse(dun_stmt_col_text(st, 0), &s->stage);
+		s->stage_since = dun_stmt_col_int64(st, 1);
+		s->episode = dun_stmt_col_int64(st, 2);
+		s->lifting_since = dun_stmt_col_int64(st, 3);
+		s->next_recheck_at = dun_stmt_col_int64(st, 4);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 
 	st = dun_db_stmt(db, "SELECT COUNT(*), COALESCE(SUM(exited_at = 0), 0)"
 			     " FROM bad_debt_episodes WHERE account_id = ?1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		s->bad_debt_episodes = sqlite3_column_int64(st, 0);
-		s->bad_debt_episode_open = sqlite3_column_int64(st, 1) > 0;
+	dun_stmt_bind_text(st, 1, account_id);
+	if (dun_stmt_row(st)) {
+		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
+		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 
 	/* Sent (or being sent) emails: the dedup keys. */
 	int n = 0;
 	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1 AND state = 'sent'");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, account_id);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->emails, snap->emails_cap, n);
-		dun_db_col_text(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
+		dun_stmt_col_copy(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
 		n++;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		return step_err(rc);
+	dun_stmt_reset(st);
+	if (rc != DUN_STEP_DONE)
+		return step_err(st, rc);
 	s->sent_emails = snap->emails;
 	s->n_sent_emails = n;
 
@@ -163,18 +165,18 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	n = 0;
 	st = dun_db_stmt(db, "SELECT id, status FROM p_subscriptions WHERE customer_id = ?1"
 			     " ORDER BY id");
-	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, s->customer_id);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->subs, snap->subs_cap, n);
 		struct dun_subscription *sub = &snap->subs[n];
-		dun_db_col_text(st, 0, sub->id, sizeof sub->id);
+		dun_stmt_col_copy(st, 0, sub->id, sizeof sub->id);
 		sub->status = DUN_SUB_ACTIVE;
-		dun_sub_status_parse((const char *)sqlite3_column_text(st, 1), &sub->status);
+		dun_sub_status_parse(dun_stmt_col_text(st, 1), &sub->status);
 		n++;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		return step_err(rc);
+	dun_stmt_reset(st);
+	if (rc != DUN_STEP_DONE)
+		return step_err(st, rc);
 	s->subscriptions = snap->subs;
 	s->n_subscriptions = n;
 
@@ -187,38 +189,37 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		" d.paylinks_enabled FROM p_invoices i"
 		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
 		" WHERE i.customer_id = ?1 ORDER BY i.id");
-	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, s->customer_id);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->invoices, snap->invoices_cap, n);
 		struct dun_invoice *inv = &snap->invoices[n];
 		memset(inv, 0, sizeof *inv);
-		dun_db_col_text(st, 0, inv->id, sizeof inv->id);
-		dun_db_col_text(st, 1, inv->subscription_id, sizeof inv->subscription_id);
+		dun_stmt_col_copy(st, 0, inv->id, sizeof inv->id);
+		dun_stmt_col_copy(st, 1, inv->subscription_id, sizeof inv->subscription_id);
 		inv->status = DUN_INVOICE_OPEN;
-		dun_invoice_status_parse((const char *)sqlite3_column_text(st, 2), &inv->status);
-		inv->billing_reason =
-		    dun_billing_reason_from((const char *)sqlite3_column_text(st, 3));
-		inv->amount_due_minor = sqlite3_column_int64(st, 4);
-		inv->amount_paid_minor = sqlite3_column_int64(st, 5);
-		inv->amount_remaining_minor = sqlite3_column_int64(st, 6);
-		dun_db_col_text(st, 7, inv->currency, sizeof inv->currency);
-		inv->attempt_count = sqlite3_column_int(st, 8);
-		inv->created_at = sqlite3_column_int64(st, 9);
-		inv->paid_at = sqlite3_column_int64(st, 10);
-		dun_db_col_text(st, 11, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
-		inv->meta_has_bad_debt_amount = sqlite3_column_type(st, 12) != SQLITE_NULL;
-		inv->meta_bad_debt_amount_minor = sqlite3_column_int64(st, 12);
-		inv->meta_bad_debt_paid = sqlite3_column_int(st, 13);
-		if (sqlite3_column_type(st, 14) != SQLITE_NULL)
-			dun_gather_split_covers(inv, (const char *)sqlite3_column_text(st, 14));
-		inv->has_doc = sqlite3_column_type(st, 15) != SQLITE_NULL;
-		inv->doc_closed = inv->has_doc && sqlite3_column_int(st, 15);
-		inv->doc_paylinks_enabled = !inv->has_doc || sqlite3_column_int(st, 16);
+		dun_invoice_status_parse(dun_stmt_col_text(st, 2), &inv->status);
+		inv->billing_reason = dun_billing_reason_from(dun_stmt_col_text(st, 3));
+		inv->amount_due_minor = dun_stmt_col_int64(st, 4);
+		inv->amount_paid_minor = dun_stmt_col_int64(st, 5);
+		inv->amount_remaining_minor = dun_stmt_col_int64(st, 6);
+		dun_stmt_col_copy(st, 7, inv->currency, sizeof inv->currency);
+		inv->attempt_count = dun_stmt_col_int(st, 8);
+		inv->created_at = dun_stmt_col_int64(st, 9);
+		inv->paid_at = dun_stmt_col_int64(st, 10);
+		dun_stmt_col_copy(st, 11, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
+		inv->meta_has_bad_debt_amount = !dun_stmt_col_is_null(st, 12);
+		inv->meta_bad_debt_amount_minor = dun_stmt_col_int64(st, 12);
+		inv->meta_bad_debt_paid = dun_stmt_col_int(st, 13);
+		if (!dun_stmt_col_is_null(st, 14))
+			dun_gather_split_covers(inv, dun_stmt_col_text(st, 14));
+		inv->has_doc = !dun_stmt_col_is_null(st, 15);
+		inv->doc_closed = inv->has_doc && dun_stmt_col_int(st, 15);
+		inv->doc_paylinks_enabled = !inv->has_doc || dun_stmt_col_int(st, 16);
 		n++;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		return step_err(rc);
+	dun_stmt_reset(st);
+	if (rc != DUN_STEP_DONE)
+		return step_err(st, rc);
 	s->invoices = snap->invoices;
 	s->n_invoices = n;
 
@@ -228,11 +229,11 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 			     " a.decline_code, a.advice_code, a.network_advice_code"
 			     " FROM p_attempts a JOIN p_invoices i ON i.id = a.invoice_id"
 			     " WHERE i.customer_id = ?1 ORDER BY a.invoice_id, a.created, a.id");
-	sqlite3_bind_text(st, 1, s->customer_id, -1, SQLITE_STATIC);
+	dun_stmt_bind_text(st, 1, s->customer_id);
 	int *first = dun_calloc((size_t)(n ? n : 1), sizeof *first);
 	int *count = dun_calloc((size_t)(n ? n : 1), sizeof *count);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *inv_id = (const char *)sqlite3_column_text(st, 0);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		const char *inv_id = dun_stmt_col_text(st, 0);
 		while (cur < n && strcmp(snap->invoices[cur].id, inv_id) < 0)
 			cur++;
 		if (cur >= n || strcmp(snap->invoices[cur].id, inv_id) != 0)
@@ -240,20 +241,20 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		GROW(snap->attempts, snap->attempts_cap, na);
 		struct dun_attempt *a = &snap->attempts[na];
 		memset(a, 0, sizeof *a);
-		dun_db_col_text(st, 1, a->id, sizeof a->id);
-		a->created_at = sqlite3_column_int64(st, 2);
+		dun_stmt_col_copy(st, 1, a->id, sizeof a->id);
+		a->created_at = dun_stmt_col_int64(st, 2);
 		a->status = DUN_ATTEMPT_FAILED;
-		dun_attempt_status_parse((const char *)sqlite3_column_text(st, 3), &a->status);
-		dun_db_col_text(st, 4, a->payment_method, sizeof a->payment_method);
-		dun_db_col_text(st, 5, a->decline_code, sizeof a->decline_code);
-		dun_db_col_text(st, 6, a->advice_code, sizeof a->advice_code);
-		dun_db_col_text(st, 7, a->network_advice_code, sizeof a->network_advice_code);
+		dun_attempt_status_parse(dun_stmt_col_text(st, 3), &a->status);
+		dun_stmt_col_copy(st, 4, a->payment_method, sizeof a->payment_method);
+		dun_stmt_col_copy(st, 5, a->decline_code, sizeof a->decline_code);
+		dun_stmt_col_copy(st, 6, a->advice_code, sizeof a->advice_code);
+		dun_stmt_col_copy(st, 7, a->network_advice_code, sizeof a->network_advice_code);
 		if (!count[cur])
 			first[cur] = na;
 		count[cur]++;
 		na++;
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	/* Pointers are set after the array stopped moving. */
 	for (int i = 0; i < n; i++) {
 		snap->invoices[i].attempts = count[i] ? &snap->attempts[first[i]] : NULL;
@@ -261,5 +262,5 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	free(first);
 	free(count);
-	return step_err(rc);
+	return step_err(st, rc);
 }

@@ -35,8 +35,7 @@ static enum dun_err fold_all(struct dun_db *db, json_t *objs, int *n_out, char *
 	}
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK) {
-		snprintf(err, err_size, "cannot begin a transaction: %s",
-			 sqlite3_errmsg(dun_db_handle(db)));
+		snprintf(err, err_size, "cannot begin a transaction: %s", dun_db_errmsg(db));
 		return e;
 	}
 	int64_t version = dun_clock_now();
@@ -52,8 +51,7 @@ static enum dun_err fold_all(struct dun_db *db, json_t *objs, int *n_out, char *
 	if (e == DUN_OK) {
 		e = dun_db_commit(db);
 		if (e != DUN_OK)
-			snprintf(err, err_size, "cannot commit: %s",
-				 sqlite3_errmsg(dun_db_handle(db)));
+			snprintf(err, err_size, "cannot commit: %s", dun_db_errmsg(db));
 	}
 	if (e != DUN_OK) {
 		dun_db_rollback(db);

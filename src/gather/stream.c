@@ -23,7 +23,7 @@
  * account ids (rows whose account does not exist are skipped) and consumes
  * the rows equal to it; rows of other customers than the account's first
  * are passed over. The decoding of every column mirrors dun_gather(),
- * accessor for accessor (sqlite3_column_int where it truncates, the same
+ * accessor for accessor (dun_stmt_col_int where it truncates, the same
  * defaults for unknown names), so the two agree on every field.
  */
 #include "stream.h"
@@ -109,11 +109,10 @@ enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err,
 	memset(s, 0, sizeof *s);
 	s->db = db;
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
-		int rc = sqlite3_prepare_v3(dun_db_handle(db), sql[q], -1,
-					    SQLITE_PREPARE_PERSISTENT, &s->st[q], NULL);
-		if (rc != SQLITE_OK) {
+		int rc = dun_db_prepare(db, sql[q], &s->st[q]);
+		if (rc != DUN_OK) {
 			if (err && err_size)
-				dun_strlcpy(err, sqlite3_errmsg(dun_db_handle(db)), err_size);
+				dun_strlcpy(err, dun_db_errmsg(db), err_size);
 			dun_stream_free(s);
 			return DUN_E_STORE;
 		}
@@ -124,7 +123,7 @@ enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err,
 void dun_stream_free(struct dun_stream *s)
 {
 	for (int q = 0; q < DUN_STREAM__COUNT; q++)
-		sqlite3_finalize(s->st[q]);
+		dun_stmt_finalize(s->st[q]);
 	free(s->last);
 	free(s->inv_first);
 	memset(s, 0, sizeof *s);
@@ -133,7 +132,7 @@ void dun_stream_free(struct dun_stream *s)
 void dun_stream_pause(struct dun_stream *s)
 {
 	for (int q = 0; q < DUN_STREAM__COUNT; q++)
-		sqlite3_reset(s->st[q]);
+		dun_stmt_reset(s->st[q]);
 	s->open = false;
 }
 
@@ -147,16 +146,16 @@ void dun_stream_pause(struct dun_stream *s)
 
 static enum dun_err step(struct dun_stream *s, int q)
 {
-	int rc = sqlite3_step(s->st[q]);
-	s->has_row[q] = rc == SQLITE_ROW;
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+	int rc = dun_stmt_step(s->st[q]);
+	s->has_row[q] = rc == DUN_STEP_ROW;
+	return rc == DUN_STEP_ROW || rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(s->st[q]);
 }
 
 static enum dun_err open_window(struct dun_stream *s)
 {
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
-		sqlite3_reset(s->st[q]);
-		sqlite3_bind_text(s->st[q], 1, s->last ? s->last : "", -1, SQLITE_TRANSIENT);
+		dun_stmt_reset(s->st[q]);
+		dun_stmt_bind_text_copy(s->st[q], 1, s->last ? s->last : "");
 		enum dun_err e = step(s, q);
 		if (e != DUN_OK)
 			return e;
@@ -173,7 +172,7 @@ static enum dun_err seek(struct dun_stream *s, int q, const char *id, bool *at)
 {
 	*at = false;
 	while (s->has_row[q]) {
-		int c = strcmp((const char *)sqlite3_column_text(s->st[q], 0), id);
+		int c = strcmp(dun_stmt_col_text(s->st[q], 0), id);
 		if (c >= 0) {
 			*at = c == 0;
 			return DUN_OK;
@@ -188,14 +187,13 @@ static enum dun_err seek(struct dun_stream *s, int q, const char *id, bool *at)
 /* Whether read q's current row still belongs to id. */
 static bool still(const struct dun_stream *s, int q, const char *id)
 {
-	return s->has_row[q] && strcmp((const char *)sqlite3_column_text(s->st[q], 0), id) == 0;
+	return s->has_row[q] && strcmp(dun_stmt_col_text(s->st[q], 0), id) == 0;
 }
 
 /* Whether read q's current row is of the account's customer (column 1). */
 static bool of_customer(const struct dun_stream *s, int q, const struct dun_state *st)
 {
-	return st->has_customer &&
-	       strcmp((const char *)sqlite3_column_text(s->st[q], 1), st->customer_id) == 0;
+	return st->has_customer && strcmp(dun_stmt_col_text(s->st[q], 1), st->customer_id) == 0;
 }
 
 static void remember_last(struct dun_stream *s, const char *id)
@@ -210,17 +208,17 @@ static void remember_last(struct dun_stream *s, const char *id)
 
 static void read_account(struct dun_stream *s, struct dun_snapshot *snap)
 {
-	sqlite3_stmt *st = s->st[DUN_STREAM_ACCOUNTS];
+	struct dun_stmt *st = s->st[DUN_STREAM_ACCOUNTS];
 	struct dun_state *state = &snap->state;
 	dun_state_init(state);
 	snap->email[0] = snap->name[0] = '\0';
 	dun_strlcpy(state->account_id, s->last, sizeof state->account_id);
-	dun_segment_parse((const char *)sqlite3_column_text(st, 1), &state->segment);
-	state->account_bad_debt = sqlite3_column_int(st, 2);
-	state->no_successful_payment = sqlite3_column_int(st, 3);
-	state->kill_switch = sqlite3_column_int(st, 4);
-	dun_db_col_text(st, 5, snap->email, sizeof snap->email);
-	dun_db_col_text(st, 6, snap->name, sizeof snap->name);
+	dun_segment_parse(dun_stmt_col_text(st, 1), &state->segment);
+	state->account_bad_debt = dun_stmt_col_int(st, 2);
+	state->no_successful_payment = dun_stmt_col_int(st, 3);
+	state->kill_switch = dun_stmt_col_int(st, 4);
+	dun_stmt_col_copy(st, 5, snap->email, sizeof snap->email);
+	dun_stmt_col_copy(st, 6, snap->name, sizeof snap->name);
 }
 
 static enum dun_err read_customer(struct dun_stream *s, struct dun_snapshot *snap)
@@ -231,16 +229,17 @@ static enum dun_err read_customer(struct dun_stream *s, struct dun_snapshot *sna
 	enum dun_err e = seek(s, q, s->last, &at);
 	if (e != DUN_OK || !at)
 		return e;
-	sqlite3_stmt *st = s->st[q];
+	struct dun_stmt *st = s->st[q];
 	state->has_customer = true;
-	dun_db_col_text(st, 1, state->customer_id, sizeof state->customer_id);
-	state->customer_bad_debt = sqlite3_column_int(st, 2);
-	state->provider_meta_bad_debt = sqlite3_column_int(st, 3);
-	dun_db_col_text(st, 4, state->default_payment_method, sizeof state->default_payment_method);
+	dun_stmt_col_copy(st, 1, state->customer_id, sizeof state->customer_id);
+	state->customer_bad_debt = dun_stmt_col_int(st, 2);
+	state->provider_meta_bad_debt = dun_stmt_col_int(st, 3);
+	dun_stmt_col_copy(st, 4, state->default_payment_method,
+			  sizeof state->default_payment_method);
 	if (!snap->email[0])
-		dun_db_col_text(st, 5, snap->email, sizeof snap->email);
+		dun_stmt_col_copy(st, 5, snap->email, sizeof snap->email);
 	if (!snap->name[0])
-		dun_db_col_text(st, 6, snap->name, sizeof snap->name);
+		dun_stmt_col_copy(st, 6, snap->name, sizeof snap->name);
 	/* Only the first customer (by id) counts; pass over the others. */
 	while (e == DUN_OK && still(s, q, s->last))
 		e = step(s, q);
@@ -254,10 +253,10 @@ static enum dun_err read_platform(struct dun_stream *s, struct dun_state *state)
 	enum dun_err e = seek(s, q, s->last, &at);
 	if (e != DUN_OK || !at)
 		return e;
-	sqlite3_stmt *st = s->st[q];
-	state->banned = sqlite3_column_int(st, 1);
-	dun_entitlement_parse((const char *)sqlite3_column_text(st, 2), &state->entitlement);
-	state->has_resource_flags = sqlite3_column_int64(st, 3) != 0;
+	struct dun_stmt *st = s->st[q];
+	state->banned = dun_stmt_col_int(st, 1);
+	dun_entitlement_parse(dun_stmt_col_text(st, 2), &state->entitlement);
+	state->has_resource_flags = dun_stmt_col_int64(st, 3) != 0;
 	return step(s, q);
 }
 
@@ -268,12 +267,12 @@ static enum dun_err read_dunning(struct dun_stream *s, struct dun_state *state)
 	enum dun_err e = seek(s, q, s->last, &at);
 	if (e != DUN_OK || !at)
 		return e;
-	sqlite3_stmt *st = s->st[q];
-	dun_stage_parse((const char *)sqlite3_column_text(st, 1), &state->stage);
-	state->stage_since = sqlite3_column_int64(st, 2);
-	state->episode = sqlite3_column_int64(st, 3);
-	state->lifting_since = sqlite3_column_int64(st, 4);
-	state->next_recheck_at = sqlite3_column_int64(st, 5);
+	struct dun_stmt *st = s->st[q];
+	dun_stage_parse(dun_stmt_col_text(st, 1), &state->stage);
+	state->stage_since = dun_stmt_col_int64(st, 2);
+	state->episode = dun_stmt_col_int64(st, 3);
+	state->lifting_since = dun_stmt_col_int64(st, 4);
+	state->next_recheck_at = dun_stmt_col_int64(st, 5);
 	return step(s, q);
 }
 
@@ -284,9 +283,9 @@ static enum dun_err read_episodes(struct dun_stream *s, struct dun_state *state)
 	enum dun_err e = seek(s, q, s->last, &at);
 	if (e != DUN_OK || !at)
 		return e;
-	sqlite3_stmt *st = s->st[q];
-	state->bad_debt_episodes = sqlite3_column_int64(st, 1);
-	state->bad_debt_episode_open = sqlite3_column_int64(st, 2) > 0;
+	struct dun_stmt *st = s->st[q];
+	state->bad_debt_episodes = dun_stmt_col_int64(st, 1);
+	state->bad_debt_episode_open = dun_stmt_col_int64(st, 2) > 0;
 	return step(s, q);
 }
 
@@ -298,7 +297,7 @@ static enum dun_err read_emails(struct dun_stream *s, struct dun_snapshot *snap)
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
 		GROW(snap->emails, snap->emails_cap, n);
-		dun_db_col_text(s->st[q], 1, snap->emails[n].key, sizeof snap->emails[n].key);
+		dun_stmt_col_copy(s->st[q], 1, snap->emails[n].key, sizeof snap->emails[n].key);
 		n++;
 		e = step(s, q);
 	}
@@ -315,14 +314,13 @@ static enum dun_err read_subscriptions(struct dun_stream *s, struct dun_snapshot
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
-		sqlite3_stmt *st = s->st[q];
+		struct dun_stmt *st = s->st[q];
 		if (of_customer(s, q, state)) {
 			GROW(snap->subs, snap->subs_cap, n);
 			struct dun_subscription *sub = &snap->subs[n];
-			dun_db_col_text(st, 2, sub->id, sizeof sub->id);
+			dun_stmt_col_copy(st, 2, sub->id, sizeof sub->id);
 			sub->status = DUN_SUB_ACTIVE;
-			dun_sub_status_parse((const char *)sqlite3_column_text(st, 3),
-					     &sub->status);
+			dun_sub_status_parse(dun_stmt_col_text(st, 3), &sub->status);
 			n++;
 		}
 		e = step(s, q);
@@ -343,44 +341,43 @@ static void invoice_clear(struct dun_invoice *inv)
 	memset((char *)inv + after, 0, sizeof *inv - after);
 }
 
-static void read_invoice_row(sqlite3_stmt *st, struct dun_invoice *inv)
+static void read_invoice_row(struct dun_stmt *st, struct dun_invoice *inv)
 {
 	invoice_clear(inv);
-	dun_db_col_text(st, INV_ID, inv->id, sizeof inv->id);
-	dun_db_col_text(st, INV_SUB, inv->subscription_id, sizeof inv->subscription_id);
+	dun_stmt_col_copy(st, INV_ID, inv->id, sizeof inv->id);
+	dun_stmt_col_copy(st, INV_SUB, inv->subscription_id, sizeof inv->subscription_id);
 	inv->status = DUN_INVOICE_OPEN;
-	dun_invoice_status_parse((const char *)sqlite3_column_text(st, INV_STATUS), &inv->status);
-	inv->billing_reason =
-	    dun_billing_reason_from((const char *)sqlite3_column_text(st, INV_REASON));
-	inv->amount_due_minor = sqlite3_column_int64(st, INV_DUE);
-	inv->amount_paid_minor = sqlite3_column_int64(st, INV_PAID);
-	inv->amount_remaining_minor = sqlite3_column_int64(st, INV_REMAINING);
-	dun_db_col_text(st, INV_CURRENCY, inv->currency, sizeof inv->currency);
-	inv->attempt_count = sqlite3_column_int(st, INV_ATTEMPT_COUNT);
-	inv->created_at = sqlite3_column_int64(st, INV_CREATED);
-	inv->paid_at = sqlite3_column_int64(st, INV_PAID_AT);
-	dun_db_col_text(st, INV_URL, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
-	inv->meta_has_bad_debt_amount = sqlite3_column_type(st, INV_BD_AMOUNT) != SQLITE_NULL;
-	inv->meta_bad_debt_amount_minor = sqlite3_column_int64(st, INV_BD_AMOUNT);
-	inv->meta_bad_debt_paid = sqlite3_column_int(st, INV_BD_PAID);
-	if (sqlite3_column_type(st, INV_COVERS) != SQLITE_NULL)
-		dun_gather_split_covers(inv, (const char *)sqlite3_column_text(st, INV_COVERS));
-	inv->has_doc = sqlite3_column_type(st, INV_DOC_CLOSED) != SQLITE_NULL;
-	inv->doc_closed = inv->has_doc && sqlite3_column_int(st, INV_DOC_CLOSED);
-	inv->doc_paylinks_enabled = !inv->has_doc || sqlite3_column_int(st, INV_DOC_PAYLINKS);
+	dun_invoice_status_parse(dun_stmt_col_text(st, INV_STATUS), &inv->status);
+	inv->billing_reason = dun_billing_reason_from(dun_stmt_col_text(st, INV_REASON));
+	inv->amount_due_minor = dun_stmt_col_int64(st, INV_DUE);
+	inv->amount_paid_minor = dun_stmt_col_int64(st, INV_PAID);
+	inv->amount_remaining_minor = dun_stmt_col_int64(st, INV_REMAINING);
+	dun_stmt_col_copy(st, INV_CURRENCY, inv->currency, sizeof inv->currency);
+	inv->attempt_count = dun_stmt_col_int(st, INV_ATTEMPT_COUNT);
+	inv->created_at = dun_stmt_col_int64(st, INV_CREATED);
+	inv->paid_at = dun_stmt_col_int64(st, INV_PAID_AT);
+	dun_stmt_col_copy(st, INV_URL, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);
+	inv->meta_has_bad_debt_amount = !dun_stmt_col_is_null(st, INV_BD_AMOUNT);
+	inv->meta_bad_debt_amount_minor = dun_stmt_col_int64(st, INV_BD_AMOUNT);
+	inv->meta_bad_debt_paid = dun_stmt_col_int(st, INV_BD_PAID);
+	if (!dun_stmt_col_is_null(st, INV_COVERS))
+		dun_gather_split_covers(inv, dun_stmt_col_text(st, INV_COVERS));
+	inv->has_doc = !dun_stmt_col_is_null(st, INV_DOC_CLOSED);
+	inv->doc_closed = inv->has_doc && dun_stmt_col_int(st, INV_DOC_CLOSED);
+	inv->doc_paylinks_enabled = !inv->has_doc || dun_stmt_col_int(st, INV_DOC_PAYLINKS);
 }
 
-static void read_attempt_row(sqlite3_stmt *st, struct dun_attempt *a)
+static void read_attempt_row(struct dun_stmt *st, struct dun_attempt *a)
 {
 	memset(a, 0, sizeof *a);
-	dun_db_col_text(st, ATT_ID, a->id, sizeof a->id);
-	a->created_at = sqlite3_column_int64(st, ATT_CREATED);
+	dun_stmt_col_copy(st, ATT_ID, a->id, sizeof a->id);
+	a->created_at = dun_stmt_col_int64(st, ATT_CREATED);
 	a->status = DUN_ATTEMPT_FAILED;
-	dun_attempt_status_parse((const char *)sqlite3_column_text(st, ATT_STATUS), &a->status);
-	dun_db_col_text(st, ATT_PM, a->payment_method, sizeof a->payment_method);
-	dun_db_col_text(st, ATT_DECLINE, a->decline_code, sizeof a->decline_code);
-	dun_db_col_text(st, ATT_ADVICE, a->advice_code, sizeof a->advice_code);
-	dun_db_col_text(st, ATT_NETWORK, a->network_advice_code, sizeof a->network_advice_code);
+	dun_attempt_status_parse(dun_stmt_col_text(st, ATT_STATUS), &a->status);
+	dun_stmt_col_copy(st, ATT_PM, a->payment_method, sizeof a->payment_method);
+	dun_stmt_col_copy(st, ATT_DECLINE, a->decline_code, sizeof a->decline_code);
+	dun_stmt_col_copy(st, ATT_ADVICE, a->advice_code, sizeof a->advice_code);
+	dun_stmt_col_copy(st, ATT_NETWORK, a->network_advice_code, sizeof a->network_advice_code);
 }
 
 static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *snap)
@@ -388,17 +385,17 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 	const int q = DUN_STREAM_INVOICES;
 	struct dun_state *state = &snap->state;
 	int n = 0, na = 0;
-	sqlite3_int64 current = 0;
+	int64_t current = 0;
 	bool attach = false;
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
-		sqlite3_stmt *st = s->st[q];
+		struct dun_stmt *st = s->st[q];
 		if (!of_customer(s, q, state)) {
 			e = step(s, q);
 			continue;
 		}
-		sqlite3_int64 rowid = sqlite3_column_int64(st, INV_ROWID);
+		int64_t rowid = dun_stmt_col_int64(st, INV_ROWID);
 		if (!n || rowid != current) {
 			GROW(snap->invoices, snap->invoices_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
@@ -409,10 +406,10 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 			 * dun_gather() matches attempts to the invoice id it kept,
 			 * so an id too long to keep gets none there; nor here.
 			 */
-			attach = sqlite3_column_bytes(st, INV_ID) < DUN_ID_MAX;
+			attach = dun_stmt_col_bytes(st, INV_ID) < DUN_ID_MAX;
 			n++;
 		}
-		if (attach && sqlite3_column_type(st, ATT_CREATED) != SQLITE_NULL) {
+		if (attach && !dun_stmt_col_is_null(st, ATT_CREATED)) {
 			GROW(snap->attempts, snap->attempts_cap, na);
 			read_attempt_row(st, &snap->attempts[na]);
 			snap->invoices[n - 1].n_attempts++;
@@ -440,7 +437,7 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 		return e;
 	if (!s->has_row[DUN_STREAM_ACCOUNTS])
 		return DUN_OK;
-	remember_last(s, (const char *)sqlite3_column_text(s->st[DUN_STREAM_ACCOUNTS], 0));
+	remember_last(s, dun_stmt_col_text(s->st[DUN_STREAM_ACCOUNTS], 0));
 	read_account(s, snap);
 	struct dun_state *state = &snap->state;
 	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||

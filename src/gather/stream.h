@@ -37,7 +37,7 @@ enum { DUN_STREAM__COUNT = DUN_STREAM_INVOICES + 1 };
 
 struct dun_stream {
 	struct dun_db *db; /* borrowed */
-	sqlite3_stmt *st[DUN_STREAM__COUNT];
+	struct dun_stmt *st[DUN_STREAM__COUNT];
 	bool has_row[DUN_STREAM__COUNT];
 	bool open;  /* statements bound and stepped in this window */
 	char *last; /* the last account returned (NULL before the first) */

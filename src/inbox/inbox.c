@@ -84,24 +84,23 @@ static enum dun_err reclaim_dead_owners(struct dun_db *db, int64_t now)
 {
 	char owners[16][160];
 	int n = 0;
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT DISTINCT claimed_by FROM inbox"
-					   " WHERE state = 'processing' LIMIT 16");
-	while (n < 16 && sqlite3_step(st) == SQLITE_ROW)
-		dun_db_col_text(st, 0, owners[n++], sizeof owners[0]);
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT DISTINCT claimed_by FROM inbox"
+					      " WHERE state = 'processing' LIMIT 16");
+	while (n < 16 && dun_stmt_row(st))
+		dun_stmt_col_copy(st, 0, owners[n++], sizeof owners[0]);
+	dun_stmt_reset(st);
 	for (int i = 0; i < n; i++) {
 		if (!owner_is_gone(owners[i]))
 			continue;
 		st = dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?2,"
 				     " claimed_by = '', last_error = 'worker died', updated_at = ?2"
 				     " WHERE state = 'processing' AND claimed_by = ?1");
-		sqlite3_bind_text(st, 1, owners[i], -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, now);
-		enum dun_err e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, owners[i]);
+		dun_stmt_bind_int64(st, 2, now);
+		enum dun_err e = dun_stmt_done(st);
 		if (e != DUN_OK)
 			return e;
-		if (sqlite3_changes(dun_db_handle(db)) >
-		    0) /* another claimer may have been first */
+		if (dun_db_changes(db) > 0) /* another claimer may have been first */
 			dun_log(DUN_LOG_WARN, "inbox.reclaimed", "worker", owners[i], "reason",
 				"process gone", NULL);
 	}
@@ -130,50 +129,53 @@ enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const 
 			       int64_t not_before, bool *inserted, int64_t *id_out)
 {
 	int64_t now = dun_clock_now();
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO inbox(account_id, kind, source, event_id, dedup_key, not_before,"
 		" created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
-		" ON CONFLICT(dedup_key) DO NOTHING");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, source ? source : "", -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, event_id ? event_id : "", -1, SQLITE_STATIC);
-	dun_db_bind_text(st, 5, dedup_key);
-	sqlite3_bind_int64(st, 6, not_before);
-	sqlite3_bind_int64(st, 7, now);
-	enum dun_err e = dun_db_step_done(st);
+		" ON CONFLICT(dedup_key) DO NOTHING RETURNING id");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, kind);
+	dun_stmt_bind_text(st, 3, source ? source : "");
+	dun_stmt_bind_text(st, 4, event_id ? event_id : "");
+	dun_stmt_bind_text_copy(st, 5, dedup_key);
+	dun_stmt_bind_int64(st, 6, not_before);
+	dun_stmt_bind_int64(st, 7, now);
+	/* A row comes back only when the insert happened (no conflict). */
+	bool ins = dun_stmt_row(st);
+	int64_t id = ins ? dun_stmt_col_int64(st, 0) : 0;
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
 	if (e != DUN_OK)
 		return e;
-	bool ins = sqlite3_changes(dun_db_handle(db)) > 0;
 	if (inserted)
 		*inserted = ins;
 	if (!id_out)
 		return DUN_OK;
 	if (ins) {
-		*id_out = sqlite3_last_insert_rowid(dun_db_handle(db));
+		*id_out = id;
 		return DUN_OK;
 	}
 	st = dun_db_stmt(db, "SELECT id FROM inbox WHERE dedup_key = ?1");
-	dun_db_bind_text(st, 1, dedup_key);
-	*id_out = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
+	dun_stmt_bind_text_copy(st, 1, dedup_key);
+	*id_out = dun_stmt_row(st) ? dun_stmt_col_int64(st, 0) : 0;
+	dun_stmt_reset(st);
 	return DUN_OK;
 }
 
-static void read_item(sqlite3_stmt *st, struct dun_inbox_item *it)
+static void read_item(struct dun_stmt *st, struct dun_inbox_item *it)
 {
 	memset(it, 0, sizeof *it);
-	it->id = sqlite3_column_int64(st, 0);
-	dun_db_col_text(st, 1, it->account_id, sizeof it->account_id);
-	dun_db_col_text(st, 2, it->kind, sizeof it->kind);
-	dun_db_col_text(st, 3, it->source, sizeof it->source);
-	dun_db_col_text(st, 4, it->event_id, sizeof it->event_id);
-	dun_db_col_text(st, 5, it->state, sizeof it->state);
-	it->attempts = sqlite3_column_int(st, 6);
-	dun_db_col_text(st, 7, it->last_error, sizeof it->last_error);
-	it->not_before = sqlite3_column_int64(st, 8);
-	it->created_at = sqlite3_column_int64(st, 9);
-	it->updated_at = sqlite3_column_int64(st, 10);
+	it->id = dun_stmt_col_int64(st, 0);
+	dun_stmt_col_copy(st, 1, it->account_id, sizeof it->account_id);
+	dun_stmt_col_copy(st, 2, it->kind, sizeof it->kind);
+	dun_stmt_col_copy(st, 3, it->source, sizeof it->source);
+	dun_stmt_col_copy(st, 4, it->event_id, sizeof it->event_id);
+	dun_stmt_col_copy(st, 5, it->state, sizeof it->state);
+	it->attempts = dun_stmt_col_int(st, 6);
+	dun_stmt_col_copy(st, 7, it->last_error, sizeof it->last_error);
+	it->not_before = dun_stmt_col_int64(st, 8);
+	it->created_at = dun_stmt_col_int64(st, 9);
+	it->updated_at = dun_stmt_col_int64(st, 10);
 }
 
 enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
@@ -188,13 +190,14 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	if (e != DUN_OK)
 		goto rollback;
 	/* Take back expired leases. */
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?1,"
-					   " claimed_by = '', last_error = 'lease expired',"
-					   " updated_at = ?1 WHERE state = 'processing' AND"
-					   " claimed_at < ?2");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int64(st, 2, now - cfg->lease_s);
-	e = dun_db_step_done(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?1,"
+			    " claimed_by = '', last_error = 'lease expired',"
+			    " updated_at = ?1 WHERE state = 'processing' AND"
+			    " claimed_at < ?2");
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_int64(st, 2, now - cfg->lease_s);
+	e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		goto rollback;
 	/* The oldest ready trigger of each claimable account. */
@@ -207,23 +210,23 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
 		"  AND p.state = 'processing')"
 		" ORDER BY i.id LIMIT ?2");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int(st, 2, max);
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_int(st, 2, max);
 	int n = 0, rc;
-	while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+	while (n < max && (rc = dun_stmt_step(st)) == DUN_STEP_ROW)
 		read_item(st, &out[n++]);
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	for (int i = 0; i < n; i++) {
 		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
 				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
 				     " state IN ('received', 'retrying') AND not_before <= ?3");
-		sqlite3_bind_text(st, 1, out[i].account_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, now);
-		e = dun_db_step_done(st);
+		dun_stmt_bind_text(st, 1, out[i].account_id);
+		dun_stmt_bind_text(st, 2, worker_id);
+		dun_stmt_bind_int64(st, 3, now);
+		e = dun_stmt_done(st);
 		if (e != DUN_OK)
 			goto rollback;
-		out[i].coalesced = sqlite3_changes(dun_db_handle(db));
+		out[i].coalesced = dun_db_changes(db);
 	}
 	e = dun_db_commit(db);
 	if (e != DUN_OK)
@@ -248,12 +251,12 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		dun_db_rollback(db);
 		return e;
 	}
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT 1 FROM inbox WHERE account_id = ?1 AND"
-					   " state = 'processing' AND claimed_at >= ?2");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now - cfg->lease_s);
-	bool busy = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM inbox WHERE account_id = ?1 AND"
+					      " state = 'processing' AND claimed_at >= ?2");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_int64(st, 2, now - cfg->lease_s);
+	bool busy = dun_stmt_row(st);
+	dun_stmt_reset(st);
 	if (busy) {
 		dun_db_rollback(db);
 		return DUN_OK;
@@ -263,12 +266,12 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		" last_error, not_before, created_at, updated_at FROM inbox"
 		" WHERE account_id = ?1 AND state IN ('received', 'retrying', 'processing')"
 		" AND not_before <= ?2 ORDER BY id LIMIT 1");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now);
-	bool found = sqlite3_step(st) == SQLITE_ROW;
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_int64(st, 2, now);
+	bool found = dun_stmt_row(st);
 	if (found)
 		read_item(st, out);
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	if (!found) {
 		dun_db_rollback(db);
 		return DUN_OK;
@@ -277,12 +280,12 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 			 "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
 			 " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
 			 " state IN ('received', 'retrying', 'processing') AND not_before <= ?3");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, now);
-	e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
+	dun_stmt_bind_int64(st, 3, now);
+	e = dun_stmt_done(st);
 	if (e == DUN_OK) {
-		out->coalesced = sqlite3_changes(dun_db_handle(db));
+		out->coalesced = dun_db_changes(db);
 		e = dun_db_commit(db);
 	}
 	if (e != DUN_OK) {
@@ -296,14 +299,14 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
 			    " last_error = '', updated_at = ?3 WHERE account_id = ?1"
 			    " AND state = 'processing' AND claimed_by = ?2");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, now);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
+	dun_stmt_bind_int64(st, 3, now);
+	return dun_stmt_done(st);
 }
 
 enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
@@ -311,32 +314,32 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 			    bool retryable, const char *error)
 {
 	/* attempts is shared by the coalesced triggers: use the largest. */
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT MAX(attempts), MIN(id) FROM inbox WHERE"
-					   " account_id = ?1 AND state = 'processing' AND"
-					   " claimed_by = ?2");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT MAX(attempts), MIN(id) FROM inbox WHERE"
+					      " account_id = ?1 AND state = 'processing' AND"
+					      " claimed_by = ?2");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
 	int attempts = 0;
 	int64_t first = 0;
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		attempts = sqlite3_column_int(st, 0) + 1;
-		first = sqlite3_column_int64(st, 1);
+	if (dun_stmt_row(st)) {
+		attempts = dun_stmt_col_int(st, 0) + 1;
+		first = dun_stmt_col_int64(st, 1);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	bool dead = !retryable || attempts >= cfg->max_attempts;
 	int64_t delay =
 	    dun_inbox_backoff(cfg, attempts, (uint64_t)first * 2654435761u + (uint64_t)attempts);
 	st = dun_db_stmt(db, "UPDATE inbox SET state = ?3, attempts = ?4, last_error = ?5,"
 			     " not_before = ?6, claimed_by = '', updated_at = ?7"
 			     " WHERE account_id = ?1 AND state = 'processing' AND claimed_by = ?2");
-	sqlite3_bind_text(st, 1, account_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, worker_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, dead ? "dead" : "retrying", -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 4, attempts);
-	sqlite3_bind_text(st, 5, error, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 6, dead ? 0 : now + delay);
-	sqlite3_bind_int64(st, 7, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
+	dun_stmt_bind_text(st, 3, dead ? "dead" : "retrying");
+	dun_stmt_bind_int(st, 4, attempts);
+	dun_stmt_bind_text(st, 5, error);
+	dun_stmt_bind_int64(st, 6, dead ? 0 : now + delay);
+	dun_stmt_bind_int64(st, 7, now);
+	enum dun_err e = dun_stmt_done(st);
 	char a[16], d[24];
 	snprintf(a, sizeof a, "%d", attempts);
 	snprintf(d, sizeof d, "%lld", (long long)(dead ? 0 : delay));
@@ -347,48 +350,48 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 
 enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *n_out)
 {
-	sqlite3_stmt *st;
+	struct dun_stmt *st;
 	if (id) {
 		st = dun_db_stmt(db, "UPDATE inbox SET state = 'received', not_before = ?2,"
 				     " attempts = 0, updated_at = ?2 WHERE id = ?1 AND state IN"
 				     " ('dead', 'retrying')");
-		sqlite3_bind_int64(st, 1, id);
+		dun_stmt_bind_int64(st, 1, id);
 	} else {
 		st = dun_db_stmt(db,
 				 "UPDATE inbox SET state = 'received', not_before = ?2,"
 				 " attempts = 0, updated_at = ?2 WHERE state = 'dead' AND ?1 = 0");
-		sqlite3_bind_int64(st, 1, 0);
+		dun_stmt_bind_int64(st, 1, 0);
 	}
-	sqlite3_bind_int64(st, 2, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 2, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (n_out)
-		*n_out = sqlite3_changes(dun_db_handle(db));
+		*n_out = dun_db_changes(db);
 	return e;
 }
 
 enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int *n_out)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO inbox(account_id, kind, source, dedup_key, not_before, created_at,"
 		" updated_at) SELECT account_id, 'recheck', 'timer',"
 		" 'recheck:' || account_id || ':' || next_recheck_at, next_recheck_at, ?1, ?1"
 		" FROM dunning WHERE next_recheck_at > 0 AND next_recheck_at <= ?1"
 		" ON CONFLICT(dedup_key) DO NOTHING");
-	sqlite3_bind_int64(st, 1, now);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_int64(st, 1, now);
+	enum dun_err e = dun_stmt_done(st);
 	if (n_out)
-		*n_out = sqlite3_changes(dun_db_handle(db));
+		*n_out = dun_db_changes(db);
 	return e;
 }
 
 enum dun_err dun_inbox_counts(struct dun_db *db, struct dun_inbox_counts *c)
 {
 	memset(c, 0, sizeof *c);
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT state, COUNT(*) FROM inbox GROUP BY state");
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT state, COUNT(*) FROM inbox GROUP BY state");
 	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *s = (const char *)sqlite3_column_text(st, 0);
-		int64_t n = sqlite3_column_int64(st, 1);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		const char *s = dun_stmt_col_text(st, 0);
+		int64_t n = dun_stmt_col_int64(st, 1);
 		if (!strcmp(s, "received"))
 			c->received = n;
 		else if (!strcmp(s, "processing"))
@@ -400,6 +403,6 @@ enum dun_err dun_inbox_counts(struct dun_db *db, struct dun_inbox_counts *c)
 		else if (!strcmp(s, "dead"))
 			c->dead = n;
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? DUN_OK : dun_db_err(rc);
+	dun_stmt_reset(st);
+	return rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
 }

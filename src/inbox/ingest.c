@@ -71,12 +71,12 @@ static void say(char *err, size_t n, const char *msg, const char *detail)
 static enum dun_err mark(struct dun_db *db, const char *id, const char *account,
 			 const char *outcome)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE events_raw SET account_id = ?2, outcome = ?3"
-					   " WHERE id = ?1");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, outcome, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE events_raw SET account_id = ?2, outcome = ?3"
+					      " WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, account);
+	dun_stmt_bind_text(st, 3, outcome);
+	return dun_stmt_done(st);
 }
 
 enum dun_err dun_ingest_parse(const char *body, size_t len, json_t **ev_out, char *err,
@@ -143,21 +143,21 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 	const char *object_id = json_string_value(json_object_get(obj, "id"));
 	int64_t version = (int64_t)json_integer_value(created);
 
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
 		" VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING");
-	sqlite3_bind_text(st, 1, res->event_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, res->type, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, object_id ? object_id : "", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, version);
-	sqlite3_bind_int64(st, 5, dun_clock_now());
-	sqlite3_bind_text(st, 6, body, (int)len, SQLITE_STATIC);
-	e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, res->event_id);
+	dun_stmt_bind_text(st, 2, res->type);
+	dun_stmt_bind_text(st, 3, object_id ? object_id : "");
+	dun_stmt_bind_int64(st, 4, version);
+	dun_stmt_bind_int64(st, 5, dun_clock_now());
+	dun_stmt_bind_textn(st, 6, body, (int)len);
+	e = dun_stmt_done(st);
 	if (e != DUN_OK) {
-		say(err, err_size, "cannot store event: ", sqlite3_errmsg(dun_db_handle(db)));
+		say(err, err_size, "cannot store event: ", dun_db_errmsg(db));
 		goto out;
 	}
-	if (sqlite3_changes(dun_db_handle(db)) == 0) {
+	if (dun_db_changes(db) == 0) {
 		res->duplicate = true;
 		res->outcome = "duplicate";
 		goto out;
@@ -206,7 +206,7 @@ enum dun_err dun_ingest_event(struct dun_db *db, const char *body, size_t len,
 {
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK) {
-		say(err, err_size, "cannot begin transaction: ", sqlite3_errmsg(dun_db_handle(db)));
+		say(err, err_size, "cannot begin transaction: ", dun_db_errmsg(db));
 		return e;
 	}
 	e = dun_ingest_event_in_tx(db, body, len, res, err, err_size);
@@ -216,7 +216,7 @@ enum dun_err dun_ingest_event(struct dun_db *db, const char *body, size_t len,
 	}
 	e = dun_db_commit(db);
 	if (e != DUN_OK) {
-		say(err, err_size, "cannot commit: ", sqlite3_errmsg(dun_db_handle(db)));
+		say(err, err_size, "cannot commit: ", dun_db_errmsg(db));
 		dun_db_rollback(db);
 	}
 	return e;

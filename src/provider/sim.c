@@ -42,20 +42,19 @@ static const char API_VERSION[] = "2024-06-20";
  */
 static void new_id(struct dun_sim *sim, const char *prefix, char *out, size_t n)
 {
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    sim->db, "INSERT INTO settings(key, value) VALUES ('sim.next_id', '2')"
 		     " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
 		     " RETURNING CAST(value AS INTEGER) - 1");
 	int64_t v = 0;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	while (sqlite3_step(st) == SQLITE_ROW)
+	if (dun_stmt_row(st))
+		v = dun_stmt_col_int64(st, 0);
+	while (dun_stmt_row(st))
 		;
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	if (v <= 0) {
 		/* The store is unavailable: an id from the process is still unique. */
-		dun_log(DUN_LOG_WARN, "sim.id_fallback", "error",
-			sqlite3_errmsg(dun_db_handle(sim->db)), NULL);
+		dun_log(DUN_LOG_WARN, "sim.id_fallback", "error", dun_db_errmsg(sim->db), NULL);
 		snprintf(out, n, "%s_sim%ldp%" PRId64, prefix, (long)getpid(), ++sim->next_id);
 		return;
 	}
@@ -79,16 +78,16 @@ void dun_sim_destroy(struct dun_sim *sim)
 
 static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t bsize)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(sim->db, "SELECT body, behavior FROM sim_objects WHERE id = ?1");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	dun_stmt_bind_text(st, 1, id);
 	json_t *o = NULL;
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+	if (dun_stmt_row(st)) {
+		o = json_loads(dun_stmt_col_text(st, 0), 0, NULL);
 		if (behavior)
-			dun_db_col_text(st, 1, behavior, bsize);
+			dun_stmt_col_copy(st, 1, behavior, bsize);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return o;
 }
 
@@ -101,16 +100,16 @@ static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
 	const char *cus = json_string_value(json_object_get(o, "customer"));
 	if (!strcmp(type, "customer"))
 		cus = json_string_value(json_object_get(o, "id"));
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    sim->db, "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
 		     " VALUES (?1, ?2, ?3, COALESCE(?4, ''), ?5) ON CONFLICT(id) DO UPDATE SET"
 		     " body = excluded.body, behavior = COALESCE(?4, behavior)");
-	sqlite3_bind_text(st, 1, json_string_value(json_object_get(o, "id")), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, cus ? cus : "", -1, SQLITE_STATIC);
-	dun_db_bind_text(st, 4, behavior);
-	sqlite3_bind_text(st, 5, body, -1, SQLITE_STATIC);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, json_string_value(json_object_get(o, "id")));
+	dun_stmt_bind_text(st, 2, type);
+	dun_stmt_bind_text(st, 3, cus ? cus : "");
+	dun_stmt_bind_text_copy(st, 4, behavior);
+	dun_stmt_bind_text(st, 5, body);
+	enum dun_err e = dun_stmt_done(st);
 	free(body);
 	return e;
 }
@@ -124,9 +123,9 @@ static void emit(struct dun_sim *sim, const char *type, json_t *o)
 			       "api_version", API_VERSION, "livemode", 0, "data", "object", o);
 	char *body = json_dumps(ev, JSON_COMPACT);
 	json_decref(ev);
-	sqlite3_stmt *st = dun_db_stmt(sim->db, "INSERT INTO sim_events(body) VALUES (?1)");
-	sqlite3_bind_text(st, 1, body, -1, SQLITE_STATIC);
-	dun_db_step_done(st);
+	struct dun_stmt *st = dun_db_stmt(sim->db, "INSERT INTO sim_events(body) VALUES (?1)");
+	dun_stmt_bind_text(st, 1, body);
+	dun_stmt_done(st);
 	free(body);
 }
 
@@ -134,22 +133,22 @@ json_t *dun_sim_take_events(struct dun_sim *sim, int max)
 {
 	json_t *arr = json_array();
 	int64_t last = 0;
-	sqlite3_stmt *st = dun_db_stmt(sim->db, "SELECT seq, body FROM sim_events"
-						" WHERE delivered = 0 ORDER BY seq LIMIT ?1");
-	sqlite3_bind_int(st, 1, max);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		last = sqlite3_column_int64(st, 0);
-		json_t *ev = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+	struct dun_stmt *st = dun_db_stmt(sim->db, "SELECT seq, body FROM sim_events"
+						   " WHERE delivered = 0 ORDER BY seq LIMIT ?1");
+	dun_stmt_bind_int(st, 1, max);
+	while (dun_stmt_row(st)) {
+		last = dun_stmt_col_int64(st, 0);
+		json_t *ev = json_loads(dun_stmt_col_text(st, 1), 0, NULL);
 		if (ev)
 			json_array_append_new(arr, ev);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	if (last) {
 		st = dun_db_stmt(
 		    sim->db,
 		    "UPDATE sim_events SET delivered = 1 WHERE delivered = 0 AND seq <= ?1");
-		sqlite3_bind_int64(st, 1, last);
-		dun_db_step_done(st);
+		dun_stmt_bind_int64(st, 1, last);
+		dun_stmt_done(st);
 	}
 	return arr;
 }
@@ -626,16 +625,16 @@ static enum dun_err sim_list_invoices(void *self, const char *customer_id, json_
 {
 	struct dun_sim *sim = self;
 	json_t *arr = json_array();
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(sim->db, "SELECT body FROM sim_objects WHERE"
 				 " customer_id = ?1 AND type = 'invoice' ORDER BY id");
-	sqlite3_bind_text(st, 1, customer_id, -1, SQLITE_STATIC);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		json_t *o = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+	dun_stmt_bind_text(st, 1, customer_id);
+	while (dun_stmt_row(st)) {
+		json_t *o = json_loads(dun_stmt_col_text(st, 0), 0, NULL);
 		if (o)
 			json_array_append_new(arr, o);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	(void)err;
 	(void)es;
 	*out = arr;
@@ -733,9 +732,9 @@ void dun_sim_observe(struct dun_sim *sim, json_t *obj)
 		if (network[0] && n > 0 && (size_t)n < sizeof learnt)
 			snprintf(learnt + n, sizeof learnt - (size_t)n, ",network=%s", network);
 	}
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(sim->db, "UPDATE sim_objects SET behavior = ?2 WHERE id = ?1");
-	sqlite3_bind_text(st, 1, cus_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, learnt, -1, SQLITE_STATIC);
-	dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, cus_id);
+	dun_stmt_bind_text(st, 2, learnt);
+	dun_stmt_done(st);
 }

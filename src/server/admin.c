@@ -192,38 +192,39 @@ static void submit(struct dun_service *svc, struct dun_http_request *req, struct
 
 /* ---- the jobs (on lane threads) --------------------------------------------------- */
 
-static json_t *str_or_empty(sqlite3_stmt *st, int col)
+static json_t *str_or_empty(struct dun_stmt *st, int col)
 {
-	const unsigned char *t = sqlite3_column_text(st, col);
+	const char *t = dun_stmt_col_text(st, col);
 	return json_string(t ? (const char *)t : "");
 }
 
 static void job_readyz(struct admin_job *job, struct dun_engine_ctx *ctx)
 {
 	struct dun_service *svc = job->svc;
-	sqlite3_stmt *st = dun_db_stmt(ctx->db, "SELECT COUNT(*) FROM inbox WHERE state = 'dead'");
-	int rc = sqlite3_step(st);
-	bool db_ok = rc == SQLITE_ROW;
-	int64_t dead = db_ok ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(ctx->db, "SELECT COUNT(*) FROM inbox WHERE state = 'dead'");
+	int rc = dun_stmt_step(st);
+	bool db_ok = rc == DUN_STEP_ROW;
+	int64_t dead = db_ok ? dun_stmt_col_int64(st, 0) : 0;
+	dun_stmt_reset(st);
 	int running = dun_workers_running(svc->workers);
 	bool committer = dun_committer_running(svc->committer);
 	bool ready = db_ok && running == svc->cfg.workers && committer;
 	dun_http_reply_json(job->req, ready ? 200 : 503,
 			    json_pack("{s:b, s:s, s:i, s:i, s:s, s:I}", "ready", ready, "database",
-				      db_ok ? "ok" : sqlite3_errstr(rc), "workers_running", running,
-				      "workers_configured", svc->cfg.workers, "committer",
+				      db_ok ? "ok" : dun_db_errmsg(ctx->db), "workers_running",
+				      running, "workers_configured", svc->cfg.workers, "committer",
 				      committer ? "running" : "stopped", "dead_triggers",
 				      (json_int_t)dead));
 }
 
 static int64_t scalar(struct dun_db *db, const char *sql, int64_t arg)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, sql);
-	if (sqlite3_bind_parameter_count(st) >= 1)
-		sqlite3_bind_int64(st, 1, arg);
-	int64_t v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	if (dun_stmt_param_count(st) >= 1)
+		dun_stmt_bind_int64(st, 1, arg);
+	int64_t v = dun_stmt_row(st) ? dun_stmt_col_int64(st, 0) : 0;
+	dun_stmt_reset(st);
 	return v;
 }
 
@@ -236,13 +237,13 @@ static int64_t scalar(struct dun_db *db, const char *sql, int64_t arg)
 static void account_gauges(FILE *f, struct dun_db *db, const struct dun_policy *policy)
 {
 	int64_t per_stage[DUN_STAGE__COUNT] = {0};
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT stage, COUNT(*) FROM dunning GROUP BY stage");
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT stage, COUNT(*) FROM dunning GROUP BY stage");
+	while (dun_stmt_row(st)) {
 		enum dun_stage stage;
-		if (dun_stage_parse((const char *)sqlite3_column_text(st, 0), &stage))
-			per_stage[stage] += sqlite3_column_int64(st, 1);
+		if (dun_stage_parse(dun_stmt_col_text(st, 0), &stage))
+			per_stage[stage] += dun_stmt_col_int64(st, 1);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	fprintf(f, "# HELP dunning_accounts Accounts by recorded dunning stage (accounts never "
 		   "in dunning are not counted).\n"
 		   "# TYPE dunning_accounts gauge\n");
@@ -355,31 +356,31 @@ static void job_events(struct admin_job *job, struct dun_engine_ctx *ctx)
 		dun_http_reply_error(job->req, 503, "store_unavailable", "cannot read the inbox");
 		return;
 	}
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    ctx->db, "SELECT id, account_id, kind, source, event_id, state, attempts, last_error,"
 		     " not_before, created_at, updated_at FROM inbox"
 		     " WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR account_id = ?2)"
 		     " ORDER BY id DESC LIMIT ?3");
-	dun_db_bind_text(st, 1, job->state[0] ? job->state : NULL);
-	dun_db_bind_text(st, 2, job->account[0] ? job->account : NULL);
-	sqlite3_bind_int64(st, 3, job->limit);
+	dun_stmt_bind_text_copy(st, 1, job->state[0] ? job->state : NULL);
+	dun_stmt_bind_text_copy(st, 2, job->account[0] ? job->account : NULL);
+	dun_stmt_bind_int64(st, 3, job->limit);
 	json_t *arr = json_array();
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while (dun_stmt_row(st)) {
 		json_t *row = json_object();
-		json_object_set_new(row, "id", json_integer(sqlite3_column_int64(st, 0)));
+		json_object_set_new(row, "id", json_integer(dun_stmt_col_int64(st, 0)));
 		json_object_set_new(row, "account_id", str_or_empty(st, 1));
 		json_object_set_new(row, "kind", str_or_empty(st, 2));
 		json_object_set_new(row, "source", str_or_empty(st, 3));
 		json_object_set_new(row, "event_id", str_or_empty(st, 4));
 		json_object_set_new(row, "state", str_or_empty(st, 5));
-		json_object_set_new(row, "attempts", json_integer(sqlite3_column_int64(st, 6)));
+		json_object_set_new(row, "attempts", json_integer(dun_stmt_col_int64(st, 6)));
 		json_object_set_new(row, "last_error", str_or_empty(st, 7));
-		json_object_set_new(row, "not_before", json_integer(sqlite3_column_int64(st, 8)));
-		json_object_set_new(row, "created_at", json_integer(sqlite3_column_int64(st, 9)));
-		json_object_set_new(row, "updated_at", json_integer(sqlite3_column_int64(st, 10)));
+		json_object_set_new(row, "not_before", json_integer(dun_stmt_col_int64(st, 8)));
+		json_object_set_new(row, "created_at", json_integer(dun_stmt_col_int64(st, 9)));
+		json_object_set_new(row, "updated_at", json_integer(dun_stmt_col_int64(st, 10)));
 		json_array_append_new(arr, row);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	dun_http_reply_json(job->req, 200,
 			    json_pack("{s:{s:I, s:I, s:I, s:I, s:I}, s:o}", "counts", "received",
 				      (json_int_t)c.received, "processing",
@@ -390,13 +391,13 @@ static void job_events(struct admin_job *job, struct dun_engine_ctx *ctx)
 
 static void job_retry(struct admin_job *job, struct dun_engine_ctx *ctx)
 {
-	sqlite3_stmt *st = dun_db_stmt(ctx->db, "SELECT state FROM inbox WHERE id = ?1");
-	sqlite3_bind_int64(st, 1, job->id);
+	struct dun_stmt *st = dun_db_stmt(ctx->db, "SELECT state FROM inbox WHERE id = ?1");
+	dun_stmt_bind_int64(st, 1, job->id);
 	char state[16] = "";
-	bool found = sqlite3_step(st) == SQLITE_ROW;
+	bool found = dun_stmt_row(st);
 	if (found)
-		dun_db_col_text(st, 0, state, sizeof state);
-	sqlite3_reset(st);
+		dun_stmt_col_copy(st, 0, state, sizeof state);
+	dun_stmt_reset(st);
 	if (!found) {
 		dun_http_reply_error(job->req, 404, "trigger_not_found",
 				     "no trigger %lld in the inbox", (long long)job->id);
@@ -429,34 +430,35 @@ static json_t *settled_json(struct dun_db *db, const struct admin_job *job, cons
 {
 	json_t *o = json_pack("{s:s, s:I, s:s}", "account_id", job->account, "trigger_id",
 			      (json_int_t)job->trigger_id, "state", state);
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT attempts, last_error FROM inbox WHERE id = ?1");
-	sqlite3_bind_int64(st, 1, job->trigger_id);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		json_object_set_new(o, "attempts", json_integer(sqlite3_column_int64(st, 0)));
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT attempts, last_error FROM inbox WHERE id = ?1");
+	dun_stmt_bind_int64(st, 1, job->trigger_id);
+	if (dun_stmt_row(st)) {
+		json_object_set_new(o, "attempts", json_integer(dun_stmt_col_int64(st, 0)));
 		json_object_set_new(o, "last_error", str_or_empty(st, 1));
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	st = dun_db_stmt(db, "SELECT id, trigger_kind, at, mode, stage_from, stage_to, held,"
 			     " skipped, n_planned, n_applied, outcome, error FROM decisions"
 			     " WHERE account_id = ?1 ORDER BY id DESC LIMIT 1");
-	sqlite3_bind_text(st, 1, job->account, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW) {
+	dun_stmt_bind_text(st, 1, job->account);
+	if (dun_stmt_row(st)) {
 		json_t *d = json_object();
-		json_object_set_new(d, "id", json_integer(sqlite3_column_int64(st, 0)));
+		json_object_set_new(d, "id", json_integer(dun_stmt_col_int64(st, 0)));
 		json_object_set_new(d, "trigger_kind", str_or_empty(st, 1));
-		json_object_set_new(d, "at", json_integer(sqlite3_column_int64(st, 2)));
+		json_object_set_new(d, "at", json_integer(dun_stmt_col_int64(st, 2)));
 		json_object_set_new(d, "mode", str_or_empty(st, 3));
 		json_object_set_new(d, "stage_from", str_or_empty(st, 4));
 		json_object_set_new(d, "stage_to", str_or_empty(st, 5));
-		json_object_set_new(d, "held", json_boolean(sqlite3_column_int(st, 6)));
-		json_object_set_new(d, "skipped", json_boolean(sqlite3_column_int(st, 7)));
-		json_object_set_new(d, "n_planned", json_integer(sqlite3_column_int64(st, 8)));
-		json_object_set_new(d, "n_applied", json_integer(sqlite3_column_int64(st, 9)));
+		json_object_set_new(d, "held", json_boolean(dun_stmt_col_int(st, 6)));
+		json_object_set_new(d, "skipped", json_boolean(dun_stmt_col_int(st, 7)));
+		json_object_set_new(d, "n_planned", json_integer(dun_stmt_col_int64(st, 8)));
+		json_object_set_new(d, "n_applied", json_integer(dun_stmt_col_int64(st, 9)));
 		json_object_set_new(d, "outcome", str_or_empty(st, 10));
 		json_object_set_new(d, "error", str_or_empty(st, 11));
 		json_object_set_new(o, "decision", d);
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return o;
 }
 
@@ -476,10 +478,10 @@ static void answer_pending(struct admin_job *job, const char *why)
 static void job_recompute(struct admin_job *job, struct dun_engine_ctx *ctx)
 {
 	struct dun_service *svc = job->svc;
-	sqlite3_stmt *st = dun_db_stmt(ctx->db, "SELECT 1 FROM accounts WHERE id = ?1");
-	sqlite3_bind_text(st, 1, job->account, -1, SQLITE_STATIC);
-	bool exists = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(ctx->db, "SELECT 1 FROM accounts WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, job->account);
+	bool exists = dun_stmt_row(st);
+	dun_stmt_reset(st);
 	if (!exists) {
 		dun_http_reply_error(job->req, 404, "account_not_found", "no account \"%s\"",
 				     job->account);
@@ -565,12 +567,12 @@ void dun_admin_settled(void *arg, struct dun_db *db, const char *account_id)
 			pp = &job->next_waiter;
 			continue;
 		}
-		sqlite3_stmt *st = dun_db_stmt(db, "SELECT state FROM inbox WHERE id = ?1");
-		sqlite3_bind_int64(st, 1, job->trigger_id);
+		struct dun_stmt *st = dun_db_stmt(db, "SELECT state FROM inbox WHERE id = ?1");
+		dun_stmt_bind_int64(st, 1, job->trigger_id);
 		char state[16] = "";
-		if (sqlite3_step(st) == SQLITE_ROW)
-			dun_db_col_text(st, 0, state, sizeof state);
-		sqlite3_reset(st);
+		if (dun_stmt_row(st))
+			dun_stmt_col_copy(st, 0, state, sizeof state);
+		dun_stmt_reset(st);
 		/* Enqueued after this claim: the next pass of the account answers it. */
 		if (!strcmp(state, "received") || !strcmp(state, "processing")) {
 			pp = &job->next_waiter;

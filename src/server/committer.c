@@ -74,7 +74,7 @@ static void fail_all(struct dun_commit_item **items, int n, enum dun_err e, cons
 
 static bool savepoint(struct dun_db *db, const char *sql)
 {
-	return dun_db_step_done(dun_db_stmt(db, sql)) == DUN_OK;
+	return dun_stmt_done(dun_db_stmt(db, sql)) == DUN_OK;
 }
 
 static void run_batch(struct dun_committer *c, struct dun_commit_item **items, int n)
@@ -127,7 +127,7 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 			if (items[i]->err == DUN_OK) {
 				items[i]->err = e;
 				snprintf(items[i]->err_text, sizeof items[i]->err_text,
-					 "cannot commit: %s", sqlite3_errmsg(dun_db_handle(c->db)));
+					 "cannot commit: %s", dun_db_errmsg(c->db));
 			}
 		any_trigger = false;
 	}

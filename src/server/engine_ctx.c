@@ -45,23 +45,9 @@ void dun_engine_ctx_destroy(struct dun_engine_ctx *ctx)
 	free(ctx);
 }
 
-/* 100 waits of 0.1 ms, then waits of 1 ms: about 10 s before SQLITE_BUSY. */
-#define BUSY_FINE_WAITS	 100
-#define BUSY_TOTAL_WAITS (BUSY_FINE_WAITS + 10000)
-
-static int busy_wait(void *arg, int count)
-{
-	(void)arg;
-	if (count >= BUSY_TOTAL_WAITS)
-		return 0;
-	struct timespec ts = {.tv_sec = 0, .tv_nsec = count < BUSY_FINE_WAITS ? 100000 : 1000000};
-	nanosleep(&ts, NULL);
-	return 1;
-}
-
 void dun_engine_ctx_busy_wait(struct dun_db *db)
 {
-	sqlite3_busy_handler(dun_db_handle(db), busy_wait, NULL);
+	dun_db_busy_fine(db);
 }
 
 void dun_engine_ctx_refresh(struct dun_engine_ctx *ctx)

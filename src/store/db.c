@@ -1,12 +1,15 @@
 /*
- * db.c — opening the engine's SQLite store, migrating it, and the helpers
- * every other module uses to talk to it (see db.h).
+ * db.c — the store seam's shared half: opening a store through its driver,
+ * migrating it, the statement cache, transactions, savepoints, settings and
+ * the thin wrappers every other module calls (see db.h).
  *
  * Statements are prepared once per connection and cached by the address of
  * their SQL literal; the hot paths (gather, the drift scan, the inbox) run
- * the same few statements millions of times.
+ * the same few statements millions of times. What differs between backends
+ * lives in a driver (driver.h); this file never names one backend's API.
  */
 #include "db.h"
+#include "driver.h"
 #include "schema.h"
 #include "util/mem.h"
 
@@ -16,45 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STMT_CACHE 128
-
-struct dun_db {
-	sqlite3 *h;
-	char *path;
-	struct {
-		const char *sql;
-		sqlite3_stmt *st;
-	} cache[STMT_CACHE];
-};
-
 int dun_db_schema_latest(void)
 {
 	return dun_schema_count();
-}
-
-enum dun_err dun_db_err(int rc)
-{
-	switch (rc & 0xff) {
-	case SQLITE_OK:
-	case SQLITE_DONE:
-	case SQLITE_ROW:
-		return DUN_OK;
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return DUN_E_BUSY;
-	case SQLITE_CONSTRAINT:
-		return DUN_E_CONFLICT;
-	case SQLITE_NOTFOUND:
-		return DUN_E_NOT_FOUND;
-	case SQLITE_TOOBIG:
-		return DUN_E_TOO_BIG;
-	case SQLITE_IOERR:
-	case SQLITE_FULL:
-	case SQLITE_CANTOPEN:
-		return DUN_E_IO;
-	default:
-		return DUN_E_STORE;
-	}
 }
 
 __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
@@ -67,11 +34,6 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, c
 	va_end(ap);
 }
 
-sqlite3 *dun_db_handle(struct dun_db *db)
-{
-	return db->h;
-}
-
 const char *dun_db_path(const struct dun_db *db)
 {
 	return db->path;
@@ -79,36 +41,28 @@ const char *dun_db_path(const struct dun_db *db)
 
 int dun_db_schema_version(struct dun_db *db)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "PRAGMA user_version");
-	int v = -1;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int(st, 0);
-	sqlite3_reset(st);
-	return v;
+	return db->drv->schema_version(db);
 }
 
 enum dun_err dun_db_exec(struct dun_db *db, const char *sql, char *err, size_t err_size)
 {
-	char *msg = NULL;
-	int rc = sqlite3_exec(db->h, sql, NULL, NULL, &msg);
-	if (rc != SQLITE_OK) {
-		set_err(err, err_size, "%s: %s", db->path, msg ? msg : sqlite3_errstr(rc));
-		sqlite3_free(msg);
-		return dun_db_err(rc);
-	}
-	return DUN_OK;
+	return db->drv->exec(db, sql, err, err_size);
 }
 
 static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err_size)
 {
 	int have = dun_db_schema_version(db);
 	int want = dun_schema_count();
+	if (have < 0) {
+		set_err(err, err_size, "%s: cannot read the schema version: %s", db->path,
+			dun_db_errmsg(db));
+		return DUN_E_STORE;
+	}
 	if (have > want) {
-		if (err && err_size)
-			snprintf(err, err_size,
-				 "%s: schema version %d is newer than this binary (%d); "
-				 "upgrade dunning",
-				 db->path, have, want);
+		set_err(err, err_size,
+			"%s: schema version %d is newer than this binary (%d); "
+			"upgrade dunning",
+			db->path, have, want);
 		return DUN_E_SCHEMA;
 	}
 	if (!apply || have == want)
@@ -117,7 +71,7 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 		enum dun_err e = dun_db_begin(db);
 		if (e != DUN_OK) {
 			set_err(err, err_size, "%s: cannot begin migration: %s", db->path,
-				sqlite3_errmsg(db->h));
+				dun_db_errmsg(db));
 			return e;
 		}
 		for (const char *const *s = dun_schema_migration(m); *s; s++) {
@@ -127,9 +81,7 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 				return e;
 			}
 		}
-		char pragma[64];
-		snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", m + 1);
-		e = dun_db_exec(db, pragma, err, err_size);
+		e = db->drv->set_schema_version(db, m + 1, err, err_size);
 		if (e == DUN_OK)
 			e = dun_db_commit(db);
 		if (e != DUN_OK) {
@@ -145,24 +97,11 @@ static enum dun_err open_db(const char *path, bool apply, struct dun_db **out, c
 {
 	*out = NULL;
 	struct dun_db *db = dun_calloc(1, sizeof *db);
+	db->drv = &dun_db_driver_sqlite;
 	db->path = dun_strdup(path);
-	int rc = sqlite3_open_v2(
-	    path, &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-	if (rc != SQLITE_OK) {
-		set_err(err, err_size, "%s: cannot open database: %s", path,
-			db->h ? sqlite3_errmsg(db->h) : sqlite3_errstr(rc));
-		dun_db_close(db);
-		return DUN_E_IO;
-	}
-	sqlite3_busy_timeout(db->h, 10000);
-	sqlite3_extended_result_codes(db->h, 1);
-	/* Refuse files that are not SQLite databases with a clear message. */
-	enum dun_err e = dun_db_exec(db, "PRAGMA journal_mode=WAL", err, err_size);
+	enum dun_err e = db->drv->open(db, path, err, err_size);
 	if (e == DUN_OK)
-		e = dun_db_exec(db,
-				"PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
-				" PRAGMA cache_size=-16000; PRAGMA temp_store=MEMORY",
-				err, err_size);
+		e = db->drv->configure(db, err, err_size);
 	if (e == DUN_OK)
 		e = migrate(db, apply, err, err_size);
 	if (e != DUN_OK) {
@@ -188,34 +127,35 @@ void dun_db_close(struct dun_db *db)
 {
 	if (!db)
 		return;
-	for (int i = 0; i < STMT_CACHE; i++)
+	for (int i = 0; i < DUN_DB_STMT_CACHE; i++)
 		if (db->cache[i].st)
-			sqlite3_finalize(db->cache[i].st);
-	if (db->h)
-		sqlite3_close_v2(db->h);
+			db->drv->finalize(db->cache[i].st);
+	if (db->conn)
+		db->drv->close(db);
 	free(db->path);
 	free(db);
 }
 
-sqlite3_stmt *dun_db_stmt(struct dun_db *db, const char *sql)
+struct dun_stmt *dun_db_stmt(struct dun_db *db, const char *sql)
 {
 	uintptr_t h = (uintptr_t)sql;
 	h ^= h >> 7;
-	size_t i = (size_t)(h % STMT_CACHE);
-	for (size_t probe = 0; probe < STMT_CACHE; probe++, i = (i + 1) % STMT_CACHE) {
+	size_t i = (size_t)(h % DUN_DB_STMT_CACHE);
+	for (size_t probe = 0; probe < DUN_DB_STMT_CACHE;
+	     probe++, i = (i + 1) % DUN_DB_STMT_CACHE) {
 		if (db->cache[i].sql == sql) {
-			sqlite3_reset(db->cache[i].st);
-			sqlite3_clear_bindings(db->cache[i].st);
-			return db->cache[i].st;
+			struct dun_stmt *st = db->cache[i].st;
+			db->drv->clear(st);
+			st->err = DUN_OK;
+			return st;
 		}
 		if (!db->cache[i].sql)
 			break;
 	}
-	sqlite3_stmt *st = NULL;
-	int rc = sqlite3_prepare_v3(db->h, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
-	if (rc != SQLITE_OK) {
+	struct dun_stmt *st = NULL;
+	if (db->drv->prepare(db, sql, true, &st) != DUN_OK) {
 		fprintf(stderr, "dunning: internal error preparing SQL: %s\n  %s\n",
-			sqlite3_errmsg(db->h), sql);
+			dun_db_errmsg(db), sql);
 		abort();
 	}
 	if (!db->cache[i].sql) {
@@ -228,71 +168,236 @@ sqlite3_stmt *dun_db_stmt(struct dun_db *db, const char *sql)
 	abort();
 }
 
+enum dun_err dun_db_prepare(struct dun_db *db, const char *sql, struct dun_stmt **out)
+{
+	return db->drv->prepare(db, sql, false, out);
+}
+
+void dun_stmt_finalize(struct dun_stmt *st)
+{
+	if (st)
+		st->db->drv->finalize(st);
+}
+
+const char *dun_db_errmsg(struct dun_db *db)
+{
+	return db->drv->errmsg(db);
+}
+
+int64_t dun_db_changes(struct dun_db *db)
+{
+	return db->drv->changes(db);
+}
+
 enum dun_err dun_db_begin(struct dun_db *db)
 {
-	return dun_db_err(sqlite3_exec(db->h, "BEGIN IMMEDIATE", NULL, NULL, NULL));
+	return db->drv->exec(db, db->drv->begin_sql, NULL, 0);
 }
 
 enum dun_err dun_db_commit(struct dun_db *db)
 {
-	return dun_db_err(sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL));
+	return db->drv->exec(db, "COMMIT", NULL, 0);
 }
 
 void dun_db_rollback(struct dun_db *db)
 {
-	if (!sqlite3_get_autocommit(db->h))
-		sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+	if (db->drv->in_transaction(db))
+		db->drv->exec(db, "ROLLBACK", NULL, 0);
 }
 
-enum dun_err dun_db_step_done(sqlite3_stmt *st)
+bool dun_db_in_transaction(struct dun_db *db)
 {
-	int rc = sqlite3_step(st);
-	enum dun_err e = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? DUN_OK : dun_db_err(rc);
-	sqlite3_reset(st);
-	return e;
+	return db->drv->in_transaction(db);
+}
+
+static enum dun_err savepoint_sql(struct dun_db *db, const char *verb, const char *name)
+{
+	char sql[128];
+	int n = snprintf(sql, sizeof sql, "%s %s", verb, name);
+	if (n < 0 || (size_t)n >= sizeof sql)
+		return DUN_E_INVALID;
+	return db->drv->exec(db, sql, NULL, 0);
+}
+
+enum dun_err dun_db_savepoint(struct dun_db *db, const char *name)
+{
+	return savepoint_sql(db, "SAVEPOINT", name);
+}
+
+enum dun_err dun_db_release(struct dun_db *db, const char *name)
+{
+	return savepoint_sql(db, "RELEASE SAVEPOINT", name);
+}
+
+enum dun_err dun_db_rollback_to(struct dun_db *db, const char *name)
+{
+	return savepoint_sql(db, "ROLLBACK TO SAVEPOINT", name);
+}
+
+int64_t dun_db_cache_misses(struct dun_db *db)
+{
+	return db->drv->cache_misses(db);
+}
+
+void dun_db_busy_fine(struct dun_db *db)
+{
+	db->drv->busy_fine(db);
 }
 
 enum dun_err dun_db_setting_get(struct dun_db *db, const char *key, char *out, size_t out_size,
 				bool *found)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT value FROM settings WHERE key = ?1");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	int rc = sqlite3_step(st);
-	*found = rc == SQLITE_ROW;
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT value FROM settings WHERE key = ?1");
+	dun_stmt_bind_text(st, 1, key);
+	enum dun_step r = dun_stmt_step(st);
+	*found = r == DUN_STEP_ROW;
 	if (*found)
-		dun_db_col_text(st, 0, out, out_size);
-	sqlite3_reset(st);
-	return (rc == SQLITE_ROW || rc == SQLITE_DONE) ? DUN_OK : dun_db_err(rc);
+		dun_stmt_col_copy(st, 0, out, out_size);
+	dun_stmt_reset(st);
+	return r == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
 }
 
 enum dun_err dun_db_setting_set(struct dun_db *db, const char *key, const char *value)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "INSERT INTO settings(key, value) VALUES (?1, ?2)"
 			    " ON CONFLICT(key) DO UPDATE SET value = excluded.value");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, key);
+	dun_stmt_bind_text(st, 2, value);
+	return dun_stmt_done(st);
 }
 
-void dun_db_bind_text(sqlite3_stmt *st, int idx, const char *s)
+/* ---- statements ------------------------------------------------------------ */
+
+void dun_stmt_bind_text(struct dun_stmt *st, int idx, const char *s)
 {
-	if (s)
-		sqlite3_bind_text(st, idx, s, -1, SQLITE_TRANSIENT);
-	else
-		sqlite3_bind_null(st, idx);
+	st->db->drv->bind_text(st, idx, s, -1, false);
 }
 
-void dun_db_col_text(sqlite3_stmt *st, int col, char *out, size_t out_size)
+void dun_stmt_bind_textn(struct dun_stmt *st, int idx, const char *s, int len)
 {
-	const unsigned char *t = sqlite3_column_text(st, col);
+	st->db->drv->bind_text(st, idx, s, len, false);
+}
+
+void dun_stmt_bind_text_copy(struct dun_stmt *st, int idx, const char *s)
+{
+	st->db->drv->bind_text(st, idx, s, -1, true);
+}
+
+void dun_stmt_bind_int64(struct dun_stmt *st, int idx, int64_t v)
+{
+	st->db->drv->bind_int64(st, idx, v);
+}
+
+void dun_stmt_bind_int(struct dun_stmt *st, int idx, int v)
+{
+	st->db->drv->bind_int64(st, idx, v);
+}
+
+void dun_stmt_bind_double(struct dun_stmt *st, int idx, double v)
+{
+	st->db->drv->bind_double(st, idx, v);
+}
+
+void dun_stmt_bind_null(struct dun_stmt *st, int idx)
+{
+	st->db->drv->bind_null(st, idx);
+}
+
+int dun_stmt_param_count(struct dun_stmt *st)
+{
+	return st->db->drv->param_count(st);
+}
+
+enum dun_step dun_stmt_step(struct dun_stmt *st)
+{
+	st->err = DUN_OK;
+	return st->db->drv->step(st);
+}
+
+bool dun_stmt_row(struct dun_stmt *st)
+{
+	return dun_stmt_step(st) == DUN_STEP_ROW;
+}
+
+enum dun_err dun_stmt_done(struct dun_stmt *st)
+{
+	enum dun_step r = dun_stmt_step(st);
+	enum dun_err e = r == DUN_STEP_FAILED ? st->err : DUN_OK;
+	st->db->drv->reset(st);
+	return e;
+}
+
+void dun_stmt_reset(struct dun_stmt *st)
+{
+	st->db->drv->reset(st);
+}
+
+void dun_stmt_clear(struct dun_stmt *st)
+{
+	st->db->drv->clear(st);
+}
+
+enum dun_err dun_stmt_err(const struct dun_stmt *st)
+{
+	return st->err;
+}
+
+int64_t dun_stmt_col_int64(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_int64(st, col);
+}
+
+int dun_stmt_col_int(struct dun_stmt *st, int col)
+{
+	return (int)st->db->drv->col_int64(st, col);
+}
+
+double dun_stmt_col_double(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_double(st, col);
+}
+
+const char *dun_stmt_col_text(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_text(st, col);
+}
+
+int dun_stmt_col_bytes(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_bytes(st, col);
+}
+
+enum dun_col_type dun_stmt_col_type(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_type(st, col);
+}
+
+bool dun_stmt_col_is_null(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_type(st, col) == DUN_COL_NULL;
+}
+
+int dun_stmt_col_count(struct dun_stmt *st)
+{
+	return st->db->drv->col_count(st);
+}
+
+const char *dun_stmt_col_name(struct dun_stmt *st, int col)
+{
+	return st->db->drv->col_name(st, col);
+}
+
+void dun_stmt_col_copy(struct dun_stmt *st, int col, char *out, size_t out_size)
+{
 	if (!out_size)
 		return;
+	const char *t = dun_stmt_col_text(st, col);
 	if (!t) {
 		out[0] = '\0';
 		return;
 	}
-	size_t n = (size_t)sqlite3_column_bytes(st, col);
+	size_t n = (size_t)dun_stmt_col_bytes(st, col);
 	if (n >= out_size)
 		n = out_size - 1;
 	memcpy(out, t, n);

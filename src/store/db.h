@@ -1,16 +1,25 @@
 /*
- * db.h — the engine's SQLite store: opening, migrations, statements,
- * transactions and the small settings table.
+ * db.h — the store seam: the one door through which the engine talks SQL.
  *
- * One struct dun_db per thread (SQLite connections are not shared across
- * threads here). WAL mode, synchronous=FULL by default, a busy timeout so
- * concurrent processes (a CLI next to `dunning serve`) wait instead of
- * failing.
+ * Everything outside src/store/ reaches its database through this header:
+ * opening and migrating, cached prepared statements, binds, stepping rows,
+ * column getters, transactions and savepoints. Below it sits one driver per
+ * backend (driver_sqlite.c today), chosen when the store is opened. No
+ * SQLite type leaks through here, so callers cannot come to depend on one
+ * backend; the test command checks that no file outside src/store/ uses a
+ * SQLite or libpq symbol.
+ *
+ * One struct dun_db per thread: a connection is never shared between
+ * threads. Errors of the backend (busy, lock or serialization failure,
+ * constraint, I/O) are mapped once, in the driver, into enum dun_err; a
+ * "busy" failure is DUN_E_BUSY, which is retryable.
+ *
+ * Parameters are written ?1, ?2, ... in SQL text, and SQL text is kept
+ * portable between the backends.
  */
 #ifndef DUN_DB_H
 #define DUN_DB_H
 
-#include <sqlite3.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +30,23 @@
 int dun_db_schema_latest(void);
 
 struct dun_db;
+struct dun_stmt;
+
+/* What one step of a statement produced. */
+enum dun_step {
+	DUN_STEP_ROW,	 /* a row is available through the column getters */
+	DUN_STEP_DONE,	 /* the statement ran to completion */
+	DUN_STEP_FAILED, /* an error: dun_stmt_err() says which, dun_db_errmsg() says why */
+};
+
+/* The storage class of a column value in the current row. */
+enum dun_col_type {
+	DUN_COL_NULL,
+	DUN_COL_INT,
+	DUN_COL_FLOAT,
+	DUN_COL_TEXT,
+	DUN_COL_BLOB,
+};
 
 /*
  * Open (creating if missing) the database at path and migrate it to the
@@ -31,9 +57,11 @@ enum dun_err dun_db_open(const char *path, struct dun_db **out, char *err, size_
 /* Open without migrating (for `dunning init --check`); still refuses newer schemas. */
 enum dun_err dun_db_open_nomigrate(const char *path, struct dun_db **out, char *err,
 				   size_t err_size);
+/* Close db and every statement it owns; NULL is a no-op. */
 void dun_db_close(struct dun_db *db);
-sqlite3 *dun_db_handle(struct dun_db *db);
+/* The path (or location) db was opened with; lives as long as db. */
 const char *dun_db_path(const struct dun_db *db);
+/* The schema version of the open database, -1 when it cannot be read. */
 int dun_db_schema_version(struct dun_db *db);
 
 /*
@@ -42,30 +70,104 @@ int dun_db_schema_version(struct dun_db *db);
  * statement stays owned by db. Aborts the process on a malformed literal:
  * that is a programming error, not bad input.
  */
-sqlite3_stmt *dun_db_stmt(struct dun_db *db, const char *sql);
+struct dun_stmt *dun_db_stmt(struct dun_db *db, const char *sql);
 
-/* Map a SQLite result code to the project's error enum. */
-enum dun_err dun_db_err(int rc);
+/*
+ * Prepare sql (any string, copied) as a statement of its own, not cached.
+ * The caller finalizes it with dun_stmt_finalize() before closing db. On
+ * failure *out is NULL and dun_db_errmsg() says why.
+ */
+enum dun_err dun_db_prepare(struct dun_db *db, const char *sql, struct dun_stmt **out);
+/* Free a statement from dun_db_prepare(); NULL is a no-op. */
+void dun_stmt_finalize(struct dun_stmt *st);
 
-/* Run sql (no results). err may be NULL. */
+/* Run sql, which may hold several statements (no results). err may be NULL. */
 enum dun_err dun_db_exec(struct dun_db *db, const char *sql, char *err, size_t err_size);
 
-/* BEGIN IMMEDIATE / COMMIT / ROLLBACK. Nesting is not supported. */
+/* The message of the last failure on db; valid until the next call on db. */
+const char *dun_db_errmsg(struct dun_db *db);
+/* Rows changed by the last INSERT/UPDATE/DELETE on db. */
+int64_t dun_db_changes(struct dun_db *db);
+
+/*
+ * Transactions. dun_db_begin() starts a write transaction (it takes the
+ * write lock up front on SQLite, so a busy database fails here, not in the
+ * middle). Nesting is done with savepoints, not with begin.
+ */
 enum dun_err dun_db_begin(struct dun_db *db);
 enum dun_err dun_db_commit(struct dun_db *db);
+/* Roll back the open transaction, if any. */
 void dun_db_rollback(struct dun_db *db);
+/* Whether a transaction is open on db. */
+bool dun_db_in_transaction(struct dun_db *db);
+/* SAVEPOINT name / RELEASE name / ROLLBACK TO name; name is a plain identifier. */
+enum dun_err dun_db_savepoint(struct dun_db *db, const char *name);
+enum dun_err dun_db_release(struct dun_db *db, const char *name);
+enum dun_err dun_db_rollback_to(struct dun_db *db, const char *name);
 
-/* Step a statement expected to finish (INSERT/UPDATE/DELETE). */
-enum dun_err dun_db_step_done(sqlite3_stmt *st);
+/*
+ * Wait for a busy database in fine steps (0.1 ms at first, about 10 s in
+ * all) rather than the driver's default backoff: for the service, where
+ * many short transactions of a few threads contend.
+ */
+void dun_db_busy_fine(struct dun_db *db);
+
+/* Pages the store had to read from disk since the last call; -1 where unknown. */
+int64_t dun_db_cache_misses(struct dun_db *db);
 
 /* Settings: small key/value pairs (mode, rollout percentage, ...). */
 enum dun_err dun_db_setting_get(struct dun_db *db, const char *key, char *out, size_t out_size,
 				bool *found);
 enum dun_err dun_db_setting_set(struct dun_db *db, const char *key, const char *value);
 
-/* Convenience binders: NULL text binds NULL. */
-void dun_db_bind_text(sqlite3_stmt *st, int idx, const char *s);
+/*
+ * Binds. Parameter indexes start at 1. Text is borrowed: s must stay valid
+ * until the statement is reset (by dun_stmt_reset(), dun_stmt_done() or the
+ * next dun_db_stmt() of the same SQL) and not stepped again — use the _copy form for a buffer
+ * that changes before that. NULL text binds SQL NULL.
+ */
+void dun_stmt_bind_text(struct dun_stmt *st, int idx, const char *s);
+void dun_stmt_bind_textn(struct dun_stmt *st, int idx, const char *s, int len);
+void dun_stmt_bind_text_copy(struct dun_stmt *st, int idx, const char *s);
+void dun_stmt_bind_int64(struct dun_stmt *st, int idx, int64_t v);
+void dun_stmt_bind_int(struct dun_stmt *st, int idx, int v);
+void dun_stmt_bind_double(struct dun_stmt *st, int idx, double v);
+void dun_stmt_bind_null(struct dun_stmt *st, int idx);
+/* The number of parameters of the statement. */
+int dun_stmt_param_count(struct dun_stmt *st);
+
+/*
+ * Stepping. dun_stmt_step() returns what one step produced; after
+ * DUN_STEP_FAILED, dun_stmt_err() gives the error. dun_stmt_row() is the
+ * loop form: true while there is a row. dun_stmt_done() runs a statement
+ * expected to produce no rows (INSERT/UPDATE/DELETE), resets it and returns
+ * its error. dun_stmt_reset() ends a statement early (so it can run again,
+ * with the same bindings); dun_stmt_clear() also clears the bindings.
+ */
+enum dun_step dun_stmt_step(struct dun_stmt *st);
+bool dun_stmt_row(struct dun_stmt *st);
+enum dun_err dun_stmt_done(struct dun_stmt *st);
+void dun_stmt_reset(struct dun_stmt *st);
+void dun_stmt_clear(struct dun_stmt *st);
+/* The error of the last step: DUN_OK after a row or completion. */
+enum dun_err dun_stmt_err(const struct dun_stmt *st);
+
+/*
+ * Column getters of the current row, columns from 0. Text is NUL-terminated
+ * (NULL for SQL NULL) and lives until the next step or reset.
+ */
+int64_t dun_stmt_col_int64(struct dun_stmt *st, int col);
+int dun_stmt_col_int(struct dun_stmt *st, int col);
+double dun_stmt_col_double(struct dun_stmt *st, int col);
+const char *dun_stmt_col_text(struct dun_stmt *st, int col);
+/* The length in bytes of the text of a column. */
+int dun_stmt_col_bytes(struct dun_stmt *st, int col);
+enum dun_col_type dun_stmt_col_type(struct dun_stmt *st, int col);
+bool dun_stmt_col_is_null(struct dun_stmt *st, int col);
+int dun_stmt_col_count(struct dun_stmt *st);
+/* The name of a result column; lives as long as the statement. */
+const char *dun_stmt_col_name(struct dun_stmt *st, int col);
 /* Copy a text column into out (empty string for NULL). */
-void dun_db_col_text(sqlite3_stmt *st, int col, char *out, size_t out_size);
+void dun_stmt_col_copy(struct dun_stmt *st, int col, char *out, size_t out_size);
 
 #endif

@@ -65,15 +65,15 @@ static void fail(char *err, size_t n, const char *what, const char *id)
 enum dun_err dun_mirror_account_of(struct dun_db *db, const char *customer_id, char *account,
 				   size_t account_size)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT account_id FROM customers WHERE id = ?1");
-	sqlite3_bind_text(st, 1, customer_id, -1, SQLITE_STATIC);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT account_id FROM customers WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, customer_id);
 	enum dun_err e = DUN_E_NOT_FOUND;
 	account[0] = '\0';
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		dun_db_col_text(st, 0, account, account_size);
+	if (dun_stmt_row(st)) {
+		dun_stmt_col_copy(st, 0, account, account_size);
 		e = account[0] ? DUN_OK : DUN_E_NOT_FOUND;
 	}
-	sqlite3_reset(st);
+	dun_stmt_reset(st);
 	return e;
 }
 
@@ -90,7 +90,7 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 	if (!pm[0])
 		pm = jid(o, "default_source");
 	char *mdtext = json_is_object(md) ? json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO p_customers(id, account_id, email, name, default_payment_method,"
 		" meta_bad_debt, metadata, version) VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6,"
 		" ?7, ?8)"
@@ -99,50 +99,50 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 		" default_payment_method = excluded.default_payment_method,"
 		" meta_bad_debt = excluded.meta_bad_debt, metadata = excluded.metadata,"
 		" version = excluded.version WHERE excluded.version >= version");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, jstr(o, "email"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, jstr(o, "name"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, pm, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 6, strcmp(bad, "true") == 0);
-	sqlite3_bind_text(st, 7, mdtext ? mdtext : "{}", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 8, version);
-	enum dun_err e = dun_db_step_done(st);
-	*applied = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, account);
+	dun_stmt_bind_text(st, 3, jstr(o, "email"));
+	dun_stmt_bind_text(st, 4, jstr(o, "name"));
+	dun_stmt_bind_text(st, 5, pm);
+	dun_stmt_bind_int(st, 6, strcmp(bad, "true") == 0);
+	dun_stmt_bind_text(st, 7, mdtext ? mdtext : "{}");
+	dun_stmt_bind_int64(st, 8, version);
+	enum dun_err e = dun_stmt_done(st);
+	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	free(mdtext);
 	if (e != DUN_OK || !account[0])
 		return e;
 	/* Register the account and the customer link. */
 	st = dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, email, name, created_at)"
 			     " VALUES (?1, ?2, ?3, ?4)");
-	sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, jstr(o, "email"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, jstr(o, "name"), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, jint(o, "created"));
-	e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, account);
+	dun_stmt_bind_text(st, 2, jstr(o, "email"));
+	dun_stmt_bind_text(st, 3, jstr(o, "name"));
+	dun_stmt_bind_int64(st, 4, jint(o, "created"));
+	e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
 	st = dun_db_stmt(db, "INSERT OR IGNORE INTO customers(id, account_id) VALUES (?1, ?2)");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, account, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, account);
+	return dun_stmt_done(st);
 }
 
 static enum dun_err upsert_subscription(struct dun_db *db, json_t *o, int64_t version,
 					bool *applied)
 {
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "INSERT INTO p_subscriptions(id, customer_id, status, version)"
 			    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET"
 			    " status = excluded.status, version = excluded.version"
 			    " WHERE excluded.version > version OR (excluded.version = version AND"
 			    " excluded.status = 'canceled')");
-	sqlite3_bind_text(st, 1, jstr(o, "id"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, jid(o, "customer"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, jstr(o, "status"), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, version);
-	enum dun_err e = dun_db_step_done(st);
-	*applied = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	dun_stmt_bind_text(st, 1, jstr(o, "id"));
+	dun_stmt_bind_text(st, 2, jid(o, "customer"));
+	dun_stmt_bind_text(st, 3, jstr(o, "status"));
+	dun_stmt_bind_int64(st, 4, version);
+	enum dun_err e = dun_stmt_done(st);
+	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	return e;
 }
 
@@ -222,7 +222,7 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	char *mdtext = json_is_object(md) ? json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
 	/* The version rule, decided in SQL against the stored row. */
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
 		" amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
 		" collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
@@ -246,36 +246,34 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 		" WHERE excluded.version > version OR (excluded.version = version AND ?21 >="
 		" (CASE status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
 		" THEN 2 ELSE 3 END))");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, customer, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, sub, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, status, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, jint(o, "amount_due"));
-	sqlite3_bind_int64(st, 6, jint(o, "amount_paid"));
-	sqlite3_bind_int64(st, 7, jint(o, "amount_remaining"));
-	sqlite3_bind_text(st, 8, jstr(o, "currency")[0] ? jstr(o, "currency") : "usd", -1,
-			  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 9, jint(o, "attempt_count"));
-	sqlite3_bind_text(st, 10, jstr(o, "billing_reason"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 11,
-			  jstr(o, "collection_method")[0] ? jstr(o, "collection_method")
-							  : "charge_automatically",
-			  -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 12, jint(o, "created"));
-	sqlite3_bind_int64(st, 13, paid_at);
-	sqlite3_bind_text(st, 14, jstr(o, "hosted_invoice_url"), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 15, pi, -1, SQLITE_STATIC);
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, customer);
+	dun_stmt_bind_text(st, 3, sub);
+	dun_stmt_bind_text(st, 4, status);
+	dun_stmt_bind_int64(st, 5, jint(o, "amount_due"));
+	dun_stmt_bind_int64(st, 6, jint(o, "amount_paid"));
+	dun_stmt_bind_int64(st, 7, jint(o, "amount_remaining"));
+	dun_stmt_bind_text(st, 8, jstr(o, "currency")[0] ? jstr(o, "currency") : "usd");
+	dun_stmt_bind_int64(st, 9, jint(o, "attempt_count"));
+	dun_stmt_bind_text(st, 10, jstr(o, "billing_reason"));
+	dun_stmt_bind_text(st, 11,
+			   jstr(o, "collection_method")[0] ? jstr(o, "collection_method")
+							   : "charge_automatically");
+	dun_stmt_bind_int64(st, 12, jint(o, "created"));
+	dun_stmt_bind_int64(st, 13, paid_at);
+	dun_stmt_bind_text(st, 14, jstr(o, "hosted_invoice_url"));
+	dun_stmt_bind_text(st, 15, pi);
 	if (has_amt)
-		sqlite3_bind_int64(st, 16, amt);
+		dun_stmt_bind_int64(st, 16, amt);
 	else
-		sqlite3_bind_null(st, 16);
-	sqlite3_bind_int(st, 17, bd_paid);
-	dun_db_bind_text(st, 18, covers);
-	sqlite3_bind_text(st, 19, mdtext ? mdtext : "{}", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 20, version);
-	sqlite3_bind_int(st, 21, status_rank(status));
-	enum dun_err e = dun_db_step_done(st);
-	*applied = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+		dun_stmt_bind_null(st, 16);
+	dun_stmt_bind_int(st, 17, bd_paid);
+	dun_stmt_bind_text_copy(st, 18, covers);
+	dun_stmt_bind_text(st, 19, mdtext ? mdtext : "{}");
+	dun_stmt_bind_int64(st, 20, version);
+	dun_stmt_bind_int(st, 21, status_rank(status));
+	enum dun_err e = dun_stmt_done(st);
+	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	free(covers);
 	free(mdtext);
 	if (e != DUN_OK || !pi[0])
@@ -283,9 +281,9 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	/* Attempts that arrived before the invoice told us its payment intent. */
 	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
 			     " WHERE payment_intent = ?2 AND invoice_id IS NULL");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, pi, -1, SQLITE_STATIC);
-	return dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, pi);
+	return dun_stmt_done(st);
 }
 
 static void invoice_of_pi(struct dun_db *db, const char *pi, char *out, size_t n)
@@ -293,11 +291,12 @@ static void invoice_of_pi(struct dun_db *db, const char *pi, char *out, size_t n
 	out[0] = '\0';
 	if (!pi[0])
 		return;
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1");
-	sqlite3_bind_text(st, 1, pi, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		dun_db_col_text(st, 0, out, n);
-	sqlite3_reset(st);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1");
+	dun_stmt_bind_text(st, 1, pi);
+	if (dun_stmt_row(st))
+		dun_stmt_col_copy(st, 0, out, n);
+	dun_stmt_reset(st);
 }
 
 static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *invoice,
@@ -310,7 +309,7 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 		dun_strlcpy(inv, invoice, sizeof inv);
 	else
 		invoice_of_pi(db, pi, inv, sizeof inv);
-	sqlite3_stmt *st = dun_db_stmt(
+	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
 		" payment_method, decline_code, advice_code, network_advice_code, version)"
 		" VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
@@ -320,18 +319,18 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 		" decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
 		" network_advice_code = excluded.network_advice_code,"
 		" version = excluded.version WHERE excluded.version >= version");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, inv, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, pi, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, created);
-	sqlite3_bind_text(st, 5, status, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, pm, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, decline, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 8, advice, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 9, network_advice, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 10, version);
-	enum dun_err e = dun_db_step_done(st);
-	*applied = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	dun_stmt_bind_text(st, 1, id);
+	dun_stmt_bind_text(st, 2, inv);
+	dun_stmt_bind_text(st, 3, pi);
+	dun_stmt_bind_int64(st, 4, created);
+	dun_stmt_bind_text(st, 5, status);
+	dun_stmt_bind_text(st, 6, pm);
+	dun_stmt_bind_text(st, 7, decline);
+	dun_stmt_bind_text(st, 8, advice);
+	dun_stmt_bind_text(st, 9, network_advice);
+	dun_stmt_bind_int64(st, 10, version);
+	enum dun_err e = dun_stmt_done(st);
+	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	return e;
 }
 
@@ -370,14 +369,14 @@ static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t 
 				   "processing", jid(o, "payment_method"), "", "", "", version,
 				   applied);
 	/* The payment is no longer in flight: drop the marker. */
-	sqlite3_stmt *st =
+	struct dun_stmt *st =
 	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE id = ?1 AND version <= ?2");
-	sqlite3_bind_text(st, 1, marker, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, version);
-	enum dun_err e = dun_db_step_done(st);
+	dun_stmt_bind_text(st, 1, marker);
+	dun_stmt_bind_int64(st, 2, version);
+	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
-	*applied = sqlite3_changes(dun_db_handle(db)) > 0;
+	*applied = dun_db_changes(db) > 0;
 	json_t *lpe = json_object_get(o, "last_payment_error");
 	if (!json_is_object(lpe))
 		return DUN_OK;
@@ -407,19 +406,19 @@ static enum dun_err upsert_invoice_payment(struct dun_db *db, json_t *o, int64_t
 	*applied = false;
 	if (!inv[0] || !pi[0])
 		return DUN_OK;
-	sqlite3_stmt *st = dun_db_stmt(db, "UPDATE p_invoices SET payment_intent = ?2"
-					   " WHERE id = ?1 AND payment_intent = ''");
-	sqlite3_bind_text(st, 1, inv, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, pi, -1, SQLITE_STATIC);
-	enum dun_err e = dun_db_step_done(st);
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE p_invoices SET payment_intent = ?2"
+					      " WHERE id = ?1 AND payment_intent = ''");
+	dun_stmt_bind_text(st, 1, inv);
+	dun_stmt_bind_text(st, 2, pi);
+	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
 	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
 			     " WHERE payment_intent = ?2 AND invoice_id IS NULL");
-	sqlite3_bind_text(st, 1, inv, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, pi, -1, SQLITE_STATIC);
-	e = dun_db_step_done(st);
-	*applied = e == DUN_OK && sqlite3_changes(dun_db_handle(db)) > 0;
+	dun_stmt_bind_text(st, 1, inv);
+	dun_stmt_bind_text(st, 2, pi);
+	e = dun_stmt_done(st);
+	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	return e;
 }
 

@@ -35,10 +35,10 @@ static void require(bool cond)
 
 static int64_t count(struct dun_db *db, const char *sql)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, sql);
-	require(sqlite3_step(st) == SQLITE_ROW);
-	int64_t n = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	require(dun_stmt_row(st));
+	int64_t n = dun_stmt_col_int64(st, 0);
+	dun_stmt_reset(st);
 	return n;
 }
 
@@ -52,10 +52,10 @@ static int64_t rows(struct dun_db *db)
 
 static bool stored(struct dun_db *db, const char *id)
 {
-	sqlite3_stmt *st = dun_db_stmt(db, "SELECT 1 FROM events_raw WHERE id = ?1");
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	bool found = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_reset(st);
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM events_raw WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, id);
+	bool found = dun_stmt_row(st);
+	dun_stmt_reset(st);
 	return found;
 }
 

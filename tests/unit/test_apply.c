@@ -503,16 +503,16 @@ static uint64_t table_hash(struct dun_db *db, const char *table)
 {
 	char sql[128];
 	snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY rowid", table);
-	sqlite3_stmt *st = NULL;
+	struct dun_stmt *st = NULL;
 	uint64_t h = 14695981039346656037ULL;
-	if (sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL) != SQLITE_OK) {
-		CHECK_FAIL_AT("%s: %s", sql, sqlite3_errmsg(dun_db_handle(db)));
+	if (dun_db_prepare(db, sql, &st) != DUN_OK) {
+		CHECK_FAIL_AT("%s: %s", sql, dun_db_errmsg(db));
 		return 0;
 	}
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		for (int c = 0; c < sqlite3_column_count(st); c++) {
-			const unsigned char *t = sqlite3_column_text(st, c);
-			for (const unsigned char *p = t ? t : (const unsigned char *)"\x01"; *p;
+	while (dun_stmt_row(st)) {
+		for (int c = 0; c < dun_stmt_col_count(st); c++) {
+			const char *t = dun_stmt_col_text(st, c);
+			for (const unsigned char *p = (const unsigned char *)(t ? t : "\x01"); *p;
 			     p++) {
 				h ^= *p;
 				h *= 1099511628211ULL;
@@ -521,7 +521,7 @@ static uint64_t table_hash(struct dun_db *db, const char *table)
 			h *= 1099511628211ULL;
 		}
 	}
-	sqlite3_finalize(st);
+	dun_stmt_finalize(st);
 	return h;
 }
 

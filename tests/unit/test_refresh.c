@@ -238,7 +238,7 @@ static void test_unfoldable_answer_is_rolled_back(void)
 	CHECK_INT(linked_attempts(&fx), 0);
 	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM p_invoices WHERE id = ?1", "in_bad"), 0);
 	/* Not inside a transaction afterwards. */
-	CHECK(sqlite3_get_autocommit(dun_db_handle(fx.db)));
+	CHECK(!dun_db_in_transaction(fx.db));
 	teardown(&fx);
 }
 

@@ -106,20 +106,22 @@ static void test_older_versions_are_migrated(void)
 		char path[512], name[32];
 		snprintf(name, sizeof name, "older-v%d", have);
 		db_path(path, sizeof path, name);
-		sqlite3 *raw = NULL;
-		CHECK_INT(sqlite3_open(path, &raw), SQLITE_OK);
+		/* Build the older file by hand: the first `have` migrations only. */
+		struct dun_db *old = NULL;
+		char err[256] = "";
+		CHECK_INT(dun_db_open_nomigrate(path, &old, err, sizeof err), DUN_OK);
+		CHECK_INT(dun_db_begin(old), DUN_OK);
 		for (int m = 0; m < have; m++)
 			for (const char *const *sql = dun_schema_migration(m); sql && *sql; sql++)
-				CHECK_INT(sqlite3_exec(raw, *sql, NULL, NULL, NULL), SQLITE_OK);
+				testdb_exec(old, *sql);
 		char pragma[64];
 		snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", have);
-		CHECK_INT(sqlite3_exec(raw, pragma, NULL, NULL, NULL), SQLITE_OK);
-		CHECK_INT(sqlite3_exec(raw,
-				       "INSERT INTO accounts(id, segment) VALUES ('acct_old',"
-				       " 'contract')",
-				       NULL, NULL, NULL),
-			  SQLITE_OK);
-		sqlite3_close(raw);
+		testdb_exec(old, pragma);
+		testdb_exec(old,
+			    "INSERT INTO accounts(id, segment) VALUES ('acct_old', 'contract')");
+		CHECK_INT(dun_db_commit(old), DUN_OK);
+		CHECK_INT(dun_db_schema_version(old), have);
+		dun_db_close(old);
 
 		struct dun_db *db = testdb_open(path);
 		CHECK_INT(dun_db_schema_version(db), dun_db_schema_latest());
@@ -162,14 +164,9 @@ static void test_newer_schema_is_refused(void)
 	CHECK(!dun_err_is_retryable(DUN_E_SCHEMA));
 
 	/* The refusal touched nothing: the version is still the newer one. */
-	sqlite3 *raw = NULL;
-	CHECK_INT(sqlite3_open(path, &raw), SQLITE_OK);
-	sqlite3_stmt *st = NULL;
-	sqlite3_prepare_v2(raw, "PRAGMA user_version", -1, &st, NULL);
-	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
-	CHECK_INT(sqlite3_column_int(st, 0), dun_db_schema_latest() + 1);
-	sqlite3_finalize(st);
-	sqlite3_close(raw);
+	err[0] = '\0';
+	CHECK_INT(dun_db_open(path, &db, err, sizeof err), DUN_E_SCHEMA);
+	CHECK(strstr(err, want) != NULL);
 	testdb_unlink(path);
 }
 

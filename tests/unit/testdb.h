@@ -14,8 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "check.h"
 #include "store/db.h"
 
@@ -78,17 +76,17 @@ static inline void testdb_writes_on(struct dun_db *db)
  */
 static inline int64_t testdb_int(struct dun_db *db, const char *sql, const char *arg)
 {
-	sqlite3_stmt *st = NULL;
-	if (sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL) != SQLITE_OK) {
-		CHECK_FAIL_AT("cannot prepare \"%s\": %s", sql, sqlite3_errmsg(dun_db_handle(db)));
+	struct dun_stmt *st = NULL;
+	if (dun_db_prepare(db, sql, &st) != DUN_OK) {
+		CHECK_FAIL_AT("cannot prepare \"%s\": %s", sql, dun_db_errmsg(db));
 		return -1;
 	}
 	if (arg)
-		sqlite3_bind_text(st, 1, arg, -1, SQLITE_TRANSIENT);
+		dun_stmt_bind_text_copy(st, 1, arg);
 	int64_t v = -1;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (dun_stmt_row(st))
+		v = dun_stmt_col_int64(st, 0);
+	dun_stmt_finalize(st);
 	return v;
 }
 
@@ -96,28 +94,26 @@ static inline int64_t testdb_int(struct dun_db *db, const char *sql, const char 
 static inline const char *testdb_text(struct dun_db *db, const char *sql, const char *arg,
 				      char *out, size_t size)
 {
-	sqlite3_stmt *st = NULL;
+	struct dun_stmt *st = NULL;
 	out[0] = '\0';
-	if (sqlite3_prepare_v2(dun_db_handle(db), sql, -1, &st, NULL) != SQLITE_OK) {
-		CHECK_FAIL_AT("cannot prepare \"%s\": %s", sql, sqlite3_errmsg(dun_db_handle(db)));
+	if (dun_db_prepare(db, sql, &st) != DUN_OK) {
+		CHECK_FAIL_AT("cannot prepare \"%s\": %s", sql, dun_db_errmsg(db));
 		return out;
 	}
 	if (arg)
-		sqlite3_bind_text(st, 1, arg, -1, SQLITE_TRANSIENT);
-	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-		snprintf(out, size, "%s", (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
+		dun_stmt_bind_text_copy(st, 1, arg);
+	if (dun_stmt_row(st) && dun_stmt_col_text(st, 0))
+		snprintf(out, size, "%s", dun_stmt_col_text(st, 0));
+	dun_stmt_finalize(st);
 	return out;
 }
 
 /* Run sql (no results) or fail the check. */
 static inline void testdb_exec(struct dun_db *db, const char *sql)
 {
-	char *msg = NULL;
-	if (sqlite3_exec(dun_db_handle(db), sql, NULL, NULL, &msg) != SQLITE_OK) {
-		CHECK_FAIL_AT("\"%s\": %s", sql, msg ? msg : "?");
-		sqlite3_free(msg);
-	}
+	char msg[512] = "";
+	if (dun_db_exec(db, sql, msg, sizeof msg) != DUN_OK)
+		CHECK_FAIL_AT("\"%s\": %s", sql, msg[0] ? msg : "?");
 }
 
 #endif

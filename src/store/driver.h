@@ -1,0 +1,77 @@
+/*
+ * driver.h — what a backend of the store seam provides (private to src/store).
+ *
+ * db.c holds what every backend shares (the statement cache, migrations,
+ * settings, the public wrappers of db.h); a driver holds only what differs:
+ * how to connect, prepare, bind, step, read columns and report errors.
+ * A driver embeds struct dun_stmt at the start of its own statement struct
+ * and keeps its connection in dun_db.conn.
+ */
+#ifndef DUN_STORE_DRIVER_H
+#define DUN_STORE_DRIVER_H
+
+#include "db.h"
+
+#define DUN_DB_STMT_CACHE 256
+#define DUN_DB_ERRMSG_MAX 512
+
+struct dun_stmt {
+	struct dun_db *db;
+	enum dun_err err; /* of the last step */
+};
+
+struct dun_db_driver {
+	const char *name;
+	/* Connect to target; on failure say why in err (db->conn stays NULL). */
+	enum dun_err (*open)(struct dun_db *db, const char *target, char *err, size_t err_size);
+	void (*close)(struct dun_db *db);
+	/* Session settings applied after open (journal mode, timeouts, ...). */
+	enum dun_err (*configure)(struct dun_db *db, char *err, size_t err_size);
+	enum dun_err (*exec)(struct dun_db *db, const char *sql, char *err, size_t err_size);
+	/* persistent: the statement will be reused many times (cached). */
+	enum dun_err (*prepare)(struct dun_db *db, const char *sql, bool persistent,
+				struct dun_stmt **out);
+	void (*finalize)(struct dun_stmt *st);
+	/* Reset to run again, keeping the bindings; clear also clears them. */
+	void (*reset)(struct dun_stmt *st);
+	void (*clear)(struct dun_stmt *st);
+	void (*bind_text)(struct dun_stmt *st, int idx, const char *s, int len, bool copy);
+	void (*bind_int64)(struct dun_stmt *st, int idx, int64_t v);
+	void (*bind_double)(struct dun_stmt *st, int idx, double v);
+	void (*bind_null)(struct dun_stmt *st, int idx);
+	int (*param_count)(struct dun_stmt *st);
+	/* Sets st->err on failure. */
+	enum dun_step (*step)(struct dun_stmt *st);
+	int64_t (*col_int64)(struct dun_stmt *st, int col);
+	double (*col_double)(struct dun_stmt *st, int col);
+	const char *(*col_text)(struct dun_stmt *st, int col);
+	int (*col_bytes)(struct dun_stmt *st, int col);
+	enum dun_col_type (*col_type)(struct dun_stmt *st, int col);
+	int (*col_count)(struct dun_stmt *st);
+	const char *(*col_name)(struct dun_stmt *st, int col);
+	int64_t (*changes)(struct dun_db *db);
+	const char *(*errmsg)(struct dun_db *db);
+	bool (*in_transaction)(struct dun_db *db);
+	/* The SQL that opens a write transaction. */
+	const char *begin_sql;
+	/* Read and write the applied schema version. */
+	int (*schema_version)(struct dun_db *db);
+	enum dun_err (*set_schema_version)(struct dun_db *db, int version, char *err,
+					   size_t err_size);
+	void (*busy_fine)(struct dun_db *db);
+	int64_t (*cache_misses)(struct dun_db *db);
+};
+
+struct dun_db {
+	const struct dun_db_driver *drv;
+	void *conn;
+	char *path;
+	struct {
+		const char *sql;
+		struct dun_stmt *st;
+	} cache[DUN_DB_STMT_CACHE];
+};
+
+extern const struct dun_db_driver dun_db_driver_sqlite;
+
+#endif
