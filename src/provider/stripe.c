@@ -23,7 +23,8 @@
  * [stripe] max_retries times, after 0.5 s, 1 s, 2 s, ... (capped at 8 s,
  * jittered down to between half and all of that), unless Stripe says
  * otherwise in Stripe-Should-Retry, which wins both ways. Other 4xx are
- * terminal. A retry keeps the request's Idempotency-Key: Stripe stores the
+ * terminal. A Retry-After header (seconds, at most a minute) is the
+ * shortest wait before the next try. A retry keeps the request's Idempotency-Key: Stripe stores the
  * answer of a request that began executing, so a retry of one that did
  * (a 500, a lost reply) gets that answer instead of acting twice, and one
  * that did not (409, 429) has nothing stored and simply runs.
@@ -73,18 +74,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PARALLEL_MAX	 8		    /* transfers in flight per batch */
-#define BATCH_MAX	 64		    /* calls prepared at once */
-#define REPLY_MAX_BYTES	 (16 * 1024 * 1024) /* a larger reply is refused, not buffered */
-#define WALKS_MAX	 8		    /* new keys taken after replayed errors, per call */
-#define BACKOFF_BASE_MS	 500
-#define BACKOFF_MAX_MS	 8000
-#define CONNECT_MAX_MS	 10000
-#define GEN_SLOTS	 512 /* remembered bases that met an error */
-#define COVERS_VALUE_MAX 500
-#define COVERS_KEYS_MAX	 40
-#define RATE_HEADROOM	 1.10 /* see dun_stripe_bucket_rate */
-#define ERR_TEXT_MAX	 512
+#define PARALLEL_MAX	  8		     /* transfers in flight per batch */
+#define BATCH_MAX	  64		     /* calls prepared at once */
+#define REPLY_MAX_BYTES	  (16 * 1024 * 1024) /* a larger reply is refused, not buffered */
+#define WALKS_MAX	  8		     /* new keys taken after replayed errors, per call */
+#define BACKOFF_BASE_MS	  500
+#define BACKOFF_MAX_MS	  8000
+#define CONNECT_MAX_MS	  10000
+#define GEN_SLOTS	  512 /* remembered bases that met an error */
+#define COVERS_VALUE_MAX  500
+#define COVERS_KEYS_MAX	  40
+#define RATE_HEADROOM	  1.10 /* see dun_stripe_bucket_rate */
+#define ERR_TEXT_MAX	  512
+#define RETRY_AFTER_MAX_S 60 /* a longer Retry-After is waited only this long */
 
 /* ---- form encoding --------------------------------------------------------- */
 
@@ -615,6 +617,7 @@ struct call {
 	size_t reply_len, reply_cap;
 	bool too_big;
 	char should_retry; /* 0 (no header), 't' or 'f' */
+	int retry_after_s; /* Retry-After in seconds, 0 when absent */
 	bool replayed;
 	char request_id[64];
 	char curl_err[CURL_ERROR_SIZE];
@@ -715,10 +718,18 @@ static size_t on_header(char *data, size_t size, size_t n, void *user)
 	if (k >= 5 && !strncmp(data, "HTTP/", 5)) {
 		/* A new response (after a 100 Continue): forget the last one's headers. */
 		c->should_retry = 0;
+		c->retry_after_s = 0;
 		c->replayed = false;
 		c->request_id[0] = '\0';
 	} else if (header_value(data, k, "Stripe-Should-Retry", v, sizeof v)) {
 		c->should_retry = !strcasecmp(v, "true") ? 't' : !strcasecmp(v, "false") ? 'f' : 0;
+	} else if (header_value(data, k, "Retry-After", v, sizeof v)) {
+		/* Seconds only; an HTTP date (never sent by Stripe) is ignored. */
+		char *end = NULL;
+		long secs = strtol(v, &end, 10);
+		c->retry_after_s = end != v && *end == '\0' && secs > 0
+				       ? (int)(secs < RETRY_AFTER_MAX_S ? secs : RETRY_AFTER_MAX_S)
+				       : 0;
 	} else if (header_value(data, k, "Idempotent-Replayed", v, sizeof v)) {
 		c->replayed = !strcasecmp(v, "true");
 	} else {
@@ -742,6 +753,7 @@ static void start(struct dun_stripe *s, CURLM *m, struct call *c)
 		c->reply[0] = '\0';
 	c->too_big = false;
 	c->should_retry = 0;
+	c->retry_after_s = 0;
 	c->replayed = false;
 	c->request_id[0] = '\0';
 	c->curl_err[0] = '\0';
@@ -957,6 +969,8 @@ static void finish(struct dun_stripe *s, CURLM *m, struct call *c, CURLcode cc)
 	}
 	if (retry && c->tries <= s->max_retries) {
 		int64_t wait_ms = dun_stripe_backoff_ms(c->tries, random01(s));
+		if (wait_ms < (int64_t)c->retry_after_s * 1000)
+			wait_ms = (int64_t)c->retry_after_s * 1000; /* Stripe's advice is a floor */
 		char w[24], tries[16];
 		snprintf(w, sizeof w, "%" PRId64, wait_ms);
 		snprintf(tries, sizeof tries, "%d", c->tries);
@@ -1241,30 +1255,6 @@ static enum dun_err op_set_invoice_metadata(void *self, const char *invoice_id, 
 	return set_metadata(self, "invoices", invoice_id, key, value, idem, out, err, es);
 }
 
-/* POST /v1/invoices/{id}/{action} with an empty body. */
-static enum dun_err invoice_action(struct dun_stripe *s, const char *invoice_id, const char *action,
-				   const char *idem, json_t **out, char *err, size_t es)
-{
-	*out = NULL;
-	if (!valid_id(invoice_id, err, es))
-		return DUN_E_INVALID;
-	char path[128];
-	snprintf(path, sizeof path, "/v1/invoices/%s/%s", invoice_id, action);
-	return post(s, path, NULL, idem, out, err, es);
-}
-
-static enum dun_err op_mark_uncollectible(void *self, const char *invoice_id, const char *idem,
-					  json_t **out, char *err, size_t es)
-{
-	return invoice_action(self, invoice_id, "mark_uncollectible", idem, out, err, es);
-}
-
-static enum dun_err op_void_invoice(void *self, const char *invoice_id, const char *idem,
-				    json_t **out, char *err, size_t es)
-{
-	return invoice_action(self, invoice_id, "void", idem, out, err, es);
-}
-
 /* GET path; the object when its status is one of want (NULL-terminated). */
 static json_t *get_if_status(struct dun_stripe *s, const char *path, const char *const *want)
 {
@@ -1277,6 +1267,49 @@ static json_t *get_if_status(struct dun_stripe *s, const char *path, const char 
 			return o;
 	json_decref(o);
 	return NULL;
+}
+
+/*
+ * POST /v1/invoices/{id}/{action} with an empty body. A transition is its
+ * own proof: when the answer is an error that may hide an execution (a
+ * 5xx, a lost reply) or a refusal because the invoice moved on (a 400),
+ * the invoice's status says whether the transition happened, and if it
+ * did, that is success; the next call under a new key would only be
+ * refused by Stripe's state rules.
+ */
+static enum dun_err invoice_action(struct dun_stripe *s, const char *invoice_id, const char *action,
+				   const char *target, const char *idem, json_t **out, char *err,
+				   size_t es)
+{
+	*out = NULL;
+	if (!valid_id(invoice_id, err, es))
+		return DUN_E_INVALID;
+	char path[128], inv_path[128];
+	snprintf(path, sizeof path, "/v1/invoices/%s/%s", invoice_id, action);
+	snprintf(inv_path, sizeof inv_path, "/v1/invoices/%s", invoice_id);
+	enum dun_err e = post(s, path, NULL, idem, out, err, es);
+	if (e == DUN_E_PROVIDER || e == DUN_E_PROVIDER_REJECTED || e == DUN_E_TIMEOUT) {
+		const char *const want[] = {target, NULL};
+		json_t *inv = get_if_status(s, inv_path, want);
+		if (inv) {
+			*out = inv;
+			return DUN_OK;
+		}
+	}
+	return e;
+}
+
+static enum dun_err op_mark_uncollectible(void *self, const char *invoice_id, const char *idem,
+					  json_t **out, char *err, size_t es)
+{
+	return invoice_action(self, invoice_id, "mark_uncollectible", "uncollectible", idem, out,
+			      err, es);
+}
+
+static enum dun_err op_void_invoice(void *self, const char *invoice_id, const char *idem,
+				    json_t **out, char *err, size_t es)
+{
+	return invoice_action(self, invoice_id, "void", "void", idem, out, err, es);
 }
 
 static enum dun_err op_cancel_subscription(void *self, const char *sub_id, const char *idem,
@@ -1332,8 +1365,13 @@ static enum dun_err op_pay_invoice(void *self, const char *invoice_id, const cha
 		 */
 		return dun_stripe_call(s, "GET", inv_path, NULL, NULL, out, err, es);
 	}
-	if (e == DUN_E_PROVIDER_REJECTED) {
-		/* Paid meanwhile (out of band, by the customer): the fresh invoice says so. */
+	if (e == DUN_E_PROVIDER_REJECTED || e == DUN_E_PROVIDER || e == DUN_E_TIMEOUT) {
+		/*
+		 * Paid meanwhile (out of band, by the customer), or by this very
+		 * request before its answer was lost (a 500 after executing, which
+		 * Stripe stores under the key): the fresh invoice says so, and a
+		 * paid invoice can never be charged again.
+		 */
 		static const char *const paid[] = {"paid", NULL};
 		json_t *inv = get_if_status(s, inv_path, paid);
 		if (inv) {

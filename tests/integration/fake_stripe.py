@@ -57,6 +57,22 @@ import urllib.parse
 import urllib.request
 
 API_VERSION = "2025-03-31.basil"
+# Versions Stripe has released, reaching back far enough for any account
+# still in use. Any other Stripe-Version (a typo, a date that was never a
+# release) is refused with a 400, as Stripe refuses it.
+KNOWN_VERSIONS = frozenset([
+    "2020-08-27", "2022-08-01", "2022-11-15", "2023-08-16", "2023-10-16", "2024-04-10",
+    "2024-06-20", "2024-09-30.acacia", "2024-10-28.acacia", "2024-11-20.acacia",
+    "2024-12-18.acacia", "2025-01-27.acacia", "2025-02-24.acacia", "2025-03-31.basil",
+    "2025-04-30.basil", "2025-05-28.basil", "2025-06-30.basil", "2025-07-30.basil",
+    "2025-08-27.basil",
+])
+BASIL_DATE = "2025-03-31"
+# Stripe's test-mode limit (live mode allows about 100/s). On by default so
+# that a client that does not pace itself fails here as it would at Stripe;
+# a test that needs more raises it explicitly through /_test/config.
+TEST_MODE_RATE_PER_S = 25
+RETRY_AFTER_S = 1
 BODY_MAX_BYTES = 1024 * 1024
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -74,8 +90,14 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
   POST /_test/clock                  {"now": unix} fixes the clock, {"now": null}
                                      back to the wall clock, {"advance": seconds}
   POST /_test/config                 merge settings; GET returns them:
-       rate_limit_per_s: int|null    answer 429 rate_limit above this many
-                                     /v1 requests in any sliding second
+       rate_limit_per_s: int|null    answer 429 rate_limit (with Retry-After)
+                                     above this many /v1 requests in any
+                                     sliding second; 25 (Stripe's test mode)
+                                     by default, null turns it off
+       account_api_version: str      the account's default API version: the
+                                     shape of the events it creates and of
+                                     answers to requests without
+                                     Stripe-Version (default 2025-03-31.basil)
        api_key: str|null             accept only this key (else any sk_test_*)
        require_stripe_version: str|null   refuse requests without this
                                      Stripe-Version header
@@ -90,10 +112,16 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
   POST /_test/faults                 one fault object or {"faults": [...]}:
        path_regex (re.search on the path), method, status (429, 500, 503...),
        count (default 1; negative = forever), latency_ms, drop (close the
-       connection without answering), stripe_should_retry ("true"|"false"),
-       error {type, code, message} to override the body,
+       connection without answering), stripe_should_retry (true|false|null:
+       the header; by default as Stripe sends it: "false" on a 500, "true"
+       on a 503, a 409 and a 429 lock_timeout, none otherwise), retry_after
+       (seconds|null; by default 1 on 429 and 503), error {type, code,
+       message} to override the body,
        phase "before" (default: instead of executing) | "after" (execute,
-       store the idempotent result, then answer with the fault),
+       then answer with the fault; Stripe stores that answer under the
+       Idempotency-Key, so a retry with the same key gets the error again
+       and never learns what was done; a dropped connection after
+       executing leaves the real result stored),
        store (phase before only: save the fault's answer under the
        request's Idempotency-Key, as Stripe saves a 500 once execution began)
   GET  /_test/faults, DELETE /_test/faults
@@ -398,7 +426,8 @@ class State:
         self.admitted = []  # monotonic times of requests within the rate window
         self.rate_limited = 0
         self.config = {
-            "rate_limit_per_s": None,
+            "rate_limit_per_s": TEST_MODE_RATE_PER_S,
+            "account_api_version": API_VERSION,
             "api_key": None,
             "require_stripe_version": None,
             "strict_content_type": False,
@@ -443,12 +472,13 @@ class State:
     # -- events
 
     def emit(self, type_, obj, previous=None, request=None):
+        version = self.config["account_api_version"]
         ev = {
             "id": self.new_id("evt"),
             "object": "event",
-            "api_version": API_VERSION,
+            "api_version": version,
             "created": self.now(),
-            "data": {"object": copy.deepcopy(obj)},
+            "data": {"object": shape(self, obj, version)},
             "livemode": False,
             "pending_webhooks": 1 if self.config["webhook_url"] else 0,
             "request": {
@@ -860,6 +890,55 @@ class State:
             return False
         self.admitted.append(t)
         return True
+
+
+# --------------------------------------------------------------------------
+# API versions
+
+
+def pre_basil(version):
+    return version[:10] < BASIL_DATE
+
+
+def shape(st, obj, version):
+    """A copy of obj as the API renders it at version. Objects are kept in
+    the basil shape; before 2025-03-31 an invoice carried its subscription,
+    payment intent, charge and paid flag at the top level and had no parent,
+    and its lines named their invoice item or subscription directly. Events
+    are never reshaped: they keep the version they were created with."""
+    out = copy.deepcopy(obj)
+    if pre_basil(version):
+        _old_shape(st, out)
+    return out
+
+
+def _old_shape(st, node):
+    if isinstance(node, list):
+        for x in node:
+            _old_shape(st, x)
+        return
+    if not isinstance(node, dict) or node.get("object") == "event":
+        return
+    for v in node.values():
+        _old_shape(st, v)
+    if node.get("object") == "invoice":
+        parent = node.pop("parent", None) or {}
+        sub = (parent.get("subscription_details") or {}).get("subscription")
+        node["subscription"] = sub
+        node["subscription_details"] = {"metadata": {}} if sub else None
+        pi_id = st.invoice_pi.get(node.get("id"))
+        pi = st.objects.get(pi_id) if pi_id else None
+        node["payment_intent"] = pi_id
+        node["charge"] = pi.get("latest_charge") if pi else None
+        node["paid"] = node.get("status") == "paid"
+        node.pop("amount_overpaid", None)
+    elif node.get("object") == "line_item" and "parent" in node:
+        parent = node.pop("parent") or {}
+        item = (parent.get("invoice_item_details") or {}).get("invoice_item")
+        sub = (parent.get("subscription_item_details") or {}).get("subscription")
+        node["type"] = "invoiceitem" if item else "subscription"
+        node["invoice_item"] = item
+        node["subscription"] = sub
 
 
 # --------------------------------------------------------------------------
@@ -1615,9 +1694,10 @@ def loopback_url(url):
 
 
 FAULT_KEYS = {"path_regex", "method", "status", "count", "latency_ms", "drop", "stripe_should_retry", "error",
-              "phase", "store"}
+              "phase", "store", "retry_after"}
 CONFIG_TYPES = {
     "rate_limit_per_s": (int, type(None)),
+    "account_api_version": (str,),
     "api_key": (str, type(None)),
     "require_stripe_version": (str, type(None)),
     "strict_content_type": (bool,),
@@ -1626,10 +1706,16 @@ CONFIG_TYPES = {
     "webhook_secrets": (list,),
     "webhook_include_v0": (bool,),
 }
-VERSION_RE = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?\Z")
 
 
 def fault_error(status):
+    if status == 409:
+        return {"type": "idempotency_error", "code": "idempotency_key_in_use",
+                "message": "There is currently another in-progress request using this Idempotent Key "
+                           "(probably because of a timeout). Please retry this request later."}
+    if status == 503:
+        return {"type": "api_error", "code": None,
+                "message": "The service is temporarily unavailable (injected fault). Please try again later."}
     if status == 429:
         return {"type": "invalid_request_error", "code": "rate_limit",
                 "message": "Too many requests hit the API too quickly. We recommend an exponential backoff of "
@@ -1638,6 +1724,30 @@ def fault_error(status):
         return {"type": "api_error", "code": None,
                 "message": "An unknown error occurred while processing this request (injected fault)."}
     return {"type": "invalid_request_error", "code": None, "message": "Injected fault."}
+
+
+def retry_headers(status, code, fault=None):
+    """The retry advice Stripe sends with an error: Stripe-Should-Retry
+    "false" on a 500 (the request may have been executed; its answer is
+    stored under the key), "true" where trying again later will work (a
+    409 key in use, a 429 lock_timeout, a 503), and Retry-After (seconds) on
+    a 429 and a 503. A fault may override either; null leaves it out."""
+    h = {}
+    if status == 500:
+        should = False
+    elif status in (409, 503) or (status == 429 and code == "lock_timeout"):
+        should = True
+    else:
+        should = None
+    after = RETRY_AFTER_S if status in (429, 503) else None
+    if fault is not None:
+        should = fault.get("stripe_should_retry", should)
+        after = fault.get("retry_after", after)
+    if should is not None:
+        h["Stripe-Should-Retry"] = ("true" if should else "false") if isinstance(should, bool) else str(should)
+    if after is not None:
+        h["Retry-After"] = str(int(after))
+    return h
 
 
 class ControlError(Exception):
@@ -1802,7 +1912,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         headers.update(extra)
         if acting:
             # phase "after": the request took effect; only the answer is lost.
-            self.answer_fault(entry, fault, headers)
+            # Stripe keeps the answer it gave (the 500) under the key; a lost
+            # connection leaves the real result stored.
+            executed = status < 400 or (auth, idem_key) in st.idem
+            self.answer_fault(entry, fault, headers,
+                              store=(auth, idem_key, method, url.path, params) if executed else None,
+                              replace=True)
             return
         self.finish_api(entry, status, out, headers)
 
@@ -1827,11 +1942,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return f
         return None
 
-    def answer_fault(self, entry, fault, headers, store=None):
+    def answer_fault(self, entry, fault, headers, store=None, replace=False):
         """Answer with a fault instead of the real result. store, for a
-        phase-before fault with "store": (auth, key, method, path, params):
-        save the fault's answer under the Idempotency-Key, as Stripe saves a
-        500 once an endpoint began executing."""
+        phase-before fault with "store" or a phase-after fault: (auth, key,
+        method, path, params): save the fault's answer under the
+        Idempotency-Key, as Stripe saves a 500 once an endpoint began
+        executing; replace: over the result the execution stored."""
         st = self.st
         if fault.get("drop"):
             with st.lock:
@@ -1843,18 +1959,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         err.update(fault.get("error") or {})
         err.setdefault("param", None)
         out = {"error": err}
-        if "stripe_should_retry" in fault:
-            v = fault["stripe_should_retry"]
-            headers["Stripe-Should-Retry"] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        headers.update(retry_headers(status, err.get("code"), fault))
         if store:
             auth, key, method, path, params = store
             with st.lock:
-                if method == "POST" and key and params is not None and (auth, key) not in st.idem:
+                if method == "POST" and key and params is not None and (replace or (auth, key) not in st.idem):
                     st.idem[(auth, key)] = {
                         "fingerprint": fingerprint(method, path, params),
                         "status": status,
                         "body": out,
-                        "headers": {k: v for k, v in headers.items() if k == "Stripe-Should-Retry"},
+                        "headers": {k: v for k, v in headers.items() if k in ("Stripe-Should-Retry", "Retry-After")},
                         "request_id": entry["request_id"],
                         "created": st.now(),
                     }
@@ -1875,8 +1989,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                   "backoff of your requests.", code="rate_limit", status=429)
                 params = self.decode(method, url, body)
                 version = self.headers.get("Stripe-Version")
-                if version is not None and not VERSION_RE.match(version):
-                    raise invalid("Invalid Stripe API version: %s" % version, param="Stripe-Version")
+                if version is not None and version not in KNOWN_VERSIONS:
+                    raise invalid("Invalid Stripe API version: %s" % version, param="Stripe-Version",
+                                  code="api_version_invalid")
                 want = st.config["require_stripe_version"]
                 if want and version != want:
                     raise invalid("This test server requires Stripe-Version: %s (got %s)." % (want, version),
@@ -1894,10 +2009,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         return replay
                     st.in_flight.add((auth, idem_key))
         except StripeError as e:
-            extra = {}
-            if e.body["error"]["code"] == "idempotency_key_in_use":
-                extra["Stripe-Should-Retry"] = "true"
-            elif e.body["error"]["type"] == "idempotency_error":
+            extra = retry_headers(e.status, e.body["error"]["code"])
+            if e.body["error"]["type"] == "idempotency_error" and e.status == 400:
                 extra["Stripe-Should-Retry"] = "false"
             return e.status, e.body, extra
         try:
@@ -1908,6 +2021,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 try:
                     out = copy.deepcopy(fn(st, p, match, req))
                     expand(st, out, expansions)
+                    out = shape(st, out, self.headers.get("Stripe-Version") or st.config["account_api_version"])
                     status, saved = 200, True
                 except StripeError as e:
                     out, status, saved = e.body, e.status, e.saved
@@ -2048,6 +2162,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         raise ControlError("webhook_url must be http://127.0.0.1 (or localhost)")
                     if k == "rate_limit_per_s" and v is not None and v < 1:
                         raise ControlError("rate_limit_per_s must be at least 1")
+                    if k == "account_api_version" and v not in KNOWN_VERSIONS:
+                        raise ControlError("account_api_version: %s is not a Stripe API version" % v)
                     st.config[k] = v
             return dict(st.config)
         if path == "/_test/faults":

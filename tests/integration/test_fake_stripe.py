@@ -494,6 +494,88 @@ def test_fault_after_drop_then_retry_with_same_key_replays(fake):
     assert len(fake.ok("GET", "/v1/customers")["data"]) == 1
 
 
+def test_retry_advice_is_sent_as_stripe_sends_it(fake):
+    """By default a 500 says Stripe-Should-Retry: false, a 503 and a 409
+    say true with a Retry-After, a 429 rate_limit has a Retry-After only and
+    a 429 lock_timeout says true; a fault can override or drop either."""
+    faults = [{"path_regex": "^/v1/customers$", "method": "GET", "status": st} for st in (500, 503, 409, 429)]
+    faults.append({"path_regex": "^/v1/customers$", "method": "GET", "status": 429,
+                   "error": {"code": "lock_timeout"}})
+    faults.append({"path_regex": "^/v1/customers$", "method": "GET", "status": 500,
+                   "stripe_should_retry": None, "retry_after": 7})
+    fake.ctl("POST", "/_test/faults", {"faults": faults})
+    seen = []
+    for _ in range(6):
+        r = fake.call("GET", "/v1/customers")
+        seen.append((r.status, r.error.get("code"), r.headers.get("Stripe-Should-Retry"),
+                     r.headers.get("Retry-After")))
+    assert seen == [(500, None, "false", None), (503, None, "true", "1"),
+                    (409, "idempotency_key_in_use", "true", None), (429, "rate_limit", None, "1"),
+                    (429, "lock_timeout", "true", "1"), (500, None, None, "7")]
+
+
+def test_fault_after_500_executes_and_stores_the_500(fake):
+    """As Stripe: the request took effect and its answer, a 500, is what the
+    key holds; the same key replays the 500 and never reveals the object."""
+    fake.ctl("POST", "/_test/faults", {"path_regex": "/v1/customers", "method": "POST", "status": 500,
+                                       "phase": "after"})
+    a = fake.call("POST", "/v1/customers", {"email": "a@b.c"}, idem="k-10")
+    assert a.status == 500 and a.headers["Stripe-Should-Retry"] == "false"
+    b = fake.call("POST", "/v1/customers", {"email": "a@b.c"}, idem="k-10")
+    assert b.status == 500 and b.headers["Idempotent-Replayed"] == "true"
+    assert b.headers["Stripe-Should-Retry"] == "false"
+    assert len(fake.ok("GET", "/v1/customers")["data"]) == 1
+    # A new key runs it again: what a client must check before it does so.
+    assert fake.call("POST", "/v1/customers", {"email": "a@b.c"}, idem="k-11").status == 200
+    assert len(fake.ok("GET", "/v1/customers")["data"]) == 2
+
+
+def test_unknown_stripe_version_is_refused(fake):
+    for bad in ("2025-13-45", "2025-03-31.acacia", "2099-01-01", "basil"):
+        r = fake.call("GET", "/v1/customers", headers={"Stripe-Version": bad})
+        assert r.status == 400 and r.error["param"] == "Stripe-Version", (bad, r)
+    for good in ("2024-06-20", "2025-03-31.basil"):
+        assert fake.call("GET", "/v1/customers", headers={"Stripe-Version": good}).status == 200
+    fake.ctl("POST", "/_test/config", {"account_api_version": "2025-99-99"}, status=400)
+
+
+def test_rate_limit_is_on_by_default_at_the_test_mode_rate(fake):
+    assert fake.ctl("GET", "/_test/config")["rate_limit_per_s"] == fake_stripe.TEST_MODE_RATE_PER_S == 25
+    time.sleep(1.05)
+    statuses = [fake.call("GET", "/v1/customers").status for _ in range(40)]
+    assert statuses[:25] == [200] * 25 and 429 in statuses
+    r = fake.call("GET", "/v1/customers")
+    if r.status == 429:
+        assert r.headers["Retry-After"] == "1"
+
+
+def test_events_keep_the_shape_of_the_version_they_were_created_with(fake):
+    fake.ctl("POST", "/_test/config", {"account_api_version": "2024-06-20"})
+    fake.ctl("POST", "/_test/seed", {"customers": [{"id": "cus_V", "card": "insufficient_funds"}],
+                                     "subscriptions": [{"id": "sub_V", "customer": "cus_V", "status": "past_due"}],
+                                     "invoices": [{"id": "in_V", "customer": "cus_V", "subscription": "sub_V",
+                                                   "amount_due": 1500, "attempts": ["insufficient_funds"]}],
+                                     "events": True})
+    fake.ctl("POST", "/_test/config", {"account_api_version": fake_stripe.API_VERSION})
+    fake.ok("POST", "/v1/invoices/in_V/void", idem="v-1")
+    events = fake.ok("GET", "/v1/events")["data"]
+    old = [e for e in events if e["api_version"] == "2024-06-20" and e["data"]["object"]["object"] == "invoice"]
+    new = [e for e in events if e["type"] == "invoice.voided"]
+    assert old and len(new) == 1
+    for e in old:
+        inv = e["data"]["object"]
+        assert "parent" not in inv and inv["subscription"] == "sub_V" and inv["paid"] is False
+    inv = new[0]["data"]["object"]
+    assert new[0]["api_version"] == fake_stripe.API_VERSION
+    assert "subscription" not in inv and inv["parent"]["subscription_details"]["subscription"] == "sub_V"
+    # Read with an older Stripe-Version, an invoice comes in that version's
+    # shape; the events stay as they were created.
+    old_inv = fake.ok("GET", "/v1/invoices/in_V", headers={"Stripe-Version": "2024-06-20"})
+    assert old_inv["subscription"] == "sub_V" and old_inv["payment_intent"].startswith("pi_")
+    again = fake.ok("GET", "/v1/events/" + new[0]["id"], headers={"Stripe-Version": "2024-06-20"})
+    assert again["data"]["object"]["parent"]["subscription_details"]["subscription"] == "sub_V"
+
+
 def test_bad_faults_are_refused(fake):
     fake.ctl("POST", "/_test/faults", {"path_regex": "x"}, status=400)
     fake.ctl("POST", "/_test/faults", {"path_regex": "(", "status": 500}, status=400)
@@ -901,7 +983,8 @@ def test_reset_forgets_everything(fake):
     fake.ctl("POST", "/_test/config", {"rate_limit_per_s": 1})
     fake.ctl("POST", "/_test/reset")
     assert fake.ok("GET", "/v1/customers")["data"] == []
-    assert fake.ctl("GET", "/_test/config")["rate_limit_per_s"] is None
+    # Back to Stripe's test-mode limit, which is on by default.
+    assert fake.ctl("GET", "/_test/config")["rate_limit_per_s"] == 25
 
 
 def test_bad_control_requests(fake):

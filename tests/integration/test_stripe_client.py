@@ -97,6 +97,13 @@ class Fake:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
+    def raw(self, method, path, params=None, idem=None):
+        """As api(), but any answer: (status, body, headers)."""
+        try:
+            return 200, self.api(method, path, params, idem), {}
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read()), dict(e.headers)
+
 
 @pytest.fixture(scope="module")
 def fake_server(tmp_path_factory):
@@ -318,6 +325,7 @@ def test_backfill_replays_events_oldest_first_and_is_idempotent(env, fake):
 
 
 def test_backfill_pages_through_many_events(env, fake):
+    fake.config(rate_limit_per_s=None)  # the setup creates 230 customers at once
     for i in range(230):
         api_customer(fake, "acct_%03d" % i)
     out = env.run("backfill", "--since", "2000-01-01").stdout
@@ -538,11 +546,12 @@ def test_recheck_before_destructive_writes_sees_a_payment(env, fake):
 # retries
 
 
-def test_retries_500_503_and_dropped_connections_with_the_same_key(env, fake):
+def test_retries_5xx_503_and_dropped_connections_with_the_same_key(env, fake):
     seed_failing_account(fake)
     env.run("sync")
     path = "/v1/invoices/in_acct_A_0/mark_uncollectible"
-    fake.fault(faults=[{"path_regex": path + "$", "status": 500, "count": 1},
+    # A 500 without Stripe-Should-Retry (as a proxy in front of Stripe would send it).
+    fake.fault(faults=[{"path_regex": path + "$", "status": 500, "count": 1, "stripe_should_retry": None},
                        {"path_regex": path + "$", "status": 503, "count": 1},
                        {"path_regex": path + "$", "drop": True, "count": 1}])
     fake.clear_requests()
@@ -558,14 +567,38 @@ def test_a_lost_answer_is_replayed_not_executed_twice(env, fake):
     seed_failing_account(fake)
     env.run("sync")
     path = "/v1/invoices/in_acct_A_0/mark_uncollectible"
-    # The write takes effect, then the answer is a 500: the retry must not act again.
+    # The write takes effect, then the answer is lost: the retry with the same
+    # key gets the stored result and does not act again.
+    fake.fault(path_regex=path + "$", drop=True, phase="after")
+    fake.clear_requests()
+    env.run("recompute", "acct_A", now=bad_debt_now(fake))
+    reqs = fake.requests(path + "$")
+    assert [(r["dropped"], r["replayed"]) for r in reqs] == [(True, False), (False, True)]
+    assert reqs[1]["status"] == 200
+    events = fake.api("GET", "/v1/events?type=invoice.marked_uncollectible")["data"]
+    assert len(events) == 1
+
+
+def test_a_500_after_executing_is_checked_not_executed_again(env, fake):
+    seed_failing_account(fake)
+    env.run("sync")
+    path = "/v1/invoices/in_acct_A_0/mark_uncollectible"
+    # The write takes effect, then Stripe answers 500 with Stripe-Should-Retry:
+    # false and stores that 500 under the key: the client reads the invoice
+    # to learn what happened instead of acting again under a new key.
     fake.fault(path_regex=path + "$", status=500, phase="after")
     fake.clear_requests()
     env.run("recompute", "acct_A", now=bad_debt_now(fake))
     reqs = fake.requests(path + "$")
-    assert [(r["status"], r["replayed"]) for r in reqs] == [(500, False), (200, True)]
+    assert [(r["status"], r["replayed"]) for r in reqs] == [(500, False)]
+    assert len(fake.requests("^/v1/invoices/in_acct_A_0$", "GET")) >= 1
     events = fake.api("GET", "/v1/events?type=invoice.marked_uncollectible")["data"]
     assert len(events) == 1
+    # The same key replays the stored 500, as Stripe does.
+    key = reqs[0]["headers"]["Idempotency-Key"]
+    status, body, headers = fake.raw("POST", path, {}, key)
+    assert status == 500 and headers.get("Idempotent-Replayed") == "true"
+    assert headers.get("Stripe-Should-Retry") == "false"
 
 
 def test_429_backs_off_exponentially(env, fake):
@@ -599,10 +632,10 @@ def test_retries_give_up_after_max_retries(env, fake):
     env.write_config(max_retries=2)
     seed_failing_account(fake)
     env.run("sync")
-    fake.fault(path_regex="mark_uncollectible$", status=500, count=-1)
+    fake.fault(path_regex="mark_uncollectible$", status=502, count=-1)
     fake.clear_requests()
     err = env.run("recompute", "acct_A", now=bad_debt_now(fake), rc=69).stderr
-    assert "HTTP 500" in err and "after 3 tries" in err
+    assert "HTTP 502" in err and "after 3 tries" in err
     assert len(fake.requests("mark_uncollectible$")) == 3
     # The trigger is kept for a later retry by the inbox.
     assert env.sql("SELECT state FROM inbox WHERE kind = 'support_recompute'") == [("retrying",)]
