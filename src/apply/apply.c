@@ -40,19 +40,15 @@
  * drift repair must really be sent again), once-consequences use the bare
  * key so a repeat returns the first answer instead of charging twice.
  *
- * Emails: the rendered message is CLAIMED in the email log under its dedup
- * key BEFORE it is handed to the mailer (email_log.c): one atomic statement
- * moves the key to `sending` with this process as owner, so of several
- * workers, engines or a legacy writer only one sends it; a key someone else
- * is sending fails this plan with DUN_E_BUSY (retried later), a key already
- * sent is skipped. After the mailer, the key is `sent` or `failed`. GATHER
- * only counts `sent` keys, so a failed send is planned and claimed again. A
- * claim whose owner died is taken over when the owner is seen to be gone
- * (same host) or its lease runs out. The one remaining window — the relay
- * accepted the message, the process died before marking it sent — resends
- * with the same Message-ID (dun_smtp_message_id: the key and the sender's
- * domain, recorded with the first claim), so a relay or client that dedupes
- * on Message-ID drops it. docs/email.md, "Exactly once", has the details.
+ * Emails go through an outbox, like the platform calls: the message is
+ * rendered from the snapshot and queued in the email log (`emails`, state
+ * `pending`) in the transaction of its `applied` record, under its dedup
+ * key — once per key, ever. The email sender (email_sender.c) delivers it
+ * later, in queue order per account, with retries and backoff, so an SMTP
+ * outage never blocks a stage change; the plan queues a stage notice before
+ * the platform writes that enforce it. Exactly-once delivery (the claim,
+ * the stable Message-ID, the legacy sender) lives in email_log.c and the
+ * sender; docs/email.md, "Exactly once", has the details.
  *
  * Outcome events are rows of outcome_events written in the transaction of
  * their record, with their final payload and a stable id; the events sender
@@ -508,26 +504,16 @@ static enum dun_err message_id_for(const struct dun_applier *ap, const char *key
 }
 
 /*
- * Claim the email's key in the email log, hand it to the mailer, settle the
- * claim (see email_log.c). *skipped is set when the key was already sent;
- * a live claim of someone else is DUN_E_BUSY, retried with the trigger.
+ * Queue the email (email_log.c): render it now, with the snapshot and the
+ * decision that planned it, and write it to the email log as `pending`,
+ * inside the transaction that records it as applied. The email sender
+ * (email_sender.c) delivers it later; an SMTP outage never fails a plan.
+ * *skipped is set when the key had already been sent (by a legacy system).
  */
-static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot *snap,
-			       const struct dun_desired *d, const struct dun_consequence *c,
-			       bool *skipped, char *err)
+static enum dun_err queue_email(struct dun_applier *ap, const struct dun_snapshot *snap,
+				const struct dun_desired *d, const struct dun_consequence *c,
+				bool *skipped, char *err)
 {
-	struct dun_db *db = ap->db;
-	*skipped = false;
-	struct dun_stmt *st = dun_db_stmt(db, "SELECT state FROM emails WHERE key = ?1");
-	dun_stmt_bind_text(st, 1, c->key);
-	char state[16] = "";
-	if (dun_stmt_row(st))
-		dun_stmt_col_copy(st, 0, state, sizeof state);
-	dun_stmt_reset(st);
-	if (!strcmp(state, "sent")) {
-		*skipped = true;
-		return DUN_OK;
-	}
 	struct dun_email_ctx ctx = {
 	    .kind = c->kind,
 	    .snap = snap,
@@ -544,8 +530,6 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 	e = ap->renderer.ops->render(ap->renderer.self, &ctx, &subject, &body, err, ERR_MAX);
 	if (e != DUN_OK)
 		return e;
-	char owner[DUN_EMAIL_OWNER_MAX];
-	dun_email_owner_self(owner, sizeof owner);
 	struct dun_email_intent in = {.key = c->key,
 				      .account_id = snap->state.account_id,
 				      .kind = dun_email_kind_name(c->kind),
@@ -555,43 +539,9 @@ static enum dun_err send_email(struct dun_applier *ap, const struct dun_snapshot
 				      .body = body,
 				      .message_id = message_id,
 				      .source = "engine"};
-	struct dun_email_claim claim;
-	e = dun_email_claim(db, &in, owner, ctx.now, ap->mailer.claim_lease_s, &claim);
-	if (e != DUN_OK) {
-		snprintf(err, ERR_MAX, "claiming %s: %s", c->key, dun_db_errmsg(db));
-		goto free_text;
-	}
-	switch (claim.result) {
-	case DUN_EMAIL_ALREADY_SENT:
-		*skipped = true;
-		goto free_text;
-	case DUN_EMAIL_BUSY: {
-		char t[32];
-		dun_clock_format(claim.claimed_at, t, sizeof t);
-		snprintf(err, ERR_MAX,
-			 "email %.100s is being sent by %.80s (claimed %.24s); retried later",
-			 c->key, claim.owner, t);
-		e = DUN_E_BUSY;
-		goto free_text;
-	}
-	case DUN_EMAIL_CLAIMED:
-		break;
-	}
-	struct dun_email_msg msg = {.key = c->key,
-				    .message_id = claim.message_id,
-				    .to = snap->email,
-				    .subject = subject,
-				    .body = body};
-	e = ap->mailer.ops->send(ap->mailer.self, &msg, err, ERR_MAX);
-	enum dun_err se = dun_email_settle(db, c->key, owner, e == DUN_OK, err, dun_clock_now());
-	if (e == DUN_OK && se != DUN_OK) {
-		/* Sent, but not recorded: the next plan finds the claim of a live
-		 * owner, then an expired one, and resends with the same Message-ID. */
-		snprintf(err, ERR_MAX, "sent %s but could not record it: %s", c->key,
-			 dun_db_errmsg(db));
-		e = se;
-	}
-free_text:
+	e = dun_email_queue(ap->db, &in, ctx.now, skipped);
+	if (e != DUN_OK)
+		snprintf(err, ERR_MAX, "queueing %s: %s", c->key, dun_db_errmsg(ap->db));
 	free(subject);
 	free(body);
 	return e;
@@ -613,8 +563,11 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
+	bool skipped = false;
 	if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
 		e = platform_write(ap, c, decision_id, err);
+	else if (dun_conseq_store(c->type) == DUN_STORE_EMAIL)
+		e = queue_email(ap, snap, d, c, &skipped, err);
 	else
 		e = engine_write(ap, snap, d, c);
 	if (e == DUN_OK)
@@ -649,8 +602,7 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 		e = platform_write(ap, c, decision_id, err);
 		break;
 	case DUN_STORE_EMAIL:
-		e = send_email(ap, snap, d, c, skipped, err);
-		break;
+		return in_transaction(ap, snap, d, c, decision_id, err);
 	}
 	enum dun_err re = record(ap->db, acct, c, decision_id, e, err);
 	return e != DUN_OK ? e : re;

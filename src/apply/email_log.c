@@ -116,7 +116,7 @@ static enum dun_err read_row(struct dun_db *db, const char *key, struct row *r)
 }
 
 enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *in,
-			     const char *owner, int64_t now, int64_t lease_s,
+			     const char *owner, int64_t now, int64_t wall, int64_t lease_s,
 			     struct dun_email_claim *out)
 {
 	memset(out, 0, sizeof *out);
@@ -137,7 +137,7 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr, subject, body,"
 		" message_id, state, claimed_by, claimed_at, source, created_at)"
-		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sending', ?9, ?10, ?11, ?10)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'sending', ?9, ?10, ?11, ?14)"
 		" ON CONFLICT(key) DO UPDATE SET state = 'sending',"
 		" claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at,"
 		" to_addr = CASE WHEN excluded.to_addr <> '' THEN excluded.to_addr"
@@ -145,7 +145,7 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 		" subject = CASE WHEN excluded.subject <> '' THEN excluded.subject"
 		"  ELSE emails.subject END,"
 		" body = CASE WHEN excluded.body <> '' THEN excluded.body ELSE emails.body END"
-		" WHERE emails.state IN ('pending', 'failed') OR (emails.state = 'sending'"
+		" WHERE emails.state IN ('pending', 'failed', 'dead') OR (emails.state = 'sending'"
 		"  AND (emails.claimed_at <= ?12 OR emails.claimed_by = ?13))");
 	dun_stmt_bind_text(st, 1, in->key);
 	dun_stmt_bind_text(st, 2, s(in->account_id));
@@ -156,10 +156,11 @@ enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *i
 	dun_stmt_bind_text(st, 7, s(in->body));
 	dun_stmt_bind_text(st, 8, s(in->message_id));
 	dun_stmt_bind_text(st, 9, owner);
-	dun_stmt_bind_int64(st, 10, now);
+	dun_stmt_bind_int64(st, 10, wall);
 	dun_stmt_bind_text(st, 11, in->source && in->source[0] ? in->source : "engine");
-	dun_stmt_bind_int64(st, 12, now - (lease_s > 0 ? lease_s : DUN_EMAIL_LEASE_S_DEFAULT));
+	dun_stmt_bind_int64(st, 12, wall - (lease_s > 0 ? lease_s : DUN_EMAIL_LEASE_S_DEFAULT));
 	dun_stmt_bind_text_copy(st, 13, gone);
+	dun_stmt_bind_int64(st, 14, now);
 	e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
@@ -228,6 +229,49 @@ enum dun_err dun_email_record_sent(struct dun_db *db, const struct dun_email_int
 	dun_stmt_bind_text(st, 7, s(in->body));
 	dun_stmt_bind_text(st, 8, s(in->message_id));
 	dun_stmt_bind_text(st, 9, in->source && in->source[0] ? in->source : "legacy");
+	dun_stmt_bind_int64(st, 10, now);
+	return dun_stmt_done(st);
+}
+
+enum dun_err dun_email_queue(struct dun_db *db, const struct dun_email_intent *in, int64_t now,
+			     bool *already_sent)
+{
+	struct row r;
+	enum dun_err e = read_row(db, in->key, &r);
+	if (e != DUN_OK)
+		return e;
+	*already_sent = r.found && !strcmp(r.state, "sent");
+	if (*already_sent)
+		return DUN_OK;
+	/* A new key is queued; a `failed` one (a legacy system gave it back, or
+	 * an old engine failed it) is queued again with this rendering; a key
+	 * someone is sending keeps its claim but gets the text it lacks, so a
+	 * take-over after its claim ends can send it. Sent and dead stay. */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "INSERT INTO emails(key, account_id, kind, invoice_id, to_addr, subject, body,"
+		" message_id, state, source, created_at, not_before, queued_at)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, 0, ?10)"
+		" ON CONFLICT(key) DO UPDATE SET"
+		" to_addr = CASE WHEN emails.state = 'failed' OR emails.body = ''"
+		"  THEN excluded.to_addr ELSE emails.to_addr END,"
+		" subject = CASE WHEN emails.state = 'failed' OR emails.body = ''"
+		"  THEN excluded.subject ELSE emails.subject END,"
+		" body = CASE WHEN emails.state = 'failed' OR emails.body = ''"
+		"  THEN excluded.body ELSE emails.body END,"
+		" not_before = CASE WHEN emails.state = 'failed' THEN 0 ELSE emails.not_before END,"
+		" queued_at = CASE WHEN emails.state = 'failed' OR emails.queued_at = 0"
+		"  THEN excluded.queued_at ELSE emails.queued_at END,"
+		" state = CASE WHEN emails.state = 'failed' THEN 'pending' ELSE emails.state END"
+		" WHERE emails.state IN ('pending', 'sending', 'failed')");
+	dun_stmt_bind_text(st, 1, in->key);
+	dun_stmt_bind_text(st, 2, s(in->account_id));
+	dun_stmt_bind_text(st, 3, s(in->kind));
+	dun_stmt_bind_text(st, 4, s(in->invoice_id));
+	dun_stmt_bind_text(st, 5, s(in->to));
+	dun_stmt_bind_text(st, 6, s(in->subject));
+	dun_stmt_bind_text(st, 7, s(in->body));
+	dun_stmt_bind_text(st, 8, s(in->message_id));
+	dun_stmt_bind_text(st, 9, in->source && in->source[0] ? in->source : "engine");
 	dun_stmt_bind_int64(st, 10, now);
 	return dun_stmt_done(st);
 }

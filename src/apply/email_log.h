@@ -71,14 +71,27 @@ void dun_email_owner_self(char *out, size_t out_size);
 bool dun_email_owner_is_gone(const char *owner);
 
 /*
- * Claim in->key for owner at now. The claim succeeds when the key is new,
- * `pending` or `failed`, or `sending` under a claim older than lease_s or
- * whose owner is gone. A claim of an existing row keeps its Message-ID and
- * refreshes recipient, subject and body when given. Borrows everything.
+ * Claim in->key for owner. now (the engine's clock) dates a new row; wall
+ * (wall-clock seconds, never the settable clock) times the claim and its
+ * lease. The claim succeeds when the key is new, `pending`, `failed` or
+ * `dead`, or `sending` under a claim older than lease_s or whose owner is
+ * gone. A claim of an existing row keeps its Message-ID and refreshes
+ * recipient, subject and body when given. Borrows everything.
  */
 enum dun_err dun_email_claim(struct dun_db *db, const struct dun_email_intent *in,
-			     const char *owner, int64_t now, int64_t lease_s,
+			     const char *owner, int64_t now, int64_t wall, int64_t lease_s,
 			     struct dun_email_claim *out);
+
+/*
+ * Queue a rendered email for the email sender (email_sender.h): the row
+ * becomes `pending` under in->key, dated now. Meant to run inside the
+ * transaction that records the decision, so the email and its decision
+ * commit together. A key already `sent` is left alone and *already_sent is
+ * set; `dead` is left alone too; a `sending` claim keeps its owner and only
+ * gets the text it lacks; a `failed` key is queued again.
+ */
+enum dun_err dun_email_queue(struct dun_db *db, const struct dun_email_intent *in, int64_t now,
+			     bool *already_sent);
 
 /*
  * Settle a claim: sent marks the key `sent` (whoever holds it: a message

@@ -1,11 +1,16 @@
 /*
- * senders.c — the delivery loop (see senders.h): both senders, one thread,
- * one connection, and a pause when nothing is due.
+ * senders.c — the delivery loops (see senders.h): the two HTTP senders on
+ * one thread, the email sender on another, each with its own connection
+ * and a pause when nothing is due.
  */
 #include "senders.h"
+#include "apply/effects_setup.h"
+#include "apply/email_sender.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/mem.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -76,5 +81,51 @@ void *dun_senders_thread(void *arg)
 	}
 	dun_db_close(db);
 	dun_log(DUN_LOG_INFO, "senders.stopped", NULL);
+	return NULL;
+}
+
+void *dun_senders_email_thread(void *arg)
+{
+	struct dun_senders *s = arg;
+	struct dun_db *db = NULL;
+	char err[512];
+	if (dun_db_open(s->db_path, &db, err, sizeof err) != DUN_OK) {
+		dun_log(DUN_LOG_ERROR, "email_sender.stopped", "error", err, NULL);
+		atomic_fetch_add(&s->errors_total, 1);
+		return NULL;
+	}
+	struct dun_effects *fx = dun_calloc(1, sizeof *fx);
+	if (dun_effects_open(s->cfg, db, false, fx, err, sizeof err) != DUN_OK) {
+		dun_log(DUN_LOG_ERROR, "email_sender.stopped", "error", err, NULL);
+		atomic_fetch_add(&s->errors_total, 1);
+		free(fx);
+		dun_db_close(db);
+		return NULL;
+	}
+	struct dun_email_sender_config cfg;
+	dun_email_sender_config_from(s->cfg, &fx->mailer, &cfg);
+	dun_log(DUN_LOG_INFO, "email_sender.started", "transport", fx->mailer.ops->name, NULL);
+	while (!atomic_load(&s->stop)) {
+		struct dun_email_stats st;
+		enum dun_err e =
+		    dun_email_sender_run_once(db, &fx->mailer, &cfg, dun_clock_now(), &st);
+		if (e == DUN_OK) {
+			atomic_store(&s->email_pending, st.pending);
+			atomic_store(&s->email_overdue, st.overdue);
+			atomic_store(&s->email_dead, st.dead_total);
+			atomic_store(&s->email_oldest_pending_at, st.oldest_pending_at);
+			atomic_fetch_add(&s->email_sent_total, st.sent);
+		} else {
+			atomic_fetch_add(&s->errors_total, 1);
+			dun_log(DUN_LOG_ERROR, "email_sender.failed", "error", dun_err_str(e),
+				NULL);
+		}
+		if (e != DUN_OK || !st.more)
+			pause_ms(s, s->poll_ms > 0 ? s->poll_ms : 1000);
+	}
+	dun_effects_close(fx);
+	free(fx);
+	dun_db_close(db);
+	dun_log(DUN_LOG_INFO, "email_sender.stopped", NULL);
 	return NULL;
 }

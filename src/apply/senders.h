@@ -1,17 +1,21 @@
 /*
  * senders.h — EXECUTE: the delivery loop for `dunning serve`.
  *
- * One thread runs both senders — the platform outbox (outbox_sender.h) and
- * the payment-outcome events (events_sender.h) — over its own database
- * connection, until asked to stop. Recomputes never wait for it: they only
- * write rows this loop picks up.
+ * One thread runs both HTTP senders — the platform outbox (outbox_sender.h)
+ * and the payment-outcome events (events_sender.h) — over its own database
+ * connection, until asked to stop; a second thread, over a connection of
+ * its own, runs the email sender (email_sender.h), so a slow or dead SMTP
+ * relay never delays a platform call. Recomputes never wait for either:
+ * they only write rows these loops pick up.
  *
  *   struct dun_senders s;
  *   dun_senders_init(&s, cfg->db_path, cfg);
  *   pthread_create(&t, NULL, dun_senders_thread, &s);
+ *   pthread_create(&m, NULL, dun_senders_email_thread, &s);
  *   ...
  *   dun_senders_stop(&s);   // returns at once
  *   pthread_join(t, NULL);  // within one HTTP timeout at most
+ *   pthread_join(m, NULL);  // within one SMTP timeout at most
  */
 #ifndef DUN_SENDERS_H
 #define DUN_SENDERS_H
@@ -38,6 +42,11 @@ struct dun_senders {
 	_Atomic int64_t events_pending;
 	_Atomic int64_t events_dead;
 	_Atomic int64_t events_sent_total;
+	_Atomic int64_t email_pending;
+	_Atomic int64_t email_overdue;
+	_Atomic int64_t email_dead;
+	_Atomic int64_t email_oldest_pending_at;
+	_Atomic int64_t email_sent_total;
 	_Atomic int64_t errors_total; /* runs that failed on the database */
 };
 
@@ -53,7 +62,16 @@ void dun_senders_init(struct dun_senders *s, const char *db_path, const struct d
  */
 void *dun_senders_thread(void *arg);
 
-/* Ask the thread to stop; it finishes the call in flight first. */
+/*
+ * The email thread's body: opens its own connection and the configured
+ * mailer (cfg's [email]), runs the email sender whenever something may be
+ * due, sleeps poll_ms otherwise, and returns NULL once stop is set. A
+ * mailer that cannot be set up is logged and the thread ends (the service
+ * checked the same settings at start-up).
+ */
+void *dun_senders_email_thread(void *arg);
+
+/* Ask the threads to stop; each finishes the call in flight first. */
 void dun_senders_stop(struct dun_senders *s);
 
 #endif

@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 #include "apply/effects_setup.h"
+#include "apply/email_sender.h"
 #include "apply/local.h"
 #include "config/config.h"
 #include "config/policy_file.h"
@@ -238,6 +239,37 @@ void dun_cli_inbox_config(const struct dun_cli *cli, struct dun_inbox_config *ou
 	out->lease_s = cli->config->inbox_lease_s;
 }
 
+int dun_cli_deliver_emails(struct dun_cli *cli, bool quiet)
+{
+	struct dun_email_sender_config cfg;
+	const struct dun_mailer *mailer = &cli->engine.applier.mailer;
+	dun_email_sender_config_from(cli->config, mailer, &cfg);
+	struct dun_email_stats total, st;
+	memset(&total, 0, sizeof total);
+	enum dun_err e;
+	do {
+		e = dun_email_sender_run_once(cli->db, mailer, &cfg, dun_clock_now(), &st);
+		total.attempted += st.attempted;
+		total.sent += st.sent;
+		total.retried += st.retried;
+		total.dead += st.dead;
+	} while (e == DUN_OK && st.more);
+	if (e != DUN_OK) {
+		dun_cli_error("delivering emails: %s: %s", dun_err_str(e), dun_db_errmsg(cli->db));
+		return dun_cli_exit_code(e);
+	}
+	if (!quiet && (total.attempted || st.pending || total.dead))
+		printf("emails: %lld sent, %lld to retry, %lld given up; %lld queued, %lld dead in "
+		       "all\n",
+		       (long long)total.sent, (long long)total.retried, (long long)total.dead,
+		       (long long)st.pending, (long long)st.dead_total);
+	if (st.overdue)
+		dun_cli_error("%lld emails have waited longer than %lld s (alert_after_s); see "
+			      "'dunning emails --queue'",
+			      (long long)st.overdue, (long long)cfg.alert_after_s);
+	return DUN_EX_OK;
+}
+
 int dun_cli_drain(struct dun_cli *cli, bool quiet)
 {
 	struct dun_inbox_config cfg;
@@ -287,6 +319,9 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet)
 	if (!quiet && total.accounts)
 		printf("modes: %lld accounts active (written to), %lld observe (shadow only)\n",
 		       (long long)total.active, (long long)total.observed);
+	int erc = dun_cli_deliver_emails(cli, quiet);
+	if (erc)
+		return erc;
 	if (total.failed)
 		dun_cli_error("%lld recomputes failed; see 'dunning events --state retrying' and "
 			      "'--state dead'",

@@ -88,11 +88,18 @@ void dun_cli_close(struct dun_cli *cli);
  * Process everything that is due now until nothing is left: with the
  * simulated provider, its queued webhooks are delivered through ingest
  * first (they are what a real provider would send after our own writes),
- * then the inbox is drained, and again, until both are quiet. Prints a
+ * then the inbox is drained, and again, until both are quiet; then the
+ * emails the drain queued are delivered (dun_cli_deliver_emails). Prints a
  * one-line summary unless quiet. Returns an exit code (1 when some
  * recompute failed; its trigger is retrying or dead).
  */
 int dun_cli_drain(struct dun_cli *cli, bool quiet);
+/*
+ * Run the email sender until nothing more is due now (the engine's mailer,
+ * the [email] settings), printing a summary line unless quiet. Email
+ * failures are row states, not errors; only a database error is non-zero.
+ */
+int dun_cli_deliver_emails(struct dun_cli *cli, bool quiet);
 
 /* The inbox settings: [inbox] of --config when given, the defaults otherwise. */
 void dun_cli_inbox_config(const struct dun_cli *cli, struct dun_inbox_config *out);

@@ -222,7 +222,8 @@ static int claim(struct dun_cli *cli, int argc, char **argv)
 				      .message_id = bracketed,
 				      .source = by};
 	struct dun_email_claim out;
-	e = dun_email_claim(cli->db, &in, by, dun_clock_now(), lease_s, &out);
+	e = dun_email_claim(cli->db, &in, by, dun_clock_now(), dun_clock_wall_ms() / 1000, lease_s,
+			    &out);
 	if (e != DUN_OK) {
 		dun_cli_error("email claim: %s", dun_err_str(e));
 		return dun_cli_exit_code(e);

@@ -16,6 +16,7 @@
  * Billing is monthly on a random day of the first 30, 10 to 500 USD.
  */
 #include "world.h"
+#include "apply/email_sender.h"
 #include "apply/paybaddebt.h"
 #include "inbox/ingest.h"
 #include "inbox/worker.h"
@@ -186,9 +187,18 @@ enum dun_err dun_world_pump(struct dun_world *w)
 			return e;
 		w->consequences += st.consequences_applied;
 		if (!n && !st.accounts)
-			return DUN_OK;
+			break;
 	}
-	return DUN_OK;
+	/* The day's emails go out through the email sender, as in `work`. */
+	struct dun_email_sender_config ecfg;
+	dun_email_sender_config_from(NULL, &w->en->applier.mailer, &ecfg);
+	struct dun_email_stats es;
+	enum dun_err e;
+	do
+		e = dun_email_sender_run_once(w->en->db, &w->en->applier.mailer, &ecfg,
+					      dun_clock_now(), &es);
+	while (e == DUN_OK && es.more);
+	return e;
 }
 
 static enum dun_stage stage_of(struct dun_db *db, const char *account)

@@ -82,6 +82,8 @@ static const struct key keys[] = {
     STR("email", "smtp_tls", smtp_tls),
     INT("email", "smtp_timeout_ms", smtp_timeout_ms, 100, 600000),
     STR("email", "smtp_ca_file", smtp_ca_file),
+    INT("email", "alert_after_s", email_alert_after_s, 60, 90 * 86400),
+    INT("email", "give_up_after_s", email_give_up_after_s, 3600, 365 * 86400),
     STR("platform", "kind", platform_kind),
     STR("platform", "base_url", platform_base_url),
     STR("platform", "token", platform_token),
@@ -120,6 +122,8 @@ void dun_config_defaults(struct dun_config *c)
 	c->inbox_lease_s = 300;
 	snprintf(c->email_transport, sizeof c->email_transport, "log");
 	c->smtp_timeout_ms = 30000;
+	c->email_alert_after_s = 86400;
+	c->email_give_up_after_s = 14 * 86400;
 	snprintf(c->platform_kind, sizeof c->platform_kind, "local");
 	c->platform_timeout_ms = 10000;
 	c->event_timeout_ms = 10000;

@@ -88,6 +88,8 @@ struct dun_config {
 	char smtp_tls[16];
 	int64_t smtp_timeout_ms;
 	char smtp_ca_file[DUN_CONFIG_STR];
+	int64_t email_alert_after_s;   /* undelivered this long: overdue (log, metric) */
+	int64_t email_give_up_after_s; /* undelivered this long: dead, no more attempts */
 	/* [platform] */
 	char platform_kind[16]; /* local | http */
 	char platform_base_url[DUN_CONFIG_STR];

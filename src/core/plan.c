@@ -132,6 +132,30 @@ static void add_email(struct builder *b, enum dun_email_kind kind, const char *t
 	dun_email_key(c->key, sizeof c->key, b->s->account_id, kind, scope);
 }
 
+/*
+ * Emails, each at most once per dedup key: the notices (per-invoice ones and
+ * a stage email announcing a restriction), or, with lift, the email
+ * announcing a lift (resolved).
+ */
+static void add_emails(struct builder *b, bool lift)
+{
+	const struct dun_state *s = b->s;
+	const struct dun_desired *d = b->d;
+	if (!lift)
+		for (int i = 0; i < s->n_invoices; i++)
+			if (d->invoices[i].notice)
+				add_email(b, d->invoices[i].notice_kind, s->invoices[i].id,
+					  s->invoices[i].id);
+	if (!d->send_stage_email || (d->stage_email_kind == DUN_EMAIL_RESOLVED) != lift)
+		return;
+	char scope[32];
+	struct dun_text t;
+	dun_text_init(&t, scope, sizeof scope);
+	dun_text_str(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? "bd" : "ep");
+	dun_text_i64(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? d->bad_debt_seq : d->episode);
+	add_email(b, d->stage_email_kind, s->account_id, scope);
+}
+
 /* Bad-debt episode keys name the bad-debt episode, not the dunning one. */
 static void episode_key(struct dun_consequence *c, int64_t seq)
 {
@@ -189,6 +213,10 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 		add(&b, DUN_C_SET_CUSTOMER_BAD_DEBT, s->customer_id, d->customer_bad_debt);
 	if (s->account_bad_debt != d->account_bad_debt)
 		add(&b, DUN_C_SET_ACCOUNT_BAD_DEBT, acct, d->account_bad_debt);
+	/* The notices that announce a restriction are queued before the
+	 * platform writes that enforce it: a plan interrupted in between leaves
+	 * the customer told, never restricted without a word. */
+	add_emails(&b, false);
 	/* 3. The platform. */
 	if (d->banned && !s->banned)
 		add(&b, DUN_C_BAN, acct, 1);
@@ -233,20 +261,8 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 	}
 	if (s->no_successful_payment != d->no_successful_payment)
 		add(&b, DUN_C_SET_NO_SUCCESSFUL_PAYMENT, acct, d->no_successful_payment);
-	/* 7. Emails, each at most once per dedup key. */
-	for (int i = 0; i < s->n_invoices; i++)
-		if (d->invoices[i].notice)
-			add_email(&b, d->invoices[i].notice_kind, s->invoices[i].id,
-				  s->invoices[i].id);
-	if (d->send_stage_email) {
-		char scope[32];
-		struct dun_text t;
-		dun_text_init(&t, scope, sizeof scope);
-		dun_text_str(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? "bd" : "ep");
-		dun_text_i64(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? d->bad_debt_seq
-									   : d->episode);
-		add_email(&b, d->stage_email_kind, acct, scope);
-	}
+	/* 7. The email that announces a lift (resolved) comes after the lift. */
+	add_emails(&b, true);
 	/* 8. Bookkeeping: episodes, the outcome event, the stage, the recheck. */
 	if (d->open_bad_debt_episode)
 		episode_key(add(&b, DUN_C_OPEN_BAD_DEBT_EPISODE, acct, d->bad_debt_seq),

@@ -8,9 +8,12 @@
  *
  * Order matters and is fixed here: provider-side facts first (mark
  * uncollectible before the account is flagged), then the engine's flags,
- * then the platform, then emails, then the bookkeeping (episodes, outcome
- * events, the stage itself, the next recheck). The stage is written last so
- * that a plan interrupted half-way is re-planned in full on the next run.
+ * then the notices (payment failed, and the stage email announcing a
+ * restriction: queued before the platform writes that enforce it), then the
+ * platform, then the email announcing a lift (resolved, after the lift),
+ * then the bookkeeping (episodes, outcome events, the stage itself, the
+ * next recheck). The stage is written last so that a plan interrupted
+ * half-way is re-planned in full on the next run.
  *
  * VOID_INVOICE and CREATE_CONSOLIDATED_INVOICE are never produced by the
  * policy: they are the plan of an explicit request (pay-bad-debt), built by

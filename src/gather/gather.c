@@ -144,9 +144,13 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	dun_stmt_reset(st);
 
-	/* Sent (or being sent) emails: the dedup keys. */
+	/* Emails taken care of: sent, queued, being sent or given up (dead) —
+	 * all but a `failed` row without its text (a legacy system gave back a
+	 * claim it made before the engine queued the email): that one is
+	 * planned, and so queued, again. */
 	int n = 0;
-	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1 AND state = 'sent'");
+	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1"
+			     " AND (state <> 'failed' OR body <> '')");
 	dun_stmt_bind_text(st, 1, account_id);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->emails, snap->emails_cap, n);

@@ -12,7 +12,7 @@
  *   platform,       at most one row per account
  *   dunning
  *   episodes        grouped per account (count, open)
- *   emails          the sent ones, in rowid order within an account
+ *   emails          the ones taken care of (as gather.c), in queue order
  *   subscriptions   by (account, customer id, id)
  *   invoices        by (account, customer id, invoice id), with the invoice
  *                   document and the payment attempts joined: one row per
@@ -51,7 +51,7 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 			    " FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
 			    " ORDER BY account_id",
     [DUN_STREAM_EMAILS] = "SELECT account_id, key FROM emails WHERE account_id > ?1"
-			  " AND state = 'sent' ORDER BY account_id, rowid",
+			  " AND (state <> 'failed' OR body <> '') ORDER BY account_id, id",
     [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
 				 " JOIN p_subscriptions s ON s.customer_id = c.id"
 				 " WHERE c.account_id > ?1"

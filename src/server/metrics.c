@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/clock.h"
 #include "util/mem.h"
 
 static const int batch_bounds[DUN_METRICS_BATCH_BUCKETS] = {1,	2,   4,	  8,   16,   32,
@@ -225,6 +226,29 @@ char *dun_metrics_render(const struct dun_metrics *m, const struct dun_inbox_cou
 		    get(&senders->platform_sent_total), get(&senders->events_pending),
 		    get(&senders->events_dead), get(&senders->events_sent_total),
 		    get(&senders->errors_total));
+		int64_t oldest = get(&senders->email_oldest_pending_at);
+		int64_t age = oldest > 0 && dun_clock_now() > oldest ? dun_clock_now() - oldest : 0;
+		fprintf(f,
+			"# HELP dunning_email_pending Emails queued and not yet delivered.\n"
+			"# TYPE dunning_email_pending gauge\n"
+			"dunning_email_pending %lld\n"
+			"# HELP dunning_email_overdue Queued emails older than [email] "
+			"alert_after_s.\n"
+			"# TYPE dunning_email_overdue gauge\n"
+			"dunning_email_overdue %lld\n"
+			"# HELP dunning_email_oldest_pending_age_seconds Age of the oldest queued "
+			"email.\n"
+			"# TYPE dunning_email_oldest_pending_age_seconds gauge\n"
+			"dunning_email_oldest_pending_age_seconds %lld\n"
+			"# HELP dunning_email_dead Emails given up on (refused for good, or past "
+			"give_up_after_s).\n"
+			"# TYPE dunning_email_dead gauge\n"
+			"dunning_email_dead %lld\n"
+			"# HELP dunning_email_sent_total Emails delivered by the email sender.\n"
+			"# TYPE dunning_email_sent_total counter\n"
+			"dunning_email_sent_total %lld\n",
+			get(&senders->email_pending), get(&senders->email_overdue), (long long)age,
+			get(&senders->email_dead), get(&senders->email_sent_total));
 	}
 	fclose(f);
 	return buf;

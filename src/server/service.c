@@ -112,6 +112,11 @@ static int http_threads(void)
 /* Lane first (its jobs wake the workers), then the committer (it wakes them too). */
 static void teardown(struct dun_service *svc)
 {
+	if (svc->email_started) {
+		dun_senders_stop(&svc->senders);
+		pthread_join(svc->email_thread, NULL);
+		svc->email_started = false;
+	}
 	if (svc->senders_started) {
 		dun_senders_stop(&svc->senders);
 		pthread_join(svc->senders_thread, NULL);
@@ -201,6 +206,15 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 			svc->senders_started = true;
 		} else {
 			snprintf(err, err_size, "cannot start the delivery thread");
+			e = DUN_E_IO;
+		}
+	}
+	if (e == DUN_OK) {
+		if (pthread_create(&svc->email_thread, NULL, dun_senders_email_thread,
+				   &svc->senders) == 0) {
+			svc->email_started = true;
+		} else {
+			snprintf(err, err_size, "cannot start the email thread");
 			e = DUN_E_IO;
 		}
 	}

@@ -32,6 +32,8 @@ struct dun_service {
 	struct dun_senders senders; /* the platform outbox and outcome-event delivery loop */
 	pthread_t senders_thread;
 	bool senders_started;
+	pthread_t email_thread; /* the email sender, on the same struct dun_senders */
+	bool email_started;
 	char addr[96]; /* the address actually listened on, "127.0.0.1:8080" */
 	int port;
 };

@@ -424,8 +424,53 @@ static const char *const migration_5[] = {
     NULL,
 };
 
+/*
+ * Migration 6 — email goes through an outbox (src/apply/email_sender.c).
+ * The applier queues a rendered email as `pending` in the transaction of
+ * its decision; the email sender delivers it later, in queue order per
+ * account (the new `id`), retrying with backoff (`not_before`) until it is
+ * sent or given up (`dead`, a new final state) some time after it was
+ * queued (`queued_at`; a requeue by hand starts that time afresh). The table is rebuilt:
+ * SQLite cannot widen a CHECK, and the queue order needs an id.
+ */
+static const char *const migration_6[] = {
+    "CREATE TABLE emails_v3 ("
+    " id INTEGER PRIMARY KEY,"
+    " key TEXT NOT NULL UNIQUE,"
+    " account_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " invoice_id TEXT NOT NULL DEFAULT '',"
+    " to_addr TEXT NOT NULL DEFAULT '',"
+    " subject TEXT NOT NULL DEFAULT '',"
+    " body TEXT NOT NULL DEFAULT '',"
+    " message_id TEXT NOT NULL,"
+    " state TEXT NOT NULL DEFAULT 'pending'"
+    "  CHECK (state IN ('pending','sending','sent','failed','dead')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " last_error TEXT NOT NULL DEFAULT '',"
+    " claimed_by TEXT NOT NULL DEFAULT '',"
+    " claimed_at INTEGER NOT NULL DEFAULT 0,"
+    " source TEXT NOT NULL DEFAULT 'engine',"
+    " created_at INTEGER NOT NULL,"
+    " sent_at INTEGER NOT NULL DEFAULT 0,"
+    " not_before INTEGER NOT NULL DEFAULT 0,"
+    " queued_at INTEGER NOT NULL DEFAULT 0)",
+    "INSERT INTO emails_v3(key, account_id, kind, invoice_id, to_addr, subject, body,"
+    " message_id, state, attempts, last_error, claimed_by, claimed_at, source, created_at,"
+    " sent_at, queued_at) SELECT key, account_id, kind, invoice_id, to_addr, subject, body,"
+    " message_id, state, attempts, last_error, claimed_by, claimed_at, source, created_at,"
+    " sent_at, created_at FROM emails ORDER BY created_at, key",
+    "DROP TABLE emails",
+    "ALTER TABLE emails_v3 RENAME TO emails",
+    "CREATE INDEX emails_account ON emails(account_id, id)",
+    "CREATE INDEX emails_queue ON emails(account_id, id)"
+    " WHERE state IN ('pending','sending','failed')",
+    "CREATE INDEX emails_due ON emails(state, not_before) WHERE state <> 'sent'",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1, migration_2, migration_3, migration_4, migration_5,
+    migration_1, migration_2, migration_3, migration_4, migration_5, migration_6,
 };
 
 int dun_schema_count(void)

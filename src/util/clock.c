@@ -19,6 +19,13 @@ int64_t dun_clock_now(void)
 	return (int64_t)time(NULL);
 }
 
+int64_t dun_clock_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t dun_clock_mono_ms(void)
 {
 	struct timespec ts;

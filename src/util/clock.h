@@ -13,6 +13,12 @@
 
 /* Unix seconds: the fixed time if one is set, the wall clock otherwise. */
 int64_t dun_clock_now(void);
+/*
+ * Milliseconds of the wall clock (unix epoch), never the fixed time: leases
+ * and claims are timed by it, so a process with `--now` in the future
+ * cannot take another process's live claims.
+ */
+int64_t dun_clock_wall_ms(void);
 /* Milliseconds of a monotonic clock, for timeouts and latency only. */
 int64_t dun_clock_mono_ms(void);
 /* Fix the clock at t (unix seconds). */

@@ -189,40 +189,40 @@ static void test_email_claims(struct dun_db *db)
 {
 	struct dun_email_claim c;
 	struct dun_email_intent in = intent("acct_1/email/bad_debt/bd1", "<first@x>");
-	CHECK_INT(dun_email_claim(db, &in, "A", T0, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in, "A", T0, T0, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
 	CHECK_STR(c.message_id, "<first@x>");
 	/* A second claimer loses while A's claim is live. */
 	in.message_id = "<second@x>";
-	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 10, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 10, T0 + 10, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_BUSY);
 	CHECK_STR(c.owner, "A");
 	CHECK_INT(c.claimed_at, T0);
 	/* Only the owner settles a failure; then B may claim, with the first Message-ID. */
 	CHECK_INT(dun_email_settle(db, in.key, "B", false, "nope", T0 + 11), DUN_OK);
-	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 12, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 12, T0 + 12, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_BUSY);
 	CHECK_INT(dun_email_settle(db, in.key, "A", false, "421 try later", T0 + 13), DUN_OK);
 	char buf[128];
 	CHECK_STR(testdb_text(db, "SELECT state || ' ' || last_error FROM emails WHERE key = ?1",
 			      in.key, buf, sizeof buf),
 		  "failed 421 try later");
-	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 14, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in, "B", T0 + 14, T0 + 14, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
 	CHECK_STR(c.message_id, "<first@x>");
 	CHECK_INT(dun_email_settle(db, in.key, "B", true, "", T0 + 15), DUN_OK);
-	CHECK_INT(dun_email_claim(db, &in, "A", T0 + 16, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in, "A", T0 + 16, T0 + 16, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_ALREADY_SENT);
 	CHECK_INT(testdb_int(db, "SELECT attempts FROM emails WHERE key = ?1", in.key), 2);
 	CHECK_INT(testdb_int(db, "SELECT sent_at FROM emails WHERE key = ?1", in.key), T0 + 15);
 
 	/* A claim ends with its lease. */
 	struct dun_email_intent in2 = intent("acct_1/email/restricted/ep1", "<r@x>");
-	CHECK_INT(dun_email_claim(db, &in2, "far-away-host:1:42", T0, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in2, "far-away-host:1:42", T0, T0, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
-	CHECK_INT(dun_email_claim(db, &in2, "C", T0 + 899, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in2, "C", T0 + 899, T0 + 899, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_BUSY);
-	CHECK_INT(dun_email_claim(db, &in2, "C", T0 + 900, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in2, "C", T0 + 900, T0 + 900, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
 	CHECK_STR(c.message_id, "<r@x>");
 
@@ -240,9 +240,9 @@ static void test_email_claims(struct dun_db *db)
 		 (long)child);
 	CHECK(dun_email_owner_is_gone(dead));
 	struct dun_email_intent in3 = intent("acct_1/email/suspended/ep1", "<s@x>");
-	CHECK_INT(dun_email_claim(db, &in3, dead, T0, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in3, dead, T0, T0, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
-	CHECK_INT(dun_email_claim(db, &in3, self, T0 + 1, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in3, self, T0 + 1, T0 + 1, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_CLAIMED);
 	CHECK_STR(testdb_text(db, "SELECT claimed_by FROM emails WHERE key = ?1", in3.key, buf,
 			      sizeof buf),
@@ -259,7 +259,7 @@ static void test_email_claims(struct dun_db *db)
 	CHECK_STR(testdb_text(db, "SELECT state || ' ' || source FROM emails WHERE key = ?1",
 			      in4.key, buf, sizeof buf),
 		  "sent legacy");
-	CHECK_INT(dun_email_claim(db, &in4, "A", T0 + 2, 900, &c), DUN_OK);
+	CHECK_INT(dun_email_claim(db, &in4, "A", T0 + 2, T0 + 2, 900, &c), DUN_OK);
 	CHECK_INT(c.result, DUN_EMAIL_ALREADY_SENT);
 }
 

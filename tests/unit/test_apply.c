@@ -6,9 +6,11 @@
  * records what it was handed and can be told to fail.
  *
  * What is checked: once-consequences are applied at most once per key
- * even when a stale plan is replayed; the email log goes pending → sent,
- * a failing mailer leaves the row failed, the email is planned again and
- * the trigger is retried (not dead); a fresh provider read that finds an
+ * even when a stale plan is replayed; an email is queued (pending) with its
+ * decision and the email sender takes it to sent; a failing mailer never
+ * fails the plan: the stage moves, the email is retried by the sender with
+ * backoff, in queue order per account, and given up (dead) at the age
+ * limit, and a requeue sends it; a fresh provider read that finds an
  * invoice paid aborts a destructive plan with DUN_E_CONFLICT; observe mode
  * writes nothing but its decision; the rollout gate's buckets are stable.
  */
@@ -16,6 +18,7 @@
 #include "testdb.h"
 
 #include "apply/apply.h"
+#include "apply/email_sender.h"
 #include "apply/local.h"
 #include "apply/recompute.h"
 #include "apply/render.h"
@@ -83,6 +86,15 @@ struct fixture {
 	char subscription[DUN_ID_MAX];
 	char invoice[DUN_ID_MAX];
 };
+
+/* Run the email sender once at now with the fixture's mailer. */
+static void deliver(struct fixture *fx, int64_t now, struct dun_email_stats *st)
+{
+	struct dun_mailer m = fx->en.applier.mailer;
+	struct dun_email_sender_config c;
+	dun_email_sender_config_from(NULL, &m, &c);
+	CHECK_INT(dun_email_sender_run_once(fx->db, &m, &c, now, st), DUN_OK);
+}
 
 /* Deliver every queued provider event through the real ingest path. */
 static void pump(struct fixture *fx)
@@ -206,6 +218,9 @@ static void test_once_consequences_at_most_once(void)
 	CHECK_INT(count_in_plan(&fx.en.plan, DUN_C_SEND_EMAIL), 1);
 	CHECK_INT(r.apply.n_failed, 0);
 	CHECK_INT(r.apply.n_applied, fx.en.plan.n);
+	CHECK_INT(fx.mailer.calls, 0);
+	struct dun_email_stats es;
+	deliver(&fx, T0, &es);
 	CHECK_INT(fx.mailer.calls, 1);
 	struct saved_plan first;
 	save_plan(&fx.en, &first);
@@ -293,24 +308,33 @@ static void test_email_pending_then_sent(void)
 		return;
 	struct dun_recompute_result r;
 	CHECK_INT(recompute(&fx, "payment_failed", &r), DUN_OK);
-	CHECK_INT(fx.mailer.calls, 1);
-	/* The row existed, and was not yet sent, while the mailer had the message. */
-	bool unsent = !strcmp(fx.mailer.state_during_send, "pending") ||
-		      !strcmp(fx.mailer.state_during_send, "sending");
-	CHECK(unsent);
-	if (!unsent)
-		fprintf(stderr, "  state during send: \"%s\"\n", fx.mailer.state_during_send);
+	/* Queued with its decision, not sent by it. */
+	CHECK_INT(fx.mailer.calls, 0);
 	char key[DUN_KEY_MAX];
 	snprintf(key, sizeof key, "%s/email/payment_failed/%s", ACCT, fx.invoice);
+	char buf[256];
+	CHECK_STR(
+	    testdb_text(fx.db, "SELECT state FROM emails WHERE key = ?1", key, buf, sizeof buf),
+	    "pending");
+	CHECK_STR(
+	    testdb_text(fx.db, "SELECT outcome FROM applied WHERE key = ?1", key, buf, sizeof buf),
+	    "applied");
+	CHECK_INT(testdb_int(fx.db, "SELECT queued_at FROM emails WHERE key = ?1", key), T0);
+	struct dun_email_stats st;
+	deliver(&fx, T0 + 5, &st);
+	CHECK_INT(st.sent, 1);
+	CHECK_INT(st.pending, 0);
+	CHECK_INT(fx.mailer.calls, 1);
+	/* The row was claimed by the sender while the mailer had the message. */
+	CHECK_STR(fx.mailer.state_during_send, "sending");
 	CHECK_STR(fx.mailer.last_key, key);
 	CHECK_STR(fx.mailer.last_to, "ada@example.com");
 	CHECK(fx.mailer.last_subject[0] != '\0');
-	char buf[256];
 	CHECK_STR(
 	    testdb_text(fx.db, "SELECT state FROM emails WHERE key = ?1", key, buf, sizeof buf),
 	    "sent");
 	CHECK_INT(testdb_int(fx.db, "SELECT attempts FROM emails WHERE key = ?1", key), 1);
-	CHECK_INT(testdb_int(fx.db, "SELECT sent_at FROM emails WHERE key = ?1", key), T0);
+	CHECK_INT(testdb_int(fx.db, "SELECT sent_at FROM emails WHERE key = ?1", key), T0 + 5);
 	char want[256];
 	snprintf(want, sizeof want, "payment_failed|%s|ada@example.com", fx.invoice);
 	CHECK_STR(testdb_text(fx.db,
@@ -322,10 +346,14 @@ static void test_email_pending_then_sent(void)
 	CHECK(buf[0] == '<' && strchr(buf, '@') != NULL);
 	testdb_text(fx.db, "SELECT body FROM emails WHERE key = ?1", key, buf, sizeof buf);
 	CHECK(strstr(buf, "{{") == NULL);
+	/* A second run sends nothing more. */
+	deliver(&fx, T0 + 6, &st);
+	CHECK_INT(st.attempted, 0);
+	CHECK_INT(fx.mailer.calls, 1);
 	teardown(&fx);
 }
 
-static void test_failing_mailer_is_retried(void)
+static void test_failing_mailer_does_not_block_the_plan(void)
 {
 	struct fixture fx;
 	if (!setup(&fx, "insufficient_funds"))
@@ -337,55 +365,115 @@ static void test_failing_mailer_is_retried(void)
 	/* The provider's events queued triggers; the worker takes them all. */
 	CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0, 0, &stats), DUN_OK);
 	CHECK_INT(stats.accounts, 1);
-	CHECK_INT(stats.failed, 1);
-	CHECK_INT(fx.mailer.calls, 1);
+	CHECK_INT(stats.failed, 0);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'notified'", NULL),
+		  1);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state <> 'done'", NULL), 0);
 	char key[DUN_KEY_MAX], buf[256];
 	snprintf(key, sizeof key, "%s/email/payment_failed/%s", ACCT, fx.invoice);
+	struct dun_email_stats st;
+	deliver(&fx, T0, &st);
+	CHECK_INT(st.retried, 1);
+	CHECK_INT(st.pending, 1);
+	CHECK_INT(fx.mailer.calls, 1);
 	CHECK_STR(
 	    testdb_text(fx.db, "SELECT state FROM emails WHERE key = ?1", key, buf, sizeof buf),
-	    "failed");
+	    "pending");
 	CHECK_INT(testdb_int(fx.db, "SELECT attempts FROM emails WHERE key = ?1", key), 1);
+	int64_t not_before = testdb_int(fx.db, "SELECT not_before FROM emails WHERE key = ?1", key);
+	CHECK(not_before >= T0 + DUN_EMAIL_BACKOFF_BASE_S / 2 &&
+	      not_before <= T0 + DUN_EMAIL_BACKOFF_BASE_S);
 	testdb_text(fx.db, "SELECT last_error FROM emails WHERE key = ?1", key, buf, sizeof buf);
 	CHECK(strstr(buf, "relay refused") != NULL);
-	/* The trigger is retrying (an email error is worth retrying), not dead. */
-	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state = 'retrying'", NULL),
-		  testdb_int(fx.db, "SELECT COUNT(*) FROM inbox", NULL));
-	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state = 'dead'", NULL), 0);
-	testdb_text(fx.db, "SELECT last_error FROM inbox LIMIT 1", NULL, buf, sizeof buf);
-	CHECK(strstr(buf, "relay refused") != NULL);
-	CHECK_STR(testdb_text(fx.db, "SELECT outcome FROM decisions ORDER BY id DESC LIMIT 1", NULL,
-			      buf, sizeof buf),
-		  "failed");
-	/* The stage is written last: the interrupted plan left it alone. */
-	CHECK(testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'notified'", NULL) ==
-	      0);
 
-	/* A failed email is not "sent": the next evaluation plans it again. */
+	/* A queued email is taken care of: the next evaluation plans nothing. */
 	CHECK_INT(dun_engine_evaluate(&fx.en, ACCT, T0 + 60), DUN_OK);
-	int planned_again = 0;
-	for (int i = 0; i < fx.en.plan.n; i++)
-		if (fx.en.plan.items[i].type == DUN_C_SEND_EMAIL &&
-		    !strcmp(fx.en.plan.items[i].key, key))
-			planned_again++;
-	CHECK_INT(planned_again, 1);
+	CHECK_INT(fx.en.plan.n, 0);
 
 	/* Not before its backoff; then the relay works again and the retry sends it. */
-	CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0 + 10, 0, &stats), DUN_OK);
-	CHECK_INT(stats.accounts, 0);
+	deliver(&fx, T0 + 10, &st);
+	CHECK_INT(st.attempted, 0);
+	CHECK_INT(fx.mailer.calls, 1);
 	fx.mailer.fail_with = DUN_OK;
-	dun_clock_set(T0 + 3600);
-	CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0 + 3600, 0, &stats), DUN_OK);
-	CHECK_INT(stats.accounts, 1);
-	CHECK_INT(stats.failed, 0);
+	deliver(&fx, T0 + 3600, &st);
+	CHECK_INT(st.sent, 1);
 	CHECK_INT(fx.mailer.calls, 2);
 	CHECK_STR(
 	    testdb_text(fx.db, "SELECT state FROM emails WHERE key = ?1", key, buf, sizeof buf),
 	    "sent");
 	CHECK_INT(testdb_int(fx.db, "SELECT attempts FROM emails WHERE key = ?1", key), 2);
 	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM emails", NULL), 1);
-	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state <> 'done'", NULL), 0);
-	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'notified'", NULL),
+	teardown(&fx);
+}
+
+static void test_email_order_and_age_limit(void)
+{
+	struct fixture fx;
+	if (!setup(&fx, "insufficient_funds"))
+		return;
+	fx.mailer.fail_with = DUN_E_EMAIL;
+	struct dun_inbox_config cfg;
+	dun_inbox_config_defaults(&cfg);
+	struct dun_drain_stats stats;
+	CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0, 0, &stats), DUN_OK);
+	/* A week later the account is restricted on schedule: a second email
+	 * queues behind the first, which the relay still refuses. */
+	for (int day = 1; day <= 8; day++) {
+		dun_clock_set(T0 + day * DAY);
+		CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0 + day * DAY, 0, &stats), DUN_OK);
+		CHECK_INT(stats.failed, 0);
+		struct dun_email_stats st;
+		deliver(&fx, T0 + day * DAY, &st);
+	}
+	CHECK_INT(
+	    testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'restricted'", NULL), 1);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM emails WHERE state = 'pending'", NULL),
+		  2);
+	/* Only the head of the account's queue was ever tried. */
+	CHECK_INT(
+	    testdb_int(fx.db,
+		       "SELECT COUNT(*) FROM emails WHERE kind = 'restricted' AND attempts = 0",
+		       NULL),
+	    1);
+	CHECK_INT(fx.mailer.calls, 8);
+	CHECK(strstr(fx.mailer.last_key, "/email/payment_failed/") != NULL);
+
+	/* Past the age limit the first one is given up: dead, never planned
+	 * again; the second one goes out once the relay is back. */
+	fx.mailer.fail_with = DUN_OK;
+	int64_t late = T0 + 14 * DAY;
+	struct dun_email_stats st;
+	deliver(&fx, late, &st);
+	CHECK_INT(st.dead, 1);
+	CHECK_INT(st.sent, 1);
+	CHECK_INT(st.dead_total, 1);
+	CHECK_INT(testdb_int(fx.db,
+			     "SELECT COUNT(*) FROM emails WHERE state = 'dead'"
+			     " AND kind = 'payment_failed' AND last_error LIKE 'given up%'",
+			     NULL),
 		  1);
+	CHECK_INT(testdb_int(fx.db,
+			     "SELECT COUNT(*) FROM emails WHERE state = 'sent'"
+			     " AND kind = 'restricted'",
+			     NULL),
+		  1);
+	CHECK_INT(dun_engine_evaluate(&fx.en, ACCT, late), DUN_OK);
+	for (int i = 0; i < fx.en.plan.n; i++) {
+		char line[DUN_KEY_MAX + 64];
+		dun_conseq_format(&fx.en.plan.items[i], line, sizeof line);
+		if (fx.en.plan.items[i].type == DUN_C_SEND_EMAIL &&
+		    strstr(fx.en.plan.items[i].key, "/payment_failed/"))
+			CHECK_FAIL_AT("planned again: %s (%s)", line, fx.en.plan.items[i].key);
+	}
+	/* A requeue by hand sends it, once. */
+	int n = 0;
+	CHECK_INT(dun_email_requeue_dead(fx.db, NULL, late, &n), DUN_OK);
+	CHECK_INT(n, 1);
+	deliver(&fx, late + 1, &st);
+	CHECK_INT(st.sent, 1);
+	deliver(&fx, late + 2, &st);
+	CHECK_INT(st.attempted, 0);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM emails WHERE state = 'sent'", NULL), 2);
 	teardown(&fx);
 }
 
@@ -590,7 +678,8 @@ static void test_observe_writes_only_the_decision(void)
 	CHECK_INT(dun_rollout_load(fx.db, &fx.en.rollout), DUN_OK);
 	CHECK_INT(recompute(&fx, "payment_failed", &r), DUN_OK);
 	CHECK_INT(r.mode, DUN_MODE_ACTIVE);
-	CHECK_INT(fx.mailer.calls, 1);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM emails WHERE state = 'pending'", NULL),
+		  1);
 	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'notified'", NULL),
 		  1);
 	teardown(&fx);
@@ -733,7 +822,8 @@ int main(void)
 	dun_log_set_level(DUN_LOG_ERROR);
 	test_once_consequences_at_most_once();
 	test_email_pending_then_sent();
-	test_failing_mailer_is_retried();
+	test_failing_mailer_does_not_block_the_plan();
+	test_email_order_and_age_limit();
 	test_paid_meanwhile_aborts_destructive_plan();
 	test_paid_before_webhook_fails_trigger_retryably();
 	test_observe_writes_only_the_decision();
