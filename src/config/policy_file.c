@@ -47,6 +47,7 @@ enum key_id {
 	K_RETRY_SCHEDULE,
 	K_MAX_ATTEMPTS,
 	K_LIFTING_WINDOW,
+	K_PROCESSING_MAX,
 	K_SKIP_SEGMENTS,
 	K_MARK_UNCOLLECTIBLE,
 	K_CANCEL_SUBSCRIPTIONS,
@@ -73,6 +74,7 @@ static const struct key_def keys[] = {
     {"retries", "schedule", K_RETRY_SCHEDULE, DUN_STAGE_NONE},
     {"retries", "max_attempts", K_MAX_ATTEMPTS, DUN_STAGE_NONE},
     {"guard", "lifting_window", K_LIFTING_WINDOW, DUN_STAGE_NONE},
+    {"guard", "processing_max", K_PROCESSING_MAX, DUN_STAGE_NONE},
     {"skip", "segments", K_SKIP_SEGMENTS, DUN_STAGE_NONE},
     {"bad_debt", "mark_uncollectible", K_MARK_UNCOLLECTIBLE, DUN_STAGE_NONE},
     {"bad_debt", "cancel_subscriptions", K_CANCEL_SUBSCRIPTIONS, DUN_STAGE_NONE},
@@ -706,6 +708,8 @@ static bool set_key(struct load *l, const struct key_def *k, const char *v)
 		return max_attempts_value(l, k, v);
 	case K_LIFTING_WINDOW:
 		return duration_value(l, k, v, &p->lifting_window_s);
+	case K_PROCESSING_MAX:
+		return duration_value(l, k, v, &p->processing_max_s);
 	case K_SKIP_SEGMENTS:
 		return segment_list(l, k, v);
 	case K_MARK_UNCOLLECTIBLE:
@@ -955,6 +959,7 @@ void dun_policy_file_dump(const struct dun_policy *p, FILE *out)
 
 	fputs("\n[guard]\n", out);
 	put_duration(out, "lifting_window", p->lifting_window_s);
+	put_duration(out, "processing_max", p->processing_max_s);
 
 	fputs("\n[skip]\nsegments = ", out);
 	int n = 0;

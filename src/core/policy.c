@@ -16,7 +16,8 @@
  * Upgrade invoices (billing_reason subscription_update by default) are
  * counted separately and capped at upgrade_max_stage, so an unpaid
  * proration never puts an account into bad debt. The in-flight guard holds
- * the current stage (never escalates) while a payment is processing or a
+ * the current stage (never escalates) while a payment is processing (for at
+ * most processing_max: past it the payment counts as failed) or a
  * consolidated invoice was created or paid within lifting_window.
  *
  * Everything here is a function of its arguments: no clock, no I/O, no
@@ -57,6 +58,7 @@ void dun_policy_defaults(struct dun_policy *p)
 	p->n_retry_schedule = 4;
 	p->max_attempts = 8;
 	p->lifting_window_s = 24 * 3600;
+	p->processing_max_s = 7 * DAY;
 	p->skip_segment[DUN_SEGMENT_ENTERPRISE] = true;
 	p->skip_segment[DUN_SEGMENT_CONTRACT] = true;
 	p->bad_debt_mark_uncollectible = true;
@@ -219,22 +221,49 @@ static const struct dun_attempt *last_failed(const struct dun_invoice *inv)
 	return last;
 }
 
-static int64_t first_failed_at(const struct dun_invoice *inv)
+/* Whether a payment in flight has been so for longer than the hold allows. */
+static bool processing_expired(const struct dun_policy *p, const struct dun_attempt *a, int64_t now)
+{
+	return a->status == DUN_ATTEMPT_PROCESSING && p->processing_max_s > 0 &&
+	       now - a->created_at >= p->processing_max_s;
+}
+
+/*
+ * The first failed attempt's time; a payment in flight past processing_max
+ * counts as failed at its creation ("escalate as if it had failed").
+ */
+static int64_t first_failed_at(const struct dun_policy *p, const struct dun_invoice *inv,
+			       int64_t now)
 {
 	int64_t first = 0;
-	for (int i = 0; i < inv->n_attempts; i++)
-		if (inv->attempts[i].status == DUN_ATTEMPT_FAILED &&
-		    (!first || inv->attempts[i].created_at < first))
-			first = inv->attempts[i].created_at;
+	for (int i = 0; i < inv->n_attempts; i++) {
+		const struct dun_attempt *a = &inv->attempts[i];
+		if ((a->status == DUN_ATTEMPT_FAILED || processing_expired(p, a, now)) &&
+		    (!first || a->created_at < first))
+			first = a->created_at;
+	}
 	return first;
 }
 
-static bool has_processing(const struct dun_invoice *inv)
+/*
+ * The oldest payment in flight that still holds the stage (0: none), and
+ * whether one is in flight past processing_max.
+ */
+static int64_t processing_since(const struct dun_policy *p, const struct dun_invoice *inv,
+				int64_t now, bool *expired)
 {
-	for (int i = 0; i < inv->n_attempts; i++)
-		if (inv->attempts[i].status == DUN_ATTEMPT_PROCESSING)
-			return true;
-	return false;
+	int64_t since = 0;
+	*expired = false;
+	for (int i = 0; i < inv->n_attempts; i++) {
+		const struct dun_attempt *a = &inv->attempts[i];
+		if (a->status != DUN_ATTEMPT_PROCESSING)
+			continue;
+		if (processing_expired(p, a, now))
+			*expired = true;
+		else if (!since || a->created_at < since)
+			since = a->created_at > 0 ? a->created_at : 1;
+	}
+	return since;
 }
 
 /* Index of the paid consolidated invoice covering id, or -1. */
@@ -352,6 +381,7 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 
 	/* Pass 1: per-invoice facts. */
 	bool ever_paid = false, any_failed = false, processing = false;
+	int64_t held_since = 0; /* the oldest payment in flight that holds */
 	int64_t full_since = 0, upg_since = 0;
 	const struct dun_invoice *full_oldest = NULL, *upg_oldest = NULL;
 	const struct dun_invoice *uncollectible = NULL;
@@ -378,14 +408,23 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			continue;
 		}
 		id->upgrade = is_upgrade(p, inv->billing_reason);
-		id->first_failed_at = first_failed_at(inv);
+		id->first_failed_at = first_failed_at(p, inv, now);
 		if (id->first_failed_at)
 			any_failed = true;
 		const struct dun_attempt *lf = last_failed(inv);
 		id->hard_decline = lf && dun_policy_classify(p, lf, NULL) == DUN_DECLINE_HARD;
-		id->processing = (inv->status == DUN_INVOICE_OPEN) && has_processing(inv);
-		if (id->processing)
+		bool expired = false;
+		int64_t in_flight = processing_since(p, inv, now, &expired);
+		id->processing = inv->status == DUN_INVOICE_OPEN && in_flight > 0;
+		id->processing_expired = inv->status == DUN_INVOICE_OPEN && expired;
+		if (id->processing_expired)
+			reason(d, &of, "processing", "a payment of invoice ", inv->id,
+			       " has been in flight longer than processing_max: counted as failed");
+		if (id->processing) {
 			processing = true;
+			if (!held_since || in_flight < held_since)
+				held_since = in_flight;
+		}
 		id->failing = inv->status == DUN_INVOICE_OPEN && inv->amount_remaining_minor > 0 &&
 			      id->first_failed_at > 0;
 		if (inv->status == DUN_INVOICE_UNCOLLECTIBLE) {
@@ -475,14 +514,22 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	if (d->computed_stage > s->stage && (processing || lifting_since)) {
 		d->held = true;
 		d->stage = s->stage;
+		/* A payment in flight holds at most processing_max: look again then. */
+		if (processing && p->processing_max_s > 0)
+			min_time(&d->next_recheck_at, held_since + p->processing_max_s);
 		if (reason_begin(d, "held", &t, &of)) {
 			dun_text_str(&t, "escalation to ");
 			dun_text_str(&t, dun_stage_name(d->computed_stage));
 			dun_text_str(&t, " held at ");
 			dun_text_str(&t, dun_stage_name(s->stage));
-			if (processing)
-				dun_text_str(&t, ": a payment is processing");
-			else {
+			if (processing) {
+				dun_text_str(&t, ": a payment is processing for ");
+				dun_text_duration(&t, now - held_since);
+				if (p->processing_max_s > 0) {
+					dun_text_str(&t, " of at most ");
+					dun_text_duration(&t, p->processing_max_s);
+				}
+			} else {
 				dun_text_str(&t, ": lifting for ");
 				dun_text_duration(&t, now - lifting_since);
 				dun_text_str(&t, " of the ");
@@ -580,7 +627,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			dun_email_key(key, sizeof key, s->account_id, id->notice_kind, inv->id);
 			id->notice = !dun_state_has_sent(s, key);
 		}
-		if (id->processing)
+		/* No retry while a payment may still be in flight, however long. */
+		if (id->processing || id->processing_expired)
 			continue;
 		/* Retries. */
 		int made =

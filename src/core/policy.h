@@ -49,6 +49,12 @@ struct dun_policy {
 	int max_attempts; /* attempts in all, the first one included */
 	/* in-flight guard */
 	int64_t lifting_window_s;
+	/*
+	 * A payment in flight holds the stage for at most this long (from the
+	 * attempt's creation); past it the attempt counts as failed and
+	 * escalation resumes. 0: hold for as long as it is in flight.
+	 */
+	int64_t processing_max_s;
 	/* segments never touched */
 	bool skip_segment[DUN_SEGMENT__COUNT];
 	/* what bad debt does */
@@ -90,7 +96,8 @@ struct dun_invoice_desired {
 	bool covered_by_paid;	       /* listed by a paid consolidated invoice */
 	int64_t first_failed_at;       /* 0 when no failed attempt */
 	bool hard_decline;	       /* the latest failed attempt is hard */
-	bool processing;	       /* a payment is in flight */
+	bool processing;	       /* a payment is in flight (and still holds the stage) */
+	bool processing_expired;       /* a payment in flight past processing_max: counted failed */
 	/* consequences wanted on this invoice */
 	bool mark_uncollectible;
 	bool set_bad_debt_amount;

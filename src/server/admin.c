@@ -229,6 +229,57 @@ static int64_t scalar(struct dun_db *db, const char *sql, int64_t arg)
 }
 
 /*
+ * Accounts with a payment in flight (an open invoice with a processing
+ * attempt: the in-flight guard holds their stage), by how long the oldest
+ * has been in flight; and how many are past [guard] processing_max, where
+ * the payment counts as failed and the hold has ended (docs/policy.md).
+ */
+static void held_gauge(FILE *f, struct dun_db *db, const struct dun_policy *policy, int64_t now)
+{
+	static const struct {
+		const char *label;
+		int64_t below_s;
+	} buckets[] = {{"lt_1h", 3600},
+		       {"1h_1d", 86400},
+		       {"1d_3d", 3 * 86400},
+		       {"3d_7d", 7 * 86400},
+		       {"ge_7d", INT64_MAX}};
+	enum { N_BUCKETS = sizeof buckets / sizeof buckets[0] };
+	int64_t count[N_BUCKETS] = {0};
+	int64_t past_max = 0;
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT MIN(a.created) FROM p_attempts a JOIN p_invoices i ON i.id = a.invoice_id"
+		" JOIN customers c ON c.id = i.customer_id WHERE a.status = 'processing'"
+		" AND i.status = 'open' GROUP BY c.account_id");
+	while (dun_stmt_row(st)) {
+		int64_t age = now - dun_stmt_col_int64(st, 0);
+		if (age < 0)
+			age = 0;
+		for (int i = 0; i < N_BUCKETS; i++)
+			if (age < buckets[i].below_s) {
+				count[i]++;
+				break;
+			}
+		if (policy->processing_max_s > 0 && age >= policy->processing_max_s)
+			past_max++;
+	}
+	dun_stmt_reset(st);
+	fprintf(f, "# HELP dunning_accounts_payment_processing Accounts with a payment in flight "
+		   "(the stage is held), by how long the oldest has been in flight.\n"
+		   "# TYPE dunning_accounts_payment_processing gauge\n");
+	for (int i = 0; i < N_BUCKETS; i++)
+		fprintf(f, "dunning_accounts_payment_processing{age=\"%s\"} %lld\n",
+			buckets[i].label, (long long)count[i]);
+	fprintf(f,
+		"# HELP dunning_accounts_payment_processing_past_max Accounts whose payment has "
+		"been in flight longer than [guard] processing_max: counted as failed, no longer "
+		"held.\n"
+		"# TYPE dunning_accounts_payment_processing_past_max gauge\n"
+		"dunning_accounts_payment_processing_past_max %lld\n",
+		(long long)past_max);
+}
+
+/*
  * The state of the accounts themselves, read per scrape: how many are in
  * each stage, how many are lifting, how many are stuck lifting (their
  * window closed and no recompute cleared it — the seeds' "stuck-in-lifting"
@@ -270,6 +321,7 @@ static void account_gauges(FILE *f, struct dun_db *db, const struct dun_policy *
 			      " AND lifting_since < ?1",
 			      now - policy->lifting_window_s),
 	    (long long)scalar(db, "SELECT COUNT(*) FROM bad_debt_episodes WHERE exited_at = 0", 0));
+	held_gauge(f, db, policy, now);
 }
 
 static void job_metrics(struct admin_job *job, struct dun_engine_ctx *ctx)

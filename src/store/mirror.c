@@ -351,9 +351,26 @@ static enum dun_err upsert_charge(struct dun_db *db, json_t *o, int64_t version,
 		decline = jstr(o, "failure_code");
 	if (!strcmp(st, "succeeded"))
 		decline = "";
-	return put_attempt(db, jstr(o, "id"), jid(o, "invoice"), jid(o, "payment_intent"),
-			   jint(o, "created"), st, jid(o, "payment_method"), decline, advice, net,
-			   version, applied);
+	const char *pi = jid(o, "payment_intent");
+	enum dun_err e =
+	    put_attempt(db, jstr(o, "id"), jid(o, "invoice"), pi, jint(o, "created"), st,
+			jid(o, "payment_method"), decline, advice, net, version, applied);
+	if (e != DUN_OK || !strcmp(st, "processing") || !pi[0])
+		return e;
+	/* A charge that failed or succeeded settles its payment intent: what
+	 * said that payment was in flight (the payment intent's processing
+	 * marker, an earlier pending charge) no longer holds, whether or not
+	 * the payment intent's own webhook ever arrives. */
+	struct dun_stmt *del =
+	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE payment_intent = ?1 AND"
+			    " status = 'processing' AND id <> ?2 AND version <= ?3");
+	dun_stmt_bind_text(del, 1, pi);
+	dun_stmt_bind_text(del, 2, jstr(o, "id"));
+	dun_stmt_bind_int64(del, 3, version);
+	e = dun_stmt_done(del);
+	if (e == DUN_OK && dun_db_changes(db) > 0)
+		*applied = true;
+	return e;
 }
 
 static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t version,
