@@ -137,6 +137,8 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 		    : (inv->meta_bad_debt_paid || id->covered_by_paid) ? "Paid"
 		    : inv->status == DUN_INVOICE_VOID		       ? "Resolved"
 						      : dun_invoice_status_name(inv->status));
+		json_object_set_new(j, "processing", jbool(id->processing));
+		json_object_set_new(j, "processing_expired", jbool(id->processing_expired));
 		json_object_set_new(j, "attempts", attempts_json(en->policy, inv));
 		json_array_append_new(invs, j);
 	}

@@ -54,7 +54,8 @@ void dun_engine_free(struct dun_engine *en)
 static enum dun_err gather_refresh(struct dun_engine *en)
 {
 	struct dun_refresh_result r;
-	enum dun_err e = dun_gather_refresh(en->db, en->applier.provider, &en->snap, &r);
+	enum dun_err e =
+	    dun_gather_refresh(en->db, en->applier.provider, en->policy, &en->snap, &r);
 	if (!r.n_invoices)
 		return e;
 	const char *account = en->snap.state.account_id;

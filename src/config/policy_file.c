@@ -48,6 +48,7 @@ enum key_id {
 	K_MAX_ATTEMPTS,
 	K_LIFTING_WINDOW,
 	K_PROCESSING_MAX,
+	K_PROCESSING_RECHECK_AFTER,
 	K_SKIP_SEGMENTS,
 	K_MARK_UNCOLLECTIBLE,
 	K_CANCEL_SUBSCRIPTIONS,
@@ -75,6 +76,7 @@ static const struct key_def keys[] = {
     {"retries", "max_attempts", K_MAX_ATTEMPTS, DUN_STAGE_NONE},
     {"guard", "lifting_window", K_LIFTING_WINDOW, DUN_STAGE_NONE},
     {"guard", "processing_max", K_PROCESSING_MAX, DUN_STAGE_NONE},
+    {"guard", "processing_recheck_after", K_PROCESSING_RECHECK_AFTER, DUN_STAGE_NONE},
     {"skip", "segments", K_SKIP_SEGMENTS, DUN_STAGE_NONE},
     {"bad_debt", "mark_uncollectible", K_MARK_UNCOLLECTIBLE, DUN_STAGE_NONE},
     {"bad_debt", "cancel_subscriptions", K_CANCEL_SUBSCRIPTIONS, DUN_STAGE_NONE},
@@ -710,6 +712,8 @@ static bool set_key(struct load *l, const struct key_def *k, const char *v)
 		return duration_value(l, k, v, &p->lifting_window_s);
 	case K_PROCESSING_MAX:
 		return duration_value(l, k, v, &p->processing_max_s);
+	case K_PROCESSING_RECHECK_AFTER:
+		return duration_value(l, k, v, &p->processing_recheck_after_s);
 	case K_SKIP_SEGMENTS:
 		return segment_list(l, k, v);
 	case K_MARK_UNCOLLECTIBLE:
@@ -960,6 +964,7 @@ void dun_policy_file_dump(const struct dun_policy *p, FILE *out)
 	fputs("\n[guard]\n", out);
 	put_duration(out, "lifting_window", p->lifting_window_s);
 	put_duration(out, "processing_max", p->processing_max_s);
+	put_duration(out, "processing_recheck_after", p->processing_recheck_after_s);
 
 	fputs("\n[skip]\nsegments = ", out);
 	int n = 0;

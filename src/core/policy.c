@@ -59,6 +59,7 @@ void dun_policy_defaults(struct dun_policy *p)
 	p->max_attempts = 8;
 	p->lifting_window_s = 24 * 3600;
 	p->processing_max_s = 7 * DAY;
+	p->processing_recheck_after_s = 3 * DAY;
 	p->skip_segment[DUN_SEGMENT_ENTERPRISE] = true;
 	p->skip_segment[DUN_SEGMENT_CONTRACT] = true;
 	p->bad_debt_mark_uncollectible = true;
@@ -243,6 +244,18 @@ static int64_t first_failed_at(const struct dun_policy *p, const struct dun_invo
 			first = a->created_at;
 	}
 	return first;
+}
+
+bool dun_policy_payment_recheck_due(const struct dun_policy *p, const struct dun_invoice *inv,
+				    int64_t now)
+{
+	if (inv->status != DUN_INVOICE_OPEN || p->processing_recheck_after_s <= 0)
+		return false;
+	for (int i = 0; i < inv->n_attempts; i++)
+		if (inv->attempts[i].status == DUN_ATTEMPT_PROCESSING &&
+		    now - inv->attempts[i].created_at >= p->processing_recheck_after_s)
+			return true;
+	return false;
 }
 
 /*
@@ -514,9 +527,13 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	if (d->computed_stage > s->stage && (processing || lifting_since)) {
 		d->held = true;
 		d->stage = s->stage;
-		/* A payment in flight holds at most processing_max: look again then. */
+		/* A payment in flight holds at most processing_max: look again
+		 * then, and re-read it from the provider at recheck_after. */
 		if (processing && p->processing_max_s > 0)
 			min_time(&d->next_recheck_at, held_since + p->processing_max_s);
+		if (processing && p->processing_recheck_after_s > 0 &&
+		    held_since + p->processing_recheck_after_s > now)
+			min_time(&d->next_recheck_at, held_since + p->processing_recheck_after_s);
 		if (reason_begin(d, "held", &t, &of)) {
 			dun_text_str(&t, "escalation to ");
 			dun_text_str(&t, dun_stage_name(d->computed_stage));

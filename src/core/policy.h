@@ -55,6 +55,12 @@ struct dun_policy {
 	 * escalation resumes. 0: hold for as long as it is in flight.
 	 */
 	int64_t processing_max_s;
+	/*
+	 * A payment in flight this long (from its attempt) is read again from
+	 * the provider at the next recompute (GATHER's refresh), in case its
+	 * outcome webhook was lost. 0: never.
+	 */
+	int64_t processing_recheck_after_s;
 	/* segments never touched */
 	bool skip_segment[DUN_SEGMENT__COUNT];
 	/* what bad debt does */
@@ -165,5 +171,13 @@ void dun_email_key(char *out, size_t out_size, const char *account_id, enum dun_
 
 /* Whether the email log of s already holds key. */
 bool dun_state_has_sent(const struct dun_state *s, const char *key);
+
+/*
+ * Whether GATHER should read inv's payment again from the provider: the
+ * invoice is open and a payment of it has been in flight for
+ * processing_recheck_after or longer (its outcome webhook may be lost).
+ */
+bool dun_policy_payment_recheck_due(const struct dun_policy *p, const struct dun_invoice *inv,
+				    int64_t now);
 
 #endif

@@ -3,7 +3,8 @@
  *
  * It sits inside GATHER, between the first read of the local stores and
  * EVALUATE: the only place of the read side that may call the provider,
- * and only for the invoices the mirror demonstrably lacks attempts of.
+ * and only for the invoices the mirror demonstrably lacks attempts of, or
+ * whose payment has been in flight long enough to ask about it again.
  * Everything it learns goes through the mirror (dun_mirror_upsert, the
  * same fold webhooks take), never straight into the snapshot, so the
  * second gather reads it exactly as it would read a webhook's payload.
@@ -60,23 +61,32 @@ static enum dun_err fold_all(struct dun_db *db, json_t *objs, int *n_out, char *
 	return e;
 }
 
+/* Short, or (with a policy) a payment of it in flight long enough to read again. */
+static bool wanted(const struct dun_policy *policy, const struct dun_invoice *inv, int64_t now)
+{
+	return dun_refresh_is_short(inv) || (policy && !inv->is_consolidated &&
+					     dun_policy_payment_recheck_due(policy, inv, now));
+}
+
 enum dun_err dun_gather_refresh(struct dun_db *db, struct dun_provider provider,
-				struct dun_snapshot *snap, struct dun_refresh_result *out)
+				const struct dun_policy *policy, struct dun_snapshot *snap,
+				struct dun_refresh_result *out)
 {
 	memset(out, 0, sizeof *out);
 	const struct dun_state *s = &snap->state;
 	if (!provider.ops || !provider.ops->refresh_invoices)
 		return DUN_OK;
+	int64_t now = dun_clock_now();
 	int n = 0;
 	for (int i = 0; i < s->n_invoices; i++)
-		n += dun_refresh_is_short(&s->invoices[i]);
+		n += wanted(policy, &s->invoices[i], now);
 	if (!n)
 		return DUN_OK;
 	/* The ids live in snap, which the provider call does not touch. */
 	const char **ids = dun_calloc((size_t)n, sizeof *ids);
 	n = 0;
 	for (int i = 0; i < s->n_invoices; i++)
-		if (dun_refresh_is_short(&s->invoices[i]))
+		if (wanted(policy, &s->invoices[i], now))
 			ids[n++] = s->invoices[i].id;
 	out->n_invoices = n;
 	json_t *objs = NULL;

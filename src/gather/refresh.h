@@ -19,12 +19,18 @@
  * common case — nothing is called: the cost of the check is a loop over
  * the invoices already in memory.
  *
+ * An invoice is also refreshed when a payment of it has been in flight
+ * (processing) for the policy's processing_recheck_after: the webhook with
+ * its outcome may have been lost, and only the provider knows
+ * (docs/policy.md, [guard]).
+ *
  * The drift scan never refreshes (see inbox/scan.c): it is a read-only
  * estimate over every account.
  */
 #ifndef DUN_REFRESH_H
 #define DUN_REFRESH_H
 
+#include "core/policy.h"
 #include "gather/gather.h"
 #include "provider/provider.h"
 
@@ -43,8 +49,11 @@ struct dun_refresh_result {
 };
 
 /*
- * Refresh the short invoices of snap (gathered for its account from db)
- * through provider (borrowed), fold the answer into db with the current
+ * Refresh the short invoices of snap (gathered for its account from db) —
+ * and, with a policy, the invoices whose payment has been in flight for
+ * its processing_recheck_after (dun_policy_payment_recheck_due: a lost
+ * outcome webhook is found by reading the payment again) — through
+ * provider (borrowed), fold the answer into db with the current
  * time as version, and gather the account again into snap. Must not be
  * called inside a transaction of db. A failed refresh is reported in
  * out->refresh_err and is not an error of this function: the caller goes
@@ -52,6 +61,7 @@ struct dun_refresh_result {
  * error (snap is then not usable), DUN_OK otherwise.
  */
 enum dun_err dun_gather_refresh(struct dun_db *db, struct dun_provider provider,
-				struct dun_snapshot *snap, struct dun_refresh_result *out);
+				const struct dun_policy *policy, struct dun_snapshot *snap,
+				struct dun_refresh_result *out);
 
 #endif

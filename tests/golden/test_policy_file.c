@@ -34,6 +34,7 @@ static void check_policy_equal(const struct dun_policy *a, const struct dun_poli
 	CHECK_INT(a->max_attempts, b->max_attempts);
 	CHECK_INT(a->lifting_window_s, b->lifting_window_s);
 	CHECK_INT(a->processing_max_s, b->processing_max_s);
+	CHECK_INT(a->processing_recheck_after_s, b->processing_recheck_after_s);
 	for (int i = 0; i < DUN_SEGMENT__COUNT; i++)
 		CHECK_INT(a->skip_segment[i], b->skip_segment[i]);
 	CHECK_INT(a->bad_debt_mark_uncollectible, b->bad_debt_mark_uncollectible);

@@ -11,16 +11,20 @@ but only for [guard] processing_max (7 days by default, docs/policy.md):
   failed and the account is restricted, without a payment retry;
 * `/metrics` of `dunning serve` shows the held account by hold age while it
   lasts, and past processing_max once the hold has ended;
-* a `charge.failed` for the held payment intent releases the hold at once.
+* a `charge.failed` for the held payment intent releases the hold at once;
+* with the Stripe provider (against tests/integration/fake_stripe.py), a
+  payment in flight for [guard] processing_recheck_after (3 days) is read
+  again from Stripe at the next recompute, and the hold ends when Stripe
+  says the payment is no longer processing.
 
 Uses the conftest fixtures (`dun`, `dun_stripe`); servers on 127.0.0.1.
 """
 
-import os
+import json
+import sqlite3
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 from conftest import DUN_BINARY, EX_OK
 
@@ -140,12 +144,63 @@ def test_processing_max_from_the_policy_file(dun, dun_stripe):
     dun.provider_knows(objs["customer"], objs["subscription"], objs["invoice"],
                        behavior="insufficient_funds")
     dun.expect(EX_OK, "ingest", dun.write("e1.jsonl", "".join(
-        __import__("json").dumps(x) + "\n" for x in evs)), now=dun.at(0, 10), policy=policy)
+        json.dumps(x) + "\n" for x in evs)), now=dun.at(0, 10), policy=policy)
     dun.expect(EX_OK, "ingest", dun.write("e2.jsonl", "".join(
-        __import__("json").dumps(x) + "\n" for x in processing_events(dun_stripe, objs, 0.5))),
+        json.dumps(x) + "\n" for x in processing_events(dun_stripe, objs, 0.5))),
         now=dun.at(0.5, 10), policy=policy)
     dun.expect(EX_OK, "work", now=dun.at(20), policy=policy)
     assert dun.explain("acct_z", now=dun.at(20))["dunning"]["stage"] == "notified"
     bad = dun.write("bad.conf", "[guard]\nprocessing_max = soon\n")
     r = dun.run("policy", "check", bad)
     assert r.rc != EX_OK and "processing_max" in r.err, r
+
+
+# ---- the re-read from the provider (Stripe, against the fake) -------------------
+
+from test_stripe_client import (DAY, Env, basil_failing_account,  # noqa: E402,F401
+                                fake, fake_server, ingest_fake_events)
+
+
+def put_processing_marker(env, pi, inv, created):
+    """What payment_intent.processing left in the mirror; its outcome webhook is lost."""
+    con = sqlite3.connect(str(env.db), timeout=30)
+    try:
+        con.execute("INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
+                    " version) VALUES (?, ?, ?, ?, 'processing', ?)",
+                    (pi + ":processing", inv, pi, created, created))
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_a_payment_in_flight_is_read_again_after_processing_recheck_after(tmp_path, fake):
+    env = Env(tmp_path, fake)
+    inv, first = basil_failing_account(fake, declines=("insufficient_funds",))
+    ingest_fake_events(env, fake)
+    [pi] = [ip["payment"]["payment_intent"] for ip in
+            fake.api("GET", "/v1/invoice_payments?invoice=" + inv)["data"]]
+    now = fake.now()
+    # The mirror heard payment_intent.processing a day ago; the webhooks with
+    # the outcome were lost. Below processing_recheck_after (3d) nothing is
+    # read: the payment holds.
+    put_processing_marker(env, pi, inv, now - 1 * DAY)
+    fake.clear_requests()
+    env.run("recompute", "acct_A")
+    assert fake.requests() == []
+    assert env.sql("SELECT COUNT(*) FROM p_attempts WHERE status = 'processing'") == [(1,)]
+    x = json.loads(env.run("explain", "acct_A", "--json").stdout)
+    assert x["invoices"][0]["processing"] is True, json.dumps(x["invoices"], indent=1)
+    # In flight for four days: the recompute reads the payment again. Stripe
+    # says it failed; the hold is over and dunning starts on the real outcome.
+    con = sqlite3.connect(str(env.db), timeout=30)
+    con.execute("UPDATE p_attempts SET created = ?1, version = ?1 WHERE status = 'processing'",
+                (now - 4 * DAY,))
+    con.commit()
+    con.close()
+    fake.clear_requests()
+    env.run("recompute", "acct_A")
+    reads = [r["path"] for r in fake.requests() if r["method"] == "GET"]
+    assert "/v1/invoices/" + inv in reads, reads
+    assert env.sql("SELECT COUNT(*) FROM p_attempts WHERE status = 'processing'") == [(0,)]
+    assert env.sql("SELECT status FROM p_attempts WHERE payment_intent = ?", pi) == [("failed",)]
+    assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]

@@ -213,7 +213,7 @@ static void test_failed_refresh_keeps_the_mirror(void)
 
 	/* The same through the gather function, which says why. */
 	struct dun_refresh_result r;
-	CHECK_INT(dun_gather_refresh(fx.db, fx.en.applier.provider, &fx.en.snap, &r), DUN_OK);
+	CHECK_INT(dun_gather_refresh(fx.db, fx.en.applier.provider, NULL, &fx.en.snap, &r), DUN_OK);
 	CHECK_INT(r.n_invoices, 1);
 	CHECK_INT(r.n_objects, 0);
 	CHECK_INT(r.refresh_err, DUN_E_PROVIDER);
@@ -227,7 +227,7 @@ static void test_unfoldable_answer_is_rolled_back(void)
 	setup(&fx, &script_ops, ANSWER_UNFOLDABLE);
 	struct dun_refresh_result r;
 	CHECK_INT(dun_gather(fx.db, ACCT, &fx.en.snap), DUN_OK);
-	CHECK_INT(dun_gather_refresh(fx.db, fx.en.applier.provider, &fx.en.snap, &r), DUN_OK);
+	CHECK_INT(dun_gather_refresh(fx.db, fx.en.applier.provider, NULL, &fx.en.snap, &r), DUN_OK);
 	CHECK_INT(r.refresh_err, DUN_E_PARSE);
 	CHECK_INT(r.n_objects, 0);
 	/* The invoice_payment before the bad object was folded, then rolled back. */
