@@ -381,10 +381,23 @@ static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t 
 	char marker[DUN_ID_MAX + 16];
 	snprintf(marker, sizeof marker, "%s:processing", pi);
 	*applied = false;
-	if (!strcmp(status, "processing"))
+	if (!strcmp(status, "processing")) {
+		/* A processing event older than a settled charge of the same
+		 * payment intent (events arrive out of order) starts no hold. */
+		struct dun_stmt *q =
+		    dun_db_stmt(db, "SELECT 1 FROM p_attempts WHERE payment_intent = ?1 AND"
+				    " status IN ('failed', 'succeeded') AND version >= ?2");
+		dun_stmt_bind_text(q, 1, pi);
+		dun_stmt_bind_int64(q, 2, version);
+		bool settled = dun_stmt_row(q);
+		enum dun_err qe = dun_stmt_err(q);
+		dun_stmt_reset(q);
+		if (qe != DUN_OK || settled)
+			return qe;
 		return put_attempt(db, marker, jid(o, "invoice"), pi, jint(o, "created"),
 				   "processing", jid(o, "payment_method"), "", "", "", version,
 				   applied);
+	}
 	/* The payment is no longer in flight: drop the marker. */
 	struct dun_stmt *st =
 	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE id = ?1 AND version <= ?2");

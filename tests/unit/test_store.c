@@ -509,6 +509,46 @@ static void test_consolidated_list_is_joined(void)
 	dun_db_close(db);
 }
 
+static json_t *payment_intent(const char *status, int64_t created)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "id", "pi_h", "object", "payment_intent",
+			 "status", status, "invoice", "in_h", "customer", "cus_1", "created",
+			 (json_int_t)created);
+}
+
+static json_t *charge(const char *id, const char *status, int64_t created)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", id, "object", "charge",
+			 "status", status, "invoice", "in_h", "customer", "cus_1", "payment_intent",
+			 "pi_h", "created", (json_int_t)created, "failure_code", "card_declined");
+}
+
+/* A settled charge of a payment intent ends what said it was in flight. */
+static void test_settled_charge_ends_processing(void)
+{
+	struct dun_db *db = testdb_open(":memory:");
+	const char *q = "SELECT COUNT(*) FROM p_attempts WHERE status = 'processing'";
+	bool applied = false;
+	CHECK_INT(fold(db, payment_intent("processing", 100), 100, &applied), DUN_OK);
+	CHECK(applied);
+	CHECK_INT(testdb_int(db, q, NULL), 1);
+	/* A pending charge is in flight too; its failure ends both. */
+	CHECK_INT(fold(db, charge("ch_h1", "pending", 101), 101, NULL), DUN_OK);
+	CHECK_INT(testdb_int(db, q, NULL), 2);
+	CHECK_INT(fold(db, charge("ch_h1", "failed", 102), 200, &applied), DUN_OK);
+	CHECK(applied);
+	CHECK_INT(testdb_int(db, q, NULL), 0);
+	/* The processing event, redelivered late (older than the failure), starts
+	 * no hold again. */
+	CHECK_INT(fold(db, payment_intent("processing", 100), 150, &applied), DUN_OK);
+	CHECK(!applied);
+	CHECK_INT(testdb_int(db, q, NULL), 0);
+	/* A new debit of the same payment intent, later than the failure, does. */
+	CHECK_INT(fold(db, payment_intent("processing", 300), 300, &applied), DUN_OK);
+	CHECK_INT(testdb_int(db, q, NULL), 1);
+	dun_db_close(db);
+}
+
 static void test_customer_registers_account(void)
 {
 	struct dun_db *db = testdb_open(":memory:");
@@ -593,6 +633,7 @@ int main(void)
 	test_charge_before_invoice();
 	test_consolidated_list_is_joined();
 	test_customer_registers_account();
+	test_settled_charge_ends_processing();
 	rmdir(scratch);
 	return CHECK_DONE();
 }
