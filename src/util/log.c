@@ -1,7 +1,8 @@
 /*
  * log.c — logfmt lines to stderr (see log.h). A whole line is built in a
  * buffer and written with one call, so lines of concurrent threads do not
- * interleave.
+ * interleave. Values are escaped (see put_value): a line is always one
+ * line, whatever a client sent.
  */
 #include "log.h"
 #include "clock.h"
@@ -34,15 +35,41 @@ static const char *level_name(enum dun_log_level l)
 	return "info";
 }
 
+/*
+ * A value as logfmt: quoted when it holds a space, a quote, "=" or any
+ * control character; inside, a quote and a backslash are escaped and every
+ * control character (C0 and DEL) is written as an escape (\n, \r, \t or
+ * \xHH), so outside input (ids, paths, bodies) can neither break a line
+ * nor send escape sequences to an operator's terminal. A value that does
+ * not fit is cut at a whole character or escape.
+ */
 static void put_value(char *buf, size_t cap, size_t *len, const char *v)
 {
-	bool quote = !*v || strpbrk(v, " \"=\t\n") != NULL;
+	bool quote = !*v;
+	for (const char *p = v; *p && !quote; p++) {
+		unsigned char c = (unsigned char)*p;
+		quote = c == ' ' || c == '"' || c == '=' || c < 0x20 || c == 0x7f;
+	}
 	if (quote && *len < cap)
 		buf[(*len)++] = '"';
-	for (; *v && *len + 2 < cap; v++) {
-		if (*v == '"' || *v == '\\')
+	/* Room for the longest escape (4 bytes) and the closing quote. */
+	for (; *v && *len + 5 < cap; v++) {
+		unsigned char c = (unsigned char)*v;
+		if (c == '"' || c == '\\') {
 			buf[(*len)++] = '\\';
-		buf[(*len)++] = (*v == '\n') ? ' ' : *v;
+			buf[(*len)++] = (char)c;
+		} else if (c == '\n' || c == '\r' || c == '\t') {
+			buf[(*len)++] = '\\';
+			buf[(*len)++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+		} else if (c < 0x20 || c == 0x7f) {
+			static const char digits[] = "0123456789abcdef";
+			buf[(*len)++] = '\\';
+			buf[(*len)++] = 'x';
+			buf[(*len)++] = digits[c >> 4];
+			buf[(*len)++] = digits[c & 15];
+		} else {
+			buf[(*len)++] = (char)c;
+		}
 	}
 	if (quote && *len < cap)
 		buf[(*len)++] = '"';
