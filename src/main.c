@@ -100,8 +100,9 @@ int main(int argc, char **argv)
 				int64_t t;
 				if (!dun_clock_parse(argv[i + 1], &t)) {
 					dun_cli_error(
-					    "--now: cannot read \"%s\" as a time (use unix "
-					    "seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)",
+					    "--now: cannot read \"%s\" as a time: use unix "
+					    "seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC), "
+					    "from 1970-01-01T00:00:01Z to 9999-12-31T23:59:59Z",
 					    argv[i + 1]);
 					return DUN_EX_USAGE;
 				}

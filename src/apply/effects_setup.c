@@ -13,6 +13,7 @@
 #include "apply/local.h"
 #include "apply/outbox.h"
 #include "apply/platform_http.h"
+#include "util/input.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -93,10 +94,12 @@ static enum dun_err probe_platform(const struct dun_config *cfg, struct dun_effe
 		return DUN_OK;
 	}
 	if (reply.status == 401 || reply.status == 403) {
+		char shown[DUN_CONFIG_STR + 16];
+		dun_input_redact_url(url, shown, sizeof shown);
 		snprintf(err, err_size,
 			 "[platform] token: the platform refused it (HTTP %ld from GET %s); set "
 			 "token or DUNNING_PLATFORM_TOKEN",
-			 reply.status, url);
+			 reply.status, shown);
 		return DUN_E_CONFIG;
 	}
 	if ((reply.status < 200 || reply.status >= 300) && reply.status != 404)
@@ -136,8 +139,10 @@ static enum dun_err check_events(const struct dun_config *cfg, char *err, size_t
 			return e;
 		for (int k = 0; k < i; k++)
 			if (!strcmp(cfg->event_endpoints[k], cfg->event_endpoints[i])) {
+				char shown[DUN_CONFIG_STR];
+				dun_input_redact_url(cfg->event_endpoints[i], shown, sizeof shown);
 				snprintf(err, err_size, "[events] endpoints: %s is listed twice",
-					 cfg->event_endpoints[i]);
+					 shown);
 				return DUN_E_CONFIG;
 			}
 	}

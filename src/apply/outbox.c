@@ -8,6 +8,7 @@
  * The process calls curl_global_init() at start-up, before threads start.
  */
 #include "outbox.h"
+#include "util/input.h"
 #include "util/mem.h"
 
 #include <ctype.h>
@@ -105,9 +106,12 @@ enum dun_err dun_http_url_check(const char *url, const char *what, bool no_query
 		dun_oom();
 	enum dun_err e = DUN_E_CONFIG;
 	char *scheme = NULL, *host = NULL, *user = NULL, *query = NULL, *fragment = NULL;
+	/* Messages show the URL without its userinfo, query or fragment: secrets live there. */
+	char shown[512];
+	dun_input_redact_url(url, shown, sizeof shown);
 	CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
 	if (rc != CURLUE_OK) {
-		snprintf(err, err_size, "%s: \"%s\" is not a URL (%s)", what, url,
+		snprintf(err, err_size, "%s: \"%s\" is not a URL (%s)", what, shown,
 			 curl_url_strerror(rc));
 		goto free_url;
 	}
@@ -118,11 +122,11 @@ enum dun_err dun_http_url_check(const char *url, const char *what, bool no_query
 	curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0);
 	if (!scheme || (strcmp(scheme, "http") && strcmp(scheme, "https"))) {
 		snprintf(err, err_size, "%s: \"%s\": only http:// and https:// URLs are supported",
-			 what, url);
+			 what, shown);
 		goto free_url;
 	}
 	if (!host || !host[0]) {
-		snprintf(err, err_size, "%s: \"%s\" has no host", what, url);
+		snprintf(err, err_size, "%s: \"%s\" has no host", what, shown);
 		goto free_url;
 	}
 	if (user) {
@@ -131,14 +135,15 @@ enum dun_err dun_http_url_check(const char *url, const char *what, bool no_query
 		goto free_url;
 	}
 	if (no_query && (query || fragment)) {
-		snprintf(err, err_size, "%s: \"%s\" must not have a query or fragment", what, url);
+		snprintf(err, err_size, "%s: \"%s\" must not have a query or fragment", what,
+			 shown);
 		goto free_url;
 	}
 	if (carries_secret && !strcmp(scheme, "http") && !is_loopback(host)) {
 		snprintf(err, err_size,
 			 "%s: \"%s\" is plain http to another host: the token would travel in "
 			 "clear text; use https",
-			 what, url);
+			 what, shown);
 		goto free_url;
 	}
 	e = DUN_OK;

@@ -8,6 +8,7 @@
 #include "apply/rollout.h"
 #include "config/config.h"
 #include "util/clock.h"
+#include "util/input.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -112,10 +113,10 @@ static int set_percent(struct dun_cli *cli, int argc, char **argv)
 			return DUN_EX_USAGE;
 		}
 	}
-	char *end = NULL;
-	double p = arg ? strtod(arg, &end) : -1;
-	if (!arg || !arg[0] || *end || !(p >= 0 && p <= 100)) {
-		dun_cli_error("rollout percent: a number from 0 to 100, not \"%s\"",
+	double p = 0;
+	if (!arg || !dun_input_parse_decimal(arg, &p) || p > 100) {
+		dun_cli_error("rollout percent: a decimal number from 0 to 100 (such as 5 or "
+			      "12.5), not \"%s\"",
 			      arg ? arg : "");
 		return DUN_EX_USAGE;
 	}
@@ -193,7 +194,8 @@ int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("rollout mode: observe or active, not \"%s\"", argv[2]);
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	/* show only reads: it works on a read-only database. */
+	int rc = dun_cli_open(cli, DUN_NEED_DB | (strcmp(verb, "show") ? 0 : DUN_NEED_READONLY));
 	if (rc)
 		return rc;
 	if (!strcmp(verb, "show"))

@@ -6,6 +6,7 @@
  * falls back to a default.
  */
 #include "config.h"
+#include "util/input.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -214,9 +215,9 @@ static int handler(void *user, const char *section, const char *name, const char
 			return 1;
 		}
 		case K_DOUBLE: {
-			char *end;
-			double v = strtod(value, &end);
-			if (end == value || *end || v < (double)k->min || v > (double)k->max) {
+			double v = 0;
+			if (!dun_input_parse_decimal(value, &v) || v < (double)k->min ||
+			    v > (double)k->max) {
 				char why[160];
 				snprintf(why, sizeof why,
 					 "expected a number from %lld to %lld, got \"%s\"",

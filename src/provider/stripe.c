@@ -61,6 +61,7 @@
 #include "stripe.h"
 #include "core/model.h"
 #include "core/text.h"
+#include "util/input.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -407,15 +408,17 @@ enum dun_err dun_stripe_new(const struct dun_config *cfg, struct dun_stripe **ou
 		return DUN_E_CONFIG;
 	}
 	const char *base = cfg->stripe_api_base;
+	char shown[DUN_CONFIG_STR];
+	dun_input_redact_url(base, shown, sizeof shown); /* secrets stay out of messages */
 	if (strncmp(base, "https://", 8) != 0 && !loopback_http(base)) {
 		snprintf(err, err_size,
 			 "[stripe] api_base must be an https:// URL (plain http only to "
 			 "127.0.0.1, localhost or [::1]), not \"%s\"",
-			 base);
+			 shown);
 		return DUN_E_CONFIG;
 	}
-	if (!header_safe(base) || strchr(base, '?') || strchr(base, '#')) {
-		snprintf(err, err_size, "[stripe] api_base \"%s\" is not a plain base URL", base);
+	if (!header_safe(base) || strchr(base, '?') || strchr(base, '#') || strchr(base, '@')) {
+		snprintf(err, err_size, "[stripe] api_base \"%s\" is not a plain base URL", shown);
 		return DUN_E_CONFIG;
 	}
 	if (!cfg->stripe_version[0] || !header_safe(cfg->stripe_version)) {

@@ -28,9 +28,15 @@ void dun_clock_advance(int64_t seconds);
 /* Back to the wall clock. */
 void dun_clock_reset(void);
 bool dun_clock_is_fixed(void);
+/* The range dun_clock_parse() accepts: 1970-01-01T00:00:01Z to 9999-12-31T23:59:59Z. */
+#define DUN_CLOCK_MIN 1
+#define DUN_CLOCK_MAX 253402300799LL
 /*
- * Parse a time given on the command line: unix seconds, "YYYY-MM-DD" or
- * "YYYY-MM-DDTHH:MM:SSZ" (UTC). Returns false on anything else.
+ * Parse a time given on the command line: unix seconds (digits only),
+ * "YYYY-MM-DD" or "YYYY-MM-DDTHH:MM:SS[Z]" (UTC; a space may stand for the
+ * T). Returns false on anything else, on dates that do not exist
+ * (2026-02-30) and outside DUN_CLOCK_MIN..DUN_CLOCK_MAX: 0 means "the wall
+ * clock" to dun_clock_set(), so 1970-01-01T00:00:00Z cannot be a fixed time.
  */
 bool dun_clock_parse(const char *s, int64_t *out);
 /* Format t as "YYYY-MM-DDTHH:MM:SSZ" into out (at least 21 bytes). */

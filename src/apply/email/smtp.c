@@ -31,6 +31,7 @@
 
 #include "util/clock.h"
 #include "util/buf.h"
+#include "util/input.h"
 #include "util/mem.h"
 
 const char *dun_smtp_tls_name(enum dun_smtp_tls t)
@@ -151,12 +152,14 @@ enum dun_err dun_smtp_config_validate(const struct dun_smtp_config *cfg, char *e
 	CURLU *u = curl_url();
 	if (!u)
 		dun_oom();
+	char shown[512];
+	dun_input_redact_url(cfg->url, shown, sizeof shown);
 	if (curl_url_set(u, CURLUPART_URL, cfg->url, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
 		set_err(err, err_size,
 			"smtp_url '%s' is not a URL like smtp://host:587 or smtps://host:465",
-			cfg->url);
+			shown);
 		goto free_url;
 	}
 	curl_url_get(u, CURLUPART_USER, &user, 0);
@@ -171,7 +174,7 @@ enum dun_err dun_smtp_config_validate(const struct dun_smtp_config *cfg, char *e
 	bool smtps = strcmp(scheme, "smtps") == 0;
 	if (!smtps && strcmp(scheme, "smtp") != 0) {
 		set_err(err, err_size, "smtp_url '%s': the scheme must be smtp:// or smtps://",
-			cfg->url);
+			shown);
 		goto free_url;
 	}
 	switch (cfg->tls) {
