@@ -40,6 +40,7 @@ int dun_cli_exit_code(enum dun_err e)
 	case DUN_E_TOO_BIG:
 	case DUN_E_PARSE:
 	case DUN_E_SIGNATURE:
+	case DUN_E_CORRUPT:
 		return DUN_EX_DATAERR;
 	case DUN_E_CONFIG:
 	case DUN_E_SCHEMA:
@@ -158,13 +159,7 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 	int rc = dun_cli_load_config(cli);
 	if (rc)
 		return rc;
-	if ((need & DUN_NEED_DB) && !cli->db) {
-		enum dun_err e = dun_db_open(cli->db_path, &cli->db, err, sizeof err);
-		if (e != DUN_OK) {
-			dun_cli_error("%s", err);
-			return dun_cli_exit_code(e);
-		}
-	}
+	/* The policy first: a bad policy file is the error to fix before any database. */
 	if (need & DUN_NEED_POLICY) {
 		if (cli->policy_path) {
 			enum dun_err e =
@@ -175,6 +170,22 @@ int dun_cli_open(struct dun_cli *cli, unsigned need)
 			}
 		} else {
 			dun_policy_defaults(&cli->policy);
+		}
+	}
+	if ((need & DUN_NEED_DB) && !cli->db) {
+		enum dun_db_access how = (need & DUN_NEED_CREATE)     ? DUN_DB_CREATE
+					 : (need & DUN_NEED_READONLY) ? DUN_DB_READONLY
+								      : DUN_DB_EXISTING;
+		enum dun_err e = dun_db_open_as(cli->db_path, how, &cli->db, err, sizeof err);
+		if (e == DUN_E_NOT_FOUND) {
+			dun_cli_error("%s; create it with 'dunning --db %s init' (or give the "
+				      "right --db)",
+				      err, cli->db_path);
+			return DUN_EX_NOINPUT;
+		}
+		if (e != DUN_OK) {
+			dun_cli_error("%s", err);
+			return dun_cli_exit_code(e);
 		}
 	}
 	if ((need & DUN_NEED_ENGINE) == DUN_NEED_ENGINE && !cli->engine_ready && cli->config) {

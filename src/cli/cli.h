@@ -32,11 +32,20 @@ enum {
 	DUN_EX_CONFIG = 78,
 };
 
-/* What a subcommand needs opened for it. */
+/*
+ * What a subcommand needs opened for it. The database must exist unless
+ * DUN_NEED_CREATE is given (init, demo: the only commands that create one
+ * besides `serve`); a missing one is refused with exit 66 and a hint to run
+ * `dunning init`, so a typo in --db never yields an empty database.
+ * DUN_NEED_READONLY opens it read-only (commands that only read: they work
+ * on a read-only file or mount, and never migrate).
+ */
 enum {
 	DUN_NEED_DB = 1,
 	DUN_NEED_POLICY = 2,
 	DUN_NEED_ENGINE = 4 | 1 | 2, /* the engine needs the db and the policy */
+	DUN_NEED_CREATE = 8,
+	DUN_NEED_READONLY = 16,
 };
 
 struct dun_cli {

@@ -45,7 +45,7 @@ static int list(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("account list: unknown stage \"%s\"", stage);
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	int rc = dun_cli_open(cli, DUN_NEED_DB | DUN_NEED_READONLY);
 	if (rc)
 		return rc;
 	struct dun_stmt *st = dun_db_stmt(

@@ -139,7 +139,7 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 			}
 		}
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
+	int rc = dun_cli_open(cli, DUN_NEED_ENGINE | DUN_NEED_CREATE);
 	if (rc)
 		return rc;
 	/* Synthetic data: durability buys nothing here, speed does. */

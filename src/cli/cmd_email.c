@@ -98,7 +98,7 @@ static int preview(struct dun_cli *cli, int argc, char **argv)
 	if (!parse_kind(argv[optind], &kind))
 		return DUN_EX_USAGE;
 	const char *account = argv[optind + 1];
-	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
+	int rc = dun_cli_open(cli, DUN_NEED_ENGINE | DUN_NEED_READONLY);
 	if (rc)
 		return rc;
 	struct dun_engine *en = &cli->engine;

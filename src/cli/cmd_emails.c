@@ -54,7 +54,10 @@ int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("emails: unexpected argument \"%s\"", argv[argc - 1]);
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, deliver ? DUN_NEED_ENGINE : DUN_NEED_DB);
+	/* Listing only reads: it works on a read-only database. */
+	int rc = dun_cli_open(cli, deliver   ? DUN_NEED_ENGINE
+				   : requeue ? DUN_NEED_DB
+					     : DUN_NEED_DB | DUN_NEED_READONLY);
 	if (rc)
 		return rc;
 	if (deliver)

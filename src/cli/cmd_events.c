@@ -56,7 +56,7 @@ int dun_cmd_events(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("events: --limit must be a positive number");
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	int rc = dun_cli_open(cli, DUN_NEED_DB | DUN_NEED_READONLY);
 	if (rc)
 		return rc;
 	struct dun_inbox_counts counts;

@@ -151,7 +151,7 @@ int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("explain: expected one ACCOUNT (see --help)");
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
+	int rc = dun_cli_open(cli, DUN_NEED_ENGINE | DUN_NEED_READONLY);
 	if (rc)
 		return rc;
 	json_t *o = NULL;

@@ -4,6 +4,8 @@
  * webhook; then the triggers they started are processed unless --no-work.
  * A bad line is reported with its number and skipped; the others still
  * land (each event is its own transaction). Exit 65 when any line was bad.
+ * A store failure (disk full, I/O error) is not the line's fault: ingest
+ * stops at that line and exits with the store's code (74).
  */
 #include "commands.h"
 #include "inbox/ingest.h"
@@ -15,6 +17,36 @@
 #include <string.h>
 
 #define LINE_MAX_BYTES (1024 * 1024)
+
+/* Whether an ingest error is the line's fault (skip it) rather than the store's (stop). */
+static bool is_bad_input(enum dun_err e)
+{
+	switch (e) {
+	case DUN_E_INVALID:
+	case DUN_E_TOO_BIG:
+	case DUN_E_PARSE:
+	case DUN_E_SIGNATURE:
+	case DUN_E_UNSUPPORTED:
+	case DUN_E_NOT_FOUND:
+		return true;
+	case DUN_OK:
+	case DUN_E_CONFIG:
+	case DUN_E_STORE:
+	case DUN_E_BUSY:
+	case DUN_E_SCHEMA:
+	case DUN_E_IO:
+	case DUN_E_PROVIDER:
+	case DUN_E_PROVIDER_REJECTED:
+	case DUN_E_PLATFORM:
+	case DUN_E_EMAIL:
+	case DUN_E_GUARD:
+	case DUN_E_CONFLICT:
+	case DUN_E_TIMEOUT:
+	case DUN_E_CORRUPT:
+		return false;
+	}
+	return false;
+}
 
 int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 {
@@ -76,6 +108,21 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 		char err[512] = "";
 		enum dun_err e =
 		    dun_ingest_event(cli->db, line, (size_t)len, &res, err, sizeof err);
+		if (e != DUN_OK && !is_bad_input(e)) {
+			/*
+			 * The line may be fine; the store is not (disk full, I/O
+			 * error, corrupt file). Nothing later would land either:
+			 * stop, say how far we got, and exit with the store's code.
+			 */
+			dun_cli_error("ingest: %s:%ld: %s; stopped (lines before it are stored, "
+				      "this one and the rest are not: ingest the file again once "
+				      "the database is writable, duplicates are recognised)",
+				      path, lineno, err[0] ? err : dun_err_str(e));
+			free(line);
+			if (in != stdin)
+				fclose(in);
+			return dun_cli_exit_code(e);
+		}
 		if (e != DUN_OK) {
 			dun_cli_error("ingest: %s:%ld: %s; skipped", path, lineno, err);
 			bad++;

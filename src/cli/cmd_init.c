@@ -20,7 +20,7 @@ int dun_cmd_init(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("init: unexpected argument \"%s\"", argv[1]);
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	int rc = dun_cli_open(cli, DUN_NEED_DB | DUN_NEED_CREATE);
 	if (rc)
 		return rc;
 	printf("%s: schema version %d\n", cli->db_path, dun_db_schema_version(cli->db));

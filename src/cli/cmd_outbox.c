@@ -215,7 +215,8 @@ int dun_cmd_outbox(struct dun_cli *cli, int argc, char **argv)
 			return DUN_EX_USAGE;
 		}
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_DB);
+	/* Listing only reads: it works on a read-only database. */
+	int rc = dun_cli_open(cli, DUN_NEED_DB | (requeue || do_deliver ? 0 : DUN_NEED_READONLY));
 	if (rc)
 		return rc;
 	struct dun_config fallback;

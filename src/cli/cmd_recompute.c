@@ -98,7 +98,7 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		return DUN_EX_USAGE;
 	}
 	const char *account = argv[optind];
-	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
+	int rc = dun_cli_open(cli, DUN_NEED_ENGINE | (dry ? DUN_NEED_READONLY : 0));
 	if (rc)
 		return rc;
 	struct dun_engine *en = &cli->engine;
@@ -126,6 +126,10 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("recompute: no account \"%s\"", account);
 		return DUN_EX_NOINPUT;
 	}
+	if (e != DUN_OK) {
+		dun_cli_error("recompute: %s: %s", account, dun_err_str(e));
+		return dun_cli_exit_code(e);
+	}
 	struct dun_trigger_ref t = {.kind = "support_recompute"};
 	bool inserted;
 	e = dun_inbox_enqueue(cli->db, account, t.kind, "cli", "", NULL, 0, &inserted, &t.id);
@@ -141,7 +145,13 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 	int n = 0;
 	/* Claim only this account: other accounts' triggers stay for the workers. */
 	e = dun_inbox_claim_account(cli->db, &cfg, worker, account, dun_clock_now(), &item, &n);
-	if (e != DUN_OK || n == 0) {
+	if (e != DUN_OK) {
+		/* A store failure is not "busy": say what it is, with its own exit code. */
+		dun_cli_error("recompute: cannot claim %s: %s (the trigger %lld is queued)",
+			      account, dun_err_str(e), (long long)t.id);
+		return dun_cli_exit_code(e);
+	}
+	if (n == 0) {
 		dun_cli_error("recompute: %s is being processed by a worker right now; the "
 			      "trigger %lld is queued",
 			      account, (long long)t.id);

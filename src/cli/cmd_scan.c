@@ -49,7 +49,7 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("scan: unexpected argument \"%s\"", argv[optind]);
 		return DUN_EX_USAGE;
 	}
-	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
+	int rc = dun_cli_open(cli, DUN_NEED_ENGINE | (enqueue ? 0 : DUN_NEED_READONLY));
 	if (rc)
 		return rc;
 	struct dun_scan_result r;

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "inbox/inbox.h"
 #include "util/clock.h"
+#include "util/input.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -40,9 +41,8 @@ int dun_cmd_retry(struct dun_cli *cli, int argc, char **argv)
 		return DUN_EX_OK;
 	}
 	for (int i = 1; i < argc; i++) {
-		char *end;
-		long long id = strtoll(argv[i], &end, 10);
-		if (*end || id <= 0) {
+		int64_t id = 0;
+		if (!dun_input_parse_count(argv[i], INT64_MAX, &id) || id <= 0) {
 			dun_cli_error("retry: \"%s\" is not an inbox id", argv[i]);
 			return DUN_EX_USAGE;
 		}
@@ -50,13 +50,40 @@ int dun_cmd_retry(struct dun_cli *cli, int argc, char **argv)
 	int rc = dun_cli_open(cli, DUN_NEED_ENGINE);
 	if (rc)
 		return rc;
+	/* Every id named must exist before anything is requeued. */
+	for (int i = 1; i < argc; i++) {
+		struct dun_stmt *st = dun_db_stmt(cli->db, "SELECT 1 FROM inbox WHERE id = ?1");
+		dun_stmt_bind_int64(st, 1, strtoll(argv[i], NULL, 10));
+		int src = dun_stmt_step(st);
+		enum dun_err e = dun_stmt_err(st);
+		dun_stmt_reset(st);
+		if (src != DUN_STEP_ROW && src != DUN_STEP_DONE) {
+			dun_cli_error("retry: reading the inbox: %s", dun_err_str(e));
+			return dun_cli_exit_code(e);
+		}
+		if (src == DUN_STEP_DONE) {
+			dun_cli_error("retry: no trigger %s in the inbox (see 'dunning events'); "
+				      "nothing was requeued",
+				      argv[i]);
+			return DUN_EX_NOINPUT;
+		}
+	}
 	int total = 0;
 	if (argc == 1) {
-		dun_inbox_requeue(cli->db, 0, dun_clock_now(), &total);
+		enum dun_err e = dun_inbox_requeue(cli->db, 0, dun_clock_now(), &total);
+		if (e != DUN_OK) {
+			dun_cli_error("retry: %s", dun_err_str(e));
+			return dun_cli_exit_code(e);
+		}
 	} else {
 		for (int i = 1; i < argc; i++) {
 			int n = 0;
-			dun_inbox_requeue(cli->db, strtoll(argv[i], NULL, 10), dun_clock_now(), &n);
+			enum dun_err e = dun_inbox_requeue(cli->db, strtoll(argv[i], NULL, 10),
+							   dun_clock_now(), &n);
+			if (e != DUN_OK) {
+				dun_cli_error("retry: %s: %s", argv[i], dun_err_str(e));
+				return dun_cli_exit_code(e);
+			}
 			if (!n)
 				dun_cli_error("retry: trigger %s is not dead or retrying", argv[i]);
 			total += n;

@@ -394,6 +394,7 @@ static void job_pay(struct admin_job *job, struct dun_engine_ctx *ctx)
 	case DUN_E_EMAIL:
 	case DUN_E_CONFLICT:
 	case DUN_E_SIGNATURE:
+	case DUN_E_CORRUPT:
 	case DUN_E_UNSUPPORTED:
 		break;
 	}

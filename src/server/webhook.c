@@ -89,6 +89,7 @@ static void answer(struct dun_http_request *req, void *user)
 	case DUN_E_CONFLICT:
 	case DUN_E_SIGNATURE:
 	case DUN_E_TIMEOUT:
+	case DUN_E_CORRUPT:
 	case DUN_E_UNSUPPORTED:
 		dun_metrics_webhook(&svc->metrics, DUN_WEBHOOK_FAILED);
 		dun_http_log(req, "outcome", "failed");

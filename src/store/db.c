@@ -13,11 +13,15 @@
 #include "schema.h"
 #include "util/mem.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int dun_db_schema_latest(void)
 {
@@ -92,35 +96,107 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 	return DUN_OK;
 }
 
-static enum dun_err open_db(const char *path, bool apply, struct dun_db **out, char *err,
-			    size_t err_size)
+/*
+ * Create path as an empty file only its owner may read and write, before
+ * SQLite opens it: SQLite creates a new database with the default mode
+ * (0644 under the usual umask) and gives the -wal and -shm files the
+ * database file's mode, and these files hold customer emails and raw
+ * webhook bodies. An empty file is a valid new database to SQLite.
+ */
+static enum dun_err create_private(const char *path, char *err, size_t err_size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 && errno == EEXIST)
+		return DUN_OK; /* created by someone else meanwhile: theirs */
+	if (fd < 0) {
+		set_err(err, err_size, "%s: cannot create the database: %s", path, strerror(errno));
+		return DUN_E_IO;
+	}
+	close(fd);
+	return DUN_OK;
+}
+
+/* Whether path names a file on disk (not ":memory:", "" or a file: URI). */
+static bool is_plain_file(const char *path)
+{
+	return path[0] && strcmp(path, ":memory:") != 0 && strncmp(path, "file:", 5) != 0;
+}
+
+/* A missing file is refused unless how may create it; a new one is made 0600. */
+static enum dun_err check_file(const char *path, enum dun_db_access how, char *err, size_t err_size)
+{
+	if (!is_plain_file(path))
+		return DUN_OK;
+	struct stat sb;
+	if (stat(path, &sb) == 0) {
+		if (S_ISREG(sb.st_mode))
+			return DUN_OK;
+		set_err(err, err_size, "%s: not a database file", path);
+		return DUN_E_CORRUPT;
+	}
+	if (errno != ENOENT) {
+		set_err(err, err_size, "%s: %s", path, strerror(errno));
+		return DUN_E_IO;
+	}
+	if (how != DUN_DB_CREATE) {
+		set_err(err, err_size, "%s: no database there", path);
+		return DUN_E_NOT_FOUND;
+	}
+	return create_private(path, err, err_size);
+}
+
+static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply,
+			    struct dun_db **out, char *err, size_t err_size)
 {
 	*out = NULL;
+	enum dun_err e = check_file(path, how, err, err_size);
+	if (e != DUN_OK)
+		return e;
 	struct dun_db *db = dun_calloc(1, sizeof *db);
 	db->drv = &dun_db_driver_sqlite;
 	db->path = dun_strdup(path);
-	enum dun_err e = db->drv->open(db, path, err, err_size);
+	db->access = how;
+	e = db->drv->open(db, path, err, err_size);
 	if (e == DUN_OK)
 		e = db->drv->configure(db, err, err_size);
 	if (e == DUN_OK)
-		e = migrate(db, apply, err, err_size);
-	if (e != DUN_OK) {
-		dun_db_close(db);
-		return e;
+		e = migrate(db, apply && how != DUN_DB_READONLY, err, err_size);
+	if (e == DUN_OK && how == DUN_DB_READONLY &&
+	    dun_db_schema_version(db) != dun_schema_count()) {
+		set_err(err, err_size,
+			"%s: schema version %d is older than this binary's (%d) and a read-only "
+			"command does not migrate; run 'dunning init' first",
+			path, dun_db_schema_version(db), dun_schema_count());
+		e = DUN_E_SCHEMA;
 	}
-	*out = db;
-	return DUN_OK;
+	if (e == DUN_OK) {
+		*out = db;
+		return DUN_OK;
+	}
+	if (e == DUN_E_CORRUPT)
+		set_err(err, err_size,
+			"%s: the file is not a dunning database, or it is corrupt (restore it "
+			"from a backup)",
+			path);
+	dun_db_close(db);
+	return e;
 }
 
 enum dun_err dun_db_open(const char *path, struct dun_db **out, char *err, size_t err_size)
 {
-	return open_db(path, true, out, err, err_size);
+	return open_db(path, DUN_DB_CREATE, true, out, err, err_size);
+}
+
+enum dun_err dun_db_open_as(const char *path, enum dun_db_access how, struct dun_db **out,
+			    char *err, size_t err_size)
+{
+	return open_db(path, how, true, out, err, err_size);
 }
 
 enum dun_err dun_db_open_nomigrate(const char *path, struct dun_db **out, char *err,
 				   size_t err_size)
 {
-	return open_db(path, false, out, err, err_size);
+	return open_db(path, DUN_DB_CREATE, false, out, err, err_size);
 }
 
 void dun_db_close(struct dun_db *db)

@@ -54,6 +54,22 @@ enum dun_col_type {
  * (DUN_E_SCHEMA). On failure *out is NULL and err says why.
  */
 enum dun_err dun_db_open(const char *path, struct dun_db **out, char *err, size_t err_size);
+/* How dun_db_open_as() may treat the file. */
+enum dun_db_access {
+	DUN_DB_CREATE,	 /* create it (mode 0600) when missing; migrate */
+	DUN_DB_EXISTING, /* it must exist (DUN_E_NOT_FOUND otherwise); migrate */
+	DUN_DB_READONLY, /* it must exist; opened read-only, never migrated: a
+			    schema other than this binary's is DUN_E_SCHEMA */
+};
+
+/*
+ * Open the database at path as `how` says. A new file is created with mode
+ * 0600 before SQLite sees it (the -wal and -shm files inherit that mode).
+ * A file that is not a database, or is corrupt, is DUN_E_CORRUPT. On
+ * failure *out is NULL and err says why. dun_db_open() is DUN_DB_CREATE.
+ */
+enum dun_err dun_db_open_as(const char *path, enum dun_db_access how, struct dun_db **out,
+			    char *err, size_t err_size);
 /* Open without migrating (for `dunning init --check`); still refuses newer schemas. */
 enum dun_err dun_db_open_nomigrate(const char *path, struct dun_db **out, char *err,
 				   size_t err_size);

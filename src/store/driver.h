@@ -66,6 +66,7 @@ struct dun_db {
 	const struct dun_db_driver *drv;
 	void *conn;
 	char *path;
+	enum dun_db_access access; /* how open and configure treat the file */
 	struct {
 		const char *sql;
 		struct dun_stmt *st;

@@ -12,10 +12,12 @@
 #include "util/mem.h"
 
 #include <sqlite3.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 struct sqlite_stmt {
@@ -52,7 +54,11 @@ static enum dun_err map_rc(int rc)
 	case SQLITE_IOERR:
 	case SQLITE_FULL:
 	case SQLITE_CANTOPEN:
+	case SQLITE_READONLY:
 		return DUN_E_IO;
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return DUN_E_CORRUPT;
 	default:
 		return DUN_E_STORE;
 	}
@@ -68,17 +74,62 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, c
 	va_end(ap);
 }
 
+/* Whether path names a file on disk (not ":memory:", "" or a file: URI). */
+static bool is_plain_file(const char *path)
+{
+	return path[0] && strcmp(path, ":memory:") != 0 && strncmp(path, "file:", 5) != 0;
+}
+
 static enum dun_err sq_open(struct dun_db *db, const char *path, char *err, size_t err_size)
 {
+	int flags = SQLITE_OPEN_NOMUTEX;
+	switch (db->access) {
+	case DUN_DB_CREATE:
+		flags |= SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+		break;
+	case DUN_DB_EXISTING:
+		flags |= SQLITE_OPEN_READWRITE;
+		break;
+	case DUN_DB_READONLY:
+		flags |= SQLITE_OPEN_READONLY;
+		break;
+	}
+	bool ro = db->access == DUN_DB_READONLY;
 	sqlite3 *h = NULL;
-	int rc = sqlite3_open_v2(
-	    path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	int rc = sqlite3_open_v2(path, &h, flags, NULL);
+	/* SQLite opens lazily: a read shows whether the file can be read. */
+	if (rc == SQLITE_OK && ro)
+		rc = sqlite3_exec(h, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
+	if (rc != SQLITE_OK && ro && is_plain_file(path) && !strpbrk(path, "?#%")) {
+		/*
+		 * Reading a WAL database needs its -shm file; on a read-only
+		 * directory it cannot be created. When there is no -wal file
+		 * either, no connection has the database open and the file
+		 * is complete: read it as immutable.
+		 */
+		char wal[4200];
+		struct stat sb;
+		snprintf(wal, sizeof wal, "%s-wal", path);
+		if (stat(wal, &sb) != 0 && errno == ENOENT) {
+			sqlite3_close_v2(h);
+			h = NULL;
+			char *uri = sqlite3_mprintf("file:%s?immutable=1", path);
+			if (!uri)
+				dun_oom();
+			rc = sqlite3_open_v2(uri, &h, flags | SQLITE_OPEN_URI, NULL);
+			sqlite3_free(uri);
+			if (rc == SQLITE_OK)
+				rc = sqlite3_exec(h, "SELECT count(*) FROM sqlite_schema", NULL,
+						  NULL, NULL);
+		}
+	}
 	if (rc != SQLITE_OK) {
 		set_err(err, err_size, "%s: cannot open database: %s", path,
 			h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));
 		if (h)
 			sqlite3_close_v2(h);
-		return DUN_E_IO;
+		enum dun_err e = map_rc(rc);
+		return e == DUN_OK ? DUN_E_IO : e;
 	}
 	db->conn = h;
 	sqlite3_busy_timeout(h, 10000);
@@ -107,8 +158,20 @@ static enum dun_err sq_exec(struct dun_db *db, const char *sql, char *err, size_
 
 static enum dun_err sq_configure(struct dun_db *db, char *err, size_t err_size)
 {
-	/* The first statement refuses a file that is not a SQLite database. */
-	enum dun_err e = sq_exec(db, "PRAGMA journal_mode=WAL", err, err_size);
+	/*
+	 * The first statement refuses a file that is not a SQLite database. A
+	 * read-only connection cannot set the journal mode (a write); it reads
+	 * the file as it is.
+	 */
+	enum dun_err e = db->access == DUN_DB_READONLY
+			     ? sq_exec(db, "SELECT count(*) FROM sqlite_schema", err, err_size)
+			     : sq_exec(db, "PRAGMA journal_mode=WAL", err, err_size);
+	if (e == DUN_E_IO && db->access != DUN_DB_READONLY && is_plain_file(db->path) && err &&
+	    err_size) {
+		size_t n = strlen(err);
+		snprintf(err + n, err_size - n,
+			 " (this command writes: are the file and its directory writable?)");
+	}
 	if (e == DUN_OK)
 		e = sq_exec(db,
 			    "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
