@@ -90,7 +90,7 @@ def test_now_accepts_the_documented_forms(dun):
                                    "5 ", "100.5", "101", "5.", ".5", "", "5%"])
 def test_rollout_percent_refuses_what_is_not_a_percentage(dun, value):
     dun.init()
-    dun.ok("rollout", "percent", "40")
+    dun.ok("rollout", "percent", "40", "--force")
     r = dun.expect(EX_USAGE, "rollout", "percent", value)
     assert "0 to 100" in r.err
     # Nothing was written: the previous value stands.
@@ -100,7 +100,7 @@ def test_rollout_percent_refuses_what_is_not_a_percentage(dun, value):
 def test_rollout_percent_accepts_plain_decimals(dun):
     dun.init()
     for value, shown in (("0", "0"), ("12.5", "12.5"), ("100", "100"), ("007", "7")):
-        dun.ok("rollout", "percent", value)
+        dun.ok("rollout", "percent", value, "--force")
         assert "percent: %s\n" % shown in dun.ok("rollout", "show").out
 
 
@@ -142,10 +142,13 @@ def test_ingest_into_missing_database_is_refused(dun, dun_stripe):
 
 
 def test_init_creates_and_then_everything_works(dun):
-    r = dun.expect(EX_NOINPUT, "scan")
-    dun.init()
-    r = dun.ok("scan")
-    assert "0 drifting" in r.out
+    new = dun.workdir / "new.db"
+    r = dun.run("--db", new, "scan", db=False)
+    assert r.rc == EX_NOINPUT and not new.exists(), r
+    r = dun.run("--db", new, "init", db=False)
+    assert r.rc == EX_OK and new.exists(), r
+    r = dun.run("--db", new, "scan", db=False)
+    assert r.rc == EX_OK and "0 drifting" in r.out, r
 
 
 # --------------------------------------------------------------------------
