@@ -911,7 +911,13 @@ def test_rollout_settings(dun_observe):
 
 def test_new_database_observes_and_writes_nothing(dun_observe, dun_stripe):
     dun = dun_observe
-    # No init at all: a database created by any command observes at 0%.
+    # Only init (and serve, demo) create a database: a mistyped --db is refused.
+    r = dun.expect(EX_NOINPUT, "rollout", "show")
+    assert "init" in r.err
+    # A database without a rollout row (one the service created, or an
+    # older one) observes at 0%.
+    dun.ok("init")
+    dun.execute("DELETE FROM settings WHERE key IN ('mode', 'rollout.percent')")
     show = dun.ok("rollout", "show").out
     assert "mode: observe (nothing stored yet" in show and "percent: 0" in show
     failing_account(dun, dun_stripe, "acct_new")
