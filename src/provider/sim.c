@@ -678,20 +678,27 @@ static bool is_own_id(const char *id)
 	return strstr(id, "_sim") != NULL;
 }
 
-void dun_sim_observe(struct dun_sim *sim, json_t *obj)
+/*
+ * Learn obj through db. Kept to what the webhook committer can afford inside
+ * its transaction (it runs once per new webhook, in the serial path): one
+ * upsert of the object, plus one read for a customer (has its card changed?)
+ * and one conditional update for a charge (the card's learnt behaviour).
+ */
+enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj)
 {
+	struct dun_sim view = {.db = db};
+	struct dun_sim *sim = &view;
 	const char *type = sget(obj, "object");
 	const char *id = sget(obj, "id");
 	if (!id[0] || is_own_id(id))
-		return; /* the simulator's own objects: it is their source of truth */
+		return DUN_OK; /* the simulator's own objects: it is their source of truth */
 	if (strcmp(type, "customer") && strcmp(type, "subscription") && strcmp(type, "invoice") &&
 	    strcmp(type, "charge"))
-		return;
-	char behavior[256] = "";
-	json_t *known = load(sim, id, behavior, sizeof behavior);
+		return DUN_OK;
 	const char *set_behavior = NULL;
 	if (!strcmp(type, "customer")) {
 		/* A new card on file is a card that works, until a charge says otherwise. */
+		json_t *known = load(sim, id, NULL, 0);
 		const char *pm =
 		    sget(json_object_get(obj, "invoice_settings"), "default_payment_method");
 		const char *old = known ? sget(json_object_get(known, "invoice_settings"),
@@ -699,21 +706,18 @@ void dun_sim_observe(struct dun_sim *sim, json_t *obj)
 					: "";
 		if (!known || strcmp(pm, old) != 0)
 			set_behavior = "=ok";
+		json_decref(known);
 	}
-	json_decref(known);
-	save(sim, obj, set_behavior);
-	if (strcmp(type, "charge") != 0)
-		return;
-	/* The card keeps doing what its last charge did. */
+	enum dun_err e = save(sim, obj, set_behavior);
+	if (e != DUN_OK || strcmp(type, "charge") != 0)
+		return e;
+	/*
+	 * The card keeps doing what its last charge did, unless the simulator
+	 * was told about the card explicitly (a behaviour not starting with '=').
+	 */
 	const char *cus_id = sget(obj, "customer");
-	char cus_behavior[256] = "";
-	json_t *cus = cus_id[0] ? load(sim, cus_id, cus_behavior, sizeof cus_behavior) : NULL;
-	if (!cus) {
-		return;
-	}
-	json_decref(cus);
-	if (cus_behavior[0] && cus_behavior[0] != '=')
-		return; /* a card the simulator was told about explicitly */
+	if (!cus_id[0])
+		return DUN_OK;
 	char learnt[256];
 	if (!strcmp(sget(obj, "status"), "succeeded")) {
 		snprintf(learnt, sizeof learnt, "=ok");
@@ -733,8 +737,14 @@ void dun_sim_observe(struct dun_sim *sim, json_t *obj)
 			snprintf(learnt + n, sizeof learnt - (size_t)n, ",network=%s", network);
 	}
 	struct dun_stmt *st =
-	    dun_db_stmt(sim->db, "UPDATE sim_objects SET behavior = ?2 WHERE id = ?1");
+	    dun_db_stmt(sim->db, "UPDATE sim_objects SET behavior = ?2 WHERE id = ?1"
+				 " AND (behavior = '' OR substr(behavior, 1, 1) = '=')");
 	dun_stmt_bind_text(st, 1, cus_id);
 	dun_stmt_bind_text(st, 2, learnt);
-	dun_stmt_done(st);
+	return dun_stmt_done(st);
+}
+
+void dun_sim_observe(struct dun_sim *sim, json_t *obj)
+{
+	dun_sim_observe_in_tx(sim->db, obj);
 }

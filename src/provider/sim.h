@@ -59,9 +59,17 @@ enum dun_err dun_sim_pay_out_of_band(struct dun_sim *sim, const char *invoice_id
  * the event shows them, and a customer's card behaves like its last charge
  * (it keeps failing with the same decline code until a new card appears in
  * a customer update, which works). The simulator's own objects (ids with
- * "_sim") are never overwritten. Borrows obj.
+ * "_sim") are never overwritten. Borrows obj. Each statement commits on its
+ * own unless the simulator's connection is inside a transaction.
  */
 void dun_sim_observe(struct dun_sim *sim, json_t *obj);
+/*
+ * The same learning, written through db (any connection to the database,
+ * typically inside the caller's transaction, so the object is learnt
+ * exactly when the event that shows it is stored). DUN_OK, or the store's
+ * error (the caller rolls the event back).
+ */
+enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj);
 
 /*
  * Pop up to max queued events (oldest first) into a JSON array (new

@@ -50,8 +50,8 @@ struct dun_committer {
 	struct dun_metrics *metrics;
 	void (*triggered)(void *arg);
 	void *arg;
-	void (*observe)(void *arg, json_t *event); /* guarded by mu */
-	void *observe_arg;			   /* guarded by mu */
+	dun_committer_observe_fn observe; /* guarded by mu */
+	void *observe_arg;		  /* guarded by mu */
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -86,6 +86,10 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 		items[i]->err_text[0] = '\0';
 	}
 	bool any_trigger = false;
+	pthread_mutex_lock(&c->mu);
+	dun_committer_observe_fn observe = c->observe;
+	void *observe_arg = c->observe_arg;
+	pthread_mutex_unlock(&c->mu);
 	enum dun_err e = dun_db_begin(c->db);
 	if (e != DUN_OK) {
 		fail_all(items, n, e, "cannot begin a transaction");
@@ -105,6 +109,15 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 		else
 			it->err = dun_ingest_event_in_tx(c->db, it->body, it->len, &it->res,
 							 it->err_text, sizeof it->err_text);
+		if (it->err == DUN_OK && !it->res.duplicate && observe) {
+			/* In the event's savepoint: learnt exactly when stored. */
+			json_t *ev =
+			    it->ev ? json_incref(it->ev) : json_loadb(it->body, it->len, 0, NULL);
+			if (ev)
+				it->err = observe(observe_arg, c->db, ev, it->err_text,
+						  sizeof it->err_text);
+			json_decref(ev);
+		}
 		if (it->err != DUN_OK) {
 			if (!savepoint(c->db, "ROLLBACK TO webhook_event")) {
 				/* The transaction is unusable: give up the whole batch. */
@@ -145,24 +158,11 @@ answer:
 	}
 	if (any_trigger && c->triggered)
 		c->triggered(c->arg);
-	pthread_mutex_lock(&c->mu);
-	void (*observe)(void *, json_t *) = c->observe;
-	void *observe_arg = c->observe_arg;
-	pthread_mutex_unlock(&c->mu);
-	for (int i = 0; observe && e == DUN_OK && i < n; i++) {
-		struct dun_commit_item *it = items[i];
-		if (it->err != DUN_OK || it->res.duplicate)
-			continue;
-		json_t *ev = it->ev ? json_incref(it->ev) : json_loadb(it->body, it->len, 0, NULL);
-		if (ev)
-			observe(observe_arg, ev);
-		json_decref(ev);
-	}
 	for (int i = 0; i < n; i++)
 		items[i]->done(items[i]); /* last access to the item */
 }
 
-void dun_committer_set_observer(struct dun_committer *c, void (*observe)(void *arg, json_t *event),
+void dun_committer_set_observer(struct dun_committer *c, dun_committer_observe_fn observe,
 				void *arg)
 {
 	pthread_mutex_lock(&c->mu);

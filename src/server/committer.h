@@ -43,11 +43,22 @@ enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_
 				 void (*triggered)(void *arg), void *arg,
 				 struct dun_committer **out, char *err, size_t err_size);
 /*
- * After each durable, new (not duplicate) event, call observe(arg, event)
- * on the committer thread. The service uses it to let the simulated
- * provider learn the objects webhooks describe. Thread-safe; NULL clears.
+ * Called on the committer thread for each new (not duplicate) event right
+ * after it was ingested, inside the event's savepoint of the batch's
+ * transaction, with the committer's connection: what it writes commits with
+ * the event, in the same fsync. A non-OK answer (err says why) rolls the
+ * event back and answers its request with that error; the rest of the
+ * batch commits. It must be quick: it runs in the serial path of every
+ * webhook.
  */
-void dun_committer_set_observer(struct dun_committer *c, void (*observe)(void *arg, json_t *event),
+typedef enum dun_err (*dun_committer_observe_fn)(void *arg, struct dun_db *db, json_t *event,
+						 char *err, size_t err_size);
+/*
+ * Set the observer. The service uses it to let the simulated provider
+ * learn the objects webhooks describe. Thread-safe; NULL clears; takes
+ * effect from the next batch.
+ */
+void dun_committer_set_observer(struct dun_committer *c, dun_committer_observe_fn observe,
 				void *arg);
 /* Queue item; its done callback runs on the committer thread. Thread-safe. */
 void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item);

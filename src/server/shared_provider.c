@@ -228,15 +228,23 @@ void dun_shared_provider_destroy(struct dun_shared_provider *sp)
 	free(sp);
 }
 
-void dun_shared_provider_observe(void *arg, json_t *event)
+enum dun_err dun_shared_provider_observe(void *arg, struct dun_db *db, json_t *event, char *err,
+					 size_t err_size)
 {
 	struct dun_shared_provider *sp = arg;
 	if (!sp->sim)
-		return;
+		return DUN_OK;
 	json_t *obj = json_object_get(json_object_get(event, "data"), "object");
 	if (!json_is_object(obj))
-		return;
-	pthread_mutex_lock(&sp->mu);
-	dun_sim_observe(sp->sim, obj);
-	pthread_mutex_unlock(&sp->mu);
+		return DUN_OK;
+	/*
+	 * Through the committer's connection, not the simulator's, and without
+	 * the simulator's lock: the learning commits with the event (one fsync
+	 * for the batch) and never waits for a provider call in progress.
+	 */
+	enum dun_err e = dun_sim_observe_in_tx(db, obj);
+	if (e != DUN_OK)
+		snprintf(err, err_size, "cannot record the object for the simulated provider: %s",
+			 dun_db_errmsg(db));
+	return e;
 }

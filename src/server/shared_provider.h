@@ -17,6 +17,7 @@
 #include "provider/provider.h"
 
 struct dun_shared_provider;
+struct dun_db;
 
 /* Open the provider cfg asks for. On failure *out is NULL and err says why. */
 enum dun_err dun_shared_provider_new(const struct dun_config *cfg, struct dun_shared_provider **out,
@@ -38,10 +39,12 @@ bool dun_shared_provider_has_stripe(void);
 void dun_shared_provider_destroy(struct dun_shared_provider *sp);
 
 /*
- * Let the simulated provider learn the object a durable webhook describes
- * (dun_sim_observe), so it can act on accounts it did not create. No-op for
- * the Stripe provider. Matches the committer's observer signature.
+ * Let the simulated provider learn the object a webhook describes
+ * (dun_sim_observe_in_tx), writing through db inside the caller's
+ * transaction. No-op for the Stripe provider. Matches the committer's
+ * observer (dun_committer_observe_fn); err gets the reason on failure.
  */
-void dun_shared_provider_observe(void *sp, json_t *event);
+enum dun_err dun_shared_provider_observe(void *sp, struct dun_db *db, json_t *event, char *err,
+					 size_t err_size);
 
 #endif
