@@ -1,0 +1,100 @@
+"""`dunning serve`: the simulated provider learns what webhooks show, with the event.
+
+On the embedded default the simulated provider learns the customers,
+subscriptions, invoices and charges that webhooks describe (so it can act
+on accounts it did not create). That learning is written inside the
+committer's transaction, in the event's savepoint: an event answered 200
+has been learnt, and an event whose learning fails is not stored either
+(it is answered 503 and Stripe delivers it again), while the other events
+of the batch are stored and learnt.
+"""
+
+import sqlite3
+
+from test_serve import (  # noqa: F401  (serve and node_signer are fixtures)
+    DAY,
+    charge_failed,
+    customer_created,
+    event,
+    failing_account_events,
+    now,
+    node_signer,
+    serve,
+)
+
+
+def sim_row(s, object_id):
+    rows = s.sql("SELECT type, customer_id, behavior FROM sim_objects WHERE id = ?", object_id)
+    return rows[0] if rows else None
+
+
+def test_an_acknowledged_webhook_has_been_learnt(serve):
+    s = serve()
+    for p in failing_account_events("acct_learn", days_ago=2):
+        assert s.deliver(p)[0] == 200
+        # Learnt by the time the answer came: the same transaction.
+    assert sim_row(s, "cus_acct_learn") == ("customer", "cus_acct_learn", "=lost_card")
+    assert sim_row(s, "in_acct_learn") == ("invoice", "cus_acct_learn", "")
+    assert sim_row(s, "ch_in_acct_learn") == ("charge", "cus_acct_learn", "")
+    # A redelivery is a duplicate: nothing is learnt again.
+    con = sqlite3.connect(s.db, timeout=30)
+    con.execute("UPDATE sim_objects SET behavior = '=ok' WHERE id = 'cus_acct_learn'")
+    con.commit()
+    con.close()
+    t = now() - 2 * DAY
+    dup = event("evt_cf_in_acct_learn", "charge.failed", t,
+                charge_failed("ch_in_acct_learn", "cus_acct_learn", "in_acct_learn", t))
+    status, body = s.deliver(dup)
+    assert status == 200 and body["duplicate"] is True
+    assert sim_row(s, "cus_acct_learn")[2] == "=ok"
+    # A new charge teaches the card's new behaviour.
+    later = event("evt_cf_later", "charge.failed", t + 60,
+                  charge_failed("ch_later", "cus_acct_learn", "in_acct_learn", t + 60,
+                                reason="expired_card"))
+    assert s.deliver(later)[0] == 200
+    assert sim_row(s, "cus_acct_learn")[2] == "=expired_card"
+
+
+def test_a_card_set_explicitly_is_not_overwritten(serve):
+    s = serve()
+    t = now() - DAY
+    assert s.deliver(customer_created("acct_told", "cus_told", t))[0] == 200
+    con = sqlite3.connect(s.db, timeout=30)
+    con.execute("UPDATE sim_objects SET behavior = 'insufficient_funds' WHERE id = 'cus_told'")
+    con.commit()
+    con.close()
+    p = event("evt_cf_told", "charge.failed", t,
+              charge_failed("ch_told", "cus_told", "in_told", t, reason="lost_card"))
+    assert s.deliver(p)[0] == 200
+    assert sim_row(s, "cus_told")[2] == "insufficient_funds"
+    assert sim_row(s, "ch_told") == ("charge", "cus_told", "")
+
+
+def test_a_failed_learning_stores_nothing_of_that_event(serve):
+    s = serve()
+    t = now() - DAY
+    # The store refuses to learn one customer.
+    con = sqlite3.connect(s.db, timeout=30)
+    con.execute("CREATE TRIGGER poison BEFORE INSERT ON sim_objects WHEN NEW.id = 'cus_poison'"
+                " BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+    con.commit()
+    con.close()
+    bad = customer_created("acct_poison", "cus_poison", t)
+    good = customer_created("acct_fine", "cus_fine", t)
+    results = s.deliver_all([bad, good])
+    assert results[0][0] == 503, results[0]
+    assert results[1][0] == 200, results[1]
+    # Nothing of the refused event: not stored, not mirrored, not learnt.
+    assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id = 'evt_cus_cus_poison'") == [(0,)]
+    assert s.sql("SELECT COUNT(*) FROM p_customers WHERE id = 'cus_poison'") == [(0,)]
+    assert sim_row(s, "cus_poison") is None
+    assert sim_row(s, "cus_fine") == ("customer", "cus_fine", "=ok")
+    # Delivered again once the store accepts it: stored and learnt.
+    con = sqlite3.connect(s.db, timeout=30)
+    con.execute("DROP TRIGGER poison")
+    con.commit()
+    con.close()
+    status, body = s.deliver(bad)
+    assert status == 200 and body["duplicate"] is False
+    assert sim_row(s, "cus_poison") == ("customer", "cus_poison", "=ok")
+    assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id = 'evt_cus_cus_poison'") == [(1,)]
