@@ -46,6 +46,10 @@ static const struct key keys[] = {
     INT("server", "workers", workers, 1, 64),
     INT("server", "poll_ms", poll_ms, 10, 60000),
     INT("server", "group_commit_max", group_commit_max, 1, 10000),
+    INT("server", "max_connections", max_connections, 16, 1000000),
+    INT("server", "max_connections_per_client", max_connections_per_client, 0, 1000000),
+    INT("server", "header_timeout_ms", header_timeout_ms, 100, 600000),
+    INT("server", "shutdown_grace_ms", shutdown_grace_ms, 0, 600000),
     STR("database", "path", db_path),
     STR("policy", "file", policy_path),
     STR("policy", "templates", templates_dir),
@@ -103,6 +107,10 @@ void dun_config_defaults(struct dun_config *c)
 	c->workers = 2;
 	c->poll_ms = 500;
 	c->group_commit_max = 256;
+	c->max_connections = 8192;
+	c->max_connections_per_client = 256;
+	c->header_timeout_ms = 10000;
+	c->shutdown_grace_ms = 10000;
 	snprintf(c->db_path, sizeof c->db_path, "dunning.db");
 	snprintf(c->provider, sizeof c->provider, "simulated");
 	snprintf(c->stripe_api_base, sizeof c->stripe_api_base, "https://api.stripe.com");

@@ -37,10 +37,14 @@ struct dun_config {
 	/* [server] */
 	char listen_host[64];
 	int listen_port;
-	int64_t body_max_bytes; /* default 1 MiB */
-	int workers;		/* worker threads; default 2 */
-	int64_t poll_ms;	/* how often idle workers look for due triggers; default 500 */
-	int group_commit_max;	/* events per fsync at most; default 256 */
+	int64_t body_max_bytes;	 /* default 1 MiB */
+	int workers;		 /* worker threads; default 2 */
+	int64_t poll_ms;	 /* how often idle workers look for due triggers; default 500 */
+	int group_commit_max;	 /* events per fsync at most; default 256 */
+	int64_t max_connections; /* open HTTP connections at most; default 8192 */
+	int64_t max_connections_per_client; /* per source address, 0 = no cap; default 256 */
+	int64_t header_timeout_ms;	    /* a request's headers within; default 10000 */
+	int64_t shutdown_grace_ms;	    /* a stop waits this for slow clients; default 10000 */
 	/* [database] */
 	char db_path[DUN_CONFIG_STR];
 	/* [policy] */

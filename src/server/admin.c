@@ -40,12 +40,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/statvfs.h>
 
 /* How long a support recompute waits for its result by default, and at most. */
 #define WAIT_DEFAULT_S	     10
 #define WAIT_MAX_S	     60
 #define EVENTS_LIMIT_DEFAULT 50
 #define EVENTS_LIMIT_MAX     1000
+/* /readyz fails while the database's disk has less room than this. */
+#define READY_FREE_BYTES_MIN (1024 * 1024)
 
 enum job_kind {
 	JOB_READYZ,
@@ -198,6 +201,43 @@ static json_t *str_or_empty(struct dun_stmt *st, int col)
 	return json_string(t ? (const char *)t : "");
 }
 
+/*
+ * Whether the database can take writes: the disk that holds it has room,
+ * and a small write commits. Both, because a write can still succeed on a
+ * full disk (SQLite reuses its WAL file's space) right up to the moment the
+ * next webhook needs a page more. why says what is wrong.
+ */
+static bool db_writable(struct dun_service *svc, struct dun_db *db, char *why, size_t why_size)
+{
+	char dir[DUN_CONFIG_STR];
+	dun_strlcpy(dir, svc->cfg.db_path, sizeof dir);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		dun_strlcpy(dir, ".", sizeof dir);
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	struct statvfs vfs;
+	if (statvfs(dir, &vfs) == 0) {
+		uint64_t free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+		if (free_bytes < READY_FREE_BYTES_MIN) {
+			snprintf(why, why_size,
+				 "disk full: %llu bytes free for the database (less than %d)",
+				 (unsigned long long)free_bytes, READY_FREE_BYTES_MIN);
+			return false;
+		}
+	}
+	char now[24];
+	snprintf(now, sizeof now, "%lld", (long long)dun_clock_mono_ms());
+	enum dun_err e = dun_db_setting_set(db, "readyz.write_probe", now);
+	if (e != DUN_OK) {
+		snprintf(why, why_size, "cannot write: %s", dun_err_str(e));
+		return false;
+	}
+	return true;
+}
+
 static void job_readyz(struct admin_job *job, struct dun_engine_ctx *ctx)
 {
 	struct dun_service *svc = job->svc;
@@ -207,15 +247,30 @@ static void job_readyz(struct admin_job *job, struct dun_engine_ctx *ctx)
 	bool db_ok = rc == DUN_STEP_ROW;
 	int64_t dead = db_ok ? dun_stmt_col_int64(st, 0) : 0;
 	dun_stmt_reset(st);
+	char db_state[256];
+	dun_strlcpy(db_state, db_ok ? "ok" : dun_db_errmsg(ctx->db), sizeof db_state);
+	if (db_ok)
+		db_ok = db_writable(svc, ctx->db, db_state, sizeof db_state);
 	int running = dun_workers_running(svc->workers);
 	bool committer = dun_committer_running(svc->committer);
 	bool ready = db_ok && running == svc->cfg.workers && committer;
-	dun_http_reply_json(job->req, ready ? 200 : 503,
-			    json_pack("{s:b, s:s, s:i, s:i, s:s, s:I}", "ready", ready, "database",
-				      db_ok ? "ok" : dun_db_errmsg(ctx->db), "workers_running",
-				      running, "workers_configured", svc->cfg.workers, "committer",
-				      committer ? "running" : "stopped", "dead_triggers",
-				      (json_int_t)dead));
+	char reason[320] = "";
+	if (!db_ok)
+		snprintf(reason, sizeof reason, "database: %s", db_state);
+	else if (running != svc->cfg.workers)
+		snprintf(reason, sizeof reason, "%d of %d workers running", running,
+			 svc->cfg.workers);
+	else if (!committer)
+		snprintf(reason, sizeof reason, "the webhook committer is stopped");
+	json_t *o = json_pack("{s:b, s:s, s:i, s:i, s:s, s:I}", "ready", ready, "database",
+			      db_state, "workers_running", running, "workers_configured",
+			      svc->cfg.workers, "committer", committer ? "running" : "stopped",
+			      "dead_triggers", (json_int_t)dead);
+	if (!ready) {
+		json_object_set_new(o, "reason", json_string(reason));
+		dun_http_log(job->req, "reason", reason);
+	}
+	dun_http_reply_json(job->req, ready ? 200 : 503, o);
 }
 
 static int64_t scalar(struct dun_db *db, const char *sql, int64_t arg)

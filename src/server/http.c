@@ -24,16 +24,48 @@
  * (bench/webhook_bench.py); its cost per loop grows with the number of open
  * connections, which for a webhook endpoint is in the hundreds.
  *
- * Request lifetime: created at the first callback (headers read), body
- * appended under the cap, handler called at the end, the answer queued by
- * the handler's callback or, after a suspension, by the callback MHD makes
- * when the connection is resumed. The completion notice logs the request
- * line and frees everything.
+ * Request lifetime: created when MHD has read the request line (the URI
+ * log callback, which sees the path still percent-encoded), set up at the
+ * first access callback (headers read), body appended under the cap,
+ * handler called at the end, the answer queued by the handler's callback
+ * or, after a suspension, by the callback MHD makes when the connection is
+ * resumed. The completion notice logs the request line and frees
+ * everything.
+ *
+ * Paths are routed raw and each captured segment is percent-decoded on its
+ * own (util/pct), so "/accounts/a%2Fb" reaches the account "a/b"; a
+ * malformed escape anywhere in the path or query is answered 400.
+ *
+ * Hostile and odd clients, and what libmicrohttpd 0.9.75 does not do for
+ * us:
+ *  - Connection caps: MHD_OPTION_CONNECTION_LIMIT (total) and
+ *    MHD_OPTION_PER_IP_CONNECTION_LIMIT (per source address) from
+ *    [server]; MHD refuses a connection over either at accept.
+ *  - A header deadline: MHD's timeout is an idle timeout, which a client
+ *    sending one byte now and then never reaches. Each connection is
+ *    tracked (MHD_OPTION_NOTIFY_CONNECTION) with the time it started
+ *    waiting for a request's headers (its opening, or the end of the
+ *    previous answer on it); a watchdog thread shuts down the socket of a
+ *    connection past the deadline, and MHD then closes it as a hung-up
+ *    client. shutdown(), never close(): MHD still owns the descriptor, and
+ *    it is only touched under the tracking lock, before MHD's CLOSED notice
+ *    (which MHD gives before it closes the socket) removes the entry.
+ *  - A stop: the same mechanism cuts connections still sending their
+ *    headers or body when the shutdown grace is over.
+ *  - Half-closed clients: a suspended connection keeps the poll interest
+ *    it had when it was suspended (reading), so after the resume MHD reads
+ *    the client's end-of-file and drops the answer. The final access
+ *    callback is therefore answered one loop later: MHD has by then put
+ *    the connection in its "request complete" state, which does not read,
+ *    and the handler suspends from there.
+ *  - MHD's own complaints (one per refused connection under a flood) are
+ *    logged at most once a second per message, with the number dropped.
  */
 #include "http.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
+#include "util/pct.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,8 +82,28 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define LOG_FIELDS_MAX 4
-#define HEADERS_MAX    2
+#define LOG_FIELDS_MAX	 4
+#define HEADERS_MAX	 2
+/* How often the watchdog looks for connections past the header deadline, at most. */
+#define WATCHDOG_TICK_MS 250
+/* MHD's repeated complaints are logged at most this often. */
+#define MHD_LOG_EVERY_MS 1000
+
+/* What a connection is doing, for the header deadline and the shutdown cut. */
+enum conn_phase {
+	PHASE_HEADERS,	/* waiting for a request's headers (or for the next request) */
+	PHASE_BODY,	/* headers read, the body is coming */
+	PHASE_HANDLING, /* the request is complete: handled, answered */
+};
+
+/* One open connection; guarded by dun_http.track_mu. */
+struct conn_track {
+	int fd;
+	enum conn_phase phase;
+	int64_t since_ms; /* monotonic: when phase began */
+	bool cut;	  /* its socket was shut down by us */
+	struct conn_track *prev, *next;
+};
 
 struct dun_http {
 	struct MHD_Daemon *daemon;
@@ -60,6 +112,19 @@ struct dun_http {
 	pthread_mutex_t mu;
 	pthread_cond_t idle_cv;
 	int64_t inflight; /* guarded by mu */
+	/* the open connections and the watchdog */
+	pthread_mutex_t track_mu;
+	pthread_cond_t track_cv;
+	struct conn_track *conns; /* guarded by track_mu */
+	bool watchdog_quit;	  /* guarded by track_mu */
+	bool watchdog_started;
+	pthread_t watchdog;
+	_Atomic int64_t cut_total;
+	/* rate limit of MHD's messages */
+	pthread_mutex_t mhd_log_mu;
+	char mhd_last[256];  /* guarded by mhd_log_mu */
+	int64_t mhd_last_ms; /* guarded by mhd_log_mu */
+	int64_t mhd_dropped; /* guarded by mhd_log_mu */
 };
 
 struct dun_http_request {
@@ -67,7 +132,11 @@ struct dun_http_request {
 	struct MHD_Connection *conn;
 	const struct dun_http_route *route;
 	char method[16];
-	char path[512];
+	char path[512]; /* raw, as sent (still percent-encoded), without the query */
+	bool path_too_long;
+	bool query_malformed;
+	bool started;  /* the first access callback has run */
+	bool deferred; /* the final callback was put off once (see the top) */
 	char params[DUN_HTTP_PARAMS_MAX][128];
 	char *body;
 	size_t len, cap;
@@ -154,7 +223,11 @@ enum dun_err dun_http_listen(const char *host, int port, int *fd_out, char *addr
 
 /* ---- routing ------------------------------------------------------------------ */
 
-/* Whether path matches pattern; fills the {} captures of r. */
+/*
+ * Whether the raw path matches pattern; fills the {} captures of r,
+ * percent-decoded (the path was checked with dun_pct_valid before). A
+ * capture that does not fit is left empty for the handler to refuse.
+ */
 static bool match(const char *pattern, const char *path, struct dun_http_request *r)
 {
 	int n = 0;
@@ -163,10 +236,12 @@ static bool match(const char *pattern, const char *path, struct dun_http_request
 		if (p[0] == '{' && p[1] == '}') {
 			const char *end = strchr(s, '/');
 			size_t len = end ? (size_t)(end - s) : strlen(s);
-			if (len == 0 || len >= sizeof r->params[0] || n >= DUN_HTTP_PARAMS_MAX)
+			if (len == 0 || n >= DUN_HTTP_PARAMS_MAX)
 				return false;
-			memcpy(r->params[n], s, len);
-			r->params[n][len] = '\0';
+			bool too_long;
+			if (!dun_pct_decode(s, len, r->params[n], sizeof r->params[0], &too_long) &&
+			    !too_long)
+				return false;
 			n++;
 			s += len;
 			p += 2;
@@ -372,15 +447,153 @@ static void request_free(struct dun_http_request *r)
 	free(r);
 }
 
-static struct dun_http_request *request_new(struct dun_http *h, struct MHD_Connection *conn,
-					    const char *url, const char *method)
+/* ---- connection tracking ------------------------------------------------------------ */
+
+static struct conn_track *track_of(struct MHD_Connection *conn)
 {
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+static void set_phase(struct dun_http *h, struct MHD_Connection *conn, enum conn_phase phase)
+{
+	struct conn_track *t = track_of(conn);
+	if (!t)
+		return;
+	pthread_mutex_lock(&h->track_mu);
+	t->phase = phase;
+	t->since_ms = dun_clock_mono_ms();
+	pthread_mutex_unlock(&h->track_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct dun_http *h = cls;
+	switch (code) {
+	case MHD_CONNECTION_NOTIFY_STARTED: {
+		const union MHD_ConnectionInfo *ci =
+		    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		struct conn_track *t = dun_calloc(1, sizeof *t);
+		t->fd = ci ? (int)ci->connect_fd : -1;
+		t->phase = PHASE_HEADERS;
+		t->since_ms = dun_clock_mono_ms();
+		pthread_mutex_lock(&h->track_mu);
+		t->next = h->conns;
+		if (h->conns)
+			h->conns->prev = t;
+		h->conns = t;
+		pthread_mutex_unlock(&h->track_mu);
+		*socket_context = t;
+		return;
+	}
+	case MHD_CONNECTION_NOTIFY_CLOSED: {
+		struct conn_track *t = *socket_context;
+		if (!t)
+			return;
+		pthread_mutex_lock(&h->track_mu);
+		if (t->prev)
+			t->prev->next = t->next;
+		else
+			h->conns = t->next;
+		if (t->next)
+			t->next->prev = t->prev;
+		pthread_mutex_unlock(&h->track_mu);
+		free(t);
+		*socket_context = NULL;
+		return;
+	}
+	}
+}
+
+/*
+ * Shut down the sockets of connections in the given phases (all of them
+ * when older_than_ms is 0, else those in it for longer); how many. MHD
+ * sees a hung-up client and closes the connection itself.
+ */
+static int cut(struct dun_http *h, bool headers, bool body, int64_t older_than_ms)
+{
+	int n = 0;
+	int64_t now = dun_clock_mono_ms();
+	pthread_mutex_lock(&h->track_mu);
+	for (struct conn_track *t = h->conns; t; t = t->next) {
+		bool in_phase =
+		    (headers && t->phase == PHASE_HEADERS) || (body && t->phase == PHASE_BODY);
+		if (t->cut || t->fd < 0 || !in_phase ||
+		    (older_than_ms > 0 && now - t->since_ms <= older_than_ms))
+			continue;
+		shutdown(t->fd, SHUT_RDWR);
+		t->cut = true;
+		n++;
+	}
+	pthread_mutex_unlock(&h->track_mu);
+	if (n)
+		atomic_fetch_add(&h->cut_total, n);
+	return n;
+}
+
+/* Enforces the header deadline until dun_http_stop. */
+static void *watchdog_main(void *arg)
+{
+	struct dun_http *h = arg;
+	int64_t tick = h->cfg.header_timeout_ms / 4;
+	if (tick > WATCHDOG_TICK_MS)
+		tick = WATCHDOG_TICK_MS;
+	if (tick < 10)
+		tick = 10;
+	for (;;) {
+		pthread_mutex_lock(&h->track_mu);
+		if (!h->watchdog_quit) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += tick * 1000000;
+			ts.tv_sec += ts.tv_nsec / 1000000000;
+			ts.tv_nsec %= 1000000000;
+			pthread_cond_timedwait(&h->track_cv, &h->track_mu, &ts);
+		}
+		bool quit = h->watchdog_quit;
+		pthread_mutex_unlock(&h->track_mu);
+		if (quit)
+			return NULL;
+		int n = cut(h, true, false, h->cfg.header_timeout_ms);
+		if (n > 0) {
+			char count[24], ms[24];
+			snprintf(count, sizeof count, "%d", n);
+			snprintf(ms, sizeof ms, "%lld", (long long)h->cfg.header_timeout_ms);
+			dun_log(DUN_LOG_WARN, "http.header_timeout", "connections", count,
+				"header_timeout_ms", ms, NULL);
+		}
+	}
+}
+
+int dun_http_cut_unfinished(struct dun_http *h)
+{
+	return cut(h, true, true, 0);
+}
+
+/* ---- the MHD callbacks, continued ------------------------------------------------------ */
+
+/*
+ * MHD has read a request line: the request begins here, with the URI as
+ * sent. What it returns is the request's context in every later callback.
+ */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct dun_http *h = cls;
 	struct dun_http_request *r = dun_calloc(1, sizeof *r);
 	r->h = h;
 	r->conn = conn;
 	r->start_ms = dun_clock_mono_ms();
-	snprintf(r->method, sizeof r->method, "%s", method);
-	snprintf(r->path, sizeof r->path, "%s", url);
+	const char *q = strchr(uri, '?');
+	size_t n = q ? (size_t)(q - uri) : strlen(uri);
+	if (n >= sizeof r->path) {
+		r->path_too_long = true;
+		n = sizeof r->path - 1;
+	}
+	memcpy(r->path, uri, n);
+	r->path[n] = '\0';
+	r->query_malformed = q && !dun_pct_valid(q + 1, strlen(q + 1));
 	pthread_mutex_lock(&h->mu);
 	h->inflight++;
 	pthread_mutex_unlock(&h->mu);
@@ -425,15 +638,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				  size_t *upload_data_size, void **con_cls)
 {
 	(void)version;
+	(void)url; /* already decoded by MHD: the raw one came to on_uri */
 	struct dun_http *h = cls;
 	struct dun_http_request *r = *con_cls;
-	if (!r) {
-		r = request_new(h, conn, url, method);
-		*con_cls = r;
+	if (!r)
+		return MHD_NO; /* cannot happen: on_uri made it */
+	if (!r->started) {
+		r->started = true;
+		snprintf(r->method, sizeof r->method, "%s", method);
+		set_phase(h, conn, PHASE_BODY);
 		if (atomic_load(&h->stopping)) {
 			dun_http_add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
 			dun_http_reply_error(r, 503, "shutting_down",
 					     "the service is stopping; try again shortly");
+			return queue(r);
+		}
+		if (r->path_too_long) {
+			dun_http_reply_error(r, 414, "uri_too_long",
+					     "the path is longer than %d bytes",
+					     (int)sizeof r->path - 1);
+			return queue(r);
+		}
+		if (!dun_pct_valid(r->path, strlen(r->path)) || r->query_malformed) {
+			dun_http_reply_error(
+			    r, 400, "malformed_url",
+			    "the %s has a malformed percent-encoding (a %% must be "
+			    "followed by two hex digits, and %%00 is not allowed)",
+			    r->query_malformed ? "query string" : "path");
 			return queue(r);
 		}
 		char allow[64];
@@ -480,21 +711,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
+	/* Put off once, so that a suspension starts from a state that does not read. */
+	if (!r->deferred) {
+		r->deferred = true;
+		set_phase(h, conn, PHASE_HANDLING);
+		return MHD_YES;
+	}
 	return dispatch(r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	(void)conn;
 	struct dun_http *h = cls;
 	struct dun_http_request *r = *con_cls;
 	if (!r)
 		return;
 	*con_cls = NULL;
+	/* The connection now waits for its next request's headers. */
+	set_phase(h, conn, PHASE_HEADERS);
 	char status[8], ms[24];
 	snprintf(status, sizeof status, "%u", r->sent ? r->status : 0);
 	snprintf(ms, sizeof ms, "%lld", (long long)(dun_clock_mono_ms() - r->start_ms));
+	if (!r->method[0])
+		snprintf(r->method, sizeof r->method, "?"); /* ended before its headers */
 	const char *k[LOG_FIELDS_MAX + 1] = {NULL};
 	const char *v[LOG_FIELDS_MAX + 1] = {NULL};
 	int n = 0;
@@ -520,16 +760,39 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	pthread_mutex_unlock(&h->mu);
 }
 
-/* libmicrohttpd's own messages, printf-style, into our log. */
+/*
+ * libmicrohttpd's own messages, printf-style, into our log. A message equal
+ * to the last one within MHD_LOG_EVERY_MS is counted, not logged: a flood
+ * of refused connections makes one line a second, not one per connection.
+ */
 __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
-	(void)cls;
+	struct dun_http *h = cls;
 	char msg[512];
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	size_t n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
-	dun_log(DUN_LOG_WARN, "http.mhd", "message", msg, NULL);
+	int64_t now = dun_clock_mono_ms();
+	pthread_mutex_lock(&h->mhd_log_mu);
+	bool same = !strncmp(msg, h->mhd_last, sizeof h->mhd_last - 1);
+	if (same && now - h->mhd_last_ms < MHD_LOG_EVERY_MS) {
+		h->mhd_dropped++;
+		pthread_mutex_unlock(&h->mhd_log_mu);
+		return;
+	}
+	int64_t dropped = h->mhd_dropped;
+	h->mhd_dropped = 0;
+	h->mhd_last_ms = now;
+	snprintf(h->mhd_last, sizeof h->mhd_last, "%s", msg);
+	pthread_mutex_unlock(&h->mhd_log_mu);
+	char repeated[24];
+	snprintf(repeated, sizeof repeated, "%lld", (long long)dropped);
+	if (dropped)
+		dun_log(DUN_LOG_WARN, "http.mhd", "message", msg, "repeated_before", repeated,
+			NULL);
+	else
+		dun_log(DUN_LOG_WARN, "http.mhd", "message", msg, NULL);
 }
 
 enum dun_err dun_http_start(const struct dun_http_config *cfg, struct dun_http **out, char *err,
@@ -540,17 +803,31 @@ enum dun_err dun_http_start(const struct dun_http_config *cfg, struct dun_http *
 	h->cfg = *cfg;
 	pthread_mutex_init(&h->mu, NULL);
 	pthread_cond_init(&h->idle_cv, NULL);
+	pthread_mutex_init(&h->track_mu, NULL);
+	pthread_cond_init(&h->track_cv, NULL);
+	pthread_mutex_init(&h->mhd_log_mu, NULL);
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
 			 MHD_USE_ITC | MHD_USE_ERROR_LOG;
 	/* The logger goes first, so that MHD's complaints about later options reach it. */
 	h->daemon = MHD_start_daemon(
-	    flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+	    flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
 	    (unsigned)(cfg->threads > 0 ? cfg->threads : 1), MHD_OPTION_CONNECTION_LIMIT,
-	    (unsigned)8192, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
-	if (!h->daemon) {
-		snprintf(err, err_size, "cannot start the HTTP server (libmicrohttpd refused)");
+	    (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+	    (unsigned)cfg->max_connections_per_client, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)cfg->idle_timeout_s, MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
+	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_NOTIFY_COMPLETED,
+	    on_completed, h, MHD_OPTION_END);
+	if (h->daemon && pthread_create(&h->watchdog, NULL, watchdog_main, h) == 0)
+		h->watchdog_started = true;
+	if (!h->watchdog_started) {
+		snprintf(err, err_size, "cannot start the HTTP server (%s)",
+			 h->daemon ? "no watchdog thread" : "libmicrohttpd refused");
+		if (h->daemon)
+			MHD_stop_daemon(h->daemon);
+		pthread_mutex_destroy(&h->mhd_log_mu);
+		pthread_cond_destroy(&h->track_cv);
+		pthread_mutex_destroy(&h->track_mu);
 		pthread_cond_destroy(&h->idle_cv);
 		pthread_mutex_destroy(&h->mu);
 		free(h);
@@ -593,7 +870,15 @@ void dun_http_stop(struct dun_http *h)
 {
 	if (!h)
 		return;
+	pthread_mutex_lock(&h->track_mu);
+	h->watchdog_quit = true;
+	pthread_cond_broadcast(&h->track_cv);
+	pthread_mutex_unlock(&h->track_mu);
+	pthread_join(h->watchdog, NULL);
 	MHD_stop_daemon(h->daemon);
+	pthread_mutex_destroy(&h->mhd_log_mu);
+	pthread_cond_destroy(&h->track_cv);
+	pthread_mutex_destroy(&h->track_mu);
 	pthread_cond_destroy(&h->idle_cv);
 	pthread_mutex_destroy(&h->mu);
 	free(h);

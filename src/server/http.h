@@ -39,6 +39,10 @@ struct dun_http_config {
 	int listen_fd; /* bound and listening (dun_http_listen); the daemon takes it */
 	int threads;   /* polling threads */
 	int64_t body_max_bytes;
+	int max_connections;		     /* open connections at most, all clients together */
+	int max_connections_per_client;	     /* per source address; 0 = no cap */
+	int64_t header_timeout_ms;	     /* a request's headers must be read within this */
+	int idle_timeout_s;		     /* a connection with no traffic is closed after this */
 	const struct dun_http_route *routes; /* borrowed, must outlive the daemon */
 	int n_routes;
 	void *arg; /* handed to every handler */
@@ -62,6 +66,12 @@ enum dun_err dun_http_start(const struct dun_http_config *cfg, struct dun_http *
  */
 void dun_http_begin_shutdown(struct dun_http *h);
 bool dun_http_shutting_down(const struct dun_http *h);
+/*
+ * Shut down every connection still sending a request (its headers or its
+ * body), so that a stop is not held up by slow clients; requests already
+ * complete are left to be answered. Returns how many were cut.
+ */
+int dun_http_cut_unfinished(struct dun_http *h);
 /* Wait until no request is in flight; false when timeout_ms passed first. */
 bool dun_http_wait_idle(struct dun_http *h, int64_t timeout_ms);
 /* Close every connection and free the daemon. Only when idle (suspended requests are not). */

@@ -11,7 +11,10 @@
  * Stopping is the reverse, gracefully: stop accepting; answer parked
  * support recomputes (202, their triggers stay queued); wait until every
  * request in flight is answered, which needs the committer (webhooks are
- * answered after their commit) and the lane to keep running; stop the HTTP
+ * answered after their commit) and the lane to keep running — for at most
+ * [server] shutdown_grace_ms, after which connections still sending their
+ * request are cut (nothing of theirs was stored) and the complete ones
+ * get a few more seconds; stop the HTTP
  * server; drain and stop the committer and the lane; and let each worker
  * finish the recompute it is in.
  */
@@ -35,9 +38,15 @@
 #include <unistd.h>
 
 /* Admin threads: enough that one slow provider call does not hold up the others. */
-#define LANE_THREADS	 2
-/* How long a graceful stop waits for requests in flight. */
-#define DRAIN_TIMEOUT_MS 30000
+#define LANE_THREADS	   2
+/*
+ * After [server] shutdown_grace_ms, connections still sending a request are
+ * cut; requests already complete then get this long to be answered (a
+ * webhook waits for its commit, which is quick).
+ */
+#define DRAIN_AFTER_CUT_MS 5000
+/* A connection with no traffic at all is closed after this. */
+#define IDLE_TIMEOUT_S	   60
 
 static const struct dun_http_route routes[] = {
     {"POST", "/webhooks/stripe", dun_webhook_handle},
@@ -223,6 +232,10 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 		    .listen_fd = fd,
 		    .threads = http_threads(),
 		    .body_max_bytes = cfg->body_max_bytes,
+		    .max_connections = (int)cfg->max_connections,
+		    .max_connections_per_client = (int)cfg->max_connections_per_client,
+		    .header_timeout_ms = cfg->header_timeout_ms,
+		    .idle_timeout_s = IDLE_TIMEOUT_S,
 		    .routes = routes,
 		    .n_routes = (int)(sizeof routes / sizeof routes[0]),
 		    .arg = svc,
@@ -259,10 +272,19 @@ bool dun_service_stop(struct dun_service *svc)
 	dun_log(DUN_LOG_INFO, "server.stopping", "addr", svc->addr, NULL);
 	dun_http_begin_shutdown(svc->http);
 	dun_admin_release_all(svc->admin);
-	if (!dun_http_wait_idle(svc->http, DRAIN_TIMEOUT_MS)) {
-		dun_log(DUN_LOG_ERROR, "server.drain_timeout", "reason",
-			"requests were still in flight after 30 s", NULL);
-		return false;
+	if (!dun_http_wait_idle(svc->http, svc->cfg.shutdown_grace_ms)) {
+		int n = dun_http_cut_unfinished(svc->http);
+		char cut[24], grace[24];
+		snprintf(cut, sizeof cut, "%d", n);
+		snprintf(grace, sizeof grace, "%lld", (long long)svc->cfg.shutdown_grace_ms);
+		dun_log(DUN_LOG_WARN, "server.grace_over", "cut_connections", cut,
+			"shutdown_grace_ms", grace, NULL);
+		if (!dun_http_wait_idle(svc->http, DRAIN_AFTER_CUT_MS)) {
+			dun_log(DUN_LOG_ERROR, "server.drain_timeout", "reason",
+				"complete requests were still unanswered after the grace period",
+				NULL);
+			return false;
+		}
 	}
 	dun_http_stop(svc->http);
 	svc->http = NULL;
