@@ -362,6 +362,11 @@ def test_pipelined_requests_are_all_answered(server):
     assert json.loads(answers[0][1])["event_id"] == "evt_pl0"
     assert json.loads(answers[2][1]) == {"status": "ok"}
     assert json.loads(answers[6][1])["event_id"] == "evt_pl3"
+    # As `printf ... | nc` sends them: all at once, then the client's end-of-file.
+    payloads = [customer_event(f"acct_pn{i}", f"cus_pn{i}", f"evt_pn{i}") for i in range(4)]
+    answers = s.exchange(b"".join(webhook_request(p) for p in payloads), n=4, half_close=True)
+    assert [st for st, _ in answers] == [200] * 4, (answers, s.logs()[-3000:])
+    assert [json.loads(b)["event_id"] for _, b in answers] == [f"evt_pn{i}" for i in range(4)]
 
 
 def test_half_closed_client_gets_its_answer(server):
