@@ -152,6 +152,16 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	       "%lld bytes\n",
 	       c->workers, (long long)c->poll_ms, c->group_commit_max,
 	       (long long)c->body_max_bytes);
+	char per_client[48];
+	if (c->max_connections_per_client)
+		snprintf(per_client, sizeof per_client, "%lld",
+			 (long long)c->max_connections_per_client);
+	else
+		snprintf(per_client, sizeof per_client, "no cap");
+	printf("  clients     up to %lld connections, %s per address; headers within %lld ms;\n"
+	       "              a stop waits %lld ms for slow clients\n",
+	       (long long)c->max_connections, per_client, (long long)c->header_timeout_ms,
+	       (long long)c->shutdown_grace_ms);
 	printf("  database    %s\n", db_desc);
 	printf("  policy      %s\n", c->policy_path[0] ? c->policy_path : "built-in defaults");
 	printf("  provider    %s\n", c->provider);

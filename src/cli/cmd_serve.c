@@ -32,6 +32,7 @@ static int usage(FILE *out)
 		     "Run the service: POST /webhooks/stripe, the admin API, health and metrics\n"
 		     "on [server] listen, and [server] workers threads draining the inbox.\n"
 		     "SIGTERM or SIGINT stops it gracefully (requests in flight are answered,\n"
+		     "clients still sending theirs after [server] shutdown_grace_ms are cut,\n"
 		     "each worker finishes its recompute). Exit 78 when it cannot start.\n\n"
 		     "  --config FILE     the service configuration (docs/config.md); also\n"
 		     "                    $DUNNING_CONFIG\n"
