@@ -62,6 +62,7 @@
  *    logged at most once a second per message, with the number dropped.
  */
 #include "http.h"
+#include "core/text.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -119,7 +120,6 @@ struct dun_http {
 	bool watchdog_quit;	  /* guarded by track_mu */
 	bool watchdog_started;
 	pthread_t watchdog;
-	_Atomic int64_t cut_total;
 	/* rate limit of MHD's messages */
 	pthread_mutex_t mhd_log_mu;
 	char mhd_last[256];  /* guarded by mhd_log_mu */
@@ -528,8 +528,6 @@ static int cut(struct dun_http *h, bool headers, bool body, int64_t older_than_m
 		n++;
 	}
 	pthread_mutex_unlock(&h->track_mu);
-	if (n)
-		atomic_fetch_add(&h->cut_total, n);
 	return n;
 }
 
@@ -784,7 +782,7 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
 	int64_t dropped = h->mhd_dropped;
 	h->mhd_dropped = 0;
 	h->mhd_last_ms = now;
-	snprintf(h->mhd_last, sizeof h->mhd_last, "%s", msg);
+	dun_strlcpy(h->mhd_last, msg, sizeof h->mhd_last);
 	pthread_mutex_unlock(&h->mhd_log_mu);
 	char repeated[24];
 	snprintf(repeated, sizeof repeated, "%lld", (long long)dropped);

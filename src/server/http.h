@@ -80,7 +80,7 @@ void dun_http_stop(struct dun_http *h);
 /* ---- the request, for handlers ---------------------------------------------- */
 
 const char *dun_http_method(const struct dun_http_request *r);
-/* The path without the query string. */
+/* The path as sent (still percent-encoded), without the query string. */
 const char *dun_http_path(const struct dun_http_request *r);
 /* The i-th {} segment of the route's pattern. */
 const char *dun_http_param(const struct dun_http_request *r, int i);
