@@ -302,6 +302,9 @@ static void engine(struct dun_engine *en, struct dun_db *db, const struct dun_po
 		   struct dun_sim *sim)
 {
 	struct dun_renderer none = {0};
+	/* Writes on: in observe mode the scan would judge the (empty) shadow. */
+	dun_db_setting_set(db, "mode", "active");
+	dun_db_setting_set(db, "rollout.percent", "100");
 	dun_engine_init(en, db, p, dun_sim_provider(sim), dun_local_platform(db), dun_log_mailer(),
 			none);
 }

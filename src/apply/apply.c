@@ -504,6 +504,27 @@ static enum dun_err message_id_for(const struct dun_applier *ap, const char *key
 }
 
 /*
+ * Whether the engine itself applied an escalation (entitlement, ban, bad-debt
+ * flag) of account_id in dunning episode ep. A cutover email (plan.h) is
+ * recorded unsent only when it did not: stores showing the engine's own
+ * half-applied plan are not the legacy system's steps, and its emails go.
+ */
+static bool engine_escalated(struct dun_db *db, const char *account_id, int64_t ep)
+{
+	char pattern[32];
+	snprintf(pattern, sizeof pattern, "%%/ep%lld", (long long)ep);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT 1 FROM applied WHERE account_id = ?1 AND type IN"
+			    " ('set_entitlement', 'ban', 'set_account_bad_debt')"
+			    " AND key LIKE ?2 LIMIT 1");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text_copy(st, 2, pattern);
+	bool found = dun_stmt_row(st);
+	dun_stmt_reset(st);
+	return found;
+}
+
+/*
  * Queue the email (email_log.c): render it now, with the snapshot and the
  * decision that planned it, and write it to the email log as `pending`,
  * inside the transaction that records it as applied. The email sender
@@ -514,6 +535,19 @@ static enum dun_err queue_email(struct dun_applier *ap, const struct dun_snapsho
 				const struct dun_desired *d, const struct dun_consequence *c,
 				bool *skipped, char *err)
 {
+	if (c->cutover && !engine_escalated(ap->db, snap->state.account_id, c->episode)) {
+		/* Gone through before the engine took over: recorded, never sent. */
+		struct dun_email_intent rec = {
+		    .key = c->key,
+		    .account_id = snap->state.account_id,
+		    .kind = dun_email_kind_name(c->kind),
+		    .invoice_id = strcmp(c->target, snap->state.account_id) ? c->target : "",
+		    .to = snap->email,
+		    .source = "cutover"};
+		bool was_sent = false;
+		*skipped = true;
+		return dun_email_record_sent(ap->db, &rec, dun_clock_now(), &was_sent);
+	}
 	struct dun_email_ctx ctx = {
 	    .kind = c->kind,
 	    .snap = snap,

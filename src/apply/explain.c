@@ -1,5 +1,8 @@
 /*
- * explain.c — building the explain trace (see explain.h).
+ * explain.c — building the explain trace (see explain.h). For an account in
+ * observe mode the state shown is the shadow DECIDE compared against
+ * (view "shadow"), with the real stores beside it ("real") and the
+ * shadow's log of what it would have done ("shadow_consequences").
  */
 #include "explain.h"
 
@@ -152,6 +155,40 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 				      "delinquent_since", (json_int_t)d->delinquent_since,
 				      "next_recheck_at", (json_int_t)d->next_recheck_at, "mode",
 				      dun_mode_name(mode), "mode_why", why));
+	json_object_set_new(o, "view", json_string(mode == DUN_MODE_OBSERVE ? "shadow" : "real"));
+	if (mode == DUN_MODE_OBSERVE) {
+		json_t *real = json_object();
+		json_t *r = rows(en->db,
+				 "SELECT stage, since, episode, lifting_since, next_recheck_at"
+				 " FROM dunning WHERE account_id = ?1",
+				 account_id);
+		json_object_set(real, "dunning",
+				json_array_size(r) ? json_array_get(r, 0)
+						   : json_pack("{s:s}", "stage", "none"));
+		json_decref(r);
+		r = rows(en->db,
+			 "SELECT banned, entitlement, resource_flags FROM platform"
+			 " WHERE account_id = ?1",
+			 account_id);
+		json_t *pl = json_array_size(r)
+				 ? json_incref(json_array_get(r, 0))
+				 : json_pack("{s:i, s:s}", "banned", 0, "entitlement", "full");
+		json_decref(r);
+		json_object_set_new(
+		    pl, "banned", json_boolean(json_integer_value(json_object_get(pl, "banned"))));
+		json_object_set_new(real, "platform", pl);
+		r = rows(en->db, "SELECT bad_debt FROM accounts WHERE id = ?1", account_id);
+		json_object_set_new(real, "account_bad_debt",
+				    json_boolean(json_integer_value(
+					json_object_get(json_array_get(r, 0), "bad_debt"))));
+		json_decref(r);
+		json_object_set_new(o, "real", real);
+	}
+	json_object_set_new(o, "shadow_consequences",
+			    rows(en->db,
+				 "SELECT at, type, target, value, kind, key, decision_id"
+				 " FROM shadow_consequences WHERE account_id = ?1 ORDER BY id",
+				 account_id));
 	json_object_set_new(o, "reasons", dun_engine_reasons_json(en));
 	json_object_set_new(o, "plan", dun_engine_plan_json(en));
 	json_object_set_new(o, "decisions",

@@ -8,7 +8,9 @@
  * that the next pass supersedes.
  */
 #include "recompute.h"
+#include "apply/shadow.h"
 #include "gather/refresh.h"
+#include "gather/shadow.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -77,9 +79,16 @@ enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, 
 	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
 	if (e == DUN_OK)
 		e = gather_refresh(en);
-	if (e != DUN_OK)
-		return e;
-	return dun_engine_decide(en, now);
+	/* Observe mode decides against the shadow, not the real stores. */
+	bool observe = e == DUN_OK &&
+		       dun_rollout_mode(en->db, &en->rollout, account_id, NULL) == DUN_MODE_OBSERVE;
+	if (observe)
+		e = dun_shadow_overlay(en->db, &en->snap);
+	if (e == DUN_OK)
+		e = dun_engine_decide(en, now);
+	if (e == DUN_OK && observe)
+		e = dun_shadow_filter_plan(en->db, &en->plan);
+	return e;
 }
 
 enum dun_err dun_engine_decide(struct dun_engine *en, int64_t now)
@@ -209,8 +218,28 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	if (dry_run)
 		return DUN_OK;
 	const char *kind = trigger && trigger->kind ? trigger->kind : "";
-	if (out->mode == DUN_MODE_OBSERVE || en->plan.n == 0) {
-		const char *outcome = out->mode == DUN_MODE_OBSERVE ? "observed" : "noop";
+	if (out->mode == DUN_MODE_OBSERVE) {
+		/* The decision and its shadow land together, or neither does. */
+		int n_new = 0;
+		e = dun_db_begin(en->db);
+		if (e == DUN_OK)
+			e = record_decision(en, trigger, out->mode, "observed", &out->decision_id);
+		if (e == DUN_OK)
+			e = dun_shadow_record(en->db, account_id, &en->plan, out->decision_id,
+					      dun_clock_now(), &n_new);
+		if (e == DUN_OK)
+			e = dun_db_commit(en->db);
+		else
+			dun_db_rollback(en->db);
+		char shadowed[16];
+		snprintf(shadowed, sizeof shadowed, "%d", n_new);
+		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
+			"mode", "observe", "outcome", "observed", "stage", dun_stage_name(out->to),
+			"shadow_new", shadowed, NULL);
+		return e;
+	}
+	if (en->plan.n == 0) {
+		const char *outcome = "noop";
 		e = record_decision(en, trigger, out->mode, outcome, &out->decision_id);
 		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
 			"mode", dun_mode_name(out->mode), "outcome", outcome, "stage",

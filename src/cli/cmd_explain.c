@@ -48,6 +48,17 @@ static void print_text(json_t *o)
 	printf("dunning  stage=%s since=%s episode=%lld next_recheck=%s\n", js(dn, "stage"),
 	       dun_cli_time(ji(dn, "since"), t1, sizeof t1), ji(dn, "episode"),
 	       dun_cli_time(ji(dn, "next_recheck_at"), t2, sizeof t2));
+	json_t *real = json_object_get(o, "real");
+	if (json_is_object(real)) {
+		json_t *rd = json_object_get(real, "dunning");
+		json_t *rp = json_object_get(real, "platform");
+		printf("view     SHADOW (observe mode: the state above is what the engine would "
+		       "have done)\n");
+		printf("real     stage=%s banned=%s entitlement=%s bad_debt=%s (the legacy "
+		       "system's business until cutover)\n",
+		       js(rd, "stage"), yn(rp, "banned"), js(rp, "entitlement"),
+		       yn(real, "account_bad_debt"));
+	}
 	size_t i;
 	json_t *v;
 	json_t *invs = json_object_get(o, "invoices");
@@ -99,6 +110,13 @@ static void print_text(json_t *o)
 		json_array_foreach(emails, i, v)
 		    printf("  %s %-20s %-7s %s\n", dun_cli_time(ji(v, "created_at"), t1, sizeof t1),
 			   js(v, "kind"), js(v, "state"), js(v, "key"));
+	}
+	json_t *sc = json_object_get(o, "shadow_consequences");
+	if (json_array_size(sc)) {
+		printf("shadow (what observe mode would have done, once each):\n");
+		json_array_foreach(sc, i, v)
+		    printf("  %s %s %s %s\n", dun_cli_time(ji(v, "at"), t1, sizeof t1),
+			   js(v, "type"), js(v, "target"), js(v, "kind"));
 	}
 	json_t *dec = json_object_get(o, "decisions");
 	printf("recent decisions (%zu):\n", json_array_size(dec));

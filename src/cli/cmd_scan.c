@@ -68,17 +68,34 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		for (int i = 0; i < DUN_DRIFT__COUNT; i++)
 			json_object_set_new(classes, dun_drift_name((enum dun_drift_class)i),
 					    json_integer(r.per_class[i]));
+		json_t *oclasses = json_object();
+		for (int i = 0; i < DUN_DRIFT__COUNT; i++)
+			json_object_set_new(oclasses, dun_drift_name((enum dun_drift_class)i),
+					    json_integer(r.observe_real_per_class[i]));
 		dun_cli_print_json(
-		    json_pack("{s:I, s:I, s:o, s:I, s:I, s:o}", "accounts", (json_int_t)r.accounts,
-			      "drifting", (json_int_t)r.drifting, "classes", classes,
-			      "planned_consequences", (json_int_t)r.planned, "enqueued",
-			      (json_int_t)r.enqueued, "examples", r.examples));
+		    json_pack("{s:I, s:I, s:o, s:I, s:I, s:o, s:{s:I, s:I, s:o}}", "accounts",
+			      (json_int_t)r.accounts, "drifting", (json_int_t)r.drifting, "classes",
+			      classes, "planned_consequences", (json_int_t)r.planned, "enqueued",
+			      (json_int_t)r.enqueued, "examples", r.examples, "observe", "accounts",
+			      (json_int_t)r.observe_accounts, "real_drifting",
+			      (json_int_t)r.observe_real_drifting, "real_classes", oclasses));
 	} else {
 		printf("scanned %lld accounts: %lld drifting\n", (long long)r.accounts,
 		       (long long)r.drifting);
 		for (int i = 0; i < DUN_DRIFT__COUNT; i++)
 			printf("  %-28s %8lld  %s\n", dun_drift_name((enum dun_drift_class)i),
 			       (long long)r.per_class[i], dun_drift_text((enum dun_drift_class)i));
+		if (r.observe_accounts) {
+			printf("observe mode: %lld accounts (drift above is their shadow's); their "
+			       "real stores, as information (the legacy system's business until "
+			       "cutover, never repaired): %lld drifting\n",
+			       (long long)r.observe_accounts, (long long)r.observe_real_drifting);
+			for (int i = 0; i < DUN_DRIFT__COUNT; i++)
+				if (r.observe_real_per_class[i])
+					printf("  %-28s %8lld\n",
+					       dun_drift_name((enum dun_drift_class)i),
+					       (long long)r.observe_real_per_class[i]);
+		}
 		if (enqueue)
 			printf("queued %lld drift_detected triggers\n", (long long)r.enqueued);
 		size_t i;

@@ -123,13 +123,43 @@ static struct dun_consequence *add(struct builder *b, enum dun_conseq_type type,
 }
 
 static void add_email(struct builder *b, enum dun_email_kind kind, const char *target,
-		      const char *scope)
+		      const char *scope, bool cutover)
 {
 	struct dun_consequence *c = add(b, DUN_C_SEND_EMAIL, target, kind);
 	if (!c)
 		return;
 	c->kind = kind;
+	c->cutover = cutover;
 	dun_email_key(c->key, sizeof c->key, b->s->account_id, kind, scope);
+}
+
+/*
+ * Cutover: whether the stores already show the consequence of stage st
+ * although the engine's own stage is below it. Someone else took the
+ * account through that step (the legacy system, before the account left
+ * observe mode), so its email is not sent now, back-dated; a per-invoice
+ * payment notice counts as gone through once the stores show restricted.
+ * Such emails are recorded in the email log (source "cutover"), not sent.
+ * (An email the legacy sender recorded with `email record` is already in
+ * the log under the same key, and is not planned at all.)
+ */
+static bool gone_through(const struct dun_state *s, enum dun_stage st)
+{
+	if (st <= s->stage)
+		return false;
+	switch (st) {
+	case DUN_STAGE_NONE:
+	case DUN_STAGE_NOTIFIED:
+		return false;
+	case DUN_STAGE_RESTRICTED:
+		return s->entitlement != DUN_ENTITLEMENT_FULL || s->banned || s->account_bad_debt;
+	case DUN_STAGE_SUSPENDED:
+		return s->entitlement == DUN_ENTITLEMENT_SUSPENDED || s->banned ||
+		       s->account_bad_debt;
+	case DUN_STAGE_BAD_DEBT:
+		return s->account_bad_debt || s->customer_bad_debt;
+	}
+	return false;
 }
 
 /*
@@ -145,7 +175,7 @@ static void add_emails(struct builder *b, bool lift)
 		for (int i = 0; i < s->n_invoices; i++)
 			if (d->invoices[i].notice)
 				add_email(b, d->invoices[i].notice_kind, s->invoices[i].id,
-					  s->invoices[i].id);
+					  s->invoices[i].id, gone_through(s, DUN_STAGE_RESTRICTED));
 	if (!d->send_stage_email || (d->stage_email_kind == DUN_EMAIL_RESOLVED) != lift)
 		return;
 	char scope[32];
@@ -153,7 +183,8 @@ static void add_emails(struct builder *b, bool lift)
 	dun_text_init(&t, scope, sizeof scope);
 	dun_text_str(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? "bd" : "ep");
 	dun_text_i64(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? d->bad_debt_seq : d->episode);
-	add_email(b, d->stage_email_kind, s->account_id, scope);
+	add_email(b, d->stage_email_kind, s->account_id, scope,
+		  d->stage_email_kind != DUN_EMAIL_RESOLVED && gone_through(s, d->stage));
 }
 
 /* Bad-debt episode keys name the bad-debt episode, not the dunning one. */
@@ -328,6 +359,8 @@ size_t dun_conseq_format(const struct dun_consequence *c, char *out, size_t out_
 	case DUN_C_SEND_EMAIL:
 		dun_text_str(&t, " ");
 		dun_text_str(&t, dun_email_kind_name(c->kind));
+		if (c->cutover)
+			dun_text_str(&t, " (cutover: recorded, not sent)");
 		break;
 	case DUN_C_CLOSE_BAD_DEBT_EPISODE:
 		dun_text_str(&t, " ");

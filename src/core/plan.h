@@ -92,6 +92,12 @@ struct dun_consequence {
 	int64_t episode;
 	int64_t at;	       /* SET_STAGE: the new since; SCHEDULE_RECHECK: when */
 	int64_t lifting_since; /* SET_STAGE: the new lifting_since (0: not lifting) */
+	/*
+	 * SEND_EMAIL only: the step was gone through before the engine took
+	 * over (cutover from observe: the stores already show its consequence):
+	 * the applier records the key in the email log, sends nothing.
+	 */
+	bool cutover;
 	char key[DUN_KEY_MAX];
 };
 

@@ -381,6 +381,19 @@ enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int 
 	enum dun_err e = dun_stmt_done(st);
 	if (n_out)
 		*n_out = dun_db_changes(db);
+	if (e != DUN_OK)
+		return e;
+	/* Observe mode keeps its own rechecks, in its shadow (apply/shadow.h). */
+	st = dun_db_stmt(
+	    db, "INSERT INTO inbox(account_id, kind, source, dedup_key, not_before, created_at,"
+		" updated_at) SELECT account_id, 'recheck', 'shadow',"
+		" 'shadow-recheck:' || account_id || ':' || next_recheck_at, next_recheck_at,"
+		" ?1, ?1 FROM shadow_dunning WHERE next_recheck_at > 0 AND next_recheck_at <= ?1"
+		" ON CONFLICT(dedup_key) DO NOTHING");
+	dun_stmt_bind_int64(st, 1, now);
+	e = dun_stmt_done(st);
+	if (n_out)
+		*n_out += dun_db_changes(db);
 	return e;
 }
 

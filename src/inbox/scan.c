@@ -14,6 +14,7 @@
  * transaction outlives a window.
  */
 #include "scan.h"
+#include "gather/shadow.h"
 #include "gather/stream.h"
 #include "inbox/inbox.h"
 #include "util/mem.h"
@@ -95,6 +96,20 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		out->accounts++;
 		out->planned += en->plan.n;
 		unsigned m = dun_drift_classify(s, &en->desired);
+		if (dun_rollout_mode(en->db, &en->rollout, s->account_id, NULL) ==
+		    DUN_MODE_OBSERVE) {
+			/* Real-store drift of an observe account: information only. */
+			out->observe_accounts++;
+			out->observe_real_drifting += m != 0;
+			for (int c = 0; c < DUN_DRIFT__COUNT; c++)
+				out->observe_real_per_class[c] += (m >> c) & 1u;
+			e = dun_shadow_overlay(en->db, &en->snap);
+			if (e == DUN_OK)
+				e = dun_engine_decide(en, now);
+			if (e != DUN_OK)
+				break;
+			m = dun_drift_classify(s, &en->desired);
+		}
 		if (m) {
 			count(out, s->account_id, m);
 			if (enqueue)

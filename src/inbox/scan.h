@@ -9,10 +9,19 @@
 #include "apply/recompute.h"
 #include "core/drift.h"
 
+/*
+ * An account in observe mode drifts when its shadow disagrees with the
+ * policy (the engine has not yet caught up with what it would do); how far
+ * its real stores are from the policy is counted apart, as information:
+ * those are the legacy system's business until cutover, never repaired.
+ */
 struct dun_scan_result {
 	int64_t accounts;
-	int64_t drifting;
+	int64_t drifting; /* active: real stores; observe: the shadow */
 	int64_t per_class[DUN_DRIFT__COUNT];
+	int64_t observe_accounts;
+	int64_t observe_real_drifting; /* information only */
+	int64_t observe_real_per_class[DUN_DRIFT__COUNT];
 	int64_t planned;  /* consequences a recompute of every account would plan */
 	int64_t enqueued; /* drift_detected triggers queued */
 	json_t *examples; /* up to 20 drifting accounts with their classes (new ref) */

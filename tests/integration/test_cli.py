@@ -833,12 +833,14 @@ def test_rollout_observe_records_and_changes_nothing(dun, dun_stripe):
     x = dun.explain("acct_o", now=dun.at(0, 120))
     assert x["evaluation"]["mode"] == "observe"
     assert "global mode is observe" in x["evaluation"]["mode_why"]
-    assert stage_of(x) == "none"
+    # The real stores are untouched; the state shown is the shadow's.
+    assert x["view"] == "shadow" and x["real"]["dunning"]["stage"] == "none"
+    assert stage_of(x) == "notified"
     assert dun.emails() == []
     assert dun.sql("SELECT * FROM platform") == []
     assert dun.scalar("SELECT COUNT(*) FROM applied") == 0
-    # The plan it would apply is there, on a decision marked observed.
-    assert x["plan"], x
+    # The plan it would apply is in the shadow, on a decision marked observed.
+    assert x["plan"] == [] and x["shadow_consequences"], x
     assert x["decisions"][0]["mode"] == "observe"
     assert x["decisions"][0]["outcome"] == "observed"
     assert x["decisions"][0]["n_applied"] == 0
@@ -849,7 +851,7 @@ def test_rollout_observe_records_and_changes_nothing(dun, dun_stripe):
     assert "retry_payment %s attempt=2" % objs["invoice"]["id"] in r.out
     assert dun.decisions("acct_o") == before + 1
     assert dun.scalar("SELECT outcome FROM decisions ORDER BY id DESC LIMIT 1") == "observed"
-    assert stage_of(dun.explain("acct_o", now=dun.at(1.5))) == "none"
+    assert dun.explain("acct_o", now=dun.at(1.5))["real"]["dunning"]["stage"] == "none"
     assert dun.emails() == []
     assert dun.scalar("SELECT COUNT(*) FROM applied") == 0
     assert dun.provider_object(objs["invoice"]["id"])["attempt_count"] == 1

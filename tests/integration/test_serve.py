@@ -856,7 +856,9 @@ def test_rollout_config_must_agree_with_the_database(serve, tmp_path):
         s.deliver(p)
     s.wait_idle()
     a = s.account("acct_obs")
-    assert a["dunning"]["stage"] == "none" and a["platform"]["entitlement"] == "full"
+    assert a["view"] == "shadow" and a["dunning"]["stage"] == "restricted"
+    assert a["real"]["dunning"]["stage"] == "none"
+    assert a["real"]["platform"]["entitlement"] == "full"
     assert a["decisions"][0]["outcome"] == "observed"
     # A file saying active beside a database saying observe: serve refuses to
     # start, config check and rollout show say the same, and nothing is written.
