@@ -25,6 +25,7 @@ static const struct dun_command commands[] = {
     {"pay-bad-debt", dun_cmd_pay_bad_debt, "create or return the consolidated bad-debt invoice"},
     {"policy", dun_cmd_policy, "check or show a policy file"},
     {"rollout", dun_cmd_rollout, "observe or active: global mode, percentage, allow/deny lists"},
+    {"parity", dun_cmd_parity, "compare the observe-mode shadow with a legacy decision log"},
     {"emails", dun_cmd_emails, "show the email log"},
     {"email", dun_cmd_email, "preview an email; claim or record one sent by another system"},
     {"outbox", dun_cmd_outbox, "platform calls and outcome events on their way out; --deliver"},

@@ -19,6 +19,7 @@ int dun_cmd_account(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_pay_bad_debt(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_policy(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_rollout(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_emails(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_simulate(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_email(struct dun_cli *cli, int argc, char **argv);
