@@ -1,7 +1,9 @@
 /*
  * cmd_demo.c — `dunning demo`: a synthetic population through the real
  * pipeline (simulated provider, SQLite, ingest, inbox, worker, applier)
- * for 90 simulated days, with a weekly table. It ends by proving two things:
+ * for 90 simulated days, with a weekly table. The first week observes (a
+ * new database's safe default) and then writes are turned on, as a person
+ * rolls the engine out. It ends by proving two things:
  * a drift scan finds 0 drifting accounts, and a second recompute of every
  * account plans 0 consequences.
  */
@@ -80,6 +82,45 @@ static enum dun_err second_pass(struct dun_engine *en, struct dun_world *w, int6
 	return e;
 }
 
+/* The first week runs as a new installation does: observe, shadow only. */
+#define OBSERVE_DAYS 7
+
+/*
+ * The end of the observe week: what the shadow holds, then writes on. A
+ * demo has no legacy system to prove parity against, so the gate is passed
+ * with --force, which the rollout log records, as it would for a person.
+ */
+static enum dun_err go_active(struct dun_cli *cli)
+{
+	int64_t shadow = 0, written = 0;
+	struct dun_stmt *st = dun_db_stmt(cli->db, "SELECT COUNT(*) FROM shadow_consequences");
+	if (dun_stmt_row(st))
+		shadow = dun_stmt_col_int64(st, 0);
+	dun_stmt_reset(st);
+	st = dun_db_stmt(cli->db, "SELECT COUNT(*) FROM applied");
+	if (dun_stmt_row(st))
+		written = dun_stmt_col_int64(st, 0);
+	dun_stmt_reset(st);
+	printf("rollout: observe for %d days (a new database): %lld actions in the shadow, %lld "
+	       "written\n",
+	       OBSERVE_DAYS, (long long)shadow, (long long)written);
+	printf("rollout: parity needs a legacy log ('dunning parity --legacy FILE'); a demo has "
+	       "none, so\n"
+	       "         'rollout mode active' + 'rollout percent 100 --force' (recorded)\n");
+	int64_t now = dun_clock_now();
+	enum dun_err e = dun_db_setting_set(cli->db, "mode", "active");
+	if (e == DUN_OK)
+		e = dun_rollout_log(cli->db, now, "mode", "active", false, 0, "");
+	if (e == DUN_OK)
+		e = dun_db_setting_set(cli->db, "rollout.percent", "100");
+	if (e == DUN_OK)
+		e = dun_rollout_log(cli->db, now, "percent", "100", true, 0,
+				    "demo: no legacy system to prove parity against");
+	if (e == DUN_OK)
+		e = dun_rollout_load(cli->db, &cli->engine.rollout);
+	return e;
+}
+
 int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 {
 	static const struct option opts[] = {{"accounts", required_argument, NULL, 'a'},
@@ -104,7 +145,9 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 			    "Build a synthetic population (default 1000 accounts) in a fresh\n"
 			    "database (--db, default ./dunning-demo.db, replaced on every run)\n"
 			    "and run it for 90 simulated days through the real pipeline with the\n"
-			    "simulated provider, printing a weekly table. Ends with a drift scan\n"
+			    "simulated provider, printing a weekly table. The first week runs in\n"
+			    "observe mode (shadow only), then writes are turned on. Ends with a "
+			    "drift scan\n"
 			    "and a second recompute of every account, which must find nothing.\n");
 			return DUN_EX_OK;
 		default:
@@ -145,13 +188,6 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	/* Synthetic data: durability buys nothing here, speed does. */
 	dun_db_exec(cli->db, "PRAGMA synchronous=OFF", NULL, 0);
 	dun_db_setting_set(cli->db, "demo", "1");
-	/* A demo database has no legacy system beside it: writes are turned on
-	 * at once, and the rollout log says so. */
-	dun_db_setting_set(cli->db, "mode", "active");
-	dun_db_setting_set(cli->db, "rollout.percent", "100");
-	dun_rollout_log(cli->db, dun_clock_now(), "percent", "100", true, 0,
-			"demo database: no legacy system to prove parity against");
-	dun_rollout_load(cli->db, &cli->engine.rollout);
 	dun_clock_parse("2026-01-05", &cfg.start);
 	cfg.progress = dun_cli_tty();
 
@@ -162,7 +198,9 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	struct dun_world_stats s;
 	print_header();
 	for (int day = 0; day < cfg.days && e == DUN_OK; day++) {
-		e = dun_world_day(w, day);
+		if (day == OBSERVE_DAYS && e == DUN_OK)
+			e = go_active(cli);
+		e = e == DUN_OK ? dun_world_day(w, day) : e;
 		if (e == DUN_OK && (day % 7 == 6 || day == cfg.days - 1)) {
 			dun_world_stats(w, day, &s);
 			print_row(day / 7 + 1, &s);
