@@ -190,6 +190,14 @@ enum dun_err dun_parity_run(struct dun_db *db, struct dun_parity_list *legacy,
 		snprintf(err, err_size, "reading the shadow: %s", dun_err_str(e));
 		return e;
 	}
+	if (o->actions) {
+		/* Compare only what the legacy side can do at all. */
+		int kept = 0;
+		for (int i = 0; i < eng.n; i++)
+			if (o->actions & (1u << eng.items[i].action))
+				eng.items[kept++] = eng.items[i];
+		eng.n = kept;
+	}
 	int n_leg_in = 0, n_eng_in = 0;
 	for (int i = 0; i < legacy->n; i++)
 		n_leg_in += in_window(&legacy->items[i], o);
@@ -355,6 +363,95 @@ enum dun_err dun_parity_run(struct dun_db *db, struct dun_parity_list *legacy,
 	    "max_filter_mismatches", (json_int_t)o->max_filter_mismatches, "max_errors",
 	    (json_int_t)o->max_errors, "mismatches", mism);
 	return *report ? DUN_OK : DUN_E_INVALID;
+}
+
+/* The account of a Stripe customer, from the mirror; "" when unmapped. */
+static void account_of(struct dun_db *db, const char *customer, char *out, size_t size)
+{
+	out[0] = '\0';
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT account_id FROM customers WHERE id = ?1"
+					      " UNION ALL SELECT account_id FROM p_customers"
+					      " WHERE id = ?1 AND account_id IS NOT NULL");
+	dun_stmt_bind_text(st, 1, customer);
+	if (dun_stmt_row(st))
+		dun_stmt_col_copy(st, 0, out, size);
+	dun_stmt_reset(st);
+}
+
+static void stripe_action(struct dun_db *db, json_t *ev, int64_t from, int64_t to,
+			  struct dun_parity_list *out)
+{
+	const char *type = json_string_value(json_object_get(ev, "type"));
+	json_t *obj = json_object_get(json_object_get(ev, "data"), "object");
+	json_int_t created = json_integer_value(json_object_get(ev, "created"));
+	const char *id = json_string_value(json_object_get(obj, "id"));
+	const char *customer = json_string_value(json_object_get(obj, "customer"));
+	if (!type || !id || !customer || created < from || created > to)
+		return;
+	struct dun_parity_item it;
+	memset(&it, 0, sizeof it);
+	it.match = -1;
+	it.at = created;
+	if (!strcmp(type, "invoice.marked_uncollectible")) {
+		it.action = DUN_PA_INVOICE_UNCOLLECTIBLE;
+		it.has_amount = true;
+		it.amount = json_integer_value(json_object_get(obj, "amount_remaining"));
+	} else if (!strcmp(type, "customer.subscription.deleted")) {
+		it.action = DUN_PA_SUBSCRIPTION_CANCEL;
+	} else if (!strcmp(type, "invoice.payment_failed")) {
+		json_int_t n = json_integer_value(json_object_get(obj, "attempt_count"));
+		if (n < 2)
+			return; /* the first attempt is the failure itself, not a retry */
+		it.action = DUN_PA_RETRY;
+		snprintf(it.detail, sizeof it.detail, "%lld", (long long)n);
+	} else {
+		return;
+	}
+	snprintf(it.target, sizeof it.target, "%s", id);
+	account_of(db, customer, it.account, sizeof it.account);
+	if (!it.account[0])
+		return; /* not one of ours */
+	*dun_parity_list_add(out) = it;
+}
+
+enum dun_err dun_parity_stripe_actions(struct dun_db *db, json_t *api_events, int64_t from,
+				       int64_t to, struct dun_parity_list *out, int64_t *n_events)
+{
+	*n_events = 0;
+	json_t *seen = json_object();
+	size_t i;
+	json_t *ev;
+	json_array_foreach(api_events, i, ev)
+	{
+		const char *id = json_string_value(json_object_get(ev, "id"));
+		if (id)
+			json_object_set_new(seen, id, json_true());
+		stripe_action(db, ev, from, to, out);
+		++*n_events;
+	}
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT id, body FROM events_raw WHERE created >= ?1 AND created <= ?2 AND type IN"
+		" ('invoice.marked_uncollectible', 'customer.subscription.deleted',"
+		" 'invoice.payment_failed') ORDER BY created, id");
+	dun_stmt_bind_int64(st, 1, from);
+	dun_stmt_bind_int64(st, 2, to);
+	int rc;
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		const char *id = dun_stmt_col_text(st, 0);
+		const char *body = dun_stmt_col_text(st, 1);
+		if (!id || json_object_get(seen, id) || !body)
+			continue;
+		json_t *e = json_loads(body, 0, NULL);
+		if (e) {
+			stripe_action(db, e, from, to, out);
+			json_decref(e);
+			++*n_events;
+		}
+	}
+	enum dun_err e = rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
+	dun_stmt_reset(st);
+	json_decref(seen);
+	return e;
 }
 
 enum dun_err dun_parity_record(struct dun_db *db, int64_t now, const struct dun_parity_opts *o,

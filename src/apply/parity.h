@@ -31,6 +31,7 @@ struct dun_parity_opts {
 	int64_t max_filter_mismatches;
 	int64_t max_errors;
 	const char *source; /* what the legacy side is, for the report */
+	unsigned actions;   /* bit (1u << action) of the actions compared; 0: all */
 };
 
 /* The engine's shadow actions with at in [from, to]. */
@@ -46,6 +47,21 @@ enum dun_err dun_parity_load_shadow(struct dun_db *db, int64_t from, int64_t to,
 enum dun_err dun_parity_run(struct dun_db *db, struct dun_parity_list *legacy,
 			    const struct dun_parity_opts *o, json_t **report, char *err,
 			    size_t err_size);
+
+/*
+ * Stripe's own dunning as the legacy side: what Stripe Billing did,
+ * reconstructed from events — invoice.marked_uncollectible
+ * (invoice_uncollectible, with amount_remaining), customer.subscription.
+ * deleted (subscription_cancel) and invoice.payment_failed with
+ * attempt_count >= 2 (retry). api_events (borrowed, may be NULL) are the
+ * ones listed from /v1/events (Stripe keeps 30 days); older history comes
+ * from the events the engine already received (events_raw); an event in
+ * both counts once. Customers map to accounts through the mirror. Appends
+ * the actions with time in [from, to] to out; *n_events gets how many
+ * events were read in all.
+ */
+enum dun_err dun_parity_stripe_actions(struct dun_db *db, json_t *api_events, int64_t from,
+				       int64_t to, struct dun_parity_list *out, int64_t *n_events);
 
 /* Store report as made at now; *id_out gets its number. */
 enum dun_err dun_parity_record(struct dun_db *db, int64_t now, const struct dun_parity_opts *o,

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "apply/parity.h"
 #include "config/config.h"
+#include "provider/stripe.h"
 #include "util/clock.h"
 
 #include <errno.h>
@@ -17,14 +18,17 @@
 static int usage(void)
 {
 	printf(
-	    "usage: dunning parity --legacy FILE [--days N | --from TIME] [--to TIME]\n"
+	    "usage: dunning parity --legacy FILE | --stripe  [--days N | --from TIME] [--to TIME]\n"
 	    "                      [--tolerance DURATION] [--min-match PCT] [--min-coverage PCT]\n"
 	    "                      [--max-amount-mismatches N] [--max-filter-mismatches N]\n"
 	    "                      [--max-errors N] [--json]\n\n"
 	    "Compare what the engine would have done in observe mode (its shadow) with\n"
 	    "what a legacy system did, over a window (default: the last [rollout]\n"
 	    "parity_window_days, 7, ending now). FILE is the legacy decision log, JSON\n"
-	    "lines (see docs/operations.md), or - for standard input.\n\n"
+	    "lines (see docs/operations.md), or - for standard input. --stripe (with\n"
+	    "--config) compares with Stripe's own dunning instead: what Stripe Billing\n"
+	    "did (invoices marked uncollectible, subscriptions deleted, retries),\n"
+	    "from /v1/events (30 days) and the events the engine already received.\n\n"
 	    "A match pairs one legacy action with one engine action of the same account,\n"
 	    "action and invoice within the tolerance (default 1d; 90s, 30m, 6h, 2d).\n"
 	    "The report: per action matched / only legacy / only engine and the delay\n"
@@ -162,6 +166,10 @@ static void print_text(json_t *r, int64_t id)
 	printf("report #%lld recorded\n", (long long)id);
 }
 
+static int parity_stripe(struct dun_cli *cli, struct dun_parity_opts *o, bool json);
+static int report_and_record(struct dun_cli *cli, struct dun_parity_list *legacy,
+			     const struct dun_parity_opts *po, bool json);
+
 int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 {
 	enum {
@@ -175,7 +183,8 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 		O_MAX_AMT,
 		O_MAX_FILT,
 		O_MAX_ERR,
-		O_JSON
+		O_JSON,
+		O_STRIPE
 	};
 	static const struct option opts[] = {
 	    {"legacy", required_argument, NULL, O_LEGACY},
@@ -189,6 +198,7 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 	    {"max-filter-mismatches", required_argument, NULL, O_MAX_FILT},
 	    {"max-errors", required_argument, NULL, O_MAX_ERR},
 	    {"json", no_argument, NULL, O_JSON},
+	    {"stripe", no_argument, NULL, O_STRIPE},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0}};
 	int rc = dun_cli_load_config(cli);
@@ -206,7 +216,7 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 	int64_t days = cf ? cf->rollout_parity_window_days : 7;
 	int64_t from = -1, to = dun_clock_now();
 	const char *legacy_path = NULL;
-	bool json = false, days_given = false;
+	bool json = false, days_given = false, stripe = false;
 	int c;
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -246,6 +256,9 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 		case O_JSON:
 			json = true;
 			break;
+		case O_STRIPE:
+			stripe = true;
+			break;
 		case 'h':
 			return usage();
 		default:
@@ -263,9 +276,9 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("parity: unexpected argument \"%s\"", argv[optind]);
 		return DUN_EX_USAGE;
 	}
-	if (!legacy_path) {
-		dun_cli_error("parity: --legacy FILE is required (the legacy decision log, JSON "
-			      "lines; see --help)");
+	if (!legacy_path == !stripe) {
+		dun_cli_error("parity: give --legacy FILE (the legacy decision log, JSON lines) or "
+			      "--stripe (Stripe's own dunning), one of them (see --help)");
 		return DUN_EX_USAGE;
 	}
 	if (from >= 0 && days_given) {
@@ -278,6 +291,8 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("parity: the window is empty (--from must be before --to)");
 		return DUN_EX_USAGE;
 	}
+	if (stripe)
+		return parity_stripe(cli, &o, json);
 	/* Read and check the whole log before opening anything for writing. */
 	FILE *f = strcmp(legacy_path, "-") ? fopen(legacy_path, "r") : stdin;
 	if (!f) {
@@ -302,9 +317,63 @@ int dun_cmd_parity(struct dun_cli *cli, int argc, char **argv)
 		dun_parity_list_free(&legacy);
 		return rc;
 	}
+	return report_and_record(cli, &legacy, &o, json);
+}
+
+static enum dun_err collect_events(void *user, json_t *data)
+{
+	json_array_extend(user, data);
+	return DUN_OK;
+}
+
+/* Stripe's own dunning as the legacy side (see dun_parity_stripe_actions). */
+static int parity_stripe(struct dun_cli *cli, struct dun_parity_opts *o, bool json)
+{
+	struct dun_stripe *client = NULL;
+	int rc = dun_cli_open_stripe(cli, "parity --stripe", &client);
+	if (rc)
+		return rc;
+	char err[512] = "";
+	struct dun_form q;
+	dun_form_init(&q);
+	dun_form_add_i64(&q, "created[gte]", o->from - o->tolerance_s);
+	json_t *events = json_array();
+	enum dun_err e =
+	    dun_stripe_list(client, "/v1/events", &q, collect_events, events, err, sizeof err);
+	dun_form_free(&q);
+	dun_stripe_destroy(client);
+	if (e != DUN_OK) {
+		json_decref(events);
+		dun_cli_error("parity: listing Stripe's events: %s", err);
+		return dun_cli_exit_code(e);
+	}
+	struct dun_parity_list legacy = {0};
+	int64_t n = 0;
+	e = dun_parity_stripe_actions(cli->db, events, o->from - o->tolerance_s,
+				      o->to + o->tolerance_s, &legacy, &n);
+	json_decref(events);
+	if (e != DUN_OK) {
+		dun_parity_list_free(&legacy);
+		dun_cli_error("parity: reading the received events: %s", dun_err_str(e));
+		return dun_cli_exit_code(e);
+	}
+	static char source[600];
+	snprintf(source, sizeof source, "Stripe's own dunning at %s (%lld events)",
+		 cli->config->stripe_api_base, (long long)n);
+	o->source = source;
+	o->actions = 1u << DUN_PA_INVOICE_UNCOLLECTIBLE | 1u << DUN_PA_SUBSCRIPTION_CANCEL |
+		     1u << DUN_PA_RETRY;
+	return report_and_record(cli, &legacy, o, json);
+}
+
+static int report_and_record(struct dun_cli *cli, struct dun_parity_list *legacy,
+			     const struct dun_parity_opts *po, bool json)
+{
+	struct dun_parity_opts o = *po;
+	char err[600] = "";
 	json_t *report = NULL;
-	e = dun_parity_run(cli->db, &legacy, &o, &report, err, sizeof err);
-	dun_parity_list_free(&legacy);
+	enum dun_err e = dun_parity_run(cli->db, legacy, &o, &report, err, sizeof err);
+	dun_parity_list_free(legacy);
 	if (e != DUN_OK) {
 		dun_cli_error("parity: %s", err);
 		return e == DUN_E_NOT_FOUND ? DUN_EX_NOINPUT : dun_cli_exit_code(e);
