@@ -186,3 +186,15 @@ enum dun_err dun_rollout_log(struct dun_db *db, int64_t now, const char *action,
 	dun_stmt_bind_text(st, 6, note ? note : "");
 	return dun_stmt_done(st);
 }
+
+bool dun_rollout_all_active(struct dun_db *db, const struct dun_rollout *r)
+{
+	if (r->global_observe || r->percent < 100.0)
+		return false;
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT 1 FROM rollout_list WHERE list = 'deny' LIMIT 1");
+	bool denied = dun_stmt_row(st);
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return !denied && e == DUN_OK;
+}

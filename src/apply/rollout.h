@@ -44,6 +44,11 @@ enum dun_err dun_rollout_init_defaults(struct dun_db *db);
 /* The mode for one account; *why (may be NULL) gets a static explanation. */
 enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 			       const char *account_id, const char **why);
+/*
+ * Whether every account is active (mode active, 100%, nobody denied): the
+ * drift scan then skips asking per account.
+ */
+bool dun_rollout_all_active(struct dun_db *db, const struct dun_rollout *r);
 /* The stable bucket of an account, 0..9999. */
 uint32_t dun_rollout_bucket(const char *account_id);
 

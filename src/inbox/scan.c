@@ -72,6 +72,8 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 	memset(out, 0, sizeof *out);
 	out->examples = json_array();
 	struct dun_stream stream;
+	/* At 100% active nobody observes: no per-account question to ask. */
+	bool all_active = dun_rollout_all_active(en->db, &en->rollout);
 	enum dun_err e = dun_stream_init(&stream, en->db, NULL, 0);
 	if (e != DUN_OK)
 		return e;
@@ -96,8 +98,8 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		out->accounts++;
 		out->planned += en->plan.n;
 		unsigned m = dun_drift_classify(s, &en->desired);
-		if (dun_rollout_mode(en->db, &en->rollout, s->account_id, NULL) ==
-		    DUN_MODE_OBSERVE) {
+		if (!all_active && dun_rollout_mode(en->db, &en->rollout, s->account_id, NULL) ==
+				       DUN_MODE_OBSERVE) {
 			/* Real-store drift of an observe account: information only. */
 			out->observe_accounts++;
 			out->observe_real_drifting += m != 0;
