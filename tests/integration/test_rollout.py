@@ -27,7 +27,7 @@ def shadow(dun, account):
 
 def test_observe_shadow_lives_through_time_and_records_each_step_once(dun_observe, dun_stripe):
     dun = dun_observe
-    dun.ok("rollout", "show")
+    dun.ok("init")
     objs = failing(dun, dun_stripe, "acct_s")
     # Walk 60 days, one `work` a day: only the shadow's own rechecks (and
     # the ones of the retries) move the account; nothing real is written.
@@ -98,7 +98,7 @@ def test_recompute_account_touches_that_account_only(dun, dun_stripe):
 
 def test_scan_of_observe_accounts_queues_only_shadow_drift(dun_observe, dun_stripe):
     dun = dun_observe
-    dun.ok("rollout", "show")
+    dun.ok("init")
     failing(dun, dun_stripe, "acct_o")
     for day in (1, 5, 10, 20):
         dun.ok("work", now=dun.at(day, 600))
@@ -133,7 +133,7 @@ def test_scan_of_observe_accounts_queues_only_shadow_drift(dun_observe, dun_stri
 
 def test_cutover_mid_episode_sends_no_back_dated_email(dun_observe, dun_stripe):
     dun = dun_observe
-    dun.ok("rollout", "show")
+    dun.ok("init")
     failing(dun, dun_stripe, "acct_c")   # the legacy system took it through its steps
     failing(dun, dun_stripe, "acct_q")   # the legacy system only sent its first email
     for day in (1, 5, 10, 16):

@@ -12,6 +12,7 @@ from test_stripe_client import Env, fake, fake_server, seed_failing_account  # n
 
 def test_new_database_sync_and_work_send_no_write_to_stripe(tmp_path, fake):  # noqa: F811
     env = Env(tmp_path, fake, writes=False)
+    env.run("init")
     seed_failing_account(fake, "acct_A", "cus_A")
     seed_failing_account(fake, "acct_B", "cus_B")
     env.run("sync")
@@ -43,6 +44,7 @@ def test_parity_against_stripes_own_dunning(tmp_path, fake):  # noqa: F811
     subscription cancelled); the engine observed beside it. The report
     reconstructs Stripe's actions from its event history."""
     env = Env(tmp_path, fake, writes=False)
+    env.run("init")
     for a in ("acct_A", "acct_B", "acct_C"):
         seed_failing_account(fake, a, "cus_" + a[-1])
     t0 = fake.now()
