@@ -240,9 +240,9 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 			amount += d->invoices[i].bad_debt_amount_minor;
 		char *products = episode_products(&snap->state);
 		struct dun_stmt *st = dun_db_stmt(
-		    db, "INSERT OR IGNORE INTO bad_debt_episodes(account_id, episode,"
+		    db, "INSERT INTO bad_debt_episodes(account_id, episode,"
 			" entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"
-			" ?5, ?6)");
+			" ?5, ?6) ON CONFLICT DO NOTHING");
 		dun_stmt_bind_text(st, 1, acct);
 		dun_stmt_bind_int64(st, 2, c->value); /* the bad-debt episode number */
 		dun_stmt_bind_int64(st, 3, now);
@@ -276,8 +276,8 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 		json_decref(payload);
 		struct dun_stmt *st = dun_db_stmt(
-		    db, "INSERT OR IGNORE INTO outcome_events(key, account_id, type, payload,"
-			" created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+		    db, "INSERT INTO outcome_events(key, account_id, type, payload,"
+			" created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING");
 		dun_stmt_bind_text(st, 1, c->key);
 		dun_stmt_bind_text(st, 2, acct);
 		dun_stmt_bind_text(st, 3, type);

@@ -65,11 +65,11 @@ struct delivery {
 
 static enum dun_err queue_new(struct dun_db *db, const char *endpoint, int64_t now, int64_t *n)
 {
-	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT OR IGNORE INTO outcome_deliveries(event_id, endpoint, account_id,"
-		" created_at) SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
-		" WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
-		"  WHERE endpoint = ?1), 0) ORDER BY e.id");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO outcome_deliveries(event_id, endpoint, account_id,"
+			    " created_at) SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
+			    " WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
+			    "  WHERE endpoint = ?1), 0) ORDER BY e.id ON CONFLICT DO NOTHING");
 	dun_stmt_bind_text(st, 1, endpoint);
 	dun_stmt_bind_int64(st, 2, now);
 	enum dun_err e = dun_stmt_done(st);

@@ -186,7 +186,7 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	if (rc)
 		return rc;
 	/* Synthetic data: durability buys nothing here, speed does. */
-	dun_db_exec(cli->db, "PRAGMA synchronous=OFF", NULL, 0);
+	dun_db_relax_durability(cli->db);
 	dun_db_setting_set(cli->db, "demo", "1");
 	dun_clock_parse("2026-01-05", &cfg.start);
 	cfg.progress = dun_cli_tty();

@@ -15,6 +15,7 @@
 #include "util/clock.h"
 
 #include <getopt.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,7 +86,7 @@ static void print_events(struct dun_cli *cli, const char *state, const char *acc
 	struct dun_stmt *st = dun_db_stmt(
 	    cli->db,
 	    "SELECT d.event_id, d.account_id, e.type, d.endpoint, d.state, d.attempts,"
-	    " d.not_before, d.sent_at, d.last_error, json_extract(e.payload, '$.id')"
+	    " d.not_before, d.sent_at, d.last_error, e.payload"
 	    " FROM outcome_deliveries d JOIN outcome_events e ON e.id = d.event_id"
 	    " WHERE (?1 = 'all' OR d.state = ?1 OR (?1 = 'unsent' AND d.state <> 'sent'))"
 	    " AND (?2 IS NULL OR d.account_id = ?2) ORDER BY d.event_id, d.endpoint LIMIT ?3");
@@ -101,11 +102,15 @@ static void print_events(struct dun_cli *cli, const char *state, const char *acc
 			       : !strcmp(row_state, "dead") ? 0
 							    : dun_stmt_col_int64(st, 6);
 		const char *last = dun_stmt_col_text(st, 8);
+		/* The event's own id is inside its payload. */
+		json_t *payload = json_loads(dun_stmt_col_text(st, 9), 0, NULL);
+		const char *event_id = json_string_value(json_object_get(payload, "id"));
 		printf("%-7lld %-16s %-22s %-37s %-7s %4d %-16s %s%s%s\n",
 		       (long long)dun_stmt_col_int64(st, 0), dun_stmt_col_text(st, 1),
-		       dun_stmt_col_text(st, 2), dun_stmt_col_text(st, 9), row_state,
+		       dun_stmt_col_text(st, 2), event_id ? event_id : "(null)", row_state,
 		       dun_stmt_col_int(st, 5), when ? dun_cli_time(when, t, sizeof t) : "-",
 		       dun_stmt_col_text(st, 3), last && last[0] ? " / " : "", last ? last : "");
+		json_decref(payload);
 	}
 	dun_stmt_reset(st);
 	/* Events not yet queued for any endpoint (none configured, or not run yet). */

@@ -24,7 +24,7 @@ static enum dun_err run_one(struct dun_cli *cli, const struct dun_policy *policy
 		dun_cli_error("simulate: %s", err);
 		return e;
 	}
-	dun_db_exec(db, "PRAGMA synchronous=OFF", NULL, 0);
+	dun_db_relax_durability(db);
 	/* A sandbox in memory: the policy's effects are the point, so it writes. */
 	dun_db_setting_set(db, "mode", "active");
 	dun_db_setting_set(db, "rollout.percent", "100");

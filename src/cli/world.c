@@ -140,8 +140,9 @@ enum dun_err dun_world_populate(struct dun_world *w)
 		snprintf(email, sizeof email, "billing+%s@example.com", p->account);
 		snprintf(name, sizeof name, "Customer %d", i + 1);
 		struct dun_stmt *st =
-		    dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, segment, email,"
-				    " name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+		    dun_db_stmt(db, "INSERT INTO accounts(id, segment, email,"
+				    " name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)"
+				    " ON CONFLICT DO NOTHING");
 		dun_stmt_bind_text(st, 1, p->account);
 		dun_stmt_bind_text(st, 2, segment);
 		dun_stmt_bind_text(st, 3, email);
@@ -155,8 +156,9 @@ enum dun_err dun_world_populate(struct dun_world *w)
 			e = dun_sim_create_subscription(w->sim, p->customer, p->subscription);
 		/* Some accounts have resources the platform flags (removed at bad debt). */
 		if (e == DUN_OK && pick(w, 3) == 0) {
-			st = dun_db_stmt(db, "INSERT OR IGNORE INTO platform(account_id,"
-					     " resource_flags) VALUES (?1, 1)");
+			st = dun_db_stmt(db,
+					 "INSERT INTO platform(account_id,"
+					 " resource_flags) VALUES (?1, 1) ON CONFLICT DO NOTHING");
 			dun_stmt_bind_text(st, 1, p->account);
 			e = dun_stmt_done(st);
 		}

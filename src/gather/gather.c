@@ -135,8 +135,9 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	dun_stmt_reset(st);
 
-	st = dun_db_stmt(db, "SELECT COUNT(*), COALESCE(SUM(exited_at = 0), 0)"
-			     " FROM bad_debt_episodes WHERE account_id = ?1");
+	st = dun_db_stmt(
+	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
+		" FROM bad_debt_episodes WHERE account_id = ?1");
 	dun_stmt_bind_text(st, 1, account_id);
 	if (dun_stmt_row(st)) {
 		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);

@@ -25,6 +25,10 @@
  * are passed over. The decoding of every column mirrors dun_gather(),
  * accessor for accessor (dun_stmt_col_int where it truncates, the same
  * defaults for unknown names), so the two agree on every field.
+ *
+ * The rowid terms of ORDER BY change no order (they follow a key); they let
+ * SQLite prove each join level distinct, so no read needs a sort. The
+ * PostgreSQL driver reads them as ctid, which serves the same purpose.
  */
 #include "stream.h"
 #include "core/text.h"
@@ -47,9 +51,10 @@ static const char *const sql[DUN_STREAM__COUNT] = {
     [DUN_STREAM_DUNNING] = "SELECT account_id, stage, since, episode, lifting_since,"
 			   " next_recheck_at FROM dunning WHERE account_id > ?1"
 			   " ORDER BY account_id",
-    [DUN_STREAM_EPISODES] = "SELECT account_id, COUNT(*), COALESCE(SUM(exited_at = 0), 0)"
-			    " FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
-			    " ORDER BY account_id",
+    [DUN_STREAM_EPISODES] =
+	"SELECT account_id, COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
+	" FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
+	" ORDER BY account_id",
     [DUN_STREAM_EMAILS] = "SELECT account_id, key FROM emails WHERE account_id > ?1"
 			  " AND (state <> 'failed' OR body <> '') ORDER BY account_id, id",
     [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
@@ -57,7 +62,7 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 				 " WHERE c.account_id > ?1"
 				 " ORDER BY c.account_id, c.id, c.rowid, s.id",
     [DUN_STREAM_INVOICES] =
-	"SELECT c.account_id, c.id, i.rowid, i.id, i.subscription_id, i.status,"
+	"SELECT c.account_id, c.id, i.id, i.subscription_id, i.status,"
 	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
 	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
@@ -72,7 +77,6 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 /* Columns of DUN_STREAM_INVOICES. */
 enum {
 	INV_CUSTOMER = 1,
-	INV_ROWID,
 	INV_ID,
 	INV_SUB,
 	INV_STATUS,
@@ -126,6 +130,7 @@ void dun_stream_free(struct dun_stream *s)
 		dun_stmt_finalize(s->st[q]);
 	free(s->last);
 	free(s->inv_first);
+	free(s->inv_cur);
 	memset(s, 0, sizeof *s);
 }
 
@@ -385,7 +390,6 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 	const int q = DUN_STREAM_INVOICES;
 	struct dun_state *state = &snap->state;
 	int n = 0, na = 0;
-	int64_t current = 0;
 	bool attach = false;
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
@@ -395,13 +399,20 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 			e = step(s, q);
 			continue;
 		}
-		int64_t rowid = dun_stmt_col_int64(st, INV_ROWID);
-		if (!n || rowid != current) {
+		/* Rows of one invoice are adjacent (ordered by its id, a key). */
+		const char *id = dun_stmt_col_text(st, INV_ID);
+		size_t id_len = (size_t)dun_stmt_col_bytes(st, INV_ID);
+		if (!n || id_len != s->inv_cur_len || memcmp(id, s->inv_cur, id_len) != 0) {
 			GROW(snap->invoices, snap->invoices_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
 			read_invoice_row(st, &snap->invoices[n]);
 			s->inv_first[n] = na;
-			current = rowid;
+			if (id_len + 1 > s->inv_cur_cap) {
+				s->inv_cur_cap = id_len + 64;
+				s->inv_cur = dun_realloc(s->inv_cur, s->inv_cur_cap);
+			}
+			memcpy(s->inv_cur, id ? id : "", id_len);
+			s->inv_cur_len = id_len;
 			/*
 			 * dun_gather() matches attempts to the invoice id it kept,
 			 * so an id too long to keep gets none there; nor here.

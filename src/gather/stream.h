@@ -44,6 +44,8 @@ struct dun_stream {
 	size_t last_cap;
 	int *inv_first; /* per invoice: index of its first attempt */
 	int inv_first_cap;
+	char *inv_cur; /* the id of the invoice being read */
+	size_t inv_cur_len, inv_cur_cap;
 };
 
 /*

@@ -221,7 +221,7 @@ enum dun_err dun_committer_start(const char *db_path, int batch_max, struct dun_
 	 * the database would run after one of our COMMITs, inside the serial
 	 * path of every webhook. The workers checkpoint instead (workers.c).
 	 */
-	dun_db_exec(c->db, "PRAGMA wal_autocheckpoint=0", NULL, 0);
+	dun_db_checkpoint_manual(c->db);
 	c->batch_max = batch_max > 0 ? batch_max : 1;
 	c->metrics = metrics;
 	c->triggered = triggered;

@@ -115,7 +115,7 @@ static void maybe_rechecks(struct worker *w, int64_t now)
 	 * blocking it, and keeps the WAL from growing without end when the
 	 * workers themselves write little.
 	 */
-	dun_db_exec(w->ctx->db, "PRAGMA wal_checkpoint(PASSIVE)", NULL, 0);
+	dun_db_checkpoint(w->ctx->db);
 	int n = 0;
 	enum dun_err e = dun_inbox_enqueue_due_rechecks(w->ctx->db, now, &n);
 	if (e != DUN_OK) {

@@ -310,6 +310,24 @@ enum dun_err dun_db_rollback_to(struct dun_db *db, const char *name)
 	return savepoint_sql(db, "ROLLBACK TO SAVEPOINT", name);
 }
 
+void dun_db_relax_durability(struct dun_db *db)
+{
+	if (db->drv->relax_durability_sql)
+		db->drv->exec(db, db->drv->relax_durability_sql, NULL, 0);
+}
+
+void dun_db_checkpoint_manual(struct dun_db *db)
+{
+	if (db->drv->checkpoint_manual_sql)
+		db->drv->exec(db, db->drv->checkpoint_manual_sql, NULL, 0);
+}
+
+void dun_db_checkpoint(struct dun_db *db)
+{
+	if (db->drv->checkpoint_sql)
+		db->drv->exec(db, db->drv->checkpoint_sql, NULL, 0);
+}
+
 int64_t dun_db_cache_misses(struct dun_db *db)
 {
 	return db->drv->cache_misses(db);

@@ -128,6 +128,20 @@ enum dun_err dun_db_rollback_to(struct dun_db *db, const char *name);
  */
 void dun_db_busy_fine(struct dun_db *db);
 
+/*
+ * Give up durability for speed: a crash may lose the last transactions
+ * (never corrupt the store). Only for throwaway databases (demo, simulate).
+ */
+void dun_db_relax_durability(struct dun_db *db);
+/*
+ * Checkpoints. dun_db_checkpoint_manual() stops the connection from
+ * checkpointing after its own commits (so a hot writer never pays for it);
+ * dun_db_checkpoint() runs a checkpoint that never blocks writers. Both do
+ * nothing on a backend without a write-ahead log of its own to manage.
+ */
+void dun_db_checkpoint_manual(struct dun_db *db);
+void dun_db_checkpoint(struct dun_db *db);
+
 /* Pages the store had to read from disk since the last call; -1 where unknown. */
 int64_t dun_db_cache_misses(struct dun_db *db);
 

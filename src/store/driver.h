@@ -60,6 +60,10 @@ struct dun_db_driver {
 					   size_t err_size);
 	void (*busy_fine)(struct dun_db *db);
 	int64_t (*cache_misses)(struct dun_db *db);
+	/* Statements of dun_db_relax_durability / _checkpoint_manual / _checkpoint, or NULL. */
+	const char *relax_durability_sql;
+	const char *checkpoint_manual_sql;
+	const char *checkpoint_sql;
 };
 
 struct dun_db {

@@ -394,4 +394,7 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .set_schema_version = sq_set_schema_version,
     .busy_fine = sq_busy_fine,
     .cache_misses = sq_cache_misses,
+    .relax_durability_sql = "PRAGMA synchronous=OFF",
+    .checkpoint_manual_sql = "PRAGMA wal_autocheckpoint=0",
+    .checkpoint_sql = "PRAGMA wal_checkpoint(PASSIVE)",
 };

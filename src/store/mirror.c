@@ -113,8 +113,8 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 	if (e != DUN_OK || !account[0])
 		return e;
 	/* Register the account and the customer link. */
-	st = dun_db_stmt(db, "INSERT OR IGNORE INTO accounts(id, email, name, created_at)"
-			     " VALUES (?1, ?2, ?3, ?4)");
+	st = dun_db_stmt(db, "INSERT INTO accounts(id, email, name, created_at)"
+			     " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING");
 	dun_stmt_bind_text(st, 1, account);
 	dun_stmt_bind_text(st, 2, jstr(o, "email"));
 	dun_stmt_bind_text(st, 3, jstr(o, "name"));
@@ -122,7 +122,8 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 	e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
-	st = dun_db_stmt(db, "INSERT OR IGNORE INTO customers(id, account_id) VALUES (?1, ?2)");
+	st = dun_db_stmt(db, "INSERT INTO customers(id, account_id) VALUES (?1, ?2)"
+			     " ON CONFLICT DO NOTHING");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, account);
 	return dun_stmt_done(st);
