@@ -7,7 +7,8 @@ packages=(
 	gcc make pkg-config meson ninja-build
 	libsqlite3-dev libjansson-dev libcurl4-openssl-dev libmicrohttpd-dev
 	libinih-dev libssl-dev libpq-dev
-	python3 python3-pytest python3-aiosmtpd sqlite3 clang-format
+	python3 python3-pytest python3-aiosmtpd python3-psycopg2 sqlite3 clang-format
+	postgresql
 )
 if [ "${1:-}" = "--with-node" ]; then
 	packages+=(nodejs npm)

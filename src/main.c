@@ -45,7 +45,8 @@ static void usage(FILE *out)
 	fprintf(
 	    out,
 	    "\nglobal options (anywhere on the line):\n"
-	    "  --db PATH         the SQLite database (default: $DUNNING_DB or ./dunning.db)\n"
+	    "  --db PATH         the SQLite database (default: $DUNNING_DB or ./dunning.db),\n"
+	    "                    or a postgresql://user@host/db URL\n"
 	    "  --config FILE     the service configuration: database, policy, [provider],\n"
 	    "                    [stripe] and the effects (docs/config.md)\n"
 	    "  --policy FILE     the policy file (default: $DUNNING_POLICY or the built-in\n"

@@ -55,6 +55,7 @@ int dun_cli_exit_code(enum dun_err e)
 	case DUN_E_PROVIDER:
 	case DUN_E_PLATFORM:
 	case DUN_E_EMAIL:
+	case DUN_E_UNAVAILABLE:
 		return DUN_EX_UNAVAILABLE;
 	case DUN_E_PROVIDER_REJECTED:
 	case DUN_E_GUARD:

@@ -37,7 +37,7 @@ static int usage(FILE *out)
 static int check_db(const struct dun_config *c, struct dun_db **db, char *desc, size_t n)
 {
 	char err[512] = "";
-	if (access(c->db_path, F_OK) != 0) {
+	if (!dun_db_is_url(c->db_path) && access(c->db_path, F_OK) != 0) {
 		char dir[4096];
 		snprintf(dir, sizeof dir, "%s", c->db_path);
 		const char *d = dirname(dir);
@@ -52,15 +52,15 @@ static int check_db(const struct dun_config *c, struct dun_db **db, char *desc, 
 	}
 	enum dun_err e = dun_db_open_nomigrate(c->db_path, db, err, sizeof err);
 	if (e != DUN_OK) {
-		dun_cli_error("%s: [database] path: %s", c->path, err);
+		dun_cli_error("%s: [database]: %s", c->path, err);
 		return DUN_EX_CONFIG;
 	}
 	int have = dun_db_schema_version(*db), want = dun_db_schema_latest();
 	if (have < want)
-		snprintf(desc, n, "%s (schema %d; serve migrates it to %d)", c->db_path, have,
+		snprintf(desc, n, "%s (schema %d; serve migrates it to %d)", dun_db_path(*db), have,
 			 want);
 	else
-		snprintf(desc, n, "%s (schema %d)", c->db_path, have);
+		snprintf(desc, n, "%s (schema %d)", dun_db_path(*db), have);
 	return DUN_EX_OK;
 }
 

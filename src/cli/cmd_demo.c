@@ -156,8 +156,32 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	}
 	if (!strcmp(cli->db_path, "dunning.db") && !getenv("DUNNING_DB"))
 		cli->db_path = "dunning-demo.db";
-	/* A demo database is rebuilt from scratch each run; refuse anything else. */
-	if (access(cli->db_path, F_OK) == 0) {
+	/*
+	 * A demo database is rebuilt from scratch each run; refuse anything
+	 * else. A PostgreSQL database cannot be removed like a file: the demo
+	 * runs only in an empty one.
+	 */
+	if (dun_db_is_url(cli->db_path)) {
+		struct dun_db *probe = NULL;
+		char err[512];
+		enum dun_err e = dun_db_open(cli->db_path, &probe, err, sizeof err);
+		if (e != DUN_OK) {
+			dun_cli_error("demo: %s", err);
+			return dun_cli_exit_code(e);
+		}
+		struct dun_stmt *st = dun_db_stmt(probe, "SELECT COUNT(*) FROM accounts");
+		int64_t n = dun_stmt_row(st) ? dun_stmt_col_int64(st, 0) : -1;
+		dun_stmt_reset(st);
+		char shown[512];
+		dun_db_redact(cli->db_path, shown, sizeof shown);
+		dun_db_close(probe);
+		if (n != 0) {
+			dun_cli_error("demo: %s is not a demo database (on PostgreSQL the demo "
+				      "runs only in an empty database); choose another --db",
+				      shown);
+			return DUN_EX_CANTCREAT;
+		}
+	} else if (access(cli->db_path, F_OK) == 0) {
 		struct dun_db *probe = NULL;
 		char err[256];
 		bool demo = false;
@@ -192,7 +216,7 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv)
 	cfg.progress = dun_cli_tty();
 
 	printf("dunning demo: %d accounts, %d days, seed %llu, database %s\n", cfg.accounts,
-	       cfg.days, (unsigned long long)cfg.seed, cli->db_path);
+	       cfg.days, (unsigned long long)cfg.seed, dun_db_path(cli->db));
 	struct dun_world *w = dun_world_new(&cli->engine, cli->sim, &cfg);
 	enum dun_err e = dun_world_populate(w);
 	struct dun_world_stats s;

@@ -43,6 +43,7 @@ static bool is_bad_input(enum dun_err e)
 	case DUN_E_CONFLICT:
 	case DUN_E_TIMEOUT:
 	case DUN_E_CORRUPT:
+	case DUN_E_UNAVAILABLE:
 		return false;
 	}
 	return false;

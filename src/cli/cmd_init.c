@@ -23,7 +23,7 @@ int dun_cmd_init(struct dun_cli *cli, int argc, char **argv)
 	int rc = dun_cli_open(cli, DUN_NEED_DB | DUN_NEED_CREATE);
 	if (rc)
 		return rc;
-	printf("%s: schema version %d\n", cli->db_path, dun_db_schema_version(cli->db));
+	printf("%s: schema version %d\n", dun_db_path(cli->db), dun_db_schema_version(cli->db));
 	/* Safe by default: a database without a rollout row observes, at 0%. */
 	enum dun_err e = dun_rollout_init_defaults(cli->db);
 	struct dun_rollout r;

@@ -51,6 +51,7 @@ static const struct key keys[] = {
     INT("server", "header_timeout_ms", header_timeout_ms, 100, 600000),
     INT("server", "shutdown_grace_ms", shutdown_grace_ms, 0, 600000),
     STR("database", "path", db_path),
+    STR("database", "url", db_url),
     STR("policy", "file", policy_path),
     STR("policy", "templates", templates_dir),
     STR("policy", "support_email", support_email),
@@ -285,6 +286,17 @@ static void env_str(const char *var, char *field, size_t size)
 
 enum dun_err dun_config_finish(struct dun_config *c, char *err, size_t err_size)
 {
+	if (c->db_url[0]) {
+		if (strncmp(c->db_url, "postgresql://", 13) &&
+		    strncmp(c->db_url, "postgres://", 11)) {
+			snprintf(err, err_size,
+				 "%s: [database] url: a postgresql:// URL (a SQLite file is"
+				 " [database] path)",
+				 c->path[0] ? c->path : "configuration");
+			return DUN_E_CONFIG;
+		}
+		snprintf(c->db_path, sizeof c->db_path, "%s", c->db_url);
+	}
 	env_str("DUNNING_DB", c->db_path, sizeof c->db_path);
 	env_str("STRIPE_API_KEY", c->stripe_api_key, sizeof c->stripe_api_key);
 	env_str("DUNNING_ADMIN_TOKEN", c->admin_token, sizeof c->admin_token);

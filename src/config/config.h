@@ -8,7 +8,7 @@
  * the environment, which wins over the file; they are never logged.
  *
  *   [server]   listen = 127.0.0.1:8080, body_max_bytes, workers, ...
- *   [database] path
+ *   [database] path (a SQLite file) or url (postgresql://...)
  *   [policy]   file
  *   [stripe]   api_key, api_base, webhook_secrets, tolerance_s, rate_limit_per_s, ...
  *   [admin]    token
@@ -47,6 +47,7 @@ struct dun_config {
 	int64_t shutdown_grace_ms;	    /* a stop waits this for slow clients; default 10000 */
 	/* [database] */
 	char db_path[DUN_CONFIG_STR];
+	char db_url[DUN_CONFIG_STR]; /* [database] url: a postgresql:// URL; wins over path */
 	/* [policy] */
 	char policy_path[DUN_CONFIG_STR]; /* "" = built-in defaults */
 	char templates_dir[DUN_CONFIG_STR];

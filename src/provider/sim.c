@@ -42,10 +42,11 @@ static const char API_VERSION[] = "2024-06-20";
  */
 static void new_id(struct dun_sim *sim, const char *prefix, char *out, size_t n)
 {
-	struct dun_stmt *st = dun_db_stmt(
-	    sim->db, "INSERT INTO settings(key, value) VALUES ('sim.next_id', '2')"
-		     " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-		     " RETURNING CAST(value AS INTEGER) - 1");
+	struct dun_stmt *st =
+	    dun_db_stmt(sim->db, "INSERT INTO settings(key, value) VALUES ('sim.next_id', '2')"
+				 " ON CONFLICT(key) DO UPDATE"
+				 " SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)"
+				 " RETURNING CAST(value AS BIGINT) - 1");
 	int64_t v = 0;
 	if (dun_stmt_row(st))
 		v = dun_stmt_col_int64(st, 0);
@@ -103,7 +104,7 @@ static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
 	struct dun_stmt *st = dun_db_stmt(
 	    sim->db, "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
 		     " VALUES (?1, ?2, ?3, COALESCE(?4, ''), ?5) ON CONFLICT(id) DO UPDATE SET"
-		     " body = excluded.body, behavior = COALESCE(?4, behavior)");
+		     " body = excluded.body, behavior = COALESCE(?4, sim_objects.behavior)");
 	dun_stmt_bind_text(st, 1, json_string_value(json_object_get(o, "id")));
 	dun_stmt_bind_text(st, 2, type);
 	dun_stmt_bind_text(st, 3, cus ? cus : "");

@@ -248,10 +248,11 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 		teardown(svc);
 		return e;
 	}
-	char workers[16];
+	char workers[16], shown_db[sizeof cfg->db_path];
 	snprintf(workers, sizeof workers, "%d", cfg->workers);
+	dun_db_redact(cfg->db_path, shown_db, sizeof shown_db);
 	dun_log(DUN_LOG_INFO, "server.listening", "addr", svc->addr, "workers", workers, "provider",
-		dun_shared_provider_kind(svc->provider), "db", cfg->db_path, NULL);
+		dun_shared_provider_kind(svc->provider), "db", shown_db, NULL);
 	if (!cfg->n_webhook_secrets)
 		dun_log(DUN_LOG_WARN, "server.webhooks_disabled", "reason",
 			"no [stripe] webhook_secrets: POST /webhooks/stripe answers 503", NULL);

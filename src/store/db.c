@@ -38,6 +38,37 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, c
 	va_end(ap);
 }
 
+bool dun_db_is_url(const char *location)
+{
+	return location &&
+	       (!strncmp(location, "postgresql://", 13) || !strncmp(location, "postgres://", 11));
+}
+
+/* Drop the password of a URL in place (for messages and dun_db_path). */
+static void redact_url(char *url)
+{
+	char *auth = strstr(url, "://");
+	if (!auth)
+		return;
+	auth += 3;
+	char *at = strchr(auth, '@');
+	char *slash = strchr(auth, '/');
+	if (!at || (slash && slash < at))
+		return;
+	char *colon = memchr(auth, ':', (size_t)(at - auth));
+	if (colon)
+		memmove(colon, at, strlen(at) + 1);
+}
+
+void dun_db_redact(const char *location, char *out, size_t out_size)
+{
+	if (!out_size)
+		return;
+	snprintf(out, out_size, "%s", location ? location : "");
+	if (dun_db_is_url(out))
+		redact_url(out);
+}
+
 const char *dun_db_path(const struct dun_db *db)
 {
 	return db->path;
@@ -78,8 +109,22 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 				dun_db_errmsg(db));
 			return e;
 		}
+		/* Another process may have migrated while we waited for the lock. */
+		int now = dun_db_schema_version(db);
+		if (now > m) {
+			dun_db_rollback(db);
+			if (now > want) {
+				set_err(err, err_size,
+					"%s: schema version %d is newer than this binary (%d); "
+					"upgrade dunning",
+					db->path, now, want);
+				return DUN_E_SCHEMA;
+			}
+			m = now - 1;
+			continue;
+		}
 		for (const char *const *s = dun_schema_migration(m); *s; s++) {
-			e = dun_db_exec(db, *s, err, err_size);
+			e = db->drv->exec_schema(db, *s, err, err_size);
 			if (e != DUN_OK) {
 				dun_db_rollback(db);
 				return e;
@@ -149,13 +194,16 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 			    struct dun_db **out, char *err, size_t err_size)
 {
 	*out = NULL;
-	enum dun_err e = check_file(path, how, err, err_size);
+	/* A PostgreSQL URL names no file. */
+	enum dun_err e = dun_db_is_url(path) ? DUN_OK : check_file(path, how, err, err_size);
 	if (e != DUN_OK)
 		return e;
 	struct dun_db *db = dun_calloc(1, sizeof *db);
-	db->drv = &dun_db_driver_sqlite;
+	db->drv = dun_db_is_url(path) ? &dun_db_driver_pg : &dun_db_driver_sqlite;
 	db->path = dun_strdup(path);
 	db->access = how;
+	if (db->drv == &dun_db_driver_pg)
+		redact_url(db->path);
 	e = db->drv->open(db, path, err, err_size);
 	if (e == DUN_OK)
 		e = db->drv->configure(db, err, err_size);
@@ -166,7 +214,7 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 		set_err(err, err_size,
 			"%s: schema version %d is older than this binary's (%d) and a read-only "
 			"command does not migrate; run 'dunning init' first",
-			path, dun_db_schema_version(db), dun_schema_count());
+			db->path, dun_db_schema_version(db), dun_schema_count());
 		e = DUN_E_SCHEMA;
 	}
 	if (e == DUN_OK) {
@@ -267,18 +315,17 @@ int64_t dun_db_changes(struct dun_db *db)
 
 enum dun_err dun_db_begin(struct dun_db *db)
 {
-	return db->drv->exec(db, db->drv->begin_sql, NULL, 0);
+	return db->drv->begin(db);
 }
 
 enum dun_err dun_db_commit(struct dun_db *db)
 {
-	return db->drv->exec(db, "COMMIT", NULL, 0);
+	return db->drv->commit(db);
 }
 
 void dun_db_rollback(struct dun_db *db)
 {
-	if (db->drv->in_transaction(db))
-		db->drv->exec(db, "ROLLBACK", NULL, 0);
+	db->drv->rollback(db);
 }
 
 bool dun_db_in_transaction(struct dun_db *db)

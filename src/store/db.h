@@ -49,8 +49,17 @@ enum dun_col_type {
 };
 
 /*
+ * Whether location names a PostgreSQL database (a postgresql:// or
+ * postgres:// URL) rather than a SQLite file.
+ */
+bool dun_db_is_url(const char *location);
+/* location as it may be shown or logged: a URL without its password. */
+void dun_db_redact(const char *location, char *out, size_t out_size);
+
+/*
  * Open (creating if missing) the database at path and migrate it to the
- * latest schema. Refuses a database whose schema is newer than this binary
+ * latest schema. path is a SQLite file, or a postgresql:// URL (libpq's
+ * connection URI: user, password, host, port, database, parameters). Refuses a database whose schema is newer than this binary
  * (DUN_E_SCHEMA). On failure *out is NULL and err says why.
  */
 enum dun_err dun_db_open(const char *path, struct dun_db **out, char *err, size_t err_size);
@@ -75,7 +84,7 @@ enum dun_err dun_db_open_nomigrate(const char *path, struct dun_db **out, char *
 				   size_t err_size);
 /* Close db and every statement it owns; NULL is a no-op. */
 void dun_db_close(struct dun_db *db);
-/* The path (or location) db was opened with; lives as long as db. */
+/* The path (or URL, without its password) db was opened with; lives as long as db. */
 const char *dun_db_path(const struct dun_db *db);
 /* The schema version of the open database, -1 when it cannot be read. */
 int dun_db_schema_version(struct dun_db *db);

@@ -28,6 +28,8 @@ struct dun_db_driver {
 	/* Session settings applied after open (journal mode, timeouts, ...). */
 	enum dun_err (*configure)(struct dun_db *db, char *err, size_t err_size);
 	enum dun_err (*exec)(struct dun_db *db, const char *sql, char *err, size_t err_size);
+	/* Run one statement of schema.c (written in SQLite's dialect). */
+	enum dun_err (*exec_schema)(struct dun_db *db, const char *sql, char *err, size_t err_size);
 	/* persistent: the statement will be reused many times (cached). */
 	enum dun_err (*prepare)(struct dun_db *db, const char *sql, bool persistent,
 				struct dun_stmt **out);
@@ -52,8 +54,10 @@ struct dun_db_driver {
 	int64_t (*changes)(struct dun_db *db);
 	const char *(*errmsg)(struct dun_db *db);
 	bool (*in_transaction)(struct dun_db *db);
-	/* The SQL that opens a write transaction. */
-	const char *begin_sql;
+	/* Open a write transaction (writers are serialized), commit, roll back. */
+	enum dun_err (*begin)(struct dun_db *db);
+	enum dun_err (*commit)(struct dun_db *db);
+	void (*rollback)(struct dun_db *db);
 	/* Read and write the applied schema version. */
 	int (*schema_version)(struct dun_db *db);
 	enum dun_err (*set_schema_version)(struct dun_db *db, int version, char *err,
@@ -78,5 +82,6 @@ struct dun_db {
 };
 
 extern const struct dun_db_driver dun_db_driver_sqlite;
+extern const struct dun_db_driver dun_db_driver_pg;
 
 #endif

@@ -318,6 +318,22 @@ static bool sq_in_transaction(struct dun_db *db)
 	return !sqlite3_get_autocommit(conn(db));
 }
 
+static enum dun_err sq_begin(struct dun_db *db)
+{
+	return sq_exec(db, "BEGIN IMMEDIATE", NULL, 0);
+}
+
+static enum dun_err sq_commit(struct dun_db *db)
+{
+	return sq_exec(db, "COMMIT", NULL, 0);
+}
+
+static void sq_rollback(struct dun_db *db)
+{
+	if (sq_in_transaction(db))
+		sq_exec(db, "ROLLBACK", NULL, 0);
+}
+
 static int sq_schema_version(struct dun_db *db)
 {
 	sqlite3_stmt *h = NULL;
@@ -369,6 +385,7 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .close = sq_close,
     .configure = sq_configure,
     .exec = sq_exec,
+    .exec_schema = sq_exec,
     .prepare = sq_prepare,
     .finalize = sq_finalize,
     .reset = sq_reset,
@@ -389,7 +406,9 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .changes = sq_changes,
     .errmsg = sq_errmsg,
     .in_transaction = sq_in_transaction,
-    .begin_sql = "BEGIN IMMEDIATE",
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
     .schema_version = sq_schema_version,
     .set_schema_version = sq_set_schema_version,
     .busy_fine = sq_busy_fine,

@@ -95,10 +95,10 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 		" meta_bad_debt, metadata, version) VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6,"
 		" ?7, ?8)"
 		" ON CONFLICT(id) DO UPDATE SET account_id = COALESCE(excluded.account_id,"
-		" account_id), email = excluded.email, name = excluded.name,"
+		" p_customers.account_id), email = excluded.email, name = excluded.name,"
 		" default_payment_method = excluded.default_payment_method,"
 		" meta_bad_debt = excluded.meta_bad_debt, metadata = excluded.metadata,"
-		" version = excluded.version WHERE excluded.version >= version");
+		" version = excluded.version WHERE excluded.version >= p_customers.version");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, account);
 	dun_stmt_bind_text(st, 3, jstr(o, "email"));
@@ -136,7 +136,8 @@ static enum dun_err upsert_subscription(struct dun_db *db, json_t *o, int64_t ve
 	    dun_db_stmt(db, "INSERT INTO p_subscriptions(id, customer_id, status, version)"
 			    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET"
 			    " status = excluded.status, version = excluded.version"
-			    " WHERE excluded.version > version OR (excluded.version = version AND"
+			    " WHERE excluded.version > p_subscriptions.version"
+			    " OR (excluded.version = p_subscriptions.version AND"
 			    " excluded.status = 'canceled')");
 	dun_stmt_bind_text(st, 1, jstr(o, "id"));
 	dun_stmt_bind_text(st, 2, jid(o, "customer"));
@@ -224,29 +225,31 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 
 	/* The version rule, decided in SQL against the stored row. */
 	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
-		" amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
-		" collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
-		" meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
-		" version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-		" ?15, ?16, ?17, ?18, ?19, ?20)"
-		" ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
-		" status = excluded.status, amount_due = excluded.amount_due,"
-		" amount_paid = excluded.amount_paid,"
-		" amount_remaining = excluded.amount_remaining, currency = excluded.currency,"
-		" attempt_count = excluded.attempt_count,"
-		" billing_reason = excluded.billing_reason,"
-		" collection_method = excluded.collection_method, created = excluded.created,"
-		" paid_at = excluded.paid_at, hosted_invoice_url = excluded.hosted_invoice_url,"
-		" payment_intent = CASE WHEN excluded.payment_intent <> '' THEN"
-		" excluded.payment_intent ELSE payment_intent END,"
-		" meta_bad_debt_amount = excluded.meta_bad_debt_amount,"
-		" meta_bad_debt_paid = excluded.meta_bad_debt_paid,"
-		" meta_bad_debt_invoices = excluded.meta_bad_debt_invoices,"
-		" metadata = excluded.metadata, version = excluded.version"
-		" WHERE excluded.version > version OR (excluded.version = version AND ?21 >="
-		" (CASE status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
-		" THEN 2 ELSE 3 END))");
+	    db,
+	    "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
+	    " amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
+	    " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
+	    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
+	    " version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+	    " ?15, ?16, ?17, ?18, ?19, ?20)"
+	    " ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
+	    " status = excluded.status, amount_due = excluded.amount_due,"
+	    " amount_paid = excluded.amount_paid,"
+	    " amount_remaining = excluded.amount_remaining, currency = excluded.currency,"
+	    " attempt_count = excluded.attempt_count,"
+	    " billing_reason = excluded.billing_reason,"
+	    " collection_method = excluded.collection_method, created = excluded.created,"
+	    " paid_at = excluded.paid_at, hosted_invoice_url = excluded.hosted_invoice_url,"
+	    " payment_intent = CASE WHEN excluded.payment_intent <> '' THEN"
+	    " excluded.payment_intent ELSE p_invoices.payment_intent END,"
+	    " meta_bad_debt_amount = excluded.meta_bad_debt_amount,"
+	    " meta_bad_debt_paid = excluded.meta_bad_debt_paid,"
+	    " meta_bad_debt_invoices = excluded.meta_bad_debt_invoices,"
+	    " metadata = excluded.metadata, version = excluded.version"
+	    " WHERE excluded.version > p_invoices.version"
+	    " OR (excluded.version = p_invoices.version AND ?21 >="
+	    " (CASE p_invoices.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
+	    " THEN 2 ELSE 3 END))");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, customer);
 	dun_stmt_bind_text(st, 3, sub);
@@ -315,11 +318,11 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 		" payment_method, decline_code, advice_code, network_advice_code, version)"
 		" VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
 		" ON CONFLICT(id) DO UPDATE SET invoice_id = COALESCE(excluded.invoice_id,"
-		" invoice_id), status = excluded.status,"
+		" p_attempts.invoice_id), status = excluded.status,"
 		" payment_method = excluded.payment_method,"
 		" decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
 		" network_advice_code = excluded.network_advice_code,"
-		" version = excluded.version WHERE excluded.version >= version");
+		" version = excluded.version WHERE excluded.version >= p_attempts.version");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, inv);
 	dun_stmt_bind_text(st, 3, pi);

@@ -17,16 +17,33 @@ other test files in this directory:
   ``writes`` option); ``dun_observe`` is the same fixture without it, a
   database exactly as a new installation has it.
 
+Backends: ``dun`` and ``dun_observe`` run every test twice, on a SQLite
+file and on a PostgreSQL database of its own (``dun.backend`` says which).
+The PostgreSQL side is a real, throwaway cluster this file starts once per
+session (``dun_pg``: initdb into a temporary directory, the server on
+127.0.0.1 and a socket in that directory, stopped at the end; as root it
+runs as the ``postgres`` user). Without PostgreSQL's binaries the
+postgresql variants are skipped, saying why. ``dun.sql``, ``dun.scalar``,
+``dun.execute``, ``dun.emails`` and ``dun.provider_knows`` work on both:
+queries are written with SQLite's ``?``/``?N`` parameters. A test that is
+about SQLite itself is listed in DUN_SQLITE_ONLY below.
+
 The binary is found in $DUNNING_BUILD_DIR (default: build, relative to the
 repository root). Every command gets ``--db`` explicitly; the environment
 variables the binary reads (DUNNING_DB, DUNNING_POLICY, ...) are removed so
 a developer's shell cannot leak into a test.
 """
 
+import glob
 import json
 import os
+import re
+import shutil
+import socket
 import sqlite3
 import subprocess
+import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,8 +106,11 @@ class Dunning:
     repo = DUN_REPO
     at = staticmethod(dun_at)
 
-    def __init__(self, db, workdir, writes=True):
-        self.db = Path(db)
+    def __init__(self, db, workdir, writes=True, pg=None):
+        # db: a SQLite file, or (with pg, the DunPgCluster) a postgresql:// URL.
+        self.pg = pg
+        self.backend = "postgresql" if pg else "sqlite"
+        self.db = DunPgUrl(db, pg) if pg else Path(db)
         self.workdir = Path(workdir)
         self._files = 0
         # writes: before the first command that opens a database that does
@@ -176,11 +196,24 @@ class Dunning:
 
     # -- reading the database ---------------------------------------------
 
+    def _connect(self):
+        if self.pg:
+            return self.pg.connect(self.db)
+        return sqlite3.connect(str(self.db), timeout=30)
+
+    def _q(self, query, params):
+        """query and params for this backend (SQLite's ?/?N on both)."""
+        if self.pg:
+            return dun_pg_query(query, params)
+        return query, params
+
     def sql(self, query, params=()):
         """Rows of a query (read-only use; WAL lets this run beside the binary)."""
-        con = sqlite3.connect(str(self.db), timeout=30)
+        con = self._connect()
         try:
-            return con.execute(query, params).fetchall()
+            cur = con.cursor()
+            cur.execute(*self._q(query, params))
+            return [tuple(r) for r in cur.fetchall()]
         finally:
             con.close()
 
@@ -190,22 +223,23 @@ class Dunning:
 
     def execute(self, query, params=()):
         """Write to the database behind the binary's back (tampering, drift)."""
-        con = sqlite3.connect(str(self.db), timeout=30)
+        con = self._connect()
         try:
-            con.execute(query, params)
+            con.cursor().execute(*self._q(query, params))
             con.commit()
         finally:
             con.close()
 
     def emails(self, account=None):
         """The email log as dicts, oldest first."""
-        con = sqlite3.connect(str(self.db), timeout=30)
-        con.row_factory = sqlite3.Row
+        con = self._connect()
         try:
-            rows = con.execute(
+            cur = con.cursor()
+            cur.execute(*self._q(
                 "SELECT * FROM emails WHERE ?1 IS NULL OR account_id = ?1"
-                " ORDER BY created_at, key", (account,)).fetchall()
-            return [dict(r) for r in rows]
+                " ORDER BY created_at, key", (account,)))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
         finally:
             con.close()
 
@@ -225,18 +259,18 @@ class Dunning:
         the card behaviour of customers (see src/provider/sim.h), e.g.
         "insufficient_funds" or "expired_card".
         """
-        con = sqlite3.connect(str(self.db), timeout=30)
+        con = self._connect()
         try:
             for o in objects:
                 cus = o["id"] if o["object"] == "customer" else o.get("customer", "")
-                con.execute(
+                con.cursor().execute(*self._q(
                     "INSERT INTO sim_objects(id, type, customer_id, behavior, body)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                    " body = excluded.body, behavior = CASE WHEN ?4 = '' THEN behavior"
-                    " ELSE excluded.behavior END",
+                    " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET"
+                    " body = excluded.body, behavior = CASE WHEN ?4 = ''"
+                    " THEN sim_objects.behavior ELSE excluded.behavior END",
                     (o["id"], o["object"], cus,
                      behavior if (behavior and o["object"] == "customer") else "",
-                     json.dumps(o)))
+                     json.dumps(o))))
             con.commit()
         finally:
             con.close()
@@ -343,20 +377,196 @@ class StripeEvents:
         return inv
 
 
-@pytest.fixture
-def dun(tmp_path):
-    """The `dunning` binary on a database of its own in tmp_path."""
+# Tests about SQLite itself (its file, PRAGMA user_version): not run on PostgreSQL.
+DUN_SQLITE_ONLY = {
+    "test_cli.py::test_init_creates_and_is_idempotent",
+    "test_cli.py::test_newer_schema_is_refused",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if not callspec or callspec.params.get("dun_backend") != "postgresql":
+            continue
+        name = "%s::%s" % (Path(str(item.fspath)).name, item.originalname)
+        if name in DUN_SQLITE_ONLY:
+            item.add_marker(pytest.mark.skip(reason="about SQLite's file itself"))
+
+
+def dun_pg_query(query, params=()):
+    """A query with SQLite's ?N / ? parameters as psycopg2 wants it (%s, in order)."""
+    params = list(params)
+    out, args, nxt = [], [], 0
+    i = 0
+    while i < len(query):
+        c = query[i]
+        if c in "'\"":
+            j = query.index(c, i + 1) + 1
+            out.append(query[i:j].replace("%", "%%"))
+            i = j
+            continue
+        if c == "?":
+            m = re.match(r"\?(\d*)", query[i:])
+            if m.group(1):
+                n = int(m.group(1))
+            else:
+                nxt += 1
+                n = nxt
+            out.append("%s")
+            args.append(params[n - 1])
+            i += len(m.group(0))
+            continue
+        out.append("%%" if c == "%" else c)
+        i += 1
+    return "".join(out), args
+
+
+class DunPgUrl(str):
+    """A PostgreSQL database's URL that, like a Path, says whether it exists:
+    whether the dunning schema was created in it."""
+
+    def __new__(cls, url, pg):
+        obj = super().__new__(cls, url)
+        obj.pg = pg
+        return obj
+
+    def exists(self):
+        return self.pg.has_schema(self)
+
+
+class DunPgCluster:
+    """A throwaway PostgreSQL cluster: initdb into a temporary directory, the
+    server on 127.0.0.1 (a free port) and a Unix socket in that directory."""
+
+    def __init__(self, bindir):
+        self.bindir = Path(bindir)
+        self.dir = Path(tempfile.mkdtemp(prefix="dunning-pg-"))
+        self.data = self.dir / "data"
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            self.port = sk.getsockname()[1]
+        self.as_root = os.geteuid() == 0
+        self.n = 0
+
+    def _run(self, *argv):
+        cmd = [str(a) for a in argv]
+        if self.as_root:  # initdb refuses root: the server runs as postgres
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        return subprocess.run(cmd, text=True, capture_output=True, timeout=120)
+
+    def start(self):
+        if self.as_root:
+            shutil.chown(self.dir, "postgres")
+        r = self._run(self.bindir / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
+                      "--no-sync", "-E", "UTF8", "--locale=C")
+        assert r.returncode == 0, r.stdout + r.stderr
+        opts = ("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off"
+                " -c full_page_writes=off -c max_connections=200" % (self.port, self.dir))
+        r = self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log",
+                      "-o", opts, "-w", "start")
+        assert r.returncode == 0, r.stdout + r.stderr + self.log()
+
+    def stop(self):
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self):
+        try:
+            return (self.dir / "server.log").read_text()
+        except OSError:
+            return ""
+
+    def url(self, name):
+        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.port, name)
+
+    def connect(self, url_or_name):
+        import psycopg2
+        name = url_or_name.rsplit("/", 1)[-1]
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=name)
+
+    def create(self, prefix="dun"):
+        """A new empty database; returns its URL."""
+        self.n += 1
+        name = "%s_%d_%d" % (prefix, os.getpid(), self.n)
+        con = self.connect("postgres")
+        con.autocommit = True
+        try:
+            con.cursor().execute('CREATE DATABASE "%s"' % name)
+        finally:
+            con.close()
+        return self.url(name)
+
+    def has_schema(self, url):
+        con = self.connect(url)
+        try:
+            cur = con.cursor()
+            cur.execute("SELECT to_regclass('dunning_schema') IS NOT NULL")
+            return cur.fetchone()[0]
+        finally:
+            con.close()
+
+
+def dun_pg_bindir():
+    """Debian's PostgreSQL server binaries (the newest version), or None."""
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                  key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return str(Path(dirs[-1]).parent) if dirs else None
+
+
+_dun_pg_cluster = None
+
+
+@pytest.fixture(scope="session")
+def dun_pg():
+    """The session's throwaway PostgreSQL cluster (started on first use)."""
+    global _dun_pg_cluster
+    bindir = dun_pg_bindir()
+    if not bindir:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("python3-psycopg2 is not installed")
+    if _dun_pg_cluster is None:
+        _dun_pg_cluster = DunPgCluster(bindir)
+        _dun_pg_cluster.start()
+    return _dun_pg_cluster
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _dun_pg_cluster
+    if _dun_pg_cluster is not None:
+        _dun_pg_cluster.stop()
+        _dun_pg_cluster = None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def dun_backend(request):
+    """The store a ``dun`` test runs on; the postgresql variant needs ``dun_pg``."""
+    return request.param
+
+
+def _dun_for(request, tmp_path, backend, writes):
     if not DUN_BINARY.exists():
         pytest.skip("dunning is not built in %s" % DUN_BUILD)
-    return Dunning(tmp_path / "dunning.db", tmp_path)
+    if backend == "postgresql":
+        pg = request.getfixturevalue("dun_pg")
+        return Dunning(pg.create(), tmp_path, writes=writes, pg=pg)
+    return Dunning(tmp_path / "dunning.db", tmp_path, writes=writes)
 
 
 @pytest.fixture
-def dun_observe(tmp_path):
+def dun(request, tmp_path, dun_backend):
+    """The `dunning` binary on a database of its own: a SQLite file in tmp_path,
+    or a fresh PostgreSQL database (the test runs on both)."""
+    return _dun_for(request, tmp_path, dun_backend, True)
+
+
+@pytest.fixture
+def dun_observe(request, tmp_path, dun_backend):
     """Like ``dun``, on a database left as a new installation has it: observe at 0%."""
-    if not DUN_BINARY.exists():
-        pytest.skip("dunning is not built in %s" % DUN_BUILD)
-    return Dunning(tmp_path / "dunning.db", tmp_path, writes=False)
+    return _dun_for(request, tmp_path, dun_backend, False)
 
 
 @pytest.fixture
