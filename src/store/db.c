@@ -207,6 +207,13 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 	e = db->drv->open(db, path, err, err_size);
 	if (e == DUN_OK)
 		e = db->drv->configure(db, err, err_size);
+	/* An empty PostgreSQL database is what a missing file is to SQLite. */
+	if (e == DUN_OK && how != DUN_DB_CREATE && dun_db_is_url(path) &&
+	    dun_db_schema_version(db) == 0) {
+		set_err(err, err_size, "%s: no dunning database there (run 'dunning init')",
+			db->path);
+		e = DUN_E_NOT_FOUND;
+	}
 	if (e == DUN_OK)
 		e = migrate(db, apply && how != DUN_DB_READONLY, err, err_size);
 	if (e == DUN_OK && how == DUN_DB_READONLY &&
