@@ -381,6 +381,11 @@ class StripeEvents:
 DUN_SQLITE_ONLY = {
     "test_cli.py::test_init_creates_and_is_idempotent",
     "test_cli.py::test_newer_schema_is_refused",
+    "test_cli_inputs.py::test_database_and_its_wal_and_shm_are_private",
+    "test_cli_inputs.py::test_a_corrupt_database",
+    "test_cli_inputs.py::test_read_only_database",
+    # opens the file with Python's sqlite3 (legacy_writes_stores)
+    "test_rollout.py::test_parity_over_60_days_finds_exactly_the_planted_disagreements",
 }
 
 
