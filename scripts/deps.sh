@@ -6,12 +6,13 @@ set -euo pipefail
 packages=(
 	gcc make pkg-config meson ninja-build
 	libsqlite3-dev libjansson-dev libcurl4-openssl-dev libmicrohttpd-dev
-	libinih-dev libssl-dev libpq-dev
+	libinih-dev libssl-dev libpq-dev libcrypt-dev
 	python3 python3-pytest python3-aiosmtpd python3-psycopg2 sqlite3 clang-format
 	postgresql
 )
 if [ "${1:-}" = "--with-node" ]; then
-	packages+=(nodejs npm)
+	# chromium: the support panel's browser tests drive it with playwright-core
+	packages+=(nodejs npm chromium)
 fi
 
 missing=()

@@ -34,6 +34,7 @@ static const struct dun_command commands[] = {
     {"config", dun_cmd_config, "check a service configuration file (config check FILE)"},
     {"sync", dun_cmd_sync, "import customers, subscriptions and invoices from Stripe (--config)"},
     {"backfill", dun_cmd_backfill, "replay Stripe's events since a time, like lost webhooks"},
+    {"users", dun_cmd_users, "add, change or remove the people who may sign in to the panel"},
 };
 
 static void usage(FILE *out)

@@ -66,6 +66,10 @@ static const struct key keys[] = {
     INT("stripe", "timeout_ms", stripe_timeout_ms, 100, 600000),
     INT("stripe", "max_retries", stripe_max_retries, 0, 20),
     STR("admin", "token", admin_token),
+    STR("panel", "users_file", panel_users_file),
+    INT("panel", "session_idle_s", panel_session_idle_s, 60, 7 * 86400),
+    INT("panel", "session_max_s", panel_session_max_s, 300, 30 * 86400),
+    INT("panel", "cookie_secure", panel_cookie_secure, 0, 1),
     STR("rollout", "mode", rollout_mode),
     DBL("rollout", "percent", rollout_percent, 0, 100),
     INT("rollout", "parity_window_days", rollout_parity_window_days, 1, 366),
@@ -137,6 +141,8 @@ void dun_config_defaults(struct dun_config *c)
 	snprintf(c->platform_kind, sizeof c->platform_kind, "local");
 	c->platform_timeout_ms = 10000;
 	c->event_timeout_ms = 10000;
+	c->panel_session_idle_s = 3600;
+	c->panel_session_max_s = 12 * 3600;
 }
 
 struct ctx {

@@ -67,6 +67,11 @@ struct dun_config {
 	int stripe_max_retries;
 	/* [admin] */
 	char admin_token[256];
+	/* [panel] the support panel under /panel/ (off without a users file) */
+	char panel_users_file[DUN_CONFIG_STR];
+	int64_t panel_session_idle_s; /* a session unused this long ends */
+	int64_t panel_session_max_s;  /* and any session ends this long after sign-in */
+	int64_t panel_cookie_secure;  /* 1: always Secure; 0: when X-Forwarded-Proto is https */
 	/* [rollout] */
 	char rollout_mode[16];		      /* "" = no expectation about the database's mode */
 	double rollout_percent;		      /* < 0 = no expectation */
