@@ -84,7 +84,7 @@
 #include <unistd.h>
 
 #define LOG_FIELDS_MAX	 4
-#define HEADERS_MAX	 2
+#define HEADERS_MAX	 8
 /* How often the watchdog looks for connections past the header deadline, at most. */
 #define WATCHDOG_TICK_MS 250
 /* MHD's repeated complaints are logged at most this often. */

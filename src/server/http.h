@@ -94,7 +94,7 @@ int64_t dun_http_body_max(const struct dun_http_request *r);
 
 /* Add key=value to the request's log line (key static, value copied; at most 4). */
 void dun_http_log(struct dun_http_request *r, const char *key, const char *value);
-/* Add a response header (name static, value copied; at most 2). */
+/* Add a response header (name static, value copied; at most 8). */
 void dun_http_add_header(struct dun_http_request *r, const char *name, const char *value);
 
 /* Answer with body (heap, taken) of content_type (static). */

@@ -23,6 +23,7 @@
 #include "apply/rollout.h"
 #include "config/policy_file.h"
 #include "server/admin.h"
+#include "server/panel.h"
 #include "server/committer.h"
 #include "server/http.h"
 #include "server/lane.h"
@@ -58,6 +59,26 @@ static const struct dun_http_route routes[] = {
     {"POST", "/accounts/{}/pay-bad-debt", dun_admin_pay_bad_debt},
     {"GET", "/events", dun_admin_events},
     {"POST", "/events/{}/retry", dun_admin_retry},
+    /* the support panel (panel.c) */
+    {"GET", "/panel", dun_panel_get},
+    {"GET", "/panel/", dun_panel_get},
+    {"GET", "/panel/style.css", dun_panel_get},
+    {"GET", "/panel/login", dun_panel_get},
+    {"POST", "/panel/login", dun_panel_post},
+    {"POST", "/panel/logout", dun_panel_post},
+    {"GET", "/panel/search", dun_panel_get},
+    {"GET", "/panel/accounts/{}", dun_panel_get},
+    {"GET", "/panel/accounts/{}/recompute", dun_panel_get},
+    {"POST", "/panel/accounts/{}/recompute", dun_panel_post},
+    {"POST", "/panel/accounts/{}/pay-bad-debt", dun_panel_post},
+    {"POST", "/panel/accounts/{}/kill-switch", dun_panel_post},
+    {"GET", "/panel/triggers", dun_panel_get},
+    {"POST", "/panel/triggers/{}/retry", dun_panel_post},
+    {"GET", "/panel/outboxes", dun_panel_get},
+    {"GET", "/panel/rollout", dun_panel_get},
+    {"GET", "/panel/drift", dun_panel_get},
+    {"POST", "/panel/drift/scan", dun_panel_post},
+    {"GET", "/panel/actions", dun_panel_get},
 };
 
 /* How long a worker gives way to a webhook burst before it claims anyway. */
@@ -134,6 +155,7 @@ static void teardown(struct dun_service *svc)
 	dun_committer_stop(svc->committer);
 	dun_workers_stop(svc->workers);
 	dun_admin_destroy(svc->admin);
+	dun_panel_destroy(svc->panel);
 	dun_shared_provider_destroy(svc->provider);
 	free(svc);
 }
@@ -196,6 +218,7 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 	const char *colon = strrchr(svc->addr, ':');
 	svc->port = colon ? atoi(colon + 1) : 0;
 	svc->admin = dun_admin_new(svc);
+	svc->panel = dun_panel_new(svc);
 	struct dun_provider provider = dun_shared_provider_get(svc->provider);
 	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
 				svc, &svc->committer, err, err_size);

@@ -28,6 +28,7 @@ struct dun_service {
 	struct dun_workers *workers;
 	struct dun_lane *lane;
 	struct dun_admin *admin;
+	struct dun_panel *panel;
 	struct dun_http *http;
 	struct dun_senders senders; /* the platform outbox and outcome-event delivery loop */
 	pthread_t senders_thread;

@@ -469,8 +469,26 @@ static const char *const migration_6[] = {
     NULL,
 };
 
+/*
+ * Migration 7 — the support panel's record of who pressed what
+ * (src/server/panel.c): sign-ins, recomputes, pay-bad-debt links, kill
+ * switches with their reason, trigger retries, drift scans.
+ */
+static const char *const migration_7[] = {
+    "CREATE TABLE panel_actions ("
+    " id INTEGER PRIMARY KEY,"
+    " at INTEGER NOT NULL,"
+    " user_name TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " detail TEXT NOT NULL DEFAULT '',"
+    " outcome TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX panel_actions_account ON panel_actions(account_id, id)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1, migration_2, migration_3, migration_4, migration_5, migration_6,
+    migration_1, migration_2, migration_3, migration_4, migration_5, migration_6, migration_7,
 };
 
 int dun_schema_count(void)
