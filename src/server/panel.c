@@ -693,10 +693,8 @@ static void plan_list(struct dun_buf *b, json_t *plan)
 	json_array_foreach(plan, i, c)
 	{
 		h(b, "<li><code>");
-		t(b, js(c, "type"));
-		h(b, "</code> ");
 		t(b, js(c, "text"));
-		h(b, " <span class=\"dim\">(");
+		h(b, "</code> <span class=\"dim\">(");
 		t(b, js(c, "store"));
 		h(b, ")</span></li>");
 	}
@@ -916,8 +914,9 @@ static void page_account(struct panel_job *job, struct dun_engine_ctx *ctx)
 	h(&b, "</p>");
 
 	/* Stage, since when and why. */
-	h(&b, "<section class=\"cards\"><div class=\"card\"><h2>Stage</h2><p class=\"stage\" "
-	      "id=\"stage\">");
+	h(&b, observe ? "<section class=\"cards\"><div class=\"card\"><h2>Stage (shadow)</h2>"
+		      : "<section class=\"cards\"><div class=\"card\"><h2>Stage</h2>");
+	h(&b, "<p class=\"stage\" id=\"stage\">");
 	badge(&b, js(dun, "stage"), js(dun, "stage"));
 	h(&b, "</p><p>since ");
 	when(&b, ji(dun, "since"));
@@ -940,7 +939,8 @@ static void page_account(struct panel_job *job, struct dun_engine_ctx *ctx)
 	h(&b, "</p></div>");
 
 	json_t *plat = json_object_get(o, "platform");
-	h(&b, "<div class=\"card\"><h2>Stores</h2><ul class=\"kv\">");
+	h(&b, observe ? "<div class=\"card\"><h2>Stores (shadow)</h2><ul class=\"kv\">"
+		      : "<div class=\"card\"><h2>Stores</h2><ul class=\"kv\">");
 	hf(&b, "<li>account bad_debt <b>%s</b></li>", jb(acct, "bad_debt") ? "yes" : "no");
 	if (json_is_object(cus))
 		hf(&b, "<li>customer bad_debt <b>%s</b>, provider metadata <b>%s</b></li>",
@@ -955,7 +955,8 @@ static void page_account(struct panel_job *job, struct dun_engine_ctx *ctx)
 	   jb(acct, "no_successful_payment") ? "yes" : "no");
 
 	/* Drift. */
-	h(&b, "<div class=\"card\" id=\"drift\"><h2>Drift</h2>");
+	h(&b, drift ? "<div class=\"card bad\" id=\"drift\"><h2>Drift</h2>"
+		    : "<div class=\"card\" id=\"drift\"><h2>Drift</h2>");
 	if (!drift) {
 		h(&b, "<p class=\"ok\" id=\"drift-none\">none: the stores agree with the "
 		      "policy</p>");
@@ -982,12 +983,18 @@ static void page_account(struct panel_job *job, struct dun_engine_ctx *ctx)
 	if (observe) {
 		json_t *real = json_object_get(o, "real");
 		json_t *rd = json_object_get(real, "dunning");
-		h(&b, "<section class=\"observe\" id=\"shadow\"><h2>Observe mode: the shadow "
-		      "decision</h2><p>This account is observed: the engine writes nothing and "
-		      "keeps a shadow of what it would have done. The stage above is the "
-		      "shadow's; the real stores say <b>");
+		json_t *rp = json_object_get(real, "platform");
+		h(&b,
+		  "<section class=\"observe\" id=\"shadow\"><h2>Observe mode: the shadow "
+		  "decision</h2><p>This account is observed: the engine writes nothing and "
+		  "keeps a shadow of what it would have done. The stage and stores above are "
+		  "the shadow's. The real stores (the legacy system's until cutover) say: stage "
+		  "<b id=\"real-stage\">");
 		t(&b, js(rd, "stage"));
-		h(&b, "</b>.</p>");
+		hf(&b, "</b>, account bad_debt <b>%s</b>, banned <b>%s</b>, entitlement <b>",
+		   jb(real, "account_bad_debt") ? "yes" : "no", jb(rp, "banned") ? "yes" : "no");
+		t(&b, js(rp, "entitlement"));
+		h(&b, "</b>.</p><h3>What the shadow did, and when</h3>");
 		static const char *const cols[] = {"at", "type", "target", "value", "kind", NULL};
 		rows_table(&b, "shadow-consequences", json_object_get(o, "shadow_consequences"),
 			   cols, "the shadow has done nothing", job, false);
@@ -1854,6 +1861,7 @@ static const char STYLE[] =
     ".who button{background:transparent;color:#dbe4ff;border:1px solid #56607a}"
     "main{max-width:1200px;margin:0 auto;padding:1em 1.5em 3em}h1{font-size:1.5em;"
     "margin:.6em 0 .2em;overflow-wrap:anywhere}h2{font-size:1.1em;margin:1.4em 0 .4em}"
+    "h3{font-size:1em;margin:1em 0 .4em}"
     ".sub{color:var(--dim);margin:0 0 .4em;overflow-wrap:anywhere}"
     "table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);"
     "font-size:.92em}th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid "
@@ -1861,6 +1869,7 @@ static const char STYLE[] =
     ".detail{color:var(--dim);font-size:.92em}.dim{color:var(--dim)}"
     ".cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:1em}"
     ".card{background:#fff;border:1px solid var(--line);border-radius:6px;padding:.4em 1em}"
+    ".card.bad{border-color:#f1a7a2;background:#fff7f6}.card.bad h2{color:var(--bad)}"
     ".card h2{margin:.4em 0}.card p{margin:.3em 0}.kv{padding-left:1.1em;margin:.3em 0}"
     ".stage .badge{font-size:1.2em}"
     ".badge{display:inline-block;padding:.05em .5em;border-radius:999px;font-size:.85em;"
