@@ -1385,6 +1385,67 @@ static enum dun_err op_pay_invoice(void *self, const char *invoice_id, const cha
 	return e;
 }
 
+/* metadata[md_key] of o, or "" */
+static const char *jmeta(json_t *o, const char *md_key)
+{
+	return jstr(json_object_get(o, "metadata"), md_key);
+}
+
+struct md_search {
+	const char *md_key, *md_value;
+	json_t *found; /* the first match (owned), or NULL */
+	json_t *all;   /* every match's metadata[md_collect] value, when md_collect */
+	const char *md_collect;
+};
+
+static enum dun_err md_page(void *user, json_t *data)
+{
+	struct md_search *q = user;
+	size_t i;
+	json_t *o;
+	json_array_foreach(data, i, o) {
+		/* A voided object did nothing that could happen twice. */
+		if (strcmp(jmeta(o, q->md_key), q->md_value) || !strcmp(jstr(o, "status"), "void"))
+			continue;
+		if (!q->found)
+			q->found = json_incref(o);
+		if (q->md_collect)
+			json_array_append_new(q->all, json_string(jmeta(o, q->md_collect)));
+	}
+	return DUN_OK;
+}
+
+/*
+ * Whether an earlier run already created the object a create would make:
+ * the objects of path filtered by (filter, value), searched for the
+ * metadata the create sets. Lists are read-after-write consistent (the
+ * search API is not, so it is never used for this).
+ */
+static enum dun_err find_created(struct dun_stripe *s, const char *path, const char *filter,
+				 const char *value, const char *filter2, const char *value2,
+				 struct md_search *q, char *err, size_t es)
+{
+	struct dun_form f;
+	dun_form_init(&f);
+	dun_form_add(&f, filter, value);
+	if (filter2)
+		dun_form_add(&f, filter2, value2);
+	enum dun_err e = dun_stripe_list(s, path, &f, md_page, q, err, es);
+	dun_form_free(&f);
+	return e;
+}
+
+static bool json_has_string(json_t *arr, const char *v)
+{
+	size_t i;
+	json_t *x;
+	json_array_foreach(arr, i, x) {
+		if (json_is_string(x) && !strcmp(json_string_value(x), v))
+			return true;
+	}
+	return false;
+}
+
 /*
  * The consolidated invoice: create a draft that lists the originals in its
  * metadata, add one item per original, finalize. Each step has its own key
@@ -1392,6 +1453,16 @@ static enum dun_err op_pay_invoice(void *self, const char *invoice_id, const cha
  * also name the draft, so a draft created under a new key never meets the
  * stored answers of another draft's steps. Asked again with the same key,
  * every step replays and the same invoice comes back.
+ *
+ * A key is not proof enough that a create ran once: Stripe answers a
+ * request that executed and then failed with a 500 (Stripe-Should-Retry:
+ * false) that it stores under the key, so the client moves to a new key,
+ * and a new key runs the create again. So before creating anything, the
+ * client looks for what an earlier run made: the draft carries
+ * metadata[dunning_key] = the consequence key and is found among the
+ * customer's send_invoice invoices; each item carries
+ * metadata[dunning_covers] = its original and is found among the draft's
+ * items. Only what is not there is created.
  */
 static enum dun_err op_create_consolidated(void *self, const struct dun_consolidated_req *req,
 					   const char *idem, json_t **out, char *err, size_t es)
@@ -1426,22 +1497,57 @@ static enum dun_err op_create_consolidated(void *self, const struct dun_consolid
 		dun_form_free(&f);
 		return e;
 	}
+	dun_form_add_sub(&f, "metadata", "dunning_key", idem);
 	snprintf(key, sizeof key, "%s/create", idem);
-	json_t *draft = NULL;
-	e = post(s, "/v1/invoices", &f, key, &draft, err, es);
+	struct md_search found = {.md_key = "dunning_key", .md_value = idem};
+	e = find_created(s, "/v1/invoices", "customer", req->customer_id, "collection_method",
+			 "send_invoice", &found, err, es);
+	if (e != DUN_OK) {
+		dun_form_free(&f);
+		return e;
+	}
+	json_t *draft = found.found;
+	if (draft) {
+		dun_log(DUN_LOG_INFO, "stripe.found_created", "path", "/v1/invoices", "id",
+			jstr(draft, "id"), "idempotency_key", key, NULL);
+	} else {
+		e = post(s, "/v1/invoices", &f, key, &draft, err, es);
+	}
 	dun_form_free(&f);
 	if (e != DUN_OK)
 		return e;
 	char draft_id[DUN_ID_MAX];
 	dun_strlcpy(draft_id, jstr(draft, "id"), sizeof draft_id);
+	bool is_draft = !strcmp(jstr(draft, "status"), "draft");
 	json_decref(draft);
 	if (!valid_id(draft_id, err, es))
 		return DUN_E_PARSE;
 	char inv_path[128];
 	snprintf(inv_path, sizeof inv_path, "/v1/invoices/%s", draft_id);
 	static const char *const finalized[] = {"open", "paid", "uncollectible", NULL};
+	if (!is_draft) {
+		/* Found finalized (or voided): an earlier run finished it. */
+		*out = get_if_status(s, inv_path, finalized);
+		if (*out)
+			return DUN_OK;
+		snprintf(err, es, "consolidated invoice %s of %s is neither a draft nor open", draft_id,
+			 idem);
+		return DUN_E_PROVIDER_REJECTED;
+	}
+	struct md_search items = {.md_key = "dunning_key",
+				  .md_value = idem,
+				  .all = json_array(),
+				  .md_collect = "dunning_covers"};
+	e = find_created(s, "/v1/invoiceitems", "invoice", draft_id, NULL, NULL, &items, err, es);
+	json_decref(items.found);
+	if (e != DUN_OK) {
+		json_decref(items.all);
+		return e;
+	}
 	for (int i = 0; i < req->n_originals; i++) {
 		const char *orig = req->original_ids[i];
+		if (json_has_string(items.all, orig))
+			continue; /* added by an earlier run */
 		dun_form_init(&f);
 		dun_form_add(&f, "customer", req->customer_id);
 		dun_form_add(&f, "invoice", draft_id);
@@ -1449,6 +1555,8 @@ static enum dun_err op_create_consolidated(void *self, const struct dun_consolid
 		dun_form_add(&f, "currency", req->currency);
 		snprintf(desc, sizeof desc, "Unpaid invoice %s", orig);
 		dun_form_add(&f, "description", desc);
+		dun_form_add_sub(&f, "metadata", "dunning_key", idem);
+		dun_form_add_sub(&f, "metadata", "dunning_covers", orig);
 		snprintf(key, sizeof key, "%s/%s/item/%s", idem, draft_id, orig);
 		json_t *item = NULL;
 		e = post(s, "/v1/invoiceitems", &f, key, &item, err, es);
@@ -1457,17 +1565,22 @@ static enum dun_err op_create_consolidated(void *self, const struct dun_consolid
 		if (e == DUN_E_PROVIDER_REJECTED) {
 			/* Finalized by an earlier run whose answer was lost: it is done. */
 			*out = get_if_status(s, inv_path, finalized);
-			if (*out)
+			if (*out) {
+				json_decref(items.all);
 				return DUN_OK;
+			}
 		}
-		if (e != DUN_OK)
+		if (e != DUN_OK) {
+			json_decref(items.all);
 			return e;
+		}
 	}
+	json_decref(items.all);
 	char path[128];
 	snprintf(path, sizeof path, "/v1/invoices/%s/finalize", draft_id);
 	snprintf(key, sizeof key, "%s/%s/finalize", idem, draft_id);
 	e = post(s, path, NULL, key, out, err, es);
-	if (e == DUN_E_PROVIDER_REJECTED) {
+	if (e == DUN_E_PROVIDER_REJECTED || e == DUN_E_PROVIDER || e == DUN_E_TIMEOUT) {
 		json_t *inv = get_if_status(s, inv_path, finalized);
 		if (inv) {
 			*out = inv;
