@@ -111,7 +111,11 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 			dun_strlcpy(c->target, inv->id, sizeof c->target);
 			c->value = 1;
 			c->episode = s->episode;
-			snprintf(c->key, sizeof c->key, "%s/void_invoice/%s", account_id, inv->id);
+			struct dun_text t;
+			dun_text_init(&t, c->key, sizeof c->key);
+			dun_text_key_part(&t, account_id);
+			dun_text_str(&t, "/void_invoice/");
+			dun_text_key_part(&t, inv->id);
 		}
 		if (d->invoices[i].unresolved_uncollectible && !d->invoices[i].upgrade)
 			for (const char *p = inv->id; *p; p++) {
@@ -124,8 +128,13 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 	dun_strlcpy(c->target, account_id, sizeof c->target);
 	c->value = 1;
 	c->episode = s->episode;
-	snprintf(c->key, sizeof c->key, "%s/create_consolidated_invoice/%016" PRIx64, account_id,
-		 h);
+	char hash[24];
+	snprintf(hash, sizeof hash, "%016" PRIx64, h);
+	struct dun_text t;
+	dun_text_init(&t, c->key, sizeof c->key);
+	dun_text_key_part(&t, account_id);
+	dun_text_str(&t, "/create_consolidated_invoice/");
+	dun_text_str(&t, hash);
 	struct dun_recompute_result r;
 	e = dun_engine_apply_request(en, items, n, "pay_bad_debt", &r);
 	free(items);

@@ -108,12 +108,12 @@ static struct dun_consequence *add(struct builder *b, enum dun_conseq_type type,
 	/* Default key: account/type/target/value/epN. */
 	struct dun_text t;
 	dun_text_init(&t, c->key, sizeof c->key);
-	dun_text_str(&t, b->s->account_id);
+	dun_text_key_part(&t, b->s->account_id);
 	dun_text_str(&t, "/");
 	dun_text_str(&t, dun_conseq_name(type));
 	if (strcmp(target, b->s->account_id) != 0) {
 		dun_text_str(&t, "/");
-		dun_text_str(&t, target);
+		dun_text_key_part(&t, target);
 	}
 	dun_text_str(&t, "/");
 	dun_text_i64(&t, value);
@@ -283,9 +283,9 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 		if (c) {
 			struct dun_text t;
 			dun_text_init(&t, c->key, sizeof c->key);
-			dun_text_str(&t, acct);
+			dun_text_key_part(&t, acct);
 			dun_text_str(&t, "/retry_payment/");
-			dun_text_str(&t, s->invoices[i].id);
+			dun_text_key_part(&t, s->invoices[i].id);
 			dun_text_str(&t, "/attempt");
 			dun_text_i64(&t, id->retry_attempt);
 		}
@@ -308,7 +308,7 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 			 * until SET_STAGE lands, so a retried plan reuses the key. */
 			struct dun_text t;
 			dun_text_init(&t, c->key, sizeof c->key);
-			dun_text_str(&t, acct);
+			dun_text_key_part(&t, acct);
 			dun_text_str(&t, "/outcome/");
 			dun_text_str(&t, dun_stage_name(s->stage));
 			dun_text_str(&t, "@");

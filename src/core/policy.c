@@ -159,11 +159,11 @@ void dun_email_key(char *out, size_t out_size, const char *account_id, enum dun_
 {
 	struct dun_text t;
 	dun_text_init(&t, out, out_size);
-	dun_text_str(&t, account_id);
+	dun_text_key_part(&t, account_id);
 	dun_text_str(&t, "/email/");
 	dun_text_str(&t, dun_email_kind_name(kind));
 	dun_text_str(&t, "/");
-	dun_text_str(&t, scope);
+	dun_text_key_part(&t, scope);
 }
 
 bool dun_state_has_sent(const struct dun_state *s, const char *key)

@@ -23,6 +23,43 @@ void dun_text_str(struct dun_text *t, const char *s)
 	t->buf[t->len] = '\0';
 }
 
+static bool key_plain(unsigned char c)
+{
+	return c > 0x20 && c < 0x7f && c != '/' && c != '%' && c != '~';
+}
+
+void dun_text_key_part(struct dun_text *t, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		n += key_plain(*p) ? 1 : 3;
+	char part[DUN_KEY_PART_MAX + 1];
+	size_t k = 0;
+	if (n <= DUN_KEY_PART_MAX) {
+		for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+			if (key_plain(*p)) {
+				part[k++] = (char)*p;
+			} else {
+				part[k++] = '%';
+				part[k++] = hex[*p >> 4];
+				part[k++] = hex[*p & 15];
+			}
+		}
+	} else {
+		uint64_t h = 14695981039346656037ULL;
+		for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+			h ^= *p;
+			h *= 1099511628211ULL;
+		}
+		part[k++] = '~';
+		for (int i = 15; i >= 0; i--)
+			part[k++] = hex[(h >> (i * 4)) & 15];
+	}
+	part[k] = '\0';
+	dun_text_str(t, part);
+}
+
 void dun_text_i64(struct dun_text *t, int64_t v)
 {
 	char tmp[24];

@@ -29,6 +29,18 @@ void dun_text_duration_exact(struct dun_text *t, int64_t seconds);
 /* An amount in minor units as "12.34 USD" (two decimals; currency upper-cased). */
 void dun_text_money(struct dun_text *t, int64_t minor, const char *currency);
 
+/*
+ * s as one part of an idempotency key: printable ASCII, never '/', so parts
+ * joined by '/' can be told apart whatever the ids contain. Every byte that
+ * is printable ASCII other than '/', '%', '~' is kept (so the keys of
+ * ordinary ids are unchanged); any other byte is written %XX; a part whose
+ * escaped form is longer than DUN_KEY_PART_MAX is written ~ and a stable
+ * 64-bit hash (FNV-1a) of its bytes instead. The three forms cannot meet:
+ * only escaped parts hold '%', only hashed parts start with '~'.
+ */
+#define DUN_KEY_PART_MAX 63
+void dun_text_key_part(struct dun_text *t, const char *s);
+
 /* Copy src into dst (size bytes), truncating; dst is always terminated. */
 void dun_strlcpy(char *dst, const char *src, size_t size);
 

@@ -297,13 +297,21 @@ void dun_stripe_idem_key(const char *base, int gen, char *out)
 	if (gen > 0)
 		snprintf(suffix, sizeof suffix, "/r%d", gen);
 	size_t b = strlen(base), sl = strlen(suffix);
-	if (b + sl < DUN_STRIPE_IDEM_MAX) {
+	bool printable = true;
+	for (const unsigned char *p = (const unsigned char *)base; *p && printable; p++)
+		printable = *p > 0x20 && *p < 0x7f;
+	if (printable && b + sl < DUN_STRIPE_IDEM_MAX) {
 		memcpy(out, base, b);
 		memcpy(out + b, suffix, sl + 1);
 		return;
 	}
 	uint64_t h = fnv1a(fnv1a(14695981039346656037ULL, base), suffix);
-	snprintf(out, DUN_STRIPE_IDEM_MAX, "%.238s~%016" PRIx64, base, h);
+	/* Too long, or not printable ASCII (the core's keys always are): a
+	 * printable prefix and a hash of the whole. */
+	size_t k = 0;
+	for (const unsigned char *p = (const unsigned char *)base; *p && k < 238; p++)
+		out[k++] = *p > 0x20 && *p < 0x7f ? (char)*p : '_';
+	snprintf(out + k, DUN_STRIPE_IDEM_MAX - k, "~%016" PRIx64, h);
 }
 
 /* ---- the client ------------------------------------------------------------- */
@@ -1403,7 +1411,8 @@ static enum dun_err md_page(void *user, json_t *data)
 	struct md_search *q = user;
 	size_t i;
 	json_t *o;
-	json_array_foreach(data, i, o) {
+	json_array_foreach(data, i, o)
+	{
 		/* A voided object did nothing that could happen twice. */
 		if (strcmp(jmeta(o, q->md_key), q->md_value) || !strcmp(jstr(o, "status"), "void"))
 			continue;
@@ -1439,7 +1448,8 @@ static bool json_has_string(json_t *arr, const char *v)
 {
 	size_t i;
 	json_t *x;
-	json_array_foreach(arr, i, x) {
+	json_array_foreach(arr, i, x)
+	{
 		if (json_is_string(x) && !strcmp(json_string_value(x), v))
 			return true;
 	}
@@ -1530,8 +1540,8 @@ static enum dun_err op_create_consolidated(void *self, const struct dun_consolid
 		*out = get_if_status(s, inv_path, finalized);
 		if (*out)
 			return DUN_OK;
-		snprintf(err, es, "consolidated invoice %s of %s is neither a draft nor open", draft_id,
-			 idem);
+		snprintf(err, es, "consolidated invoice %s of %s is neither a draft nor open",
+			 draft_id, idem);
 		return DUN_E_PROVIDER_REJECTED;
 	}
 	struct md_search items = {.md_key = "dunning_key",

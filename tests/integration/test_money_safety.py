@@ -96,3 +96,23 @@ def test_a_payment_executed_then_answered_500_is_not_charged_again(env, fake):
     assert line["rc"] == "DUN_OK" and line["obj"]["status"] == "paid"
     charges = fake.api("GET", "/v1/charges?customer=cus_A&limit=100")["data"]
     assert [c["status"] for c in charges].count("succeeded") == 1
+
+
+def test_idempotency_keys_are_printable_and_unambiguous_for_any_account_id(env, fake):
+    """Account ids come from customer metadata: one with '/' and non-ASCII
+    must give printable keys that cannot meet another account's."""
+    for account, cus in (("acct/\u00e9", "cus_A"), ("acct", "cus_B")):
+        fake.seed(customers=[{"id": cus, "email": cus + "@example.com", "metadata": {"account_id": account},
+                              "card": "insufficient_funds"}],
+                  subscriptions=[{"id": "sub_" + cus, "customer": cus, "status": "past_due"}],
+                  invoices=[{"id": "in_" + cus, "customer": cus, "subscription": "sub_" + cus,
+                             "amount_due": 1000, "attempts": ["insufficient_funds"]}])
+    env.run("sync")
+    now = bad_debt_now(fake)
+    fake.clear_requests()
+    env.run("recompute", "acct/\u00e9", now=now)
+    env.run("recompute", "acct", now=now)
+    keys = [r["headers"]["Idempotency-Key"] for r in fake.requests(method="POST")]
+    assert keys and all(all(0x20 < ord(ch) < 0x7f for ch in k) for k in keys), keys
+    assert any(k.startswith("acct%2f%c3%a9/") for k in keys), keys
+    assert len(set(keys)) == len(keys)

@@ -10,6 +10,7 @@
  */
 #include "check.h"
 #include "provider/stripe.h"
+#include "core/text.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -386,6 +387,56 @@ static void test_idem_key(void)
 	dun_stripe_idem_key(base, 0, k3);
 	CHECK_INT(strlen(k2), 255);
 	CHECK(strcmp(k2, k3) != 0);
+
+	/* Not printable ASCII: a printable prefix and a hash, distinct per base. */
+	dun_stripe_idem_key("acct_\xc3\xa9/x", 0, k2);
+	dun_stripe_idem_key("acct_\xc3\xa8/x", 0, k3);
+	CHECK(strcmp(k2, k3) != 0);
+	for (const char *p = k2; *p; p++)
+		CHECK(*p > 0x20 && *p < 0x7f);
+}
+
+static void key_of(const char *account, const char *target, char *out, size_t n)
+{
+	struct dun_text t;
+	dun_text_init(&t, out, n);
+	dun_text_key_part(&t, account);
+	dun_text_str(&t, "/void_invoice/");
+	dun_text_key_part(&t, target);
+}
+
+static void test_key_part(void)
+{
+	char a[160], b[160];
+	/* Ordinary ids are kept as they are: keys stored by earlier releases match. */
+	key_of("acct_1", "in_1", a, sizeof a);
+	CHECK_STR(a, "acct_1/void_invoice/in_1");
+	key_of("user@example.com", "in_1", a, sizeof a);
+	CHECK_STR(a, "user@example.com/void_invoice/in_1");
+	/* A '/' in an id cannot make two keys meet. */
+	key_of("a/void_invoice/b", "c", a, sizeof a);
+	key_of("a", "b/void_invoice/c", b, sizeof b);
+	CHECK(strcmp(a, b) != 0);
+	CHECK_STR(a, "a%2fvoid_invoice%2fb/void_invoice/c");
+	/* '%' is escaped too, so an escaped form is never an id as it is. */
+	key_of("a%2fb", "c", b, sizeof b);
+	CHECK_STR(b, "a%252fb/void_invoice/c");
+	/* Non-ASCII and spaces become printable. */
+	key_of("caf\xc3\xa9 1", "c", a, sizeof a);
+	CHECK_STR(a, "caf%c3%a9%201/void_invoice/c");
+	/* Too long once escaped: a stable hash, distinct per id. */
+	char long1[64], long2[64];
+	memset(long1, '/', 40);
+	long1[40] = '\0';
+	memcpy(long2, long1, sizeof long1);
+	long2[39] = ' ';
+	key_of(long1, "c", a, sizeof a);
+	key_of(long2, "c", b, sizeof b);
+	CHECK(a[0] == '~' && strlen(a) == 17 + strlen("/void_invoice/c"));
+	CHECK(strcmp(a, b) != 0);
+	char again[160];
+	key_of(long1, "c", again, sizeof again);
+	CHECK_STR(a, again);
 }
 
 int main(void)
@@ -395,5 +446,6 @@ int main(void)
 	test_bucket();
 	test_backoff();
 	test_idem_key();
+	test_key_part();
 	return CHECK_DONE();
 }
