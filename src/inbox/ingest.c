@@ -12,7 +12,14 @@
  *   5. enqueue a trigger for the types dunning reacts to. The trigger's
  *      dedup key is type + object id + created, which also absorbs two
  *      distinct events Stripe may create for one change.
- * Unknown types are stored and acknowledged but start nothing.
+ * Unknown types are stored and acknowledged but start nothing. So is every
+ * well-formed event dunning cannot act on, each with its reason as the
+ * outcome (counted in /metrics): an object without an id (invoice.upcoming
+ * describes an invoice that does not exist yet), an invoice whose customer
+ * or status is null (basil allows both). Refusing them would only make
+ * Stripe deliver them again for three days and, in the end, disable the
+ * endpoint. An invoice_payment names no customer: it is mapped through
+ * its invoice.
  */
 #include "ingest.h"
 #include "core/model.h"
@@ -142,6 +149,18 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 	dun_strlcpy(res->type, json_string_value(type), sizeof res->type);
 	const char *object_id = json_string_value(json_object_get(obj, "id"));
 	int64_t version = (int64_t)json_integer_value(created);
+	const char *ignored = NULL;
+	const char *otype = json_string_value(json_object_get(obj, "object"));
+	if (!object_id || !object_id[0]) {
+		ignored = "ignored_no_id";
+	} else if (otype && !strcmp(otype, "invoice")) {
+		json_t *cus = json_object_get(obj, "customer");
+		json_t *status = json_object_get(obj, "status");
+		if (!json_is_string(cus) && !json_is_object(cus))
+			ignored = "ignored_no_customer";
+		else if (!json_is_string(status))
+			ignored = "ignored_no_status";
+	}
 
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
@@ -163,12 +182,16 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 		goto out;
 	}
 
+	if (ignored) {
+		res->outcome = ignored;
+		e = mark(db, res->event_id, "", res->outcome);
+		goto out;
+	}
 	char customer[DUN_ID_MAX];
 	bool applied = false;
 	e = dun_mirror_upsert(db, obj, version, customer, &applied, err, err_size);
 	if (e != DUN_OK)
 		goto out;
-	const char *otype = json_string_value(json_object_get(obj, "object"));
 	res->stale = !applied && otype && dun_mirror_knows(otype);
 	const char *md_list = NULL;
 	json_t *md = json_object_get(obj, "metadata");

@@ -38,6 +38,12 @@ const char *dun_webhook_outcome_name(enum dun_webhook_outcome o)
 		return "rejected";
 	case DUN_WEBHOOK_FAILED:
 		return "failed";
+	case DUN_WEBHOOK_IGNORED_NO_ID:
+		return "ignored_no_id";
+	case DUN_WEBHOOK_IGNORED_NO_CUSTOMER:
+		return "ignored_no_customer";
+	case DUN_WEBHOOK_IGNORED_NO_STATUS:
+		return "ignored_no_status";
 	case DUN_WEBHOOK__COUNT:
 		break;
 	}

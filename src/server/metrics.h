@@ -18,13 +18,16 @@
 
 /* What became of one webhook delivery. */
 enum dun_webhook_outcome {
-	DUN_WEBHOOK_TRIGGERED,	  /* stored, a trigger was enqueued */
-	DUN_WEBHOOK_COALESCED,	  /* stored, an equal trigger existed (object+type+created) */
-	DUN_WEBHOOK_DUPLICATE,	  /* the event id was stored before */
-	DUN_WEBHOOK_IGNORED_TYPE, /* stored, a type dunning does not react to */
-	DUN_WEBHOOK_UNMAPPED,	  /* stored, the customer maps to no account (yet) */
-	DUN_WEBHOOK_REJECTED,	  /* refused with a 4xx (see the rejection reasons) */
-	DUN_WEBHOOK_FAILED,	  /* could not be stored: 503, Stripe delivers again */
+	DUN_WEBHOOK_TRIGGERED,	   /* stored, a trigger was enqueued */
+	DUN_WEBHOOK_COALESCED,	   /* stored, an equal trigger existed (object+type+created) */
+	DUN_WEBHOOK_DUPLICATE,	   /* the event id was stored before */
+	DUN_WEBHOOK_IGNORED_TYPE,  /* stored, a type dunning does not react to */
+	DUN_WEBHOOK_UNMAPPED,	   /* stored, the customer maps to no account (yet) */
+	DUN_WEBHOOK_REJECTED,	   /* refused with a 4xx (see the rejection reasons) */
+	DUN_WEBHOOK_FAILED,	   /* could not be stored: 503, Stripe delivers again */
+	DUN_WEBHOOK_IGNORED_NO_ID, /* stored, its object has no id (invoice.upcoming) */
+	DUN_WEBHOOK_IGNORED_NO_CUSTOMER, /* stored, an invoice with a null customer */
+	DUN_WEBHOOK_IGNORED_NO_STATUS,	 /* stored, an invoice with a null status */
 	DUN_WEBHOOK__COUNT
 };
 

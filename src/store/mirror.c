@@ -187,10 +187,13 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	const char *id = jstr(o, "id");
 	const char *status = jstr(o, "status");
 	const char *customer = jid(o, "customer");
-	if (!id[0] || !customer[0] || !status[0]) {
+	if (!id[0]) {
 		fail(err, err_size, "invoice", id);
 		return DUN_E_PARSE;
 	}
+	*applied = false;
+	if (!customer[0] || !status[0])
+		return DUN_OK; /* basil allows both to be null: nothing dunning could act on */
 	/* Subscription: old shape top-level, new shape under parent. */
 	const char *sub = jid(o, "subscription");
 	json_t *parent = json_object_get(o, "parent");
@@ -481,6 +484,18 @@ enum dun_err dun_mirror_upsert(struct dun_db *db, json_t *obj, int64_t version, 
 	const char *customer = !strcmp(type, "customer") ? id : jid(obj, "customer");
 	if (customer_out)
 		dun_strlcpy(customer_out, customer, DUN_ID_MAX);
+	if (customer_out && !strcmp(type, "invoice_payment")) {
+		/* An invoice payment names no customer: its invoice does. */
+		struct dun_stmt *st =
+		    dun_db_stmt(db, "SELECT customer_id FROM p_invoices WHERE id = ?1");
+		dun_stmt_bind_text(st, 1, jid(obj, "invoice"));
+		if (dun_stmt_row(st))
+			dun_stmt_col_copy(st, 0, customer_out, DUN_ID_MAX);
+		enum dun_err e = dun_stmt_err(st);
+		dun_stmt_reset(st);
+		if (e != DUN_OK)
+			return e;
+	}
 	if (!strcmp(type, "customer"))
 		return upsert_customer(db, obj, version, applied);
 	if (!strcmp(type, "subscription"))

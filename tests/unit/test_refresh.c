@@ -87,8 +87,8 @@ static enum dun_err script_refresh(void *self, const char *const *ids, int n, js
 	case ANSWER_UNFOLDABLE:
 		/* A valid link first, then an invoice without customer or status. */
 		*out = basil_answer();
-		json_array_insert_new(*out, 2,
-				      json_pack("{s:s, s:s}", "id", "in_bad", "object", "invoice"));
+		json_array_insert_new(
+		    *out, 2, json_pack("{s:s, s:s}", "number", "in_bad", "object", "invoice"));
 		return DUN_OK;
 	}
 	return DUN_E_INVALID;

@@ -365,12 +365,23 @@ static void test_invoice_shapes(void)
 			      buf, sizeof buf),
 		  "insufficient_funds");
 
-	/* An invoice without its customer is malformed, and says which one. */
+	/* An invoice without an id is malformed. */
 	char err[256] = "";
-	json_t *bad =
-	    json_pack("{s:s, s:s, s:s}", "id", "in_bad", "object", "invoice", "status", "open");
+	json_t *bad = json_pack("{s:s, s:s, s:s}", "customer", "cus_1", "object", "invoice",
+				"status", "open");
 	CHECK_INT(dun_mirror_upsert(db, bad, 10, NULL, NULL, err, sizeof err), DUN_E_PARSE);
-	CHECK(strstr(err, "in_bad") != NULL);
+	CHECK(strstr(err, "invoice") != NULL);
+	json_decref(bad);
+	/* Basil allows an invoice's customer and status to be null: tolerated, not folded. */
+	bad = json_pack("{s:s, s:s, s:s, s:n}", "id", "in_bad", "object", "invoice", "status",
+			"open", "customer");
+	bool was = true;
+	CHECK_INT(dun_mirror_upsert(db, bad, 10, NULL, &was, err, sizeof err), DUN_OK);
+	CHECK(!was);
+	json_decref(bad);
+	bad = json_pack("{s:s, s:s, s:n, s:s}", "id", "in_bad", "object", "invoice", "status",
+			"customer", "cus_1");
+	CHECK_INT(dun_mirror_upsert(db, bad, 10, NULL, NULL, err, sizeof err), DUN_OK);
 	json_decref(bad);
 	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM p_invoices WHERE id = 'in_bad'", NULL), 0);
 
