@@ -578,3 +578,14 @@ def dun_observe(request, tmp_path, dun_backend):
 def dun_stripe():
     """A builder of Stripe-format objects and events on the DUN_T0 timeline."""
     return StripeEvents()
+
+
+# Every request the engine's Stripe client makes to a Stripe fake during the
+# session is appended here (fake_stripe.py reads the variable), so that
+# test_zz_stripe_conformance.py, which runs last, checks them all against
+# the official Stripe library's API definitions.
+STRIPE_CAPTURE = Path(tempfile.gettempdir()) / ("dunning-stripe-capture-%d.jsonl" % os.getpid())
+if "DUNNING_STRIPE_CAPTURE" not in os.environ:
+    os.environ["DUNNING_STRIPE_CAPTURE"] = str(STRIPE_CAPTURE)
+    if STRIPE_CAPTURE.exists():
+        STRIPE_CAPTURE.unlink()

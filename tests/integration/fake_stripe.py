@@ -1754,6 +1754,22 @@ class ControlError(Exception):
     pass
 
 
+CAPTURE_LOCK = threading.Lock()
+
+
+def capture(entry):
+    """Append a request of the engine's client (by its User-Agent) to the
+    file named by DUNNING_STRIPE_CAPTURE, one JSON line each, for the
+    conformance test; requests of tests that speak to the fake directly
+    (some on purpose wrong) are not the client's and are left out."""
+    path = os.environ.get("DUNNING_STRIPE_CAPTURE")
+    if not path or not (entry["headers"].get("User-Agent") or "").startswith("dunning-stripe/"):
+        return
+    line = json.dumps({k: entry[k] for k in ("method", "path", "query", "params", "headers")})
+    with CAPTURE_LOCK, open(path, "a") as f:
+        f.write(line + "\n")
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-stripe/1.0"
@@ -1899,6 +1915,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             params = None
         with st.lock:
             entry["params"] = params
+        capture(entry)
         latency_s = fault["latency_ms"] / 1000.0 if fault and fault.get("latency_ms") else 0
         acting = fault and (fault.get("drop") or fault.get("status"))
         if acting and fault.get("phase", "before") == "before":
