@@ -115,7 +115,23 @@ void dun_render_vars(const struct dun_email_ctx *ctx, const struct dun_template_
 	v->currency = "usd";
 	v->pay_url = "";
 	v->next_action = "";
+	v->exit_reason = "";
+	v->voided_invoice = "";
 	v->invoices = invoices;
+	if (ctx->kind == DUN_EMAIL_RESOLVED) {
+		v->exit_reason = dun_exit_reason_name(d->exit_reason);
+		/*
+		 * The consolidated invoice voided in this recompute, or by an
+		 * earlier try of it (the void landed, the email did not).
+		 */
+		for (int i = 0; i < s->n_invoices; i++) {
+			const struct dun_invoice *inv = &s->invoices[i];
+			if (inv->is_consolidated && (d->invoices[i].void_consolidated ||
+						     (inv->status == DUN_INVOICE_VOID &&
+						      inv->created_at >= s->stage_since)))
+				v->voided_invoice = inv->id;
+		}
+	}
 	int n = 0;
 	const struct dun_invoice *subject_inv = NULL;
 	const struct dun_invoice_desired *subject_d = NULL;

@@ -73,10 +73,12 @@
 	X(DUN_ATTEMPT_PROCESSING, "processing")
 
 /* Why a bad-debt episode ended; also how the originals are displayed. */
-#define DUN_EXIT_REASON_LIST(X)  \
-	X(DUN_EXIT_NONE, "")     \
-	X(DUN_EXIT_PAID, "paid") \
-	X(DUN_EXIT_RESOLVED, "resolved")
+#define DUN_EXIT_REASON_LIST(X)                \
+	X(DUN_EXIT_NONE, "")                   \
+	X(DUN_EXIT_PAID, "paid")               \
+	X(DUN_EXIT_RESOLVED, "resolved")       \
+	X(DUN_EXIT_WRITTEN_OFF, "written_off") \
+	X(DUN_EXIT_OTHER, "other")
 
 #define DUN_EMAIL_KIND_LIST(X)                                    \
 	X(DUN_EMAIL_PAYMENT_FAILED, "payment_failed")             \

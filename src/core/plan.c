@@ -178,12 +178,7 @@ static void add_emails(struct builder *b, bool lift)
 					  s->invoices[i].id, gone_through(s, DUN_STAGE_RESTRICTED));
 	if (!d->send_stage_email || (d->stage_email_kind == DUN_EMAIL_RESOLVED) != lift)
 		return;
-	char scope[32];
-	struct dun_text t;
-	dun_text_init(&t, scope, sizeof scope);
-	dun_text_str(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? "bd" : "ep");
-	dun_text_i64(&t, d->stage_email_kind == DUN_EMAIL_BAD_DEBT ? d->bad_debt_seq : d->episode);
-	add_email(b, d->stage_email_kind, s->account_id, scope,
+	add_email(b, d->stage_email_kind, s->account_id, d->stage_email_scope,
 		  d->stage_email_kind != DUN_EMAIL_RESOLVED && gone_through(s, d->stage));
 }
 
@@ -272,6 +267,17 @@ enum dun_err dun_plan_decide(const struct dun_state *s, const struct dun_desired
 			add(&b, DUN_C_CLOSE_INVOICE_DOCUMENT, inv, 1);
 		if (id->disable_paylinks)
 			add(&b, DUN_C_DISABLE_PAYLINKS, inv, 1);
+		if (id->void_consolidated) {
+			/* Keyed as pay-bad-debt keys its voids: one void, whoever asks. */
+			struct dun_consequence *c = add(&b, DUN_C_VOID_INVOICE, inv, 1);
+			if (c) {
+				struct dun_text t;
+				dun_text_init(&t, c->key, sizeof c->key);
+				dun_text_key_part(&t, acct);
+				dun_text_str(&t, "/void_invoice/");
+				dun_text_key_part(&t, inv);
+			}
+		}
 	}
 	/* 6. Payment retries: the key names the attempt, so each is made once. */
 	for (int i = 0; i < s->n_invoices; i++) {

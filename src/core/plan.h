@@ -15,9 +15,11 @@
  * next recheck). The stage is written last so that a plan interrupted
  * half-way is re-planned in full on the next run.
  *
- * VOID_INVOICE and CREATE_CONSOLIDATED_INVOICE are never produced by the
- * policy: they are the plan of an explicit request (pay-bad-debt), built by
- * the caller and executed by the same applier.
+ * CREATE_CONSOLIDATED_INVOICE is never produced by the policy: it is the
+ * plan of an explicit request (pay-bad-debt), built by the caller and
+ * executed by the same applier. VOID_INVOICE is produced both by that
+ * request (a stale consolidated invoice) and by the policy (an open
+ * consolidated invoice when nothing is owed any more), under one key.
  */
 #ifndef DUN_PLAN_H
 #define DUN_PLAN_H

@@ -174,6 +174,39 @@ bool dun_state_has_sent(const struct dun_state *s, const char *key)
 	return false;
 }
 
+void dun_stage_email_scope(const struct dun_state *s, const struct dun_desired *d, char *out,
+			   size_t out_size)
+{
+	struct dun_text t;
+	dun_text_init(&t, out, out_size);
+	if (d->stage_email_kind == DUN_EMAIL_BAD_DEBT) {
+		/* Each entry into bad debt opens a bad-debt episode of its own. */
+		dun_text_str(&t, "bd");
+		dun_text_i64(&t, d->bad_debt_seq);
+		return;
+	}
+	dun_text_str(&t, "ep");
+	dun_text_i64(&t, d->episode);
+	if (d->stage_email_kind == DUN_EMAIL_RESOLVED || d->stage == s->stage)
+		return;
+	/*
+	 * Entering restricted or suspended. The first entry of the episode
+	 * keeps the key earlier releases used ("epN"), so a database they
+	 * wrote sends none of its emails again. A later entry (the account
+	 * left the stage and came back) is told again, under a key naming the
+	 * stage it comes from and since when: stable until the stage itself
+	 * is written, so a retried plan reuses it, and new for every entry.
+	 */
+	char first[128];
+	dun_email_key(first, sizeof first, s->account_id, d->stage_email_kind, out);
+	if (!dun_state_has_sent(s, first))
+		return;
+	dun_text_str(&t, "/from-");
+	dun_text_str(&t, dun_stage_name(s->stage));
+	dun_text_str(&t, "@");
+	dun_text_i64(&t, s->stage_since);
+}
+
 /* ---- reasons ----------------------------------------------------------- */
 
 static struct dun_text *reason_begin(struct dun_desired *d, const char *rule, struct dun_text *t,
@@ -277,6 +310,69 @@ static int64_t processing_since(const struct dun_policy *p, const struct dun_inv
 			since = a->created_at > 0 ? a->created_at : 1;
 	}
 	return since;
+}
+
+/*
+ * Why a bad-debt episode (bad_debt) or a dunning episode ends; the debt is
+ * the invoices with a bad_debt_amount, or those that failed. Paid: the
+ * customer paid, a consolidated
+ * invoice or an original directly, since the account entered bad debt.
+ * Written off: the merchant voided an original (or credited it in full,
+ * which leaves it paid with nothing paid). Other: neither (the debt left
+ * the account some other way, e.g. the invoice is gone from the mirror).
+ */
+static enum dun_exit_reason exit_reason(const struct dun_state *s,
+					const struct dun_invoice_desired *inv_d, bool bad_debt,
+					int64_t paid_consolidated_at, const char **how)
+{
+	if (paid_consolidated_at && paid_consolidated_at >= s->stage_since) {
+		*how = " (the customer paid a consolidated invoice)";
+		return DUN_EXIT_PAID;
+	}
+	bool written_off = false;
+	for (int i = 0; i < s->n_invoices; i++) {
+		const struct dun_invoice *inv = &s->invoices[i];
+		if (inv->is_consolidated ||
+		    (bad_debt ? !inv->meta_has_bad_debt_amount : !inv_d[i].first_failed_at))
+			continue; /* not part of the debt */
+		if (inv->status == DUN_INVOICE_PAID && inv->amount_paid_minor > 0 &&
+		    inv->paid_at >= s->stage_since) {
+			*how = " (the customer paid the original invoice)";
+			return DUN_EXIT_PAID;
+		}
+		if (inv->status == DUN_INVOICE_VOID ||
+		    (inv->status == DUN_INVOICE_PAID && inv->amount_paid_minor == 0))
+			written_off = true;
+	}
+	if (written_off) {
+		*how = " (voided or credited by the merchant)";
+		return DUN_EXIT_WRITTEN_OFF;
+	}
+	*how = " (neither paid nor written off)";
+	return DUN_EXIT_OTHER;
+}
+
+/*
+ * Whether anything c (a consolidated invoice) covers is still owed: an
+ * original that is open with an amount remaining or uncollectible and
+ * not covered by a paid consolidated invoice. A covered original the
+ * mirror does not know counts as owed: never void on a guess.
+ */
+static bool owes_any(const struct dun_state *s, const struct dun_invoice_desired *inv_d,
+		     const struct dun_invoice *c)
+{
+	for (int k = 0; k < c->n_covers; k++) {
+		int j = 0;
+		while (j < s->n_invoices && strcmp(s->invoices[j].id, c->covers[k]) != 0)
+			j++;
+		if (j == s->n_invoices)
+			return true;
+		const struct dun_invoice *o = &s->invoices[j];
+		if ((o->status == DUN_INVOICE_OPEN && o->amount_remaining_minor > 0) ||
+		    inv_d[j].unresolved_uncollectible)
+			return true;
+	}
+	return c->n_covers == 0; /* covering nothing known: leave it to a person */
 }
 
 /* Index of the paid consolidated invoice covering id, or -1. */
@@ -579,13 +675,27 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			      : s->bad_debt_episodes + 1;
 	d->close_bad_debt_episode = !bd && s->bad_debt_episode_open;
 	if (d->close_bad_debt_episode) {
-		d->exit_reason = paid_consolidated_at && paid_consolidated_at >= s->stage_since
-				     ? DUN_EXIT_PAID
-				     : DUN_EXIT_RESOLVED;
+		const char *how = NULL;
+		d->exit_reason = exit_reason(s, inv_d, true, paid_consolidated_at, &how);
 		reason(d, &of, "lift", "bad debt ends: ", dun_exit_reason_name(d->exit_reason),
-		       d->exit_reason == DUN_EXIT_PAID ? " (a consolidated invoice was paid)"
-						       : " (voided, credited or written off)");
+		       how);
+	} else if (d->stage == DUN_STAGE_NONE && s->stage != DUN_STAGE_NONE) {
+		/* A dunning episode ends: the resolved email says how. */
+		const char *how = NULL;
+		d->exit_reason = exit_reason(s, inv_d, false, paid_consolidated_at, &how);
 	}
+	/*
+	 * An open consolidated invoice when nothing is owed any more (the
+	 * originals were paid directly, voided or credited) would let the
+	 * same debt be paid twice: it is voided in the same recompute.
+	 */
+	for (int i = 0; i < s->n_invoices; i++)
+		if (s->invoices[i].is_consolidated && s->invoices[i].status == DUN_INVOICE_OPEN &&
+		    !owes_any(s, inv_d, &s->invoices[i])) {
+			inv_d[i].void_consolidated = true;
+			reason(d, &of, "void_consolidated", "consolidated invoice ",
+			       s->invoices[i].id, " is voided: nothing it covers is owed any more");
+		}
 	if (d->stage >= DUN_STAGE_RESTRICTED) {
 		d->stage_email_kind = d->stage == DUN_STAGE_RESTRICTED	? DUN_EMAIL_RESTRICTED
 				      : d->stage == DUN_STAGE_SUSPENDED ? DUN_EMAIL_SUSPENDED
@@ -596,17 +706,10 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		d->send_stage_email = true;
 	}
 	if (d->send_stage_email) {
-		char key[128], scope[32];
-		struct dun_text st;
-		dun_text_init(&st, scope, sizeof scope);
-		if (d->stage_email_kind == DUN_EMAIL_BAD_DEBT) {
-			dun_text_str(&st, "bd");
-			dun_text_i64(&st, d->bad_debt_seq);
-		} else {
-			dun_text_str(&st, "ep");
-			dun_text_i64(&st, d->episode);
-		}
-		dun_email_key(key, sizeof key, s->account_id, d->stage_email_kind, scope);
+		char key[128];
+		dun_stage_email_scope(s, d, d->stage_email_scope, sizeof d->stage_email_scope);
+		dun_email_key(key, sizeof key, s->account_id, d->stage_email_kind,
+			      d->stage_email_scope);
 		if (dun_state_has_sent(s, key))
 			d->send_stage_email = false;
 	}

@@ -111,7 +111,8 @@ struct dun_invoice_desired {
 	bool mark_bad_debt_paid;
 	bool close_document;
 	bool disable_paylinks;
-	bool notice; /* a per-invoice email is wanted */
+	bool void_consolidated; /* an open consolidated invoice nothing is owed on any more */
+	bool notice;		/* a per-invoice email is wanted */
 	enum dun_email_kind notice_kind;
 	bool retry_due;	       /* a retry is due now */
 	int retry_attempt;     /* the attempt number the retry will be */
@@ -146,8 +147,9 @@ struct dun_desired {
 	enum dun_exit_reason exit_reason;
 	bool send_stage_email;
 	enum dun_email_kind stage_email_kind;
-	int64_t lifting_since;	 /* 0 when not lifting */
-	int64_t next_recheck_at; /* 0 when nothing will change by itself */
+	char stage_email_scope[48]; /* the dedup scope of the stage email: ep1, bd2, ... */
+	int64_t lifting_since;	    /* 0 when not lifting */
+	int64_t next_recheck_at;    /* 0 when nothing will change by itself */
 	/* per invoice, caller-owned, n == state->n_invoices */
 	struct dun_invoice_desired *invoices;
 	/* reasons, caller-owned */
@@ -164,6 +166,14 @@ struct dun_desired {
  */
 enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_policy *p, int64_t now,
 				 struct dun_desired *d);
+
+/*
+ * The dedup scope of the stage email d wants (d->stage_email_kind set):
+ * "bdN" for bad debt, "epN" for resolved and for the first entry of a
+ * stage in an episode, "epN/from-<stage>@<since>" for each later entry.
+ */
+void dun_stage_email_scope(const struct dun_state *s, const struct dun_desired *d, char *out,
+			   size_t out_size);
 
 /* Build an email dedup key: "<account>/email/<kind>/<scope>". */
 void dun_email_key(char *out, size_t out_size, const char *account_id, enum dun_email_kind kind,

@@ -55,6 +55,8 @@ static struct dun_email_vars full_vars(void)
 	    .next_action = "your account will be suspended",
 	    .retries_left = 2,
 	    .support_email = "billing@example.com",
+	    .exit_reason = "paid",
+	    .voided_invoice = "",
 	};
 	return v;
 }
@@ -496,6 +498,43 @@ static void test_sanitize(void)
 	free(body);
 }
 
+/* The resolved email never says "Payment received" for a debt nobody paid. */
+static void test_resolved_says_how_the_debt_ended(void)
+{
+	struct dun_template_set *set = load_set();
+	if (!set)
+		return;
+	static const struct {
+		const char *reason, *subject, *body, *not_body;
+	} cases[] = {
+	    {"paid", "Payment received", "Thank you. The outstanding balance", "written off"},
+	    {"written_off", "is in good standing", "We have written off the outstanding balance",
+	     "Thank you. The outstanding"},
+	    {"other", "is in good standing", "Nothing is owed on account acct_42 any more",
+	     "written off"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct dun_email_vars v = last_vars();
+		v.exit_reason = cases[i].reason;
+		v.voided_invoice = "in_bd7";
+		char *subject = NULL, *body = NULL;
+		render(set, DUN_EMAIL_RESOLVED, &v, &subject, &body);
+		if (!subject || !body)
+			continue;
+		check_clean(cases[i].reason, subject, body);
+		CHECK_HAS(subject, cases[i].subject);
+		CHECK_HAS(body, cases[i].body);
+		CHECK_LACKS(body, cases[i].not_body);
+		CHECK_HAS(body, "Invoice in_bd7, which combined your unpaid invoices, has been "
+				"cancelled: please do not pay it.");
+		if (strcmp(cases[i].reason, "paid") != 0)
+			CHECK_LACKS(subject, "Payment received");
+		free(subject);
+		free(body);
+	}
+	dun_template_set_destroy(set);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -513,5 +552,6 @@ int main(int argc, char **argv)
 	test_set_missing_kind();
 	test_blocks();
 	test_sanitize();
+	test_resolved_says_how_the_debt_ended();
 	return CHECK_DONE();
 }

@@ -116,3 +116,34 @@ def test_idempotency_keys_are_printable_and_unambiguous_for_any_account_id(env, 
     assert keys and all(all(0x20 < ord(ch) < 0x7f for ch in k) for k in keys), keys
     assert any(k.startswith("acct%2f%c3%a9/") for k in keys), keys
     assert len(set(keys)) == len(keys)
+
+
+def test_a_consolidated_invoice_is_voided_when_the_original_is_paid_directly(env, fake):
+    """The same debt must not stay payable twice: once the customer pays the
+    original, the open consolidated invoice is voided in the same
+    recompute, the episode ends as paid, and the email names the voided
+    invoice."""
+    ids, now = to_bad_debt(env, fake, n=1)
+    env.run("pay-bad-debt", "acct_A", now=now)
+    [cons] = consolidated_of(fake)
+    assert cons["status"] == "open"
+    # The customer pays the original on its hosted page instead.
+    fake.seed(customers=[{"id": "cus_A", "card": "ok"}])
+    fake.ctl("POST", "/_test/clock", {"now": now + 600})  # the engine lives at --now
+    assert fake.api("POST", "/v1/invoices/%s/pay" % ids[0], {}, idem="customer-pays")["status"] == "paid"
+    env.run("sync", now=now + 1800)  # the engine's clock is ahead of the fake's: keep it so
+    fake.clear_requests()
+    out = env.run("recompute", "acct_A", now=now + 3600).stdout
+    assert "void_invoice %s" % cons["id"] in out, out
+    assert fake.obj(cons["id"])["status"] == "void"
+    assert [r["status"] for r in fake.requests("^/v1/invoices/%s/void$" % cons["id"], "POST")] == [200]
+    assert env.sql("SELECT exit_reason FROM bad_debt_episodes WHERE account_id = 'acct_A'") == [("paid",)]
+    stage = env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'")
+    assert stage == [("none",)]
+    [(subject, body)] = env.sql("SELECT subject, body FROM emails WHERE kind = 'resolved'")
+    assert subject.startswith("Payment received")
+    assert "Invoice %s, which combined your unpaid invoices, has been cancelled" % cons["id"] in body
+    # Nothing more to do: a second recompute plans nothing at Stripe.
+    fake.clear_requests()
+    env.run("recompute", "acct_A", now=now + 7200)
+    assert fake.requests(method="POST") == []

@@ -44,7 +44,10 @@
 	X(V_NEXT_ACTION_DATE, "next_action_date") \
 	X(V_NEXT_ACTION, "next_action")           \
 	X(V_RETRIES_LEFT, "retries_left")         \
-	X(V_SUPPORT_EMAIL, "support_email")
+	X(V_SUPPORT_EMAIL, "support_email")       \
+	X(V_PAID, "paid")                         \
+	X(V_WRITTEN_OFF, "written_off")           \
+	X(V_VOIDED_INVOICE, "voided_invoice")
 
 #define VAR_ENUM(id, name) id,
 enum var_id { VAR_LIST(VAR_ENUM) V__COUNT };
@@ -236,6 +239,12 @@ static bool var_is_true(const struct dun_email_vars *v, enum var_id id)
 		return v->retries_left > 0;
 	case V_SUPPORT_EMAIL:
 		return !is_empty(v->support_email);
+	case V_PAID:
+		return v->exit_reason && !strcmp(v->exit_reason, "paid");
+	case V_WRITTEN_OFF:
+		return v->exit_reason && !strcmp(v->exit_reason, "written_off");
+	case V_VOIDED_INVOICE:
+		return !is_empty(v->voided_invoice);
 	case V__COUNT:
 		break;
 	}
@@ -295,6 +304,13 @@ static void add_var(struct dun_buf *b, const struct dun_email_vars *v, enum var_
 		return;
 	case V_SUPPORT_EMAIL:
 		add_value(b, v->support_email);
+		return;
+	case V_PAID:
+	case V_WRITTEN_OFF:
+		add_value(b, v->exit_reason);
+		return;
+	case V_VOIDED_INVOICE:
+		add_value(b, v->voided_invoice);
 		return;
 	case V__COUNT:
 		return;

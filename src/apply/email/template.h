@@ -77,6 +77,12 @@ struct dun_email_vars {
 	const char *next_action; /* a clause: "your account will be suspended" */
 	int retries_left;	 /* automatic payment retries still scheduled */
 	const char *support_email;
+	/*
+	 * How the debt ended (the resolved email): "paid" by the customer,
+	 * "written_off" by the merchant, "other", or "" (not an ending).
+	 */
+	const char *exit_reason;
+	const char *voided_invoice; /* a consolidated invoice voided as nothing is owed, or "" */
 };
 
 struct dun_template;
