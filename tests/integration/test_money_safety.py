@@ -11,6 +11,8 @@ charge.
 Run: DUNNING_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_money_safety.py
 """
 
+import pytest
+
 from test_stripe_client import (  # noqa: F401 (fixtures)
     bad_debt_now,
     env,
@@ -18,6 +20,16 @@ from test_stripe_client import (  # noqa: F401 (fixtures)
     fake_server,
     seed_failing_account,
 )
+
+
+@pytest.fixture(autouse=True)
+def reads_beside_the_client(fake):
+    """These tests read the fake's invoices and items through the API right
+    after the client's own burst of requests; the client paces itself, but
+    the test's reads would share the 25/s test-mode window with it and get
+    a 429. The pacing is tested in test_stripe_client.py; here the window
+    is raised so the test's own reads cannot be refused."""
+    fake.config(rate_limit_per_s=1000)
 
 
 def consolidated_of(fake, customer="cus_A"):
