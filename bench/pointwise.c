@@ -34,7 +34,8 @@ enum dun_err dun_bench_pointwise_scan(struct dun_engine *en, int64_t now,
 				break;
 			out->accounts++;
 			out->planned += en->plan.n;
-			unsigned m = dun_drift_classify(&en->snap.state, &en->desired);
+			unsigned m =
+			    dun_drift_classify_plan(&en->snap.state, &en->desired, &en->plan);
 			out->drifting += m != 0;
 			for (int c = 0; c < DUN_DRIFT__COUNT; c++)
 				out->per_class[c] += (m >> c) & 1u;

@@ -51,3 +51,48 @@ unsigned dun_drift_classify(const struct dun_state *s, const struct dun_desired 
 		m |= 1u << DUN_DRIFT_STAGE;
 	return m;
 }
+
+unsigned dun_drift_classify_plan(const struct dun_state *s, const struct dun_desired *d,
+				 const struct dun_plan *plan)
+{
+	unsigned m = dun_drift_classify(s, d);
+	bool unnamed = false;
+	for (int i = 0; i < plan->n; i++) {
+		switch (plan->items[i].type) {
+		case DUN_C_BAN:
+		case DUN_C_UNBAN:
+		case DUN_C_SET_ENTITLEMENT:
+		case DUN_C_REMOVE_RESOURCE_FLAGS:
+			m |= 1u << DUN_DRIFT_PLATFORM;
+			break;
+		case DUN_C_CLOSE_INVOICE_DOCUMENT:
+		case DUN_C_DISABLE_PAYLINKS:
+			m |= 1u << DUN_DRIFT_DOCUMENTS;
+			break;
+		case DUN_C_CANCEL_SUBSCRIPTION:
+			m |= 1u << DUN_DRIFT_SUBSCRIPTION;
+			break;
+		case DUN_C_MARK_UNCOLLECTIBLE:
+		case DUN_C_SET_INVOICE_BAD_DEBT_AMOUNT:
+		case DUN_C_SET_PROVIDER_CUSTOMER_BAD_DEBT:
+		case DUN_C_SET_CUSTOMER_BAD_DEBT:
+		case DUN_C_SET_ACCOUNT_BAD_DEBT:
+		case DUN_C_MARK_INVOICE_BAD_DEBT_PAID:
+		case DUN_C_RETRY_PAYMENT:
+		case DUN_C_SET_NO_SUCCESSFUL_PAYMENT:
+		case DUN_C_SEND_EMAIL:
+		case DUN_C_OPEN_BAD_DEBT_EPISODE:
+		case DUN_C_CLOSE_BAD_DEBT_EPISODE:
+		case DUN_C_EMIT_OUTCOME_EVENT:
+		case DUN_C_SET_STAGE:
+		case DUN_C_SCHEDULE_RECHECK:
+		case DUN_C_VOID_INVOICE:
+		case DUN_C_CREATE_CONSOLIDATED_INVOICE:
+			unnamed = true;
+			break;
+		}
+	}
+	if (!m && unnamed)
+		m |= 1u << DUN_DRIFT_OTHER;
+	return m;
+}

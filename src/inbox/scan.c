@@ -49,7 +49,8 @@ static enum dun_err flush(struct dun_engine *en, char (*pending)[DUN_ID_MAX], in
 	return e;
 }
 
-static void count(struct dun_scan_result *out, const char *account, unsigned m)
+static void count(struct dun_scan_result *out, const char *account, unsigned m,
+		  const struct dun_plan *plan)
 {
 	out->drifting++;
 	for (int c = 0; c < DUN_DRIFT__COUNT; c++)
@@ -62,8 +63,18 @@ static void count(struct dun_scan_result *out, const char *account, unsigned m)
 		if (m & (1u << c))
 			json_array_append_new(classes,
 					      json_string(dun_drift_name((enum dun_drift_class)c)));
-	json_array_append_new(out->examples,
-			      json_pack("{s:s, s:o}", "account", account, "classes", classes));
+	/* The consequence types a recompute would plan, each once. */
+	json_t *types = json_array();
+	for (int i = 0; i < plan->n; i++) {
+		const char *t = dun_conseq_name(plan->items[i].type);
+		bool seen = false;
+		for (int k = 0; k < i && !seen; k++)
+			seen = plan->items[k].type == plan->items[i].type;
+		if (!seen)
+			json_array_append_new(types, json_string(t));
+	}
+	json_array_append_new(out->examples, json_pack("{s:s, s:o, s:o}", "account", account,
+						       "classes", classes, "consequences", types));
 }
 
 enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
@@ -97,7 +108,7 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		const struct dun_state *s = &en->snap.state;
 		out->accounts++;
 		out->planned += en->plan.n;
-		unsigned m = dun_drift_classify(s, &en->desired);
+		unsigned m = dun_drift_classify_plan(s, &en->desired, &en->plan);
 		if (!all_active && dun_rollout_mode(en->db, &en->rollout, s->account_id, NULL) ==
 				       DUN_MODE_OBSERVE) {
 			/* Real-store drift of an observe account: information only. */
@@ -110,10 +121,10 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 				e = dun_engine_decide(en, now);
 			if (e != DUN_OK)
 				break;
-			m = dun_drift_classify(s, &en->desired);
+			m = dun_drift_classify_plan(s, &en->desired, &en->plan);
 		}
 		if (m) {
-			count(out, s->account_id, m);
+			count(out, s->account_id, m, &en->plan);
 			if (enqueue)
 				memcpy(pending[n_pending++], s->account_id, DUN_ID_MAX);
 		}
