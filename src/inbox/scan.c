@@ -14,6 +14,7 @@
  * transaction outlives a window.
  */
 #include "scan.h"
+#include "apply/shadow.h"
 #include "gather/shadow.h"
 #include "gather/stream.h"
 #include "inbox/inbox.h"
@@ -119,6 +120,9 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 			e = dun_shadow_overlay(en->db, &en->snap);
 			if (e == DUN_OK)
 				e = dun_engine_decide(en, now);
+			/* As a recompute does: what the shadow already holds is done. */
+			if (e == DUN_OK)
+				e = dun_shadow_filter_plan(en->db, &en->plan);
 			if (e != DUN_OK)
 				break;
 			m = dun_drift_classify_plan(s, &en->desired, &en->plan);
