@@ -57,15 +57,19 @@
 #include <string.h>
 #include <strings.h>
 
-#define SESSIONS_MAX	 1024
-#define TOKEN_HEX	 64 /* 32 random bytes */
-#define COOKIE_SESSION	 "dunning_panel"
-#define COOKIE_LOGIN	 "dunning_login"
-#define REASON_MAX	 500
-#define QUERY_MAX	 200
-#define TIMELINE_MAX	 200
-#define LIST_MAX	 200
-#define LOGIN_COOKIE_MAX 600 /* seconds a sign-in form stays valid */
+#define SESSIONS_MAX	  1024
+#define TOKEN_HEX	  64 /* 32 random bytes */
+#define COOKIE_SESSION	  "dunning_panel"
+#define COOKIE_LOGIN	  "dunning_login"
+#define REASON_MAX	  500
+#define QUERY_MAX	  200
+#define TIMELINE_MAX	  200
+#define LIST_MAX	  200
+#define LOGIN_COOKIE_MAX  600 /* seconds a sign-in form stays valid */
+#define FAILURES_MAX	  256
+#define LOCKOUT_FAILURES  5
+#define LOCKOUT_WINDOW_MS (15 * 60 * 1000)
+#define LOCKOUT_MS	  (15 * 60 * 1000)
 
 static const char CSP[] = "default-src 'none'; style-src 'self'; img-src 'self'; "
 			  "form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -84,7 +88,57 @@ struct dun_panel {
 	struct session sessions[SESSIONS_MAX]; /* guarded by mu */
 	/* the last drift scan run from the panel (guarded by mu) */
 	json_t *last_scan;
+	/* failed sign-ins per name (guarded by mu), for the lockout */
+	struct failures {
+		char name[DUN_USER_NAME_MAX];
+		int count;
+		int64_t first_ms, locked_until_ms;
+	} failures[FAILURES_MAX];
 };
+
+/*
+ * Sign-in throttling: after LOCKOUT_FAILURES wrong passwords for one name
+ * within LOCKOUT_WINDOW_MS, that name cannot sign in for LOCKOUT_MS (even
+ * with the right password), so a password cannot be guessed at the speed
+ * of the hash. Kept per name, in memory; a restart forgets it.
+ */
+static bool locked_out(struct dun_panel *p, const char *name, int64_t now_ms)
+{
+	bool locked = false;
+	pthread_mutex_lock(&p->mu);
+	for (int i = 0; i < FAILURES_MAX; i++)
+		if (p->failures[i].name[0] && !strcmp(p->failures[i].name, name))
+			locked = p->failures[i].locked_until_ms > now_ms;
+	pthread_mutex_unlock(&p->mu);
+	return locked;
+}
+
+static void note_sign_in(struct dun_panel *p, const char *name, bool ok, int64_t now_ms)
+{
+	pthread_mutex_lock(&p->mu);
+	int slot = -1, oldest = 0;
+	for (int i = 0; i < FAILURES_MAX; i++) {
+		if (p->failures[i].name[0] && !strcmp(p->failures[i].name, name))
+			slot = i;
+		if (p->failures[i].first_ms < p->failures[oldest].first_ms)
+			oldest = i;
+	}
+	if (ok) {
+		if (slot >= 0)
+			memset(&p->failures[slot], 0, sizeof p->failures[slot]);
+	} else {
+		if (slot < 0 || now_ms - p->failures[slot].first_ms > LOCKOUT_WINDOW_MS) {
+			if (slot < 0)
+				slot = oldest;
+			memset(&p->failures[slot], 0, sizeof p->failures[slot]);
+			dun_strlcpy(p->failures[slot].name, name, sizeof p->failures[slot].name);
+			p->failures[slot].first_ms = now_ms;
+		}
+		if (++p->failures[slot].count >= LOCKOUT_FAILURES)
+			p->failures[slot].locked_until_ms = now_ms + LOCKOUT_MS;
+	}
+	pthread_mutex_unlock(&p->mu);
+}
 
 struct dun_panel *dun_panel_new(struct dun_service *svc)
 {
@@ -1664,6 +1718,17 @@ static void do_login(struct panel_job *job, struct dun_engine_ctx *ctx)
 			   "service's log).");
 		return;
 	}
+	struct dun_panel *p = job->svc->panel;
+	int64_t now_ms = dun_clock_mono_ms();
+	if (locked_out(p, job->q, now_ms)) {
+		explicit_bzero(job->password, sizeof job->password);
+		dun_log(DUN_LOG_WARN, "panel.sign_in_locked", "user", job->q, NULL);
+		login_page(
+		    job->req, job->secure, 429,
+		    "Too many wrong passwords for this name: signing in with it is paused for "
+		    "15 minutes.");
+		return;
+	}
 	bool ok;
 	if (found) {
 		ok = dun_users_verify(job->password, hash);
@@ -1673,6 +1738,7 @@ static void do_login(struct panel_job *job, struct dun_engine_ctx *ctx)
 	}
 	explicit_bzero(job->password, sizeof job->password);
 	explicit_bzero(hash, sizeof hash);
+	note_sign_in(p, job->q, ok, now_ms);
 	if (!ok) {
 		dun_log(DUN_LOG_WARN, "panel.sign_in_failed", "user", job->q, NULL);
 		login_page(job->req, job->secure, 401, "The name or the password is wrong.");
@@ -1926,7 +1992,7 @@ void dun_panel_get(void *arg, struct dun_http_request *req)
 {
 	struct dun_service *svc = arg;
 	const char *path = dun_http_path(req);
-	if (!strcmp(path, "/panel")) {
+	if (!strcmp(path, "/panel") || !strcmp(path, "/")) {
 		redirect(req, "/panel/");
 		return;
 	}

@@ -60,6 +60,7 @@ static const struct dun_http_route routes[] = {
     {"GET", "/events", dun_admin_events},
     {"POST", "/events/{}/retry", dun_admin_retry},
     /* the support panel (panel.c) */
+    {"GET", "/", dun_panel_get},
     {"GET", "/panel", dun_panel_get},
     {"GET", "/panel/", dun_panel_get},
     {"GET", "/panel/style.css", dun_panel_get},

@@ -314,3 +314,22 @@ def test_a_person_removed_from_the_users_file_cannot_sign_in(panel):
     subprocess.run([str(DUN_BINARY), "users", "remove", PANEL_USER, "--file", str(panel.users)],
                    check=True, capture_output=True)
     assert PanelClient(panel).login()[0] == 401
+
+
+def test_root_leads_to_the_panel(panel):
+    status, headers, _ = panel.request("GET", "/")
+    assert status == 303 and dict(headers)["Location"] == "/panel/"
+
+
+def test_wrong_passwords_pause_the_name(panel, dun):
+    c = PanelClient(panel)
+    for _ in range(5):
+        assert c.login(password="not it at all")[0] == 401
+    # Now even the right password is refused for that name, for a while...
+    status, _, body = c.login()
+    assert status == 429 and "paused" in body
+    assert "dunning_panel" not in c.cookies
+    # ...and other names are not affected.
+    users_add(panel.users, "bob", "password of bob")
+    assert PanelClient(panel).login(name="bob", password="password of bob")[0] == 303
+    assert "panel.sign_in_locked" in panel.logs()
