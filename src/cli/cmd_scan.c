@@ -4,6 +4,7 @@
  */
 #include "commands.h"
 #include "inbox/scan.h"
+#include "report/scans.h"
 #include "util/clock.h"
 
 #include <getopt.h>
@@ -13,6 +14,25 @@ static void progress(int64_t done, void *arg)
 {
 	(void)arg;
 	fprintf(stderr, "\rscanned %lld accounts", (long long)done);
+}
+
+/*
+ * Keep the scan's counts for /metrics and the panel (src/report/scans.c).
+ * A read-only scan (without --enqueue) opens a writable connection for this
+ * alone; where the database cannot be written (a backup on a read-only
+ * mount) the scan still reports, and says it was not recorded.
+ */
+static void record_scan(struct dun_cli *cli, const struct dun_scan_result *r)
+{
+	char err[512] = "";
+	struct dun_db *db = NULL;
+	enum dun_err e = dun_db_open_as(cli->db_path, DUN_DB_EXISTING, &db, err, sizeof err);
+	if (e == DUN_OK)
+		e = dun_scans_record(db, dun_clock_now(), r, NULL);
+	if (e != DUN_OK)
+		fprintf(stderr, "scan: not recorded for /metrics: %s\n",
+			err[0] ? err : dun_err_str(e));
+	dun_db_close(db);
 }
 
 int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
@@ -63,6 +83,7 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("scan: %s", dun_err_str(e));
 		return dun_cli_exit_code(e);
 	}
+	record_scan(cli, &r);
 	if (json) {
 		json_t *classes = json_object();
 		for (int i = 0; i < DUN_DRIFT__COUNT; i++)

@@ -26,6 +26,7 @@
 #include "inbox/inbox.h"
 #include "server/committer.h"
 #include "server/lane.h"
+#include "server/metrics_db.h"
 #include "server/service.h"
 #include "server/shared_provider.h"
 #include "server/workers.h"
@@ -395,6 +396,15 @@ static void job_metrics(struct admin_job *job, struct dun_engine_ctx *ctx)
 	fputs(text, f);
 	if (ok)
 		account_gauges(f, ctx->db, &svc->policy);
+	/* The figures the database holds (docs/operations.md, Metrics). */
+	enum dun_err de = ok ? dun_metrics_db_render(f, ctx->db, &svc->policy, dun_clock_now())
+			     : DUN_E_STORE;
+	fprintf(f,
+		"# HELP dunning_metrics_database_ok Whether every database figure could be read "
+		"for this scrape.\n"
+		"# TYPE dunning_metrics_database_ok gauge\n"
+		"dunning_metrics_database_ok %d\n",
+		de == DUN_OK ? 1 : 0);
 	fclose(f);
 	free(text);
 	dun_http_reply(job->req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len);

@@ -10,7 +10,8 @@
  * Tables, by store (see DESIGN.md):
  *   engine     accounts, customers, dunning, invoice_docs, inbox, decisions,
  *              applied, emails, bad_debt_episodes, outcome_events,
- *              rollout_list, settings, rollout_log, parity_reports
+ *              rollout_list, settings, rollout_log, parity_reports,
+ *              drift_scans, drift_scan_classes
  *   shadow     shadow_dunning, shadow_invoices, shadow_subscriptions,
  *              shadow_consequences — what observe mode would have done
  *   platform   platform (the built-in local platform, and the engine's view
@@ -487,8 +488,35 @@ static const char *const migration_7[] = {
     NULL,
 };
 
+/*
+ * Migration 8 — what operators measure (docs/operations.md, Metrics). Each
+ * drift scan that could write is recorded with its count per class, so
+ * /metrics, the panel and a person can see the last one and how old it is
+ * without scanning again; `observe_real` counts the real stores of observe
+ * accounts (information only, see src/inbox/scan.h).
+ */
+static const char *const migration_8[] = {
+    "CREATE TABLE drift_scans ("
+    " id INTEGER PRIMARY KEY,"
+    " at INTEGER NOT NULL,"
+    " accounts INTEGER NOT NULL,"
+    " drifting INTEGER NOT NULL,"
+    " observe_accounts INTEGER NOT NULL DEFAULT 0,"
+    " observe_real_drifting INTEGER NOT NULL DEFAULT 0,"
+    " planned INTEGER NOT NULL DEFAULT 0,"
+    " enqueued INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE drift_scan_classes ("
+    " scan_id INTEGER NOT NULL,"
+    " class TEXT NOT NULL,"
+    " accounts INTEGER NOT NULL,"
+    " observe_real INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (scan_id, class))",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1, migration_2, migration_3, migration_4, migration_5, migration_6, migration_7,
+    migration_8,
 };
 
 int dun_schema_count(void)

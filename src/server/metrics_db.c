@@ -1,0 +1,511 @@
+/*
+ * metrics_db.c — the database's share of /metrics (see metrics_db.h). It
+ * sits on the HTTP side, after the pipeline: it only reads what the
+ * applier, the drift scan, the parity report and the senders recorded.
+ * Every family is built in a memory buffer first and written out whole, so
+ * a database error halfway leaves no half-written family (Prometheus would
+ * refuse the whole scrape on a family that appears twice).
+ *
+ * Label values come from the database (email kinds, trigger kinds,
+ * currencies); they are escaped as the text format asks.
+ */
+#include "metrics_db.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model.h"
+#include "report/report.h"
+#include "report/scans.h"
+#include "util/mem.h"
+
+/* A family written into its own buffer, copied to the scrape when whole. */
+struct family {
+	char *buf;
+	size_t len;
+	FILE *f;
+};
+
+static FILE *family_open(struct family *fam, const char *name, const char *type,
+			 const char *help)
+{
+	fam->buf = NULL;
+	fam->len = 0;
+	fam->f = open_memstream(&fam->buf, &fam->len);
+	if (!fam->f)
+		dun_oom();
+	fprintf(fam->f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	return fam->f;
+}
+
+static enum dun_err family_close(struct family *fam, FILE *out, enum dun_err e)
+{
+	fclose(fam->f);
+	if (e == DUN_OK)
+		fwrite(fam->buf, 1, fam->len, out);
+	free(fam->buf);
+	return e;
+}
+
+/* A label value as the text format wants it: \\, \" and \n escaped. */
+static void label(FILE *f, const char *v)
+{
+	fputc('"', f);
+	for (const char *p = v ? v : ""; *p; p++) {
+		if (*p == '\\' || *p == '"')
+			fputc('\\', f), fputc(*p, f);
+		else if (*p == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+/* ---- drift --------------------------------------------------------------- */
+
+static enum dun_err drift(FILE *out, struct dun_db *db, int64_t now)
+{
+	struct dun_scan_record r;
+	enum dun_err e = dun_scans_last(db, &r);
+	if (e != DUN_OK)
+		return e;
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_drift_scan_recorded", "gauge",
+			      "Whether a drift scan was ever recorded (1) or not (0).");
+	fprintf(f, "dunning_drift_scan_recorded %d\n", r.found ? 1 : 0);
+	family_close(&fam, out, DUN_OK);
+	if (!r.found)
+		return DUN_OK;
+	f = family_open(&fam, "dunning_drift_accounts", "gauge",
+			"Accounts drifting per class in the last recorded drift scan (observe "
+			"accounts: their shadow).");
+	for (int c = 0; c < DUN_DRIFT__COUNT; c++) {
+		fputs("dunning_drift_accounts{class=", f);
+		label(f, dun_drift_name((enum dun_drift_class)c));
+		fprintf(f, "} %lld\n", (long long)r.per_class[c]);
+	}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_drift_observe_real_accounts", "gauge",
+			"Observe-mode accounts whose real stores drift, per class, in the last "
+			"scan (information: the legacy system's business until cutover).");
+	for (int c = 0; c < DUN_DRIFT__COUNT; c++) {
+		fputs("dunning_drift_observe_real_accounts{class=", f);
+		label(f, dun_drift_name((enum dun_drift_class)c));
+		fprintf(f, "} %lld\n", (long long)r.observe_real[c]);
+	}
+	family_close(&fam, out, DUN_OK);
+	int64_t age = now > r.at ? now - r.at : 0;
+	fprintf(out,
+		"# HELP dunning_drift_drifting_accounts Accounts drifting in any class in the "
+		"last scan.\n"
+		"# TYPE dunning_drift_drifting_accounts gauge\n"
+		"dunning_drift_drifting_accounts %lld\n"
+		"# HELP dunning_drift_scanned_accounts Accounts the last scan evaluated.\n"
+		"# TYPE dunning_drift_scanned_accounts gauge\n"
+		"dunning_drift_scanned_accounts %lld\n"
+		"# HELP dunning_drift_scan_timestamp_seconds When the last scan finished "
+		"(unix seconds).\n"
+		"# TYPE dunning_drift_scan_timestamp_seconds gauge\n"
+		"dunning_drift_scan_timestamp_seconds %lld\n"
+		"# HELP dunning_drift_scan_age_seconds Seconds since the last scan finished.\n"
+		"# TYPE dunning_drift_scan_age_seconds gauge\n"
+		"dunning_drift_scan_age_seconds %lld\n",
+		(long long)r.drifting, (long long)r.accounts, (long long)r.at, (long long)age);
+	return DUN_OK;
+}
+
+/* ---- bad debt ------------------------------------------------------------ */
+
+#define N_REASON_LABELS 4
+static const char *const reason_labels[N_REASON_LABELS] = {"uncollectible", "days_past_due",
+							   "upgrade_invoice", "other"};
+
+/* Upper bounds of the time-in-bad-debt histogram, in days. */
+static const int duration_days[] = {1, 3, 7, 14, 30, 60, 90, 180, 365};
+enum { N_DURATION = sizeof duration_days / sizeof duration_days[0] };
+
+static enum dun_err bad_debt(FILE *out, struct dun_db *db)
+{
+	int64_t entries[N_REASON_LABELS] = {0};
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT reason, COUNT(*) FROM bad_debt_episodes GROUP BY reason");
+	while (dun_stmt_row(st)) {
+		const char *l = dun_report_entry_reason(dun_stmt_col_text(st, 0));
+		for (int i = 0; i < N_REASON_LABELS; i++)
+			if (!strcmp(l, reason_labels[i]))
+				entries[i] += dun_stmt_col_int64(st, 1);
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (e != DUN_OK)
+		return e;
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_bad_debt_entries_total", "counter",
+			      "Bad-debt episodes opened, by why the account entered.");
+	for (int i = 0; i < N_REASON_LABELS; i++)
+		fprintf(f, "dunning_bad_debt_entries_total{reason=\"%s\"} %lld\n", reason_labels[i],
+			(long long)entries[i]);
+	family_close(&fam, out, DUN_OK);
+
+	f = family_open(&fam, "dunning_bad_debt_exits_total", "counter",
+			"Bad-debt episodes ended, by exit reason.");
+	int64_t exits[DUN_EXIT_REASON__COUNT] = {0}, other_exits = 0;
+	st = dun_db_stmt(db, "SELECT exit_reason, COUNT(*) FROM bad_debt_episodes"
+			     " WHERE exited_at > 0 GROUP BY exit_reason");
+	while (dun_stmt_row(st)) {
+		enum dun_exit_reason r;
+		const char *name = dun_stmt_col_text(st, 0);
+		if (name && name[0] && dun_exit_reason_parse(name, &r))
+			exits[r] += dun_stmt_col_int64(st, 1);
+		else
+			other_exits += dun_stmt_col_int64(st, 1);
+	}
+	e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	for (int r = 0; r < DUN_EXIT_REASON__COUNT; r++) {
+		const char *name = dun_exit_reason_name((enum dun_exit_reason)r);
+		if (!name[0])
+			continue;
+		fprintf(f, "dunning_bad_debt_exits_total{exit_reason=\"%s\"} %lld\n", name,
+			(long long)exits[r]);
+	}
+	fprintf(f, "dunning_bad_debt_exits_total{exit_reason=\"other\"} %lld\n",
+		(long long)other_exits);
+	e = family_close(&fam, out, e);
+	if (e != DUN_OK)
+		return e;
+
+	int64_t bucket[N_DURATION + 1] = {0}, count = 0, sum = 0;
+	st = dun_db_stmt(db, "SELECT exited_at - entered_at FROM bad_debt_episodes"
+			     " WHERE exited_at > 0");
+	while (dun_stmt_row(st)) {
+		int64_t d = dun_stmt_col_int64(st, 0);
+		if (d < 0)
+			d = 0;
+		int b = 0;
+		while (b < N_DURATION && d > (int64_t)duration_days[b] * 86400)
+			b++;
+		bucket[b]++;
+		count++;
+		sum += d;
+	}
+	e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	f = family_open(&fam, "dunning_bad_debt_duration_seconds", "histogram",
+			"Time ended bad-debt episodes lasted, from entry to exit.");
+	int64_t cum = 0;
+	for (int b = 0; b < N_DURATION; b++) {
+		cum += bucket[b];
+		fprintf(f, "dunning_bad_debt_duration_seconds_bucket{le=\"%lld\"} %lld\n",
+			(long long)duration_days[b] * 86400, (long long)cum);
+	}
+	cum += bucket[N_DURATION];
+	fprintf(f,
+		"dunning_bad_debt_duration_seconds_bucket{le=\"+Inf\"} %lld\n"
+		"dunning_bad_debt_duration_seconds_sum %lld\n"
+		"dunning_bad_debt_duration_seconds_count %lld\n",
+		(long long)cum, (long long)sum, (long long)count);
+	return family_close(&fam, out, e);
+}
+
+/* ---- money --------------------------------------------------------------- */
+
+static enum dun_err money(FILE *out, struct dun_db *db)
+{
+	struct dun_recovery_table t;
+	enum dun_err e = dun_report_recovery(db, 0, 0, false, &t);
+	if (e != DUN_OK)
+		return e;
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_invoices_failed_total", "counter",
+			      "Invoices with at least one failed payment attempt, by currency.");
+	for (int i = 0; i < t.n; i++) {
+		fputs("dunning_invoices_failed_total{currency=", f);
+		label(f, t.rows[i].currency);
+		fprintf(f, "} %lld\n", (long long)t.rows[i].failed);
+	}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_failed_invoices", "gauge",
+			"Failed invoices by what became of them (retry, card_update, other, "
+			"pay_bad_debt, written_off, open) and currency.");
+	for (int i = 0; i < t.n; i++)
+		for (int h = 0; h < DUN_RECOVERY__COUNT; h++) {
+			fprintf(f, "dunning_failed_invoices{outcome=\"%s\",currency=",
+				dun_recovery_name((enum dun_recovery)h));
+			label(f, t.rows[i].currency);
+			fprintf(f, "} %lld\n", (long long)t.rows[i].count[h]);
+		}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_recovered_minor", "gauge",
+			"Money of failed invoices recovered, in minor units, by how (retry, "
+			"card_update, other, pay_bad_debt) and currency.");
+	for (int i = 0; i < t.n; i++)
+		for (int h = 0; h < DUN_RECOVERY__COUNT; h++) {
+			if (!dun_recovery_is_recovered((enum dun_recovery)h))
+				continue;
+			fprintf(f, "dunning_recovered_minor{how=\"%s\",currency=",
+				dun_recovery_name((enum dun_recovery)h));
+			label(f, t.rows[i].currency);
+			fprintf(f, "} %lld\n", (long long)t.rows[i].amount_minor[h]);
+		}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_written_off_minor", "gauge",
+			"Money of failed invoices written off (uncollectible or void, not paid "
+			"back), in minor units, by currency.");
+	for (int i = 0; i < t.n; i++) {
+		fputs("dunning_written_off_minor{currency=", f);
+		label(f, t.rows[i].currency);
+		fprintf(f, "} %lld\n", (long long)t.rows[i].amount_minor[DUN_RECOVERY_WRITTEN_OFF]);
+	}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_outstanding_minor", "gauge",
+			"Money of failed invoices still owed (open), in minor units, by currency.");
+	for (int i = 0; i < t.n; i++) {
+		fputs("dunning_outstanding_minor{currency=", f);
+		label(f, t.rows[i].currency);
+		fprintf(f, "} %lld\n", (long long)t.rows[i].amount_minor[DUN_RECOVERY_OPEN]);
+	}
+	family_close(&fam, out, DUN_OK);
+	dun_recovery_table_free(&t);
+	return DUN_OK;
+}
+
+/* ---- emails, retries, decisions, shadow ------------------------------------- */
+
+/* A family of one gauge or counter with two text labels, from a GROUP BY query. */
+static enum dun_err grouped2(FILE *out, struct dun_db *db, const char *sql, const char *name,
+			     const char *type, const char *help, const char *l1, const char *l2)
+{
+	struct family fam;
+	FILE *f = family_open(&fam, name, type, help);
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	while (dun_stmt_row(st)) {
+		fprintf(f, "%s{%s=", name, l1);
+		label(f, dun_stmt_col_text(st, 0));
+		fprintf(f, ",%s=", l2);
+		label(f, dun_stmt_col_text(st, 1));
+		fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 2));
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return family_close(&fam, out, e);
+}
+
+/*
+ * A retry is a payment attempt on an invoice after a failed one: its
+ * decline class is the policy's class of the failure before it, its result
+ * its own status. The window function pairs each attempt with the one
+ * before it on the same invoice; the groups are classified here.
+ */
+static enum dun_err retries(FILE *out, struct dun_db *db, const struct dun_policy *policy)
+{
+	int64_t n[2][DUN_ATTEMPT_STATUS__COUNT] = {{0}};
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT prev_decline, prev_advice, prev_network, status, COUNT(*) FROM"
+		" (SELECT status,"
+		"  LAG(status) OVER (PARTITION BY invoice_id ORDER BY created, id) AS prev_status,"
+		"  LAG(decline_code) OVER (PARTITION BY invoice_id ORDER BY created, id)"
+		"   AS prev_decline,"
+		"  LAG(advice_code) OVER (PARTITION BY invoice_id ORDER BY created, id)"
+		"   AS prev_advice,"
+		"  LAG(network_advice_code) OVER (PARTITION BY invoice_id ORDER BY created, id)"
+		"   AS prev_network"
+		"  FROM p_attempts WHERE invoice_id IS NOT NULL AND invoice_id <> '') r"
+		" WHERE prev_status = 'failed'"
+		" GROUP BY prev_decline, prev_advice, prev_network, status");
+	while (dun_stmt_row(st)) {
+		struct dun_attempt a;
+		memset(&a, 0, sizeof a);
+		a.status = DUN_ATTEMPT_FAILED;
+		dun_stmt_col_copy(st, 0, a.decline_code, sizeof a.decline_code);
+		dun_stmt_col_copy(st, 1, a.advice_code, sizeof a.advice_code);
+		dun_stmt_col_copy(st, 2, a.network_advice_code, sizeof a.network_advice_code);
+		enum dun_attempt_status s;
+		const char *status = dun_stmt_col_text(st, 3);
+		if (!status || !dun_attempt_status_parse(status, &s))
+			continue;
+		enum dun_decline_class cls = dun_policy_classify(policy, &a, NULL);
+		n[cls == DUN_DECLINE_HARD][s] += dun_stmt_col_int64(st, 4);
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_payment_retries_total", "counter",
+			      "Payment attempts after a failed one on the same invoice, by the "
+			      "decline class of that failure (soft, hard) and their result.");
+	for (int c = 0; c < 2; c++)
+		for (int s = 0; s < DUN_ATTEMPT_STATUS__COUNT; s++)
+			fprintf(f,
+				"dunning_payment_retries_total{decline_class=\"%s\",result=\"%s\"} "
+				"%lld\n",
+				c ? "hard" : "soft",
+				dun_attempt_status_name((enum dun_attempt_status)s),
+				(long long)n[c][s]);
+	return family_close(&fam, out, e);
+}
+
+static enum dun_err decisions(FILE *out, struct dun_db *db)
+{
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_decisions_total", "counter",
+			      "Recompute decisions recorded, by trigger kind, mode (active, "
+			      "observe: the shadow's) and outcome.");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT trigger_kind, mode, outcome, COUNT(*) FROM decisions"
+			    " GROUP BY trigger_kind, mode, outcome");
+	while (dun_stmt_row(st)) {
+		const char *trigger = dun_stmt_col_text(st, 0);
+		fputs("dunning_decisions_total{trigger=", f);
+		label(f, trigger && trigger[0] ? trigger : "none");
+		fputs(",mode=", f);
+		label(f, dun_stmt_col_text(st, 1));
+		fputs(",outcome=", f);
+		label(f, dun_stmt_col_text(st, 2));
+		fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 3));
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return family_close(&fam, out, e);
+}
+
+static enum dun_err shadow(FILE *out, struct dun_db *db)
+{
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_shadow_consequences_total", "counter",
+			      "Consequences observe mode recorded in its shadow (what it would "
+			      "have done), by type.");
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT type, COUNT(*) FROM shadow_consequences GROUP BY type");
+	while (dun_stmt_row(st)) {
+		fputs("dunning_shadow_consequences_total{type=", f);
+		label(f, dun_stmt_col_text(st, 0));
+		fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 1));
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	e = family_close(&fam, out, e);
+	if (e != DUN_OK)
+		return e;
+	int64_t accounts = 0;
+	st = dun_db_stmt(db, "SELECT COUNT(*) FROM shadow_dunning WHERE stage <> 'none'");
+	if (dun_stmt_row(st))
+		accounts = dun_stmt_col_int64(st, 0);
+	e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (e == DUN_OK)
+		fprintf(out,
+			"# HELP dunning_shadow_accounts_in_dunning Observe-mode accounts whose "
+			"shadow is in a dunning stage.\n"
+			"# TYPE dunning_shadow_accounts_in_dunning gauge\n"
+			"dunning_shadow_accounts_in_dunning %lld\n",
+			(long long)accounts);
+	return e;
+}
+
+/* ---- parity -------------------------------------------------------------- */
+
+static long long jint(json_t *o, const char *a, const char *b)
+{
+	json_t *v = json_object_get(o, a);
+	if (b)
+		v = json_object_get(v, b);
+	return (long long)json_integer_value(v);
+}
+
+static double jreal(json_t *o, const char *a, const char *b)
+{
+	json_t *v = json_object_get(json_object_get(o, a), b);
+	return json_number_value(v);
+}
+
+static enum dun_err parity(FILE *out, struct dun_db *db)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT id, created_at, passed, summary FROM"
+					      " parity_reports ORDER BY id DESC LIMIT 1");
+	json_t *s = NULL;
+	int64_t id = 0, at = 0, passed = 0;
+	if (dun_stmt_row(st)) {
+		id = dun_stmt_col_int64(st, 0);
+		at = dun_stmt_col_int64(st, 1);
+		passed = dun_stmt_col_int64(st, 2);
+		const char *text = dun_stmt_col_text(st, 3);
+		s = text ? json_loads(text, 0, NULL) : NULL;
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (e != DUN_OK || !id) {
+		json_decref(s);
+		return e;
+	}
+	fprintf(out,
+		"# HELP dunning_parity_report_timestamp_seconds When the last parity report was "
+		"made (unix seconds).\n"
+		"# TYPE dunning_parity_report_timestamp_seconds gauge\n"
+		"dunning_parity_report_timestamp_seconds %lld\n"
+		"# HELP dunning_parity_passed Whether the last parity report passed its "
+		"thresholds.\n"
+		"# TYPE dunning_parity_passed gauge\n"
+		"dunning_parity_passed %d\n",
+		(long long)at, passed ? 1 : 0);
+	if (s) {
+		json_t *total = json_object_get(s, "total");
+		fprintf(out,
+			"# HELP dunning_parity_actions Actions of the last parity report: matched, "
+			"only in the legacy log, only in the engine's shadow.\n"
+			"# TYPE dunning_parity_actions gauge\n"
+			"dunning_parity_actions{side=\"matched\"} %lld\n"
+			"dunning_parity_actions{side=\"only_legacy\"} %lld\n"
+			"dunning_parity_actions{side=\"only_engine\"} %lld\n"
+			"# HELP dunning_parity_match_ratio Matched share of the last report's "
+			"actions (0..1).\n"
+			"# TYPE dunning_parity_match_ratio gauge\n"
+			"dunning_parity_match_ratio %.6f\n"
+			"# HELP dunning_parity_coverage_ratio Share of the legacy log's accounts "
+			"the engine saw in the last report (0..1).\n"
+			"# TYPE dunning_parity_coverage_ratio gauge\n"
+			"dunning_parity_coverage_ratio %.6f\n"
+			"# HELP dunning_parity_amount_mismatches Bad-debt amounts that differ in "
+			"the last report.\n"
+			"# TYPE dunning_parity_amount_mismatches gauge\n"
+			"dunning_parity_amount_mismatches %lld\n"
+			"# HELP dunning_parity_errors Legacy log lines the last report could not "
+			"use.\n"
+			"# TYPE dunning_parity_errors gauge\n"
+			"dunning_parity_errors %lld\n",
+			jint(total, "matched", NULL), jint(total, "only_legacy", NULL),
+			jint(total, "only_engine", NULL), jreal(s, "total", "match_percent") / 100.0,
+			jreal(s, "coverage", "percent") / 100.0,
+			jint(s, "amounts", "compared") - jint(s, "amounts", "match"),
+			jint(s, "errors", NULL));
+	}
+	json_decref(s);
+	return DUN_OK;
+}
+
+enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_policy *policy,
+				   int64_t now)
+{
+	enum dun_err e = drift(f, db, now);
+	if (e == DUN_OK)
+		e = bad_debt(f, db);
+	if (e == DUN_OK)
+		e = money(f, db);
+	if (e == DUN_OK)
+		e = grouped2(f, db,
+			     "SELECT kind, state, COUNT(*) FROM emails GROUP BY kind, state",
+			     "dunning_emails", "gauge",
+			     "Emails in the email log by kind and state (pending, sending, sent, "
+			     "failed, dead).",
+			     "kind", "state");
+	if (e == DUN_OK)
+		e = retries(f, db, policy);
+	if (e == DUN_OK)
+		e = decisions(f, db);
+	if (e == DUN_OK)
+		e = shadow(f, db);
+	if (e == DUN_OK)
+		e = parity(f, db);
+	return e;
+}
