@@ -1,0 +1,126 @@
+"""/metrics over a known scenario (metrics_scenario.py): the figures equal
+what the scenario did and what the database holds, on both backends.
+
+A figure that is read from the database at scrape time is checked twice:
+against the number the scenario was built to produce, and against a count
+this test makes itself with SQL (so a metric that drifts from its table, or
+a scenario that stops producing what it says, both fail).
+"""
+
+import pytest
+
+from metrics_scenario import (EXPECTED_RECOVERY, SCENARIO_DAY, ServeOver, build, family,
+                              parse_metrics, value)
+
+
+@pytest.fixture
+def scenario(dun, dun_stripe, tmp_path):
+    scan = build(dun, dun_stripe)
+    srv = ServeOver(dun, tmp_path, dun.at(SCENARIO_DAY, 3600))
+    try:
+        yield dun, scan, srv
+    finally:
+        assert srv.stop() == 0, srv.logs()[-3000:]
+
+
+def test_metric_values_equal_the_scenario_and_the_database(scenario):
+    dun, scan, srv = scenario
+    m = parse_metrics(srv.metrics())
+    assert value(m, "dunning_metrics_database_ok") == 1
+
+    # Drift: the last recorded scan, per class, and its age (the clock is
+    # fixed an hour after the scan).
+    assert value(m, "dunning_drift_scan_recorded") == 1
+    assert scan["classes"]["stuck_in_bad_debt"] == 1
+    assert scan["classes"]["flags_disagree"] == 1
+    for cls, n in scan["classes"].items():
+        assert value(m, "dunning_drift_accounts", **{"class": cls}) == n, cls
+        assert dun.scalar("SELECT c.accounts FROM drift_scan_classes c JOIN drift_scans s"
+                          " ON s.id = c.scan_id WHERE c.class = ? ORDER BY s.id DESC LIMIT 1",
+                          (cls,)) == n
+    assert value(m, "dunning_drift_drifting_accounts") == scan["drifting"] == 1
+    assert value(m, "dunning_drift_scanned_accounts") == scan["accounts"] == 5
+    assert value(m, "dunning_drift_scan_age_seconds") == 3600
+    assert value(m, "dunning_drift_scan_timestamp_seconds") == dun.T0 + SCENARIO_DAY * dun.DAY
+
+    # Bad debt: two entries (days past due), one exit (paid), its duration.
+    assert value(m, "dunning_bad_debt_entries_total", reason="days_past_due") == 2
+    assert sum(family(m, "dunning_bad_debt_entries_total").values()) == \
+        dun.scalar("SELECT COUNT(*) FROM bad_debt_episodes") == 2
+    assert value(m, "dunning_bad_debt_exits_total", exit_reason="paid") == 1
+    assert sum(family(m, "dunning_bad_debt_exits_total").values()) == \
+        dun.scalar("SELECT COUNT(*) FROM bad_debt_episodes WHERE exited_at > 0") == 1
+    stayed = dun.scalar("SELECT exited_at - entered_at FROM bad_debt_episodes"
+                        " WHERE account_id = 'acct_paybd'")
+    assert 0 < stayed < 3 * dun.DAY
+    assert value(m, "dunning_bad_debt_duration_seconds_count") == 1
+    assert value(m, "dunning_bad_debt_duration_seconds_sum") == stayed
+    assert value(m, "dunning_bad_debt_duration_seconds_bucket", le="86400") == \
+        (1 if stayed <= 86400 else 0)
+    assert value(m, "dunning_bad_debt_duration_seconds_bucket", le="259200") == 1
+    assert value(m, "dunning_bad_debt_duration_seconds_bucket", le="+Inf") == 1
+    assert value(m, "dunning_bad_debt_episodes_open") == 1
+
+    # Money: per outcome, in minor units, usd.
+    for outcome, (n, minor) in EXPECTED_RECOVERY.items():
+        assert value(m, "dunning_failed_invoices", outcome=outcome, currency="usd") == n, outcome
+    assert value(m, "dunning_invoices_failed_total", currency="usd") == 4 == dun.scalar(
+        "SELECT COUNT(DISTINCT invoice_id) FROM p_attempts WHERE status = 'failed'")
+    for how in ("retry", "card_update", "pay_bad_debt"):
+        assert value(m, "dunning_recovered_minor", how=how, currency="usd") == \
+            EXPECTED_RECOVERY[how][1], how
+    assert value(m, "dunning_written_off_minor", currency="usd") == 5000
+    assert value(m, "dunning_outstanding_minor", currency="usd") == 0
+    # what was recovered by pay-bad-debt is what the paid consolidated invoice collected
+    assert dun.scalar("SELECT SUM(amount_paid) FROM p_invoices WHERE status = 'paid'"
+                      " AND meta_bad_debt_invoices IS NOT NULL") == 4000
+
+    # Emails by kind and state, decisions by trigger, mode and outcome: the tables' counts.
+    emails = family(m, "dunning_emails")
+    rows = dun.sql("SELECT kind, state, COUNT(*) FROM emails GROUP BY kind, state")
+    assert rows and len(emails) == len(rows)
+    for kind, state, n in rows:
+        assert emails[frozenset({("kind", kind), ("state", state)})] == n
+    assert sum(v for k, v in emails.items() if ("kind", "bad_debt") in k) == 2
+    decisions = family(m, "dunning_decisions_total")
+    rows = dun.sql("SELECT trigger_kind, mode, outcome, COUNT(*) FROM decisions"
+                   " GROUP BY trigger_kind, mode, outcome")
+    assert len(decisions) == len(rows)
+    for trigger, mode, outcome, n in rows:
+        assert decisions[frozenset({("trigger", trigger or "none"), ("mode", mode),
+                                    ("outcome", outcome)})] == n
+    assert sum(v for k, v in decisions.items() if ("trigger", "bad_debt_paid") in k) >= 1
+
+    # Retries: every attempt after a failed one on the same invoice, by result.
+    retries = family(m, "dunning_payment_retries_total")
+    attempts = dun.sql("SELECT invoice_id, status FROM p_attempts ORDER BY invoice_id,"
+                       " created, id")
+    expect = {"failed": 0, "succeeded": 0, "processing": 0}
+    for i in range(1, len(attempts)):
+        if attempts[i][0] == attempts[i - 1][0] and attempts[i - 1][1] == "failed":
+            expect[attempts[i][1]] += 1
+    for result, n in expect.items():
+        assert retries[frozenset({("decline_class", "soft"), ("result", result)})] + \
+            retries[frozenset({("decline_class", "hard"), ("result", result)})] == n, result
+    # insufficient_funds is a soft decline: the two successful payments after it are soft
+    assert retries[frozenset({("decline_class", "soft"), ("result", "succeeded")})] == 2
+
+
+def test_every_sample_is_well_formed_and_named_with_units(scenario):
+    _, _, srv = scenario
+    text = srv.metrics()
+    parse_metrics(text)  # fails on a malformed line or a sample given twice
+    types = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name not in types, "family twice: " + name
+            types[name] = kind
+    assert types, text
+    for name, kind in types.items():
+        assert name.startswith("dunning_"), name
+        if kind == "counter":
+            assert name.endswith("_total"), name
+        for unit in ("_seconds", "_minor", "_bytes", "_ratio"):
+            if unit in name:
+                assert name.endswith(unit) or name.endswith(unit + "_total"), name
