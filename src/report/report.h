@@ -26,12 +26,12 @@
 #include "store/db.h"
 #include "util/err.h"
 
-#define DUN_RECOVERY_LIST(X)                                \
-	X(DUN_RECOVERY_RETRY, "retry")                      \
-	X(DUN_RECOVERY_CARD_UPDATE, "card_update")          \
-	X(DUN_RECOVERY_OTHER, "other")                      \
-	X(DUN_RECOVERY_PAY_BAD_DEBT, "pay_bad_debt")        \
-	X(DUN_RECOVERY_WRITTEN_OFF, "written_off")          \
+#define DUN_RECOVERY_LIST(X)                         \
+	X(DUN_RECOVERY_RETRY, "retry")               \
+	X(DUN_RECOVERY_CARD_UPDATE, "card_update")   \
+	X(DUN_RECOVERY_OTHER, "other")               \
+	X(DUN_RECOVERY_PAY_BAD_DEBT, "pay_bad_debt") \
+	X(DUN_RECOVERY_WRITTEN_OFF, "written_off")   \
 	X(DUN_RECOVERY_OPEN, "open")
 
 #define DUN_RECOVERY_ENUM(name, str) name,

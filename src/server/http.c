@@ -355,8 +355,12 @@ static enum MHD_Result queue(struct dun_http_request *r)
 	enum MHD_Result ok = MHD_queue_response(r->conn, r->status, resp);
 	MHD_destroy_response(resp);
 	r->sent = true;
-	if (r->h->cfg.metrics)
+	if (r->h->cfg.metrics) {
 		dun_metrics_http_status(r->h->cfg.metrics, r->status);
+		if (!strncmp(r->path, "/webhooks/", strlen("/webhooks/")))
+			dun_metrics_webhook_latency(r->h->cfg.metrics,
+						    dun_clock_mono_ms() - r->start_ms);
+	}
 	return ok;
 }
 

@@ -16,6 +16,9 @@
 static const int batch_bounds[DUN_METRICS_BATCH_BUCKETS] = {1,	2,   4,	  8,   16,   32,
 							    64, 128, 256, 512, 1024, 4096};
 
+static const int latency_bounds_ms[DUN_METRICS_LATENCY_BUCKETS] = {5,	10,   25,   50,	  100,	250,
+								   500, 1000, 2500, 5000, 10000};
+
 void dun_metrics_init(struct dun_metrics *m)
 {
 	memset(m, 0, sizeof *m);
@@ -106,6 +109,18 @@ void dun_metrics_batch(struct dun_metrics *m, int n, int64_t us)
 	atomic_fetch_add(&m->commit_us_sum, us);
 }
 
+void dun_metrics_webhook_latency(struct dun_metrics *m, int64_t ms)
+{
+	if (ms < 0)
+		ms = 0;
+	int b = 0;
+	while (b < DUN_METRICS_LATENCY_BUCKETS && ms > latency_bounds_ms[b])
+		b++;
+	atomic_fetch_add(&m->latency_bucket[b], 1);
+	atomic_fetch_add(&m->latency_ms_sum, ms);
+	atomic_fetch_add(&m->latency_count, 1);
+}
+
 static long long get(const _Atomic int64_t *v)
 {
 	return (long long)atomic_load(v);
@@ -194,6 +209,21 @@ char *dun_metrics_render(const struct dun_metrics *m, const struct dun_inbox_cou
 	    "# TYPE dunning_group_commit_seconds_total counter\n"
 	    "dunning_group_commit_seconds_total %.6f\n",
 	    (double)get(&m->commit_us_sum) / 1e6);
+	fprintf(f, "# HELP dunning_webhook_duration_seconds Time from a webhook request's "
+		   "arrival to its answer.\n"
+		   "# TYPE dunning_webhook_duration_seconds histogram\n");
+	cum = 0;
+	for (int b = 0; b < DUN_METRICS_LATENCY_BUCKETS; b++) {
+		cum += get(&m->latency_bucket[b]);
+		fprintf(f, "dunning_webhook_duration_seconds_bucket{le=\"%g\"} %lld\n",
+			latency_bounds_ms[b] / 1000.0, cum);
+	}
+	cum += get(&m->latency_bucket[DUN_METRICS_LATENCY_BUCKETS]);
+	fprintf(f,
+		"dunning_webhook_duration_seconds_bucket{le=\"+Inf\"} %lld\n"
+		"dunning_webhook_duration_seconds_sum %.3f\n"
+		"dunning_webhook_duration_seconds_count %lld\n",
+		cum, (double)get(&m->latency_ms_sum) / 1000.0, get(&m->latency_count));
 	fprintf(f,
 		"# HELP dunning_workers_running Worker threads draining the inbox.\n"
 		"# TYPE dunning_workers_running gauge\n"

@@ -44,6 +44,9 @@ enum dun_webhook_rejection {
 /* Upper bounds of the group-commit batch size histogram (events per fsync). */
 #define DUN_METRICS_BATCH_BUCKETS 12
 
+/* Upper bounds of the webhook latency histogram, in milliseconds. */
+#define DUN_METRICS_LATENCY_BUCKETS 11
+
 struct dun_metrics {
 	_Atomic int64_t webhook[DUN_WEBHOOK__COUNT];
 	_Atomic int64_t rejections[DUN_REJECT__COUNT];
@@ -57,6 +60,9 @@ struct dun_metrics {
 	_Atomic int64_t batch_sum;
 	_Atomic int64_t batch_count;
 	_Atomic int64_t commit_us_sum; /* time spent in BEGIN..COMMIT, microseconds */
+	_Atomic int64_t latency_bucket[DUN_METRICS_LATENCY_BUCKETS + 1]; /* last: +Inf */
+	_Atomic int64_t latency_ms_sum;
+	_Atomic int64_t latency_count;
 };
 
 void dun_metrics_init(struct dun_metrics *m);
@@ -70,6 +76,8 @@ void dun_metrics_webhook(struct dun_metrics *m, enum dun_webhook_outcome o);
 /* Counts the rejection and the REJECTED outcome together. */
 void dun_metrics_reject(struct dun_metrics *m, enum dun_webhook_rejection r);
 void dun_metrics_http_status(struct dun_metrics *m, unsigned status);
+/* One webhook request answered ms milliseconds after it arrived. */
+void dun_metrics_webhook_latency(struct dun_metrics *m, int64_t ms);
 /* One group commit of n events that held the write transaction for us microseconds. */
 void dun_metrics_batch(struct dun_metrics *m, int n, int64_t us);
 

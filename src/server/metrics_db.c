@@ -27,8 +27,7 @@ struct family {
 	FILE *f;
 };
 
-static FILE *family_open(struct family *fam, const char *name, const char *type,
-			 const char *help)
+static FILE *family_open(struct family *fam, const char *name, const char *type, const char *help)
 {
 	fam->buf = NULL;
 	fam->len = 0;
@@ -376,8 +375,8 @@ static enum dun_err shadow(FILE *out, struct dun_db *db)
 	FILE *f = family_open(&fam, "dunning_shadow_consequences_total", "counter",
 			      "Consequences observe mode recorded in its shadow (what it would "
 			      "have done), by type.");
-	struct dun_stmt *st = dun_db_stmt(
-	    db, "SELECT type, COUNT(*) FROM shadow_consequences GROUP BY type");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT type, COUNT(*) FROM shadow_consequences GROUP BY type");
 	while (dun_stmt_row(st)) {
 		fputs("dunning_shadow_consequences_total{type=", f);
 		label(f, dun_stmt_col_text(st, 0));
@@ -475,7 +474,8 @@ static enum dun_err parity(FILE *out, struct dun_db *db)
 			"# TYPE dunning_parity_errors gauge\n"
 			"dunning_parity_errors %lld\n",
 			jint(total, "matched", NULL), jint(total, "only_legacy", NULL),
-			jint(total, "only_engine", NULL), jreal(s, "total", "match_percent") / 100.0,
+			jint(total, "only_engine", NULL),
+			jreal(s, "total", "match_percent") / 100.0,
 			jreal(s, "coverage", "percent") / 100.0,
 			jint(s, "amounts", "compared") - jint(s, "amounts", "match"),
 			jint(s, "errors", NULL));
@@ -493,8 +493,7 @@ enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_
 	if (e == DUN_OK)
 		e = money(f, db);
 	if (e == DUN_OK)
-		e = grouped2(f, db,
-			     "SELECT kind, state, COUNT(*) FROM emails GROUP BY kind, state",
+		e = grouped2(f, db, "SELECT kind, state, COUNT(*) FROM emails GROUP BY kind, state",
 			     "dunning_emails", "gauge",
 			     "Emails in the email log by kind and state (pending, sending, sent, "
 			     "failed, dead).",

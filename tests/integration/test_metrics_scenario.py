@@ -7,6 +7,9 @@ this test makes itself with SQL (so a metric that drifts from its table, or
 a scenario that stops producing what it says, both fail).
 """
 
+import urllib.error
+import urllib.request
+
 import pytest
 
 from metrics_scenario import (EXPECTED_RECOVERY, SCENARIO_DAY, ServeOver, build, family,
@@ -108,7 +111,18 @@ def test_metric_values_equal_the_scenario_and_the_database(scenario):
 
 def test_every_sample_is_well_formed_and_named_with_units(scenario):
     _, _, srv = scenario
+    before = parse_metrics(srv.metrics())
+    assert value(before, "dunning_webhook_duration_seconds_count") == 0
+    # a webhook delivery (refused: this service has no secret) is timed
+    req = urllib.request.Request("http://127.0.0.1:%d/webhooks/stripe" % srv.port,
+                                 data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 503
     text = srv.metrics()
+    after = parse_metrics(text)
+    assert value(after, "dunning_webhook_duration_seconds_count") == 1
+    assert value(after, "dunning_webhook_duration_seconds_bucket", le="+Inf") == 1
     parse_metrics(text)  # fails on a malformed line or a sample given twice
     types = {}
     for line in text.splitlines():
