@@ -170,8 +170,9 @@ static enum dun_err bad_debt(FILE *out, struct dun_db *db)
 		fprintf(f, "dunning_bad_debt_exits_total{exit_reason=\"%s\"} %lld\n", name,
 			(long long)exits[r]);
 	}
-	fprintf(f, "dunning_bad_debt_exits_total{exit_reason=\"other\"} %lld\n",
-		(long long)other_exits);
+	if (other_exits) /* written by a binary with exit reasons this one does not know */
+		fprintf(f, "dunning_bad_debt_exits_total{exit_reason=\"unknown\"} %lld\n",
+			(long long)other_exits);
 	e = family_close(&fam, out, e);
 	if (e != DUN_OK)
 		return e;

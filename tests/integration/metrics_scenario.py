@@ -94,6 +94,7 @@ def build(dun, st):
     dun.ingest([st.event("customer.created", cus), st.event("invoice.finalized", inv, 0, 1),
                 st.event("charge.succeeded", ch, 0, 2), st.event("invoice.paid", ok_paid, 0, 3)],
                now=dun.at(0, 120))
+    dun.work(now=dun.at(SCENARIO_DAY))  # acct_paybd's lifting window has closed
     dun.execute("UPDATE accounts SET bad_debt = 1 WHERE id = 'acct_ok'")
     r = dun.expect(EX_FAIL, "scan", "--json", now=dun.at(SCENARIO_DAY))
     return json.loads(r.out)

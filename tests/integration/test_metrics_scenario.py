@@ -41,7 +41,7 @@ def test_metric_values_equal_the_scenario_and_the_database(scenario):
         assert dun.scalar("SELECT c.accounts FROM drift_scan_classes c JOIN drift_scans s"
                           " ON s.id = c.scan_id WHERE c.class = ? ORDER BY s.id DESC LIMIT 1",
                           (cls,)) == n
-    assert value(m, "dunning_drift_drifting_accounts") == scan["drifting"] == 1
+    assert value(m, "dunning_drift_drifting_accounts") == scan["drifting"] == 1, scan["examples"]
     assert value(m, "dunning_drift_scanned_accounts") == scan["accounts"] == 5
     assert value(m, "dunning_drift_scan_age_seconds") == 3600
     assert value(m, "dunning_drift_scan_timestamp_seconds") == dun.T0 + SCENARIO_DAY * dun.DAY
