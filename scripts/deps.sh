@@ -8,7 +8,7 @@ packages=(
 	libsqlite3-dev libjansson-dev libcurl4-openssl-dev libmicrohttpd-dev
 	libinih-dev libssl-dev libpq-dev libcrypt-dev
 	python3 python3-pytest python3-aiosmtpd python3-psycopg2 sqlite3 clang-format
-	postgresql
+	postgresql prometheus
 )
 if [ "${1:-}" = "--with-node" ]; then
 	# chromium: the support panel's browser tests drive it with playwright-core

@@ -17,6 +17,7 @@ static const struct dun_command commands[] = {
     {"recompute", dun_cmd_recompute, "recompute one account now (--dry-run: plan only)"},
     {"explain", dun_cmd_explain, "show an account's state, matched rules, plan and history"},
     {"scan", dun_cmd_scan, "find accounts whose stores disagree with the policy (drift)"},
+    {"report", dun_cmd_report, "bad-debt episodes, or failed invoices' recovery by week"},
     {"events", dun_cmd_events, "list triggers in the inbox and their workflow state"},
     {"work", dun_cmd_work, "process every trigger and recheck that is due now"},
     {"retry", dun_cmd_retry, "requeue dead triggers (all, or by id) and process them"},

@@ -11,6 +11,7 @@ int dun_cmd_demo(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_report(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_events(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_work(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_retry(struct dun_cli *cli, int argc, char **argv);

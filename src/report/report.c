@@ -162,3 +162,41 @@ void dun_recovery_table_free(struct dun_recovery_table *t)
 	free(t->rows);
 	memset(t, 0, sizeof *t);
 }
+
+enum dun_err dun_report_bad_debt(struct dun_db *db, int64_t since, int64_t until, int64_t now,
+				 dun_bad_debt_fn fn, void *arg)
+{
+	/* A Stripe customer is billed in one currency: the account's invoices
+	 * say which. */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT e.account_id, e.episode, e.entered_at, e.reason, e.products,"
+		" e.amount_minor, e.exited_at, e.exit_reason,"
+		" (SELECT MIN(i.currency) FROM p_invoices i JOIN customers c"
+		"  ON c.id = i.customer_id WHERE c.account_id = e.account_id)"
+		" FROM bad_debt_episodes e WHERE e.entered_at >= ?1 AND e.entered_at < ?2"
+		" ORDER BY e.entered_at, e.account_id, e.episode");
+	dun_stmt_bind_int64(st, 1, since);
+	dun_stmt_bind_int64(st, 2, until ? until : INT64_MAX);
+	int stop = 0;
+	while (!stop && dun_stmt_row(st)) {
+		struct dun_bad_debt_row r;
+		memset(&r, 0, sizeof r);
+		dun_stmt_col_copy(st, 0, r.account_id, sizeof r.account_id);
+		r.episode = dun_stmt_col_int64(st, 1);
+		r.entered_at = dun_stmt_col_int64(st, 2);
+		dun_stmt_col_copy(st, 3, r.reason, sizeof r.reason);
+		r.reason_class = dun_report_entry_reason(r.reason);
+		dun_stmt_col_copy(st, 4, r.products, sizeof r.products);
+		r.amount_minor = dun_stmt_col_int64(st, 5);
+		r.exited_at = dun_stmt_col_int64(st, 6);
+		dun_stmt_col_copy(st, 7, r.exit_reason, sizeof r.exit_reason);
+		if (!dun_stmt_col_is_null(st, 8))
+			dun_stmt_col_copy(st, 8, r.currency, sizeof r.currency);
+		int64_t end = r.exited_at ? r.exited_at : now;
+		r.stayed_s = end > r.entered_at ? end - r.entered_at : 0;
+		stop = fn(&r, arg);
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return e;
+}

@@ -79,6 +79,31 @@ void dun_recovery_table_free(struct dun_recovery_table *t);
  */
 const char *dun_report_entry_reason(const char *reason_text);
 
+/* One bad-debt episode, as `dunning report bad-debt` lists it. */
+struct dun_bad_debt_row {
+	char account_id[128];
+	int64_t episode;
+	int64_t entered_at;
+	const char *reason_class; /* dun_report_entry_reason() of reason */
+	char reason[256];	  /* the policy's words, with ids and numbers */
+	char products[512];	  /* what the episode recorded (subscriptions) */
+	int64_t amount_minor;
+	char currency[8];  /* the account's invoices' currency ("" when none) */
+	int64_t exited_at; /* 0: still in bad debt */
+	char exit_reason[32];
+	int64_t stayed_s; /* exited_at (or now, while open) - entered_at */
+};
+
+/* Called once per episode, in order of entry; a non-zero return stops. */
+typedef int (*dun_bad_debt_fn)(const struct dun_bad_debt_row *row, void *arg);
+
+/*
+ * Episodes entered in [since, until) (0: unbounded), oldest first; now
+ * measures the stay of those still open.
+ */
+enum dun_err dun_report_bad_debt(struct dun_db *db, int64_t since, int64_t until, int64_t now,
+				 dun_bad_debt_fn fn, void *arg);
+
 /* Monday 00:00 UTC of the week holding t. */
 int64_t dun_report_week(int64_t t);
 

@@ -515,8 +515,8 @@ static const char *const migration_8[] = {
 };
 
 static const char *const *const migrations[] = {
-    migration_1, migration_2, migration_3, migration_4, migration_5, migration_6, migration_7,
-    migration_8,
+    migration_1, migration_2, migration_3, migration_4,
+    migration_5, migration_6, migration_7, migration_8,
 };
 
 int dun_schema_count(void)
