@@ -523,6 +523,22 @@ int main(int argc, char **argv)
 	if (access(o.db, R_OK) != 0)
 		die(o.db, "no such database (bench/run.sh generates it with gen_db)");
 
+	{
+		/*
+		 * Writes on for everyone, as after a full rollout: a new
+		 * installation observes, and the scan of an observe account
+		 * judges its (here empty) shadow, not the planted drift.
+		 */
+		struct dun_db *db = NULL;
+		char err[512];
+		if (dun_db_open(o.db, &db, err, sizeof err) != DUN_OK)
+			die(o.db, err);
+		if (dun_db_setting_set(db, "mode", "active") != DUN_OK ||
+		    dun_db_setting_set(db, "rollout.percent", "100") != DUN_OK)
+			die(o.db, "cannot set the rollout");
+		dun_db_close(db);
+	}
+
 	/* Peak RSS first, from a process that has opened nothing else. */
 	fprintf(stderr, "bench: scan in a fresh process (peak RSS)...\n");
 	struct child_report child;
