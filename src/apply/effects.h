@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "core/model.h"
+#include "gather/platform_read.h"
 #include "util/err.h"
 
 /*
@@ -43,6 +44,9 @@ struct dun_platform_ops {
 struct dun_platform {
 	const struct dun_platform_ops *ops;
 	void *self;
+	/* The read side GATHER uses (gather/platform_read.h): NULL for the
+	 * local platform, whose tables GATHER reads in the engine DB. */
+	const struct dun_platform_reader *reader;
 };
 
 /* One rendered email, ready to deliver. */

@@ -125,6 +125,12 @@ static enum dun_err open_platform(const struct dun_config *cfg, struct dun_db *d
 			return e;
 	}
 	fx->platform = dun_http_platform(db);
+	struct dun_platform_reader *r = &fx->platform_reader;
+	snprintf(r->base_url, sizeof r->base_url, "%s", cfg->platform_base_url);
+	snprintf(r->token, sizeof r->token, "%s", cfg->platform_token);
+	r->budget_ms = (long)cfg->platform_read_timeout_ms;
+	r->batch = (int)cfg->platform_read_batch;
+	fx->platform.reader = r;
 	return DUN_OK;
 }
 

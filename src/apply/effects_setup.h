@@ -21,6 +21,7 @@ struct dun_effects {
 	struct dun_template_renderer template_renderer;
 	struct dun_smtp_config smtp;
 	void *platform_state;
+	struct dun_platform_reader platform_reader;
 	char from[256];
 	/* Something start-up should print but that is not an error (the
 	 * platform did not answer the check: calls wait in the outbox). */

@@ -101,6 +101,23 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 			    json_pack("{s:o, s:s, s:o}", "banned", jbool(s->banned), "entitlement",
 				      dun_entitlement_name(s->entitlement), "resource_flags",
 				      jbool(s->has_resource_flags)));
+	/* Who owns what on the platform: dunning's part above; the rest kept. */
+	const struct dun_platform_view *pv = &en->snap.platform;
+	json_t *kept = json_array();
+	for (int i = 0; i < pv->n_kept; i++) {
+		const struct dun_kept_restriction *k = &pv->kept[i];
+		json_t *r = json_pack("{s:s, s:s, s:s}", "type", k->kind, "reason", k->reason,
+				      "placed_by", k->placed_by);
+		if (!strcmp(k->kind, "entitlement"))
+			json_object_set_new(r, "level",
+					    json_string(dun_entitlement_name(k->level)));
+		json_array_append_new(kept, r);
+	}
+	json_object_set_new(o, "platform_owners",
+			    json_pack("{s:s, s:s, s:o, s:i, s:i}", "dunning_reason",
+				      DUN_PLATFORM_OWN_REASON, "placed_by", pv->placed_by, "kept",
+				      kept, "kept_total", pv->n_others, "pending_applied",
+				      pv->n_pending));
 	json_object_set_new(o, "dunning",
 			    json_pack("{s:s, s:I, s:I, s:I, s:I, s:o}", "stage",
 				      dun_stage_name(s->stage), "since", (json_int_t)s->stage_since,

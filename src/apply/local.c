@@ -1,7 +1,11 @@
 /*
  * local.c — the built-in platform and mailer of the embedded default.
  *
- * The local platform is the `platform` table of the engine DB. The local
+ * The local platform is the `platform` table of the engine DB: its row is
+ * the account's restriction for non-payment (dunning's own reason, see
+ * migration 8), so ban, unban and set_entitlement change that row only and
+ * record dunning as who placed it; restrictions for other reasons, in
+ * platform_restrictions, are never touched. The local
  * mailer delivers nothing: the email log (the `emails` table, where the
  * applier has already recorded the rendered message) is the outbox a person
  * reads with `dunning emails`. Both live behind the same seams as the HTTP
@@ -14,10 +18,11 @@ static enum dun_err local_ban(void *self, const char *account_id, bool banned, c
 			      int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
-	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO platform(account_id, banned, updated_at) VALUES (?1, ?2, ?3)"
-		" ON CONFLICT(account_id) DO UPDATE SET banned = excluded.banned,"
-		" updated_at = excluded.updated_at");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO platform(account_id, banned, updated_at, placed_by)"
+			    " VALUES (?1, ?2, ?3, 'dunning') ON CONFLICT(account_id) DO UPDATE SET"
+			    " banned = excluded.banned, updated_at = excluded.updated_at,"
+			    " placed_by = excluded.placed_by");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_int(st, 2, banned);
 	dun_stmt_bind_int64(st, 3, dun_clock_now());
@@ -29,10 +34,11 @@ static enum dun_err local_set_entitlement(void *self, const char *account_id,
 					  int64_t decision_id, char *err, size_t err_size)
 {
 	struct dun_db *db = self;
-	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO platform(account_id, entitlement, updated_at) VALUES (?1, ?2, ?3)"
-		" ON CONFLICT(account_id) DO UPDATE SET entitlement = excluded.entitlement,"
-		" updated_at = excluded.updated_at");
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "INSERT INTO platform(account_id, entitlement, updated_at, placed_by)"
+			    " VALUES (?1, ?2, ?3, 'dunning') ON CONFLICT(account_id) DO UPDATE SET"
+			    " entitlement = excluded.entitlement, updated_at = excluded.updated_at,"
+			    " placed_by = excluded.placed_by");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, dun_entitlement_name(level));
 	dun_stmt_bind_int64(st, 3, dun_clock_now());

@@ -128,8 +128,8 @@ static int select_due(struct dun_db *db, int64_t now, struct row *out, int max)
 	    dun_db_stmt(db, "SELECT o.id, o.account_id, o.op, o.value, o.idem_key, o.decision_id,"
 			    " o.attempts, o.created_at FROM platform_outbox o"
 			    " WHERE o.state = 'pending' AND o.not_before <= ?1"
-			    " AND NOT EXISTS (SELECT 1 FROM platform_outbox p INDEXED BY"
-			    "  platform_outbox_pending WHERE p.state = 'pending'"
+			    " AND NOT EXISTS (SELECT 1 FROM platform_outbox p"
+			    "  WHERE p.state = 'pending'"
 			    "  AND p.account_id = o.account_id AND p.id < o.id)"
 			    " ORDER BY o.id LIMIT ?2");
 	dun_stmt_bind_int64(st, 1, now);

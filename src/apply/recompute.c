@@ -40,6 +40,7 @@ void dun_engine_init(struct dun_engine *en, struct dun_db *db, const struct dun_
 void dun_engine_free(struct dun_engine *en)
 {
 	dun_snapshot_free(&en->snap);
+	dun_platform_conn_free(en->platform_conn);
 	free(en->inv_d);
 	free(en->items);
 	memset(en, 0, sizeof *en);
@@ -74,11 +75,49 @@ static enum dun_err gather_refresh(struct dun_engine *en)
 	return e;
 }
 
+/*
+ * GATHER's read of the platform (gather/platform_read.h). The local
+ * platform is two tables of the engine DB. An HTTP platform was asked when
+ * the pass began (platform_begin) and is collected here; when it could not
+ * be read the pass fails as retryable and decides nothing: a snapshot
+ * without the platform's real state is known to be incomplete.
+ */
+static void platform_begin(struct dun_engine *en, const char *account_id)
+{
+	en->platform_unread[0] = '\0';
+	const struct dun_platform_reader *r = en->applier.platform.reader;
+	if (!r)
+		return;
+	if (!en->platform_conn)
+		en->platform_conn = dun_platform_conn_new(r);
+	dun_platform_read_begin(en->platform_conn, account_id);
+}
+
+static enum dun_err platform_end(struct dun_engine *en)
+{
+	if (!en->applier.platform.reader)
+		return dun_platform_read_local(en->db, &en->snap);
+	enum dun_err e = dun_platform_read_end(en->platform_conn, en->db, &en->snap,
+					       en->platform_unread, sizeof en->platform_unread);
+	if (e != DUN_OK) {
+		if (!en->platform_unread[0])
+			snprintf(en->platform_unread, sizeof en->platform_unread,
+				 "platform: reading the pending calls: %s", dun_err_str(e));
+		dun_log(DUN_LOG_WARN, "gather.platform_unreadable", "account",
+			en->snap.state.account_id, "error", en->platform_unread, NULL);
+		return DUN_E_PLATFORM;
+	}
+	return DUN_OK;
+}
+
 enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now)
 {
+	platform_begin(en, account_id);
 	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
 	if (e == DUN_OK)
 		e = gather_refresh(en);
+	if (e == DUN_OK)
+		e = platform_end(en);
 	/* Observe mode decides against the shadow, not the real stores. */
 	bool observe = e == DUN_OK &&
 		       dun_rollout_mode(en->db, &en->rollout, account_id, NULL) == DUN_MODE_OBSERVE;
@@ -207,8 +246,12 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	out->dry_run = dry_run;
 	int64_t now = dun_clock_now();
 	enum dun_err e = dun_engine_evaluate(en, account_id, now);
-	if (e != DUN_OK)
+	if (e != DUN_OK) {
+		if (en->platform_unread[0])
+			snprintf(out->apply.error_text, sizeof out->apply.error_text, "%s",
+				 en->platform_unread);
 		return e;
+	}
 	out->from = en->snap.state.stage;
 	out->to = en->desired.stage;
 	out->held = en->desired.held;

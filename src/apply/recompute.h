@@ -26,6 +26,10 @@ struct dun_engine {
 	int items_cap;
 	struct dun_desired desired;
 	struct dun_plan plan;
+	/* the HTTP platform's read connection (NULL until first used) */
+	struct dun_platform_conn *platform_conn;
+	/* why the platform could not be read, when it could not ("" otherwise) */
+	char platform_unread[512];
 };
 
 /* Set up en over db with the given seams (all borrowed; they must outlive en). */

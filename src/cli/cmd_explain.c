@@ -43,8 +43,20 @@ static void print_text(json_t *o)
 		       js(cu, "default_payment_method"));
 	else
 		printf("customer (none linked)\n");
-	printf("platform banned=%s entitlement=%s resource_flags=%s\n", yn(p, "banned"),
-	       js(p, "entitlement"), yn(p, "resource_flags"));
+	printf("platform banned=%s entitlement=%s resource_flags=%s (for non-payment: "
+	       "dunning's)\n",
+	       yn(p, "banned"), js(p, "entitlement"), yn(p, "resource_flags"));
+	json_t *own = json_object_get(o, "platform_owners");
+	size_t ki;
+	json_t *kr;
+	json_array_foreach(json_object_get(own, "kept"), ki, kr)
+	{
+		const char *lvl = js(kr, "level");
+		printf("         kept: %s%s%s for %s, placed by %s (not dunning's: never "
+		       "lifted)\n",
+		       js(kr, "type"), lvl[0] ? " " : "", lvl, js(kr, "reason"),
+		       js(kr, "placed_by")[0] ? js(kr, "placed_by") : "(unknown)");
+	}
 	printf("dunning  stage=%s since=%s episode=%lld next_recheck=%s\n", js(dn, "stage"),
 	       dun_cli_time(ji(dn, "since"), t1, sizeof t1), ji(dn, "episode"),
 	       dun_cli_time(ji(dn, "next_recheck_at"), t2, sizeof t2));

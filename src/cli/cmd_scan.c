@@ -80,7 +80,7 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		fputc('\n', stderr);
 	if (e != DUN_OK) {
 		json_decref(r.examples);
-		dun_cli_error("scan: %s", dun_err_str(e));
+		dun_cli_error("scan: %s%s%s", dun_err_str(e), r.error[0] ? ": " : "", r.error);
 		return dun_cli_exit_code(e);
 	}
 	record_scan(cli, &r);
@@ -93,13 +93,18 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 		for (int i = 0; i < DUN_DRIFT__COUNT; i++)
 			json_object_set_new(oclasses, dun_drift_name((enum dun_drift_class)i),
 					    json_integer(r.observe_real_per_class[i]));
-		dun_cli_print_json(
+		json_t *doc =
 		    json_pack("{s:I, s:I, s:o, s:I, s:I, s:o, s:{s:I, s:I, s:o}}", "accounts",
 			      (json_int_t)r.accounts, "drifting", (json_int_t)r.drifting, "classes",
 			      classes, "planned_consequences", (json_int_t)r.planned, "enqueued",
 			      (json_int_t)r.enqueued, "examples", r.examples, "observe", "accounts",
 			      (json_int_t)r.observe_accounts, "real_drifting",
-			      (json_int_t)r.observe_real_drifting, "real_classes", oclasses));
+			      (json_int_t)r.observe_real_drifting, "real_classes", oclasses);
+		json_object_set_new(doc, "platform",
+				    json_pack("{s:I, s:I}", "kept_accounts",
+					      (json_int_t)r.kept_accounts, "requests",
+					      (json_int_t)r.platform_requests));
+		dun_cli_print_json(doc);
 	} else {
 		printf("scanned %lld accounts: %lld drifting\n", (long long)r.accounts,
 		       (long long)r.drifting);
@@ -117,6 +122,12 @@ int dun_cmd_scan(struct dun_cli *cli, int argc, char **argv)
 					       dun_drift_name((enum dun_drift_class)i),
 					       (long long)r.observe_real_per_class[i]);
 		}
+		if (r.kept_accounts)
+			printf("platform: %lld accounts restricted for another reason than "
+			       "non-payment: not dunning's, kept, never repaired\n",
+			       (long long)r.kept_accounts);
+		if (r.platform_requests)
+			printf("platform: %lld read requests\n", (long long)r.platform_requests);
 		if (enqueue)
 			printf("queued %lld drift_detected triggers\n", (long long)r.enqueued);
 		size_t i;

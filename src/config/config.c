@@ -98,6 +98,8 @@ static const struct key keys[] = {
     STR("platform", "base_url", platform_base_url),
     STR("platform", "token", platform_token),
     INT("platform", "timeout_ms", platform_timeout_ms, 100, 600000),
+    INT("platform", "read_timeout_ms", platform_read_timeout_ms, 50, 60000),
+    INT("platform", "read_batch", platform_read_batch, 1, 1000),
     {"events", "endpoints", K_ENDPOINTS, 0, 0, 0, 0},
     STR("events", "secret", event_secret),
     INT("events", "timeout_ms", event_timeout_ms, 100, 600000),
@@ -140,6 +142,8 @@ void dun_config_defaults(struct dun_config *c)
 	c->email_give_up_after_s = 14 * 86400;
 	snprintf(c->platform_kind, sizeof c->platform_kind, "local");
 	c->platform_timeout_ms = 10000;
+	c->platform_read_timeout_ms = 2000;
+	c->platform_read_batch = 500;
 	c->event_timeout_ms = 10000;
 	c->panel_session_idle_s = 3600;
 	c->panel_session_max_s = 12 * 3600;

@@ -15,7 +15,8 @@
  *   [rollout]  mode, percent: what the database is expected to say (the database
  *              holds the rollout; a disagreement stops serve, work, ...)
  *   [email]    transport = log|smtp, smtp_url, smtp_from, ...
- *   [platform] kind = local|http, base_url, token, timeout_ms
+ *   [platform] kind = local|http, base_url, token, timeout_ms, read_timeout_ms,
+ *              read_batch
  *   [events]   endpoints, secret
  */
 #ifndef DUN_CONFIG_H
@@ -105,6 +106,9 @@ struct dun_config {
 	char platform_base_url[DUN_CONFIG_STR];
 	char platform_token[256];
 	int64_t platform_timeout_ms;
+	/* GATHER's read of one account (or one batch of the scan), in total */
+	int64_t platform_read_timeout_ms;
+	int64_t platform_read_batch; /* accounts per read of the drift scan */
 	/* [events] payment-outcome events out */
 	char event_endpoints[DUN_CONFIG_ENDPOINTS_MAX][DUN_CONFIG_STR];
 	int n_event_endpoints;

@@ -9,6 +9,7 @@
 #define DUN_GATHER_H
 
 #include "core/model.h"
+#include "gather/platform_view.h"
 #include "store/db.h"
 
 struct dun_snapshot {
@@ -24,6 +25,9 @@ struct dun_snapshot {
 	/* display-only facts for explain and emails */
 	char email[256];
 	char name[256];
+	/* the platform as GATHER read it: dunning's part is also in state;
+	 * the restrictions of other reasons are here only (shown, kept) */
+	struct dun_platform_view platform;
 };
 
 void dun_snapshot_init(struct dun_snapshot *snap);

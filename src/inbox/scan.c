@@ -8,6 +8,13 @@
  * "drift" means exactly "a recompute would change something the stores
  * disagree on".
  *
+ * The platform: with the local platform the stream reads its table like
+ * every other; an HTTP platform is read in batches ([platform] read_batch
+ * accounts per POST /accounts/read, in account order, the pending outbox
+ * calls applied on top as in a recompute), so a scan of N accounts makes
+ * about N / batch requests, not N. A batch that cannot be read fails the
+ * scan: it never counts drift on a guess.
+ *
  * Reads proceed in windows of WINDOW accounts. The drifting accounts of a
  * window are queued (with enqueue) in one transaction once the window's
  * statements are closed, so a read never spans a write and no read
@@ -15,6 +22,7 @@
  */
 #include "scan.h"
 #include "apply/shadow.h"
+#include "gather/platform_read.h"
 #include "gather/shadow.h"
 #include "gather/stream.h"
 #include "inbox/inbox.h"
@@ -78,6 +86,71 @@ static void count(struct dun_scan_result *out, const char *account, unsigned m,
 						       "classes", classes, "consequences", types));
 }
 
+/* The HTTP platform's answers for a run of accounts in id order. */
+struct batch {
+	struct dun_platform_conn *conn;
+	int cap, n, at;
+	char (*ids)[DUN_ID_MAX];
+	const char **ptrs;
+	struct dun_platform_view *views;
+};
+
+/* Read the platform for the accounts from first on (first included). */
+static enum dun_err batch_fill(struct dun_engine *en, struct batch *b, const char *first,
+			       struct dun_scan_result *out)
+{
+	struct dun_stmt *st =
+	    dun_db_stmt(en->db, "SELECT id FROM accounts WHERE id >= ?1 ORDER BY id LIMIT ?2");
+	dun_stmt_bind_text(st, 1, first);
+	dun_stmt_bind_int(st, 2, b->cap);
+	b->n = b->at = 0;
+	while (b->n < b->cap && dun_stmt_row(st)) {
+		dun_stmt_col_copy(st, 0, b->ids[b->n], DUN_ID_MAX);
+		b->ptrs[b->n] = b->ids[b->n];
+		b->n++;
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (e != DUN_OK)
+		return e;
+	e = dun_platform_read_batch(b->conn, en->db, b->ptrs, b->n, b->views, out->error,
+				    sizeof out->error);
+	out->platform_requests = dun_platform_conn_requests(b->conn);
+	return e;
+}
+
+/* Put the platform's answer for the account the stream just read into en->snap. */
+static enum dun_err batch_apply(struct dun_engine *en, struct batch *b, struct dun_scan_result *out)
+{
+	const char *id = en->snap.state.account_id;
+	if (b->at >= b->n || strcmp(b->ids[b->at], id) != 0) {
+		enum dun_err e = batch_fill(en, b, id, out);
+		if (e != DUN_OK)
+			return e;
+		if (b->n == 0 || strcmp(b->ids[0], id) != 0) {
+			snprintf(out->error, sizeof out->error,
+				 "platform: account %.64s vanished during the scan", id);
+			return DUN_E_CONFLICT;
+		}
+	}
+	const struct dun_platform_view *v = &b->views[b->at++];
+	dun_platform_view_to_snapshot(v, &en->snap);
+	out->kept_accounts += v->n_others > 0;
+	return DUN_OK;
+}
+
+/* Accounts the local platform restricts for another reason. */
+static enum dun_err local_kept(struct dun_engine *en, struct dun_scan_result *out)
+{
+	struct dun_stmt *st =
+	    dun_db_stmt(en->db, "SELECT COUNT(DISTINCT account_id) FROM platform_restrictions");
+	if (dun_stmt_row(st))
+		out->kept_accounts = dun_stmt_col_int64(st, 0);
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return e;
+}
+
 enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 			  dun_scan_progress_fn progress, void *arg, struct dun_scan_result *out)
 {
@@ -86,9 +159,25 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 	struct dun_stream stream;
 	/* At 100% active nobody observes: no per-account question to ask. */
 	bool all_active = dun_rollout_all_active(en->db, &en->rollout);
-	enum dun_err e = dun_stream_init(&stream, en->db, NULL, 0);
-	if (e != DUN_OK)
+	const struct dun_platform_reader *reader = en->applier.platform.reader;
+	struct batch b = {0};
+	if (reader) {
+		b.conn = dun_platform_conn_new(reader);
+		b.cap = reader->batch > 0 ? reader->batch : 500;
+		b.ids = dun_malloc(sizeof *b.ids * (size_t)b.cap);
+		b.ptrs = dun_malloc(sizeof *b.ptrs * (size_t)b.cap);
+		b.views = dun_malloc(sizeof *b.views * (size_t)b.cap);
+	}
+	enum dun_err e = reader ? DUN_OK : local_kept(en, out);
+	if (e == DUN_OK)
+		e = dun_stream_init(&stream, en->db, NULL, 0);
+	if (e != DUN_OK) {
+		dun_platform_conn_free(b.conn);
+		free(b.ids);
+		free(b.ptrs);
+		free(b.views);
 		return e;
+	}
 	char(*pending)[DUN_ID_MAX] = enqueue ? dun_malloc(sizeof *pending * WINDOW) : NULL;
 	int n_pending = 0, in_window = 0;
 	for (;;) {
@@ -103,6 +192,8 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		 * finds drifting are re-checked by the recompute it enqueues,
 		 * which refreshes what it needs.
 		 */
+		if (reader && (e = batch_apply(en, &b, out)) != DUN_OK)
+			break;
 		e = dun_engine_decide(en, now);
 		if (e != DUN_OK)
 			break;
@@ -147,5 +238,9 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		e = flush(en, pending, &n_pending, now, out);
 	dun_stream_free(&stream);
 	free(pending);
+	dun_platform_conn_free(b.conn);
+	free(b.ids);
+	free(b.ptrs);
+	free(b.views);
 	return e;
 }

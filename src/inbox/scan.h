@@ -24,7 +24,12 @@ struct dun_scan_result {
 	int64_t observe_real_per_class[DUN_DRIFT__COUNT];
 	int64_t planned;  /* consequences a recompute of every account would plan */
 	int64_t enqueued; /* drift_detected triggers queued */
-	json_t *examples; /* up to 20 drifting accounts with their classes (new ref) */
+	/* accounts with a platform restriction for another reason than
+	 * non-payment: not dunning's, reported, never repaired */
+	int64_t kept_accounts;
+	int64_t platform_requests; /* reads of an HTTP platform made by the scan */
+	char error[512];	   /* why the scan failed, when it did */
+	json_t *examples;	   /* up to 20 drifting accounts with their classes (new ref) */
 };
 
 /* Called every 10,000 accounts with the number done so far (may be NULL). */

@@ -511,12 +511,32 @@ static const char *const migration_8[] = {
     " accounts INTEGER NOT NULL,"
     " observe_real INTEGER NOT NULL DEFAULT 0,"
     " PRIMARY KEY (scan_id, class))",
+ * Migration 9 — who owns a restriction on the local platform
+ * (docs/platform-api.md): ownership is the reason, not the writer. The
+ * `platform` row is the restriction for non-payment, dunning's to set and
+ * lift whoever placed it (dunning, or a legacy dunning handler before
+ * cutover); `placed_by` says who did ('' for rows older than this column).
+ * Restrictions for any other reason (abuse, manual, compliance, ...) are
+ * rows of platform_restrictions, written by other systems: dunning reads
+ * them, shows them in explain, and never lifts them.
+ */
+static const char *const migration_9[] = {
+    "ALTER TABLE platform ADD COLUMN placed_by TEXT NOT NULL DEFAULT ''",
+    "CREATE TABLE platform_restrictions ("
+    " account_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('ban','entitlement')),"
+    " level TEXT NOT NULL DEFAULT ''"
+    "  CHECK (kind = 'ban' OR level IN ('restricted','suspended')),"
+    " reason TEXT NOT NULL CHECK (reason <> '' AND reason <> 'non_payment'),"
+    " placed_by TEXT NOT NULL DEFAULT '',"
+    " placed_at INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (account_id, kind, reason))",
     NULL,
 };
 
 static const char *const *const migrations[] = {
-    migration_1, migration_2, migration_3, migration_4,
-    migration_5, migration_6, migration_7, migration_8,
+    migration_1, migration_2, migration_3, migration_4, migration_5,
+    migration_6, migration_7, migration_8, migration_9,
 };
 
 int dun_schema_count(void)

@@ -1,10 +1,12 @@
 """Real effects, end to end: the real `dunning` binary against real servers.
 
-* The user's platform is a Python HTTP server on 127.0.0.1 that implements
-  docs/platform-api.md and can be down (closed port), slow, or answer 5xx or
-  4xx; it records every call. Recomputes keep flowing while it is down; once
-  it is back, `dunning outbox --deliver` delivers everything, each call once,
-  in order per account (a ban before the unban that undoes it).
+* The user's platform is the test platform of platform_server.py on
+  127.0.0.1 (docs/platform-api.md: the calls and the reads GATHER makes); it
+  can be down (closed port), slow, or answer 5xx or 4xx, and records every
+  call. While it is down, recomputes wait (they cannot read it) and calls
+  wait in the outbox; once it is back, `dunning outbox --deliver` delivers
+  everything, each call once, in order per account (a ban before the unban
+  that undoes it).
 * Email goes through a real SMTP server (aiosmtpd) on 127.0.0.1: exactly one
   message per dedup key when `dunning work` is killed with SIGKILL in the
   middle of sending and restarted, when two `dunning work` run at once on
@@ -42,6 +44,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dun_writes_on
+from platform_server import Platform
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 aiosmtpd_smtp = pytest.importorskip("aiosmtpd.smtp")
@@ -135,113 +138,6 @@ def query(db, sql, *args):
 # ---- the platform ------------------------------------------------------------
 
 
-class Platform:
-    """The user's platform: docs/platform-api.md, with faults on demand.
-
-    mode: "ok", "slow" (sleeps `delay` seconds first), "5xx" (503), "4xx" (400).
-    fail_5xx: how many more calls answer 503 before behaving; reject: account
-    ids answered 422. Calls with a known Idempotency-Key are answered 200 and
-    not applied again (and counted as replays)."""
-
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        self.mode = "ok"
-        self.delay = 0.0
-        self.fail_5xx = 0
-        self.reject = set()
-        self.calls = []  # every request, in arrival order
-        self.applied = []  # (account, op, value, key) applied, in order
-        self.replays = []
-        self.state = defaultdict(lambda: {"banned": False, "entitlement": "full"})
-        self.lock = threading.Lock()
-        self.httpd = None
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d/v1/" % self.port
-
-    def start(self):
-        platform = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def answer(self, status, obj):
-                body = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.headers.get("Authorization") != "Bearer " + TOKEN:
-                    return self.answer(401, {"error": "bad token"})
-                self.answer(200 if self.path == "/v1/health" else 404, {"ok": True})
-
-            def do_POST(self):
-                self.handle_call()
-
-            def do_PUT(self):
-                self.handle_call()
-
-            def handle_call(self):
-                n = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(n)
-                body = json.loads(raw) if raw else {}
-                key = self.headers.get("Idempotency-Key", "")
-                with platform.lock:
-                    platform.calls.append({
-                        "method": self.command, "path": self.path, "key": key,
-                        "auth": self.headers.get("Authorization"), "body": body,
-                        "raw": raw})
-                    mode, delay = platform.mode, platform.delay
-                    fail = platform.fail_5xx > 0
-                    if fail:
-                        platform.fail_5xx -= 1
-                if mode == "slow":
-                    time.sleep(delay)
-                if self.headers.get("Authorization") != "Bearer " + TOKEN:
-                    return self.answer(401, {"error": "bad token"})
-                if mode == "5xx" or fail:
-                    return self.answer(503, {"error": "unavailable"})
-                if mode == "4xx":
-                    return self.answer(400, {"error": "bad request"})
-                parts = self.path.split("/")  # "", v1, accounts, ID, op...
-                account = parts[3]
-                op = "/".join(parts[4:])
-                if account in platform.reject:
-                    return self.answer(422, {"error": "no such account on the platform"})
-                with platform.lock:
-                    if key in {a[3] for a in platform.applied}:
-                        platform.replays.append(key)
-                        return self.answer(200, {"replayed": True})
-                    st = platform.state[account]
-                    if op == "ban":
-                        st["banned"] = True
-                    elif op == "unban":
-                        st["banned"] = False
-                    elif op == "entitlement":
-                        st["entitlement"] = body["level"]
-                    elif op == "resource-flags/remove":
-                        st["flags_removed"] = True
-                    platform.applied.append((account, op, body.get("level", ""), key))
-                self.answer(200, {"ok": True})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
-
-
 OP_PATH = {"ban": "ban", "unban": "unban", "set_entitlement": "entitlement",
            "remove_resource_flags": "resource-flags/remove"}
 
@@ -260,20 +156,30 @@ def deliver_until_empty(config, db, attempts=30):
     raise AssertionError("still pending after %d runs:\n%s" % (attempts, "\n".join(out[-3:])))
 
 
-def test_platform_down_recomputes_flow_then_everything_delivered_in_order(tmp_path):
-    platform = Platform()  # not started: its port is closed
+def test_platform_down_recomputes_wait_then_everything_delivered_in_order(tmp_path):
+    platform = Platform().start()
     db = tmp_path / "p.db"
     cfg = write_config(tmp_path / "p.ini", db, platform_url=platform.url)
-    # 200 accounts through 40 days of dunning while the platform is down: the
-    # recomputes never wait for it, and the engine converges all the same.
+    # 200 accounts through 40 days of dunning; every recompute reads the
+    # platform, and nothing is delivered yet: GATHER sees the calls waiting
+    # in the outbox on top of what the platform says, and the engine
+    # converges all the same (no call planned twice).
     t0 = time.monotonic()
     demo(db, 200, 40, config=cfg)
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 90
+    assert platform.read_count() > 0 and not platform.calls
     rows = query(db, "SELECT id, account_id, op, value, idem_key, decision_id FROM"
                      " platform_outbox ORDER BY id")
     assert len(rows) > 20
     ops = Counter(r[2] for r in rows)
     assert ops["ban"] > 0 and ops["unban"] > 0, ops
+    platform.stop()
+    # Down: a recompute that needs the platform waits (its trigger retries)
+    # and applies nothing.
+    decisions = query(db, "SELECT COUNT(*) FROM decisions")[0][0]
+    r = dunning("recompute", rows[0][1], config=cfg, db=db, now=LATER)
+    assert r.returncode != 0 and "platform" in r.stderr, r.stdout + r.stderr
+    assert query(db, "SELECT COUNT(*) FROM decisions")[0][0] == decisions
     # Still down: one attempt, then the run stops instead of trying every row.
     r = dunning("outbox", "--deliver", config=cfg, db=db)
     assert r.returncode == 0, r.stderr
@@ -331,12 +237,12 @@ def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(tmp_path):
     db = tmp_path / "q.db"
     cfg = write_config(tmp_path / "q.ini", db, platform_url=platform.url,
                        platform_timeout_ms=1000)
+    platform.start()
     demo(db, 120, 40, config=cfg)
     rows = query(db, "SELECT id, account_id, op, idem_key FROM platform_outbox ORDER BY id")
     assert len(rows) > 5
     victim = rows[0][1]
     victim_rows = [r for r in rows if r[1] == victim]
-    platform.start()
     try:
         # Slow: the call times out after 1 s, the run stops at once, nothing is lost.
         platform.mode, platform.delay = "slow", 3.0
@@ -347,7 +253,8 @@ def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(tmp_path):
         row = query(db, "SELECT state, attempts, last_error FROM platform_outbox WHERE id = ?",
                     rows[0][0])[0]
         assert row[0] == "pending" and row[1] == 1 and "timed out" in row[2].lower(), row
-        # Meanwhile the engine recomputes as usual (it never calls the platform).
+        # Meanwhile the engine recomputes as usual: it reads the platform
+        # (reads answer at once), it never waits for the slow calls.
         r = dunning("work", config=cfg, db=db, now=LATER)
         assert r.returncode == 0, r.stdout + r.stderr
         # 5xx: retried; the victim's account answers 422: dead, and the rest flows.
