@@ -119,6 +119,7 @@ class Platform:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body: no Nagle wait between them
 
             def log_message(self, *a):
                 pass
