@@ -127,7 +127,8 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		return DUN_EX_NOINPUT;
 	}
 	if (e != DUN_OK) {
-		dun_cli_error("recompute: %s: %s", account, dun_err_str(e));
+		dun_cli_error("recompute: %s: %s%s%s", account, dun_err_str(e),
+			      en->platform_unread[0] ? ": " : "", en->platform_unread);
 		return dun_cli_exit_code(e);
 	}
 	struct dun_trigger_ref t = {.kind = "support_recompute"};
