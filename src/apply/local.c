@@ -3,7 +3,7 @@
  *
  * The local platform is the `platform` table of the engine DB: its row is
  * the account's restriction for non-payment (dunning's own reason, see
- * migration 8), so ban, unban and set_entitlement change that row only and
+ * migration 9), so ban, unban and set_entitlement change that row only and
  * record dunning as who placed it; restrictions for other reasons, in
  * platform_restrictions, are never touched. The local
  * mailer delivers nothing: the email log (the `emails` table, where the
