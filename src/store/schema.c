@@ -511,6 +511,10 @@ static const char *const migration_8[] = {
     " accounts INTEGER NOT NULL,"
     " observe_real INTEGER NOT NULL DEFAULT 0,"
     " PRIMARY KEY (scan_id, class))",
+    NULL,
+};
+
+/*
  * Migration 9 — who owns a restriction on the local platform
  * (docs/platform-api.md): ownership is the reason, not the writer. The
  * `platform` row is the restriction for non-payment, dunning's to set and
