@@ -188,9 +188,13 @@ struct dun_subscription {
 	enum dun_sub_status status;
 };
 
-/* An email already recorded in the email log for this account. */
+/*
+ * An email already recorded in the email log for this account, and when it
+ * was queued (or recorded by the legacy sender): the clock time, 0 unknown.
+ */
 struct dun_sent_email {
 	char key[128];
+	int64_t at;
 };
 
 struct dun_state {

@@ -166,12 +166,17 @@ void dun_email_key(char *out, size_t out_size, const char *account_id, enum dun_
 	dun_text_key_part(&t, scope);
 }
 
-bool dun_state_has_sent(const struct dun_state *s, const char *key)
+static const struct dun_sent_email *find_sent(const struct dun_state *s, const char *key)
 {
 	for (int i = 0; i < s->n_sent_emails; i++)
 		if (strcmp(s->sent_emails[i].key, key) == 0)
-			return true;
-	return false;
+			return &s->sent_emails[i];
+	return NULL;
+}
+
+bool dun_state_has_sent(const struct dun_state *s, const char *key)
+{
+	return find_sent(s, key) != NULL;
 }
 
 void dun_stage_email_scope(const struct dun_state *s, const struct dun_desired *d, char *out,
@@ -199,7 +204,15 @@ void dun_stage_email_scope(const struct dun_state *s, const struct dun_desired *
 	 */
 	char first[128];
 	dun_email_key(first, sizeof first, s->account_id, d->stage_email_kind, out);
-	if (!dun_state_has_sent(s, first))
+	const struct dun_sent_email *sent = find_sent(s, first);
+	/*
+	 * A later entry only if the first email is older than the stage the
+	 * account is in now: it was told, then left the stage. An email queued
+	 * during the current stage was queued by a plan that did not get as far
+	 * as writing the stage (a crash, a failed write after it): the retried
+	 * plan is the same entry, under the same key, and sends nothing again.
+	 */
+	if (!sent || sent->at >= s->stage_since)
 		return;
 	dun_text_str(&t, "/from-");
 	dun_text_str(&t, dun_stage_name(s->stage));

@@ -170,7 +170,8 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 /*
  * The dedup scope of the stage email d wants (d->stage_email_kind set):
  * "bdN" for bad debt, "epN" for resolved and for the first entry of a
- * stage in an episode, "epN/from-<stage>@<since>" for each later entry.
+ * stage in an episode, "epN/from-<stage>@<since>" for each later entry
+ * (the first entry's email was queued before the current stage began).
  */
 void dun_stage_email_scope(const struct dun_state *s, const struct dun_desired *d, char *out,
 			   size_t out_size);

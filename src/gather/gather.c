@@ -150,12 +150,13 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	 * claim it made before the engine queued the email): that one is
 	 * planned, and so queued, again. */
 	int n = 0;
-	st = dun_db_stmt(db, "SELECT key FROM emails WHERE account_id = ?1"
+	st = dun_db_stmt(db, "SELECT key, created_at FROM emails WHERE account_id = ?1"
 			     " AND (state <> 'failed' OR body <> '')");
 	dun_stmt_bind_text(st, 1, account_id);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->emails, snap->emails_cap, n);
 		dun_stmt_col_copy(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
+		snap->emails[n].at = dun_stmt_col_int64(st, 1);
 		n++;
 	}
 	dun_stmt_reset(st);

@@ -121,7 +121,7 @@ static enum dun_err read_emails(struct dun_db *db, struct dun_snapshot *snap)
 {
 	struct dun_state *s = &snap->state;
 	int n = 0;
-	struct dun_stmt *st = dun_db_stmt(db, "SELECT key FROM shadow_consequences"
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT key, at FROM shadow_consequences"
 					      " WHERE account_id = ?1 AND type = 'send_email'"
 					      " ORDER BY id");
 	dun_stmt_bind_text(st, 1, s->account_id);
@@ -133,6 +133,7 @@ static enum dun_err read_emails(struct dun_db *db, struct dun_snapshot *snap)
 						   sizeof *snap->emails * (size_t)snap->emails_cap);
 		}
 		dun_stmt_col_copy(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
+		snap->emails[n].at = dun_stmt_col_int64(st, 1);
 		n++;
 	}
 	dun_stmt_reset(st);

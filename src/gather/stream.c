@@ -55,7 +55,7 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 	"SELECT account_id, COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
 	" FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
 	" ORDER BY account_id",
-    [DUN_STREAM_EMAILS] = "SELECT account_id, key FROM emails WHERE account_id > ?1"
+    [DUN_STREAM_EMAILS] = "SELECT account_id, key, created_at FROM emails WHERE account_id > ?1"
 			  " AND (state <> 'failed' OR body <> '') ORDER BY account_id, id",
     [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
 				 " JOIN p_subscriptions s ON s.customer_id = c.id"
@@ -303,6 +303,7 @@ static enum dun_err read_emails(struct dun_stream *s, struct dun_snapshot *snap)
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
 		GROW(snap->emails, snap->emails_cap, n);
 		dun_stmt_col_copy(s->st[q], 1, snap->emails[n].key, sizeof snap->emails[n].key);
+		snap->emails[n].at = dun_stmt_col_int64(s->st[q], 2);
 		n++;
 		e = step(s, q);
 	}

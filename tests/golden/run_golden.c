@@ -520,7 +520,11 @@ static bool read_once_keys(struct reader *r, json_t *a, struct world *w)
 	return true;
 }
 
-/* An email log key; a short "kind/scope" means "<account>/email/kind/scope". */
+/*
+ * An email log key; a short "kind/scope" means "<account>/email/kind/scope".
+ * Either the key alone (queued at time 0, before any stage) or an object
+ * {"key": ..., "at": time} saying when it was queued.
+ */
 static bool read_sent(struct reader *r, json_t *a, struct world *w)
 {
 	char p[64];
@@ -528,9 +532,22 @@ static bool read_sent(struct reader *r, json_t *a, struct world *w)
 		return false;
 	for (size_t i = 0; i < json_array_size(a); i++) {
 		char key[128];
+		json_t *v = json_array_get(a, i);
+		w->sent[i].at = 0;
 		snprintf(p, sizeof p, "state.sent_emails[%zu]", i);
-		if (!get_str(r, p, json_array_get(a, i), key, sizeof key))
+		if (json_is_object(v)) {
+			char tp[80];
+			if (json_object_size(v) != 2)
+				return bad(r, p, "expected {\"key\": ..., \"at\": time}");
+			snprintf(tp, sizeof tp, "%s.at", p);
+			if (!get_time(r, tp, json_object_get(v, "at"), &w->sent[i].at))
+				return false;
+			snprintf(tp, sizeof tp, "%s.key", p);
+			if (!get_str(r, tp, json_object_get(v, "key"), key, sizeof key))
+				return false;
+		} else if (!get_str(r, p, v, key, sizeof key)) {
 			return false;
+		}
 		if (strstr(key, "/email/"))
 			snprintf(w->sent[i].key, sizeof w->sent[i].key, "%s", key);
 		else if (snprintf(w->sent[i].key, sizeof w->sent[i].key, "%s/email/%s",
