@@ -60,6 +60,12 @@
  * the plan is abandoned with DUN_E_CONFLICT and the trigger retried — the
  * retry recomputes from the fresh state and lifts instead of banning.
  *
+ * Every write is fenced by the claim the plan is applied under (ap->fence,
+ * store/fence.h): an engine-DB write checks and renews the claim inside its
+ * own transaction; a provider call renews it just before going out. Once
+ * another worker has taken the account the plan stops with DUN_E_FENCED and
+ * nothing more of it lands.
+ *
  * Failure stops the plan: later consequences may depend on earlier ones
  * (the stage is written last). The inbox retries the trigger with backoff,
  * and the retry recomputes; an old plan is never replayed.
@@ -370,9 +376,10 @@ static enum dun_err create_consolidated(struct dun_applier *ap, const struct dun
 	return e;
 }
 
+/* The provider call of c; *reply gets the object Stripe answered with (to fold). */
 static enum dun_err provider_write(struct dun_applier *ap, const struct dun_snapshot *snap,
 				   const struct dun_desired *d, const struct dun_consequence *c,
-				   int64_t decision_id, char *err)
+				   int64_t decision_id, json_t **reply, char *err)
 {
 	const struct dun_provider_ops *ops = ap->provider.ops;
 	void *self = ap->provider.self;
@@ -435,7 +442,41 @@ static enum dun_err provider_write(struct dun_applier *ap, const struct dun_snap
 		json_decref(obj);
 		return e;
 	}
-	return fold(ap->db, obj, err);
+	*reply = obj;
+	return DUN_OK;
+}
+
+/*
+ * After a provider call: fold its reply into the mirror and record it, in one
+ * transaction under the claim. A worker that lost the account while the call
+ * was on the wire folds nothing: its reply may be older than what the new
+ * owner has written since (the new owner's call under the same key replays
+ * the same effect, so the record is the new owner's to make).
+ */
+static enum dun_err provider_settle(struct dun_applier *ap, const char *acct,
+				    const struct dun_consequence *c, int64_t decision_id,
+				    json_t *reply, char *err)
+{
+	enum dun_err e = dun_db_begin(ap->db);
+	if (e != DUN_OK) {
+		json_decref(reply);
+		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
+		return e;
+	}
+	e = dun_fence_check(ap->db, ap->fence);
+	if (e != DUN_OK) {
+		json_decref(reply);
+		snprintf(err, ERR_MAX, "%s (after its call went out)", dun_err_str(e));
+	} else {
+		e = fold(ap->db, reply, err);
+	}
+	if (e == DUN_OK)
+		e = record(ap->db, acct, c, decision_id, DUN_OK, "");
+	if (e == DUN_OK)
+		e = dun_db_commit(ap->db);
+	if (e != DUN_OK)
+		dun_db_rollback(ap->db);
+	return e;
 }
 
 static enum dun_err platform_write(struct dun_applier *ap, const struct dun_consequence *c,
@@ -598,7 +639,10 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 		return e;
 	}
 	bool skipped = false;
-	if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
+	e = dun_fence_check(ap->db, ap->fence);
+	if (e != DUN_OK)
+		snprintf(err, ERR_MAX, "%s", dun_err_str(e));
+	else if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
 		e = platform_write(ap, c, decision_id, err);
 	else if (dun_conseq_store(c->type) == DUN_STORE_EMAIL)
 		e = queue_email(ap, snap, d, c, &skipped, err);
@@ -628,11 +672,21 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 	case DUN_STORE_ENGINE:
 		return in_transaction(ap, snap, d, c, decision_id, err);
 	case DUN_STORE_PROVIDER:
-		e = provider_write(ap, snap, d, c, decision_id, err);
+		/* Renewed just before the call: no takeover for a lease from here. */
+		e = dun_fence_renew(ap->db, ap->fence);
+		if (e != DUN_OK)
+			return e;
+		json_t *reply = NULL;
+		e = provider_write(ap, snap, d, c, decision_id, &reply, err);
+		if (e == DUN_OK)
+			return provider_settle(ap, acct, c, decision_id, reply, err);
 		break;
 	case DUN_STORE_PLATFORM:
 		if (ap->platform.ops->in_engine_db)
 			return in_transaction(ap, snap, d, c, decision_id, err);
+		e = dun_fence_renew(ap->db, ap->fence);
+		if (e != DUN_OK)
+			return e;
 		e = platform_write(ap, c, decision_id, err);
 		break;
 	case DUN_STORE_EMAIL:

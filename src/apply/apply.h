@@ -13,6 +13,7 @@
 #include "gather/gather.h"
 #include "provider/provider.h"
 #include "store/db.h"
+#include "store/fence.h"
 
 /* Renders one email; subject and body are heap strings the caller frees. */
 struct dun_email_ctx {
@@ -41,6 +42,12 @@ struct dun_applier {
 	struct dun_mailer mailer;
 	struct dun_renderer renderer;
 	const struct dun_policy *policy;
+	/*
+	 * The claim the plan is applied under (store/fence.h), borrowed; NULL
+	 * or token 0 applies unfenced (single-process tools). Every write
+	 * checks it: DUN_E_FENCED once another worker has taken the account.
+	 */
+	const struct dun_fence *fence;
 };
 
 struct dun_apply_result {

@@ -12,10 +12,14 @@
 #include "core/text.h"
 #include "util/mem.h"
 
+#include "util/log.h"
+
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static bool covers_exactly(const struct dun_state *s, const struct dun_desired *d,
 			   const struct dun_invoice *c)
@@ -58,10 +62,9 @@ static const struct dun_invoice *find_open_consolidated(const struct dun_state *
 	return NULL;
 }
 
-enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int64_t now,
-			      json_t **invoice_out, char *err, size_t err_size)
+static enum dun_err pay_claimed(struct dun_engine *en, const char *account_id, int64_t now,
+				json_t **invoice_out, char *err, size_t err_size)
 {
-	*invoice_out = NULL;
 	enum dun_err e = dun_engine_evaluate(en, account_id, now);
 	if (e == DUN_E_NOT_FOUND) {
 		snprintf(err, err_size, "no account \"%s\"", account_id);
@@ -156,4 +159,50 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 	}
 	*invoice_out = describe(current, true);
 	return DUN_OK;
+}
+
+/* Claims held by pay-bad-debt requests: renewed by each write, so a short lease is enough. */
+#define PAY_LEASE_MS 60000
+
+/*
+ * The request works the account under a claim of its own, like a worker:
+ * refused (busy, try again) while a worker or another request holds the
+ * account, and every write fenced by it.
+ */
+enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int64_t now,
+			      json_t **invoice_out, char *err, size_t err_size)
+{
+	static atomic_long seq;
+	*invoice_out = NULL;
+	char owner[DUN_FENCE_OWNER_MAX];
+	snprintf(owner, sizeof owner, "pay-bad-debt:%ld:%ld", (long)getpid(),
+		 atomic_fetch_add(&seq, 1));
+	struct dun_fence f;
+	bool busy = false;
+	enum dun_err e = dun_db_begin(en->db);
+	if (e == DUN_OK)
+		e = dun_fence_held_by_other(en->db, account_id, owner, &busy);
+	if (e == DUN_OK && !busy)
+		e = dun_fence_acquire(en->db, account_id, owner, PAY_LEASE_MS, &f);
+	if (e == DUN_OK && !busy)
+		e = dun_db_commit(en->db);
+	if (e != DUN_OK || busy) {
+		dun_db_rollback(en->db);
+		if (busy) {
+			snprintf(err, err_size,
+				 "%s is being processed by a worker right now; try again shortly",
+				 account_id);
+			return DUN_E_BUSY;
+		}
+		snprintf(err, err_size, "cannot claim %s: %s", account_id, dun_err_str(e));
+		return e;
+	}
+	en->applier.fence = &f;
+	e = pay_claimed(en, account_id, now, invoice_out, err, err_size);
+	en->applier.fence = NULL;
+	enum dun_err re = dun_fence_release(en->db, account_id, owner);
+	if (e == DUN_OK && re != DUN_OK) /* the claim runs out by itself */
+		dun_log(DUN_LOG_WARN, "pay_bad_debt.release_failed", "account", account_id, "error",
+			dun_err_str(re), NULL);
+	return e;
 }

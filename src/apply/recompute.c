@@ -225,6 +225,26 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	return e;
 }
 
+/* record_decision() under the claim: nothing is recorded by a worker that lost it. */
+static enum dun_err record_decision_fenced(struct dun_engine *en, const struct dun_trigger_ref *t,
+					   enum dun_mode mode, const char *outcome, int64_t *id_out)
+{
+	*id_out = 0;
+	enum dun_err e = dun_db_begin(en->db);
+	if (e != DUN_OK)
+		return e;
+	e = dun_fence_check(en->db, en->applier.fence);
+	if (e == DUN_OK)
+		e = record_decision(en, t, mode, outcome, id_out);
+	if (e == DUN_OK)
+		e = dun_db_commit(en->db);
+	if (e != DUN_OK) {
+		dun_db_rollback(en->db);
+		*id_out = 0;
+	}
+	return e;
+}
+
 static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const char *outcome,
 				    int n_applied, const char *error)
 {
@@ -266,14 +286,19 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		int n_new = 0;
 		e = dun_db_begin(en->db);
 		if (e == DUN_OK)
+			e = dun_fence_check(en->db, en->applier.fence);
+		if (e == DUN_OK)
 			e = record_decision(en, trigger, out->mode, "observed", &out->decision_id);
 		if (e == DUN_OK)
 			e = dun_shadow_record(en->db, account_id, &en->plan, out->decision_id,
 					      dun_clock_now(), &n_new);
 		if (e == DUN_OK)
 			e = dun_db_commit(en->db);
-		else
+		if (e != DUN_OK) {
 			dun_db_rollback(en->db);
+			out->decision_id = 0;
+			n_new = 0;
+		}
 		char shadowed[16];
 		snprintf(shadowed, sizeof shadowed, "%d", n_new);
 		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
@@ -283,13 +308,13 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	}
 	if (en->plan.n == 0) {
 		const char *outcome = "noop";
-		e = record_decision(en, trigger, out->mode, outcome, &out->decision_id);
+		e = record_decision_fenced(en, trigger, out->mode, outcome, &out->decision_id);
 		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
 			"mode", dun_mode_name(out->mode), "outcome", outcome, "stage",
 			dun_stage_name(out->to), NULL);
 		return e;
 	}
-	e = record_decision(en, trigger, out->mode, "applying", &out->decision_id);
+	e = record_decision_fenced(en, trigger, out->mode, "applying", &out->decision_id);
 	if (e != DUN_OK)
 		return e;
 	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,
@@ -330,7 +355,7 @@ enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_co
 	out->n_planned = n;
 	out->from = out->to = en->snap.state.stage;
 	struct dun_trigger_ref t = {.id = 0, .kind = kind};
-	enum dun_err e = record_decision(en, &t, out->mode, "applying", &out->decision_id);
+	enum dun_err e = record_decision_fenced(en, &t, out->mode, "applying", &out->decision_id);
 	if (e != DUN_OK)
 		return e;
 	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,

@@ -44,6 +44,7 @@ static bool is_bad_input(enum dun_err e)
 	case DUN_E_TIMEOUT:
 	case DUN_E_CORRUPT:
 	case DUN_E_UNAVAILABLE:
+	case DUN_E_FENCED:
 		return false;
 	}
 	return false;

@@ -50,19 +50,14 @@ static int settle_account(struct dun_cli *cli, const char *account,
 			return dun_cli_exit_code(e);
 		if (n == 0)
 			return DUN_EX_OK;
-		struct dun_trigger_ref t = {.id = item.id, .kind = item.kind};
 		struct dun_recompute_result r;
-		e = dun_engine_recompute(&cli->engine, account, &t, false, &r);
+		e = dun_worker_run_claimed(&cli->engine, cfg, worker, &item, &r, NULL);
 		if (e == DUN_OK) {
-			dun_inbox_complete(cli->db, worker, account, dun_clock_now());
 			printf("%s: then %s -> %s, mode %s, decision %lld (%s)\n", account,
 			       dun_stage_name(r.from), dun_stage_name(r.to), dun_mode_name(r.mode),
 			       (long long)r.decision_id, item.kind);
 			continue;
 		}
-		dun_inbox_fail(cli->db, cfg, worker, account, dun_clock_now(),
-			       dun_err_is_retryable(e),
-			       r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
 		dun_cli_error("recompute: %s (the trigger will be retried)",
 			      r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
 		return dun_cli_exit_code(e);
@@ -160,13 +155,7 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 	}
 	struct dun_recompute_result r;
 	t.id = item.id;
-	e = dun_engine_recompute(en, account, &t, false, &r);
-	if (e == DUN_OK)
-		dun_inbox_complete(cli->db, worker, account, dun_clock_now());
-	else
-		dun_inbox_fail(cli->db, &cfg, worker, account, dun_clock_now(),
-			       dun_err_is_retryable(e),
-			       r.apply.error_text[0] ? r.apply.error_text : dun_err_str(e));
+	e = dun_worker_run_claimed(en, &cfg, worker, &item, &r, NULL);
 	printf("%s: %s -> %s%s%s, mode %s, decision %lld\n", account, dun_stage_name(r.from),
 	       dun_stage_name(r.to), r.held ? " [held]" : "", r.skipped ? " [skipped]" : "",
 	       dun_mode_name(r.mode), (long long)r.decision_id);

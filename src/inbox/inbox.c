@@ -17,10 +17,13 @@
  *   same account at once. The claim runs in a BEGIN IMMEDIATE transaction,
  *   which SQLite serializes across processes.
  *
- *   Leases.  A worker that dies leaves its triggers in processing. A claim
- *   older than lease_s is taken back (to retrying, due now) by the next
- *   claim. Recomputes are idempotent, so a double run after a stolen lease
- *   applies nothing twice.
+ *   Leases.  Claiming an account also takes its claim (store/fence.h): a
+ *   fencing token and an expiry lease_s ahead on the wall clock, renewed by
+ *   every write the recompute makes. A worker that dies or stalls leaves
+ *   its triggers in processing; once its claim expires the next claim takes
+ *   them back (to retrying, due now) and the account can be claimed again,
+ *   under a new token. The stalled worker's later writes are refused by the
+ *   fence, so nothing is applied twice by two processes at once.
  *
  *   Retries.  A failed recompute moves the account's triggers to retrying
  *   with not_before = now + backoff (base × 2^(attempts-1), capped, ±20%
@@ -29,6 +32,7 @@
  *   A retry recomputes from fresh state; it never replays an old plan.
  */
 #include "inbox.h"
+#include "store/fence.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -100,7 +104,13 @@ static enum dun_err reclaim_dead_owners(struct dun_db *db, int64_t now)
 		enum dun_err e = dun_stmt_done(st);
 		if (e != DUN_OK)
 			return e;
-		if (dun_db_changes(db) > 0) /* another claimer may have been first */
+		bool reclaimed = dun_db_changes(db) > 0; /* another claimer may have been first */
+		st = dun_db_stmt(db, "UPDATE claims SET expires_ms = 0 WHERE owner = ?1");
+		dun_stmt_bind_text(st, 1, owners[i]);
+		e = dun_stmt_done(st);
+		if (e != DUN_OK)
+			return e;
+		if (reclaimed)
 			dun_log(DUN_LOG_WARN, "inbox.reclaimed", "worker", owners[i], "reason",
 				"process gone", NULL);
 	}
@@ -178,6 +188,34 @@ static void read_item(struct dun_stmt *st, struct dun_inbox_item *it)
 	it->updated_at = dun_stmt_col_int64(st, 10);
 }
 
+/*
+ * Take back the triggers of claims that expired (wall clock): to retrying,
+ * due now. Processing rows without a claim row (claimed by a release before
+ * claims existed) are taken back once their claim time is a lease old.
+ */
+static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_config *cfg,
+				      int64_t now)
+{
+	int64_t wall = dun_clock_wall_ms();
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "UPDATE inbox SET state = 'retrying', not_before = ?1, claimed_by = '',"
+		" last_error = 'lease expired', updated_at = ?1 WHERE state = 'processing' AND"
+		" (EXISTS (SELECT 1 FROM claims c WHERE c.account_id = inbox.account_id"
+		"   AND c.expires_ms < ?2)"
+		"  OR (NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = inbox.account_id)"
+		"   AND claimed_at < ?3))");
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_int64(st, 2, wall);
+	dun_stmt_bind_int64(st, 3, wall / 1000 - cfg->lease_s);
+	enum dun_err e = dun_stmt_done(st);
+	if (e == DUN_OK && dun_db_changes(db) > 0) {
+		char n[24];
+		snprintf(n, sizeof n, "%lld", (long long)dun_db_changes(db));
+		dun_log(DUN_LOG_WARN, "inbox.lease_expired", "triggers", n, NULL);
+	}
+	return e;
+}
+
 enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
 			     const char *worker_id, int64_t now, int max,
 			     struct dun_inbox_item *out, int *n_out)
@@ -189,17 +227,11 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	e = reclaim_dead_owners(db, now);
 	if (e != DUN_OK)
 		goto rollback;
-	/* Take back expired leases. */
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?1,"
-			    " claimed_by = '', last_error = 'lease expired',"
-			    " updated_at = ?1 WHERE state = 'processing' AND"
-			    " claimed_at < ?2");
-	dun_stmt_bind_int64(st, 1, now);
-	dun_stmt_bind_int64(st, 2, now - cfg->lease_s);
-	e = dun_stmt_done(st);
+	e = take_back_expired(db, cfg, now);
 	if (e != DUN_OK)
 		goto rollback;
+	int64_t wall = dun_clock_wall_ms();
+	struct dun_stmt *st;
 	/* The oldest ready trigger of each claimable account. */
 	st = dun_db_stmt(
 	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
@@ -209,9 +241,12 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 		"  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
 		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
 		"  AND p.state = 'processing')"
+		" AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = i.account_id"
+		"  AND c.expires_ms >= ?3)"
 		" ORDER BY i.id LIMIT ?2");
 	dun_stmt_bind_int64(st, 1, now);
 	dun_stmt_bind_int(st, 2, max);
+	dun_stmt_bind_int64(st, 3, wall);
 	int n = 0, rc;
 	while (n < max && (rc = dun_stmt_step(st)) == DUN_STEP_ROW)
 		read_item(st, &out[n++]);
@@ -227,6 +262,11 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 		if (e != DUN_OK)
 			goto rollback;
 		out[i].coalesced = dun_db_changes(db);
+		struct dun_fence f;
+		e = dun_fence_acquire(db, out[i].account_id, worker_id, cfg->lease_s * 1000, &f);
+		if (e != DUN_OK)
+			goto rollback;
+		out[i].token = f.token;
 	}
 	e = dun_db_commit(db);
 	if (e != DUN_OK)
@@ -251,16 +291,15 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		dun_db_rollback(db);
 		return e;
 	}
-	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM inbox WHERE account_id = ?1 AND"
-					      " state = 'processing' AND claimed_at >= ?2");
-	dun_stmt_bind_text(st, 1, account_id);
-	dun_stmt_bind_int64(st, 2, now - cfg->lease_s);
-	bool busy = dun_stmt_row(st);
-	dun_stmt_reset(st);
-	if (busy) {
+	e = take_back_expired(db, cfg, now);
+	bool busy = false;
+	if (e == DUN_OK)
+		e = dun_fence_held_by_other(db, account_id, "", &busy);
+	if (e != DUN_OK || busy) {
 		dun_db_rollback(db);
-		return DUN_OK;
+		return e;
 	}
+	struct dun_stmt *st;
 	st = dun_db_stmt(
 	    db, "SELECT id, account_id, kind, source, event_id, state, attempts,"
 		" last_error, not_before, created_at, updated_at FROM inbox"
@@ -286,8 +325,12 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 	e = dun_stmt_done(st);
 	if (e == DUN_OK) {
 		out->coalesced = dun_db_changes(db);
-		e = dun_db_commit(db);
+		struct dun_fence f;
+		e = dun_fence_acquire(db, account_id, worker_id, cfg->lease_s * 1000, &f);
+		out->token = f.token;
 	}
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
 	if (e != DUN_OK) {
 		dun_db_rollback(db);
 		return e;
@@ -299,6 +342,9 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now)
 {
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
 	struct dun_stmt *st =
 	    dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
 			    " last_error = '', updated_at = ?3 WHERE account_id = ?1"
@@ -306,13 +352,23 @@ enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const 
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, worker_id);
 	dun_stmt_bind_int64(st, 3, now);
-	return dun_stmt_done(st);
+	e = dun_stmt_done(st);
+	if (e == DUN_OK)
+		e = dun_fence_release(db, account_id, worker_id);
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
+	return e;
 }
 
 enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
 			    const char *worker_id, const char *account_id, int64_t now,
 			    bool retryable, const char *error)
 {
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
 	/* attempts is shared by the coalesced triggers: use the largest. */
 	struct dun_stmt *st = dun_db_stmt(db, "SELECT MAX(attempts), MIN(id) FROM inbox WHERE"
 					      " account_id = ?1 AND state = 'processing' AND"
@@ -339,7 +395,13 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 	dun_stmt_bind_text(st, 5, error);
 	dun_stmt_bind_int64(st, 6, dead ? 0 : now + delay);
 	dun_stmt_bind_int64(st, 7, now);
-	enum dun_err e = dun_stmt_done(st);
+	e = dun_stmt_done(st);
+	if (e == DUN_OK)
+		e = dun_fence_release(db, account_id, worker_id);
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
 	char a[16], d[24];
 	snprintf(a, sizeof a, "%d", attempts);
 	snprintf(d, sizeof d, "%lld", (long long)(dead ? 0 : delay));

@@ -32,13 +32,14 @@ struct dun_inbox_item {
 	int64_t created_at;
 	int64_t updated_at;
 	int coalesced; /* claim only: how many triggers this claim stands for */
+	int64_t token; /* claim only: the claim's fencing token (store/fence.h) */
 };
 
 struct dun_inbox_config {
 	int max_attempts;	/* then dead; default 8 */
 	int64_t backoff_base_s; /* default 30 */
 	int64_t backoff_max_s;	/* default 3600 */
-	int64_t lease_s;	/* a claim older than this is taken back; default 300 */
+	int64_t lease_s;	/* a claim not renewed for this long is taken back; default 300 */
 };
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c);
@@ -60,10 +61,12 @@ enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const 
 			       int64_t not_before, bool *inserted, int64_t *id_out);
 
 /*
- * Claim up to max accounts that have ready triggers and no trigger in
- * processing: every ready trigger of a claimed account moves to processing
- * under worker_id (coalescing). out[i] describes the oldest trigger of the
- * i-th account, with coalesced = how many. Also takes back expired leases.
+ * Claim up to max accounts that have ready triggers, no trigger in
+ * processing and no live claim (store/fence.h): every ready trigger of a
+ * claimed account moves to processing under worker_id (coalescing), and the
+ * account's claim is taken with a new token. out[i] describes the oldest
+ * trigger of the i-th account, with coalesced = how many and the token.
+ * Also takes back the triggers of expired claims (wall clock, never `now`).
  */
 enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
 			     const char *worker_id, int64_t now, int max,
@@ -77,14 +80,14 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 				     const char *worker_id, const char *account_id, int64_t now,
 				     struct dun_inbox_item *out, int *n_out);
 
-/* The claimed triggers of account_id under worker_id are done. */
+/* The claimed triggers of account_id under worker_id are done; the claim is released. */
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now);
 
 /*
  * The claimed triggers of account_id failed with error. Retryable errors go
  * to retrying with capped exponential backoff and jitter; after
- * max_attempts, or for a terminal error, they go to dead.
+ * max_attempts, or for a terminal error, they go to dead. The claim is released.
  */
 enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
 			    const char *worker_id, const char *account_id, int64_t now,

@@ -7,11 +7,45 @@
  * a terminal failure: no retry will make it exist.
  */
 #include "worker.h"
+#include "util/clock.h"
 #include "util/log.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define BATCH 64
+
+enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				    const char *worker_id, const struct dun_inbox_item *item,
+				    struct dun_recompute_result *r, enum dun_err *settle_err)
+{
+	memset(r, 0, sizeof *r);
+	struct dun_fence f = {.token = item->token, .lease_ms = cfg->lease_s * 1000};
+	snprintf(f.account_id, sizeof f.account_id, "%s", item->account_id);
+	snprintf(f.owner, sizeof f.owner, "%s", worker_id);
+	enum dun_err se = DUN_OK;
+	/* A claim taken in a batch may have run out before its turn came. */
+	enum dun_err re = dun_fence_renew(en->db, &f);
+	if (re == DUN_OK) {
+		struct dun_trigger_ref t = {.id = item->id, .kind = item->kind};
+		en->applier.fence = &f;
+		re = dun_engine_recompute(en, item->account_id, &t, false, r);
+		en->applier.fence = NULL;
+	}
+	if (re == DUN_E_FENCED) {
+		dun_log(DUN_LOG_WARN, "worker.claim_lost", "worker", worker_id, "account",
+			item->account_id, "error", r->apply.error_text, NULL);
+	} else if (re == DUN_OK) {
+		se = dun_inbox_complete(en->db, worker_id, item->account_id, dun_clock_now());
+	} else {
+		const char *msg = r->apply.error_text[0] ? r->apply.error_text : dun_err_str(re);
+		se = dun_inbox_fail(en->db, cfg, worker_id, item->account_id, dun_clock_now(),
+				    dun_err_is_retryable(re), msg);
+	}
+	if (settle_err)
+		*settle_err = se;
+	return re;
+}
 
 enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
 			      const char *worker_id, int64_t now, int64_t max_accounts,
@@ -37,25 +71,17 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		if (n == 0)
 			break;
 		for (int i = 0; i < n; i++) {
-			struct dun_trigger_ref t = {.id = items[i].id, .kind = items[i].kind};
 			struct dun_recompute_result r;
 			enum dun_err re =
-			    dun_engine_recompute(en, items[i].account_id, &t, false, &r);
+			    dun_worker_run_claimed(en, cfg, worker_id, &items[i], &r, &e);
 			stats->accounts++;
 			stats->triggers += items[i].coalesced;
 			stats->consequences_applied += r.apply.n_applied;
 			if (re == DUN_OK || r.decision_id)
 				*(r.mode == DUN_MODE_ACTIVE ? &stats->active : &stats->observed) +=
 				    1;
-			if (re == DUN_OK) {
-				e = dun_inbox_complete(en->db, worker_id, items[i].account_id, now);
-			} else {
+			if (re != DUN_OK)
 				stats->failed++;
-				const char *msg =
-				    r.apply.error_text[0] ? r.apply.error_text : dun_err_str(re);
-				e = dun_inbox_fail(en->db, cfg, worker_id, items[i].account_id, now,
-						   dun_err_is_retryable(re), msg);
-			}
 			if (e != DUN_OK)
 				return e;
 		}

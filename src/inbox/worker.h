@@ -18,6 +18,17 @@ struct dun_drain_stats {
 };
 
 /*
+ * Recompute the account of a claimed trigger under its claim (item->token
+ * fences every write, renewed as it goes) and settle its triggers: done on
+ * success, retrying or dead on failure. A claim another worker took over
+ * (the lease ran out) is left to that worker: DUN_E_FENCED, nothing settled.
+ * Returns the recompute's error; *settle_err (may be NULL) the settling's.
+ */
+enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				    const char *worker_id, const struct dun_inbox_item *item,
+				    struct dun_recompute_result *r, enum dun_err *settle_err);
+
+/*
  * Process every trigger that is due at now (and enqueue due rechecks first),
  * until none is left or max_accounts were processed (0: no limit). Borrows en.
  */

@@ -24,6 +24,7 @@
  * exits on its own, so /readyz's "workers running" means "not stopped".
  */
 #include "workers.h"
+#include "inbox/worker.h"
 #include "inbox/inbox.h"
 #include "server/engine_ctx.h"
 #include "util/clock.h"
@@ -148,19 +149,11 @@ static bool run_one(struct worker *w)
 	}
 	if (n == 0)
 		return false;
-	struct dun_trigger_ref t = {.id = item.id, .kind = item.kind};
 	struct dun_recompute_result r;
-	enum dun_err re = dun_engine_recompute(&w->ctx->engine, item.account_id, &t, false, &r);
+	enum dun_err re = dun_worker_run_claimed(&w->ctx->engine, &p->inbox, w->id, &item, &r, &e);
 	atomic_fetch_add(&p->metrics->consequences_applied, r.apply.n_applied);
-	if (re == DUN_OK) {
-		atomic_fetch_add(&p->metrics->recomputes_ok, 1);
-		e = dun_inbox_complete(w->ctx->db, w->id, item.account_id, dun_clock_now());
-	} else {
-		atomic_fetch_add(&p->metrics->recomputes_failed, 1);
-		const char *msg = r.apply.error_text[0] ? r.apply.error_text : dun_err_str(re);
-		e = dun_inbox_fail(w->ctx->db, &p->inbox, w->id, item.account_id, dun_clock_now(),
-				   dun_err_is_retryable(re), msg);
-	}
+	atomic_fetch_add(re == DUN_OK ? &p->metrics->recomputes_ok : &p->metrics->recomputes_failed,
+			 1);
 	if (e != DUN_OK)
 		/* The claim stays in processing; its lease brings it back. */
 		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",

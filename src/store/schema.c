@@ -538,9 +538,25 @@ static const char *const migration_9[] = {
     NULL,
 };
 
+/*
+ * Migration 10: claims with fencing tokens (inbox/fence.h). One row per
+ * account ever claimed: who holds it, the token of the claim (one more at
+ * each new claim of the account, never reused) and until when, in wall-clock
+ * milliseconds (0 once released). Every write of a recompute checks, in its
+ * own transaction, that the claim it was made under is still the account's.
+ */
+static const char *const migration_10[] = {
+    "CREATE TABLE claims ("
+    " account_id TEXT PRIMARY KEY,"
+    " owner TEXT NOT NULL,"
+    " token INTEGER NOT NULL,"
+    " expires_ms INTEGER NOT NULL)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1, migration_2, migration_3, migration_4, migration_5,
-    migration_6, migration_7, migration_8, migration_9,
+    migration_6, migration_7, migration_8, migration_9, migration_10,
 };
 
 int dun_schema_count(void)

@@ -37,7 +37,8 @@
 	X(DUN_E_TIMEOUT, 17, true, "timed out")                                        \
 	X(DUN_E_UNSUPPORTED, 18, false, "unsupported")                                 \
 	X(DUN_E_CORRUPT, 19, false, "the database file is corrupt or not a database")  \
-	X(DUN_E_UNAVAILABLE, 20, true, "database unreachable")
+	X(DUN_E_UNAVAILABLE, 20, true, "database unreachable")                         \
+	X(DUN_E_FENCED, 21, false, "the account's claim is held by another worker now")
 
 enum dun_err {
 #define DUN_ERR_ENUM(name, value, retry, msg) name = value,

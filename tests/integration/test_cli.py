@@ -545,6 +545,11 @@ def test_recompute_refused_while_a_worker_holds_the_account(dun, dun_stripe):
     dun.execute("INSERT INTO inbox(account_id, kind, source, state, claimed_by, claimed_at,"
                 " created_at, updated_at) VALUES ('acct_busy', 'recheck', 'timer',"
                 " 'processing', 'worker-7', ?1, ?1, ?1)", (dun.T0 + DAY,))
+    # Its claim, live for ten minutes of wall-clock time (leases never follow --now).
+    dun.execute("INSERT INTO claims(account_id, owner, token, expires_ms)"
+                " VALUES ('acct_busy', 'worker-7', 1, ?1) ON CONFLICT (account_id) DO UPDATE"
+                " SET owner = excluded.owner, token = claims.token + 1,"
+                " expires_ms = excluded.expires_ms", (int(time.time() * 1000) + 600_000,))
     r = dun.expect(75, "recompute", "acct_busy", now=now)
     assert "being processed by a worker" in r.err
     m = re.search(r"trigger (\d+) is queued", r.err)

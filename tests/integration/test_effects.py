@@ -478,9 +478,10 @@ def test_smtp_exactly_once_with_two_workers_at_once(tmp_path, smtp):
 
 
 def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(tmp_path, smtp):
-    """Two engines on one account at once: B takes over A's inbox lease while A
-    is stuck in the middle of sending (B's clock is past A's lease). The
-    email claims, not the inbox, keep every key to one message."""
+    """Two engines at once while A is stuck in the middle of sending. B's
+    clock (--now) is past A's lease, but claims are timed by the wall clock:
+    B takes none of A's live accounts or email claims. Every key gets one
+    message. (A real takeover after a lease ran out is test_fencing.py.)"""
     box, port = smtp
     db = tmp_path / "s.db"
     demo(db, 600, 20)
@@ -492,8 +493,8 @@ def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(tmp_pat
     a = subprocess.Popen([str(DUNNING), "--config", str(cfg), "--now", LATER, "work"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert stuck.wait(60)
-    # A holds the 4th email's claim (and its accounts' inbox leases, which B's
-    # clock already sees as expired): B recomputes the same accounts now.
+    # A holds the 4th email's claim and its accounts' claims; B's clock is
+    # past them, the wall clock is not: B leaves them alone.
     b = dunning("work", config=cfg, now="2026-02-20T00:05:01Z", timeout=300)
     # B's sender met A's live claim (timed by the wall clock, not by B's
     # --now) and left that email alone: the count below finds no duplicate.
