@@ -37,7 +37,7 @@ static int run(struct dun_engine *en, char (*ids)[DUN_ID_MAX], int n, int rounds
 			enum dun_err e = dun_engine_evaluate(en, ids[i], dun_clock_now());
 			if (e != DUN_OK) {
 				fprintf(stderr, "%s: %s %s\n", ids[i], dun_err_str(e),
-					en->platform_unread);
+					en->unread);
 				return 1;
 			}
 		}

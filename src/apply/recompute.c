@@ -48,11 +48,12 @@ void dun_engine_free(struct dun_engine *en)
 
 /*
  * The end of GATHER: when the mirror lacks payment attempts of an open
- * invoice, read them from the provider and gather again (gather/refresh.h).
- * A failed refresh does not fail the pass: it is logged and the pipeline
- * goes on with what the mirror has. At worst that decides on the state the
- * webhooks left, which is what a pass without a refresh would do; and a
- * destructive plan is re-checked against a fresh read by the applier.
+ * invoice (or a payment has been in flight too long), read them from the
+ * provider and gather again (gather/refresh.h). A failed refresh fails the
+ * pass as retryable (DUN_E_INCOMPLETE): the mirror is known to lag, and a
+ * decision on it could skip a retry, a notice or a restriction the real
+ * state calls for. Nothing is decided; the trigger retries with backoff and
+ * the account is marked incomplete for the drift scan.
  */
 static enum dun_err gather_refresh(struct dun_engine *en)
 {
@@ -65,13 +66,19 @@ static enum dun_err gather_refresh(struct dun_engine *en)
 	char invoices[16], objects[16];
 	snprintf(invoices, sizeof invoices, "%d", r.n_invoices);
 	snprintf(objects, sizeof objects, "%d", r.n_objects);
-	if (r.refresh_err != DUN_OK)
+	if (r.refresh_err != DUN_OK) {
 		dun_log(DUN_LOG_WARN, "gather.refresh_failed", "account", account, "invoices",
 			invoices, "code", dun_err_name(r.refresh_err), "error",
 			r.err_text[0] ? r.err_text : dun_err_str(r.refresh_err), NULL);
-	else
-		dun_log(DUN_LOG_INFO, "gather.refreshed", "account", account, "invoices", invoices,
-			"objects", objects, NULL);
+		snprintf(
+		    en->unread, sizeof en->unread,
+		    "provider: refreshing %s invoice(s) whose attempts the mirror lacks: %.400s",
+		    invoices, r.err_text[0] ? r.err_text : dun_err_str(r.refresh_err));
+		en->unread_store = "provider";
+		return e != DUN_OK ? e : DUN_E_INCOMPLETE;
+	}
+	dun_log(DUN_LOG_INFO, "gather.refreshed", "account", account, "invoices", invoices,
+		"objects", objects, NULL);
 	return e;
 }
 
@@ -84,7 +91,8 @@ static enum dun_err gather_refresh(struct dun_engine *en)
  */
 static void platform_begin(struct dun_engine *en, const char *account_id)
 {
-	en->platform_unread[0] = '\0';
+	en->unread[0] = '\0';
+	en->unread_store = "";
 	const struct dun_platform_reader *r = en->applier.platform.reader;
 	if (!r)
 		return;
@@ -97,14 +105,15 @@ static enum dun_err platform_end(struct dun_engine *en)
 {
 	if (!en->applier.platform.reader)
 		return dun_platform_read_local(en->db, &en->snap);
-	enum dun_err e = dun_platform_read_end(en->platform_conn, en->db, &en->snap,
-					       en->platform_unread, sizeof en->platform_unread);
+	enum dun_err e = dun_platform_read_end(en->platform_conn, en->db, &en->snap, en->unread,
+					       sizeof en->unread);
 	if (e != DUN_OK) {
-		if (!en->platform_unread[0])
-			snprintf(en->platform_unread, sizeof en->platform_unread,
+		if (!en->unread[0])
+			snprintf(en->unread, sizeof en->unread,
 				 "platform: reading the pending calls: %s", dun_err_str(e));
 		dun_log(DUN_LOG_WARN, "gather.platform_unreadable", "account",
-			en->snap.state.account_id, "error", en->platform_unread, NULL);
+			en->snap.state.account_id, "error", en->unread, NULL);
+		en->unread_store = "platform";
 		return DUN_E_PLATFORM;
 	}
 	return DUN_OK;
@@ -222,7 +231,38 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	dun_stmt_reset(st);
 	free(plan_s);
 	free(reasons_s);
+	if (e == DUN_OK) {
+		/* This pass read every store: the account is no longer incomplete. */
+		st = dun_db_stmt(en->db, "DELETE FROM incomplete_accounts WHERE account_id = ?1");
+		dun_stmt_bind_text(st, 1, en->snap.state.account_id);
+		e = dun_stmt_done(st);
+	}
 	return e;
+}
+
+/*
+ * Mark account_id incomplete (GATHER could not read every store): kept
+ * since the first failure, with the latest reason, until a pass reads
+ * everything. Failing to write the mark fails nothing: the trigger is
+ * retrying anyway, with the reason in its last_error.
+ */
+static void mark_incomplete(struct dun_engine *en, const char *account_id)
+{
+	int64_t now = dun_clock_now();
+	struct dun_stmt *st = dun_db_stmt(
+	    en->db,
+	    "INSERT INTO incomplete_accounts(account_id, store, reason, since, last_at)"
+	    " VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (account_id) DO UPDATE SET"
+	    " store = excluded.store, reason = excluded.reason, last_at = excluded.last_at");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2,
+			   en->unread_store && en->unread_store[0] ? en->unread_store : "provider");
+	dun_stmt_bind_text(st, 3, en->unread);
+	dun_stmt_bind_int64(st, 4, now);
+	enum dun_err e = dun_stmt_done(st);
+	if (e != DUN_OK)
+		dun_log(DUN_LOG_WARN, "recompute.mark_incomplete_failed", "account", account_id,
+			"error", dun_err_str(e), NULL);
 }
 
 /* record_decision() under the claim: nothing is recorded by a worker that lost it. */
@@ -267,9 +307,12 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	int64_t now = dun_clock_now();
 	enum dun_err e = dun_engine_evaluate(en, account_id, now);
 	if (e != DUN_OK) {
-		if (en->platform_unread[0])
+		if (en->unread[0]) {
 			snprintf(out->apply.error_text, sizeof out->apply.error_text, "%s",
-				 en->platform_unread);
+				 en->unread);
+			if (!dry_run)
+				mark_incomplete(en, account_id);
+		}
 		return e;
 	}
 	out->from = en->snap.state.stage;

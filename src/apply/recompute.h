@@ -28,8 +28,14 @@ struct dun_engine {
 	struct dun_plan plan;
 	/* the HTTP platform's read connection (NULL until first used) */
 	struct dun_platform_conn *platform_conn;
-	/* why the platform could not be read, when it could not ("" otherwise) */
-	char platform_unread[512];
+	/*
+	 * Why GATHER could not read every store ("" when it could): the
+	 * platform did not answer, or the provider refresh the mirror needed
+	 * failed. The recompute then decides nothing (DUN_E_PLATFORM or
+	 * DUN_E_INCOMPLETE, retryable) and the account is marked incomplete.
+	 */
+	char unread[512];
+	const char *unread_store; /* "platform" or "provider" */
 };
 
 /* Set up en over db with the given seams (all borrowed; they must outlive en). */

@@ -52,6 +52,7 @@ int dun_cli_exit_code(enum dun_err e)
 	case DUN_E_CONFLICT:
 	case DUN_E_TIMEOUT:
 	case DUN_E_FENCED:
+	case DUN_E_INCOMPLETE:
 		return DUN_EX_TEMPFAIL;
 	case DUN_E_PROVIDER:
 	case DUN_E_PLATFORM:

@@ -192,8 +192,8 @@ int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv)
 	}
 	if (e != DUN_OK) {
 		dun_cli_error("explain: %s%s%s", dun_err_str(e),
-			      cli->engine.platform_unread[0] ? ": " : "",
-			      cli->engine.platform_unread);
+			      cli->engine.unread[0] ? ": " : "",
+			      cli->engine.unread);
 		return dun_cli_exit_code(e);
 	}
 	if (json)

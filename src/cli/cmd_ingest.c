@@ -45,6 +45,7 @@ static bool is_bad_input(enum dun_err e)
 	case DUN_E_CORRUPT:
 	case DUN_E_UNAVAILABLE:
 	case DUN_E_FENCED:
+	case DUN_E_INCOMPLETE:
 		return false;
 	}
 	return false;

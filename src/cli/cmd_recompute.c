@@ -121,9 +121,10 @@ int dun_cmd_recompute(struct dun_cli *cli, int argc, char **argv)
 		dun_cli_error("recompute: no account \"%s\"", account);
 		return DUN_EX_NOINPUT;
 	}
-	if (e != DUN_OK) {
+	/* A store that cannot be read now: queued all the same, and retried. */
+	if (e != DUN_OK && !dun_err_is_retryable(e)) {
 		dun_cli_error("recompute: %s: %s%s%s", account, dun_err_str(e),
-			      en->platform_unread[0] ? ": " : "", en->platform_unread);
+			      en->unread[0] ? ": " : "", en->unread);
 		return dun_cli_exit_code(e);
 	}
 	struct dun_trigger_ref t = {.kind = "support_recompute"};

@@ -247,6 +247,7 @@ int dun_cmd_users(struct dun_cli *cli, int argc, char **argv)
 	case DUN_E_CORRUPT:
 	case DUN_E_UNAVAILABLE:
 	case DUN_E_FENCED:
+	case DUN_E_INCOMPLETE:
 		break;
 	}
 	dun_cli_error("users %s: %s", action, err[0] ? err : dun_err_str(e));

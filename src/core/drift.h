@@ -30,6 +30,8 @@
 	  "an invoice document is open, or its paylinks on, that the policy closes")   \
 	X(DUN_DRIFT_SUBSCRIPTION, "live_subscription",                                 \
 	  "a subscription the policy cancels is live at the provider")                 \
+	X(DUN_DRIFT_INCOMPLETE, "incomplete_state",                                    \
+	  "the last recompute could not read every store; it decided nothing")         \
 	X(DUN_DRIFT_OTHER, "other", "a recompute would plan something no class above names")
 
 #define DUN_DRIFT_ENUM(name, str, text) name,

@@ -139,6 +139,43 @@ static enum dun_err batch_apply(struct dun_engine *en, struct batch *b, struct d
 	return DUN_OK;
 }
 
+/*
+ * The accounts marked incomplete (their last recompute could not read every
+ * store, apply/recompute.c), sorted for bsearch; usually none.
+ */
+struct idset {
+	char (*ids)[DUN_ID_MAX];
+	size_t n, cap;
+};
+
+static int id_cmp(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
+static enum dun_err load_incomplete(struct dun_db *db, struct idset *set)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT account_id FROM incomplete_accounts");
+	int rc;
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		if (set->n == set->cap) {
+			set->cap = set->cap ? set->cap * 2 : 16;
+			set->ids = dun_realloc(set->ids, sizeof *set->ids * set->cap);
+		}
+		dun_stmt_col_copy(st, 0, set->ids[set->n++], DUN_ID_MAX);
+	}
+	enum dun_err e = rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (set->n > 1)
+		qsort(set->ids, set->n, sizeof *set->ids, id_cmp);
+	return e;
+}
+
+static bool in_set(const struct idset *set, const char *id)
+{
+	return set->n && bsearch(id, set->ids, set->n, sizeof *set->ids, id_cmp) != NULL;
+}
+
 /* Accounts the local platform restricts for another reason. */
 static enum dun_err local_kept(struct dun_engine *en, struct dun_scan_result *out)
 {
@@ -168,10 +205,14 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		b.ptrs = dun_malloc(sizeof *b.ptrs * (size_t)b.cap);
 		b.views = dun_malloc(sizeof *b.views * (size_t)b.cap);
 	}
+	struct idset incomplete = {0};
 	enum dun_err e = reader ? DUN_OK : local_kept(en, out);
+	if (e == DUN_OK)
+		e = load_incomplete(en->db, &incomplete);
 	if (e == DUN_OK)
 		e = dun_stream_init(&stream, en->db, NULL, 0);
 	if (e != DUN_OK) {
+		free(incomplete.ids);
 		dun_platform_conn_free(b.conn);
 		free(b.ids);
 		free(b.ptrs);
@@ -218,6 +259,9 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 				break;
 			m = dun_drift_classify_plan(s, &en->desired, &en->plan);
 		}
+		/* Decided on what the mirror holds, but a recompute could not read it all. */
+		if (in_set(&incomplete, s->account_id))
+			m |= 1u << DUN_DRIFT_INCOMPLETE;
 		if (m) {
 			count(out, s->account_id, m, &en->plan);
 			if (enqueue)
@@ -238,6 +282,7 @@ enum dun_err dun_scan_run(struct dun_engine *en, int64_t now, bool enqueue,
 		e = flush(en, pending, &n_pending, now, out);
 	dun_stream_free(&stream);
 	free(pending);
+	free(incomplete.ids);
 	dun_platform_conn_free(b.conn);
 	free(b.ids);
 	free(b.ptrs);

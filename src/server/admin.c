@@ -463,6 +463,7 @@ static void job_pay(struct admin_job *job, struct dun_engine_ctx *ctx)
 	case DUN_E_UNSUPPORTED:
 	case DUN_E_UNAVAILABLE:
 	case DUN_E_FENCED:
+	case DUN_E_INCOMPLETE:
 		break;
 	}
 	dun_http_reply_error(job->req, dun_err_is_retryable(e) ? 503 : 500, "internal", "%s",

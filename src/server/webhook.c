@@ -93,6 +93,7 @@ static void answer(struct dun_http_request *req, void *user)
 	case DUN_E_UNSUPPORTED:
 	case DUN_E_UNAVAILABLE:
 	case DUN_E_FENCED:
+	case DUN_E_INCOMPLETE:
 		dun_metrics_webhook(&svc->metrics, DUN_WEBHOOK_FAILED);
 		dun_http_log(req, "outcome", "failed");
 		dun_http_add_header(req, "Retry-After", "5");

@@ -554,9 +554,25 @@ static const char *const migration_10[] = {
     NULL,
 };
 
+/*
+ * Migration 11: accounts whose last recompute could not read every store
+ * (the provider's refresh failed, the platform did not answer): it decided
+ * nothing and is retried. The drift scan counts them as `incomplete_state`
+ * and queues them; the next recompute that reads everything removes the row.
+ */
+static const char *const migration_11[] = {
+    "CREATE TABLE incomplete_accounts ("
+    " account_id TEXT PRIMARY KEY,"
+    " store TEXT NOT NULL,"
+    " reason TEXT NOT NULL,"
+    " since INTEGER NOT NULL,"
+    " last_at INTEGER NOT NULL)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1, migration_2, migration_3, migration_4, migration_5,
-    migration_6, migration_7, migration_8, migration_9, migration_10,
+    migration_6, migration_7, migration_8, migration_9, migration_10, migration_11,
 };
 
 int dun_schema_count(void)

@@ -438,18 +438,20 @@ def test_no_refresh_when_the_mirror_knows_the_attempts(env, fake):
     assert fake.requests() == []
 
 
-def test_a_failed_refresh_is_logged_and_the_recompute_goes_on(env, fake):
+def test_a_failed_refresh_fails_the_recompute_as_retryable(env, fake):
     env.write_config(max_retries=0)
     inv, _ = basil_failing_account(fake, declines=("expired_card",))
     ingest_fake_events(env, fake)
     fake.fault(path_regex="^/v1/invoice_payments$", status=500, count=-1)
-    p = env.run("work")
-    assert "processed 1 accounts" in p.stdout and "0 failed" in p.stdout
+    p = env.run("work", rc=1)
+    assert "processed 1 accounts" in p.stdout and "1 failed" in p.stdout
     assert "event=gather.refresh_failed account=acct_A invoices=1" in p.stderr
     assert "HTTP 500" in p.stderr
-    # Decided on what the mirror had: nothing failing yet, nothing written.
-    assert env.sql("SELECT outcome FROM decisions WHERE account_id = 'acct_A'") == [("noop",)]
+    # Nothing decided on the lagging mirror; the trigger retries, saying why.
+    assert env.sql("SELECT COUNT(*) FROM decisions WHERE account_id = 'acct_A'") == [(0,)]
     assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NOT NULL") == [(0,)]
+    errors = env.sql("SELECT DISTINCT state, last_error FROM inbox WHERE account_id = 'acct_A'")
+    assert [st for st, _e in errors] == ["retrying"] and "HTTP 500" in errors[0][1], errors
     fake.ctl("DELETE", "/_test/faults")
     env.run("recompute", "acct_A")
     assert env.sql("SELECT stage FROM dunning WHERE account_id = 'acct_A'") == [("notified",)]

@@ -11,6 +11,7 @@
 #include "testdb.h"
 
 #include "inbox/inbox.h"
+#include "store/fence.h"
 #include "inbox/ingest.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -345,22 +346,33 @@ static void test_expired_lease_taken_back(void)
 	char buf[64];
 	CHECK_INT(dun_inbox_claim(db, &cfg, "dead-worker", T0, 2, it, &n), DUN_OK);
 	CHECK_INT(n, 1);
-	/* Within the lease the account stays with its worker. */
-	CHECK_INT(dun_inbox_claim(db, &cfg, "w2", T0 + 300, 2, it, &n), DUN_OK);
+	int64_t first_token = it[0].token;
+	CHECK(first_token > 0);
+	/* Within the lease the account stays with its worker — whatever the
+	 * settable clock says: leases are timed by the wall clock. */
+	CHECK_INT(dun_inbox_claim(db, &cfg, "w2", T0 + 100000, 2, it, &n), DUN_OK);
 	CHECK_INT(n, 0);
-	CHECK_INT(dun_inbox_claim_account(db, &cfg, "w2", "acct_l", T0 + 300, it, &n), DUN_OK);
+	CHECK_INT(dun_inbox_claim_account(db, &cfg, "w2", "acct_l", T0 + 100000, it, &n), DUN_OK);
 	CHECK_INT(n, 0);
-	/* Past it, the next claim takes it back and hands it out again. */
-	CHECK_INT(dun_inbox_claim(db, &cfg, "w2", T0 + 301, 2, it, &n), DUN_OK);
+	/* Once the claim ran out (not renewed for a lease), the next claim takes
+	 * it back and hands it out again under a new token. */
+	testdb_exec(db, "UPDATE claims SET expires_ms = 1 WHERE account_id = 'acct_l'");
+	CHECK_INT(dun_inbox_claim(db, &cfg, "w2", T0 + 1, 2, it, &n), DUN_OK);
 	CHECK_INT(n, 1);
 	if (n == 1) {
 		CHECK_INT(it[0].id, id);
 		CHECK_STR(it[0].last_error, "lease expired");
+		CHECK_INT(it[0].token, first_token + 1);
 	}
 	CHECK_STR(state_of(db, id, buf, sizeof buf), "processing");
 	CHECK_STR(testdb_text(db, "SELECT claimed_by FROM inbox WHERE dedup_key = ?1", "l1", buf,
 			      sizeof buf),
 		  "w2");
+	/* The old claim's writes are fenced off; the new one's pass. */
+	struct dun_fence old = {"acct_l", "dead-worker", first_token, 300000};
+	struct dun_fence cur = {"acct_l", "w2", first_token + 1, 300000};
+	CHECK_INT(dun_fence_renew(db, &old), DUN_E_FENCED);
+	CHECK_INT(dun_fence_renew(db, &cur), DUN_OK);
 	/* The worker that lost its lease can no longer settle the trigger. */
 	CHECK_INT(dun_inbox_complete(db, "dead-worker", "acct_l", T0 + 302), DUN_OK);
 	CHECK_STR(state_of(db, id, buf, sizeof buf), "processing");
@@ -369,12 +381,16 @@ static void test_expired_lease_taken_back(void)
 	CHECK_STR(state_of(db, id, buf, sizeof buf), "processing");
 	CHECK_INT(dun_inbox_complete(db, "w2", "acct_l", T0 + 302), DUN_OK);
 	CHECK_STR(state_of(db, id, buf, sizeof buf), "done");
+	/* Settling released the claim. */
+	CHECK_INT(testdb_int(db, "SELECT expires_ms FROM claims WHERE account_id = ?1", "acct_l"),
+		  0);
 
 	/* The single-account claim (the CLI's recompute) also takes back a stale lease. */
 	int64_t id2 = enqueue(db, "acct_m", "payment_failed", "m1");
 	CHECK_INT(dun_inbox_claim(db, &cfg, "gone", T0 + 400, 2, it, &n), DUN_OK);
 	CHECK_INT(n, 1);
-	CHECK_INT(dun_inbox_claim_account(db, &cfg, "cli", "acct_m", T0 + 701, it, &n), DUN_OK);
+	testdb_exec(db, "UPDATE claims SET expires_ms = 1 WHERE account_id = 'acct_m'");
+	CHECK_INT(dun_inbox_claim_account(db, &cfg, "cli", "acct_m", T0 + 401, it, &n), DUN_OK);
 	CHECK_INT(n, 1);
 	CHECK_STR(testdb_text(db, "SELECT claimed_by FROM inbox WHERE dedup_key = ?1", "m1", buf,
 			      sizeof buf),
