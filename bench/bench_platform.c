@@ -36,8 +36,7 @@ static int run(struct dun_engine *en, char (*ids)[DUN_ID_MAX], int n, int rounds
 		for (int i = 0; i < n; i++) {
 			enum dun_err e = dun_engine_evaluate(en, ids[i], dun_clock_now());
 			if (e != DUN_OK) {
-				fprintf(stderr, "%s: %s %s\n", ids[i], dun_err_str(e),
-					en->unread);
+				fprintf(stderr, "%s: %s %s\n", ids[i], dun_err_str(e), en->unread);
 				return 1;
 			}
 		}

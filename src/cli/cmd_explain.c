@@ -191,8 +191,7 @@ int dun_cmd_explain(struct dun_cli *cli, int argc, char **argv)
 		return DUN_EX_NOINPUT;
 	}
 	if (e != DUN_OK) {
-		dun_cli_error("explain: %s%s%s", dun_err_str(e),
-			      cli->engine.unread[0] ? ": " : "",
+		dun_cli_error("explain: %s%s%s", dun_err_str(e), cli->engine.unread[0] ? ": " : "",
 			      cli->engine.unread);
 		return dun_cli_exit_code(e);
 	}
