@@ -46,6 +46,7 @@ import http.server
 import json
 import os
 import queue
+import random
 import re
 import socket
 import sys
@@ -122,6 +123,9 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
        Idempotency-Key, so a retry with the same key gets the error again
        and never learns what was done; a dropped connection after
        executing leaves the real result stored),
+       probability (0 < p <= 1: the fault fires on that share of the matching
+       requests, drawn from its own generator seeded with "seed", default 0;
+       a request it passes over goes on to the next fault),
        store (phase before only: save the fault's answer under the
        request's Idempotency-Key, as Stripe saves a 500 once execution began)
   GET  /_test/faults, DELETE /_test/faults
@@ -1694,7 +1698,7 @@ def loopback_url(url):
 
 
 FAULT_KEYS = {"path_regex", "method", "status", "count", "latency_ms", "drop", "stripe_should_retry", "error",
-              "phase", "store", "retry_after"}
+              "phase", "store", "retry_after", "probability", "seed"}
 CONFIG_TYPES = {
     "rate_limit_per_s": (int, type(None)),
     "account_api_version": (str,),
@@ -1951,6 +1955,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 continue
             if not re.search(f.get("path_regex", ""), path):
                 continue
+            if f.get("probability") is not None and f["rng"].random() >= f["probability"]:
+                continue
             if f["count"] > 0:
                 f["count"] -= 1
             f["hits"] += 1
@@ -2193,7 +2199,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for f in faults:
                     ids.append(self.add_fault(f))
                 return {"ids": ids, "id": ids[0] if len(ids) == 1 else None}
-            return {"faults": st.faults}
+            return {"faults": [{k: v for k, v in f.items() if k != "rng"} for f in st.faults]}
         if path == "/_test/seed" and method == "POST":
             return seed(st, body)
         if path == "/_test/requests":
@@ -2257,6 +2263,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if fault["count"] == 0:
             raise ControlError("count 0 would never fire; use a negative count for forever")
         fault["hits"] = 0
+        if f.get("probability") is not None:
+            p = f["probability"]
+            if not isinstance(p, (int, float)) or not 0 < p <= 1:
+                raise ControlError("probability is a number in (0, 1]")
+            fault["rng"] = random.Random(f.get("seed", 0))
         st.faults.append(fault)
         return fault["id"]
 
