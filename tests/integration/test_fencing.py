@@ -16,11 +16,20 @@ Runs the real binary against the Stripe test server on 127.0.0.1.
 import os
 import signal
 import subprocess
+
+import pytest
 import time
 from collections import defaultdict
 
 from test_stripe_client import (DUNNING, Env, basil_failing_account,  # noqa: F401
                                 fake, fake_server, ingest_fake_events)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def benv(request, tmp_path, fake):
+    """An Env on SQLite, or on a fresh PostgreSQL database."""
+    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
+    return Env(tmp_path, fake, pg=pg)
 
 LEASE_S = 5
 
@@ -63,8 +72,8 @@ def applied_decisions(env):
                    " GROUP BY account_id ORDER BY account_id")
 
 
-def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(tmp_path, fake):
-    env = Env(tmp_path, fake)
+def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(benv, fake):
+    env = benv
     lease_config(env)
     accounts = ["acct_F%d" % i for i in range(5)]
     for a in accounts:
@@ -115,8 +124,8 @@ def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(tmp_p
     assert "0 drifting" in scan.stdout, (scan.stdout, env.run("explain", "acct_F0", now=later).stdout)
 
 
-def test_a_future_now_cannot_take_live_claims(tmp_path, fake):
-    env = Env(tmp_path, fake)
+def test_a_future_now_cannot_take_live_claims(benv, fake):
+    env = benv
     lease_config(env)
     basil_failing_account(fake, account="acct_N")
     ingest_fake_events(env, fake)

@@ -14,8 +14,17 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from test_stripe_client import (DAY, DUNNING, Env, basil_failing_account,  # noqa: F401
-                                env, fake, fake_server, ingest_fake_events)
+                                fake, fake_server, ingest_fake_events)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def benv(request, tmp_path, fake):
+    """An Env on SQLite, or on a fresh PostgreSQL database."""
+    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
+    return Env(tmp_path, fake, pg=pg)
 
 
 def run(env, *args, now=None):
@@ -26,7 +35,8 @@ def run(env, *args, now=None):
                           env=dict(os.environ, STRIPE_API_KEY=""))
 
 
-def test_a_failed_refresh_decides_nothing_and_is_retried(env, fake):
+def test_a_failed_refresh_decides_nothing_and_is_retried(benv, fake):
+    env = benv
     inv, _first = basil_failing_account(fake)
     ingest_fake_events(env, fake)
     fake.fault(path_regex="^/v1/invoices/" + inv + "$", method="GET", status=500, count=-1)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dun_writes_on
+from conftest import dun_pg_query, dun_writes_on
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
@@ -137,20 +137,23 @@ def fake(fake_server):
 class Env:
     """A database, a configuration file pointing at the fake, and the binaries."""
 
-    def __init__(self, tmp_path, fake, writes=True):
+    def __init__(self, tmp_path, fake, writes=True, pg=None):
+        """pg: a PostgreSQL cluster (conftest's dun_pg) to run on instead of SQLite."""
         self.dir = tmp_path
         self.fake = fake
-        self.db = tmp_path / "dunning.db"
+        self.pg = pg
+        self.db = pg.create() if pg else tmp_path / "dunning.db"
         self.cfg = tmp_path / "dunning.conf"
         self.write_config()
         if writes:  # a new database writes nothing until writes are turned on
-            dun_writes_on(self.db)
+            dun_writes_on(self.db, self.cfg if pg else None)
 
     def write_config(self, **stripe):
         settings = {"api_key": API_KEY, "api_base": self.fake.base, "max_retries": 4,
                     "timeout_ms": 10000}
         settings.update(stripe)
-        lines = ["[database]", "path = %s" % self.db, "[provider]", "kind = stripe", "[stripe]"]
+        where = ("url = %s" % self.db) if self.pg else ("path = %s" % self.db)
+        lines = ["[database]", where, "[provider]", "kind = stripe", "[stripe]"]
         lines += ["%s = %s" % kv for kv in settings.items()]
         self.cfg.write_text("\n".join(lines) + "\n")
 
@@ -170,6 +173,15 @@ class Env:
         return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
     def sql(self, query, *params):
+        if self.pg:
+            con = self.pg.connect(self.db)
+            try:
+                cur = con.cursor()
+                cur.execute(*dun_pg_query(query, params))
+                return [tuple(r) for r in cur.fetchall()] if cur.description else []
+            finally:
+                con.commit()
+                con.close()
         con = sqlite3.connect(str(self.db))
         try:
             return con.execute(query, params).fetchall()
