@@ -468,10 +468,19 @@ class DunPgCluster:
         r = self._run(self.bindir / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
                       "--no-sync", "-E", "UTF8", "--locale=C")
         assert r.returncode == 0, r.stdout + r.stderr
+        self.server_start()
+
+    def server_start(self):
+        """Start the server on the existing data directory (after server_stop)."""
         opts = ("-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off"
                 " -c full_page_writes=off -c max_connections=200" % (self.port, self.dir))
         r = self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log",
                       "-o", opts, "-w", "start")
+        assert r.returncode == 0, r.stdout + r.stderr + self.log()
+
+    def server_stop(self, mode="fast"):
+        """Stop the server, keeping its data (a restart, an outage)."""
+        r = self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
         assert r.returncode == 0, r.stdout + r.stderr + self.log()
 
     def stop(self):

@@ -1,0 +1,192 @@
+"""A fleet: several `dunning serve` processes on one PostgreSQL database.
+
+* Three replicas take webhooks for a few hundred accounts at once (a load
+  balancer spreads them); one is killed with SIGKILL in the middle of the
+  work and restarted. In the end every acknowledged event is stored, every
+  account was worked, no email was queued twice, and `scan` finds no drift.
+* PostgreSQL itself is restarted (an immediate shutdown: a crash) under
+  load: `/readyz` fails while it is down and recovers by itself, nothing
+  acknowledged is lost, and the work resumes.
+
+DUNNING_FLEET_ACCOUNTS (default 150) sets the population.
+"""
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import DunPgUrl, dun_pg_query
+from test_serve import BIN, SECRET_A, Serve, failing_account_events, sign_batch
+
+N_ACCOUNTS = int(os.environ.get("DUNNING_FLEET_ACCOUNTS", "150"))
+
+
+class PgServe(Serve):
+    """A `dunning serve` whose store is a PostgreSQL database."""
+
+    def __init__(self, tmp_path, name, pg, url, **sections):
+        super().__init__(tmp_path, name, database={"url": url}, **sections)
+        self.pg = pg
+        self.db = DunPgUrl(url, pg)
+
+    def sql(self, query, *args):
+        con = self.pg.connect(self.db)
+        try:
+            cur = con.cursor()
+            cur.execute(*dun_pg_query(query, args))
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            con.close()
+
+
+def population(n):
+    payloads = []
+    for i in range(n):
+        # 8 days: restricted; 16: suspended; 2: notified.
+        days = (8, 16, 2)[i % 3]
+        payloads += failing_account_events("acct_fl%04d" % i, days_ago=days)
+    return payloads
+
+
+def deliver_spread(servers, pairs, acked, lock, stop):
+    """As Stripe behind a load balancer: each event to the next replica that
+    answers, again until one acknowledges it."""
+    k = 0
+    for p, h in pairs:
+        eid = json.loads(p)["id"]
+        while not stop.is_set():
+            s = servers[k % len(servers)]
+            k += 1
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+                conn.request("POST", "/webhooks/stripe", body=p,
+                             headers={"Stripe-Signature": h, "Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                conn.close()
+            except (OSError, http.client.HTTPException, TypeError):
+                time.sleep(0.01)
+                continue
+            if r.status == 200:
+                with lock:
+                    acked.add(eid)
+                break
+            time.sleep(0.01)
+
+
+def fire(servers, payloads, n_threads=8):
+    headers = sign_batch([(p, SECRET_A, None) for p in payloads])
+    pairs = list(zip(payloads, headers))
+    acked, lock, stop = set(), threading.Lock(), threading.Event()
+    threads = [threading.Thread(target=deliver_spread,
+                                args=(servers, pairs[i::n_threads], acked, lock, stop))
+               for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    return acked, threads, stop
+
+
+def wait_until(cond, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def idle(s):
+    rows = s.sql("SELECT COUNT(*) FROM inbox WHERE state IN ('received', 'processing', 'retrying')")
+    return rows == [(0,)]
+
+
+def scan(url):
+    return subprocess.run([str(BIN), "--db", url, "scan"], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_three_replicas_one_killed_mid_work(tmp_path, dun_pg):
+    url = dun_pg.create("fleet")
+    conf = {"server": {"workers": "2", "group_commit_max": "32"}}
+    servers = [PgServe(tmp_path, "r%d" % i, dun_pg, url, **conf) for i in range(3)]
+    for s in servers:
+        s.start()
+    payloads = population(N_ACCOUNTS)
+    acked, threads, stop = fire(servers, payloads)
+    try:
+        # Kill one replica once a third of the events are in and work is under way.
+        assert wait_until(lambda: len(acked) >= len(payloads) // 3)
+        victim = servers[1]
+        victim.kill9()
+        assert wait_until(lambda: len(acked) >= 2 * len(payloads) // 3)
+        victim.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        stop.set()
+    assert len(acked) == len(payloads)
+    assert wait_until(lambda: idle(servers[0]), timeout=180), servers[0].sql(
+        "SELECT state, COUNT(*) FROM inbox GROUP BY state")
+    for s in servers:
+        assert s.stop() == 0, s.logs()[-3000:]
+
+    db = servers[0]
+    stored = {r[0] for r in db.sql("SELECT id FROM events_raw")}
+    assert acked <= stored, sorted(acked - stored)[:5]
+    assert db.sql("SELECT COUNT(*) FROM inbox WHERE state = 'dead'") == [(0,)]
+    stages = dict(db.sql("SELECT stage, COUNT(*) FROM dunning GROUP BY stage"))
+    assert sum(stages.values()) == N_ACCOUNTS, stages
+    assert {"notified", "restricted", "suspended"} <= set(stages), stages
+    # Nothing twice: one email per account, kind and invoice; one stage email per kind.
+    assert db.sql("SELECT account_id, kind, invoice_id FROM emails"
+                  " GROUP BY account_id, kind, invoice_id HAVING COUNT(*) > 1") == []
+    # The replicas shared the work: the last claims of the accounts name
+    # workers of more than one process.
+    pids = {w.rsplit(":", 1)[1] for (w,) in db.sql("SELECT DISTINCT owner FROM claims")}
+    assert len(pids) >= 2, pids
+    r = scan(url)
+    assert r.returncode == 0 and " 0 drifting" in r.stdout, r.stdout + r.stderr
+
+
+def test_postgresql_restarted_under_load(tmp_path, dun_pg):
+    url = dun_pg.create("restart")
+    s = PgServe(tmp_path, "one", dun_pg, url,
+                server={"workers": "2", "group_commit_max": "32"}).start()
+    payloads = population(N_ACCOUNTS)
+    acked, threads, stop = fire([s], payloads, n_threads=4)
+    restarted = False
+    try:
+        assert wait_until(lambda: len(acked) >= len(payloads) // 3)
+        dun_pg.server_stop(mode="immediate")
+        try:
+            # While the database is down the service is not ready.
+            assert wait_until(lambda: s.request("GET", "/readyz")[0] == 503, timeout=30)
+            acked_while_down = len(acked)
+            time.sleep(1.0)
+            assert len(acked) <= acked_while_down + 32  # at most the batch in flight
+        finally:
+            dun_pg.server_start()
+            restarted = True
+        assert wait_until(lambda: s.request("GET", "/readyz")[0] == 200, timeout=60), s.logs()[-3000:]
+        for t in threads:
+            t.join(300)
+    finally:
+        stop.set()
+        if not restarted:
+            dun_pg.server_start()
+    assert len(acked) == len(payloads)
+    assert wait_until(lambda: idle(s), timeout=180), s.sql(
+        "SELECT state, last_error, COUNT(*) FROM inbox GROUP BY state, last_error")
+    assert s.stop() == 0, s.logs()[-3000:]
+    stored = {r[0] for r in s.sql("SELECT id FROM events_raw")}
+    assert acked <= stored, sorted(acked - stored)[:5]
+    assert s.sql("SELECT COUNT(*) FROM inbox WHERE state = 'dead'") == [(0,)]
+    r = scan(url)
+    assert r.returncode == 0 and " 0 drifting" in r.stdout, r.stdout + r.stderr
+
+
+pytestmark = pytest.mark.skipif(not BIN.exists(), reason="dunning is not built")
