@@ -51,6 +51,7 @@
 void dun_email_sender_config_from(const struct dun_config *cfg, const struct dun_mailer *mailer,
 				  struct dun_email_sender_config *out)
 {
+	memset(out, 0, sizeof *out);
 	out->alert_after_s = cfg ? cfg->email_alert_after_s : 86400;
 	out->give_up_after_s = cfg ? cfg->email_give_up_after_s : 14 * 86400;
 	out->claim_lease_s =
@@ -285,8 +286,14 @@ enum dun_err dun_email_sender_run_once(struct dun_db *db, const struct dun_maile
 		if (n == 0)
 			break;
 		bool progress = false;
+		if (cfg->should_stop && cfg->should_stop()) {
+			stats->stopped_early = true;
+			break;
+		}
 		for (int i = 0; i < n; i++) {
 			struct row *r = &rows[i];
+			if (cfg->should_stop && cfg->should_stop())
+				stats->stopped_early = true;
 			if (e != DUN_OK || stats->stopped_early)
 				continue;
 			if (r->queued_at > 0 && now - r->queued_at >= cfg->give_up_after_s) {

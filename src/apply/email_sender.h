@@ -30,6 +30,8 @@ struct dun_email_sender_config {
 	int64_t alert_after_s;	 /* a queued email this old is overdue: logged, counted */
 	int64_t give_up_after_s; /* a queued email this old is given up: dead */
 	int64_t claim_lease_s;	 /* a `sending` claim older than this is taken over */
+	/* asked between emails; true stops the run (a signal): NULL never stops */
+	bool (*should_stop)(void);
 };
 
 /* The settings from cfg ([email] alert_after_s, give_up_after_s); cfg NULL: defaults. */

@@ -13,6 +13,7 @@
 #include "util/clock.h"
 #include "util/mem.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,10 +259,16 @@ int dun_cli_deliver_emails(struct dun_cli *cli, bool quiet)
 	struct dun_email_sender_config cfg;
 	const struct dun_mailer *mailer = &cli->engine.applier.mailer;
 	dun_email_sender_config_from(cli->config, mailer, &cfg);
+	cfg.should_stop = dun_worker_stop_requested;
 	struct dun_email_stats total, st;
 	memset(&total, 0, sizeof total);
 	enum dun_err e;
 	do {
+		if (dun_worker_stop_requested()) {
+			memset(&st, 0, sizeof st);
+			e = DUN_OK;
+			break;
+		}
 		e = dun_email_sender_run_once(cli->db, mailer, &cfg, dun_clock_now(), &st);
 		total.attempted += st.attempted;
 		total.sent += st.sent;
@@ -284,7 +291,39 @@ int dun_cli_deliver_emails(struct dun_cli *cli, bool quiet)
 	return DUN_EX_OK;
 }
 
+/* SIGTERM or SIGINT during a drain: finish the recompute in progress, then stop. */
+static volatile sig_atomic_t drain_signal;
+
+static void on_stop_signal(int sig)
+{
+	drain_signal = sig;
+	dun_worker_request_stop();
+}
+
+static int drain(struct dun_cli *cli, bool quiet);
+
 int dun_cli_drain(struct dun_cli *cli, bool quiet)
+{
+	struct sigaction sa, old_term, old_int;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_stop_signal;
+	sa.sa_flags = SA_RESTART; /* a call in flight (SMTP, Stripe, SQLite) completes */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, &old_term);
+	sigaction(SIGINT, &sa, &old_int);
+	int rc = drain(cli, quiet);
+	sigaction(SIGTERM, &old_term, NULL);
+	sigaction(SIGINT, &old_int, NULL);
+	if (drain_signal) {
+		dun_cli_error("stopped by %s after the recompute in progress; nothing is left "
+			      "claimed, the rest is queued for the next run",
+			      drain_signal == SIGINT ? "SIGINT" : "SIGTERM");
+		return DUN_EX_TEMPFAIL;
+	}
+	return rc;
+}
+
+static int drain(struct dun_cli *cli, bool quiet)
 {
 	struct dun_inbox_config cfg;
 	dun_cli_inbox_config(cli, &cfg);
@@ -320,7 +359,7 @@ int dun_cli_drain(struct dun_cli *cli, bool quiet)
 		total.consequences_applied += st.consequences_applied;
 		total.active += st.active;
 		total.observed += st.observed;
-		if (!n && !st.accounts)
+		if (st.interrupted || (!n && !st.accounts))
 			break;
 	}
 	if (!quiet)

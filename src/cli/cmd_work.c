@@ -21,7 +21,10 @@ int dun_cmd_work(struct dun_cli *cli, int argc, char **argv)
 		printf("usage: dunning work\n\n"
 		       "Process every trigger and scheduled recheck that is due now, then stop.\n"
 		       "Exit status 1 when some recompute failed (its trigger is retrying or "
-		       "dead).\n");
+		       "dead).\n"
+		       "SIGTERM or SIGINT stops it after the recompute or email in progress: what\n"
+		       "it had claimed and not done goes back to the queue, due now; exit status "
+		       "75.\n");
 		return DUN_EX_OK;
 	}
 	if (argc > 1) {

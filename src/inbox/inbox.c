@@ -227,8 +227,9 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	 * per poll, never a write transaction.
 	 */
 	struct dun_stmt *st = dun_db_stmt(
-	    db, "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox WHERE state IN ('received', 'retrying')"
-		" AND not_before <= ?1) OR EXISTS (SELECT 1 FROM inbox WHERE state = 'processing')");
+	    db,
+	    "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox WHERE state IN ('received', 'retrying')"
+	    " AND not_before <= ?1) OR EXISTS (SELECT 1 FROM inbox WHERE state = 'processing')");
 	dun_stmt_bind_int64(st, 1, now);
 	int rc = dun_stmt_step(st);
 	dun_stmt_reset(st);
@@ -361,6 +362,29 @@ enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const 
 	    dun_db_stmt(db, "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
 			    " last_error = '', updated_at = ?3 WHERE account_id = ?1"
 			    " AND state = 'processing' AND claimed_by = ?2");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
+	dun_stmt_bind_int64(st, 3, now);
+	e = dun_stmt_done(st);
+	if (e == DUN_OK)
+		e = dun_fence_release(db, account_id, worker_id);
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
+	return e;
+}
+
+enum dun_err dun_inbox_release(struct dun_db *db, const char *worker_id, const char *account_id,
+			       int64_t now)
+{
+	enum dun_err e = dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "UPDATE inbox SET state = 'retrying', not_before = ?3, claimed_by = '',"
+			    " updated_at = ?3 WHERE account_id = ?1 AND state = 'processing'"
+			    " AND claimed_by = ?2");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, worker_id);
 	dun_stmt_bind_int64(st, 3, now);

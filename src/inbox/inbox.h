@@ -93,6 +93,14 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 			    const char *worker_id, const char *account_id, int64_t now,
 			    bool retryable, const char *error);
 
+/*
+ * Give back the claimed triggers of account_id under worker_id without
+ * working them (a drain stopped by a signal): to retrying, due now, attempts
+ * unchanged; the claim is released.
+ */
+enum dun_err dun_inbox_release(struct dun_db *db, const char *worker_id, const char *account_id,
+			       int64_t now);
+
 /* Move dead (or retrying) triggers back to received, due now: one id, or all dead (id 0). */
 enum dun_err dun_inbox_requeue(struct dun_db *db, int64_t id, int64_t now, int *n_out);
 

@@ -10,10 +10,23 @@
 #include "util/clock.h"
 #include "util/log.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
 #define BATCH 64
+
+static volatile sig_atomic_t stop_requested;
+
+void dun_worker_request_stop(void)
+{
+	stop_requested = 1;
+}
+
+bool dun_worker_stop_requested(void)
+{
+	return stop_requested != 0;
+}
 
 enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbox_config *cfg,
 				    const char *worker_id, const struct dun_inbox_item *item,
@@ -59,6 +72,10 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		return e;
 	stats->rechecks_enqueued = n_rechecks;
 	for (;;) {
+		if (stop_requested) {
+			stats->interrupted = true;
+			break;
+		}
 		int want = BATCH;
 		if (max_accounts && max_accounts - stats->accounts < want)
 			want = (int)(max_accounts - stats->accounts);
@@ -71,6 +88,14 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		if (n == 0)
 			break;
 		for (int i = 0; i < n; i++) {
+			if (stop_requested) {
+				/* Nothing of these was started: back to the queue, due now. */
+				for (int k = i; k < n && e == DUN_OK; k++)
+					e = dun_inbox_release(en->db, worker_id,
+							      items[k].account_id, dun_clock_now());
+				stats->interrupted = true;
+				return e;
+			}
 			struct dun_recompute_result r;
 			enum dun_err re =
 			    dun_worker_run_claimed(en, cfg, worker_id, &items[i], &r, &e);

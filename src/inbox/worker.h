@@ -15,7 +15,16 @@ struct dun_drain_stats {
 	int64_t consequences_applied;
 	int64_t active;	  /* accounts recomputed in active mode (written to) */
 	int64_t observed; /* accounts recomputed in observe mode (shadow only) */
+	bool interrupted; /* stopped by dun_worker_request_stop(); the rest is queued */
 };
+
+/*
+ * Ask every drain of the process to stop after the recompute it is in
+ * (async-signal-safe: a signal handler may call it). The triggers it had
+ * claimed and not worked are given back, due now.
+ */
+void dun_worker_request_stop(void);
+bool dun_worker_stop_requested(void);
 
 /*
  * Recompute the account of a claimed trigger under its claim (item->token
