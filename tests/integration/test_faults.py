@@ -16,6 +16,8 @@ few hundred for the full run.
 import json
 import os
 import subprocess
+import time
+import urllib.error
 from collections import Counter
 
 from test_stripe_client import (API_KEY, DAY, DUNNING, Env, fake,  # noqa: F401
@@ -64,10 +66,18 @@ def seed(fake, n):
 
 
 def list_all(fake, path):
+    """Every object of a list, page by page; the harness waits out the test
+    server's rate limit as any client must."""
     items, after = [], None
     while True:
         q = path + "?limit=100" + ("&starting_after=" + after if after else "")
-        page = fake.api("GET", q)
+        try:
+            page = fake.api("GET", q)
+        except urllib.error.HTTPError as e:
+            if e.code != 429:
+                raise
+            time.sleep(1.0)
+            continue
         items += page["data"]
         if not page["has_more"]:
             return items
