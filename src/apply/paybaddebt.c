@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static bool covers_exactly(const struct dun_state *s, const struct dun_desired *d,
@@ -163,6 +164,7 @@ static enum dun_err pay_claimed(struct dun_engine *en, const char *account_id, i
 
 /* Claims held by pay-bad-debt requests: renewed by each write, so a short lease is enough. */
 #define PAY_LEASE_MS 60000
+#define PAY_WAIT_MS  5000
 
 /*
  * The request works the account under a claim of its own, like a worker:
@@ -179,16 +181,25 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 		 atomic_fetch_add(&seq, 1));
 	struct dun_fence f;
 	bool busy = false;
-	enum dun_err e = dun_db_begin(en->db);
-	if (e == DUN_OK)
-		e = dun_fence_held_by_other(en->db, account_id, owner, &busy);
-	if (e == DUN_OK && !busy)
-		e = dun_fence_acquire(en->db, account_id, owner, PAY_LEASE_MS, &f);
-	if (e == DUN_OK && !busy)
-		e = dun_db_commit(en->db);
+	enum dun_err e = DUN_OK;
+	/* A worker's recompute takes a moment: wait up to PAY_WAIT_MS for it. */
+	for (int64_t waited = 0;; waited += 50) {
+		e = dun_db_begin(en->db);
+		if (e == DUN_OK)
+			e = dun_fence_held_by_other(en->db, account_id, owner, &busy);
+		if (e == DUN_OK && !busy)
+			e = dun_fence_acquire(en->db, account_id, owner, PAY_LEASE_MS, &f);
+		if (e == DUN_OK && !busy)
+			e = dun_db_commit(en->db);
+		if (e != DUN_OK || busy)
+			dun_db_rollback(en->db);
+		if (e != DUN_OK || !busy || waited >= PAY_WAIT_MS)
+			break;
+		struct timespec ts = {0, 50 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
 	if (e != DUN_OK || busy) {
-		dun_db_rollback(en->db);
-		if (busy) {
+		if (e == DUN_OK) {
 			snprintf(err, err_size,
 				 "%s is being processed by a worker right now; try again shortly",
 				 account_id);
