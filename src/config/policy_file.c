@@ -46,6 +46,7 @@ enum key_id {
 	K_UPGRADE_MAX_STAGE,
 	K_RETRY_SCHEDULE,
 	K_MAX_ATTEMPTS,
+	K_RETRY_OWNER,
 	K_LIFTING_WINDOW,
 	K_PROCESSING_MAX,
 	K_PROCESSING_RECHECK_AFTER,
@@ -74,6 +75,7 @@ static const struct key_def keys[] = {
     {"upgrades", "max_stage", K_UPGRADE_MAX_STAGE, DUN_STAGE_NONE},
     {"retries", "schedule", K_RETRY_SCHEDULE, DUN_STAGE_NONE},
     {"retries", "max_attempts", K_MAX_ATTEMPTS, DUN_STAGE_NONE},
+    {"retries", "owner", K_RETRY_OWNER, DUN_STAGE_NONE},
     {"guard", "lifting_window", K_LIFTING_WINDOW, DUN_STAGE_NONE},
     {"guard", "processing_max", K_PROCESSING_MAX, DUN_STAGE_NONE},
     {"guard", "processing_recheck_after", K_PROCESSING_RECHECK_AFTER, DUN_STAGE_NONE},
@@ -708,6 +710,12 @@ static bool set_key(struct load *l, const struct key_def *k, const char *v)
 		return schedule_list(l, k, v);
 	case K_MAX_ATTEMPTS:
 		return max_attempts_value(l, k, v);
+	case K_RETRY_OWNER:
+		if (!dun_retry_owner_parse(v, &p->retry_owner)) {
+			fail_key(l, k, "expected engine or stripe, got \"%s\"", v);
+			return false;
+		}
+		return true;
 	case K_LIFTING_WINDOW:
 		return duration_value(l, k, v, &p->lifting_window_s);
 	case K_PROCESSING_MAX:
@@ -960,6 +968,7 @@ void dun_policy_file_dump(const struct dun_policy *p, FILE *out)
 		fprintf(out, "%s%s", i ? ", " : "", buf);
 	}
 	fprintf(out, "\nmax_attempts = %d\n", p->max_attempts);
+	fprintf(out, "owner = %s\n", dun_retry_owner_name(p->retry_owner));
 
 	fputs("\n[guard]\n", out);
 	put_duration(out, "lifting_window", p->lifting_window_s);

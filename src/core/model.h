@@ -160,6 +160,12 @@ struct dun_invoice {
 	int64_t amount_remaining_minor;
 	char currency[8];
 	int attempt_count;
+	/*
+	 * When the provider will next try to collect this invoice by itself
+	 * (Stripe's next_payment_attempt: Smart Retries or a retry schedule);
+	 * 0 when it will not.
+	 */
+	int64_t next_payment_attempt_at;
 	int64_t created_at;
 	int64_t paid_at; /* 0 unless status paid */
 	char hosted_invoice_url[DUN_URL_MAX];

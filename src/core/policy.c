@@ -20,6 +20,12 @@
  * most processing_max: past it the payment counts as failed) or a
  * consolidated invoice was created or paid within lifting_window.
  *
+ * Payment retries belong to one owner (retry_owner): the engine, on the
+ * retries schedule, or the provider (Stripe's Smart Retries), whose next
+ * attempt the mirror carries; then no retry is planned here, and the
+ * account is looked at again shortly after that attempt was due, so that
+ * its outcome counts even when its webhook is lost.
+ *
  * Everything here is a function of its arguments: no clock, no I/O, no
  * allocation. The reasons are the explanation `dunning explain` prints.
  */
@@ -29,6 +35,29 @@
 #include <string.h>
 
 #define DAY 86400
+
+static const char *const retry_owner_names[] = {
+#define OWNER_NAME(name, str) [name] = str,
+    DUN_RETRY_OWNER_LIST(OWNER_NAME)
+#undef OWNER_NAME
+};
+
+const char *dun_retry_owner_name(enum dun_retry_owner v)
+{
+	return (unsigned)v < sizeof retry_owner_names / sizeof retry_owner_names[0]
+		   ? retry_owner_names[v]
+		   : "?";
+}
+
+bool dun_retry_owner_parse(const char *s, enum dun_retry_owner *out)
+{
+	for (size_t i = 0; i < sizeof retry_owner_names / sizeof retry_owner_names[0]; i++)
+		if (strcmp(s, retry_owner_names[i]) == 0) {
+			*out = (enum dun_retry_owner)i;
+			return true;
+		}
+	return false;
+}
 
 static void add_decline(struct dun_policy *p, enum dun_decline_field f, const char *code,
 			enum dun_decline_class cls, int64_t delay)
@@ -57,6 +86,7 @@ void dun_policy_defaults(struct dun_policy *p)
 	p->retry_schedule_s[3] = 7 * DAY;
 	p->n_retry_schedule = 4;
 	p->max_attempts = 8;
+	p->retry_owner = DUN_RETRY_OWNER_ENGINE;
 	p->lifting_window_s = 24 * 3600;
 	p->processing_max_s = 7 * DAY;
 	p->processing_recheck_after_s = 3 * DAY;
@@ -302,6 +332,14 @@ bool dun_policy_payment_recheck_due(const struct dun_policy *p, const struct dun
 		    now - inv->attempts[i].created_at >= p->processing_recheck_after_s)
 			return true;
 	return false;
+}
+
+bool dun_policy_provider_attempt_overdue(const struct dun_policy *p, const struct dun_invoice *inv,
+					 int64_t now)
+{
+	return p->retry_owner == DUN_RETRY_OWNER_STRIPE && inv->status == DUN_INVOICE_OPEN &&
+	       !inv->is_consolidated && inv->next_payment_attempt_at > 0 &&
+	       now - inv->next_payment_attempt_at >= DUN_PROVIDER_ATTEMPT_GRACE_S;
 }
 
 /*
@@ -728,6 +766,9 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 	}
 
 	/* Pass 4: per-invoice consequences, retries and the next recheck. */
+	bool provider_retries = p->retry_owner == DUN_RETRY_OWNER_STRIPE;
+	const struct dun_invoice *provider_next = NULL; /* its earliest next attempt */
+	const struct dun_invoice *provider_done = NULL; /* failing, no attempt ahead */
 	for (int i = 0; i < s->n_invoices; i++) {
 		const struct dun_invoice *inv = &s->invoices[i];
 		struct dun_invoice_desired *id = &inv_d[i];
@@ -763,6 +804,26 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 		/* No retry while a payment may still be in flight, however long. */
 		if (id->processing || id->processing_expired)
 			continue;
+		if (provider_retries) {
+			/*
+			 * The provider retries. Its outcome arrives as a webhook;
+			 * look again an hour after the attempt was due in case
+			 * that webhook is lost (GATHER then reads the invoice:
+			 * dun_policy_provider_attempt_overdue).
+			 */
+			int64_t next = inv->next_payment_attempt_at;
+			id->next_retry_at = next;
+			if (!next) {
+				if (!provider_done)
+					provider_done = inv;
+				continue;
+			}
+			if (!provider_next || next < provider_next->next_payment_attempt_at)
+				provider_next = inv;
+			if (next + DUN_PROVIDER_ATTEMPT_GRACE_S > now)
+				min_time(&d->next_recheck_at, next + DUN_PROVIDER_ATTEMPT_GRACE_S);
+			continue;
+		}
 		/* Retries. */
 		int made =
 		    inv->attempt_count > inv->n_attempts ? inv->attempt_count : inv->n_attempts;
@@ -804,6 +865,22 @@ enum dun_err dun_policy_evaluate(const struct dun_state *s, const struct dun_pol
 			id->retry_due = true;
 		else
 			min_time(&d->next_recheck_at, due);
+	}
+
+	if (provider_next && reason_begin(d, "retries", &t, &of)) {
+		dun_text_str(&t, "Stripe owns payment retries: its next attempt of ");
+		dun_text_str(&t, provider_next->id);
+		if (provider_next->next_payment_attempt_at > now) {
+			dun_text_str(&t, " in ");
+			dun_text_duration(&t, provider_next->next_payment_attempt_at - now);
+		} else {
+			dun_text_str(&t, " was due ");
+			dun_text_duration(&t, now - provider_next->next_payment_attempt_at);
+			dun_text_str(&t, " ago");
+		}
+	} else if (provider_done) {
+		reason(d, &of, "retries", "Stripe owns payment retries: none is scheduled for ",
+		       provider_done->id, " (its retries ended, or the decline is not retried)");
 	}
 
 	/* The next stage boundary is when the outcome would change by itself. */

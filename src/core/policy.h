@@ -20,6 +20,32 @@
 
 enum dun_decline_class { DUN_DECLINE_SOFT, DUN_DECLINE_HARD };
 
+/*
+ * Who retries failed payments. engine: the engine, on the [retries]
+ * schedule (the provider's own retries must be off). stripe: the
+ * provider (Stripe's Smart Retries or retry schedule); the engine plans no
+ * payment retry, reads the provider's next attempt from the mirror, and
+ * does everything else.
+ */
+#define DUN_RETRY_OWNER_LIST(X)             \
+	X(DUN_RETRY_OWNER_ENGINE, "engine") \
+	X(DUN_RETRY_OWNER_STRIPE, "stripe")
+
+#define DUN_ENUM_MEMBER(name, str) name,
+enum dun_retry_owner { DUN_RETRY_OWNER_LIST(DUN_ENUM_MEMBER) };
+#undef DUN_ENUM_MEMBER
+
+/* The name of an owner (a static string); parse returns false for an unknown name. */
+const char *dun_retry_owner_name(enum dun_retry_owner v);
+bool dun_retry_owner_parse(const char *s, enum dun_retry_owner *out);
+
+/*
+ * With retries owned by the provider, how long after its next attempt was
+ * due the engine looks again (a recheck, and a fresh read of the invoice
+ * if no webhook told the outcome by then).
+ */
+#define DUN_PROVIDER_ATTEMPT_GRACE_S 3600
+
 /* Which field of a failed attempt a decline rule looks at. */
 enum dun_decline_field {
 	DUN_DECLINE_FIELD_ADVICE_CODE,	       /* advice_code: the first signal */
@@ -47,6 +73,8 @@ struct dun_policy {
 	int64_t retry_schedule_s[DUN_RETRY_SCHEDULE_MAX];
 	int n_retry_schedule;
 	int max_attempts; /* attempts in all, the first one included */
+	/* who retries: with DUN_RETRY_OWNER_STRIPE the two above are unused */
+	enum dun_retry_owner retry_owner;
 	/* in-flight guard */
 	int64_t lifting_window_s;
 	/*
@@ -116,7 +144,7 @@ struct dun_invoice_desired {
 	enum dun_email_kind notice_kind;
 	bool retry_due;	       /* a retry is due now */
 	int retry_attempt;     /* the attempt number the retry will be */
-	int64_t next_retry_at; /* 0 when no further retry */
+	int64_t next_retry_at; /* 0 when no further retry; the provider's when it owns them */
 };
 
 struct dun_desired {
@@ -190,5 +218,14 @@ bool dun_state_has_sent(const struct dun_state *s, const char *key);
  */
 bool dun_policy_payment_recheck_due(const struct dun_policy *p, const struct dun_invoice *inv,
 				    int64_t now);
+
+/*
+ * Whether GATHER should read inv again from the provider because the
+ * provider owns retries and its next attempt of inv was due at least
+ * DUN_PROVIDER_ATTEMPT_GRACE_S ago: the mirror still shows the attempt as
+ * ahead, so the webhook with its outcome is late or lost.
+ */
+bool dun_policy_provider_attempt_overdue(const struct dun_policy *p, const struct dun_invoice *inv,
+					 int64_t now);
 
 #endif

@@ -192,7 +192,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		" i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
 		" i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
 		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
-		" d.paylinks_enabled FROM p_invoices i"
+		" d.paylinks_enabled, i.next_payment_attempt FROM p_invoices i"
 		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
 		" WHERE i.customer_id = ?1 ORDER BY i.id");
 	dun_stmt_bind_text(st, 1, s->customer_id);
@@ -221,6 +221,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		inv->has_doc = !dun_stmt_col_is_null(st, 15);
 		inv->doc_closed = inv->has_doc && dun_stmt_col_int(st, 15);
 		inv->doc_paylinks_enabled = !inv->has_doc || dun_stmt_col_int(st, 16);
+		inv->next_payment_attempt_at = dun_stmt_col_int64(st, 17);
 		n++;
 	}
 	dun_stmt_reset(st);

@@ -61,11 +61,16 @@ static enum dun_err fold_all(struct dun_db *db, json_t *objs, int *n_out, char *
 	return e;
 }
 
-/* Short, or (with a policy) a payment of it in flight long enough to read again. */
+/*
+ * Short, or (with a policy) a payment of it in flight long enough to read
+ * again, or the provider's own retry of it due for a while with no news.
+ */
 static bool wanted(const struct dun_policy *policy, const struct dun_invoice *inv, int64_t now)
 {
-	return dun_refresh_is_short(inv) || (policy && !inv->is_consolidated &&
-					     dun_policy_payment_recheck_due(policy, inv, now));
+	return dun_refresh_is_short(inv) ||
+	       (policy && !inv->is_consolidated &&
+		(dun_policy_payment_recheck_due(policy, inv, now) ||
+		 dun_policy_provider_attempt_overdue(policy, inv, now)));
 }
 
 enum dun_err dun_gather_refresh(struct dun_db *db, struct dun_provider provider,

@@ -24,6 +24,11 @@
  * its outcome may have been lost, and only the provider knows
  * (docs/policy.md, [guard]).
  *
+ * And when the policy leaves payment retries to the provider, an invoice
+ * whose next automatic attempt (next_payment_attempt) was due an hour ago
+ * or more is read again: the mirror has not heard of that attempt, so its
+ * outcome webhook is late or lost (docs/policy.md, [retries] owner).
+ *
  * The drift scan never refreshes (see inbox/scan.c): it is a read-only
  * estimate over every account.
  */

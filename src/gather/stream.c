@@ -67,7 +67,7 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
 	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
 	" a.id, a.created, a.status, a.payment_method, a.decline_code, a.advice_code,"
-	" a.network_advice_code FROM customers c"
+	" a.network_advice_code, i.next_payment_attempt FROM customers c"
 	" JOIN p_invoices i ON i.customer_id = c.id"
 	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
 	" LEFT JOIN p_attempts a ON a.invoice_id = i.id WHERE c.account_id > ?1"
@@ -101,6 +101,7 @@ enum {
 	ATT_DECLINE,
 	ATT_ADVICE,
 	ATT_NETWORK,
+	INV_NEXT_ATTEMPT,
 };
 
 const char *dun_stream_sql(enum dun_stream_query q)
@@ -360,6 +361,7 @@ static void read_invoice_row(struct dun_stmt *st, struct dun_invoice *inv)
 	inv->amount_remaining_minor = dun_stmt_col_int64(st, INV_REMAINING);
 	dun_stmt_col_copy(st, INV_CURRENCY, inv->currency, sizeof inv->currency);
 	inv->attempt_count = dun_stmt_col_int(st, INV_ATTEMPT_COUNT);
+	inv->next_payment_attempt_at = dun_stmt_col_int64(st, INV_NEXT_ATTEMPT);
 	inv->created_at = dun_stmt_col_int64(st, INV_CREATED);
 	inv->paid_at = dun_stmt_col_int64(st, INV_PAID_AT);
 	dun_stmt_col_copy(st, INV_URL, inv->hosted_invoice_url, sizeof inv->hosted_invoice_url);

@@ -233,8 +233,8 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	    " amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
 	    " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
 	    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
-	    " version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-	    " ?15, ?16, ?17, ?18, ?19, ?20)"
+	    " version, next_payment_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
 	    " ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
 	    " status = excluded.status, amount_due = excluded.amount_due,"
 	    " amount_paid = excluded.amount_paid,"
@@ -248,7 +248,8 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	    " meta_bad_debt_amount = excluded.meta_bad_debt_amount,"
 	    " meta_bad_debt_paid = excluded.meta_bad_debt_paid,"
 	    " meta_bad_debt_invoices = excluded.meta_bad_debt_invoices,"
-	    " metadata = excluded.metadata, version = excluded.version"
+	    " metadata = excluded.metadata, version = excluded.version,"
+	    " next_payment_attempt = excluded.next_payment_attempt"
 	    " WHERE excluded.version > p_invoices.version"
 	    " OR (excluded.version = p_invoices.version AND ?21 >="
 	    " (CASE p_invoices.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible'"
@@ -279,6 +280,8 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	dun_stmt_bind_text(st, 19, mdtext ? mdtext : "{}");
 	dun_stmt_bind_int64(st, 20, version);
 	dun_stmt_bind_int(st, 21, status_rank(status));
+	/* Stripe's own next try (Smart Retries); null when it will not try. */
+	dun_stmt_bind_int64(st, 22, jint(o, "next_payment_attempt"));
 	enum dun_err e = dun_stmt_done(st);
 	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	free(covers);

@@ -570,9 +570,19 @@ static const char *const migration_11[] = {
     NULL,
 };
 
+/*
+ * Migration 12: the provider's next automatic payment attempt of an
+ * invoice (Stripe's next_payment_attempt, unix seconds; 0 when it will not
+ * try again), so a policy that leaves retries to Stripe can follow them.
+ */
+static const char *const migration_12[] = {
+    "ALTER TABLE p_invoices ADD COLUMN next_payment_attempt INTEGER NOT NULL DEFAULT 0",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1, migration_2, migration_3, migration_4,	 migration_5,  migration_6,
-    migration_7, migration_8, migration_9, migration_10, migration_11,
+    migration_7, migration_8, migration_9, migration_10, migration_11, migration_12,
 };
 
 int dun_schema_count(void)

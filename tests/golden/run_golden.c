@@ -409,6 +409,8 @@ static bool read_invoice_key(struct reader *r, const char *p, const char *k, jso
 		return get_str(r, p, v, inv->currency, sizeof inv->currency);
 	if (strcmp(k, "attempt_count") == 0)
 		return g->attempt_count = get_int(r, p, v, &inv->attempt_count);
+	if (strcmp(k, "next_payment_attempt_at") == 0)
+		return get_time(r, p, v, &inv->next_payment_attempt_at);
 	if (strcmp(k, "created_at") == 0)
 		return g->created_at = get_time(r, p, v, &inv->created_at);
 	if (strcmp(k, "paid_at") == 0)

@@ -32,6 +32,7 @@ static void check_policy_equal(const struct dun_policy *a, const struct dun_poli
 	for (int i = 0; i < DUN_RETRY_SCHEDULE_MAX; i++)
 		CHECK_INT(a->retry_schedule_s[i], b->retry_schedule_s[i]);
 	CHECK_INT(a->max_attempts, b->max_attempts);
+	CHECK_INT(a->retry_owner, b->retry_owner);
 	CHECK_INT(a->lifting_window_s, b->lifting_window_s);
 	CHECK_INT(a->processing_max_s, b->processing_max_s);
 	CHECK_INT(a->processing_recheck_after_s, b->processing_recheck_after_s);
@@ -114,6 +115,7 @@ static void test_round_trips(void)
 	p.retry_schedule_s[2] = 86400 + 45;
 	p.retry_schedule_s[3] = 0;
 	p.max_attempts = 4;
+	p.retry_owner = DUN_RETRY_OWNER_STRIPE;
 	p.lifting_window_s = 90 * 60;
 	p.skip_segment[DUN_SEGMENT_ENTERPRISE] = false;
 	p.skip_segment[DUN_SEGMENT_SELF_SERVE] = true;
@@ -352,6 +354,8 @@ static void test_bad_values(void)
 	expect_error("[retries]\nmax_attempts = 99999999999999999999\n",
 		     "x.conf:2: [retries] max_attempts: expected a whole number of attempts from 1 "
 		     "to 50 (the first attempt included), got \"99999999999999999999\"");
+	expect_error("[retries]\nowner = provider\n",
+		     "x.conf:2: [retries] owner: expected engine or stripe, got \"provider\"");
 	expect_error("[retries]\nschedule = 1d, 3d, 2d\n",
 		     "x.conf:2: [retries] schedule: the schedule must be strictly increasing, but "
 		     "\"2d\" follows \"3d\"");
