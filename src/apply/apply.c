@@ -279,6 +279,10 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		    dun_stage_name(c->from), "to_stage", dun_stage_name((enum dun_stage)c->value),
 		    "episode", (json_int_t)c->episode, "entitlement",
 		    dun_entitlement_name(d->entitlement));
+		/* An episode that ends says how: paid, written_off or other. */
+		if (d->exit_reason != DUN_EXIT_NONE)
+			json_object_set_new(payload, "exit_reason",
+					    json_string(dun_exit_reason_name(d->exit_reason)));
 		char *text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 		json_decref(payload);
 		struct dun_stmt *st = dun_db_stmt(

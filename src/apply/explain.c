@@ -159,6 +159,9 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 						      : dun_invoice_status_name(inv->status));
 		json_object_set_new(j, "processing", jbool(id->processing));
 		json_object_set_new(j, "processing_expired", jbool(id->processing_expired));
+		/* Stripe's own next try of it (0: none). */
+		json_object_set_new(j, "next_payment_attempt",
+				    json_integer((json_int_t)inv->next_payment_attempt_at));
 		json_object_set_new(j, "attempts", attempts_json(en->policy, inv));
 		json_array_append_new(invs, j);
 	}
@@ -172,6 +175,8 @@ enum dun_err dun_explain_json(struct dun_engine *en, const char *account_id, int
 				      "delinquent_since", (json_int_t)d->delinquent_since,
 				      "next_recheck_at", (json_int_t)d->next_recheck_at, "mode",
 				      dun_mode_name(mode), "mode_why", why));
+	json_object_set_new(json_object_get(o, "evaluation"), "retries_owner",
+			    json_string(dun_retry_owner_name(en->policy->retry_owner)));
 	json_object_set_new(o, "view", json_string(mode == DUN_MODE_OBSERVE ? "shadow" : "real"));
 	if (mode == DUN_MODE_OBSERVE) {
 		json_t *real = json_object();
