@@ -26,7 +26,13 @@ the real API that a client can get wrong (see /work/shared/stripe/STRIPE.md):
   `/v1/invoice_payments`, and there is no top-level `charge`,
   `payment_intent`, `paid` or `subscription`;
 * every state change records an event (`/v1/events`), and events can be
-  delivered, signed, to a webhook URL on 127.0.0.1.
+  delivered, signed, to a webhook URL on 127.0.0.1;
+* Stripe's own automation runs when a test says what time it is
+  (`POST /_test/scheduler/run`, like advancing a Stripe test clock): the
+  first automatic attempt of a finalized invoice, Smart Retries of failed
+  ones (for invoices with `auto_advance` true, while `next_payment_attempt`
+  is set), `invoice.upcoming` before a subscription renews and
+  `invoice.overdue` after a sent invoice's due date.
 
 A control API under /_test/ (no auth, never recorded) lets a test seed
 objects, inject faults, set the clock, set a rate limit and read back every
@@ -81,6 +87,17 @@ METADATA_MAX_KEYS = 50
 METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 EXPAND_MAX_DEPTH = 4
+# Smart Retries, as the fake plays them: Stripe's recommended default is 8
+# tries within 2 weeks, so 7 retries after the first failed attempt, at
+# these offsets from it (Stripe picks the moments itself; a test needs
+# them known). A test may set its own schedule through /_test/config.
+SMART_RETRY_SCHEDULE_S = [d * 86400 for d in (1, 3, 5, 7, 9, 11, 14)]
+# Declines Stripe never retries (its list of "hard" decline codes).
+NON_RETRYABLE_DECLINES = frozenset([
+    "incorrect_number", "lost_card", "pickup_card", "stolen_card", "revocation_of_authorization",
+    "revocation_of_all_authorizations", "authentication_required", "transaction_not_allowed",
+    "highest_risk_level",
+])
 
 CONTROL_API = """\
 Control API (no auth, JSON bodies, never recorded or rate limited):
@@ -110,6 +127,18 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
        webhook_url: str|null         deliver events here (127.0.0.1 only)
        webhook_secrets: [str]        sign deliveries with each (rotation)
        webhook_include_v0: bool      add a v0 signature, as test events do
+       smart_retries: bool           Stripe retries failed payments of invoices
+                                     with auto_advance true by itself (on by
+                                     default, as for new Stripe accounts);
+                                     false: no retries (next_payment_attempt
+                                     stays null after a failure)
+       retry_schedule_s: [int]       the retries' offsets from the first failed
+                                     attempt (default 1, 3, 5, 7, 9, 11, 14 days:
+                                     8 tries within 2 weeks)
+       upcoming_renewal_days: int|null  invoice.upcoming this many days before
+                                     a subscription renews (default 3; null: off)
+       overdue_after_days: int|null  invoice.overdue this many days after a sent
+                                     invoice's due date (default 1; null: off)
   POST /_test/faults                 one fault object or {"faults": [...]}:
        path_regex (re.search on the path), method, status (429, 500, 503...),
        count (default 1; negative = forever), latency_ms, drop (close the
@@ -139,7 +168,10 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
                  created, current_period_start, current_period_end, amount
        invoice: id, customer, subscription, status, amount_due, amount_paid,
                  currency, collection_method, billing_reason, created, due_date,
-                 next_payment_attempt, metadata, attempts: [card behaviour...]
+                 auto_advance (default: true for a subscription's automatically
+                 charged invoice, as Stripe makes them), next_payment_attempt
+                 (default: as Stripe schedules it), metadata,
+                 attempts: [card behaviour...]
   GET  /_test/requests[?path_regex=&method=]   recorded /v1 requests
   DELETE /_test/requests
   GET  /_test/stats                  {"requests", "rate_limited", "max_in_1s", ...}
@@ -147,6 +179,17 @@ Control API (no auth, JSON bodies, never recorded or rate limited):
   GET  /_test/deliveries             webhook delivery attempts
   POST /_test/webhooks/flush         {"timeout_s": 5} wait for pending deliveries
   POST /_test/webhooks/redeliver     {"event": "evt_..."} send again (new t)
+  POST /_test/scheduler/run          Stripe's automation up to the clock's now,
+                                     as a test clock advancing does: every due
+                                     automatic payment attempt (the first one an
+                                     hour after finalization, then Smart Retries),
+                                     oldest first, each at its due time with its
+                                     events (invoice.payment_failed, invoice.paid,
+                                     invoice_payment.paid, ...); invoice.upcoming
+                                     and invoice.overdue once each where due.
+                                     {"attempts": [{invoice, at, outcome,
+                                     attempt_count}], "upcoming": [sub ids],
+                                     "overdue": [invoice ids]}
 """
 
 
@@ -421,6 +464,9 @@ class State:
         self.fixed_now = None
         self.cards = {}  # customer id -> list of behaviours
         self.invoice_pi = {}  # invoice id -> payment intent id
+        self.first_failed = {}  # invoice id -> time of its first failed attempt
+        self.upcoming_sent = set()  # (subscription id, period end) announced
+        self.overdue_sent = set()  # invoice ids announced overdue
         self.events = []  # ids, oldest first
         self.idem = {}  # (api key, idempotency key) -> stored response
         self.in_flight = set()
@@ -439,6 +485,10 @@ class State:
             "webhook_url": None,
             "webhook_secrets": [],
             "webhook_include_v0": False,
+            "smart_retries": True,
+            "retry_schedule_s": list(SMART_RETRY_SCHEDULE_S),
+            "upcoming_renewal_days": 3,
+            "overdue_after_days": 1,
         }
         self.deliveries = []
         self.generation = getattr(self, "generation", 0) + 1
@@ -593,6 +643,13 @@ class State:
     def new_invoice(self, customer, ident=None, created=None, collection_method="charge_automatically",
                     subscription=None, billing_reason="manual", currency="usd"):
         iid = ident or self.new_id("in")
+        obj = self.invoice_object(iid, customer, created, collection_method, subscription, billing_reason,
+                                  currency)
+        return self.store("invoice", obj)
+
+    def invoice_object(self, iid, customer, created=None, collection_method="charge_automatically",
+                       subscription=None, billing_reason="manual", currency="usd"):
+        """A new draft invoice as Stripe renders it; not stored."""
         created = created if created is not None else self.now()
         cus = self.objects[customer]
         obj = {
@@ -654,7 +711,7 @@ class State:
                 "quote_details": None,
                 "subscription_details": {"metadata": {}, "subscription": subscription},
             }
-        return self.store("invoice", obj)
+        return obj
 
     def add_line(self, inv, amount, description, invoice_item=None):
         sub = (inv.get("parent") or {}).get("subscription_details") or {}
@@ -820,6 +877,8 @@ class State:
             if emit:
                 self.emit("charge.succeeded", ch, request=request)
                 self.emit("payment_intent.succeeded", pi, request=request)
+                if ip:
+                    self.emit("invoice_payment.paid", ip, request=request)
                 self.emit("invoice.paid", inv, request=request)
                 self.emit("invoice.payment_succeeded", inv, request=request)
             return None
@@ -852,8 +911,7 @@ class State:
             "payment_method": pm,
         }
         pi.update(status="requires_payment_method", last_payment_error=err)
-        if inv["collection_method"] == "charge_automatically" and inv["status"] == "open":
-            inv["next_payment_attempt"] = at + 3 * 86400
+        self.schedule_retry(inv, outcome, at)
         if emit:
             self.emit("charge.failed", ch, request=request)
             self.emit("payment_intent.payment_failed", pi, request=request)
@@ -873,6 +931,28 @@ class State:
                 "payment_intent": copy.deepcopy(pi),
             },
         )
+
+    def schedule_retry(self, inv, outcome, at):
+        """After a failed attempt: when Stripe will try again by itself.
+
+        Stripe retries only invoices it collects automatically and advances
+        by itself (collection_method charge_automatically, auto_advance
+        true), only while its retries are on, never after a decline it
+        knows to be final, and at most as often as the schedule says;
+        otherwise next_payment_attempt is null."""
+        first = self.first_failed.setdefault(inv["id"], at)
+        inv["next_payment_attempt"] = None
+        if inv["collection_method"] != "charge_automatically" or inv["status"] != "open":
+            return
+        if not inv["auto_advance"] or not self.config["smart_retries"]:
+            return
+        if outcome.get("decline_code") in NON_RETRYABLE_DECLINES or \
+                outcome.get("advice_code") == "do_not_try_again":
+            return
+        schedule = self.config["retry_schedule_s"]
+        done = inv["attempt_count"] - 1  # retries made after the first attempt
+        if done < len(schedule):
+            inv["next_payment_attempt"] = max(first + schedule[done], at + 1)
 
     def mark_paid(self, inv, at):
         inv["amount_paid"] = inv["amount_due"]
@@ -1560,6 +1640,9 @@ def seed_invoice(st, i, emit):
                          subscription=sub_id, billing_reason=reason, currency=i.get("currency", "usd"))
     if sub_id:
         sub["latest_invoice"] = inv["id"]
+    # Stripe advances (and retries) a subscription's automatically charged
+    # invoices by itself; invoices made through the API do not by default.
+    inv["auto_advance"] = bool(i.get("auto_advance", bool(sub_id) and method == "charge_automatically"))
     st.add_line(inv, i.get("amount_due", 1000), i.get("description", "Fake subscription"))
     inv["metadata"] = dict(i.get("metadata", {}))
     if method == "send_invoice":
@@ -1575,6 +1658,8 @@ def seed_invoice(st, i, emit):
         inv["effective_at"] = created
         inv["hosted_invoice_url"] = st.hosted_url(inv)
         inv["invoice_pdf"] = inv["hosted_invoice_url"] + "/pdf"
+        if inv["auto_advance"] and method == "charge_automatically":
+            inv["next_payment_attempt"] = created + 3600  # the first automatic attempt
         for n, outcome in enumerate(outcomes):
             at = attempts[n].get("created", created + n * 86400) if isinstance(attempts[n], dict) else \
                 created + n * 86400
@@ -1591,10 +1676,12 @@ def seed_invoice(st, i, emit):
         inv["status"] = "uncollectible"
         inv["status_transitions"]["marked_uncollectible_at"] = i.get("marked_uncollectible_at", now)
         inv["next_payment_attempt"] = None
+        inv["auto_advance"] = False
     elif status == "void":
         inv["status"] = "void"
         inv["status_transitions"]["voided_at"] = i.get("voided_at", now)
         inv["next_payment_attempt"] = None
+        inv["auto_advance"] = False
     if "next_payment_attempt" in i:
         inv["next_payment_attempt"] = i["next_payment_attempt"]
     if "attempt_count" in i:
@@ -1602,6 +1689,87 @@ def seed_invoice(st, i, emit):
         inv["attempted"] = i["attempt_count"] > 0
     if emit:
         st.emit("invoice.created", inv)
+    return inv
+
+
+# --------------------------------------------------------------------------
+# Stripe's own automation (control API: POST /_test/scheduler/run)
+
+
+def run_scheduler(st):
+    """Do what Stripe does by itself between the last run and the clock's
+    now, as advancing a Stripe test clock does: every automatic payment
+    attempt that fell due, oldest first, each made at its due time (its
+    events carry that time), then invoice.upcoming and invoice.overdue where
+    due, once each. Caller holds st.lock."""
+    now = st.now()
+    saved = st.fixed_now
+    out = {"attempts": [], "upcoming": [], "overdue": []}
+    try:
+        while True:
+            due = [i for i in st.all_of("invoice")
+                   if i["status"] == "open" and i["auto_advance"]
+                   and i["collection_method"] == "charge_automatically"
+                   and i["next_payment_attempt"] is not None and i["next_payment_attempt"] <= now]
+            if not due:
+                break
+            inv = min(due, key=lambda i: (i["next_payment_attempt"], st.seq[i["id"]]))
+            at = inv["next_payment_attempt"]
+            st.fixed_now = at
+            outcome = st.next_card(inv["customer"])
+            if outcome.get("none"):
+                # No payment method to try: Stripe stops retrying.
+                inv["next_payment_attempt"] = None
+                out["attempts"].append({"invoice": inv["id"], "at": at, "outcome": "no_payment_method",
+                                        "attempt_count": inv["attempt_count"]})
+                continue
+            failed = st.attempt(inv, outcome, at=at)
+            out["attempts"].append({"invoice": inv["id"], "at": at, "outcome": "failed" if failed else "paid",
+                                    "attempt_count": inv["attempt_count"]})
+    finally:
+        st.fixed_now = saved
+    days = st.config["upcoming_renewal_days"]
+    for sub in st.all_of("subscription")[::-1]:
+        if days is None or sub["status"] not in ("active", "past_due", "trialing") or \
+                sub["collection_method"] != "charge_automatically":
+            continue
+        item = sub["items"]["data"][0]
+        end = item["current_period_end"]
+        if not end - days * 86400 <= now < end or (sub["id"], end) in st.upcoming_sent:
+            continue
+        st.upcoming_sent.add((sub["id"], end))
+        st.emit("invoice.upcoming", upcoming_invoice(st, sub, item))
+        out["upcoming"].append(sub["id"])
+    after = st.config["overdue_after_days"]
+    for inv in st.all_of("invoice")[::-1]:
+        if after is None or inv["status"] != "open" or inv["collection_method"] != "send_invoice" or \
+                not inv["due_date"] or now < inv["due_date"] + after * 86400 or inv["id"] in st.overdue_sent:
+            continue
+        st.overdue_sent.add(inv["id"])
+        st.emit("invoice.overdue", inv)
+        out["overdue"].append(inv["id"])
+    return out
+
+
+def upcoming_invoice(st, sub, item):
+    """The invoice a subscription will create at its renewal, as
+    invoice.upcoming carries it: a preview that does not exist yet, so it
+    has no id."""
+    end = item["current_period_end"]
+    inv = st.invoice_object("", sub["customer"], created=end, subscription=sub["id"],
+                            billing_reason="upcoming", currency=sub["currency"])
+    del inv["id"]
+    amount = item["price"]["unit_amount"] * item.get("quantity", 1)
+    inv.update(amount_due=amount, amount_remaining=amount, subtotal=amount, total=amount,
+               auto_advance=True, next_payment_attempt=end, period_start=end,
+               period_end=end + 30 * 86400)
+    inv["lines"] = {"object": "list", "has_more": False, "url": "/v1/invoices/upcoming/lines", "data": [{
+        "id": st.new_id("il_tmp"), "object": "line_item", "amount": amount, "currency": sub["currency"],
+        "description": "Fake subscription", "livemode": False, "metadata": {},
+        "period": {"start": end, "end": end + 30 * 86400}, "quantity": 1,
+        "parent": {"type": "subscription_item_details", "invoice_item_details": None,
+                   "subscription_item_details": {"invoice_item": None, "proration": False,
+                                                 "subscription": sub["id"], "subscription_item": item["id"]}}}]}
     return inv
 
 
@@ -1709,6 +1877,10 @@ CONFIG_TYPES = {
     "webhook_url": (str, type(None)),
     "webhook_secrets": (list,),
     "webhook_include_v0": (bool,),
+    "smart_retries": (bool,),
+    "retry_schedule_s": (list,),
+    "upcoming_renewal_days": (int, type(None)),
+    "overdue_after_days": (int, type(None)),
 }
 
 
@@ -2185,6 +2357,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         raise ControlError("webhook_url must be http://127.0.0.1 (or localhost)")
                     if k == "rate_limit_per_s" and v is not None and v < 1:
                         raise ControlError("rate_limit_per_s must be at least 1")
+                    if k == "retry_schedule_s" and (
+                            not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+                            or v != sorted(set(v))):
+                        raise ControlError("retry_schedule_s: positive seconds, strictly increasing")
+                    if k in ("upcoming_renewal_days", "overdue_after_days") and v is not None and v < 0:
+                        raise ControlError("%s must not be negative" % k)
                     if k == "account_api_version" and v not in KNOWN_VERSIONS:
                         raise ControlError("account_api_version: %s is not a Stripe API version" % v)
                     st.config[k] = v
@@ -2202,6 +2380,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return {"faults": [{k: v for k, v in f.items() if k != "rng"} for f in st.faults]}
         if path == "/_test/seed" and method == "POST":
             return seed(st, body)
+        if path == "/_test/scheduler/run" and method == "POST":
+            return run_scheduler(st)
         if path == "/_test/requests":
             if method == "DELETE":
                 st.requests = []

@@ -809,13 +809,15 @@ def test_pay_with_declining_card(fake):
     cid = seed_customer(fake, card={"decline_code": "insufficient_funds", "advice_code": "try_again_later",
                                     "network_advice_code": "24"})
     inv = draft_with_items(fake, cid, collection_method="charge_automatically", days_until_due=None)
-    fake.ok("POST", "/v1/invoices/%s/finalize" % inv)
+    fake.ok("POST", "/v1/invoices/%s/finalize" % inv, {"auto_advance": "true"})
     r = fake.call("POST", "/v1/invoices/%s/pay" % inv)
     assert r.status == 402
     assert r.error["type"] == "card_error" and r.error["code"] == "card_declined"
     assert r.error["decline_code"] == "insufficient_funds"
     got = fake.ok("GET", "/v1/invoices/" + inv)
-    assert got["status"] == "open" and got["attempt_count"] == 1 and got["next_payment_attempt"]
+    # Stripe retries an invoice it advances by itself: the first retry a day on.
+    assert got["status"] == "open" and got["attempt_count"] == 1
+    assert got["next_payment_attempt"] == got["status_transitions"]["finalized_at"] + 86400
     ip = fake.ok("GET", "/v1/invoice_payments", {"invoice": inv})["data"][0]
     assert ip["status"] == "open"
     pi = fake.ok("GET", "/v1/payment_intents/" + ip["payment"]["payment_intent"], {"expand[]": "latest_charge"})
@@ -1059,3 +1061,105 @@ def test_webhooks_are_delivered_signed(fake):
     finally:
         rx.shutdown()
         rx.server_close()
+
+
+# -- Stripe's own automation: Smart Retries, the scheduler, upcoming, overdue --
+
+
+def seed_retried(fake, card, created=1700000000, **inv):
+    """A subscription customer whose invoice failed once, at created."""
+    fake.ctl("POST", "/_test/clock", {"now": created})
+    cid = seed_customer(fake, card=card)
+    fake.ctl("POST", "/_test/seed", {"subscriptions": [{"id": "sub_r", "customer": cid,
+                                                        "status": "past_due"}]})
+    i = dict({"id": "in_r", "customer": cid, "subscription": "sub_r", "created": created,
+              "attempts": [{"decline_code": "insufficient_funds", "created": created}]}, **inv)
+    fake.ctl("POST", "/_test/seed", {"invoices": [i]})
+    return cid
+
+
+def test_smart_retries_only_where_stripe_advances_the_invoice(fake):
+    seed_retried(fake, "insufficient_funds")
+    inv = fake.ok("GET", "/v1/invoices/in_r")
+    assert inv["auto_advance"] is True and inv["next_payment_attempt"] == 1700000000 + 86400
+    # An invoice made through the API does not advance by itself: no retries.
+    cid = seed_customer(fake, card="insufficient_funds")
+    other = draft_with_items(fake, cid, collection_method="charge_automatically", days_until_due=None)
+    fake.ok("POST", "/v1/invoices/%s/finalize" % other)
+    assert fake.call("POST", "/v1/invoices/%s/pay" % other).status == 402
+    assert fake.ok("GET", "/v1/invoices/" + other)["next_payment_attempt"] is None
+    # Retries off for the account: a new failure schedules nothing.
+    fake.ctl("POST", "/_test/config", {"smart_retries": False})
+    fake.ctl("POST", "/_test/seed", {"invoices": [{"id": "in_off", "customer": cid,
+                                                   "attempts": ["insufficient_funds"]}]})
+    assert fake.ok("GET", "/v1/invoices/in_off")["next_payment_attempt"] is None
+
+
+def test_scheduler_runs_due_retries_at_their_time_until_the_schedule_ends(fake):
+    seed_retried(fake, ["insufficient_funds"] * 10)
+    fake.ctl("POST", "/_test/config", {"retry_schedule_s": [86400, 3 * 86400]})
+    # Nothing is due yet: the clock has not moved.
+    assert fake.ctl("POST", "/_test/scheduler/run")["attempts"] == []
+    fake.ctl("POST", "/_test/clock", {"advance": 30 * 86400})
+    out = fake.ctl("POST", "/_test/scheduler/run")
+    # Day 1 and day 3 after the first failure; the schedule ends there.
+    assert [(a["at"] - 1700000000, a["outcome"]) for a in out["attempts"]] == \
+        [(86400, "failed"), (3 * 86400, "failed")]
+    inv = fake.ok("GET", "/v1/invoices/in_r")
+    assert inv["attempt_count"] == 3 and inv["next_payment_attempt"] is None and inv["status"] == "open"
+    failed = [e for e in fake.ok("GET", "/v1/events", {"type": "invoice.payment_failed"})["data"]]
+    assert sorted(e["created"] - 1700000000 for e in failed) == [86400, 3 * 86400]
+    # Nothing more to do, however often it runs.
+    assert fake.ctl("POST", "/_test/scheduler/run")["attempts"] == []
+    # The requests log holds only what a client asked: Stripe's own attempts are not requests.
+    assert fake.requests(path_regex="/pay$") == []
+
+
+def test_scheduler_retry_that_succeeds_emits_the_payment_events(fake):
+    seed_retried(fake, ["ok"])
+    fake.ctl("POST", "/_test/clock", {"advance": 2 * 86400})
+    [a] = fake.ctl("POST", "/_test/scheduler/run")["attempts"]
+    assert a["outcome"] == "paid" and a["at"] == 1700000000 + 86400
+    inv = fake.ok("GET", "/v1/invoices/in_r")
+    assert inv["status"] == "paid" and inv["next_payment_attempt"] is None and inv["auto_advance"] is False
+    types = [e["type"] for e in reversed(fake.ok("GET", "/v1/events", {"limit": "100"})["data"])]
+    assert types == ["charge.succeeded", "payment_intent.succeeded", "invoice_payment.paid",
+                     "invoice.paid", "invoice.payment_succeeded"]
+    ip = fake.ok("GET", "/v1/events", {"type": "invoice_payment.paid"})["data"][0]["data"]["object"]
+    assert ip["object"] == "invoice_payment" and ip["invoice"] == "in_r" and ip["status"] == "paid"
+    assert "customer" not in ip  # an invoice_payment names no customer
+
+
+def test_a_hard_decline_is_not_retried_by_stripe(fake):
+    seed_retried(fake, "lost_card", attempts=[{"decline_code": "lost_card", "created": 1700000000}])
+    assert fake.ok("GET", "/v1/invoices/in_r")["next_payment_attempt"] is None
+
+
+def test_scheduler_announces_upcoming_renewals_and_overdue_invoices(fake):
+    fake.ctl("POST", "/_test/clock", {"now": 1700000000})
+    cid = seed_customer(fake)
+    fake.ctl("POST", "/_test/seed", {"subscriptions": [
+        {"id": "sub_u", "customer": cid, "status": "active", "current_period_end": 1700000000 + 5 * 86400}]})
+    sent = draft_with_items(fake, cid)  # send_invoice, due in 7 days
+    fake.ok("POST", "/v1/invoices/%s/finalize" % sent)
+    out = fake.ctl("POST", "/_test/scheduler/run")
+    assert out["upcoming"] == [] and out["overdue"] == []
+    fake.ctl("POST", "/_test/clock", {"advance": 2 * 86400})  # 3 days before renewal
+    assert fake.ctl("POST", "/_test/scheduler/run")["upcoming"] == ["sub_u"]
+    assert fake.ctl("POST", "/_test/scheduler/run")["upcoming"] == []  # once per period
+    [ev] = fake.ok("GET", "/v1/events", {"type": "invoice.upcoming"})["data"]
+    up = ev["data"]["object"]
+    assert "id" not in up and up["object"] == "invoice" and up["customer"] == cid
+    assert up["billing_reason"] == "upcoming" and up["next_payment_attempt"] == 1700000000 + 5 * 86400
+    assert up["parent"]["subscription_details"]["subscription"] == "sub_u"
+    fake.ctl("POST", "/_test/clock", {"advance": 6 * 86400})  # a day past the due date
+    assert fake.ctl("POST", "/_test/scheduler/run")["overdue"] == [sent]
+    [ev] = fake.ok("GET", "/v1/events", {"type": "invoice.overdue"})["data"]
+    assert ev["data"]["object"]["id"] == sent and ev["data"]["object"]["status"] == "open"
+
+
+def test_bad_scheduler_settings_are_refused(fake):
+    fake.ctl("POST", "/_test/config", {"retry_schedule_s": [3, 2]}, status=400)
+    fake.ctl("POST", "/_test/config", {"retry_schedule_s": [0]}, status=400)
+    fake.ctl("POST", "/_test/config", {"overdue_after_days": -1}, status=400)
+    fake.ctl("POST", "/_test/config", {"smart_retries": "yes"}, status=400)
