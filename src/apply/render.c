@@ -7,7 +7,9 @@
  *     there is one;
  *   - retries_left counts the automatic attempts still scheduled, 0 after a
  *     hard decline or when the schedule is used up, so the last notice
- *     promises no further retry;
+ *     promises no further retry; when Stripe owns the retries it is 1 while
+ *     Stripe has its next attempt scheduled and 0 otherwise, and
+ *     retries_counted is false (Stripe does not say how many follow);
  *   - the next consequence is named with its date only when the policy will
  *     really take it (an upgrade-only delinquency stops at its cap).
  */
@@ -28,7 +30,11 @@ static const struct dun_invoice *find_invoice(const struct dun_state *s, const c
 static int retries_left(const struct dun_policy *p, const struct dun_invoice *inv,
 			const struct dun_invoice_desired *id)
 {
-	if (!inv || !id || id->hard_decline || inv->status != DUN_INVOICE_OPEN)
+	if (!inv || !id || inv->status != DUN_INVOICE_OPEN || id->mark_uncollectible)
+		return 0;
+	if (p->retry_owner == DUN_RETRY_OWNER_STRIPE)
+		return inv->next_payment_attempt_at > 0 ? 1 : 0;
+	if (id->hard_decline)
 		return 0;
 	int made = inv->attempt_count > inv->n_attempts ? inv->attempt_count : inv->n_attempts;
 	int done = made > 0 ? made - 1 : 0;
@@ -183,6 +189,7 @@ void dun_render_vars(const struct dun_email_ctx *ctx, const struct dun_template_
 	if (ctx->invoice_id[0])
 		v->retries_left =
 		    retries_left(ctx->policy, find_invoice(s, ctx->invoice_id), subject_d);
+	v->retries_counted = ctx->policy->retry_owner == DUN_RETRY_OWNER_ENGINE;
 	if (ctx->kind != DUN_EMAIL_RESOLVED && ctx->kind != DUN_EMAIL_BAD_DEBT)
 		v->next_action_at = next_action(ctx, &v->next_action);
 }

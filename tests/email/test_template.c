@@ -54,6 +54,7 @@ static struct dun_email_vars full_vars(void)
 	    .next_action_at = 1773532800, /* 2026-03-15 */
 	    .next_action = "your account will be suspended",
 	    .retries_left = 2,
+	    .retries_counted = true,
 	    .support_email = "billing@example.com",
 	    .exit_reason = "paid",
 	    .voided_invoice = "",
@@ -172,6 +173,33 @@ static void test_mid_schedule_wording(void)
 	/* Nothing is due once resolved: no link, no threat. */
 	CHECK_LACKS(body, "https://");
 	CHECK_LACKS(body, "unpaid on");
+	free(subject);
+	free(body);
+	dun_template_set_destroy(set);
+}
+
+/* Stripe owns the retries: it will try again, but it never says how often. */
+static void test_retries_by_stripe_are_not_counted(void)
+{
+	struct dun_template_set *set = load_set();
+	if (!set)
+		return;
+	struct dun_email_vars v = full_vars();
+	v.retries_left = 1;
+	v.retries_counted = false;
+	static const enum dun_email_kind kinds[] = {DUN_EMAIL_PAYMENT_FAILED, DUN_EMAIL_RESTRICTED,
+						    DUN_EMAIL_SUSPENDED};
+	for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+		char *subject, *body;
+		render(set, kinds[k], &v, &subject, &body);
+		CHECK_LACKS(body, "attempts remaining");
+		CHECK_HAS(body, "automatically");
+		free(subject);
+		free(body);
+	}
+	char *subject, *body;
+	render(set, DUN_EMAIL_PAYMENT_FAILED, &v, &subject, &body);
+	CHECK_HAS(body, "We will try your payment method again automatically. To settle");
 	free(subject);
 	free(body);
 	dun_template_set_destroy(set);
@@ -545,6 +573,7 @@ int main(int argc, char **argv)
 	test_all_kinds_render();
 	test_mid_schedule_wording();
 	test_last_notice();
+	test_retries_by_stripe_are_not_counted();
 	test_empty_pay_url();
 	test_fallbacks();
 	test_money();

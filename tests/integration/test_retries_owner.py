@@ -167,6 +167,10 @@ def test_stripe_owner_stripe_retries_and_the_engine_still_escalates_on_schedule(
     # Everything else happened: emails, bad debt at Stripe, the subscription canceled.
     kinds = [k for (k,) in env.sql("SELECT kind FROM emails WHERE account_id = 'acct_A' ORDER BY id")]
     assert kinds == ["payment_failed", "restricted", "suspended", "bad_debt"], kinds
+    # Stripe will try again, but the engine cannot say how often.
+    [(body,)] = env.sql("SELECT body FROM emails WHERE kind = 'payment_failed'")
+    assert "We will try your payment method again automatically. To settle" in body, body
+    assert "attempts remaining" not in body
     assert got["status"] == "uncollectible"
     assert fake.obj("sub_acct_A")["status"] == "canceled"
     assert [r["status"] for r in fake.requests("/mark_uncollectible$", "POST")] == [200]

@@ -44,6 +44,7 @@
 	X(V_NEXT_ACTION_DATE, "next_action_date") \
 	X(V_NEXT_ACTION, "next_action")           \
 	X(V_RETRIES_LEFT, "retries_left")         \
+	X(V_RETRIES_COUNTED, "retries_counted")   \
 	X(V_SUPPORT_EMAIL, "support_email")       \
 	X(V_PAID, "paid")                         \
 	X(V_WRITTEN_OFF, "written_off")           \
@@ -237,6 +238,8 @@ static bool var_is_true(const struct dun_email_vars *v, enum var_id id)
 		return !is_empty(v->next_action);
 	case V_RETRIES_LEFT:
 		return v->retries_left > 0;
+	case V_RETRIES_COUNTED:
+		return v->retries_counted;
 	case V_SUPPORT_EMAIL:
 		return !is_empty(v->support_email);
 	case V_PAID:
@@ -301,6 +304,9 @@ static void add_var(struct dun_buf *b, const struct dun_email_vars *v, enum var_
 	case V_RETRIES_LEFT:
 		snprintf(tmp, sizeof tmp, "%d", v->retries_left > 0 ? v->retries_left : 0);
 		dun_buf_str(b, tmp);
+		return;
+	case V_RETRIES_COUNTED:
+		add_value(b, v->retries_counted ? "yes" : "");
 		return;
 	case V_SUPPORT_EMAIL:
 		add_value(b, v->support_email);

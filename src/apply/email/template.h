@@ -76,6 +76,12 @@ struct dun_email_vars {
 	int64_t next_action_at;	 /* unix seconds of the next consequence; 0: none */
 	const char *next_action; /* a clause: "your account will be suspended" */
 	int retries_left;	 /* automatic payment retries still scheduled */
+	/*
+	 * Whether retries_left is an exact count: the engine retries. When
+	 * the provider does ([retries] owner = stripe), it says only whether
+	 * it will try again (retries_left 1) or not (0).
+	 */
+	bool retries_counted;
 	const char *support_email;
 	/*
 	 * How the debt ended (the resolved email): "paid" by the customer,
