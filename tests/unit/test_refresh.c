@@ -13,7 +13,8 @@
  * consolidated, never attempted), cost no call; a provider failure, or an
  * answer the mirror cannot fold, leaves the snapshot and the mirror as
  * they were and does not fail the pass; a provider without the op is
- * never asked.
+ * never asked; when Stripe owns the retries, an invoice whose next
+ * automatic attempt was due over an hour ago is read again.
  */
 #include "check.h"
 #include "testdb.h"
@@ -267,6 +268,45 @@ static void test_no_call_when_nothing_is_short(void)
 	teardown(&fx);
 }
 
+/*
+ * Stripe owns the retries and its next attempt was due: the mirror, whose
+ * attempts are all known, has not heard of that attempt. Read it again,
+ * but only past the grace hour, and only when Stripe is the owner.
+ */
+static void test_overdue_provider_attempt_is_refreshed(void)
+{
+	static const struct {
+		enum dun_retry_owner owner;
+		int64_t due_ago_s;
+		int calls;
+	} cases[] = {
+	    {DUN_RETRY_OWNER_STRIPE, 2 * 3600, 1},
+	    {DUN_RETRY_OWNER_STRIPE, 1800, 0},	   /* within the grace hour */
+	    {DUN_RETRY_OWNER_ENGINE, 2 * 3600, 0}, /* Stripe should not be retrying at all */
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct fixture fx;
+		setup(&fx, &script_ops, ANSWER_BASIL);
+		fx.policy.retry_owner = cases[i].owner;
+		fold(fx.db, "{\"object\": \"invoice_payment\", \"invoice\": \"in_r1\","
+			    " \"payment\": {\"payment_intent\": \"pi_r1\"}}");
+		char inv[512];
+		snprintf(inv, sizeof inv,
+			 "{\"id\": \"in_r1\", \"object\": \"invoice\", \"customer\": \"cus_r\","
+			 " \"status\": \"open\", \"amount_due\": 2000, \"amount_remaining\": 2000,"
+			 " \"attempt_count\": 1, \"created\": 1767596400,"
+			 " \"next_payment_attempt\": %lld}",
+			 (long long)(T0 - cases[i].due_ago_s));
+		fold(fx.db, inv);
+		CHECK_INT(dun_engine_evaluate(&fx.en, ACCT, T0), DUN_OK);
+		CHECK_INT(fx.script.calls, cases[i].calls);
+		/* After a refresh the invoice is Stripe's answer (no next attempt). */
+		CHECK_INT(fx.en.snap.state.invoices[0].next_payment_attempt_at,
+			  cases[i].calls ? 0 : T0 - cases[i].due_ago_s);
+		teardown(&fx);
+	}
+}
+
 static void test_which_invoices_are_short(void)
 {
 	struct dun_attempt a;
@@ -304,6 +344,7 @@ int main(void)
 	test_failed_refresh_keeps_the_mirror();
 	test_unfoldable_answer_is_rolled_back();
 	test_no_call_when_nothing_is_short();
+	test_overdue_provider_attempt_is_refreshed();
 	test_which_invoices_are_short();
 	return CHECK_DONE();
 }
