@@ -105,23 +105,31 @@ static bool plain_id(const char *id)
 
 /*
  * Up to RETRY_SAMPLE_MAX open, already attempted, automatically charged
- * invoices of accounts in active mode, newest first, from the mirror.
- * *n_out is how many.
+ * invoices of accounts in active mode that the policy duns (segments it
+ * skips and accounts with the kill switch on are Stripe's alone to retry),
+ * newest first, from the mirror. *n_out is how many.
  */
 static enum dun_err retry_sample(struct dun_db *db, const struct dun_rollout *ro,
-				 struct retry_candidate *out, int *n_out)
+				 const struct dun_policy *policy, struct retry_candidate *out,
+				 int *n_out)
 {
 	*n_out = 0;
 	struct retry_candidate *all = dun_calloc(RETRY_CANDIDATES_MAX, sizeof *all);
 	int n = 0;
 	struct dun_stmt *st = dun_db_stmt(
-	    db, "SELECT i.id, c.account_id FROM p_invoices i JOIN customers c"
-		" ON c.id = i.customer_id WHERE i.status = 'open' AND i.attempt_count > 0"
+	    db, "SELECT i.id, c.account_id, COALESCE(a.segment, 'self_serve'),"
+		" COALESCE(a.kill_switch, 0) FROM p_invoices i JOIN customers c"
+		" ON c.id = i.customer_id LEFT JOIN accounts a ON a.id = c.account_id"
+		" WHERE i.status = 'open' AND i.attempt_count > 0"
 		" AND i.collection_method = 'charge_automatically' AND c.account_id <> ''"
 		" ORDER BY i.created DESC, i.id LIMIT ?1");
 	dun_stmt_bind_int(st, 1, RETRY_CANDIDATES_MAX);
 	enum dun_step rc;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW && n < RETRY_CANDIDATES_MAX) {
+		enum dun_segment seg = DUN_SEGMENT_SELF_SERVE;
+		dun_segment_parse(dun_stmt_col_text(st, 2), &seg);
+		if (policy->skip_segment[seg] || dun_stmt_col_int(st, 3))
+			continue;
 		dun_stmt_col_copy(st, 0, all[n].invoice, sizeof all[n].invoice);
 		dun_stmt_col_copy(st, 1, all[n].account, sizeof all[n].account);
 		n++;
@@ -171,15 +179,15 @@ static int check_retry_owner(const struct dun_config *c, const struct dun_policy
 	}
 	struct retry_candidate sample[RETRY_SAMPLE_MAX];
 	int n_sample = 0;
-	if (retry_sample(db, ro, sample, &n_sample) != DUN_OK) {
+	if (retry_sample(db, ro, policy, sample, &n_sample) != DUN_OK) {
 		dun_cli_error("%s: [database]: cannot read the open invoices: %s", c->path,
 			      dun_db_errmsg(db));
 		return DUN_EX_CONFIG;
 	}
 	if (n_sample == 0) {
 		snprintf(desc, n,
-			 "engine (no open, attempted invoice of an account in active mode to "
-			 "ask Stripe about)");
+			 "engine (no open, attempted invoice of an account in active mode "
+			 "that dunning handles to ask Stripe about)");
 		return DUN_EX_OK;
 	}
 	struct dun_stripe *client = NULL;

@@ -79,6 +79,11 @@ def test_engine_owner_with_stripe_retrying_fails_config_check_naming_the_setting
     # It read the invoice from Stripe, and wrote nothing.
     assert [r["path"] for r in fake.requests("^/v1/invoices/")] == ["/v1/invoices/" + inv]
     assert fake.requests(method="POST") == []
+    # An account the policy never touches is Stripe's alone to retry.
+    env.run("account", "set", "acct_A", "--kill-switch", "on")
+    assert "no open, attempted invoice" in env.run("config", "check").stdout
+    env.run("account", "set", "acct_A", "--kill-switch", "off", "--segment", "enterprise")
+    assert "no open, attempted invoice" in env.run("config", "check").stdout
 
 
 def test_engine_owner_with_stripe_retries_off_passes(env, fake):
