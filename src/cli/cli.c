@@ -302,6 +302,9 @@ static void on_stop_signal(int sig)
 
 static int drain(struct dun_cli *cli, bool quiet);
 
+/* Accounts per drain call: the progress line moves every this many. */
+#define DRAIN_CHUNK 1000
+
 int dun_cli_drain(struct dun_cli *cli, bool quiet)
 {
 	struct sigaction sa, old_term, old_int;
@@ -332,6 +335,7 @@ static int drain(struct dun_cli *cli, bool quiet)
 	struct dun_drain_stats total;
 	memset(&total, 0, sizeof total);
 	int64_t events = 0;
+	bool progress = !quiet && dun_cli_tty();
 	for (int round = 0; round < 1000; round++) {
 		int64_t n = 0;
 		if (cli->sim) {
@@ -345,23 +349,33 @@ static int drain(struct dun_cli *cli, bool quiet)
 			}
 			events += n;
 		}
+		/* In chunks, so a long run shows its progress on a terminal. */
 		struct dun_drain_stats st;
-		enum dun_err e =
-		    dun_worker_drain(&cli->engine, &cfg, worker, dun_clock_now(), 0, &st);
-		if (e != DUN_OK) {
-			dun_cli_error("processing triggers: %s", dun_err_str(e));
-			return dun_cli_exit_code(e);
-		}
-		total.accounts += st.accounts;
-		total.triggers += st.triggers;
-		total.failed += st.failed;
-		total.rechecks_enqueued += st.rechecks_enqueued;
-		total.consequences_applied += st.consequences_applied;
-		total.active += st.active;
-		total.observed += st.observed;
-		if (st.interrupted || (!n && !st.accounts))
+		int64_t worked = 0;
+		do {
+			enum dun_err e = dun_worker_drain(&cli->engine, &cfg, worker,
+							  dun_clock_now(), DRAIN_CHUNK, &st);
+			if (e != DUN_OK) {
+				dun_cli_error("processing triggers: %s", dun_err_str(e));
+				return dun_cli_exit_code(e);
+			}
+			worked += st.accounts;
+			total.accounts += st.accounts;
+			total.triggers += st.triggers;
+			total.failed += st.failed;
+			total.rechecks_enqueued += st.rechecks_enqueued;
+			total.consequences_applied += st.consequences_applied;
+			total.active += st.active;
+			total.observed += st.observed;
+			if (progress && st.accounts == DRAIN_CHUNK)
+				fprintf(stderr, "\rprocessed %lld accounts, %lld failed",
+					(long long)total.accounts, (long long)total.failed);
+		} while (st.accounts == DRAIN_CHUNK && !st.interrupted);
+		if (st.interrupted || (!n && !worked))
 			break;
 	}
+	if (progress && total.accounts >= DRAIN_CHUNK)
+		fputc('\n', stderr);
 	if (!quiet)
 		printf("processed %lld accounts (%lld triggers, %lld rechecks due%s), %lld "
 		       "consequences applied, %lld failed\n",
