@@ -184,20 +184,37 @@ static enum dun_err exec_bind(struct dun_db *db, const char *sql, const char *a,
 	return dun_stmt_done(st);
 }
 
-static char *episode_products(const struct dun_state *s)
+/*
+ * The products a bad-debt episode involves: those of the customer's
+ * subscriptions in the mirror (p_subscriptions.products), comma-separated,
+ * each once; "" when the mirror knows none.
+ */
+static char *episode_products(struct dun_db *db, const struct dun_state *s)
 {
 	size_t cap = 1, len = 0;
-	for (int i = 0; i < s->n_subscriptions; i++)
-		cap += strlen(s->subscriptions[i].id) + 1;
 	char *out = dun_malloc(cap);
 	out[0] = '\0';
-	for (int i = 0; i < s->n_subscriptions; i++) {
-		size_t n = strlen(s->subscriptions[i].id);
-		if (len)
-			out[len++] = ',';
-		memcpy(out + len, s->subscriptions[i].id, n + 1);
-		len += n;
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT products FROM p_subscriptions"
+			    " WHERE customer_id = ?1 AND products <> '' ORDER BY id");
+	dun_stmt_bind_text(st, 1, s->customer_id);
+	while (dun_stmt_row(st)) {
+		const char *list = dun_stmt_col_text(st, 0);
+		for (const char *q = list; q && *q;) {
+			const char *end = strchr(q, ',');
+			size_t n = end ? (size_t)(end - q) : strlen(q);
+			if (n && !dun_list_has(out, q, n)) {
+				out = dun_realloc(out, cap += n + 1);
+				if (len)
+					out[len++] = ',';
+				memcpy(out + len, q, n);
+				len += n;
+				out[len] = '\0';
+			}
+			q = end ? end + 1 : q + n;
+		}
 	}
+	dun_stmt_reset(st);
 	return out;
 }
 
@@ -244,7 +261,7 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 		int64_t amount = 0;
 		for (int i = 0; i < snap->state.n_invoices; i++)
 			amount += d->invoices[i].bad_debt_amount_minor;
-		char *products = episode_products(&snap->state);
+		char *products = episode_products(db, &snap->state);
 		struct dun_stmt *st = dun_db_stmt(
 		    db, "INSERT INTO bad_debt_episodes(account_id, episode,"
 			" entered_at, reason, products, amount_minor) VALUES (?1, ?2, ?3, ?4,"

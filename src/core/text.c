@@ -159,3 +159,17 @@ void dun_strlcpy(char *dst, const char *src, size_t size)
 	memcpy(dst, src, n);
 	dst[n] = '\0';
 }
+
+bool dun_list_has(const char *list, const char *p, size_t n)
+{
+	for (const char *q = list; *q;) {
+		const char *end = strchr(q, ',');
+		size_t len = end ? (size_t)(end - q) : strlen(q);
+		if (len == n && !memcmp(q, p, n))
+			return true;
+		if (!end)
+			break;
+		q = end + 1;
+	}
+	return false;
+}

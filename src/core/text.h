@@ -44,4 +44,7 @@ void dun_text_key_part(struct dun_text *t, const char *s);
 /* Copy src into dst (size bytes), truncating; dst is always terminated. */
 void dun_strlcpy(char *dst, const char *src, size_t size);
 
+/* Whether the comma-separated list has the item p (its first n bytes). */
+bool dun_list_has(const char *list, const char *p, size_t n);
+
 #endif

@@ -357,9 +357,12 @@ enum dun_err dun_sim_create_subscription(struct dun_sim *sim, const char *custom
 {
 	char id[64];
 	new_id(sim, "sub", id, sizeof id);
-	json_t *o =
-	    json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", id, "object", "subscription", "customer",
-		      customer_id, "status", "active", "created", (json_int_t)dun_clock_now());
+	/* One item, the simulator's one product. */
+	json_t *items = json_pack("{s:s, s:[{s:{s:s, s:s}}]}", "object", "list", "data", "price",
+				  "id", "price_sim_monthly", "product", "prod_sim_standard");
+	json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:o}", "id", id, "object", "subscription",
+			      "customer", customer_id, "status", "active", "created",
+			      (json_int_t)dun_clock_now(), "items", items);
 	enum dun_err e = save(sim, o, NULL);
 	if (e == DUN_OK)
 		emit(sim, "customer.subscription.created", o);

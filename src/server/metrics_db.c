@@ -485,12 +485,96 @@ static enum dun_err parity(FILE *out, struct dun_db *db)
 	return DUN_OK;
 }
 
+/*
+ * Bad-debt episodes by product (bad_debt_episodes.products, the products of
+ * the account's subscriptions when it entered): entered, and of those ended.
+ * An episode involving two products counts for each; one whose products are
+ * not known counts as "unknown". The first PRODUCTS_MAX products get a
+ * series of their own, the rest are summed as "other".
+ */
+#define PRODUCTS_MAX 50
+
+struct product_count {
+	char name[96];
+	int64_t entries, exits;
+};
+
+static void count_product(struct product_count *pc, int *n, const char *p, size_t len, bool exited)
+{
+	char name[96];
+	if (!len || len >= sizeof name)
+		snprintf(name, sizeof name, "%s", len ? "other" : "unknown");
+	else
+		memcpy(name, p, len), name[len] = '\0';
+	int i = 0;
+	while (i < *n && strcmp(pc[i].name, name))
+		i++;
+	if (i == *n) {
+		if (*n == PRODUCTS_MAX) {
+			i = PRODUCTS_MAX; /* the "other" slot */
+			snprintf(pc[i].name, sizeof pc[i].name, "other");
+		} else {
+			snprintf(pc[i].name, sizeof pc[i].name, "%s", name);
+			(*n)++;
+		}
+	}
+	pc[i].entries++;
+	pc[i].exits += exited;
+}
+
+static enum dun_err bad_debt_products(FILE *out, struct dun_db *db)
+{
+	struct product_count pc[PRODUCTS_MAX + 1];
+	memset(pc, 0, sizeof pc);
+	int n = 0;
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT products, exited_at > 0 FROM bad_debt_episodes");
+	while (dun_stmt_row(st)) {
+		const char *list = dun_stmt_col_text(st, 0);
+		bool exited = dun_stmt_col_int64(st, 1) != 0;
+		if (!list || !list[0]) {
+			count_product(pc, &n, "", 0, exited);
+			continue;
+		}
+		for (const char *q = list; *q;) {
+			const char *end = strchr(q, ',');
+			size_t len = end ? (size_t)(end - q) : strlen(q);
+			count_product(pc, &n, q, len, exited);
+			q = end ? end + 1 : q + len;
+		}
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	int shown = pc[PRODUCTS_MAX].entries ? PRODUCTS_MAX + 1 : n;
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_bad_debt_product_entries_total", "counter",
+			      "Bad-debt episodes opened, by product involved.");
+	for (int i = 0; i < shown; i++) {
+		fputs("dunning_bad_debt_product_entries_total{product=", f);
+		label(f, pc[i].name);
+		fprintf(f, "} %lld\n", (long long)pc[i].entries);
+	}
+	e = family_close(&fam, out, e);
+	if (e != DUN_OK)
+		return e;
+	f = family_open(&fam, "dunning_bad_debt_product_exits_total", "counter",
+			"Bad-debt episodes ended, by product involved.");
+	for (int i = 0; i < shown; i++) {
+		fputs("dunning_bad_debt_product_exits_total{product=", f);
+		label(f, pc[i].name);
+		fprintf(f, "} %lld\n", (long long)pc[i].exits);
+	}
+	return family_close(&fam, out, DUN_OK);
+}
+
 enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_policy *policy,
 				   int64_t now)
 {
 	enum dun_err e = drift(f, db, now);
 	if (e == DUN_OK)
 		e = bad_debt(f, db);
+	if (e == DUN_OK)
+		e = bad_debt_products(f, db);
 	if (e == DUN_OK)
 		e = money(f, db);
 	if (e == DUN_OK)

@@ -10,6 +10,7 @@
 #include "mirror.h"
 #include "core/model.h"
 #include "core/text.h"
+#include "util/mem.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,22 +130,62 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 	return dun_stmt_done(st);
 }
 
+/*
+ * The products of a subscription's items (items.data[].price.product, an id
+ * or an expanded product; plan.product in older shapes), comma-separated,
+ * each once, in item order. NULL when the object lists no items (an event
+ * that leaves them out keeps what the mirror has).
+ */
+static char *subscription_products(json_t *o)
+{
+	json_t *data = json_object_get(json_object_get(o, "items"), "data");
+	if (!json_is_array(data))
+		return NULL;
+	size_t cap = 1;
+	char *out = dun_malloc(cap);
+	out[0] = '\0';
+	size_t len = 0, i;
+	json_t *item;
+	json_array_foreach(data, i, item)
+	{
+		json_t *price = json_object_get(item, "price");
+		if (!json_is_object(price))
+			price = json_object_get(item, "plan");
+		const char *p = jid(price, "product");
+		size_t n = strlen(p);
+		if (!n || strchr(p, ','))
+			continue;
+		if (dun_list_has(out, p, n))
+			continue;
+		out = dun_realloc(out, cap += n + 1);
+		if (len)
+			out[len++] = ',';
+		memcpy(out + len, p, n + 1);
+		len += n;
+	}
+	return out;
+}
+
 static enum dun_err upsert_subscription(struct dun_db *db, json_t *o, int64_t version,
 					bool *applied)
 {
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "INSERT INTO p_subscriptions(id, customer_id, status, version)"
-			    " VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET"
-			    " status = excluded.status, version = excluded.version"
-			    " WHERE excluded.version > p_subscriptions.version"
-			    " OR (excluded.version = p_subscriptions.version AND"
-			    " excluded.status = 'canceled')");
+	char *products = subscription_products(o);
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "INSERT INTO p_subscriptions(id, customer_id, status, version, products)"
+		" VALUES (?1, ?2, ?3, ?4, COALESCE(?5, '')) ON CONFLICT(id) DO UPDATE SET"
+		" status = excluded.status, version = excluded.version,"
+		" products = COALESCE(?5, p_subscriptions.products)"
+		" WHERE excluded.version > p_subscriptions.version"
+		" OR (excluded.version = p_subscriptions.version AND"
+		" excluded.status = 'canceled')");
 	dun_stmt_bind_text(st, 1, jstr(o, "id"));
 	dun_stmt_bind_text(st, 2, jid(o, "customer"));
 	dun_stmt_bind_text(st, 3, jstr(o, "status"));
 	dun_stmt_bind_int64(st, 4, version);
+	dun_stmt_bind_text(st, 5, products); /* NULL binds NULL: keep what is known */
 	enum dun_err e = dun_stmt_done(st);
 	*applied = e == DUN_OK && dun_db_changes(db) > 0;
+	free(products);
 	return e;
 }
 

@@ -580,9 +580,19 @@ static const char *const migration_12[] = {
     NULL,
 };
 
+/*
+ * Migration 13: the products a subscription bills (its items' prices'
+ * products, comma-separated, as Stripe names them), so a bad-debt episode
+ * can say which products it involves (reports, metrics).
+ */
+static const char *const migration_13[] = {
+    "ALTER TABLE p_subscriptions ADD COLUMN products TEXT NOT NULL DEFAULT ''",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1, migration_2, migration_3, migration_4,	 migration_5,  migration_6,
-    migration_7, migration_8, migration_9, migration_10, migration_11, migration_12,
+    migration_1, migration_2, migration_3,  migration_4,  migration_5,	migration_6,  migration_7,
+    migration_8, migration_9, migration_10, migration_11, migration_12, migration_13,
 };
 
 int dun_schema_count(void)

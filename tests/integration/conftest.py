@@ -308,9 +308,13 @@ class StripeEvents:
                 "metadata": {"account_id": account_id},
                 "invoice_settings": {"default_payment_method": self._id("pm")}}
 
-    def subscription(self, customer, days=0.0):
-        return {"id": self._id("sub"), "object": "subscription", "customer": customer["id"],
-                "status": "active", "created": self.t(days)}
+    def subscription(self, customer, days=0.0, product="prod_pro"):
+        sid = self._id("sub")
+        return {"id": sid, "object": "subscription", "customer": customer["id"],
+                "status": "active", "created": self.t(days),
+                "items": {"object": "list", "data": [
+                    {"id": "si_" + sid, "object": "subscription_item",
+                     "price": {"id": "price_" + product, "object": "price", "product": product}}]}}
 
     def invoice(self, customer, subscription=None, amount=2000, days=0.0,
                 billing_reason="subscription_cycle", status="open", attempt_count=0):

@@ -56,6 +56,12 @@ def test_metric_values_equal_the_scenario_and_the_database(scenario):
     stayed = dun.scalar("SELECT exited_at - entered_at FROM bad_debt_episodes"
                         " WHERE account_id = 'acct_paybd'")
     assert 0 < stayed < 3 * dun.DAY
+    # By product (the subscriptions' items): both episodes involve prod_pro.
+    assert dun.sql("SELECT products FROM bad_debt_episodes") == [("prod_pro",), ("prod_pro",)]
+    assert family(m, "dunning_bad_debt_product_entries_total") == {
+        frozenset({("product", "prod_pro")}): 2}
+    assert family(m, "dunning_bad_debt_product_exits_total") == {
+        frozenset({("product", "prod_pro")}): 1}
     assert value(m, "dunning_bad_debt_duration_seconds_count") == 1
     assert value(m, "dunning_bad_debt_duration_seconds_sum") == stayed
     assert value(m, "dunning_bad_debt_duration_seconds_bucket", le="86400") == \
