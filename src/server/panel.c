@@ -39,6 +39,7 @@
 #include "core/text.h"
 #include "inbox/inbox.h"
 #include "inbox/scan.h"
+#include "report/scans.h"
 #include "server/lane.h"
 #include "server/panel_html.h"
 #include "server/service.h"
@@ -1604,6 +1605,25 @@ static void scan_table(struct dun_buf *b, json_t *scan)
 	}
 }
 
+/*
+ * The last scan recorded in the database (by `dunning scan`, the service or
+ * the panel), in the shape scan_table() shows; NULL when none was recorded
+ * or it cannot be read. It has no examples: only the counts are recorded.
+ */
+static json_t *recorded_scan(struct dun_db *db)
+{
+	struct dun_scan_record r;
+	if (dun_scans_last(db, &r) != DUN_OK || !r.found)
+		return NULL;
+	json_t *per = json_object();
+	for (int c = 0; c < DUN_DRIFT__COUNT; c++)
+		json_object_set_new(per, dun_drift_name((enum dun_drift_class)c),
+				    json_integer(r.per_class[c]));
+	return json_pack("{s:I, s:s, s:I, s:I, s:o, s:[]}", "at", (json_int_t)r.at, "by",
+			 "a recorded scan", "accounts", (json_int_t)r.accounts, "drifting",
+			 (json_int_t)r.drifting, "per_class", per, "examples");
+}
+
 static void page_drift(struct panel_job *job, struct dun_engine_ctx *ctx, json_t *fresh)
 {
 	struct dun_panel *p = job->svc->panel;
@@ -1612,6 +1632,14 @@ static void page_drift(struct panel_job *job, struct dun_engine_ctx *ctx, json_t
 		pthread_mutex_lock(&p->mu);
 		scan = json_incref(p->last_scan);
 		pthread_mutex_unlock(&p->mu);
+	}
+	/* A newer scan recorded since (the CLI's, a cron job's) wins. */
+	json_t *recorded = fresh ? NULL : recorded_scan(ctx->db);
+	if (recorded && (!scan || ji(recorded, "at") > ji(scan, "at"))) {
+		json_decref(scan);
+		scan = recorded;
+	} else {
+		json_decref(recorded);
 	}
 	struct dun_buf b = {0};
 	page_begin(&b, "Drift", job, NULL);
@@ -1623,11 +1651,9 @@ static void page_drift(struct panel_job *job, struct dun_engine_ctx *ctx, json_t
 	if (scan)
 		scan_table(&b, scan);
 	else
-		h(&b, "<p id=\"scan-when\" class=\"dim\">No scan run from the panel since the "
-		      "service started.</p>");
+		h(&b, "<p id=\"scan-when\" class=\"dim\">No scan has been recorded yet.</p>");
 	page_end(&b);
 	json_decref(scan);
-	(void)ctx;
 	reply_html(job->req, 200, &b);
 }
 
@@ -1656,6 +1682,10 @@ static void do_scan(struct panel_job *job, struct dun_engine_ctx *ctx)
 	snprintf(detail, sizeof detail, "%lld of %lld drifting", (long long)r.drifting,
 		 (long long)r.accounts);
 	record_action(ctx->db, job->s.user, "drift_scan", "", detail, "ok");
+	/* Recorded like any scan: /metrics and `dunning report` see it too. */
+	enum dun_err re = dun_scans_record(ctx->db, dun_clock_now(), &r, NULL);
+	if (re != DUN_OK)
+		dun_log(DUN_LOG_WARN, "panel.scan_not_recorded", "error", dun_err_str(re), NULL);
 	struct dun_panel *p = job->svc->panel;
 	pthread_mutex_lock(&p->mu);
 	json_decref(p->last_scan);

@@ -269,6 +269,25 @@ def test_pages_answer(panel):
     assert c.get("/panel/nothing-here")[0] in (404,)
 
 
+def test_drift_page_shows_the_last_recorded_scan(panel, dun):
+    """A scan run elsewhere (the CLI, a cron job) is what the drift page shows
+    until a newer one; a scan run from the panel is recorded like any other."""
+    c = PanelClient(panel)
+    c.login()
+    status, _, body = c.get("/panel/drift")
+    assert status == 200 and "No scan has been recorded yet" in body
+    r = dun.run("scan")  # acct_fine is stuck in bad debt: drifting
+    assert r.rc == 1, r
+    status, _, body = c.get("/panel/drift")
+    assert "a recorded scan" in body and 'id="scan-drifting">1 drifting' in body, body
+    assert re.search(r"<th>stuck_in_bad_debt</th><td>1</td>", body), body
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', body).group(1)
+    scans = dun.scalar("SELECT COUNT(*) FROM drift_scans")
+    status, _, body = c.post("/panel/drift/scan", {"csrf": token})
+    assert status == 200 and 'id="scan-drifting">1 drifting' in body
+    assert dun.scalar("SELECT COUNT(*) FROM drift_scans") == scans + 1
+
+
 def test_users_command(tmp_path):
     f = tmp_path / "users"
     users_add(f, "bob", "a long password")
