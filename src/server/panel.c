@@ -1098,8 +1098,8 @@ static void page_account(struct panel_job *job, struct dun_engine_ctx *ctx)
 					    "attempts",	  "sent_at", NULL};
 	rows_table(&b, "emails", json_object_get(o, "emails"), ecols, "no email", job, false);
 	h(&b, "<h2>Bad-debt episodes</h2>");
-	static const char *const bcols[] = {"episode",	 "entered_at",	"reason", "amount_minor",
-					    "exited_at", "exit_reason", NULL};
+	static const char *const bcols[] = {"episode",	    "entered_at", "reason",	 "products",
+					    "amount_minor", "exited_at",  "exit_reason", NULL};
 	rows_table(&b, "episodes", json_object_get(o, "bad_debt_episodes"), bcols,
 		   "never in bad debt", job, false);
 	h(&b, "</section>");
