@@ -16,20 +16,11 @@ Runs the real binary against the Stripe test server on 127.0.0.1.
 import os
 import signal
 import subprocess
-
-import pytest
 import time
 from collections import defaultdict
 
 from test_stripe_client import (DUNNING, Env, basil_failing_account,  # noqa: F401
-                                fake, fake_server, ingest_fake_events)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def benv(request, tmp_path, fake):
-    """An Env on SQLite, or on a fresh PostgreSQL database."""
-    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
-    return Env(tmp_path, fake, pg=pg)
+                                benv, fake, fake_server, ingest_fake_events)
 
 LEASE_S = 5
 

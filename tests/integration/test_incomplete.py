@@ -14,17 +14,8 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from test_stripe_client import (DAY, DUNNING, Env, basil_failing_account,  # noqa: F401
-                                fake, fake_server, ingest_fake_events)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def benv(request, tmp_path, fake):
-    """An Env on SQLite, or on a fresh PostgreSQL database."""
-    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
-    return Env(tmp_path, fake, pg=pg)
+                                benv, fake, fake_server, ingest_fake_events)
 
 
 def run(env, *args, now=None):

@@ -194,6 +194,14 @@ def env(tmp_path, fake):
     return Env(tmp_path, fake)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def benv(request, tmp_path, fake):
+    """An Env on SQLite, or on a fresh PostgreSQL database (tests that are
+    not about one backend run on both)."""
+    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
+    return Env(tmp_path, fake, pg=pg)
+
+
 def seed_failing_account(fake, account="acct_A", customer="cus_A", n_invoices=1, ids=None,
                          decline="insufficient_funds", events=False):
     """A customer of `account` with an active subscription and failing invoices."""
