@@ -429,7 +429,7 @@ def test_time_travel_restricted_suspended_bad_debt(dun, dun_stripe):
     assert episode["episode"] == 1
     assert episode["amount_minor"] == 2000
     assert episode["exited_at"] == 0
-    assert sub_id in episode["products"]
+    assert episode["products"] == "prod_pro"  # the product its subscription bills
     assert x["dunning"]["bad_debt_episode_open"] is True
     assert x["plan"] == []
     # The provider was told: uncollectible, the amount on the invoice, the flag on the customer.
