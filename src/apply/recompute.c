@@ -267,7 +267,8 @@ static void mark_incomplete(struct dun_engine *en, const char *account_id)
 
 /* record_decision() under the claim: nothing is recorded by a worker that lost it. */
 static enum dun_err record_decision_fenced(struct dun_engine *en, const struct dun_trigger_ref *t,
-					   enum dun_mode mode, const char *outcome, int64_t *id_out)
+					   enum dun_mode mode, const char *outcome, int64_t *id_out,
+					   bool *settled)
 {
 	*id_out = 0;
 	enum dun_err e = dun_db_begin(en->db);
@@ -276,8 +277,14 @@ static enum dun_err record_decision_fenced(struct dun_engine *en, const struct d
 	e = dun_fence_check(en->db, en->applier.fence);
 	if (e == DUN_OK)
 		e = record_decision(en, t, mode, outcome, id_out);
+	if (e == DUN_OK && settled && en->settle) {
+		e = en->settle(en->db, en->settle_arg);
+		*settled = e == DUN_OK;
+	}
 	if (e == DUN_OK)
 		e = dun_db_commit(en->db);
+	if (e != DUN_OK && settled)
+		*settled = false;
 	if (e != DUN_OK) {
 		dun_db_rollback(en->db);
 		*id_out = 0;
@@ -335,11 +342,16 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		if (e == DUN_OK)
 			e = dun_shadow_record(en->db, account_id, &en->plan, out->decision_id,
 					      dun_clock_now(), &n_new);
+		if (e == DUN_OK && en->settle) {
+			e = en->settle(en->db, en->settle_arg);
+			out->settled = e == DUN_OK;
+		}
 		if (e == DUN_OK)
 			e = dun_db_commit(en->db);
 		if (e != DUN_OK) {
 			dun_db_rollback(en->db);
 			out->decision_id = 0;
+			out->settled = false;
 			n_new = 0;
 		}
 		char shadowed[16];
@@ -351,13 +363,14 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	}
 	if (en->plan.n == 0) {
 		const char *outcome = "noop";
-		e = record_decision_fenced(en, trigger, out->mode, outcome, &out->decision_id);
+		e = record_decision_fenced(en, trigger, out->mode, outcome, &out->decision_id,
+					   &out->settled);
 		dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind,
 			"mode", dun_mode_name(out->mode), "outcome", outcome, "stage",
 			dun_stage_name(out->to), NULL);
 		return e;
 	}
-	e = record_decision_fenced(en, trigger, out->mode, "applying", &out->decision_id);
+	e = record_decision_fenced(en, trigger, out->mode, "applying", &out->decision_id, NULL);
 	if (e != DUN_OK)
 		return e;
 	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,
@@ -398,7 +411,8 @@ enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_co
 	out->n_planned = n;
 	out->from = out->to = en->snap.state.stage;
 	struct dun_trigger_ref t = {.id = 0, .kind = kind};
-	enum dun_err e = record_decision_fenced(en, &t, out->mode, "applying", &out->decision_id);
+	enum dun_err e =
+	    record_decision_fenced(en, &t, out->mode, "applying", &out->decision_id, NULL);
 	if (e != DUN_OK)
 		return e;
 	e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan, out->decision_id,

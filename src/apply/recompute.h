@@ -35,6 +35,13 @@ struct dun_engine {
 	 * DUN_E_INCOMPLETE, retryable) and the account is marked incomplete.
 	 */
 	char unread[512];
+	/*
+	 * Settling the trigger (worker.c), run inside the decision's own
+	 * transaction when the recompute writes nothing else (an empty plan,
+	 * observe mode): one commit instead of two. NULL: the caller settles.
+	 */
+	enum dun_err (*settle)(struct dun_db *db, void *arg);
+	void *settle_arg;
 	const char *unread_store; /* "platform" or "provider" */
 };
 
@@ -71,6 +78,7 @@ struct dun_recompute_result {
 	bool skipped;
 	int n_planned;
 	struct dun_apply_result apply;
+	bool settled; /* en->settle ran and committed with the decision */
 };
 
 struct dun_trigger_ref {

@@ -357,19 +357,26 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
  * ?1 the account, ?2 the worker, ?3 now) and release the claim, in one
  * transaction.
  */
+static enum dun_err settle_in_tx(struct dun_db *db, const char *sql, const char *worker_id,
+				 const char *account_id, int64_t now)
+{
+	struct dun_stmt *st = dun_db_stmt(db, sql);
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, worker_id);
+	dun_stmt_bind_int64(st, 3, now);
+	enum dun_err e = dun_stmt_done(st);
+	if (e == DUN_OK)
+		e = dun_fence_release(db, account_id, worker_id);
+	return e;
+}
+
 static enum dun_err settle(struct dun_db *db, const char *sql, const char *worker_id,
 			   const char *account_id, int64_t now)
 {
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK)
 		return e;
-	struct dun_stmt *st = dun_db_stmt(db, sql);
-	dun_stmt_bind_text(st, 1, account_id);
-	dun_stmt_bind_text(st, 2, worker_id);
-	dun_stmt_bind_int64(st, 3, now);
-	e = dun_stmt_done(st);
-	if (e == DUN_OK)
-		e = dun_fence_release(db, account_id, worker_id);
+	e = settle_in_tx(db, sql, worker_id, account_id, now);
 	if (e == DUN_OK)
 		e = dun_db_commit(db);
 	if (e != DUN_OK)
@@ -377,14 +384,21 @@ static enum dun_err settle(struct dun_db *db, const char *sql, const char *worke
 	return e;
 }
 
+#define COMPLETE_SQL                                                \
+	"UPDATE inbox SET state = 'done', attempts = attempts + 1," \
+	" last_error = '', updated_at = ?3 WHERE account_id = ?1"   \
+	" AND state = 'processing' AND claimed_by = ?2"
+
+enum dun_err dun_inbox_complete_in_tx(struct dun_db *db, const char *worker_id,
+				      const char *account_id, int64_t now)
+{
+	return settle_in_tx(db, COMPLETE_SQL, worker_id, account_id, now);
+}
+
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now)
 {
-	return settle(db,
-		      "UPDATE inbox SET state = 'done', attempts = attempts + 1,"
-		      " last_error = '', updated_at = ?3 WHERE account_id = ?1"
-		      " AND state = 'processing' AND claimed_by = ?2",
-		      worker_id, account_id, now);
+	return settle(db, COMPLETE_SQL, worker_id, account_id, now);
 }
 
 enum dun_err dun_inbox_release(struct dun_db *db, const char *worker_id, const char *account_id,

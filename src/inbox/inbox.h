@@ -83,6 +83,9 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 /* The claimed triggers of account_id under worker_id are done; the claim is released. */
 enum dun_err dun_inbox_complete(struct dun_db *db, const char *worker_id, const char *account_id,
 				int64_t now);
+/* The same, in the caller's transaction (one commit with the decision). */
+enum dun_err dun_inbox_complete_in_tx(struct dun_db *db, const char *worker_id,
+				      const char *account_id, int64_t now);
 
 /*
  * The claimed triggers of account_id failed with error. Retryable errors go

@@ -28,6 +28,16 @@ bool dun_worker_stop_requested(void)
 	return stop_requested != 0;
 }
 
+struct settle_arg {
+	const char *worker_id, *account_id;
+};
+
+static enum dun_err settle_in_decision(struct dun_db *db, void *arg)
+{
+	const struct settle_arg *a = arg;
+	return dun_inbox_complete_in_tx(db, a->worker_id, a->account_id, dun_clock_now());
+}
+
 enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbox_config *cfg,
 				    const char *worker_id, const struct dun_inbox_item *item,
 				    struct dun_recompute_result *r, enum dun_err *settle_err)
@@ -41,15 +51,22 @@ enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbo
 	enum dun_err re = dun_fence_renew(en->db, &f);
 	if (re == DUN_OK) {
 		struct dun_trigger_ref t = {.id = item->id, .kind = item->kind};
+		struct settle_arg sa = {worker_id, item->account_id};
 		en->applier.fence = &f;
+		en->settle = settle_in_decision;
+		en->settle_arg = &sa;
 		re = dun_engine_recompute(en, item->account_id, &t, false, r);
 		en->applier.fence = NULL;
+		en->settle = NULL;
+		en->settle_arg = NULL;
 	}
 	if (re == DUN_E_FENCED) {
 		dun_log(DUN_LOG_WARN, "worker.claim_lost", "worker", worker_id, "account",
 			item->account_id, "error", r->apply.error_text, NULL);
 	} else if (re == DUN_OK) {
-		se = dun_inbox_complete(en->db, worker_id, item->account_id, dun_clock_now());
+		if (!r->settled)
+			se = dun_inbox_complete(en->db, worker_id, item->account_id,
+						dun_clock_now());
 	} else {
 		const char *msg = r->apply.error_text[0] ? r->apply.error_text : dun_err_str(re);
 		se = dun_inbox_fail(en->db, cfg, worker_id, item->account_id, dun_clock_now(),
