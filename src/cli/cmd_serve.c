@@ -130,7 +130,9 @@ int dun_cmd_serve(struct dun_cli *cli, int argc, char **argv)
 	if (e != DUN_OK) {
 		dun_cli_error("serve: %s", err[0] ? err : dun_err_str(e));
 		curl_global_cleanup();
-		return DUN_EX_CONFIG;
+		/* A database that is down is not a configuration error: exit 69,
+		 * which a service manager restarts (78 it does not). */
+		return e == DUN_E_UNAVAILABLE ? DUN_EX_UNAVAILABLE : DUN_EX_CONFIG;
 	}
 	if (port_file && !write_port_file(port_file, svc->port)) {
 		dun_cli_error("serve: --port-file %s: %s", port_file, strerror(errno));

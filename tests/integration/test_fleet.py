@@ -190,3 +190,19 @@ def test_postgresql_restarted_under_load(tmp_path, dun_pg):
 
 
 pytestmark = pytest.mark.skipif(not BIN.exists(), reason="dunning is not built")
+
+
+def test_serve_with_the_database_down_exits_69_to_be_restarted(tmp_path, dun_pg):
+    """A replica started while PostgreSQL is unreachable is not misconfigured:
+    it exits 69 (EX_UNAVAILABLE), which its service manager restarts, not 78."""
+    import socket
+    with socket.socket() as sk:  # a port nothing listens on
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    conf = tmp_path / "down.conf"
+    conf.write_text("[server]\nlisten = 127.0.0.1:0\n[database]\n"
+                    "url = postgresql://postgres:secret-pw@127.0.0.1:%d/dunning\n" % port)
+    r = subprocess.run([str(BIN), "serve", "--config", str(conf)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 69, (r.returncode, r.stderr)
+    assert "cannot connect" in r.stderr and "secret-pw" not in r.stderr
