@@ -6,6 +6,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "util/clock.h"
+#include "util/datadir.h"
 #include "util/log.h"
 
 #include <stdlib.h>
@@ -52,12 +53,14 @@ static void usage(FILE *out)
 	    "  --config FILE     the service configuration: database, policy, [provider],\n"
 	    "                    [stripe] and the effects (docs/config.md)\n"
 	    "  --policy FILE     the policy file (default: $DUNNING_POLICY or the built-in\n"
-	    "                    defaults, which policy/default.conf spells out)\n"
-	    "  --templates DIR   email templates (default: $DUNNING_TEMPLATES or the shipped "
-	    "ones)\n"
+	    "                    defaults, which %s/policy/default.conf\n"
+	    "                    spells out)\n"
+	    "  --templates DIR   email templates (default: $DUNNING_TEMPLATES or\n"
+	    "                    %s)\n"
 	    "  --now TIME        fix the clock: unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ\n"
 	    "  -v, --verbose     log every step to stderr\n"
-	    "\n'dunning COMMAND --help' describes one command.\n");
+	    "\n'dunning COMMAND --help' describes one command.\n",
+	    dun_data_dir(), dun_data_templates_dir());
 }
 
 /* Remove argv[i] (and argv[i+1] when takes_value) from the vector. */
@@ -75,7 +78,7 @@ int main(int argc, char **argv)
 	cli.db_path = getenv("DUNNING_DB") ? getenv("DUNNING_DB") : "dunning.db";
 	cli.policy_path = getenv("DUNNING_POLICY");
 	cli.templates_dir =
-	    getenv("DUNNING_TEMPLATES") ? getenv("DUNNING_TEMPLATES") : DUN_DATA_DIR "/templates";
+	    getenv("DUNNING_TEMPLATES") ? getenv("DUNNING_TEMPLATES") : dun_data_templates_dir();
 	cli.support_email = getenv("DUNNING_SUPPORT_EMAIL");
 	cli.pay_bad_debt_url = getenv("DUNNING_PAY_BAD_DEBT_URL");
 	dun_log_set_level(DUN_LOG_WARN);

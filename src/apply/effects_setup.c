@@ -13,6 +13,7 @@
 #include "apply/local.h"
 #include "apply/outbox.h"
 #include "apply/platform_http.h"
+#include "util/datadir.h"
 #include "util/input.h"
 
 #include <stdio.h>
@@ -170,7 +171,7 @@ enum dun_err dun_effects_open(const struct dun_config *cfg, struct dun_db *db, b
 			      struct dun_effects *fx, char *err, size_t err_size)
 {
 	memset(fx, 0, sizeof *fx);
-	const char *dir = cfg->templates_dir[0] ? cfg->templates_dir : DUN_DATA_DIR "/templates";
+	const char *dir = cfg->templates_dir[0] ? cfg->templates_dir : dun_data_templates_dir();
 	enum dun_err e = dun_template_set_load(dir, &fx->templates, err, err_size);
 	if (e != DUN_OK)
 		return e;
