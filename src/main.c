@@ -37,6 +37,7 @@ static const struct dun_command commands[] = {
     {"sync", dun_cmd_sync, "import customers, subscriptions and invoices from Stripe (--config)"},
     {"backfill", dun_cmd_backfill, "replay Stripe's events since a time, like lost webhooks"},
     {"users", dun_cmd_users, "add, change or remove the people who may sign in to the panel"},
+    {"store", dun_cmd_store, "store copy: move a SQLite database into an empty PostgreSQL one"},
 };
 
 static void usage(FILE *out)

@@ -30,5 +30,6 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_sync(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_backfill(struct dun_cli *cli, int argc, char **argv);
 int dun_cmd_users(struct dun_cli *cli, int argc, char **argv);
+int dun_cmd_store(struct dun_cli *cli, int argc, char **argv);
 
 #endif

@@ -214,6 +214,15 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 			db->path);
 		e = DUN_E_NOT_FOUND;
 	}
+	/* A file without a dunning schema, opened only to be read, is not ours. */
+	bool foreign = false;
+	if (e == DUN_OK && how == DUN_DB_READONLY && !dun_db_is_url(path) &&
+	    dun_db_schema_version(db) == 0) {
+		set_err(err, err_size, "%s: not a dunning database (it holds no dunning schema)",
+			path);
+		e = DUN_E_CORRUPT;
+		foreign = true;
+	}
 	if (e == DUN_OK)
 		e = migrate(db, apply && how != DUN_DB_READONLY, err, err_size);
 	if (e == DUN_OK && how == DUN_DB_READONLY &&
@@ -228,7 +237,7 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 		*out = db;
 		return DUN_OK;
 	}
-	if (e == DUN_E_CORRUPT)
+	if (e == DUN_E_CORRUPT && !foreign)
 		set_err(err, err_size,
 			"%s: the file is not a dunning database, or it is corrupt (restore it "
 			"from a backup)",

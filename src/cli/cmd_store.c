@@ -1,0 +1,122 @@
+/*
+ * cmd_store.c — `dunning store copy --from FILE [--to URL]`: move the
+ * embedded SQLite store to PostgreSQL when one machine is no longer enough
+ * (docs/operations.md, "Moving from SQLite to PostgreSQL"). The work is
+ * src/store/copy.c; this file reads the options, prints the per-table
+ * report and turns the outcome into an exit status.
+ */
+#include "commands.h"
+#include "config/config.h"
+#include "store/copy.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: dunning store copy --from FILE [--to postgresql://...]\n\n"
+		     "Copy the SQLite database FILE into an empty PostgreSQL database: the\n"
+		     "schema by the migrations (the same as 'dunning init'), then every table,\n"
+		     "in one transaction. --to defaults to [database] url of --config. FILE\n"
+		     "must have this binary's schema version (run 'dunning --db FILE init' to\n"
+		     "migrate an older one first; a newer one is refused). A target holding any\n"
+		     "row is refused. Before committing, each table's row count and content\n"
+		     "checksum are compared on both sides; anything different commits nothing.\n"
+		     "Stop whatever writes to FILE first: later writes are not copied.\n\n"
+		     "exit status: 0 copied and verified; 1 the copy differed (nothing written);\n"
+		     "65 FILE is not a dunning database or is corrupt; 66 no FILE; 69 PostgreSQL\n"
+		     "does not answer; 78 a bad URL or login, a target that is not empty, or a\n"
+		     "schema version other than this binary's.\n");
+}
+
+static void print_report(const struct dun_copy_report *r, const char *target)
+{
+	printf("%-26s %12s %12s  %s\n", "table", "rows (file)", "rows (pg)", "content");
+	for (int i = 0; i < r->n_tables; i++) {
+		const struct dun_copy_table *t = &r->tables[i];
+		bool same_rows = t->rows_from == t->rows_to;
+		bool same_sum = t->sum_from == t->sum_to;
+		printf("%-26s %12" PRId64 " %12" PRId64 "  %s\n", t->name, t->rows_from, t->rows_to,
+		       same_rows && same_sum ? "same"
+		       : same_rows	     ? "DIFFERS (checksum)"
+					     : "DIFFERS (rows)");
+	}
+	if (r->verified)
+		printf("copied %" PRId64 " rows in %d tables to %s (schema version %d); "
+		       "counts and checksums equal; %d identity columns advanced\n",
+		       r->rows, r->n_tables, target, r->schema_version, r->identities);
+}
+
+static int store_copy(struct dun_cli *cli, int argc, char **argv)
+{
+	static const struct option opts[] = {{"from", required_argument, NULL, 'f'},
+					     {"to", required_argument, NULL, 't'},
+					     {"help", no_argument, NULL, 'h'},
+					     {NULL, 0, NULL, 0}};
+	const char *from = NULL, *to = NULL;
+	int c;
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "f:t:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			from = optarg;
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return DUN_EX_OK;
+		default:
+			return DUN_EX_USAGE;
+		}
+	}
+	if (optind != argc) {
+		dun_cli_error("store copy: unexpected argument \"%s\"", argv[optind]);
+		return DUN_EX_USAGE;
+	}
+	if (!from) {
+		dun_cli_error("store copy: needs --from FILE (the SQLite database to copy)");
+		return DUN_EX_USAGE;
+	}
+	if (!to) {
+		int rc = dun_cli_load_config(cli);
+		if (rc)
+			return rc;
+		if (cli->config && cli->config->db_url[0])
+			to = cli->config->db_url;
+	}
+	if (!to) {
+		dun_cli_error("store copy: needs --to postgresql://... (or --config with a "
+			      "[database] url)");
+		return DUN_EX_USAGE;
+	}
+	char shown[512];
+	dun_db_redact(to, shown, sizeof shown);
+	struct dun_copy_report r;
+	char err[1024] = "";
+	enum dun_err e = dun_store_copy(from, to, &r, err, sizeof err);
+	if (r.n_tables)
+		print_report(&r, shown);
+	dun_copy_report_free(&r);
+	if (e != DUN_OK) {
+		dun_cli_error("store copy: %s", err[0] ? err : dun_err_str(e));
+		if (e == DUN_E_GUARD)
+			return DUN_EX_FAIL;
+		return dun_cli_exit_code(e);
+	}
+	return DUN_EX_OK;
+}
+
+int dun_cmd_store(struct dun_cli *cli, int argc, char **argv)
+{
+	if (argc < 2 || dun_cli_is_help(argv[1])) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? DUN_EX_USAGE : DUN_EX_OK;
+	}
+	if (!strcmp(argv[1], "copy"))
+		return store_copy(cli, argc - 1, argv + 1);
+	dun_cli_error("store: unknown subcommand \"%s\" (see 'dunning store --help')", argv[1]);
+	return DUN_EX_USAGE;
+}
