@@ -19,28 +19,14 @@ import time
 
 import pytest
 
-from conftest import DunPgUrl, dun_pg_query
 from test_serve import BIN, SECRET_A, Serve, failing_account_events, sign_batch
 
 N_ACCOUNTS = int(os.environ.get("DUNNING_FLEET_ACCOUNTS", "150"))
 
 
-class PgServe(Serve):
-    """A `dunning serve` whose store is a PostgreSQL database."""
-
-    def __init__(self, tmp_path, name, pg, url, **sections):
-        super().__init__(tmp_path, name, database={"url": url}, **sections)
-        self.pg = pg
-        self.db = DunPgUrl(url, pg)
-
-    def sql(self, query, *args):
-        con = self.pg.connect(self.db)
-        try:
-            cur = con.cursor()
-            cur.execute(*dun_pg_query(query, args))
-            return [tuple(r) for r in cur.fetchall()]
-        finally:
-            con.close()
+def PgServe(tmp_path, name, pg, url, **sections):
+    """A `dunning serve` whose store is the PostgreSQL database at url."""
+    return Serve(tmp_path, name, db=url, pg=pg, **sections)
 
 
 def population(n):

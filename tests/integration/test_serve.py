@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dun_writes_on
+from conftest import DunPgUrl, dun_pg_query, dun_writes_on
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
@@ -191,21 +191,37 @@ def failing_account_events(account, days_ago=8, reason="lost_card", tag=""):
 # ---- the server ------------------------------------------------------------------
 
 
-class Serve:
-    """One `dunning serve` process with its own config and database."""
+def thread_stacks(pid):
+    """Every thread's stack of a hung process, when gdb is there to say it."""
+    try:
+        r = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                           capture_output=True, text=True, timeout=60)
+        return r.stdout[-12000:]
+    except (OSError, subprocess.TimeoutExpired):
+        return "(no stacks: gdb is not available)"
 
-    def __init__(self, tmp_path, name="serve", db=None, writes=True, **sections):
+
+class Serve:
+    """One `dunning serve` process with its own config and database: a SQLite
+    file in tmp_path, or with pg (a DunPgCluster) a PostgreSQL database, a new
+    one unless db names one (then db is its URL)."""
+
+    def __init__(self, tmp_path, name="serve", db=None, writes=True, pg=None, **sections):
         self.writes = writes
         self.dir = Path(tmp_path)
         self.name = name
-        self.db = Path(db) if db else self.dir / f"{name}.db"
+        self.pg = pg
+        if pg is not None:
+            self.db = DunPgUrl(str(db) if db else pg.create(), pg)
+        else:
+            self.db = Path(db) if db else self.dir / f"{name}.db"
         self.conf = self.dir / f"{name}.conf"
         self.port_file = self.dir / f"{name}.port"
         self.log_path = self.dir / f"{name}.log"
         cfg = {
             "server": {"listen": "127.0.0.1:0", "workers": "2", "poll_ms": "50",
                        "body_max_bytes": "65536", "group_commit_max": "64"},
-            "database": {"path": str(self.db)},
+            "database": {"url": str(self.db)} if pg is not None else {"path": str(self.db)},
             "stripe": {"webhook_secrets": f"{SECRET_A}, {SECRET_B}"},
             "admin": {"token": TOKEN},
             "inbox": {"lease_s": "5", "backoff_base_s": "1", "backoff_max_s": "2"},
@@ -260,9 +276,10 @@ class Serve:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = thread_stacks(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"serve did not stop on SIGTERM:\n{self.logs()}")
+            raise AssertionError(f"serve did not stop on SIGTERM:\n{self.logs()}\n{stacks}")
         self.log.close()
         return rc
 
@@ -331,18 +348,36 @@ class Serve:
         return self.account(account)["dunning"]["stage"]
 
     def sql(self, query, *args):
+        """Rows of query (SQLite's ? parameters) on either store."""
+        if self.pg is not None:
+            con = self.pg.connect(self.db)
+            try:
+                cur = con.cursor()
+                cur.execute(*dun_pg_query(query, args))
+                rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+                con.commit()
+                return rows
+            finally:
+                con.close()
         con = sqlite3.connect(self.db, timeout=30)
         try:
-            return con.execute(query, args).fetchall()
+            rows = con.execute(query, args).fetchall()
+            con.commit()
+            return rows
         finally:
             con.close()
 
 
 @pytest.fixture
-def serve(tmp_path):
+def serve(request, tmp_path, dun_backend):
+    """A maker of `dunning serve` processes on the test's backend (the test
+    runs on SQLite and on PostgreSQL); stopped with SIGTERM at the end."""
     started = []
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
 
     def make(name="serve", start=True, **sections):
+        if pg is not None:
+            sections.setdefault("pg", pg)
         s = Serve(tmp_path, name, **sections)
         started.append(s)
         return s.start() if start else s
@@ -700,10 +735,7 @@ def test_admin_events_list_and_retry(serve):
     for p in failing_account_events("acct_dead", days_ago=2):
         assert s.deliver(p)[0] == 200
     s.wait_idle()
-    con = sqlite3.connect(s.db, timeout=30)
-    con.execute("DELETE FROM accounts WHERE id = 'acct_dead'")
-    con.commit()
-    con.close()
+    s.sql("DELETE FROM accounts WHERE id = 'acct_dead'")
     t = now() - DAY
     late = event("evt_cf_late", "charge.failed", t,
                  charge_failed("ch_late", "cus_acct_dead", "in_acct_dead", t))
@@ -736,7 +768,7 @@ def test_admin_events_list_and_retry(serve):
     assert s.json("POST", "/events/abc/retry")[0] == 404
 
 
-def test_pay_bad_debt_returns_the_invoice(tmp_path, serve):
+def test_pay_bad_debt_returns_the_invoice(tmp_path, serve, dun_backend, request):
     db = tmp_path / "demo.db"
     account = None
     for seed in range(1, 8):
@@ -750,7 +782,13 @@ def test_pay_bad_debt_returns_the_invoice(tmp_path, serve):
             account = row[0]
             break
     assert account, "no demo population reached bad debt"
-    s = serve(database={"path": str(db)})
+    if dun_backend == "postgresql":  # the demo's database, moved as an operator would
+        url = request.getfixturevalue("dun_pg").create("demo")
+        subprocess.run([str(BIN), "store", "copy", "--from", str(db), "--to", url],
+                       capture_output=True, check=True)
+        s = serve(db=url)
+    else:
+        s = serve(database={"path": str(db)})
     s.wait_idle(timeout=60)
     status, body = s.json("POST", f"/accounts/{account}/pay-bad-debt")
     if status == 409:
@@ -1032,10 +1070,9 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, serve):
     print(f"kill -9 after {len(acked)} of {len(payloads)} events were acknowledged")
 
     # Every acknowledged event is durable.
-    con = sqlite3.connect(s.db)
-    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    stored = {r[0] for r in con.execute("SELECT id FROM events_raw")}
-    con.close()
+    if s.pg is None:
+        assert s.sql("PRAGMA integrity_check") == [("ok",)]
+    stored = {r[0] for r in s.sql("SELECT id FROM events_raw")}
     missing = acked - stored
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
 

@@ -9,8 +9,6 @@ has been learnt, and an event whose learning fails is not stored either
 of the batch are stored and learnt.
 """
 
-import sqlite3
-
 from test_serve import (  # noqa: F401  (serve and node_signer are fixtures)
     DAY,
     charge_failed,
@@ -28,6 +26,19 @@ def sim_row(s, object_id):
     return rows[0] if rows else None
 
 
+def poison(s):
+    """Make the store refuse to learn the customer cus_poison."""
+    if s.pg is not None:
+        s.sql("CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+              " IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned'; END IF;"
+              " RETURN NEW; END $$")
+        s.sql("CREATE TRIGGER poison BEFORE INSERT ON sim_objects FOR EACH ROW"
+              " EXECUTE FUNCTION poison()")
+    else:
+        s.sql("CREATE TRIGGER poison BEFORE INSERT ON sim_objects WHEN NEW.id = 'cus_poison'"
+              " BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+
+
 def test_an_acknowledged_webhook_has_been_learnt(serve):
     s = serve()
     for p in failing_account_events("acct_learn", days_ago=2):
@@ -37,10 +48,7 @@ def test_an_acknowledged_webhook_has_been_learnt(serve):
     assert sim_row(s, "in_acct_learn") == ("invoice", "cus_acct_learn", "")
     assert sim_row(s, "ch_in_acct_learn") == ("charge", "cus_acct_learn", "")
     # A redelivery is a duplicate: nothing is learnt again.
-    con = sqlite3.connect(s.db, timeout=30)
-    con.execute("UPDATE sim_objects SET behavior = '=ok' WHERE id = 'cus_acct_learn'")
-    con.commit()
-    con.close()
+    s.sql("UPDATE sim_objects SET behavior = '=ok' WHERE id = 'cus_acct_learn'")
     t = now() - 2 * DAY
     dup = event("evt_cf_in_acct_learn", "charge.failed", t,
                 charge_failed("ch_in_acct_learn", "cus_acct_learn", "in_acct_learn", t))
@@ -59,10 +67,7 @@ def test_a_card_set_explicitly_is_not_overwritten(serve):
     s = serve()
     t = now() - DAY
     assert s.deliver(customer_created("acct_told", "cus_told", t))[0] == 200
-    con = sqlite3.connect(s.db, timeout=30)
-    con.execute("UPDATE sim_objects SET behavior = 'insufficient_funds' WHERE id = 'cus_told'")
-    con.commit()
-    con.close()
+    s.sql("UPDATE sim_objects SET behavior = 'insufficient_funds' WHERE id = 'cus_told'")
     p = event("evt_cf_told", "charge.failed", t,
               charge_failed("ch_told", "cus_told", "in_told", t, reason="lost_card"))
     assert s.deliver(p)[0] == 200
@@ -74,11 +79,7 @@ def test_a_failed_learning_stores_nothing_of_that_event(serve):
     s = serve()
     t = now() - DAY
     # The store refuses to learn one customer.
-    con = sqlite3.connect(s.db, timeout=30)
-    con.execute("CREATE TRIGGER poison BEFORE INSERT ON sim_objects WHEN NEW.id = 'cus_poison'"
-                " BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
-    con.commit()
-    con.close()
+    poison(s)
     bad = customer_created("acct_poison", "cus_poison", t)
     good = customer_created("acct_fine", "cus_fine", t)
     results = s.deliver_all([bad, good])
@@ -90,10 +91,10 @@ def test_a_failed_learning_stores_nothing_of_that_event(serve):
     assert sim_row(s, "cus_poison") is None
     assert sim_row(s, "cus_fine") == ("customer", "cus_fine", "=ok")
     # Delivered again once the store accepts it: stored and learnt.
-    con = sqlite3.connect(s.db, timeout=30)
-    con.execute("DROP TRIGGER poison")
-    con.commit()
-    con.close()
+    if s.pg is not None:
+        s.sql("DROP TRIGGER poison ON sim_objects")
+    else:
+        s.sql("DROP TRIGGER poison")
     status, body = s.deliver(bad)
     assert status == 200 and body["duplicate"] is False
     assert sim_row(s, "cus_poison") == ("customer", "cus_poison", "=ok")
