@@ -49,7 +49,8 @@ static int usage(FILE *out)
 }
 
 /* Open the database read-only in spirit: never created, never migrated. */
-static int check_db(const struct dun_config *c, struct dun_db **db, char *desc, size_t n)
+static int check_db(const struct dun_config *c, struct dun_db **db, char *desc, size_t n,
+		    bool *exists)
 {
 	char err[512] = "";
 	if (!dun_db_is_url(c->db_path) && access(c->db_path, F_OK) != 0) {
@@ -71,6 +72,16 @@ static int check_db(const struct dun_config *c, struct dun_db **db, char *desc, 
 		return DUN_EX_CONFIG;
 	}
 	int have = dun_db_schema_version(*db), want = dun_db_schema_latest();
+	if (have == 0) {
+		/* An empty database (a new PostgreSQL one, an empty file): nothing to
+		 * read yet; the rest is checked against an empty schema. */
+		snprintf(desc, n, "%s (empty; serve creates the schema)", dun_db_path(*db));
+		dun_db_close(*db);
+		*db = NULL;
+		*exists = false;
+		return dun_db_open(":memory:", db, err, sizeof err) == DUN_OK ? DUN_EX_OK
+									      : DUN_EX_SOFTWARE;
+	}
 	if (have < want)
 		snprintf(desc, n, "%s (schema %d; serve migrates it to %d)", dun_db_path(*db), have,
 			 want);
@@ -297,13 +308,16 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	struct dun_db *db = NULL;
 	char db_desc[4200];
 	bool db_exists = dun_db_is_url(c->db_path) || access(c->db_path, F_OK) == 0;
-	int rc = check_db(c, &db, db_desc, sizeof db_desc);
+	int rc = check_db(c, &db, db_desc, sizeof db_desc, &db_exists);
 	if (rc)
 		return rc;
 	struct dun_rollout ro;
 	char rollout_desc[600] = "";
 	enum dun_err e = dun_rollout_load(db, &ro);
-	if (e == DUN_OK)
+	if (e != DUN_OK)
+		snprintf(err, sizeof err, "[database]: cannot read the rollout state: %s",
+			 dun_db_errmsg(db));
+	else
 		e = dun_rollout_check_expected(db, c->rollout_mode, c->rollout_percent, err,
 					       sizeof err);
 	if (e != DUN_OK) {

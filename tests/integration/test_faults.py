@@ -20,7 +20,7 @@ import time
 import urllib.error
 from collections import Counter
 
-from test_stripe_client import (API_KEY, DAY, DUNNING, Env, fake,  # noqa: F401
+from test_stripe_client import (API_KEY, DAY, DUNNING, fake, make_env,  # noqa: F401
                                 fake_server)
 
 N_ACCOUNTS = int(os.environ.get("DUNNING_FAULT_ACCOUNTS", "18"))
@@ -96,14 +96,14 @@ def deliver_new_events(env, fake, seen, now):
     run(env, "ingest", str(path), "--no-work", now=now, rc=0)
 
 
-def month(tmp_path, fake, faults):
+def month(tmp_path, fake, faults, make_env):
     fake.ctl("POST", "/_test/reset")
     fake.config(api_key=API_KEY)
     t0 = fake.now()
     fake.ctl("POST", "/_test/clock", {"now": t0})
     seed(fake, N_ACCOUNTS)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    env = Env(tmp_path, fake)
+    env = make_env(tmp_path)
     env.write_config(max_retries=1, timeout_ms=5000)
     with open(env.cfg, "a") as f:
         f.write("[inbox]\nmax_attempts = 60\nbackoff_base_s = 30\nbackoff_max_s = %d\n" % SLICE_S)
@@ -159,11 +159,11 @@ def fake_end_state(env, fake):
             "charges_per_customer": dict(charges)}
 
 
-def test_twenty_percent_stripe_faults_end_in_the_fault_free_state(tmp_path, fake):
-    _env, clean, _ = month(tmp_path / "clean", fake, faults=False)
+def test_twenty_percent_stripe_faults_end_in_the_fault_free_state(tmp_path, fake, make_env):
+    _env, clean, _ = month(tmp_path / "clean", fake, False, make_env)
     stages = Counter(a["stage"] for a in clean["accounts"].values())
     assert stages["bad_debt"] and stages["none"], stages  # the scenario reaches both ends
-    _env, faulty, (retrying_seen, failed_runs) = month(tmp_path / "faulty", fake, faults=True)
+    _env, faulty, (retrying_seen, failed_runs) = month(tmp_path / "faulty", fake, True, make_env)
     # The faults did bite: recomputes failed and were retried.
     assert failed_runs > 0 and retrying_seen > 0
     for a in clean["accounts"]:

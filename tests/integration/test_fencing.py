@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 
 from test_stripe_client import (DUNNING, Env, basil_failing_account,  # noqa: F401
-                                benv, fake, fake_server, ingest_fake_events)
+                                env, fake, fake_server, ingest_fake_events)
 
 LEASE_S = 5
 
@@ -63,8 +63,7 @@ def applied_decisions(env):
                    " GROUP BY account_id ORDER BY account_id")
 
 
-def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(benv, fake):
-    env = benv
+def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(env, fake):
     lease_config(env)
     accounts = ["acct_F%d" % i for i in range(5)]
     for a in accounts:
@@ -115,8 +114,7 @@ def test_a_stalled_drain_writes_nothing_after_its_accounts_were_taken_over(benv,
     assert "0 drifting" in scan.stdout, (scan.stdout, env.run("explain", "acct_F0", now=later).stdout)
 
 
-def test_a_future_now_cannot_take_live_claims(benv, fake):
-    env = benv
+def test_a_future_now_cannot_take_live_claims(env, fake):
     lease_config(env)
     basil_failing_account(fake, account="acct_N")
     ingest_fake_events(env, fake)

@@ -15,7 +15,7 @@ import os
 import subprocess
 
 from test_stripe_client import (DAY, DUNNING, Env, basil_failing_account,  # noqa: F401
-                                benv, fake, fake_server, ingest_fake_events)
+                                env, fake, fake_server, ingest_fake_events)
 
 
 def run(env, *args, now=None):
@@ -26,8 +26,7 @@ def run(env, *args, now=None):
                           env=dict(os.environ, STRIPE_API_KEY=""))
 
 
-def test_a_failed_refresh_decides_nothing_and_is_retried(benv, fake):
-    env = benv
+def test_a_failed_refresh_decides_nothing_and_is_retried(env, fake):
     inv, _first = basil_failing_account(fake)
     ingest_fake_events(env, fake)
     fake.fault(path_regex="^/v1/invoices/" + inv + "$", method="GET", status=500, count=-1)

@@ -21,7 +21,6 @@ Uses the conftest fixtures (`dun`, `dun_stripe`); servers on 127.0.0.1.
 """
 
 import json
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -157,24 +156,19 @@ def test_processing_max_from_the_policy_file(dun, dun_stripe):
 
 # ---- the re-read from the provider (Stripe, against the fake) -------------------
 
-from test_stripe_client import (DAY, Env, basil_failing_account,  # noqa: E402,F401
+from test_stripe_client import (DAY, basil_failing_account, make_env,  # noqa: E402,F401
                                 fake, fake_server, ingest_fake_events)
 
 
 def put_processing_marker(env, pi, inv, created):
     """What payment_intent.processing left in the mirror; its outcome webhook is lost."""
-    con = sqlite3.connect(str(env.db), timeout=30)
-    try:
-        con.execute("INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-                    " version) VALUES (?, ?, ?, ?, 'processing', ?)",
-                    (pi + ":processing", inv, pi, created, created))
-        con.commit()
-    finally:
-        con.close()
+    env.sql("INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
+            " version) VALUES (?, ?, ?, ?, 'processing', ?)",
+            pi + ":processing", inv, pi, created, created)
 
 
-def test_a_payment_in_flight_is_read_again_after_processing_recheck_after(tmp_path, fake):
-    env = Env(tmp_path, fake)
+def test_a_payment_in_flight_is_read_again_after_processing_recheck_after(tmp_path, fake, make_env):
+    env = make_env(tmp_path)
     inv, first = basil_failing_account(fake, declines=("insufficient_funds",))
     ingest_fake_events(env, fake)
     [pi] = [ip["payment"]["payment_intent"] for ip in
@@ -192,11 +186,8 @@ def test_a_payment_in_flight_is_read_again_after_processing_recheck_after(tmp_pa
     assert x["invoices"][0]["processing"] is True, json.dumps(x["invoices"], indent=1)
     # In flight for four days: the recompute reads the payment again. Stripe
     # says it failed; the hold is over and dunning starts on the real outcome.
-    con = sqlite3.connect(str(env.db), timeout=30)
-    con.execute("UPDATE p_attempts SET created = ?1, version = ?1 WHERE status = 'processing'",
-                (now - 4 * DAY,))
-    con.commit()
-    con.close()
+    env.sql("UPDATE p_attempts SET created = ?1, version = ?1 WHERE status = 'processing'",
+            now - 4 * DAY)
     fake.clear_requests()
     env.run("recompute", "acct_A")
     reads = [r["path"] for r in fake.requests() if r["method"] == "GET"]

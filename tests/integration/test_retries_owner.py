@@ -26,10 +26,10 @@ from test_serve import SECRET_A, Serve
 from test_stripe_client import (  # noqa: F401 (fixtures)
     API_KEY,
     DAY,
-    Env,
     env,
     fake,
     fake_server,
+    make_env,
     seed_failing_account,
 )
 
@@ -95,8 +95,8 @@ def test_engine_owner_with_stripe_retries_off_passes(env, fake):
     assert "retries     engine (Stripe retries none of 1 open invoice of active accounts" in out, out
 
 
-def test_observing_beside_stripes_retries_is_normal(tmp_path, fake):
-    env = Env(tmp_path, fake, writes=False)
+def test_observing_beside_stripes_retries_is_normal(tmp_path, fake, make_env):
+    env = make_env(tmp_path, writes=False)
     env.run("init")  # observe at 0%, as a new installation
     seed_failing_account(fake)
     env.run("sync")
@@ -223,10 +223,12 @@ def test_stripe_owner_a_lost_outcome_webhook_is_found_after_stripes_attempt(env,
 # The intake answers 200 to every event Stripe's automation emits
 
 
-def test_the_intake_answers_200_to_what_stripes_automation_emits(tmp_path, fake):
+def test_the_intake_answers_200_to_what_stripes_automation_emits(tmp_path, fake, request,
+                                                                 dun_backend):
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
     policy = tmp_path / "policy.conf"
     policy.write_text("[retries]\nowner = stripe\n")
-    s = Serve(tmp_path, provider={"kind": "stripe"}, policy={"file": str(policy)},
+    s = Serve(tmp_path, pg=pg, provider={"kind": "stripe"}, policy={"file": str(policy)},
               stripe={"api_key": API_KEY, "api_base": fake.base})
     s.start()
     try:

@@ -7,11 +7,11 @@ Uses the Stripe test server and the Env helper of test_stripe_client.py.
 
 import json
 
-from test_stripe_client import Env, fake, fake_server, seed_failing_account  # noqa: F401
+from test_stripe_client import fake, fake_server, make_env, seed_failing_account  # noqa: F401
 
 
-def test_new_database_sync_and_work_send_no_write_to_stripe(tmp_path, fake):  # noqa: F811
-    env = Env(tmp_path, fake, writes=False)
+def test_new_database_sync_and_work_send_no_write_to_stripe(tmp_path, fake, make_env):  # noqa: F811
+    env = make_env(tmp_path, writes=False)
     env.run("init")
     seed_failing_account(fake, "acct_A", "cus_A")
     seed_failing_account(fake, "acct_B", "cus_B")
@@ -38,12 +38,12 @@ def test_new_database_sync_and_work_send_no_write_to_stripe(tmp_path, fake):  # 
     assert fake.obj("in_acct_B_0")["status"] == "open"
 
 
-def test_parity_against_stripes_own_dunning(tmp_path, fake):  # noqa: F811
+def test_parity_against_stripes_own_dunning(tmp_path, fake, make_env):  # noqa: F811
     """Stripe Billing dunned these accounts itself (a retry a day after the
     failure, then on day 30 the invoice marked uncollectible and the
     subscription cancelled); the engine observed beside it. The report
     reconstructs Stripe's actions from its event history."""
-    env = Env(tmp_path, fake, writes=False)
+    env = make_env(tmp_path, writes=False)
     env.run("init")
     for a in ("acct_A", "acct_B", "acct_C"):
         seed_failing_account(fake, a, "cus_" + a[-1])

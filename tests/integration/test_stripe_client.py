@@ -184,22 +184,26 @@ class Env:
                 con.close()
         con = sqlite3.connect(str(self.db))
         try:
-            return con.execute(query, params).fetchall()
+            rows = con.execute(query, params).fetchall()
+            con.commit()
+            return rows
         finally:
             con.close()
 
 
 @pytest.fixture
-def env(tmp_path, fake):
-    return Env(tmp_path, fake)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def benv(request, tmp_path, fake):
+def env(request, tmp_path, fake, dun_backend):
     """An Env on SQLite, or on a fresh PostgreSQL database (tests that are
     not about one backend run on both)."""
-    pg = request.getfixturevalue("dun_pg") if request.param == "postgresql" else None
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
     return Env(tmp_path, fake, pg=pg)
+
+
+@pytest.fixture
+def make_env(request, fake, dun_backend):
+    """A maker of Envs on the test's backend: make_env(tmp_path, writes=...)."""
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
+    return lambda tmp_path, **kw: Env(tmp_path, fake, pg=pg, **kw)
 
 
 def seed_failing_account(fake, account="acct_A", customer="cus_A", n_invoices=1, ids=None,
