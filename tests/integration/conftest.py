@@ -589,6 +589,65 @@ def dun_observe(request, tmp_path, dun_backend):
     return _dun_for(request, tmp_path, dun_backend, False)
 
 
+def dun_query(db, sql, *args):
+    """Rows of sql (SQLite's ? parameters) on a database of either store: a
+    SQLite file's path, or a DunPgUrl. Committed: sql may write."""
+    if isinstance(db, DunPgUrl):
+        con = db.pg.connect(db)
+        try:
+            cur = con.cursor()
+            cur.execute(*dun_pg_query(sql, args))
+            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+            con.commit()
+            return rows
+        finally:
+            con.close()
+    con = sqlite3.connect(str(db), timeout=30)
+    try:
+        rows = con.execute(sql, args).fetchall()
+        con.commit()
+        return rows
+    finally:
+        con.close()
+
+
+def dun_db_line(db):
+    """The [database] line of a config naming db: a URL or a file's path."""
+    return ("url = %s" if isinstance(db, DunPgUrl) else "path = %s") % db
+
+
+def dun_db_exists(db):
+    return db.exists() if isinstance(db, DunPgUrl) else Path(db).exists()
+
+
+@pytest.fixture
+def dun_new_db(request, tmp_path, dun_backend):
+    """A maker of empty databases on the test's backend: dun_new_db("name") is
+    a SQLite file in tmp_path or a new PostgreSQL database (a DunPgUrl)."""
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
+
+    def make(name):
+        return DunPgUrl(pg.create(name), pg) if pg else tmp_path / ("%s.db" % name)
+    return make
+
+
+def dun_copy_db(src, dst):
+    """The SQLite database src copied into dst: a file (SQLite's backup API,
+    the WAL included) or an empty PostgreSQL database (`dunning store copy`)."""
+    if isinstance(dst, DunPgUrl):
+        r = subprocess.run([str(DUN_BINARY), "store", "copy", "--from", str(src), "--to", dst],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return
+    a = sqlite3.connect(str(src))
+    b = sqlite3.connect(str(dst))
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.fixture
 def dun_stripe():
     """A builder of Stripe-format objects and events on the DUN_T0 timeline."""

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DunPgUrl, dun_pg_query, dun_writes_on
+from conftest import DunPgUrl, dun_db_exists, dun_db_line, dun_query, dun_writes_on
 from platform_server import Platform
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
@@ -78,26 +78,6 @@ def binary():
                     % (DUNNING, BUILD))
 
 
-def db_exists(db):
-    return db.exists() if isinstance(db, DunPgUrl) else Path(db).exists()
-
-
-def db_line(db):
-    """The [database] line of a config naming db: a URL or a file's path."""
-    return ("url = %s" if isinstance(db, DunPgUrl) else "path = %s") % db
-
-
-@pytest.fixture
-def new_db(request, tmp_path, dun_backend):
-    """A maker of empty databases on the test's backend: new_db("name") is a
-    SQLite file in tmp_path or a new PostgreSQL database (a DunPgUrl)."""
-    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
-
-    def make(name):
-        return DunPgUrl(pg.create(name), pg) if pg else tmp_path / ("%s.db" % name)
-    return make
-
-
 def dunning(*args, config=None, db=None, now=None, timeout=120, env=None):
     cmd = [str(DUNNING)]
     if config:
@@ -109,7 +89,7 @@ def dunning(*args, config=None, db=None, now=None, timeout=120, env=None):
     cmd += [str(a) for a in args]
     # A new database writes nothing: turn writes on before its first use
     # (`demo` builds its own database and does it itself).
-    if db and not db_exists(db) and args and args[0] != "demo" and \
+    if db and not dun_db_exists(db) and args and args[0] != "demo" and \
             not any(str(a) in ("-h", "--help") for a in args):
         dun_writes_on(db)
     e = dict(os.environ)
@@ -129,7 +109,7 @@ def demo(db, accounts, days, config=None):
 
 def write_config(path, db, smtp_port=None, platform_url=None, endpoints=None,
                  platform_timeout_ms=2000, templates=None, extra=""):
-    lines = ["[database]", db_line(db)]
+    lines = ["[database]", dun_db_line(db)]
     if templates:
         lines += ["[policy]", "templates = %s" % templates]
     if smtp_port:
@@ -147,25 +127,7 @@ def write_config(path, db, smtp_port=None, platform_url=None, endpoints=None,
     return path
 
 
-def query(db, sql, *args):
-    """Rows of sql (SQLite's ? parameters) on either store."""
-    if isinstance(db, DunPgUrl):
-        con = db.pg.connect(db)
-        try:
-            cur = con.cursor()
-            cur.execute(*dun_pg_query(sql, args))
-            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
-            con.commit()
-            return rows
-        finally:
-            con.close()
-    con = sqlite3.connect(str(db), timeout=30)
-    try:
-        rows = con.execute(sql, args).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
+query = dun_query
 
 
 class DbLock:
@@ -227,9 +189,9 @@ def deliver_until_empty(config, db, attempts=30):
     raise AssertionError("still pending after %d runs:\n%s" % (attempts, "\n".join(out[-3:])))
 
 
-def test_platform_down_recomputes_wait_then_everything_delivered_in_order(new_db, tmp_path):
+def test_platform_down_recomputes_wait_then_everything_delivered_in_order(dun_new_db, tmp_path):
     platform = Platform().start()
-    db = new_db("p")
+    db = dun_new_db("p")
     cfg = write_config(tmp_path / "p.ini", db, platform_url=platform.url)
     # 200 accounts through 40 days of dunning; every recompute reads the
     # platform, and nothing is delivered yet: GATHER sees the calls waiting
@@ -301,9 +263,9 @@ def test_platform_down_recomputes_wait_then_everything_delivered_in_order(new_db
     assert query(db, "SELECT COUNT(*) FROM platform_outbox WHERE state <> 'sent'")[0][0] == 0
 
 
-def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(new_db, tmp_path):
+def test_platform_5xx_retried_4xx_dead_and_slow_does_not_block(dun_new_db, tmp_path):
     platform = Platform()
-    db = new_db("q")
+    db = dun_new_db("q")
     cfg = write_config(tmp_path / "q.ini", db, platform_url=platform.url,
                        platform_timeout_ms=1000)
     platform.start()
@@ -434,9 +396,9 @@ def assert_exactly_once(box, db, keys_before):
     return len(received)
 
 
-def test_smtp_exactly_once_when_worker_killed_and_restarted(new_db, tmp_path, smtp):
+def test_smtp_exactly_once_when_worker_killed_and_restarted(dun_new_db, tmp_path, smtp):
     box, port = smtp
-    db = new_db("k")
+    db = dun_new_db("k")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "k.ini", db, smtp_port=port)
@@ -470,12 +432,12 @@ def test_smtp_exactly_once_when_worker_killed_and_restarted(new_db, tmp_path, sm
     assert box.message_ids().count(mid) == 1
 
 
-def test_smtp_the_one_remaining_window_repeats_the_same_message_id(new_db, tmp_path, smtp):
+def test_smtp_the_one_remaining_window_repeats_the_same_message_id(dun_new_db, tmp_path, smtp):
     """docs/email.md, "The crash windows": the server accepted a message and
     the worker died before recording it. The restart sends it again — with
     the same Message-ID, which is what lets a deduplicating relay drop it."""
     box, port = smtp
-    db = new_db("x")
+    db = dun_new_db("x")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "x.ini", db, smtp_port=port)
@@ -519,9 +481,9 @@ def test_smtp_the_one_remaining_window_repeats_the_same_message_id(new_db, tmp_p
     assert {st for _mid, st in new.values()} == {"sent"}
 
 
-def test_smtp_exactly_once_with_two_workers_at_once(new_db, tmp_path, smtp):
+def test_smtp_exactly_once_with_two_workers_at_once(dun_new_db, tmp_path, smtp):
     box, port = smtp
-    db = new_db("w")
+    db = dun_new_db("w")
     demo(db, 1500, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "w.ini", db, smtp_port=port)
@@ -544,13 +506,13 @@ def test_smtp_exactly_once_with_two_workers_at_once(new_db, tmp_path, smtp):
     assert sum(done) > 0, outs
 
 
-def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(new_db, tmp_path, smtp):
+def test_smtp_exactly_once_when_a_second_engine_takes_over_a_stalled_one(dun_new_db, tmp_path, smtp):
     """Two engines at once while A is stuck in the middle of sending. B's
     clock (--now) is past A's lease, but claims are timed by the wall clock:
     B takes none of A's live accounts or email claims. Every key gets one
     message. (A real takeover after a lease ran out is test_fencing.py.)"""
     box, port = smtp
-    db = new_db("s")
+    db = dun_new_db("s")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "s.ini", db, smtp_port=port)
@@ -587,9 +549,9 @@ def planned_email(db, now):
     raise AssertionError("no account plans an email at %s" % now)
 
 
-def test_smtp_legacy_system_claims_first(new_db, tmp_path, smtp):
+def test_smtp_legacy_system_claims_first(dun_new_db, tmp_path, smtp):
     box, port = smtp
-    db = new_db("l")
+    db = dun_new_db("l")
     demo(db, 300, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "l.ini", db, smtp_port=port)
@@ -623,8 +585,8 @@ def test_smtp_legacy_system_claims_first(new_db, tmp_path, smtp):
     assert Counter(box.message_ids()) == Counter(mid for mid, _st in new.values())
 
 
-def test_email_preview_renders_and_writes_nothing(new_db, tmp_path):
-    db = new_db("v")
+def test_email_preview_renders_and_writes_nothing(dun_new_db, tmp_path):
+    db = dun_new_db("v")
     demo(db, 200, 20)
     acct, key, kind = planned_email(db, LATER)
     before = query(db, "SELECT COUNT(*), COALESCE(MAX(created_at), 0) FROM emails")
@@ -697,9 +659,9 @@ def verify(header, raw, tolerance=300):
     return hmac.compare_digest(expected, parts.get("v1", "")) and abs(time.time() - t) <= tolerance
 
 
-def test_outcome_events_signed_retried_and_deduplicable(new_db, tmp_path):
+def test_outcome_events_signed_retried_and_deduplicable(dun_new_db, tmp_path):
     receiver = Receiver(fail_first=1)
-    db = new_db("e")
+    db = dun_new_db("e")
     cfg = write_config(tmp_path / "e.ini", db, endpoints=[receiver.url])
     try:
         demo(db, 100, 40, config=cfg)
@@ -778,9 +740,9 @@ def auth_smtp():
     controller.stop()
 
 
-def test_config_check_catches_bad_effects(new_db, tmp_path, smtp, auth_smtp):
+def test_config_check_catches_bad_effects(dun_new_db, tmp_path, smtp, auth_smtp):
     _box, port = smtp
-    db = new_db("c")
+    db = dun_new_db("c")
     good = write_config(tmp_path / "good.ini", db, smtp_port=port)
     r = config_check(good)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -816,10 +778,10 @@ def test_config_check_catches_bad_effects(new_db, tmp_path, smtp, auth_smtp):
                   "clear text"))
     # Event endpoints without a secret, and a malformed endpoint.
     (tmp_path / "c7.ini").write_text("[database]\n%s\n[events]\nendpoints = "
-                                     "http://127.0.0.1:9/hook\n" % db_line(db))
+                                     "http://127.0.0.1:9/hook\n" % dun_db_line(db))
     cases.append((tmp_path / "c7.ini", "secret"))
     (tmp_path / "c8.ini").write_text("[database]\n%s\n[events]\nendpoints = "
-                                     "hook.example.com\nsecret = %s\n" % (db_line(db), SECRET))
+                                     "hook.example.com\nsecret = %s\n" % (dun_db_line(db), SECRET))
     cases.append((tmp_path / "c8.ini", "[events] endpoints"))
     for cfg, needle in cases:
         r = config_check(cfg)

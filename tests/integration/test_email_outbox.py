@@ -25,7 +25,6 @@ import email
 import email.policy
 import os
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+
+from conftest import dun_copy_db, dun_db_line, dun_query
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 
@@ -69,28 +70,13 @@ def dunning(*args, config=None, db=None, now=None, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def query(db, sql, *args):
-    con = sqlite3.connect(str(db), timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
-def copy_db(src, dst):
-    """A consistent copy through SQLite's backup API (the WAL included)."""
-    a = sqlite3.connect(str(src))
-    b = sqlite3.connect(str(dst))
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
+query = dun_query
+copy_db = dun_copy_db
 
 
 def write_config(path, db, port):
     path.write_text("\n".join([
-        "[database]", "path = %s" % db,
+        "[database]", dun_db_line(db),
         "[email]", "transport = smtp", "smtp_url = smtp://127.0.0.1:%d" % port,
         "smtp_from = billing@example.com", "smtp_tls = none", "smtp_timeout_ms = 3000",
     ]) + "\n")
@@ -168,8 +154,8 @@ def demo_db(tmp_path_factory):
     return db
 
 
-def test_smtp_down_for_a_week(tmp_path, demo_db):
-    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+def test_smtp_down_for_a_week(dun_new_db, tmp_path, demo_db):
+    a_db, b_db = dun_new_db("a"), dun_new_db("b")
     copy_db(demo_db, a_db)
     copy_db(demo_db, b_db)
     keys_before = {k for (k,) in query(a_db, "SELECT key FROM emails")}
@@ -239,8 +225,8 @@ def test_smtp_down_for_a_week(tmp_path, demo_db):
     assert Counter(a_box.messages) == received
 
 
-def test_refused_recipient_is_dead_and_does_not_block(tmp_path, demo_db):
-    db = tmp_path / "r.db"
+def test_refused_recipient_is_dead_and_does_not_block(dun_new_db, tmp_path, demo_db):
+    db = dun_new_db("r")
     copy_db(demo_db, db)
     # A few accounts in dunning have a mailbox the relay refuses for good.
     port = free_port()
@@ -254,12 +240,9 @@ def test_refused_recipient_is_dead_and_does_not_block(tmp_path, demo_db):
                                            " LIMIT 3")]
         assert victims
         for a in victims:
-            con = sqlite3.connect(str(db), timeout=30)
-            con.execute("UPDATE accounts SET email = 'reject@example.org' WHERE id = ?", (a,))
-            con.execute("UPDATE p_customers SET email = 'reject@example.org'"
-                        " WHERE account_id = ?", (a,))
-            con.commit()
-            con.close()
+            query(db, "UPDATE accounts SET email = 'reject@example.org' WHERE id = ?", a)
+            query(db, "UPDATE p_customers SET email = 'reject@example.org'"
+                      " WHERE account_id = ?", a)
         for now in WEEK[1:]:
             r = dunning("work", config=cfg, now=now)
             assert r.returncode == 0, r.stdout + r.stderr
@@ -276,10 +259,10 @@ def test_refused_recipient_is_dead_and_does_not_block(tmp_path, demo_db):
     assert shown.returncode == 0 and "dead" in shown.stdout
 
 
-def test_serve_delivers_queued_email_when_the_relay_returns(tmp_path, demo_db):
+def test_serve_delivers_queued_email_when_the_relay_returns(dun_new_db, tmp_path, demo_db):
     """`dunning serve`'s email thread: what `work` queued while the relay was
     down goes out once the relay is back, each email once, with gauges."""
-    db = tmp_path / "s.db"
+    db = dun_new_db("s")
     copy_db(demo_db, db)
     port = free_port()
     cfg = write_config(tmp_path / "s.ini", db, port)
