@@ -392,6 +392,8 @@ DUN_SQLITE_ONLY = {
     "test_rollout.py::test_parity_over_60_days_finds_exactly_the_planted_disagreements",
     # loads a SQLite dump made by the previous release's binary
     "test_release_upgrade.py::test_an_upgraded_database_sends_none_of_its_emails_again",
+    # SQLite's file on a full disk
+    "test_hostile_clients.py::test_readyz_fails_while_the_disk_is_full_and_recovers",
 }
 
 

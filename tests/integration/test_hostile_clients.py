@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DunPgUrl, dun_db_line
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
 if not BUILD.is_absolute():
@@ -131,10 +133,10 @@ def closed_by_peer(sock, timeout):
 class Server:
     """One `dunning serve`, optionally started through a wrapper command."""
 
-    def __init__(self, tmp_path, db_dir=None, wrap=None, **server):
+    def __init__(self, tmp_path, db_dir=None, wrap=None, pg=None, **server):
         self.dir = Path(tmp_path)
         self.db_dir = Path(db_dir) if db_dir else self.dir
-        self.db = self.db_dir / "hostile.db"
+        self.db = DunPgUrl(pg.create("hostile"), pg) if pg else self.db_dir / "hostile.db"
         self.conf = self.dir / "hostile.conf"
         self.port_file = self.dir / "hostile.port"
         self.log_path = self.dir / "hostile.log"
@@ -143,7 +145,7 @@ class Server:
         opts.update({k: str(v) for k, v in server.items()})
         self.conf.write_text(
             "[server]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
-            + f"[database]\npath = {self.db}\n[stripe]\nwebhook_secrets = {SECRET}\n"
+            + f"[database]\n{dun_db_line(self.db)}\n[stripe]\nwebhook_secrets = {SECRET}\n"
             + f"[admin]\ntoken = {TOKEN}\n")
         self.wrap = wrap or []
         self.proc = None
@@ -224,10 +226,14 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(request, tmp_path, dun_backend):
+    """A maker of `dunning serve` processes on the test's backend."""
     started = []
+    pg = request.getfixturevalue("dun_pg") if dun_backend == "postgresql" else None
 
     def make(**kw):
+        if pg is not None:
+            kw.setdefault("pg", pg)
         s = Server(tmp_path, **kw)
         started.append(s)
         return s.start()

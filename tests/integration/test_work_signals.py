@@ -30,8 +30,8 @@ def assert_nothing_stuck(db):
     assert query(db, "SELECT COUNT(*) FROM emails WHERE state = 'sending'") == [(0,)]
 
 
-def test_sigterm_during_the_drain(tmp_path):
-    db = tmp_path / "t.db"
+def test_sigterm_during_the_drain(tmp_path, dun_new_db):
+    db = dun_new_db("t")
     demo(db, 1500, 20)
     cfg = write_config(tmp_path / "t.ini", db)
     before = query(db, "SELECT COUNT(*) FROM decisions")[0][0]
@@ -62,9 +62,9 @@ def test_sigterm_during_the_drain(tmp_path):
     assert " 0 drifting" in r.stdout, r.stdout
 
 
-def test_sigint_while_sending_email(tmp_path, smtp):
+def test_sigint_while_sending_email(tmp_path, smtp, dun_new_db):
     box, port = smtp
-    db = tmp_path / "e.db"
+    db = dun_new_db("e")
     demo(db, 600, 20)
     keys_before = {k for (k,) in query(db, "SELECT key FROM emails")}
     cfg = write_config(tmp_path / "e.ini", db, smtp_port=port)
