@@ -157,6 +157,8 @@ enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const 
 	dun_stmt_reset(st);
 	if (e != DUN_OK)
 		return e;
+	if (ins && not_before <= now)
+		dun_db_notify_inbox(db); /* idle workers of every process, at COMMIT */
 	if (inserted)
 		*inserted = ins;
 	if (!id_out)
@@ -505,6 +507,8 @@ enum dun_err dun_inbox_enqueue_due_rechecks(struct dun_db *db, int64_t now, int 
 	e = dun_stmt_done(st);
 	if (n_out)
 		*n_out += dun_db_changes(db);
+	if (e == DUN_OK && n_out && *n_out > 0)
+		dun_db_notify_inbox(db);
 	return e;
 }
 

@@ -19,6 +19,15 @@
  * is queued or committing: during a burst the recomputes run in the gaps
  * and catch up afterwards; the triggers are durable in the inbox meanwhile.
  *
+ * Across processes (PostgreSQL), a trigger one replica stores must wake
+ * the idle workers of all of them without each polling hard: the pool
+ * keeps one more connection that LISTENs on the inbox channel, and every
+ * commit that stored a trigger due now NOTIFYs it (in the COMMIT's round
+ * trip, store/db.h). The listener thread wakes the pool on each
+ * notification; poll_ms stays only as the timer for triggers that come
+ * due later (backoffs, rechecks). A lost listening connection is
+ * re-established with backoff; until then the timer still drains.
+ *
  * A worker that hits a store error (e.g. the database is locked for longer
  * than the busy timeout) logs it and tries again after poll_ms; it never
  * exits on its own, so /readyz's "workers running" means "not stopped".
@@ -27,6 +36,7 @@
 #include "inbox/worker.h"
 #include "inbox/inbox.h"
 #include "server/engine_ctx.h"
+#include "store/db.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
@@ -61,6 +71,9 @@ struct dun_workers {
 	bool stopping;	  /* guarded by mu */
 	_Atomic int running;
 	_Atomic int64_t last_recheck_ms;
+	struct dun_db *listen_db; /* NULL where the store cannot listen (SQLite) */
+	pthread_t listener;
+	bool listener_started;
 };
 
 static bool stopping(struct dun_workers *p)
@@ -178,6 +191,62 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/* Wake the pool on every notification of a new trigger (see the top). */
+static void *listener_main(void *arg)
+{
+	struct dun_workers *p = arg;
+	bool down = false;
+	while (!stopping(p)) {
+		int rc = dun_db_wait_inbox(p->listen_db, 250);
+		if (rc > 0) {
+			if (down)
+				dun_log(DUN_LOG_INFO, "workers.listen_restored", NULL);
+			down = false;
+			dun_workers_wake(p);
+		} else if (rc < 0) {
+			if (!down)
+				dun_log(DUN_LOG_WARN, "workers.listen_lost", "error",
+					dun_db_errmsg(p->listen_db), NULL);
+			down = true;
+			struct timespec ts = {.tv_sec = 0, .tv_nsec = 250 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+	}
+	return NULL;
+}
+
+/* Start the listener where the store can listen; a failure is not fatal
+ * (the workers still poll), but it is said. */
+static void start_listener(struct dun_workers *p)
+{
+	char err[512] = "";
+	struct dun_db *db = NULL;
+	if (!dun_db_is_url(p->cfg->db_path))
+		return; /* SQLite: one service per file; its threads wake each other */
+	if (dun_db_open_nomigrate(p->cfg->db_path, &db, err, sizeof err) != DUN_OK) {
+		dun_log(DUN_LOG_WARN, "workers.listen_failed", "error", err, NULL);
+		return;
+	}
+	if (!dun_db_can_listen(db)) {
+		dun_db_close(db);
+		return;
+	}
+	if (dun_db_listen_inbox(db, err, sizeof err) != DUN_OK) {
+		dun_log(DUN_LOG_WARN, "workers.listen_failed", "error", err, NULL);
+		dun_db_close(db);
+		return;
+	}
+	p->listen_db = db;
+	if (pthread_create(&p->listener, NULL, listener_main, p) != 0) {
+		dun_log(DUN_LOG_WARN, "workers.listen_failed", "error",
+			"cannot start the listener thread", NULL);
+		dun_db_close(db);
+		p->listen_db = NULL;
+		return;
+	}
+	p->listener_started = true;
+}
+
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
 			       const char *role, dun_workers_settled_fn settled,
@@ -224,6 +293,7 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 		}
 		w->started = true;
 	}
+	start_listener(p);
 	*out = p;
 	return DUN_OK;
 }
@@ -249,6 +319,9 @@ void dun_workers_stop(struct dun_workers *p)
 	p->stopping = true;
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	if (p->listener_started)
+		pthread_join(p->listener, NULL);
+	dun_db_close(p->listen_db);
 	for (int i = 0; i < p->n; i++) {
 		if (p->w[i].started)
 			pthread_join(p->w[i].thread, NULL);

@@ -396,6 +396,31 @@ int64_t dun_db_cache_misses(struct dun_db *db)
 	return db->drv->cache_misses(db);
 }
 
+void dun_db_notify_inbox(struct dun_db *db)
+{
+	if (db->drv->notify_inbox)
+		db->drv->notify_inbox(db);
+}
+
+bool dun_db_can_listen(const struct dun_db *db)
+{
+	return db->drv->listen_inbox != NULL;
+}
+
+enum dun_err dun_db_listen_inbox(struct dun_db *db, char *err, size_t err_size)
+{
+	if (!db->drv->listen_inbox) {
+		set_err(err, err_size, "%s cannot listen for notifications", db->drv->name);
+		return DUN_E_UNSUPPORTED;
+	}
+	return db->drv->listen_inbox(db, err, err_size);
+}
+
+int dun_db_wait_inbox(struct dun_db *db, int timeout_ms)
+{
+	return db->drv->wait_inbox ? db->drv->wait_inbox(db, timeout_ms) : -1;
+}
+
 void dun_db_busy_fine(struct dun_db *db)
 {
 	db->drv->busy_fine(db);

@@ -154,6 +154,20 @@ void dun_db_checkpoint(struct dun_db *db);
 /* Pages the store had to read from disk since the last call; -1 where unknown. */
 int64_t dun_db_cache_misses(struct dun_db *db);
 
+/*
+ * New triggers, told across processes (PostgreSQL's LISTEN/NOTIFY on one
+ * channel; nothing on SQLite, where the service's own threads wake each
+ * other). dun_db_notify_inbox: whoever listens is woken when the current
+ * transaction commits (at once outside one); it costs no round trip of
+ * its own. dun_db_listen_inbox: false where the store cannot listen.
+ * dun_db_wait_inbox: 1 woken (or reconnected: something may have been
+ * missed), 0 timed out, -1 the connection is down (retried next call).
+ */
+void dun_db_notify_inbox(struct dun_db *db);
+bool dun_db_can_listen(const struct dun_db *db);
+enum dun_err dun_db_listen_inbox(struct dun_db *db, char *err, size_t err_size);
+int dun_db_wait_inbox(struct dun_db *db, int timeout_ms);
+
 /* Settings: small key/value pairs (mode, rollout percentage, ...). */
 enum dun_err dun_db_setting_get(struct dun_db *db, const char *key, char *out, size_t out_size,
 				bool *found);

@@ -64,6 +64,17 @@ struct dun_db_driver {
 					   size_t err_size);
 	void (*busy_fine)(struct dun_db *db);
 	int64_t (*cache_misses)(struct dun_db *db);
+	/*
+	 * Wake-ups across processes, or NULL where one process is the norm
+	 * (SQLite): notify_inbox tells every listener at the next COMMIT (at once
+	 * outside a transaction); listen_inbox subscribes this connection;
+	 * wait_inbox waits up to timeout_ms for a notification: 1 woken (or the
+	 * connection was re-established and notifications may have been missed),
+	 * 0 none, -1 the connection is down.
+	 */
+	void (*notify_inbox)(struct dun_db *db);
+	enum dun_err (*listen_inbox)(struct dun_db *db, char *err, size_t err_size);
+	int (*wait_inbox)(struct dun_db *db, int timeout_ms);
 	/* Statements of dun_db_relax_durability / _checkpoint_manual / _checkpoint, or NULL. */
 	const char *relax_durability_sql;
 	const char *checkpoint_manual_sql;

@@ -30,6 +30,8 @@
 #include "util/mem.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <poll.h>
 #include <libpq-fe.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,8 +63,13 @@ struct pg_conn {
 	int generation; /* bumped by every reconnect: prepared statements are gone */
 	int next_name;
 	bool in_tx;
-	bool tx_lost; /* the connection dropped inside the open transaction */
+	bool tx_lost;	     /* the connection dropped inside the open transaction */
+	bool notify_pending; /* NOTIFY the inbox channel with the next COMMIT */
+	bool listening;	     /* this connection LISTENs on the inbox channel */
 };
+
+/* The channel new triggers are announced on (dun_db_notify_inbox). */
+#define INBOX_CHANNEL "dunning_inbox"
 
 enum bind_kind { BIND_NONE, BIND_TEXT, BIND_INT, BIND_DOUBLE };
 
@@ -777,8 +784,14 @@ static enum dun_err pg_commit(struct dun_db *db)
 		p->in_tx = false;
 		return DUN_E_IO;
 	}
-	PGresult *r = PQexec(p->c, "COMMIT");
+	/* The notification rides in the COMMIT's round trip; PostgreSQL sends it
+	 * to the listeners only if the transaction commits. */
+	bool notify = p->notify_pending;
+	p->notify_pending = false;
+	PGresult *r = PQexec(p->c, notify ? "NOTIFY " INBOX_CHANNEL "; COMMIT" : "COMMIT");
 	enum dun_err e = check_result(p, r);
+	if (e != DUN_OK && !conn_lost(p) && PQtransactionStatus(p->c) != PQTRANS_IDLE)
+		PQclear(PQexec(p->c, "ROLLBACK")); /* the NOTIFY failed: COMMIT never ran */
 	/* COMMIT of an aborted transaction "succeeds" with the tag ROLLBACK. */
 	if (e == DUN_OK && !strcmp(PQcmdStatus(r), "ROLLBACK")) {
 		note_error(p, "the transaction was aborted by an earlier error and rolled back");
@@ -795,10 +808,74 @@ static enum dun_err pg_commit(struct dun_db *db)
 static void pg_rollback(struct dun_db *db)
 {
 	struct pg_conn *p = pc(db);
+	p->notify_pending = false;
 	if (!p->tx_lost && PQtransactionStatus(p->c) != PQTRANS_IDLE)
 		PQclear(PQexec(p->c, "ROLLBACK"));
 	p->in_tx = false;
 	p->tx_lost = false;
+}
+
+static void pg_notify_inbox(struct dun_db *db)
+{
+	struct pg_conn *p = pc(db);
+	if (pg_in_transaction(db))
+		p->notify_pending = true;
+	else
+		PQclear(PQexec(p->c, "NOTIFY " INBOX_CHANNEL)); /* a wake-up: best effort */
+}
+
+static enum dun_err pg_listen_inbox(struct dun_db *db, char *err, size_t err_size)
+{
+	struct pg_conn *p = pc(db);
+	PGresult *r = PQexec(p->c, "LISTEN " INBOX_CHANNEL);
+	enum dun_err e = check_result(p, r);
+	PQclear(r);
+	if (e != DUN_OK) {
+		snprintf(err, err_size, "LISTEN: %s", p->errmsg);
+		return e;
+	}
+	p->listening = true;
+	return DUN_OK;
+}
+
+/* Take every notification already received; true if there was one. */
+static bool drain_notifies(struct pg_conn *p)
+{
+	bool any = false;
+	PGnotify *n;
+	while ((n = PQnotifies(p->c)) != NULL) {
+		any = true;
+		PQfreemem(n);
+	}
+	return any;
+}
+
+static int pg_wait_inbox(struct dun_db *db, int timeout_ms)
+{
+	struct pg_conn *p = pc(db);
+	if (conn_lost(p)) {
+		/* Back with LISTEN again; what was sent meanwhile is lost: say woken. */
+		if (!reconnect(p))
+			return -1;
+		char err[256];
+		p->listening = false;
+		return pg_listen_inbox(db, err, sizeof err) == DUN_OK ? 1 : -1;
+	}
+	if (!PQconsumeInput(p->c))
+		return conn_lost(p) ? pg_wait_inbox(db, 0) : -1;
+	if (drain_notifies(p))
+		return 1;
+	struct pollfd pfd = {.fd = PQsocket(p->c), .events = POLLIN};
+	if (pfd.fd < 0)
+		return -1;
+	int rc = poll(&pfd, 1, timeout_ms);
+	if (rc <= 0)
+		return rc < 0 && errno != EINTR ? -1 : 0;
+	if (!PQconsumeInput(p->c)) {
+		note_error(p, PQerrorMessage(p->c));
+		return -1;
+	}
+	return drain_notifies(p) ? 1 : 0;
 }
 
 static int pg_schema_version(struct dun_db *db)
@@ -876,6 +953,9 @@ const struct dun_db_driver dun_db_driver_pg = {
     .set_schema_version = pg_set_schema_version,
     .busy_fine = pg_busy_fine,
     .cache_misses = pg_cache_misses,
+    .notify_inbox = pg_notify_inbox,
+    .listen_inbox = pg_listen_inbox,
+    .wait_inbox = pg_wait_inbox,
     .relax_durability_sql = "SET synchronous_commit = off",
     .checkpoint_manual_sql = NULL,
     .checkpoint_sql = NULL,

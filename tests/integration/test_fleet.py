@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from test_serve import BIN, SECRET_A, Serve, failing_account_events, sign_batch
+from test_serve import BIN, SECRET_A, Serve, customer_created, failing_account_events, sign_batch
 
 N_ACCOUNTS = int(os.environ.get("DUNNING_FLEET_ACCOUNTS", "150"))
 
@@ -192,3 +192,32 @@ def test_serve_with_the_database_down_exits_69_to_be_restarted(tmp_path, dun_pg)
                        text=True, timeout=60)
     assert r.returncode == 69, (r.returncode, r.stderr)
     assert "cannot connect" in r.stderr and "secret-pw" not in r.stderr
+
+
+def test_a_trigger_stored_by_another_process_wakes_the_idle_workers(tmp_path, dun_pg):
+    """LISTEN/NOTIFY: a replica whose workers are idle, with a poll timer of a
+    minute, recomputes at once what another process (here `dunning ingest`
+    on another connection) stored: the commit that stored the trigger
+    notified the inbox channel, and the replica's listener woke its workers."""
+    url = dun_pg.create("wake")
+    s = Serve(tmp_path, "idle", db=url, pg=dun_pg,
+              server={"poll_ms": "60000", "workers": "2"}).start()
+    try:
+        # Make sure the workers are idle: one webhook, recomputed, and then
+        # nothing for them to do: only a notification wakes them now.
+        p = customer_created("acct_first", "cus_first", int(time.time()))
+        [h] = sign_batch([(p, SECRET_A, None)])
+        assert s.deliver(p, header=h)[0] == 200
+        assert wait_until(lambda: idle(s), timeout=20)
+        time.sleep(0.5)
+        events = tmp_path / "events.jsonl"
+        events.write_bytes(b"".join(p + b"\n" for p in
+                                    failing_account_events("acct_wake", days_ago=8)))
+        r = subprocess.run([str(BIN), "--db", url, "ingest", str(events), "--no-work"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # Well inside the minute the timer would take.
+        assert wait_until(lambda: idle(s) and s.stage("acct_wake") == "restricted",
+                          timeout=20), s.logs()[-3000:]
+    finally:
+        assert s.stop() == 0, s.logs()[-3000:]
