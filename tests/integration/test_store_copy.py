@@ -3,7 +3,8 @@
 The demo's database is copied into a fresh PostgreSQL database: every table
 with the same rows, the copy as usable as the original (the same scan, an
 account explained the same, new work with fresh ids), and the refusals —
-a target that is not empty, a missing or foreign source, PostgreSQL down —
+a target that is not empty, a missing or foreign source, a source newer than
+the binary, PostgreSQL down, a wrong password —
 write nothing.
 """
 import socket
@@ -87,3 +88,42 @@ def test_refusals_write_nothing(tmp_path, dun_pg):
     r = dunning("store", "copy", "--from", str(db),
                 "--to", "postgresql://postgres:pw-secret@127.0.0.1:%d/x" % port)
     assert r.returncode == 69 and "pw-secret" not in r.stderr, r.stderr
+
+
+def test_a_wrong_password_is_refused_and_not_shown(tmp_path, dun_pg):
+    """Password authentication (scram) for one role: the wrong password is a
+    configuration error (78), said clearly, the password never echoed, and
+    nothing is written."""
+    con = dun_pg.connect("postgres")
+    con.autocommit = True
+    cur = con.cursor()
+    cur.execute("DROP ROLE IF EXISTS dun_pw")
+    cur.execute("CREATE ROLE dun_pw LOGIN PASSWORD 'right-pw'")
+    hba = dun_pg.data / "pg_hba.conf"
+    hba.write_text("host all dun_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    cur.execute("SELECT pg_reload_conf()")
+    con.close()
+    url = dun_pg.create("pw")
+    db = tmp_path / "d.db"
+    assert dunning("--db", str(db), "init").returncode == 0
+    wrong = url.replace("postgres@", "dun_pw:wrong-pw@")
+    r = dunning("store", "copy", "--from", str(db), "--to", wrong)
+    assert r.returncode == 78, (r.returncode, r.stderr)
+    assert "password" in r.stderr and "wrong-pw" not in r.stderr, r.stderr
+    assert not dun_pg.has_schema(url)
+
+
+def test_a_source_newer_than_the_binary_is_refused(tmp_path, dun_pg):
+    import sqlite3
+    db = tmp_path / "new.db"
+    assert dunning("--db", str(db), "init").returncode == 0
+    con = sqlite3.connect(str(db))
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    con.execute("PRAGMA user_version = %d" % (version + 1))
+    con.commit()
+    con.close()
+    url = dun_pg.create("newer")
+    r = dunning("store", "copy", "--from", str(db), "--to", url)
+    assert r.returncode == 78, (r.returncode, r.stderr)
+    assert "newer than this binary" in r.stderr, r.stderr
+    assert not dun_pg.has_schema(url)
