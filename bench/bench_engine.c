@@ -176,48 +176,73 @@ static int64_t cache_misses(struct dun_db *db)
 
 /*
  * The baseline: the scan's own queries, from the first account, every row
- * stepped and every column read with the accessor its type calls for.
+ * stepped and every column read with the accessor its type calls for. Like
+ * the stream, they read range after range of DUN_STREAM_RANGE accounts
+ * (dun_stream_range_sql); within a range one query after the other.
  */
 static struct timing raw_read(struct dun_db *db, int64_t *rows_out)
 {
 	uint64_t sum = 0;
 	int64_t rows = 0;
 	struct timing t0 = timing_start();
-	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
-		struct dun_stmt *st = NULL;
-		if (dun_db_prepare(db, dun_stream_sql(q), &st) != DUN_OK)
+	struct dun_stmt *range = NULL, *st[DUN_STREAM__COUNT] = {0};
+	if (dun_db_prepare(db, dun_stream_range_sql(), &range) != DUN_OK)
+		die("raw read", dun_db_errmsg(db));
+	for (int q = 0; q < DUN_STREAM__COUNT; q++)
+		if (dun_db_prepare(db, dun_stream_sql(q), &st[q]) != DUN_OK)
 			die("raw read", dun_db_errmsg(db));
-		dun_stmt_bind_text(st, 1, "");
-		int rc;
-		while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-			rows++;
-			int n = dun_stmt_col_count(st);
-			for (int c = 0; c < n; c++) {
-				switch (dun_stmt_col_type(st, c)) {
-				case DUN_COL_INT:
-					sum += (uint64_t)dun_stmt_col_int64(st, c);
-					break;
-				case DUN_COL_FLOAT:
-					sum += (uint64_t)dun_stmt_col_double(st, c);
-					break;
-				case DUN_COL_TEXT: {
-					const char *t = dun_stmt_col_text(st, c);
-					sum += (uint64_t)dun_stmt_col_bytes(st, c) + (t ? t[0] : 0);
-					break;
-				}
-				case DUN_COL_BLOB:
-					sum += (uint64_t)dun_stmt_col_bytes(st, c);
-					break;
-				case DUN_COL_NULL:
-					sum++;
-					break;
+	char last[DUN_ID_MAX * 4] = "", hi[DUN_ID_MAX * 4];
+	for (;;) {
+		dun_stmt_reset(range);
+		dun_stmt_bind_text(range, 1, last);
+		dun_stmt_bind_int64(range, 2, DUN_STREAM_RANGE);
+		if (!dun_stmt_row(range))
+			die("raw read", dun_db_errmsg(db));
+		bool done = dun_stmt_col_is_null(range, 0);
+		dun_stmt_col_copy(range, 0, hi, sizeof hi);
+		dun_stmt_reset(range);
+		if (done)
+			break;
+		for (int q = 0; q < DUN_STREAM__COUNT; q++) {
+			dun_stmt_reset(st[q]);
+			dun_stmt_bind_text(st[q], 1, last);
+			dun_stmt_bind_text(st[q], 2, hi);
+			int rc;
+			while ((rc = dun_stmt_step(st[q])) == DUN_STEP_ROW) {
+				rows++;
+				int n = dun_stmt_col_count(st[q]);
+				for (int c = 0; c < n; c++) {
+					switch (dun_stmt_col_type(st[q], c)) {
+					case DUN_COL_INT:
+						sum += (uint64_t)dun_stmt_col_int64(st[q], c);
+						break;
+					case DUN_COL_FLOAT:
+						sum += (uint64_t)dun_stmt_col_double(st[q], c);
+						break;
+					case DUN_COL_TEXT: {
+						const char *t = dun_stmt_col_text(st[q], c);
+						sum += (uint64_t)dun_stmt_col_bytes(st[q], c) +
+						       (t ? t[0] : 0);
+						break;
+					}
+					case DUN_COL_BLOB:
+						sum += (uint64_t)dun_stmt_col_bytes(st[q], c);
+						break;
+					case DUN_COL_NULL:
+						sum++;
+						break;
+					}
 				}
 			}
+			if (rc != DUN_STEP_DONE)
+				die("raw read", dun_db_errmsg(db));
+			dun_stmt_reset(st[q]);
 		}
-		if (rc != DUN_STEP_DONE)
-			die("raw read", dun_db_errmsg(db));
-		dun_stmt_finalize(st);
+		memcpy(last, hi, sizeof last);
 	}
+	for (int q = 0; q < DUN_STREAM__COUNT; q++)
+		dun_stmt_finalize(st[q]);
+	dun_stmt_finalize(range);
 	struct timing t = timing_stop(t0);
 	/* The checksum is printed so no compiler can drop the reads. */
 	fprintf(stderr, "raw read: %" PRId64 " rows, checksum %016" PRIx64 "\n", rows, sum);

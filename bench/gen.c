@@ -1087,11 +1087,14 @@ static bool prepare_all(struct gen *g)
 		       " amount_due, amount_paid, amount_remaining, attempt_count, billing_reason,"
 		       " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
 		       " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices,"
-		       " metadata, version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)") &&
+		       " metadata, version, account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
+		       "?11,?12,?13,?14,?15,?16,?17,?18,?19,"
+		       " COALESCE((SELECT account_id FROM customers WHERE id = ?2), ''))") &&
 	       prepare(g, &g->attempt,
 		       "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-		       " payment_method, decline_code, advice_code, network_advice_code, version)"
-		       " VALUES (?,?,?,?,?,?,?,?,?,?)") &&
+		       " payment_method, decline_code, advice_code, network_advice_code, version,"
+		       " account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
+		       " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?2), ''))") &&
 	       prepare(g, &g->doc,
 		       "INSERT INTO invoice_docs(invoice_id, closed, paylinks_enabled, updated_at)"
 		       " VALUES (?,?,?,?)");

@@ -40,39 +40,54 @@
 
 static const char *const sql[DUN_STREAM__COUNT] = {
     [DUN_STREAM_ACCOUNTS] = "SELECT id, segment, bad_debt, no_successful_payment, kill_switch,"
-			    " email, name FROM accounts WHERE id > ?1 ORDER BY id",
+			    " email, name FROM accounts WHERE id > ?1 AND id <= ?2 ORDER BY id",
     [DUN_STREAM_CUSTOMERS] = "SELECT c.account_id, c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
 			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
 			     " COALESCE(p.name, '') FROM customers c"
 			     " LEFT JOIN p_customers p ON p.id = c.id WHERE c.account_id > ?1"
-			     " ORDER BY c.account_id, c.id, c.rowid",
+			     " AND c.account_id <= ?2 ORDER BY c.account_id, c.id, c.rowid",
     [DUN_STREAM_PLATFORM] = "SELECT account_id, banned, entitlement, resource_flags FROM platform"
-			    " WHERE account_id > ?1 ORDER BY account_id",
+			    " WHERE account_id > ?1 AND account_id <= ?2 ORDER BY account_id",
     [DUN_STREAM_DUNNING] = "SELECT account_id, stage, since, episode, lifting_since,"
 			   " next_recheck_at FROM dunning WHERE account_id > ?1"
-			   " ORDER BY account_id",
+			   " AND account_id <= ?2 ORDER BY account_id",
     [DUN_STREAM_EPISODES] =
 	"SELECT account_id, COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
-	" FROM bad_debt_episodes WHERE account_id > ?1 GROUP BY account_id"
+	" FROM bad_debt_episodes WHERE account_id > ?1 AND account_id <= ?2 GROUP BY account_id"
 	" ORDER BY account_id",
     [DUN_STREAM_EMAILS] = "SELECT account_id, key, created_at FROM emails WHERE account_id > ?1"
-			  " AND (state <> 'failed' OR body <> '') ORDER BY account_id, id",
+			  " AND account_id <= ?2 AND (state <> 'failed' OR body <> '')"
+			  " ORDER BY account_id, id",
     [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
 				 " JOIN p_subscriptions s ON s.customer_id = c.id"
-				 " WHERE c.account_id > ?1"
+				 " WHERE c.account_id > ?1 AND c.account_id <= ?2"
 				 " ORDER BY c.account_id, c.id, c.rowid, s.id",
+    /*
+     * Invoices and attempts carry their customer's account (schema
+     * migration 14) and are stored in this order: no join with customers.
+     */
     [DUN_STREAM_INVOICES] =
-	"SELECT c.account_id, c.id, i.id, i.subscription_id, i.status,"
+	"SELECT i.account_id, i.customer_id, i.id, i.subscription_id, i.status,"
 	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
 	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
 	" a.id, a.created, a.status, a.payment_method, a.decline_code, a.advice_code,"
-	" a.network_advice_code, i.next_payment_attempt FROM customers c"
-	" JOIN p_invoices i ON i.customer_id = c.id"
+	" a.network_advice_code, i.next_payment_attempt FROM p_invoices i"
 	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-	" LEFT JOIN p_attempts a ON a.invoice_id = i.id WHERE c.account_id > ?1"
-	" ORDER BY c.account_id, c.id, c.rowid, i.id, i.rowid, a.created, a.id",
+	" LEFT JOIN p_attempts a ON a.account_id = i.account_id AND a.invoice_id = i.id"
+	" WHERE i.account_id > ?1 AND i.account_id <= ?2"
+	" ORDER BY i.account_id, i.customer_id, i.id, a.created, a.id",
 };
+
+/*
+ * The last account of the range that starts after ?1: the stream reads at
+ * most DUN_STREAM_RANGE accounts per execution of its queries. SQLite steps
+ * a query lazily and would not need it; PostgreSQL's driver fetches a
+ * query's whole result when it runs, so without a bound every window would
+ * fetch the rest of every table.
+ */
+static const char range_sql[] = "SELECT MAX(id) FROM (SELECT id FROM accounts WHERE id > ?1"
+				" ORDER BY id LIMIT ?2) r";
 
 /* Columns of DUN_STREAM_INVOICES. */
 enum {
@@ -109,12 +124,18 @@ const char *dun_stream_sql(enum dun_stream_query q)
 	return sql[q];
 }
 
+const char *dun_stream_range_sql(void)
+{
+	return range_sql;
+}
+
 enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err, size_t err_size)
 {
 	memset(s, 0, sizeof *s);
 	s->db = db;
-	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
-		int rc = dun_db_prepare(db, sql[q], &s->st[q]);
+	for (int q = 0; q <= DUN_STREAM__COUNT; q++) {
+		const char *text = q < DUN_STREAM__COUNT ? sql[q] : range_sql;
+		int rc = dun_db_prepare(db, text, q < DUN_STREAM__COUNT ? &s->st[q] : &s->range);
 		if (rc != DUN_OK) {
 			if (err && err_size)
 				dun_strlcpy(err, dun_db_errmsg(db), err_size);
@@ -129,7 +150,9 @@ void dun_stream_free(struct dun_stream *s)
 {
 	for (int q = 0; q < DUN_STREAM__COUNT; q++)
 		dun_stmt_finalize(s->st[q]);
+	dun_stmt_finalize(s->range);
 	free(s->last);
+	free(s->hi);
 	free(s->inv_first);
 	free(s->inv_cur);
 	memset(s, 0, sizeof *s);
@@ -157,11 +180,39 @@ static enum dun_err step(struct dun_stream *s, int q)
 	return rc == DUN_STEP_ROW || rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(s->st[q]);
 }
 
+/*
+ * Open the reads over the next range: the accounts after the last one
+ * returned, up to DUN_STREAM_RANGE of them. s->done when none is left.
+ */
 static enum dun_err open_window(struct dun_stream *s)
 {
+	dun_stmt_reset(s->range);
+	dun_stmt_bind_text_copy(s->range, 1, s->last ? s->last : "");
+	dun_stmt_bind_int64(s->range, 2, DUN_STREAM_RANGE);
+	int rc = dun_stmt_step(s->range);
+	if (rc != DUN_STEP_ROW) {
+		enum dun_err e = dun_stmt_err(s->range);
+		dun_stmt_reset(s->range);
+		return e != DUN_OK ? e : DUN_E_STORE;
+	}
+	s->done = dun_stmt_col_is_null(s->range, 0);
+	if (!s->done) {
+		const char *hi = dun_stmt_col_text(s->range, 0);
+		size_t n = strlen(hi) + 1;
+		if (n > s->hi_cap) {
+			s->hi_cap = n < 64 ? 64 : n * 2;
+			s->hi = dun_realloc(s->hi, s->hi_cap);
+		}
+		memcpy(s->hi, hi, n);
+	}
+	dun_stmt_reset(s->range);
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
 		dun_stmt_reset(s->st[q]);
+		s->has_row[q] = false;
+		if (s->done)
+			continue;
 		dun_stmt_bind_text_copy(s->st[q], 1, s->last ? s->last : "");
+		dun_stmt_bind_text_copy(s->st[q], 2, s->hi);
 		enum dun_err e = step(s, q);
 		if (e != DUN_OK)
 			return e;
@@ -447,10 +498,16 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 {
 	*got = false;
 	enum dun_err e = DUN_OK;
-	if (!s->open && (e = open_window(s)) != DUN_OK)
-		return e;
-	if (!s->has_row[DUN_STREAM_ACCOUNTS])
-		return DUN_OK;
+	for (;;) {
+		if (!s->open && (e = open_window(s)) != DUN_OK)
+			return e;
+		if (s->done)
+			return DUN_OK;
+		if (s->has_row[DUN_STREAM_ACCOUNTS])
+			break;
+		/* This range is read: the next one starts after its last account. */
+		s->open = false;
+	}
 	remember_last(s, dun_stmt_col_text(s->st[DUN_STREAM_ACCOUNTS], 0));
 	read_account(s, snap);
 	struct dun_state *state = &snap->state;

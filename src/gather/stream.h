@@ -16,6 +16,9 @@
  * dun_stream_next() no statement is open, so no read transaction spans the
  * caller's writes (the scan queues triggers there) and the WAL can be
  * checkpointed. The next window starts after the last account returned.
+ * Within a window, each query reads a bounded range of accounts
+ * (DUN_STREAM_RANGE), so a backend that fetches a query's whole result at
+ * once holds one range in memory, never the rest of a table.
  */
 #ifndef DUN_STREAM_H
 #define DUN_STREAM_H
@@ -39,7 +42,11 @@ struct dun_stream {
 	struct dun_db *db; /* borrowed */
 	struct dun_stmt *st[DUN_STREAM__COUNT];
 	bool has_row[DUN_STREAM__COUNT];
-	bool open;  /* statements bound and stepped in this window */
+	struct dun_stmt *range; /* the last account of the next range */
+	bool open;		/* statements bound and stepped in this window */
+	bool done;		/* no account after the last one returned */
+	char *hi;		/* the last account of the range being read */
+	size_t hi_cap;
 	char *last; /* the last account returned (NULL before the first) */
 	size_t last_cap;
 	int *inv_first; /* per invoice: index of its first attempt */
@@ -65,10 +72,19 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 /* Close the current read window (reset every statement); see above. */
 void dun_stream_pause(struct dun_stream *s);
 
+/* The most accounts one execution of the stream's queries reads. */
+enum { DUN_STREAM_RANGE = 4096 };
+
 /*
  * The SQL of one ordered read, for the benchmark's raw-read baseline: ?1 is
- * the account id to start after; every query is ordered by account id.
+ * the account id to start after, ?2 the last account id to read; every
+ * query is ordered by account id.
  */
 const char *dun_stream_sql(enum dun_stream_query q);
+/*
+ * The SQL that gives the last account id of a range: ?1 the account id to
+ * start after, ?2 the most accounts in the range; NULL when none is left.
+ */
+const char *dun_stream_range_sql(void);
 
 #endif

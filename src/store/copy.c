@@ -203,7 +203,10 @@ static enum dun_err migrate_in_transaction(struct dun_db *to, int from, char *er
 {
 	for (int m = from; m < dun_schema_count(); m++)
 		for (const char *const *s = dun_schema_migration(m); *s; s++) {
-			enum dun_err e = to->drv->exec_schema(to, *s, err, err_size);
+			const char *sql = dun_schema_for_backend(*s, to->drv->name);
+			if (!sql)
+				continue;
+			enum dun_err e = to->drv->exec_schema(to, sql, err, err_size);
 			if (e != DUN_OK)
 				return e;
 		}

@@ -124,7 +124,10 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 			continue;
 		}
 		for (const char *const *s = dun_schema_migration(m); *s; s++) {
-			e = db->drv->exec_schema(db, *s, err, err_size);
+			const char *sql = dun_schema_for_backend(*s, db->drv->name);
+			if (!sql)
+				continue;
+			e = db->drv->exec_schema(db, sql, err, err_size);
 			if (e != DUN_OK) {
 				dun_db_rollback(db);
 				return e;

@@ -274,8 +274,9 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	    " amount_paid, amount_remaining, currency, attempt_count, billing_reason,"
 	    " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
 	    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
-	    " version, next_payment_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22)"
+	    " version, next_payment_attempt, account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+	    " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22,"
+	    " COALESCE((SELECT account_id FROM customers WHERE id = ?2), ''))"
 	    " ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
 	    " status = excluded.status, amount_due = excluded.amount_due,"
 	    " amount_paid = excluded.amount_paid,"
@@ -331,7 +332,7 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 		return e;
 	/* Attempts that arrived before the invoice told us its payment intent. */
 	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
-			     " WHERE payment_intent = ?2 AND invoice_id IS NULL");
+			     " WHERE payment_intent = ?2 AND invoice_id = ''");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, pi);
 	return dun_stmt_done(st);
@@ -361,15 +362,17 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 	else
 		invoice_of_pi(db, pi, inv, sizeof inv);
 	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-		" payment_method, decline_code, advice_code, network_advice_code, version)"
-		" VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-		" ON CONFLICT(id) DO UPDATE SET invoice_id = COALESCE(excluded.invoice_id,"
-		" p_attempts.invoice_id), status = excluded.status,"
-		" payment_method = excluded.payment_method,"
-		" decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
-		" network_advice_code = excluded.network_advice_code,"
-		" version = excluded.version WHERE excluded.version >= p_attempts.version");
+	    db,
+	    "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
+	    " payment_method, decline_code, advice_code, network_advice_code, version,"
+	    " account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+	    " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?2), ''))"
+	    " ON CONFLICT(id) DO UPDATE SET invoice_id = CASE WHEN excluded.invoice_id <> ''"
+	    " THEN excluded.invoice_id ELSE p_attempts.invoice_id END, status = excluded.status,"
+	    " payment_method = excluded.payment_method,"
+	    " decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
+	    " network_advice_code = excluded.network_advice_code,"
+	    " version = excluded.version WHERE excluded.version >= p_attempts.version");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, inv);
 	dun_stmt_bind_text(st, 3, pi);
@@ -495,7 +498,7 @@ static enum dun_err upsert_invoice_payment(struct dun_db *db, json_t *o, int64_t
 	if (e != DUN_OK)
 		return e;
 	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
-			     " WHERE payment_intent = ?2 AND invoice_id IS NULL");
+			     " WHERE payment_intent = ?2 AND invoice_id = ''");
 	dun_stmt_bind_text(st, 1, inv);
 	dun_stmt_bind_text(st, 2, pi);
 	e = dun_stmt_done(st);

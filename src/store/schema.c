@@ -25,6 +25,7 @@
 #include "schema.h"
 
 #include <stddef.h>
+#include <string.h>
 
 static const char *const migration_1[] = {
     "CREATE TABLE accounts ("
@@ -590,9 +591,186 @@ static const char *const migration_13[] = {
     NULL,
 };
 
+/*
+ * Migration 14: the provider mirror laid out for the drift scan
+ * (docs/performance.md, "Layout"). The scan visits accounts in id order;
+ * invoices and payment attempts were stored in the order they arrived, so
+ * it read about two pages per row. Both tables now carry the account of
+ * their customer (`account_id`, '' while the customer is not linked to an
+ * account) and are kept in account order:
+ *
+ *   SQLite      the tables are rebuilt WITHOUT ROWID, keyed by
+ *               (account_id, customer_id, id) and
+ *               (account_id, invoice_id, created, id): the scan walks both
+ *               in storage order. Lookups by id, by customer, by invoice
+ *               and by payment intent keep an index each.
+ *   PostgreSQL  keeps no table clustered: two covering indexes in the same
+ *               order hold every column the scan reads, so its reads are
+ *               index-only scans in key order, with no sort.
+ *
+ * An attempt not tied to an invoice has invoice_id '' (was NULL): a key
+ * column cannot be NULL. Triggers keep account_id right whoever writes
+ * (the mirror, the simulated provider, `dunning account`, a store copy, a
+ * person with a SQL shell): an invoice takes its customer's account, an
+ * attempt its invoice's, and linking, relinking or unlinking a customer
+ * moves its invoices and their attempts. Writers that know the account
+ * pass it, so the triggers only check.
+ *
+ * A statement prefixed "sqlite:" or "postgresql:" runs only on that backend.
+ */
+static const char *const migration_14[] = {
+    "sqlite:CREATE TABLE p_invoices_v14 ("
+    " id TEXT NOT NULL,"
+    " customer_id TEXT NOT NULL,"
+    " subscription_id TEXT NOT NULL DEFAULT '',"
+    " status TEXT NOT NULL,"
+    " amount_due INTEGER NOT NULL DEFAULT 0,"
+    " amount_paid INTEGER NOT NULL DEFAULT 0,"
+    " amount_remaining INTEGER NOT NULL DEFAULT 0,"
+    " currency TEXT NOT NULL DEFAULT 'usd',"
+    " attempt_count INTEGER NOT NULL DEFAULT 0,"
+    " billing_reason TEXT NOT NULL DEFAULT '',"
+    " collection_method TEXT NOT NULL DEFAULT 'charge_automatically',"
+    " created INTEGER NOT NULL DEFAULT 0,"
+    " paid_at INTEGER NOT NULL DEFAULT 0,"
+    " hosted_invoice_url TEXT NOT NULL DEFAULT '',"
+    " payment_intent TEXT NOT NULL DEFAULT '',"
+    " meta_bad_debt_amount INTEGER,"
+    " meta_bad_debt_paid INTEGER NOT NULL DEFAULT 0,"
+    " meta_bad_debt_invoices TEXT,"
+    " metadata TEXT NOT NULL DEFAULT '{}',"
+    " version INTEGER NOT NULL DEFAULT 0,"
+    " next_payment_attempt INTEGER NOT NULL DEFAULT 0,"
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (account_id, customer_id, id)) WITHOUT ROWID",
+    /* In key order, so the new table's pages are filled one after the other. */
+    "sqlite:INSERT INTO p_invoices_v14 SELECT i.id, i.customer_id, i.subscription_id,"
+    " i.status, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
+    " i.attempt_count, i.billing_reason, i.collection_method, i.created, i.paid_at,"
+    " i.hosted_invoice_url, i.payment_intent, i.meta_bad_debt_amount, i.meta_bad_debt_paid,"
+    " i.meta_bad_debt_invoices, i.metadata, i.version, i.next_payment_attempt,"
+    " COALESCE(c.account_id, '') FROM p_invoices i LEFT JOIN customers c"
+    " ON c.id = i.customer_id ORDER BY 22, 2, 1",
+    "sqlite:DROP TABLE p_invoices",
+    "sqlite:ALTER TABLE p_invoices_v14 RENAME TO p_invoices",
+    "sqlite:CREATE UNIQUE INDEX p_invoices_id ON p_invoices(id)",
+    "sqlite:CREATE INDEX p_invoices_customer_id ON p_invoices(customer_id, id)",
+    "sqlite:CREATE INDEX p_invoices_pi ON p_invoices(payment_intent) WHERE payment_intent <> ''",
+
+    "sqlite:CREATE TABLE p_attempts_v14 ("
+    " id TEXT NOT NULL,"
+    " invoice_id TEXT NOT NULL ON CONFLICT REPLACE DEFAULT '',"
+    " payment_intent TEXT NOT NULL DEFAULT '',"
+    " created INTEGER NOT NULL DEFAULT 0,"
+    " status TEXT NOT NULL,"
+    " payment_method TEXT NOT NULL DEFAULT '',"
+    " decline_code TEXT NOT NULL DEFAULT '',"
+    " advice_code TEXT NOT NULL DEFAULT '',"
+    " network_advice_code TEXT NOT NULL DEFAULT '',"
+    " version INTEGER NOT NULL DEFAULT 0,"
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (account_id, invoice_id, created, id)) WITHOUT ROWID",
+    "sqlite:INSERT INTO p_attempts_v14 SELECT a.id, COALESCE(a.invoice_id, ''),"
+    " a.payment_intent, a.created, a.status, a.payment_method, a.decline_code,"
+    " a.advice_code, a.network_advice_code, a.version, COALESCE(i.account_id, '')"
+    " FROM p_attempts a LEFT JOIN p_invoices i ON i.id = a.invoice_id"
+    " ORDER BY 11, 2, 4, 1",
+    "sqlite:DROP TABLE p_attempts",
+    "sqlite:ALTER TABLE p_attempts_v14 RENAME TO p_attempts",
+    "sqlite:CREATE UNIQUE INDEX p_attempts_id ON p_attempts(id)",
+    "sqlite:CREATE INDEX p_attempts_invoice_created ON p_attempts(invoice_id, created, id)",
+    "sqlite:CREATE INDEX p_attempts_pi ON p_attempts(payment_intent) WHERE payment_intent <> ''",
+
+    "sqlite:CREATE TRIGGER p_invoices_account_ins AFTER INSERT ON p_invoices"
+    " WHEN NEW.account_id <> COALESCE((SELECT account_id FROM customers"
+    " WHERE id = NEW.customer_id), '')"
+    " BEGIN UPDATE p_invoices SET account_id = COALESCE((SELECT account_id FROM customers"
+    " WHERE id = NEW.customer_id), '') WHERE id = NEW.id; END",
+    "sqlite:CREATE TRIGGER p_invoices_account_upd AFTER UPDATE OF customer_id, account_id"
+    " ON p_invoices WHEN NEW.account_id <> COALESCE((SELECT account_id FROM customers"
+    " WHERE id = NEW.customer_id), '')"
+    " BEGIN UPDATE p_invoices SET account_id = COALESCE((SELECT account_id FROM customers"
+    " WHERE id = NEW.customer_id), '') WHERE id = NEW.id; END",
+    /* Attempts that arrived before their invoice, then any later move. */
+    "sqlite:CREATE TRIGGER p_invoices_attempts_ins AFTER INSERT ON p_invoices"
+    " BEGIN UPDATE p_attempts SET account_id = (SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.id) WHERE invoice_id = NEW.id AND account_id <> (SELECT account_id"
+    " FROM p_invoices WHERE id = NEW.id); END",
+    "sqlite:CREATE TRIGGER p_invoices_attempts_upd AFTER UPDATE OF account_id ON p_invoices"
+    " WHEN OLD.account_id <> NEW.account_id"
+    " BEGIN UPDATE p_attempts SET account_id = NEW.account_id"
+    " WHERE invoice_id = NEW.id AND account_id <> NEW.account_id; END",
+    "sqlite:CREATE TRIGGER p_attempts_account_ins AFTER INSERT ON p_attempts"
+    " WHEN NEW.account_id <> COALESCE((SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.invoice_id), '')"
+    " BEGIN UPDATE p_attempts SET account_id = COALESCE((SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.invoice_id), '') WHERE id = NEW.id; END",
+    "sqlite:CREATE TRIGGER p_attempts_account_upd AFTER UPDATE OF invoice_id, account_id"
+    " ON p_attempts WHEN NEW.account_id <> COALESCE((SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.invoice_id), '')"
+    " BEGIN UPDATE p_attempts SET account_id = COALESCE((SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.invoice_id), '') WHERE id = NEW.id; END",
+    "sqlite:CREATE TRIGGER customers_invoices_ins AFTER INSERT ON customers"
+    " BEGIN UPDATE p_invoices SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END",
+    "sqlite:CREATE TRIGGER customers_invoices_upd AFTER UPDATE OF id, account_id ON customers"
+    " BEGIN UPDATE p_invoices SET account_id = ''"
+    " WHERE customer_id = OLD.id AND OLD.id <> NEW.id AND account_id <> '';"
+    " UPDATE p_invoices SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END",
+    "sqlite:CREATE TRIGGER customers_invoices_del AFTER DELETE ON customers"
+    " BEGIN UPDATE p_invoices SET account_id = ''"
+    " WHERE customer_id = OLD.id AND account_id <> ''; END",
+
+    "postgresql:ALTER TABLE p_invoices ADD COLUMN account_id TEXT NOT NULL DEFAULT ''",
+    "postgresql:UPDATE p_invoices i SET account_id = c.account_id FROM customers c"
+    " WHERE c.id = i.customer_id",
+    "postgresql:ALTER TABLE p_attempts ADD COLUMN account_id TEXT NOT NULL DEFAULT ''",
+    "postgresql:UPDATE p_attempts SET invoice_id = '' WHERE invoice_id IS NULL",
+    "postgresql:ALTER TABLE p_attempts ALTER COLUMN invoice_id SET DEFAULT '',"
+    " ALTER COLUMN invoice_id SET NOT NULL",
+    "postgresql:UPDATE p_attempts a SET account_id = i.account_id FROM p_invoices i"
+    " WHERE i.id = a.invoice_id AND i.account_id <> ''",
+    "postgresql:CREATE FUNCTION dunning_invoice_account() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN NEW.account_id := COALESCE((SELECT account_id FROM customers"
+    " WHERE id = NEW.customer_id), ''); RETURN NEW; END $$",
+    "postgresql:CREATE TRIGGER p_invoices_account BEFORE INSERT OR UPDATE OF customer_id,"
+    " account_id ON p_invoices FOR EACH ROW EXECUTE FUNCTION dunning_invoice_account()",
+    "postgresql:CREATE FUNCTION dunning_invoice_attempts() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN UPDATE p_attempts SET account_id = NEW.account_id"
+    " WHERE invoice_id = NEW.id AND account_id <> NEW.account_id; RETURN NULL; END $$",
+    "postgresql:CREATE TRIGGER p_invoices_attempts_ins AFTER INSERT ON p_invoices"
+    " FOR EACH ROW EXECUTE FUNCTION dunning_invoice_attempts()",
+    "postgresql:CREATE TRIGGER p_invoices_attempts_upd AFTER UPDATE ON p_invoices"
+    " FOR EACH ROW WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id)"
+    " EXECUTE FUNCTION dunning_invoice_attempts()",
+    "postgresql:CREATE FUNCTION dunning_attempt_account() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN NEW.account_id := COALESCE((SELECT account_id FROM p_invoices"
+    " WHERE id = NEW.invoice_id), ''); RETURN NEW; END $$",
+    "postgresql:CREATE TRIGGER p_attempts_account BEFORE INSERT OR UPDATE OF invoice_id,"
+    " account_id ON p_attempts FOR EACH ROW EXECUTE FUNCTION dunning_attempt_account()",
+    "postgresql:CREATE FUNCTION dunning_customer_invoices() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN"
+    " IF TG_OP <> 'INSERT' THEN UPDATE p_invoices SET account_id = ''"
+    " WHERE customer_id = OLD.id AND account_id <> ''; END IF;"
+    " IF TG_OP <> 'DELETE' THEN UPDATE p_invoices SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END IF;"
+    " RETURN NULL; END $$",
+    "postgresql:CREATE TRIGGER customers_invoices AFTER INSERT OR UPDATE OF id, account_id"
+    " OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION dunning_customer_invoices()",
+    "postgresql:CREATE INDEX p_invoices_scan ON p_invoices(account_id, customer_id, id)"
+    " INCLUDE (subscription_id, status, billing_reason, amount_due, amount_paid,"
+    " amount_remaining, currency, attempt_count, created, paid_at, hosted_invoice_url,"
+    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices,"
+    " next_payment_attempt)",
+    "postgresql:CREATE INDEX p_attempts_scan ON p_attempts(account_id, invoice_id, created, id)"
+    " INCLUDE (status, payment_method, decline_code, advice_code, network_advice_code)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1, migration_2, migration_3,  migration_4,  migration_5,	migration_6,  migration_7,
-    migration_8, migration_9, migration_10, migration_11, migration_12, migration_13,
+    migration_8, migration_9, migration_10, migration_11, migration_12, migration_13, migration_14,
 };
 
 int dun_schema_count(void)
@@ -605,4 +783,15 @@ const char *const *dun_schema_migration(int index)
 	if (index < 0 || index >= dun_schema_count())
 		return NULL;
 	return migrations[index];
+}
+
+const char *dun_schema_for_backend(const char *stmt, const char *driver)
+{
+	static const char *const names[] = {"sqlite", "postgresql"};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+		size_t n = strlen(names[i]);
+		if (strncmp(stmt, names[i], n) == 0 && stmt[n] == ':')
+			return strcmp(names[i], driver) == 0 ? stmt + n + 1 : NULL;
+	}
+	return stmt;
 }

@@ -408,7 +408,7 @@ def test_basil_webhooks_alone_start_dunning_through_a_targeted_refresh(env, fake
     # in the mirror but tied to no invoice, so the policy sees nothing failing.
     assert env.sql("SELECT status, attempt_count, payment_intent FROM p_invoices WHERE id = ?",
                    inv) == [("open", 2, "")]
-    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NULL") == [(2,)]
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id = ''") == [(2,)]
 
     # The drift scan reads the mirror only: it never calls Stripe.
     fake.clear_requests()
@@ -437,7 +437,7 @@ def test_basil_webhooks_alone_start_dunning_through_a_targeted_refresh(env, fake
 
     # The mirror now ties both attempts, the earlier one included, to the invoice.
     assert env.sql("SELECT payment_intent FROM p_invoices WHERE id = ?", inv) == [(pi,)]
-    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id IS NULL") == [(0,)]
+    assert env.sql("SELECT count(*) FROM p_attempts WHERE invoice_id = ''") == [(0,)]
     x = json.loads(env.run("explain", "acct_A", "--json").stdout)
     [xi] = x["invoices"]
     assert xi["failing"] and xi["hard_decline"]

@@ -586,11 +586,14 @@ static void test_paid_before_webhook_fails_trigger_retryably(void)
 
 /* ---- observe mode -------------------------------------------------------------- */
 
-/* FNV-1a over every value of every row of table, in rowid order. */
+/*
+ * FNV-1a over every value of every row of table, in storage order (rowid,
+ * or the primary key of a WITHOUT ROWID table).
+ */
 static uint64_t table_hash(struct dun_db *db, const char *table)
 {
 	char sql[128];
-	snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY rowid", table);
+	snprintf(sql, sizeof sql, "SELECT * FROM %s", table);
 	struct dun_stmt *st = NULL;
 	uint64_t h = 14695981039346656037ULL;
 	if (dun_db_prepare(db, sql, &st) != DUN_OK) {
