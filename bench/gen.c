@@ -1144,7 +1144,10 @@ static bool store_settings(struct gen *g)
  * Secondary indexes are dropped during the load and built once at the end:
  * SQLite sorts and builds them bottom-up, far faster than row by row. Their
  * SQL is taken from the schema itself, so they come back exactly as the
- * migrations made them.
+ * migrations made them. The triggers that keep the mirror's account_id go
+ * with them (their lookups need those indexes): the load writes account_id
+ * itself, looking invoices up by the one index kept, p_invoices_id, and
+ * writing every invoice before its attempts.
  */
 #define MAX_INDEXES 128
 
@@ -1159,19 +1162,22 @@ static bool drop_indexes(struct gen *g, struct indexes *ix)
 {
 	struct dun_stmt *st = NULL;
 	if (!prepare(g, &st,
-		     "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
-		     " AND sql IS NOT NULL ORDER BY rowid"))
+		     "SELECT name, sql, type FROM sqlite_master WHERE type IN ('index', 'trigger')"
+		     " AND sql IS NOT NULL AND name <> 'p_invoices_id' ORDER BY rowid"))
 		return false;
 	char names[MAX_INDEXES][128];
+	bool trigger[MAX_INDEXES];
 	ix->n = 0;
 	while (dun_stmt_row(st) && ix->n < MAX_INDEXES) {
 		snprintf(names[ix->n], sizeof names[0], "%s", dun_stmt_col_text(st, 0));
+		trigger[ix->n] = strcmp(dun_stmt_col_text(st, 2), "trigger") == 0;
 		ix->sql[ix->n++] = dun_strdup(dun_stmt_col_text(st, 1));
 	}
 	dun_stmt_finalize(st);
 	for (int i = 0; i < ix->n; i++) {
 		char sql[160];
-		snprintf(sql, sizeof sql, "DROP INDEX \"%.127s\"", names[i]);
+		snprintf(sql, sizeof sql, "DROP %s \"%.127s\"", trigger[i] ? "TRIGGER" : "INDEX",
+			 names[i]);
 		if (!exec(g, sql))
 			return false;
 	}
