@@ -588,14 +588,27 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 		}
 		int64_t copied = 0;
 		e = copy_table(from, to, table, &scols, &copied, err, err_size);
-		if (e == DUN_OK)
-			e = table_sum(from, table, &scols, &t->rows_from, &t->sum_from, err,
-				      err_size);
-		if (e == DUN_OK)
-			e = table_sum(to, table, &scols, &t->rows_to, &t->sum_to, err, err_size);
 		if (e != DUN_OK)
 			goto free_names;
 		out->rows += copied;
+	}
+	/*
+	 * Summed once every table is copied: the mirror's triggers (schema
+	 * migration 14) set a row's account_id from rows of other tables, so a
+	 * table is only final when all of them are there.
+	 */
+	for (int i = 0; i < out->n_tables; i++) {
+		struct dun_copy_table *t = &out->tables[i];
+		scols.n = 0;
+		e = read_names(from, "SELECT name FROM pragma_table_info(?1)", t->name, &scols, err,
+			       err_size);
+		if (e == DUN_OK)
+			e = table_sum(from, t->name, &scols, &t->rows_from, &t->sum_from, err,
+				      err_size);
+		if (e == DUN_OK)
+			e = table_sum(to, t->name, &scols, &t->rows_to, &t->sum_to, err, err_size);
+		if (e != DUN_OK)
+			goto free_names;
 	}
 	e = advance_identities(from, to, &out->identities, err, err_size);
 	if (e != DUN_OK)
