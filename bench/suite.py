@@ -10,6 +10,8 @@
    each, current / baseline, and each run's ratio to the raw SQLite floor.
 2. The drift scan and recomputes (bench/run.sh): scan / raw read, accounts/s,
    peak RSS, recompute / gather.
+3. With --pg: the drift scan on PostgreSQL against a raw read of the same
+   rows (bench/pg_scan.py), on the same population.
 
 The baseline is exported with `git archive` into BENCH_DIR (default
 ${TMPDIR:-/tmp}/dunning-bench) and built there once with the current
@@ -145,6 +147,9 @@ def main():
     ap.add_argument("--build", default=os.environ.get("DUNNING_BUILD_DIR", "build"))
     ap.add_argument("--skip-webhook", action="store_true")
     ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--pg", action="store_true",
+                    help="also the drift scan on PostgreSQL (bench/pg_scan.py; a throwaway "
+                         "cluster loaded by store copy: minutes for the full population)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     build = Path(args.build)
@@ -162,6 +167,17 @@ def main():
     if not args.skip_engine:
         rc, engine_out = engine(cfg)
         print(engine_out)
+
+    pg_rc, pg_out = (0, "")
+    if args.pg:
+        accounts = cfg["engine"][cfg["engine"].index("--accounts") + 1]
+        rounds = cfg["engine"][cfg["engine"].index("--rounds") + 1]
+        p = subprocess.run([sys.executable, str(REPO / "bench" / "pg_scan.py"), "--accounts",
+                            accounts, "--rounds", rounds], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(p.stderr)
+        pg_rc, pg_out = p.returncode, p.stdout
+        print(pg_out)
 
     print(f"summary: commit {head}{dirty}, {'quick' if args.quick else 'full'} run, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
@@ -204,9 +220,22 @@ def main():
         if recomp is not None:
             print(f"  recomputes {recomp:.0f}/s against gathers {gather:.0f}/s "
                   f"(recompute / gather {rg:.2f})")
+    if pg_out:
+        accounts = grab(pg_out, r"^\s*(\d+) accounts,", conv=int)
+        scan_rate = grab(pg_out, r"^\s*scan \(stream.*?\s(\d+)\s*$")
+        raw_rate = grab(pg_out, r"^\s*raw read of the same columns.*?\s(\d+)\s*$")
+        ratio = grab(pg_out, r"^\s*scan / raw read\s+([\d.]+)")
+        ratio_cpu = grab(pg_out, r"^\s*scan / raw read, cpu time\s+([\d.]+)")
+        rss = grab(pg_out, r"^\s*peak RSS of a scan\s+([\d.]+) MB")
+        if scan_rate is not None:
+            print(f"\n  drift scan on PostgreSQL ({accounts} accounts, covering indexes)")
+            print(f"  scan {scan_rate:.0f} accounts/s (raw read {raw_rate:.0f}/s); scan / raw "
+                  f"read {ratio:.3f} (client cpu {ratio_cpu:.3f}); peak RSS {rss:.1f} MB")
     if rc:
         print(f"\n  bench/run.sh exited {rc} (drift counts differ or it failed)")
-    return 1 if rc else 0
+    if pg_rc:
+        print(f"\n  bench/pg_scan.py exited {pg_rc} (drift counts differ or it failed)")
+    return 1 if rc or pg_rc else 0
 
 
 if __name__ == "__main__":
