@@ -199,9 +199,10 @@ static int64_t scalar(struct dun_db *db, const char *sql)
 /* Every ordered read runs without a sort. */
 static void check_plans(struct dun_db *db)
 {
-	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
+	for (int q = 0; q <= DUN_STREAM__COUNT; q++) {
 		char sql[4096];
-		snprintf(sql, sizeof sql, "EXPLAIN QUERY PLAN %s", dun_stream_sql(q));
+		snprintf(sql, sizeof sql, "EXPLAIN QUERY PLAN %s",
+			 q < DUN_STREAM__COUNT ? dun_stream_sql(q) : dun_stream_range_sql());
 		struct dun_stmt *st = NULL;
 		CHECK_INT(dun_db_prepare(db, sql, &st), DUN_OK);
 		bool sorts = false;

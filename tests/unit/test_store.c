@@ -630,6 +630,48 @@ static void test_customer_registers_account(void)
 	dun_db_close(db);
 }
 
+/*
+ * Schema migration 14: invoices and attempts carry their customer's account
+ * whoever writes them and in whatever order: an attempt before its invoice,
+ * an invoice before its customer is linked, a relink, an unlink.
+ */
+static void test_mirror_rows_follow_their_account(void)
+{
+	struct dun_db *db = testdb_open(":memory:");
+	const char *inv_acct = "SELECT account_id FROM p_invoices WHERE id = 'in_1'";
+	const char *att_acct = "SELECT account_id FROM p_attempts WHERE id = 'py_1'";
+	char buf[64];
+	testdb_exec(db, "INSERT INTO p_attempts(id, invoice_id, status) VALUES ('py_1', 'in_1',"
+			" 'failed')");
+	testdb_exec(db, "INSERT INTO p_attempts(id, status) VALUES ('py_loose', 'failed')");
+	CHECK_STR(testdb_text(db, "SELECT invoice_id FROM p_attempts WHERE id = ?1", "py_loose",
+			      buf, sizeof buf),
+		  "");
+	testdb_exec(db, "INSERT INTO p_invoices(id, customer_id, status, account_id)"
+			" VALUES ('in_1', 'cus_1', 'open', 'acct_wrong')");
+	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "");
+	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "");
+	testdb_exec(db, "INSERT INTO customers(id, account_id) VALUES ('cus_1', 'acct_1')");
+	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "acct_1");
+	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "acct_1");
+	testdb_exec(db, "INSERT INTO p_attempts(id, invoice_id, status) VALUES ('py_2', 'in_1',"
+			" 'failed')");
+	CHECK_STR(testdb_text(db, "SELECT account_id FROM p_attempts WHERE id = ?1", "py_2", buf,
+			      sizeof buf),
+		  "acct_1");
+	testdb_exec(db, "UPDATE customers SET account_id = 'acct_2' WHERE id = 'cus_1'");
+	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "acct_2");
+	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "acct_2");
+	testdb_exec(db, "UPDATE p_attempts SET invoice_id = '' WHERE id = 'py_2'");
+	CHECK_STR(testdb_text(db, "SELECT account_id FROM p_attempts WHERE id = ?1", "py_2", buf,
+			      sizeof buf),
+		  "");
+	testdb_exec(db, "DELETE FROM customers WHERE id = 'cus_1'");
+	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "");
+	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "");
+	dun_db_close(db);
+}
+
 int main(void)
 {
 	testdb_mkdir(scratch, sizeof scratch);
@@ -644,6 +686,7 @@ int main(void)
 	test_consolidated_list_is_joined();
 	test_customer_registers_account();
 	test_settled_charge_ends_processing();
+	test_mirror_rows_follow_their_account();
 	rmdir(scratch);
 	return CHECK_DONE();
 }
