@@ -616,12 +616,17 @@ static const char *const migration_13[] = {
  * moves its invoices and their attempts. Writers that know the account
  * pass it, so the triggers only check.
  *
+ * On SQLite the key's columns are declared first, in the key's order: SQLite
+ * 3.40's PRAGMA integrity_check reports false NOT NULL violations in a
+ * WITHOUT ROWID table whose key columns are declared in another order.
+ *
  * A statement prefixed "sqlite:" or "postgresql:" runs only on that backend.
  */
 static const char *const migration_14[] = {
     "sqlite:CREATE TABLE p_invoices_v14 ("
-    " id TEXT NOT NULL,"
+    " account_id TEXT NOT NULL DEFAULT '',"
     " customer_id TEXT NOT NULL,"
+    " id TEXT NOT NULL,"
     " subscription_id TEXT NOT NULL DEFAULT '',"
     " status TEXT NOT NULL,"
     " amount_due INTEGER NOT NULL DEFAULT 0,"
@@ -641,16 +646,15 @@ static const char *const migration_14[] = {
     " metadata TEXT NOT NULL DEFAULT '{}',"
     " version INTEGER NOT NULL DEFAULT 0,"
     " next_payment_attempt INTEGER NOT NULL DEFAULT 0,"
-    " account_id TEXT NOT NULL DEFAULT '',"
     " PRIMARY KEY (account_id, customer_id, id)) WITHOUT ROWID",
     /* In key order, so the new table's pages are filled one after the other. */
-    "sqlite:INSERT INTO p_invoices_v14 SELECT i.id, i.customer_id, i.subscription_id,"
+    "sqlite:INSERT INTO p_invoices_v14 SELECT COALESCE(c.account_id, ''), i.customer_id,"
+    " i.id, i.subscription_id,"
     " i.status, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
     " i.attempt_count, i.billing_reason, i.collection_method, i.created, i.paid_at,"
     " i.hosted_invoice_url, i.payment_intent, i.meta_bad_debt_amount, i.meta_bad_debt_paid,"
-    " i.meta_bad_debt_invoices, i.metadata, i.version, i.next_payment_attempt,"
-    " COALESCE(c.account_id, '') FROM p_invoices i LEFT JOIN customers c"
-    " ON c.id = i.customer_id ORDER BY 22, 2, 1",
+    " i.meta_bad_debt_invoices, i.metadata, i.version, i.next_payment_attempt"
+    " FROM p_invoices i LEFT JOIN customers c ON c.id = i.customer_id ORDER BY 1, 2, 3",
     "sqlite:DROP TABLE p_invoices",
     "sqlite:ALTER TABLE p_invoices_v14 RENAME TO p_invoices",
     "sqlite:CREATE UNIQUE INDEX p_invoices_id ON p_invoices(id)",
@@ -658,23 +662,23 @@ static const char *const migration_14[] = {
     "sqlite:CREATE INDEX p_invoices_pi ON p_invoices(payment_intent) WHERE payment_intent <> ''",
 
     "sqlite:CREATE TABLE p_attempts_v14 ("
-    " id TEXT NOT NULL,"
+    " account_id TEXT NOT NULL DEFAULT '',"
     " invoice_id TEXT NOT NULL ON CONFLICT REPLACE DEFAULT '',"
-    " payment_intent TEXT NOT NULL DEFAULT '',"
     " created INTEGER NOT NULL DEFAULT 0,"
+    " id TEXT NOT NULL,"
+    " payment_intent TEXT NOT NULL DEFAULT '',"
     " status TEXT NOT NULL,"
     " payment_method TEXT NOT NULL DEFAULT '',"
     " decline_code TEXT NOT NULL DEFAULT '',"
     " advice_code TEXT NOT NULL DEFAULT '',"
     " network_advice_code TEXT NOT NULL DEFAULT '',"
     " version INTEGER NOT NULL DEFAULT 0,"
-    " account_id TEXT NOT NULL DEFAULT '',"
     " PRIMARY KEY (account_id, invoice_id, created, id)) WITHOUT ROWID",
-    "sqlite:INSERT INTO p_attempts_v14 SELECT a.id, COALESCE(a.invoice_id, ''),"
-    " a.payment_intent, a.created, a.status, a.payment_method, a.decline_code,"
-    " a.advice_code, a.network_advice_code, a.version, COALESCE(i.account_id, '')"
+    "sqlite:INSERT INTO p_attempts_v14 SELECT COALESCE(i.account_id, ''),"
+    " COALESCE(a.invoice_id, ''), a.created, a.id, a.payment_intent, a.status,"
+    " a.payment_method, a.decline_code, a.advice_code, a.network_advice_code, a.version"
     " FROM p_attempts a LEFT JOIN p_invoices i ON i.id = a.invoice_id"
-    " ORDER BY 11, 2, 4, 1",
+    " ORDER BY 1, 2, 3, 4",
     "sqlite:DROP TABLE p_attempts",
     "sqlite:ALTER TABLE p_attempts_v14 RENAME TO p_attempts",
     "sqlite:CREATE UNIQUE INDEX p_attempts_id ON p_attempts(id)",

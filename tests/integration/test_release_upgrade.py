@@ -71,5 +71,7 @@ def test_an_upgraded_database_sends_none_of_its_emails_again(dun, dun_stripe):
         dun.ok("recompute", "acct_q", now=dun.at(day))
         dun.ok("work", now=dun.at(day, 60))
     assert sent(dun) == before
+    # The upgraded file is sound (the mirror's tables were rebuilt in account order).
+    assert dun.sql("PRAGMA integrity_check") == [("ok",)]
     # A new entry is still told: acct_q fails again and is restricted anew.
     assert dun.sql("SELECT stage FROM dunning WHERE account_id = 'acct_q'") == [("none",)]
