@@ -77,6 +77,39 @@ void dun_sim_destroy(struct dun_sim *sim)
 
 /* ---- object storage ------------------------------------------------------ */
 
+/*
+ * An object learnt from a webhook is stored as a reference to the stored
+ * event that carried it, "event:<event id>", not as a copy: the committer
+ * learns inside its serial transaction, where serialising the object again
+ * and writing a second copy of it (as many WAL bytes as the event itself)
+ * cost more than the rest of the event's ingestion. events_raw keeps every
+ * event, so the reference stays valid; the simulator's own changes to such
+ * an object (save()) replace it with a full copy.
+ */
+static const char LEARNT_PREFIX[] = "event:";
+
+/* The object a sim_objects body holds or refers to (new reference), or NULL. */
+static json_t *parse_body(struct dun_sim *sim, const char *body)
+{
+	if (strncmp(body, LEARNT_PREFIX, sizeof LEARNT_PREFIX - 1) != 0)
+		return json_loads(body, 0, NULL);
+	char event_id[128];
+	dun_strlcpy(event_id, body + sizeof LEARNT_PREFIX - 1, sizeof event_id);
+	struct dun_stmt *st = dun_db_stmt(sim->db, "SELECT body FROM events_raw WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, event_id);
+	json_t *o = NULL;
+	if (dun_stmt_row(st)) {
+		json_t *ev = json_loads(dun_stmt_col_text(st, 0), 0, NULL);
+		o = json_object_get(json_object_get(ev, "data"), "object");
+		if (!json_is_object(o))
+			o = NULL;
+		json_incref(o);
+		json_decref(ev);
+	}
+	dun_stmt_reset(st);
+	return o;
+}
+
 static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t bsize)
 {
 	struct dun_stmt *st =
@@ -84,7 +117,7 @@ static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t 
 	dun_stmt_bind_text(st, 1, id);
 	json_t *o = NULL;
 	if (dun_stmt_row(st)) {
-		o = json_loads(dun_stmt_col_text(st, 0), 0, NULL);
+		o = parse_body(sim, dun_stmt_col_text(st, 0));
 		if (behavior)
 			dun_stmt_col_copy(st, 1, behavior, bsize);
 	}
@@ -92,9 +125,18 @@ static json_t *load(struct dun_sim *sim, const char *id, char *behavior, size_t 
 	return o;
 }
 
-static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
+/* Store o; with event_id, as a reference to that stored event (see LEARNT_PREFIX). */
+static enum dun_err save_as(struct dun_sim *sim, json_t *o, const char *behavior,
+			    const char *event_id)
 {
-	char *body = json_dumps(o, JSON_COMPACT);
+	char *body;
+	if (event_id) {
+		size_t n = sizeof LEARNT_PREFIX + strlen(event_id);
+		body = dun_malloc(n);
+		snprintf(body, n, "%s%s", LEARNT_PREFIX, event_id);
+	} else {
+		body = json_dumps(o, JSON_COMPACT);
+	}
 	if (!body)
 		dun_oom();
 	const char *type = json_string_value(json_object_get(o, "object"));
@@ -113,6 +155,11 @@ static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
 	enum dun_err e = dun_stmt_done(st);
 	free(body);
 	return e;
+}
+
+static enum dun_err save(struct dun_sim *sim, json_t *o, const char *behavior)
+{
+	return save_as(sim, o, behavior, NULL);
 }
 
 static void emit(struct dun_sim *sim, const char *type, json_t *o)
@@ -634,7 +681,7 @@ static enum dun_err sim_list_invoices(void *self, const char *customer_id, json_
 				 " customer_id = ?1 AND type = 'invoice' ORDER BY id");
 	dun_stmt_bind_text(st, 1, customer_id);
 	while (dun_stmt_row(st)) {
-		json_t *o = json_loads(dun_stmt_col_text(st, 0), 0, NULL);
+		json_t *o = parse_body(sim, dun_stmt_col_text(st, 0));
 		if (o)
 			json_array_append_new(arr, o);
 	}
@@ -688,7 +735,7 @@ static bool is_own_id(const char *id)
  * upsert of the object, plus one read for a customer (has its card changed?)
  * and one conditional update for a charge (the card's learnt behaviour).
  */
-enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj)
+enum dun_err dun_sim_observe_in_tx(struct dun_db *db, const char *event_id, json_t *obj)
 {
 	struct dun_sim view = {.db = db};
 	struct dun_sim *sim = &view;
@@ -712,7 +759,7 @@ enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj)
 			set_behavior = "=ok";
 		json_decref(known);
 	}
-	enum dun_err e = save(sim, obj, set_behavior);
+	enum dun_err e = save_as(sim, obj, set_behavior, event_id);
 	if (e != DUN_OK || strcmp(type, "charge") != 0)
 		return e;
 	/*
@@ -750,5 +797,5 @@ enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj)
 
 void dun_sim_observe(struct dun_sim *sim, json_t *obj)
 {
-	dun_sim_observe_in_tx(sim->db, obj);
+	dun_sim_observe_in_tx(sim->db, NULL, obj);
 }

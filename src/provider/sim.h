@@ -66,10 +66,14 @@ void dun_sim_observe(struct dun_sim *sim, json_t *obj);
 /*
  * The same learning, written through db (any connection to the database,
  * typically inside the caller's transaction, so the object is learnt
- * exactly when the event that shows it is stored). DUN_OK, or the store's
- * error (the caller rolls the event back).
+ * exactly when the event that shows it is stored). With event_id (the id
+ * of the event carrying obj, stored in events_raw in the same transaction)
+ * the object is kept as a reference to that event rather than as a second
+ * copy: nothing is serialised and half the bytes are written. NULL stores
+ * a copy. Borrows both. DUN_OK, or the store's error (the caller rolls the
+ * event back).
  */
-enum dun_err dun_sim_observe_in_tx(struct dun_db *db, json_t *obj);
+enum dun_err dun_sim_observe_in_tx(struct dun_db *db, const char *event_id, json_t *obj);
 
 /*
  * Pop up to max queued events (oldest first) into a JSON array (new

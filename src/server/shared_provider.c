@@ -242,7 +242,8 @@ enum dun_err dun_shared_provider_observe(void *arg, struct dun_db *db, json_t *e
 	 * the simulator's lock: the learning commits with the event (one fsync
 	 * for the batch) and never waits for a provider call in progress.
 	 */
-	enum dun_err e = dun_sim_observe_in_tx(db, obj);
+	const char *event_id = json_string_value(json_object_get(event, "id"));
+	enum dun_err e = dun_sim_observe_in_tx(db, event_id, obj);
 	if (e != DUN_OK)
 		snprintf(err, err_size, "cannot record the object for the simulated provider: %s",
 			 dun_db_errmsg(db));

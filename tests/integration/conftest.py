@@ -276,8 +276,15 @@ class Dunning:
             con.close()
 
     def provider_object(self, object_id):
-        """The simulated provider's current copy of one object (dict), or None."""
+        """The simulated provider's current copy of one object (dict), or None.
+
+        An object learnt from a webhook and not changed since is stored as
+        "event:<id>", a reference to the stored event that carried it.
+        """
         body = self.scalar("SELECT body FROM sim_objects WHERE id = ?", (object_id,))
+        if body and body.startswith("event:"):
+            ev = self.scalar("SELECT body FROM events_raw WHERE id = ?", (body[6:],))
+            return json.loads(ev)["data"]["object"] if ev else None
         return json.loads(body) if body else None
 
 

@@ -99,3 +99,28 @@ def test_a_failed_learning_stores_nothing_of_that_event(serve):
     assert status == 200 and body["duplicate"] is False
     assert sim_row(s, "cus_poison") == ("customer", "cus_poison", "=ok")
     assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id = 'evt_cus_cus_poison'") == [(1,)]
+
+
+def test_a_learnt_object_refers_to_its_event_and_is_read_through_it(serve):
+    s = serve()
+    t = now() - DAY
+    cus = {"id": "cus_ref", "object": "customer", "email": "billing+acct_ref@example.com",
+           "name": "acct_ref", "metadata": {"account_id": "acct_ref"},
+           "invoice_settings": {"default_payment_method": "pm_one"}}
+    assert s.deliver(event("evt_ref_1", "customer.created", t, cus))[0] == 200
+    # Kept as a reference to the stored event, not as a second copy.
+    assert s.sql("SELECT body FROM sim_objects WHERE id = 'cus_ref'") == [("event:evt_ref_1",)]
+    p = event("evt_ref_cf", "charge.failed", t + 10,
+              charge_failed("ch_ref", "cus_ref", "in_ref", t + 10, reason="lost_card"))
+    assert s.deliver(p)[0] == 200
+    assert sim_row(s, "cus_ref")[2] == "=lost_card"
+    # The same card in an update: the learnt customer is read through its
+    # event, its card compared and found unchanged, the behaviour kept.
+    cus["name"] = "acct_ref renamed"
+    assert s.deliver(event("evt_ref_2", "customer.updated", t + 20, cus))[0] == 200
+    assert s.sql("SELECT body FROM sim_objects WHERE id = 'cus_ref'") == [("event:evt_ref_2",)]
+    assert sim_row(s, "cus_ref")[2] == "=lost_card"
+    # A new card works again.
+    cus["invoice_settings"] = {"default_payment_method": "pm_two"}
+    assert s.deliver(event("evt_ref_3", "customer.updated", t + 30, cus))[0] == 200
+    assert sim_row(s, "cus_ref")[2] == "=ok"
