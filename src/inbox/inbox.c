@@ -226,12 +226,15 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	/*
 	 * An idle worker asks without the write lock first: on a fleet of
 	 * replicas polling one database, an empty inbox costs one indexed read
-	 * per poll, never a write transaction.
+	 * per poll, never a write transaction. "state <> 'done'" is the
+	 * predicate of the partial index inbox_ready (schema migration 15):
+	 * SQLite uses a partial index only for a query that repeats it, and
+	 * without it this read scanned every trigger ever received.
 	 */
 	struct dun_stmt *st = dun_db_stmt(
-	    db,
-	    "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox WHERE state IN ('received', 'retrying')"
-	    " AND not_before <= ?1) OR EXISTS (SELECT 1 FROM inbox WHERE state = 'processing')");
+	    db, "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox WHERE state IN ('received', 'retrying')"
+		" AND state <> 'done' AND not_before <= ?1)"
+		" OR EXISTS (SELECT 1 FROM inbox WHERE state = 'processing' AND state <> 'done')");
 	dun_stmt_bind_int64(st, 1, now);
 	int rc = dun_stmt_step(st);
 	dun_stmt_reset(st);
@@ -251,8 +254,9 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	st = dun_db_stmt(
 	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
 		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
-		" WHERE i.state IN ('received', 'retrying') AND i.not_before <= ?1"
-		" AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE j.account_id = i.account_id"
+		" WHERE i.state IN ('received', 'retrying') AND i.state <> 'done'"
+		" AND i.not_before <= ?1 AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE "
+		"j.account_id = i.account_id"
 		"  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
 		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
 		"  AND p.state = 'processing')"
