@@ -25,11 +25,12 @@ test:
 
 # The webhook ingestion benchmark (unmapped and mapped, against the b5b08c3
 # baseline built beside this commit) and the engine benchmark (1M accounts:
-# drift scan vs raw read, RSS, recomputes); ratios measured in the run.
+# drift scan vs raw read, RSS, recomputes) and, with --pg, webhook ingest on a
+# throwaway PostgreSQL against pgbench; ratios measured in the run.
 # bench-quick prints the same ratios in under a minute (once the baseline is
 # built and the 20,000-account population generated), noisier.
 bench: build
-	python3 bench/suite.py --build $(BUILD)
+	python3 bench/suite.py --pg --build $(BUILD)
 
 bench-quick: build
 	python3 bench/suite.py --quick --build $(BUILD)

@@ -10,8 +10,12 @@
    each, current / baseline, and each run's ratio to the raw SQLite floor.
 2. The drift scan and recomputes (bench/run.sh): scan / raw read, accounts/s,
    peak RSS, recompute / gather.
-3. With --pg: the drift scan on PostgreSQL against a raw read of the same
-   rows (bench/pg_scan.py), on the same population.
+3. With --pg (`make bench` passes it): the drift scan on PostgreSQL against
+   a raw read of the same rows (bench/pg_scan.py), on the same population;
+   webhook ingest on a throwaway PostgreSQL cluster against pgbench writing
+   the same rows with the same batching (bench/pg_ingest.py; target serve /
+   pgbench >= 0.3); recomputes with 1, 2 and 4 serve processes on one
+   PostgreSQL (bench/pg_fleet.py; target: each >= 0.9x the best).
 
 The baseline is exported with `git archive` into BENCH_DIR (default
 ${TMPDIR:-/tmp}/dunning-bench) and built there once with the current
@@ -148,8 +152,9 @@ def main():
     ap.add_argument("--skip-webhook", action="store_true")
     ap.add_argument("--skip-engine", action="store_true")
     ap.add_argument("--pg", action="store_true",
-                    help="also the drift scan on PostgreSQL (bench/pg_scan.py; a throwaway "
-                         "cluster loaded by store copy: minutes for the full population)")
+                    help="also PostgreSQL: the drift scan (bench/pg_scan.py), webhook ingest "
+                         "against pgbench (bench/pg_ingest.py), recomputes with 1, 2 and 4 "
+                         "serve processes (bench/pg_fleet.py)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     build = Path(args.build)
@@ -163,6 +168,14 @@ def main():
         current = build_current(build)
         baseline = build_baseline(args.baseline, buildtype(build))
         wh = webhook(cfg, current, baseline)
+    pg = None
+    if args.pg:
+        say("bench: webhook ingest on PostgreSQL against pgbench (bench/pg_ingest.py)...")
+        out = subprocess.run([sys.executable, str(REPO / "bench" / "pg_ingest.py"), "--build",
+                              str(build), "--events", str(cfg["events"]), "--connections",
+                              str(cfg["connections"]), "--seconds", "5" if args.quick else "15",
+                              "--json"], check=True, capture_output=True, text=True).stdout
+        pg = json.loads(out.strip().splitlines()[-1])
     rc, engine_out = (0, "")
     if not args.skip_engine:
         rc, engine_out = engine(cfg)
@@ -178,6 +191,15 @@ def main():
         sys.stderr.write(p.stderr)
         pg_rc, pg_out = p.returncode, p.stdout
         print(pg_out)
+    fleet = None
+    if args.pg:
+        say("bench: recomputes with 1, 2 and 4 serve processes on PostgreSQL (bench/pg_fleet.py)...")
+        size = ["--accounts", "300", "--days", "20", "--rounds", "1"] if args.quick else \
+            ["--accounts", "1000", "--days", "30", "--rounds", "2"]
+        out = subprocess.run([sys.executable, str(REPO / "bench" / "pg_fleet.py"), "--build",
+                              str(build), "--json"] + size, check=True, capture_output=True,
+                             text=True).stdout
+        fleet = json.loads(out.strip().splitlines()[-1])
 
     print(f"summary: commit {head}{dirty}, {'quick' if args.quick else 'full'} run, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
@@ -195,6 +217,17 @@ def main():
             c, b = med["current"], med["baseline"]
             ok = c["events_per_s"] >= b["events_per_s"] and c["p99_ms"] <= 20.0
             print(f"  target {load}: >= baseline and p99 <= 20 ms: {'ok' if ok else 'MISSED'}")
+    if pg:
+        s, b = pg["serve"], pg["pgbench"]
+        print(f"\n  webhook ingest on PostgreSQL ({pg['events']} events unmapped, "
+              f"{pg['connections']} connections) against pgbench, the same rows in "
+              f"transactions of {pg['batch']}")
+        print(f"  serve {s['events_per_s']} events/s (p99 {s['p99_ms']:.1f} ms; CPU per event "
+              f"serve {s['serve_cpu_us_per_event']} us, PostgreSQL {s['pg_cpu_us_per_event']} us);"
+              f" pgbench {b['events_per_s']} events/s; serve / pgbench {pg['ratio']:.2f}, "
+              f"target >= 0.3: {'ok' if pg['ratio'] >= 0.3 else 'MISSED'} (one pgbench client: "
+              f"{pg['pgbench_one_client']['events_per_s']} events/s, "
+              f"{pg['ratio_one_client']:.2f})")
     if engine_out:
         accounts = grab(engine_out, r"^\s*(\d+) accounts,", conv=int)
         scan_rate = grab(engine_out, r"^\s*scan \(stream.*?\s(\d+)\s*$")
@@ -231,6 +264,18 @@ def main():
             print(f"\n  drift scan on PostgreSQL ({accounts} accounts, covering indexes)")
             print(f"  scan {scan_rate:.0f} accounts/s (raw read {raw_rate:.0f}/s); scan / raw "
                   f"read {ratio:.3f} (client cpu {ratio_cpu:.3f}); peak RSS {rss:.1f} MB")
+    if fleet:
+        best = {int(k): v for k, v in fleet["best_per_size"].items()}
+        top = max(best.values())
+        print(f"\n  recomputes on PostgreSQL ({fleet['accounts']} accounts queued at once, "
+              f"2 workers per serve process)")
+        print("  " + ", ".join(f"{n} process(es) {best[n]:.0f}/s ({best[n] / top:.2f} of the best)"
+                               for n in sorted(best)))
+        r0 = fleet["runs"][0]
+        n = fleet["accounts"]
+        print(f"  per account: {r0['statements'] / n:.1f} statements, {r0['transactions'] / n:.1f} "
+              f"transactions, {r0['wal_bytes'] / n:.0f} WAL bytes; target each >= 0.9x the best: "
+              f"{'ok' if min(best.values()) >= 0.9 * top else 'MISSED'}")
     if rc:
         print(f"\n  bench/run.sh exited {rc} (drift counts differ or it failed)")
     if pg_rc:
