@@ -654,13 +654,15 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 				   const struct dun_desired *d, const struct dun_consequence *c,
 				   int64_t decision_id, char *err)
 {
-	enum dun_err e = dun_db_begin(ap->db);
+	/* In a worker's batch the caller holds the transaction and checked the fence. */
+	enum dun_err e = ap->in_batch ? DUN_OK : dun_db_begin(ap->db);
 	if (e != DUN_OK) {
 		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
 	bool skipped = false;
-	e = dun_fence_check(ap->db, ap->fence);
+	if (!ap->in_batch)
+		e = dun_fence_check(ap->db, ap->fence);
 	if (e != DUN_OK)
 		snprintf(err, ERR_MAX, "%s", dun_err_str(e));
 	else if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
@@ -671,13 +673,14 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 		e = engine_write(ap, snap, d, c);
 	if (e == DUN_OK)
 		e = record(ap->db, snap->state.account_id, c, decision_id, DUN_OK, "");
-	if (e == DUN_OK)
+	if (e == DUN_OK && !ap->in_batch)
 		e = dun_db_commit(ap->db);
 	if (e != DUN_OK) {
 		if (!err[0])
 			snprintf(err, ERR_MAX, "%s: %s", dun_conseq_name(c->type),
 				 dun_db_errmsg(ap->db));
-		dun_db_rollback(ap->db);
+		if (!ap->in_batch)
+			dun_db_rollback(ap->db);
 	}
 	return e;
 }
@@ -715,6 +718,27 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 	}
 	enum dun_err re = record(ap->db, acct, c, decision_id, e, err);
 	return e != DUN_OK ? e : re;
+}
+
+bool dun_apply_plan_batchable(const struct dun_applier *ap, const struct dun_plan *plan)
+{
+	for (int i = 0; i < plan->n; i++) {
+		enum dun_conseq_type t = plan->items[i].type;
+		if (dun_conseq_is_destructive(t))
+			return false;
+		switch (dun_conseq_store(t)) {
+		case DUN_STORE_ENGINE:
+		case DUN_STORE_EMAIL:
+			break;
+		case DUN_STORE_PLATFORM:
+			if (!ap->platform.ops->in_engine_db)
+				return false;
+			break;
+		case DUN_STORE_PROVIDER:
+			return false;
+		}
+	}
+	return true;
 }
 
 enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *snap,

@@ -48,6 +48,15 @@ struct dun_applier {
 	 * checks it: DUN_E_FENCED once another worker has taken the account.
 	 */
 	const struct dun_fence *fence;
+	/*
+	 * Set by a worker's batch (inbox/worker.c): the caller holds the
+	 * transaction, under a savepoint of the account, and checked the fence
+	 * in it. Engine-DB consequences then write in that transaction, with
+	 * no commit and no fence check of their own; on failure the caller
+	 * rolls back to its savepoint. Only plans dun_apply_plan_batchable()
+	 * accepts may be applied this way.
+	 */
+	bool in_batch;
 };
 
 struct dun_apply_result {
@@ -67,5 +76,14 @@ struct dun_apply_result {
 enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *snap,
 			    const struct dun_desired *d, const struct dun_plan *plan,
 			    int64_t decision_id, struct dun_apply_result *res);
+
+/*
+ * Whether every consequence of plan writes only to the engine DB (engine
+ * tables, the email outbox, a platform whose writes are queued in the
+ * engine DB) and none is destructive (those re-read the provider first):
+ * a plan that can be applied inside a worker's batch transaction without
+ * any network call. Borrows ap and plan.
+ */
+bool dun_apply_plan_batchable(const struct dun_applier *ap, const struct dun_plan *plan);
 
 #endif

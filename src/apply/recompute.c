@@ -119,12 +119,25 @@ static enum dun_err platform_end(struct dun_engine *en)
 	return DUN_OK;
 }
 
-enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now)
+/*
+ * GATHER + EVALUATE + DECIDE. With refresh_wanted (a worker's batch, which
+ * must not wait on the network inside its transaction) a mirror that needs
+ * the provider's refresh is not refreshed: *refresh_wanted is set and the
+ * pass stops there, deciding nothing.
+ */
+static enum dun_err evaluate(struct dun_engine *en, const char *account_id, int64_t now,
+			     bool *refresh_wanted)
 {
 	platform_begin(en, account_id);
 	enum dun_err e = dun_gather(en->db, account_id, &en->snap);
-	if (e == DUN_OK)
+	if (e == DUN_OK && refresh_wanted) {
+		*refresh_wanted =
+		    dun_gather_refresh_wanted(en->applier.provider, en->policy, &en->snap, now);
+		if (*refresh_wanted)
+			return DUN_OK;
+	} else if (e == DUN_OK) {
 		e = gather_refresh(en);
+	}
 	if (e == DUN_OK)
 		e = platform_end(en);
 	/* Observe mode decides against the shadow, not the real stores. */
@@ -137,6 +150,11 @@ enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, 
 	if (e == DUN_OK && observe)
 		e = dun_shadow_filter_plan(en->db, &en->plan);
 	return e;
+}
+
+enum dun_err dun_engine_evaluate(struct dun_engine *en, const char *account_id, int64_t now)
+{
+	return evaluate(en, account_id, now, NULL);
 }
 
 enum dun_err dun_engine_decide(struct dun_engine *en, int64_t now)
@@ -423,4 +441,98 @@ enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_co
 		"request", kind, "outcome", e == DUN_OK ? "applied" : "failed", "error",
 		out->apply.error_text, NULL);
 	return e != DUN_OK ? e : fe;
+}
+
+/*
+ * The batched pass (see recompute.h and the design in inbox/worker.c). Every
+ * write below lands in the caller's transaction, under the caller's
+ * savepoint of this account, after the fence check that opens it; nothing
+ * here commits or rolls back.
+ */
+enum dun_err dun_engine_recompute_batched(struct dun_engine *en, const char *account_id,
+					  const struct dun_trigger_ref *trigger,
+					  struct dun_recompute_result *out, bool *deferred)
+{
+	memset(out, 0, sizeof *out);
+	*deferred = false;
+	if (en->applier.platform.reader) {
+		/* An HTTP platform is read over the network: not in a batch. */
+		*deferred = true;
+		return DUN_OK;
+	}
+	enum dun_err e = dun_fence_check(en->db, en->applier.fence);
+	if (e != DUN_OK)
+		return e;
+	int64_t now = dun_clock_now();
+	bool refresh_wanted = false;
+	e = evaluate(en, account_id, now, &refresh_wanted);
+	if (e != DUN_OK || refresh_wanted) {
+		*deferred = refresh_wanted;
+		return e;
+	}
+	out->from = en->snap.state.stage;
+	out->to = en->desired.stage;
+	out->held = en->desired.held;
+	out->skipped = en->desired.skipped;
+	out->n_planned = en->plan.n;
+	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	if (out->mode == DUN_MODE_ACTIVE && en->plan.n &&
+	    !dun_apply_plan_batchable(&en->applier, &en->plan)) {
+		*deferred = true;
+		return DUN_OK;
+	}
+	if (out->mode == DUN_MODE_OBSERVE) {
+		int n_new = 0;
+		e = record_decision(en, trigger, out->mode, "observed", &out->decision_id);
+		if (e == DUN_OK)
+			e = dun_shadow_record(en->db, account_id, &en->plan, out->decision_id,
+					      dun_clock_now(), &n_new);
+	} else if (en->plan.n == 0) {
+		e = record_decision(en, trigger, out->mode, "noop", &out->decision_id);
+	} else {
+		e = record_decision(en, trigger, out->mode, "applying", &out->decision_id);
+		if (e == DUN_OK) {
+			en->applier.in_batch = true;
+			e = dun_apply_plan(&en->applier, &en->snap, &en->desired, &en->plan,
+					   out->decision_id, &out->apply);
+			en->applier.in_batch = false;
+		}
+		if (e == DUN_OK)
+			e = finish_decision(en, out->decision_id, "applied", out->apply.n_applied,
+					    "");
+	}
+	if (e == DUN_OK && en->settle) {
+		e = en->settle(en->db, en->settle_arg);
+		out->settled = e == DUN_OK;
+	}
+	if (e != DUN_OK) {
+		out->decision_id = 0;
+		out->settled = false;
+	}
+	return e;
+}
+
+enum dun_err dun_engine_record_failure(struct dun_engine *en, const struct dun_trigger_ref *trigger,
+				       enum dun_mode mode, const char *error, int64_t *id_out)
+{
+	enum dun_err e = record_decision(en, trigger, mode, "failed", id_out);
+	if (e == DUN_OK)
+		e = finish_decision(en, *id_out, "failed", 0, error);
+	return e;
+}
+
+void dun_engine_log_done(const char *account_id, const struct dun_trigger_ref *trigger,
+			 const struct dun_recompute_result *r)
+{
+	const char *kind = trigger && trigger->kind ? trigger->kind : "";
+	const char *outcome = r->mode == DUN_MODE_OBSERVE ? "observed"
+			      : r->n_planned == 0	  ? "noop"
+							  : "applied";
+	char planned[16], applied[16];
+	snprintf(planned, sizeof planned, "%d", r->n_planned);
+	snprintf(applied, sizeof applied, "%d", r->apply.n_applied);
+	dun_log(DUN_LOG_INFO, "recompute.done", "account", account_id, "trigger", kind, "mode",
+		dun_mode_name(r->mode), "outcome", outcome, "from", dun_stage_name(r->from), "to",
+		dun_stage_name(r->to), "planned", planned, "applied", applied, "batched", "1",
+		NULL);
 }

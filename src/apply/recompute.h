@@ -97,6 +97,37 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 				  struct dun_recompute_result *out);
 
 /*
+ * The pass of dun_engine_recompute() for a worker's batch (inbox/worker.c):
+ * the caller holds an open transaction and a savepoint of this account;
+ * this checks and renews the claim (en->applier.fence) in it, gathers,
+ * decides and, when the plan writes only to the engine DB
+ * (dun_apply_plan_batchable), records the decision, applies the plan and
+ * settles the trigger (en->settle) — all in the caller's transaction,
+ * committing nothing. When the pass would need the network (an HTTP
+ * platform to read, the provider's refresh of the mirror, a provider call
+ * or a destructive consequence in the plan) nothing is decided and
+ * *deferred is set: the caller rolls back to its savepoint and runs the
+ * account through dun_engine_recompute() after the batch commits. On any
+ * error (DUN_E_FENCED included) the caller rolls back to its savepoint:
+ * what was written here is not to be kept. Borrows everything.
+ */
+enum dun_err dun_engine_recompute_batched(struct dun_engine *en, const char *account_id,
+					  const struct dun_trigger_ref *trigger,
+					  struct dun_recompute_result *out, bool *deferred);
+
+/*
+ * In the caller's transaction: a decision of the account last evaluated by
+ * en, with outcome failed and the error text, nothing applied. For a
+ * batched pass rolled back to its savepoint. *id_out gets its id.
+ */
+enum dun_err dun_engine_record_failure(struct dun_engine *en, const struct dun_trigger_ref *trigger,
+				       enum dun_mode mode, const char *error, int64_t *id_out);
+
+/* The recompute.done log line of a batched pass, once its batch committed. */
+void dun_engine_log_done(const char *account_id, const struct dun_trigger_ref *trigger,
+			 const struct dun_recompute_result *r);
+
+/*
  * Apply an explicit request's plan (items, n) to the account evaluated last
  * by dun_engine_evaluate(), recording a decision with trigger kind. Refused
  * (DUN_E_GUARD) for an account in observe mode: observe writes nothing.

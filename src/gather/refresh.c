@@ -73,6 +73,17 @@ static bool wanted(const struct dun_policy *policy, const struct dun_invoice *in
 		 dun_policy_provider_attempt_overdue(policy, inv, now)));
 }
 
+bool dun_gather_refresh_wanted(struct dun_provider provider, const struct dun_policy *policy,
+			       const struct dun_snapshot *snap, int64_t now)
+{
+	if (!provider.ops || !provider.ops->refresh_invoices)
+		return false;
+	for (int i = 0; i < snap->state.n_invoices; i++)
+		if (wanted(policy, &snap->state.invoices[i], now))
+			return true;
+	return false;
+}
+
 enum dun_err dun_gather_refresh(struct dun_db *db, struct dun_provider provider,
 				const struct dun_policy *policy, struct dun_snapshot *snap,
 				struct dun_refresh_result *out)

@@ -65,6 +65,15 @@ struct dun_refresh_result {
  * on with what the mirror has. The return value is the second gather's
  * error (snap is then not usable), DUN_OK otherwise.
  */
+/*
+ * Whether dun_gather_refresh() would call the provider for snap at now
+ * (borrows everything): a worker's batch transaction (inbox/worker.c) must
+ * not wait on the network, so it hands such an account to the unbatched
+ * path instead.
+ */
+bool dun_gather_refresh_wanted(struct dun_provider provider, const struct dun_policy *policy,
+			       const struct dun_snapshot *snap, int64_t now);
+
 enum dun_err dun_gather_refresh(struct dun_db *db, struct dun_provider provider,
 				const struct dun_policy *policy, struct dun_snapshot *snap,
 				struct dun_refresh_result *out);

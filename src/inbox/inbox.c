@@ -49,6 +49,8 @@ void dun_inbox_config_defaults(struct dun_inbox_config *c)
 	c->backoff_base_s = 30;
 	c->backoff_max_s = 3600;
 	c->lease_s = 300;
+	c->batch_max = 64;
+	c->batch_budget_us = 5000;
 }
 
 void dun_inbox_worker_id(char *out, size_t out_size, const char *role)
@@ -424,6 +426,19 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 	enum dun_err e = dun_db_begin(db);
 	if (e != DUN_OK)
 		return e;
+	e = dun_inbox_fail_in_tx(db, cfg, worker_id, account_id, now, retryable, error);
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
+	return e;
+}
+
+enum dun_err dun_inbox_fail_in_tx(struct dun_db *db, const struct dun_inbox_config *cfg,
+				  const char *worker_id, const char *account_id, int64_t now,
+				  bool retryable, const char *error)
+{
+	enum dun_err e;
 	/* attempts is shared by the coalesced triggers: use the largest. */
 	struct dun_stmt *st = dun_db_stmt(db, "SELECT MAX(attempts), MIN(id) FROM inbox WHERE"
 					      " account_id = ?1 AND state = 'processing' AND"
@@ -453,10 +468,6 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 	e = dun_stmt_done(st);
 	if (e == DUN_OK)
 		e = dun_fence_release(db, account_id, worker_id);
-	if (e == DUN_OK)
-		e = dun_db_commit(db);
-	if (e != DUN_OK)
-		dun_db_rollback(db);
 	char a[16], d[24];
 	snprintf(a, sizeof a, "%d", attempts);
 	snprintf(d, sizeof d, "%lld", (long long)(dead ? 0 : delay));

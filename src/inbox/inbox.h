@@ -40,6 +40,14 @@ struct dun_inbox_config {
 	int64_t backoff_base_s; /* default 30 */
 	int64_t backoff_max_s;	/* default 3600 */
 	int64_t lease_s;	/* a claim not renewed for this long is taken back; default 300 */
+	/*
+	 * A drain's batches (inbox/worker.c): up to batch_max accounts share
+	 * one transaction, which takes no new account once batch_budget_us of
+	 * work is done (the write lock is held that long). batch_max 1: one
+	 * transaction or more per account, as before batching. Defaults 64, 5000.
+	 */
+	int batch_max;
+	int64_t batch_budget_us;
 };
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c);
@@ -95,6 +103,10 @@ enum dun_err dun_inbox_complete_in_tx(struct dun_db *db, const char *worker_id,
 enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cfg,
 			    const char *worker_id, const char *account_id, int64_t now,
 			    bool retryable, const char *error);
+/* dun_inbox_fail() in the caller's transaction (a worker's batch). */
+enum dun_err dun_inbox_fail_in_tx(struct dun_db *db, const struct dun_inbox_config *cfg,
+				  const char *worker_id, const char *account_id, int64_t now,
+				  bool retryable, const char *error);
 
 /*
  * Give back the claimed triggers of account_id under worker_id without

@@ -5,13 +5,50 @@
  * the pipeline once per account, and settles the triggers: done on success,
  * retrying or dead on failure (inbox.c decides which). An unknown account is
  * a terminal failure: no retry will make it exist.
+ *
+ * Batches
+ * -------
+ * Every commit is an fsync, and the store does several times more rows per
+ * second in large transactions than in single-row ones. So a drain works
+ * the accounts it claimed in shared transactions: one BEGIN, then for each
+ * account a SAVEPOINT, inside which it checks and renews the account's
+ * claim, gathers, decides, records the decision, applies the plan's
+ * engine-DB consequences (engine tables, email outbox, platform outbox) and
+ * settles the account's triggers; then RELEASE, and the next account. A
+ * transaction takes no new account after batch_max accounts or
+ * batch_budget_us of work, so the write lock is never held much longer than
+ * that and webhooks are not kept waiting; then COMMIT.
+ *
+ * One account cannot spoil the others. A claim another worker took over
+ * (DUN_E_FENCED) or any failure rolls back to that account's savepoint:
+ * nothing of it stays. A failure is then recorded (a failed decision, the
+ * triggers to retrying or dead, as unbatched) in the same savepoint; a lost
+ * claim is left to its new owner, nothing settled.
+ *
+ * No network inside the transaction. An account whose pass would wait on
+ * one — an HTTP platform to read, a provider refresh of the mirror, a plan
+ * with a provider call or a destructive consequence (which re-reads the
+ * provider first) — is rolled back to its savepoint undecided and run after
+ * the COMMIT through the unbatched path (dun_worker_run_claimed), with its
+ * own transactions around each call, as before batching.
+ *
+ * Crashes. A trigger is settled in the transaction that holds its effects:
+ * the decision, the `applied` records under their keys, the outbox rows.
+ * A crash before the COMMIT loses every account of the batch together and
+ * leaves their triggers in processing under claims of a dead process; the
+ * next claim takes them back and recomputes them from the state as it was.
+ * After the COMMIT all of them are done, once. Nothing is acknowledged
+ * before it is durable and nothing is applied twice. A COMMIT that fails
+ * means nothing of the batch landed: its accounts run again, unbatched.
  */
 #include "worker.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/mem.h"
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BATCH 64
@@ -77,6 +114,185 @@ enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbo
 	return re;
 }
 
+/* What one claimed account did, for the drain's counts. */
+static void tally(struct dun_drain_stats *stats, const struct dun_inbox_item *item,
+		  const struct dun_recompute_result *r, enum dun_err re, bool batched)
+{
+	stats->accounts++;
+	stats->triggers += item->coalesced;
+	stats->consequences_applied += r->apply.n_applied;
+	if (re == DUN_OK || r->decision_id)
+		*(r->mode == DUN_MODE_ACTIVE ? &stats->active : &stats->observed) += 1;
+	if (re != DUN_OK)
+		stats->failed++;
+	*(batched ? &stats->batched : &stats->unbatched) += 1;
+}
+
+/* The unbatched path for one claimed account, counted. */
+static enum dun_err run_alone(struct dun_engine *en, const struct dun_inbox_config *cfg,
+			      const char *worker_id, const struct dun_inbox_item *item,
+			      struct dun_drain_stats *stats)
+{
+	struct dun_recompute_result r;
+	enum dun_err se = DUN_OK;
+	enum dun_err re = dun_worker_run_claimed(en, cfg, worker_id, item, &r, &se);
+	tally(stats, item, &r, re, false);
+	return se;
+}
+
+enum slot_state {
+	SLOT_DONE,     /* committed with the batch */
+	SLOT_FAILED,   /* rolled back; recorded as failed with the batch */
+	SLOT_FENCED,   /* rolled back; the claim is another worker's */
+	SLOT_DEFERRED, /* rolled back undecided; to run unbatched */
+};
+
+struct slot {
+	enum slot_state state;
+	enum dun_err re;
+	struct dun_recompute_result r;
+};
+
+/*
+ * After a failed batched pass, rolled back to the account's savepoint:
+ * record the failure as the unbatched path would (a failed decision when
+ * the plan failed, the triggers to retrying or dead) in the savepoint.
+ */
+static enum dun_err record_failure(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				   const char *worker_id, const struct dun_inbox_item *item,
+				   const struct dun_trigger_ref *t, struct slot *sl)
+{
+	const char *msg = sl->r.apply.error_text[0] ? sl->r.apply.error_text : dun_err_str(sl->re);
+	enum dun_err e = DUN_OK;
+	if (sl->r.apply.n_failed)
+		e = dun_engine_record_failure(en, t, sl->r.mode, msg, &sl->r.decision_id);
+	sl->r.apply.n_applied = 0;
+	if (e == DUN_OK)
+		e = dun_inbox_fail_in_tx(en->db, cfg, worker_id, item->account_id, dun_clock_now(),
+					 dun_err_is_retryable(sl->re), msg);
+	return e;
+}
+
+/*
+ * One account of a batch, inside its savepoint. Returns false when the
+ * savepoint itself could not be handled: the batch's transaction is then
+ * unusable and the caller rolls it back whole.
+ */
+static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *cfg,
+			 const char *worker_id, const struct dun_inbox_item *item, struct slot *sl)
+{
+	memset(sl, 0, sizeof *sl);
+	if (dun_db_savepoint(en->db, "batch_account") != DUN_OK)
+		return false;
+	struct dun_fence f = {.token = item->token, .lease_ms = cfg->lease_s * 1000};
+	snprintf(f.account_id, sizeof f.account_id, "%s", item->account_id);
+	snprintf(f.owner, sizeof f.owner, "%s", worker_id);
+	struct dun_trigger_ref t = {.id = item->id, .kind = item->kind};
+	struct settle_arg sa = {worker_id, item->account_id};
+	bool deferred = false;
+	en->applier.fence = &f;
+	en->settle = settle_in_decision;
+	en->settle_arg = &sa;
+	sl->re = dun_engine_recompute_batched(en, item->account_id, &t, &sl->r, &deferred);
+	en->applier.fence = NULL;
+	en->settle = NULL;
+	en->settle_arg = NULL;
+	if (sl->re == DUN_OK && !deferred) {
+		sl->state = SLOT_DONE;
+		return dun_db_release(en->db, "batch_account") == DUN_OK;
+	}
+	if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
+		return false;
+	if (deferred) {
+		sl->state = SLOT_DEFERRED;
+	} else if (sl->re == DUN_E_FENCED) {
+		sl->state = SLOT_FENCED;
+		sl->r.apply.n_applied = 0;
+	} else if (record_failure(en, cfg, worker_id, item, &t, sl) == DUN_OK) {
+		sl->state = SLOT_FAILED;
+	} else {
+		/* Not even the failure could be written: let the unbatched path try. */
+		if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
+			return false;
+		sl->state = SLOT_DEFERRED;
+	}
+	return dun_db_release(en->db, "batch_account") == DUN_OK;
+}
+
+/*
+ * Work items[0..n) (claimed by worker_id) in batches; see "Batches" above.
+ * Returns a store error of settling (as the unbatched drain does).
+ */
+static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				const char *worker_id, const struct dun_inbox_item *items, int n,
+				struct dun_drain_stats *stats)
+{
+	struct slot *slots = dun_calloc((size_t)n, sizeof *slots);
+	enum dun_err e = DUN_OK;
+	int i = 0;
+	while (i < n && e == DUN_OK) {
+		if (stop_requested) {
+			/* Nothing of these was started: back to the queue, due now. */
+			for (int k = i; k < n && e == DUN_OK; k++)
+				e = dun_inbox_release(en->db, worker_id, items[k].account_id,
+						      dun_clock_now());
+			stats->interrupted = true;
+			break;
+		}
+		int first = i;
+		bool whole = dun_db_begin(en->db) == DUN_OK;
+		int64_t t0 = dun_clock_mono_us();
+		while (whole && i < n) {
+			if (i > first &&
+			    (i - first >= cfg->batch_max ||
+			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stop_requested))
+				break;
+			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);
+			i++;
+		}
+		if (whole)
+			whole = dun_db_commit(en->db) == DUN_OK;
+		if (!whole) {
+			/* Nothing of this batch landed: each of its accounts runs alone. */
+			dun_db_rollback(en->db);
+			dun_log(DUN_LOG_WARN, "worker.batch_failed", "worker", worker_id, "error",
+				dun_db_errmsg(en->db), NULL);
+			if (i == first)
+				i++;
+			for (int k = first; k < i; k++)
+				slots[k].state = SLOT_DEFERRED;
+		}
+		for (int k = first; k < i && e == DUN_OK; k++) {
+			struct slot *sl = &slots[k];
+			struct dun_trigger_ref t = {.id = items[k].id, .kind = items[k].kind};
+			switch (sl->state) {
+			case SLOT_DONE:
+				dun_engine_log_done(items[k].account_id, &t, &sl->r);
+				tally(stats, &items[k], &sl->r, DUN_OK, true);
+				break;
+			case SLOT_FAILED:
+				dun_log(DUN_LOG_WARN, "recompute.failed", "account",
+					items[k].account_id, "trigger", items[k].kind, "code",
+					dun_err_name(sl->re), "error", sl->r.apply.error_text,
+					"batched", "1", NULL);
+				tally(stats, &items[k], &sl->r, sl->re, true);
+				break;
+			case SLOT_FENCED:
+				dun_log(DUN_LOG_WARN, "worker.claim_lost", "worker", worker_id,
+					"account", items[k].account_id, "error",
+					sl->r.apply.error_text, NULL);
+				tally(stats, &items[k], &sl->r, sl->re, true);
+				break;
+			case SLOT_DEFERRED:
+				e = run_alone(en, cfg, worker_id, &items[k], stats);
+				break;
+			}
+		}
+	}
+	free(slots);
+	return e;
+}
+
 enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
 			      const char *worker_id, int64_t now, int64_t max_accounts,
 			      struct dun_drain_stats *stats)
@@ -104,6 +320,12 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 			return e;
 		if (n == 0)
 			break;
+		if (cfg->batch_max > 1) {
+			e = run_batches(en, cfg, worker_id, items, n, stats);
+			if (e != DUN_OK || stats->interrupted)
+				return e;
+			continue;
+		}
 		for (int i = 0; i < n; i++) {
 			if (stop_requested) {
 				/* Nothing of these was started: back to the queue, due now. */
@@ -113,17 +335,7 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 				stats->interrupted = true;
 				return e;
 			}
-			struct dun_recompute_result r;
-			enum dun_err re =
-			    dun_worker_run_claimed(en, cfg, worker_id, &items[i], &r, &e);
-			stats->accounts++;
-			stats->triggers += items[i].coalesced;
-			stats->consequences_applied += r.apply.n_applied;
-			if (re == DUN_OK || r.decision_id)
-				*(r.mode == DUN_MODE_ACTIVE ? &stats->active : &stats->observed) +=
-				    1;
-			if (re != DUN_OK)
-				stats->failed++;
+			e = run_alone(en, cfg, worker_id, &items[i], stats);
 			if (e != DUN_OK)
 				return e;
 		}

@@ -13,9 +13,11 @@ struct dun_drain_stats {
 	int64_t failed;
 	int64_t rechecks_enqueued;
 	int64_t consequences_applied;
-	int64_t active;	  /* accounts recomputed in active mode (written to) */
-	int64_t observed; /* accounts recomputed in observe mode (shadow only) */
-	bool interrupted; /* stopped by dun_worker_request_stop(); the rest is queued */
+	int64_t active;	   /* accounts recomputed in active mode (written to) */
+	int64_t observed;  /* accounts recomputed in observe mode (shadow only) */
+	int64_t batched;   /* accounts settled inside a shared transaction (worker.c) */
+	int64_t unbatched; /* accounts run alone: batching off, or their pass needed the network */
+	bool interrupted;  /* stopped by dun_worker_request_stop(); the rest is queued */
 };
 
 /*
@@ -39,7 +41,9 @@ enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbo
 
 /*
  * Process every trigger that is due at now (and enqueue due rechecks first),
- * until none is left or max_accounts were processed (0: no limit). Borrows en.
+ * until none is left or max_accounts were processed (0: no limit). With
+ * cfg->batch_max above 1 the accounts share transactions (see "Batches" in
+ * worker.c). Borrows en.
  */
 enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
 			      const char *worker_id, int64_t now, int64_t max_accounts,

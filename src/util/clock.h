@@ -21,6 +21,8 @@ int64_t dun_clock_now(void);
 int64_t dun_clock_wall_ms(void);
 /* Milliseconds of a monotonic clock, for timeouts and latency only. */
 int64_t dun_clock_mono_ms(void);
+/* The same clock in microseconds: for bounding short work (a batch's budget). */
+int64_t dun_clock_mono_us(void);
 /* Fix the clock at t (unix seconds). */
 void dun_clock_set(int64_t t);
 /* Move a fixed clock forward by seconds (no-op on the wall clock). */
