@@ -32,6 +32,7 @@
 #include "apply/render.h"
 #include "gather/stream.h"
 #include "inbox/scan.h"
+#include "inbox/worker.h"
 #include "provider/sim.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -486,6 +487,167 @@ static void recomputes(const struct opts *o, int64_t now, struct recompute_repor
 	remove_db(work);
 }
 
+/* ---- the workers: batched against one transaction per account ---------------------- */
+
+/*
+ * The inbox path of `dunning work`: triggers enqueued for a set of
+ * accounts, then dun_worker_drain() with batching off (batch_max 1: the
+ * decision, each consequence and the settlement commit on their own, as
+ * before batching) or on (the defaults: up to 64 accounts per transaction).
+ * Two groups of accounts, told apart by a dry run of their plan: an empty
+ * plan, and a plan with consequences. Each group is dealt alternately into
+ * two halves of the same make-up; the unbatched drain works one half and
+ * the batched drain the other (an account's plan is spent once applied),
+ * and dun_gather() alone over both halves is the baseline, all in one run
+ * on one copy of the database, durable as in production.
+ */
+struct group_report {
+	int n[2];		      /* accounts of each half */
+	double gather_s[2];	      /* dun_gather() over each half */
+	double drain_s[2];	      /* [0] unbatched, [1] batched */
+	int64_t unbatched_in_batched; /* accounts the batched drain ran alone (network) */
+	int64_t failed[2];
+	int64_t consequences[2];
+};
+
+struct worker_report {
+	int sampled;
+	int provider_plans; /* of the consequences group: plans with a provider call */
+	struct group_report empty, conseq;
+};
+
+static void enqueue_all(struct dun_db *db, char (*ids)[DUN_ID_MAX], const int *which, int n,
+			int64_t now)
+{
+	if (dun_db_begin(db) != DUN_OK)
+		die("enqueue", dun_db_errmsg(db));
+	for (int i = 0; i < n; i++) {
+		bool inserted = false;
+		int64_t id = 0;
+		if (dun_inbox_enqueue(db, ids[which[i]], "support_recompute", "bench", "", NULL,
+				      now, &inserted, &id) != DUN_OK)
+			die("enqueue", dun_db_errmsg(db));
+	}
+	if (dun_db_commit(db) != DUN_OK)
+		die("enqueue", dun_db_errmsg(db));
+}
+
+static double gather_all(struct dun_db *db, char (*ids)[DUN_ID_MAX], const int *which, int n)
+{
+	struct dun_snapshot snap;
+	dun_snapshot_init(&snap);
+	double t0 = now_s();
+	for (int i = 0; i < n; i++)
+		if (dun_gather(db, ids[which[i]], &snap) != DUN_OK)
+			die(ids[which[i]], "gather failed");
+	double t = now_s() - t0;
+	dun_snapshot_free(&snap);
+	return t;
+}
+
+static void drain_group(struct bench *b, char (*ids)[DUN_ID_MAX], int *members, int n, int64_t now,
+			struct group_report *g)
+{
+	/* Dealt alternately: half 0 at even places, half 1 at odd ones. */
+	int *half[2] = {dun_calloc((size_t)n + 1, sizeof(int)),
+			dun_calloc((size_t)n + 1, sizeof(int))};
+	g->n[0] = g->n[1] = 0;
+	for (int i = 0; i < n; i++)
+		half[i % 2][g->n[i % 2]++] = members[i];
+	for (int pass = 0; pass < 2; pass++) /* the first pass warms the cache */
+		for (int h = 0; h < 2; h++)
+			g->gather_s[h] = gather_all(b->db, ids, half[h], g->n[h]);
+	char worker[200];
+	dun_inbox_worker_id(worker, sizeof worker, "bench");
+	for (int h = 0; h < 2; h++) {
+		struct dun_inbox_config cfg;
+		dun_inbox_config_defaults(&cfg);
+		if (h == 0)
+			cfg.batch_max = 1;
+		enqueue_all(b->db, ids, half[h], g->n[h], now);
+		struct dun_drain_stats st;
+		double t0 = now_s();
+		if (dun_worker_drain(&b->en, &cfg, worker, now, 0, &st) != DUN_OK)
+			die("drain", dun_db_errmsg(b->db));
+		g->drain_s[h] = now_s() - t0;
+		if (st.accounts != g->n[h] + st.rechecks_enqueued) {
+			char why[160];
+			snprintf(why, sizeof why,
+				 "worked %" PRId64 " accounts, %d enqueued and %" PRId64
+				 " rechecks due",
+				 st.accounts, g->n[h], st.rechecks_enqueued);
+			die("drain", why);
+		}
+		g->failed[h] = st.failed;
+		g->consequences[h] = st.consequences_applied;
+		if (h == 1)
+			g->unbatched_in_batched = st.unbatched;
+	}
+	free(half[0]);
+	free(half[1]);
+}
+
+static void workers(const struct opts *o, int64_t now, struct worker_report *rep)
+{
+	char work[4200];
+	snprintf(work, sizeof work, "%s.workers-%ld", o->db, (long)getpid());
+	remove_db(work);
+	copy_file(o->db, work);
+	memset(rep, 0, sizeof *rep);
+	struct bench b;
+	bench_open(&b, o, work);
+	if (dun_db_setting_set(b.db, "mode", "active") != DUN_OK ||
+	    dun_db_setting_set(b.db, "rollout.percent", "100") != DUN_OK)
+		die(work, "cannot set the rollout");
+	dun_clock_set(now);
+	char err[256];
+	/* Only the triggers enqueued below: rechecks due now are worked first, untimed. */
+	if (dun_db_exec(b.db, "DELETE FROM inbox", err, sizeof err) != DUN_OK)
+		die(work, err);
+	struct dun_inbox_config cfg;
+	dun_inbox_config_defaults(&cfg);
+	struct dun_drain_stats st;
+	char worker[200];
+	dun_inbox_worker_id(worker, sizeof worker, "bench");
+	if (dun_worker_drain(&b.en, &cfg, worker, now, 0, &st) != DUN_OK)
+		die("drain of due rechecks", dun_db_errmsg(b.db));
+
+	/* Enough accounts that the smaller group, with consequences, is not a handful. */
+	int want = o->recomputes * 10;
+	char(*ids)[DUN_ID_MAX] = sample(b.db, want, o->seed + 7, &rep->sampled);
+	seed_sim(b.db, ids, rep->sampled);
+	int *empty = dun_calloc((size_t)rep->sampled + 1, sizeof(int));
+	int *conseq = dun_calloc((size_t)rep->sampled + 1, sizeof(int));
+	int n_empty = 0, n_conseq = 0;
+	for (int i = 0; i < rep->sampled; i++) {
+		struct dun_recompute_result r;
+		if (dun_engine_recompute(&b.en, ids[i], NULL, true, &r) != DUN_OK)
+			continue;
+		if (r.n_planned == 0) {
+			if (n_empty < o->recomputes * 2)
+				empty[n_empty++] = i;
+		} else {
+			conseq[n_conseq++] = i;
+			rep->provider_plans += !dun_apply_plan_batchable(&b.en.applier, &b.en.plan);
+		}
+	}
+	drain_group(&b, ids, empty, n_empty, now, &rep->empty);
+	drain_group(&b, ids, conseq, n_conseq, now, &rep->conseq);
+	free(empty);
+	free(conseq);
+	free(ids);
+	bench_close(&b);
+	remove_db(work);
+}
+
+static void print_group(const char *name, const struct group_report *g)
+{
+	double gather = (g->n[0] + g->n[1]) / (g->gather_s[0] + g->gather_s[1]);
+	double unb = g->n[0] / g->drain_s[0], bat = g->n[1] / g->drain_s[1];
+	printf("  %-22s %6d + %-6d %10.0f %12.0f %10.0f %10.2f %10.2f\n", name, g->n[0], g->n[1],
+	       gather, unb, bat, bat / unb, gather / bat);
+}
+
 /* ---- report --------------------------------------------------------------------------- */
 
 static const char *verdict(bool ok)
@@ -635,6 +797,12 @@ int main(int argc, char **argv)
 		recomputes(&o, now, &rec);
 	}
 
+	struct worker_report wk = {0};
+	if (o.recomputes > 0) {
+		fprintf(stderr, "bench: the workers, batched and not, on a copy...\n");
+		workers(&o, now, &wk);
+	}
+
 	double ratio = scan_best.wall / raw_best.wall;
 	double ratio_cpu = scan_best.cpu / raw_best.cpu;
 	double rss = (double)rss_kb * 1024.0;
@@ -683,6 +851,29 @@ int main(int argc, char **argv)
 		printf("  outcomes: %d with nothing to do, %d applied (%" PRId64
 		       " consequences), %d failed\n",
 		       rec.noop, rec.applied, rec.consequences, rec.failed);
+	}
+	if (wk.sampled > 0) {
+		printf("\n  workers (dun_worker_drain, active mode, durable), accounts/s\n");
+		printf("  %-22s %-15s %10s %12s %10s %10s %10s\n", "plans", "accounts", "gathers",
+		       "unbatched", "batched", "bat/unbat", "gath/bat");
+		print_group("empty plan", &wk.empty);
+		print_group("with consequences", &wk.conseq);
+		double empty_rate = wk.empty.n[1] / wk.empty.drain_s[1];
+		double speedup = (wk.conseq.n[1] / wk.conseq.drain_s[1]) /
+				 (wk.conseq.n[0] / wk.conseq.drain_s[0]);
+		printf("  %-42s %8.0f   target >= 10000  %s\n", "batched, empty plan, per second",
+		       empty_rate, empty_rate >= 10000 ? "ok" : "MISSED");
+		printf("  %-42s %8.2f   target >= 2      %s\n",
+		       "batched / unbatched, with consequences", speedup,
+		       speedup >= 2 ? "ok" : "MISSED");
+		printf("  consequences applied: unbatched %" PRId64 ", batched %" PRId64
+		       "; failed: %" PRId64 ", %" PRId64 "\n",
+		       wk.conseq.consequences[0], wk.conseq.consequences[1], wk.conseq.failed[0],
+		       wk.conseq.failed[1]);
+		printf("  of %d sampled accounts, %d with consequences (%d with a provider call);"
+		       " the batched drain ran %" PRId64 " of its half alone\n",
+		       wk.sampled, wk.conseq.n[0] + wk.conseq.n[1], wk.provider_plans,
+		       wk.conseq.unbatched_in_batched + wk.empty.unbatched_in_batched);
 	}
 	if (mismatches)
 		printf("\n  drift counts differ from what the generator planted\n");

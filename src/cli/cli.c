@@ -367,6 +367,8 @@ static int drain(struct dun_cli *cli, bool quiet)
 			total.consequences_applied += st.consequences_applied;
 			total.active += st.active;
 			total.observed += st.observed;
+			total.batched += st.batched;
+			total.unbatched += st.unbatched;
 			if (progress && st.accounts == DRAIN_CHUNK)
 				fprintf(stderr, "\rprocessed %lld accounts, %lld failed",
 					(long long)total.accounts, (long long)total.failed);
@@ -386,6 +388,9 @@ static int drain(struct dun_cli *cli, bool quiet)
 	if (!quiet && total.accounts)
 		printf("modes: %lld accounts active (written to), %lld observe (shadow only)\n",
 		       (long long)total.active, (long long)total.observed);
+	if (!quiet && total.accounts)
+		printf("commits: %lld accounts in shared transactions, %lld alone\n",
+		       (long long)total.batched, (long long)total.unbatched);
 	int erc = dun_cli_deliver_emails(cli, quiet);
 	if (erc)
 		return erc;
