@@ -506,6 +506,7 @@ struct group_report {
 	double gather_s[2];	      /* dun_gather() over each half */
 	double drain_s[2];	      /* [0] unbatched, [1] batched */
 	int64_t unbatched_in_batched; /* accounts the batched drain ran alone (network) */
+	int64_t batches;	      /* shared transactions of the batched drain */
 	int64_t failed[2];
 	int64_t consequences[2];
 };
@@ -580,8 +581,10 @@ static void drain_group(struct bench *b, char (*ids)[DUN_ID_MAX], int *members, 
 		}
 		g->failed[h] = st.failed;
 		g->consequences[h] = st.consequences_applied;
-		if (h == 1)
+		if (h == 1) {
 			g->unbatched_in_batched = st.unbatched;
+			g->batches = st.batches;
+		}
 	}
 	free(half[0]);
 	free(half[1]);
@@ -870,6 +873,9 @@ int main(int argc, char **argv)
 		       "; failed: %" PRId64 ", %" PRId64 "\n",
 		       wk.conseq.consequences[0], wk.conseq.consequences[1], wk.conseq.failed[0],
 		       wk.conseq.failed[1]);
+		printf("  shared transactions: %" PRId64 " for %d empty plans, %" PRId64
+		       " for %d with consequences\n",
+		       wk.empty.batches, wk.empty.n[1], wk.conseq.batches, wk.conseq.n[1]);
 		printf("  of %d sampled accounts, %d with consequences (%d with a provider call);"
 		       " the batched drain ran %" PRId64 " of its half alone\n",
 		       wk.sampled, wk.conseq.n[0] + wk.conseq.n[1], wk.provider_plans,

@@ -478,6 +478,11 @@ static enum dun_err provider_settle(struct dun_applier *ap, const char *acct,
 				    const struct dun_consequence *c, int64_t decision_id,
 				    json_t *reply, char *err)
 {
+	if (ap->in_batch) {
+		/* The simulated provider in a worker's batch: all of it in the caller's transaction. */
+		enum dun_err e = fold(ap->db, reply, err);
+		return e == DUN_OK ? record(ap->db, acct, c, decision_id, DUN_OK, "") : e;
+	}
 	enum dun_err e = dun_db_begin(ap->db);
 	if (e != DUN_OK) {
 		json_decref(reply);
@@ -696,8 +701,9 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 	case DUN_STORE_ENGINE:
 		return in_transaction(ap, snap, d, c, decision_id, err);
 	case DUN_STORE_PROVIDER:
-		/* Renewed just before the call: no takeover for a lease from here. */
-		e = dun_fence_renew(ap->db, ap->fence);
+		/* Renewed just before the call: no takeover for a lease from here.
+		 * (In a batch the claim was checked in the same transaction.) */
+		e = ap->in_batch ? DUN_OK : dun_fence_renew(ap->db, ap->fence);
 		if (e != DUN_OK)
 			return e;
 		json_t *reply = NULL;
@@ -722,9 +728,11 @@ static enum dun_err apply_one(struct dun_applier *ap, const struct dun_snapshot 
 
 bool dun_apply_plan_batchable(const struct dun_applier *ap, const struct dun_plan *plan)
 {
+	/* The simulated provider on the engine's own connection: no network. */
+	bool local_provider = ap->provider.local_db && ap->provider.local_db == ap->db;
 	for (int i = 0; i < plan->n; i++) {
 		enum dun_conseq_type t = plan->items[i].type;
-		if (dun_conseq_is_destructive(t))
+		if (dun_conseq_is_destructive(t) && !local_provider)
 			return false;
 		switch (dun_conseq_store(t)) {
 		case DUN_STORE_ENGINE:
@@ -735,7 +743,9 @@ bool dun_apply_plan_batchable(const struct dun_applier *ap, const struct dun_pla
 				return false;
 			break;
 		case DUN_STORE_PROVIDER:
-			return false;
+			if (!local_provider)
+				return false;
+			break;
 		}
 	}
 	return true;

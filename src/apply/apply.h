@@ -51,8 +51,9 @@ struct dun_applier {
 	/*
 	 * Set by a worker's batch (inbox/worker.c): the caller holds the
 	 * transaction, under a savepoint of the account, and checked the fence
-	 * in it. Engine-DB consequences then write in that transaction, with
-	 * no commit and no fence check of their own; on failure the caller
+	 * in it. Engine-DB consequences (and the simulated provider's calls)
+	 * then write in that transaction, with no commit and no fence check
+	 * of their own; on failure the caller
 	 * rolls back to its savepoint. Only plans dun_apply_plan_batchable()
 	 * accepts may be applied this way.
 	 */
@@ -78,11 +79,13 @@ enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *s
 			    int64_t decision_id, struct dun_apply_result *res);
 
 /*
- * Whether every consequence of plan writes only to the engine DB (engine
+ * Whether plan can be applied inside a worker's batch transaction without
+ * any network call: every consequence writes only to the engine DB (engine
  * tables, the email outbox, a platform whose writes are queued in the
- * engine DB) and none is destructive (those re-read the provider first):
- * a plan that can be applied inside a worker's batch transaction without
- * any network call. Borrows ap and plan.
+ * engine DB), and none is a provider call or destructive (those re-read
+ * the provider first) — unless the provider is the simulated one on the
+ * engine's own connection (dun_provider.local_db), whose calls are writes
+ * of that transaction too. Borrows ap and plan.
  */
 bool dun_apply_plan_batchable(const struct dun_applier *ap, const struct dun_plan *plan);
 

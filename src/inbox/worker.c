@@ -203,7 +203,12 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 	}
 	if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
 		return false;
-	if (deferred) {
+	if (deferred || sl->re == DUN_E_CONFLICT) {
+		/*
+		 * A conflict: the provider's fresh read found the plan stale. That
+		 * read went into the mirror, and the rollback just took it out
+		 * again; the unbatched path keeps it, so its retry decides on it.
+		 */
 		sl->state = SLOT_DEFERRED;
 	} else if (sl->re == DUN_E_FENCED) {
 		sl->state = SLOT_FENCED;
@@ -252,6 +257,8 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 		}
 		if (whole)
 			whole = dun_db_commit(en->db) == DUN_OK;
+		if (whole)
+			stats->batches++;
 		if (!whole) {
 			/* Nothing of this batch landed: each of its accounts runs alone. */
 			dun_db_rollback(en->db);

@@ -17,6 +17,7 @@ struct dun_drain_stats {
 	int64_t observed;  /* accounts recomputed in observe mode (shadow only) */
 	int64_t batched;   /* accounts settled inside a shared transaction (worker.c) */
 	int64_t unbatched; /* accounts run alone: batching off, or their pass needed the network */
+	int64_t batches;   /* shared transactions committed */
 	bool interrupted;  /* stopped by dun_worker_request_stop(); the rest is queued */
 };
 

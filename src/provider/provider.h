@@ -78,6 +78,14 @@ struct dun_provider_ops {
 struct dun_provider {
 	const struct dun_provider_ops *ops;
 	void *self;
+	/*
+	 * The simulated provider: the connection its objects are written
+	 * through (no network, nothing outside the engine DB). A worker's
+	 * batch (inbox/worker.c) makes its calls inside the batch's
+	 * transaction when this is the engine's own connection. NULL for a
+	 * real provider, whose calls never run inside a transaction.
+	 */
+	struct dun_db *local_db;
 };
 
 /* Release a provider; NULL-safe. */

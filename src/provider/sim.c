@@ -718,7 +718,7 @@ static const struct dun_provider_ops sim_ops = {
 
 struct dun_provider dun_sim_provider(struct dun_sim *sim)
 {
-	struct dun_provider p = {.ops = &sim_ops, .self = sim};
+	struct dun_provider p = {.ops = &sim_ops, .self = sim, .local_db = sim->db};
 	return p;
 }
 
