@@ -876,7 +876,7 @@ int main(int argc, char **argv)
 		printf("  shared transactions: %" PRId64 " for %d empty plans, %" PRId64
 		       " for %d with consequences\n",
 		       wk.empty.batches, wk.empty.n[1], wk.conseq.batches, wk.conseq.n[1]);
-		printf("  of %d sampled accounts, %d with consequences (%d with a provider call);"
+		printf("  of %d sampled accounts, %d with consequences (%d that need the network);"
 		       " the batched drain ran %" PRId64 " of its half alone\n",
 		       wk.sampled, wk.conseq.n[0] + wk.conseq.n[1], wk.provider_plans,
 		       wk.conseq.unbatched_in_batched + wk.empty.unbatched_in_batched);

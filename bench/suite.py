@@ -253,6 +253,16 @@ def main():
         if recomp is not None:
             print(f"  recomputes {recomp:.0f}/s against gathers {gather:.0f}/s "
                   f"(recompute / gather {rg:.2f})")
+        row = r"^\s*%s\s+\d+ \+ \d+\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)"
+        for name in ("empty plan", "with consequences"):
+            m = re.search(row % re.escape(name), engine_out, re.M)
+            if m:
+                g, u, b, ratio = m.groups()
+                print(f"  workers, {name}: batched {b}/s, unbatched {u}/s, gathers {g}/s "
+                      f"(batched / unbatched {float(ratio):.2f})")
+        for line in engine_out.splitlines():
+            if line.strip().startswith(("batched, empty plan", "batched / unbatched")):
+                print("  " + " ".join(line.split()))
     if pg_out:
         accounts = grab(pg_out, r"^\s*(\d+) accounts,", conv=int)
         scan_rate = grab(pg_out, r"^\s*scan \(stream.*?\s(\d+)\s*$")
