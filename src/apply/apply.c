@@ -769,6 +769,7 @@ enum dun_err dun_apply_plan(struct dun_applier *ap, const struct dun_snapshot *s
 		enum dun_err e = DUN_OK;
 		if (dun_conseq_is_destructive(c->type) && !fresh_checked) {
 			fresh_checked = true;
+			res->fresh_read = true;
 			e = recheck_fresh(ap, snap, err);
 		}
 		bool skipped = false;

@@ -67,6 +67,7 @@ struct dun_apply_result {
 	enum dun_err error;
 	char error_text[512];
 	int failed_index; /* index in the plan of the failed consequence, or -1 */
+	bool fresh_read;  /* the provider was re-read (before a destructive consequence) */
 };
 
 /*

@@ -203,11 +203,12 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 	}
 	if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
 		return false;
-	if (deferred || sl->re == DUN_E_CONFLICT) {
+	if (deferred || sl->r.apply.fresh_read) {
 		/*
-		 * A conflict: the provider's fresh read found the plan stale. That
-		 * read went into the mirror, and the rollback just took it out
-		 * again; the unbatched path keeps it, so its retry decides on it.
+		 * The plan re-read the provider (and may have failed on what it
+		 * found: an invoice paid meanwhile). That read went into the
+		 * mirror, and the rollback just took it out again; the unbatched
+		 * path keeps it, so its retry decides on it.
 		 */
 		sl->state = SLOT_DEFERRED;
 	} else if (sl->re == DUN_E_FENCED) {
