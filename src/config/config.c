@@ -103,6 +103,7 @@ static const struct key keys[] = {
     {"events", "endpoints", K_ENDPOINTS, 0, 0, 0, 0},
     STR("events", "secret", event_secret),
     INT("events", "timeout_ms", event_timeout_ms, 100, 600000),
+    INT("metrics", "account_series_limit", metrics_account_series_limit, 0, 100000),
 };
 
 void dun_config_defaults(struct dun_config *c)
@@ -147,6 +148,7 @@ void dun_config_defaults(struct dun_config *c)
 	c->event_timeout_ms = 10000;
 	c->panel_session_idle_s = 3600;
 	c->panel_session_max_s = 12 * 3600;
+	c->metrics_account_series_limit = 1000;
 }
 
 struct ctx {

@@ -18,6 +18,7 @@
  *   [platform] kind = local|http, base_url, token, timeout_ms, read_timeout_ms,
  *              read_batch
  *   [events]   endpoints, secret
+ *   [metrics]  account_series_limit
  */
 #ifndef DUN_CONFIG_H
 #define DUN_CONFIG_H
@@ -114,6 +115,8 @@ struct dun_config {
 	int n_event_endpoints;
 	char event_secret[256];
 	int64_t event_timeout_ms;
+	/* [metrics] accounts outside the current stage given series of their own, at most */
+	int64_t metrics_account_series_limit;
 };
 
 /* The defaults every key has when the file does not set it. */

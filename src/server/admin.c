@@ -398,7 +398,9 @@ static void job_metrics(struct admin_job *job, struct dun_engine_ctx *ctx)
 		account_gauges(f, ctx->db, &svc->policy);
 	/* The figures the database holds (docs/operations.md, Metrics). */
 	enum dun_err de =
-	    ok ? dun_metrics_db_render(f, ctx->db, &svc->policy, dun_clock_now()) : DUN_E_STORE;
+	    ok ? dun_metrics_db_render(f, ctx->db, &svc->policy,
+				       svc->cfg.metrics_account_series_limit, dun_clock_now())
+	       : DUN_E_STORE;
 	fprintf(f,
 		"# HELP dunning_metrics_database_ok Whether every database figure could be read "
 		"for this scrape.\n"

@@ -7,7 +7,7 @@
  * refuse the whole scrape on a family that appears twice).
  *
  * Label values come from the database (email kinds, trigger kinds,
- * currencies); they are escaped as the text format asks.
+ * currencies, account ids); they are escaped as the text format asks.
  */
 #include "metrics_db.h"
 
@@ -567,8 +567,204 @@ static enum dun_err bad_debt_products(FILE *out, struct dun_db *db)
 	return family_close(&fam, out, DUN_OK);
 }
 
+/* ---- accounts outside the current stage ----------------------------------- */
+
+/*
+ * The drilldown's series: one set per account that is in a dunning stage
+ * (notified, restricted, suspended, bad debt), so a dashboard can follow
+ * one account by its id. Labelling by account is a cardinality risk that
+ * the rest of /metrics avoids on purpose; it is bounded here twice: only
+ * accounts outside the current stage (`none`) count, which on a healthy
+ * book is a small share, and at most [metrics] account_series_limit of
+ * them get series. The ones kept are the longest in their stage (then by
+ * id), so the set is stable from scrape to scrape and the accounts an
+ * operator is most likely to look for are in it; the rest are counted in
+ * dunning_account_series_omitted, never silently dropped.
+ *
+ * Cost: the selection is one scan of `dunning` filtered on stage, the same
+ * scan dunning_accounts{stage} already makes; the payment-in-flight and the
+ * owed-money queries reach invoices through their account's customers by
+ * the customers_account and p_invoices_customer indexes, restricted to the
+ * selected accounts.
+ */
+
+#define SELECTED_ACCOUNTS                                      \
+	"SELECT account_id FROM dunning WHERE stage <> 'none'" \
+	" ORDER BY since, account_id LIMIT ?1"
+
+struct account_row {
+	char *id;
+	char *stage;
+	int64_t since;
+	bool kill_switch;
+	bool processing;
+};
+
+static int account_row_cmp(const void *a, const void *b)
+{
+	const struct account_row *x = *(const struct account_row *const *)a;
+	const struct account_row *y = *(const struct account_row *const *)b;
+	return strcmp(x->id, y->id);
+}
+
+/* bsearch's comparison of an account id with a row. */
+static int account_id_cmp(const void *key, const void *row)
+{
+	return strcmp(key, (*(const struct account_row *const *)row)->id);
+}
+
+static void account_series_header(FILE *out, int64_t limit, int64_t omitted)
+{
+	fprintf(out,
+		"# HELP dunning_account_series_limit Accounts outside the current stage given "
+		"series of their own at most ([metrics] account_series_limit; 0: none).\n"
+		"# TYPE dunning_account_series_limit gauge\n"
+		"dunning_account_series_limit %lld\n"
+		"# HELP dunning_account_series_omitted Accounts outside the current stage left "
+		"without series of their own by the limit.\n"
+		"# TYPE dunning_account_series_omitted gauge\n"
+		"dunning_account_series_omitted %lld\n",
+		(long long)limit, (long long)omitted);
+}
+
+static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, int64_t now)
+{
+	if (limit <= 0) {
+		struct dun_stmt *st =
+		    dun_db_stmt(db, "SELECT COUNT(*) FROM dunning WHERE stage <> 'none'");
+		int64_t all = dun_stmt_row(st) ? dun_stmt_col_int64(st, 0) : 0;
+		enum dun_err e = dun_stmt_err(st);
+		dun_stmt_reset(st);
+		if (e == DUN_OK)
+			account_series_header(out, 0, all);
+		return e;
+	}
+	struct account_row *rows = NULL;
+	int n = 0, cap = 0;
+	int64_t all = 0;
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT d.account_id, d.stage, d.since, COALESCE(a.kill_switch, 0),"
+			    " COUNT(*) OVER ()"
+			    " FROM dunning d LEFT JOIN accounts a ON a.id = d.account_id"
+			    " WHERE d.stage <> 'none' ORDER BY d.since, d.account_id LIMIT ?1");
+	dun_stmt_bind_int64(st, 1, limit);
+	while (dun_stmt_row(st)) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			rows = dun_realloc(rows, (size_t)cap * sizeof *rows);
+		}
+		const char *id = dun_stmt_col_text(st, 0), *stage = dun_stmt_col_text(st, 1);
+		rows[n].id = dun_strdup(id ? id : "");
+		rows[n].stage = dun_strdup(stage ? stage : "");
+		rows[n].since = dun_stmt_col_int64(st, 2);
+		rows[n].kill_switch = dun_stmt_col_int64(st, 3) != 0;
+		rows[n].processing = false;
+		all = dun_stmt_col_int64(st, 4);
+		n++;
+	}
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	struct account_row **by_id = dun_calloc(n ? (size_t)n : 1, sizeof *by_id);
+	for (int i = 0; i < n; i++)
+		by_id[i] = &rows[i];
+	qsort(by_id, (size_t)n, sizeof *by_id, account_row_cmp);
+	if (e != DUN_OK)
+		goto free_rows;
+
+	/* A payment in flight holds the account's stage (the in-flight guard). */
+	st = dun_db_stmt(db, "SELECT c.account_id FROM p_attempts t"
+			     " JOIN p_invoices i ON i.id = t.invoice_id"
+			     " JOIN customers c ON c.id = i.customer_id"
+			     " WHERE t.status = 'processing' AND i.status = 'open'"
+			     " AND c.account_id IN (" SELECTED_ACCOUNTS ")"
+			     " GROUP BY c.account_id");
+	dun_stmt_bind_int64(st, 1, limit);
+	while (dun_stmt_row(st)) {
+		const char *id = dun_stmt_col_text(st, 0);
+		struct account_row **hit =
+		    bsearch(id ? id : "", by_id, (size_t)n, sizeof *by_id, account_id_cmp);
+		if (hit)
+			(*hit)->processing = true;
+	}
+	e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	if (e != DUN_OK)
+		goto free_rows;
+
+	struct family fam;
+	FILE *f = family_open(&fam, "dunning_account_stage", "gauge",
+			      "The dunning stage of an account outside the current stage (1), by "
+			      "account id; bounded by [metrics] account_series_limit.");
+	for (int i = 0; i < n; i++) {
+		fputs("dunning_account_stage{account_id=", f);
+		label(f, rows[i].id);
+		fputs(",stage=", f);
+		label(f, rows[i].stage);
+		fputs("} 1\n", f);
+	}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_account_stage_age_seconds", "gauge",
+			"Seconds an account has been in its current dunning stage (engine "
+			"clock), by account id.");
+	for (int i = 0; i < n; i++) {
+		fputs("dunning_account_stage_age_seconds{account_id=", f);
+		label(f, rows[i].id);
+		fprintf(f, "} %lld\n", (long long)(now > rows[i].since ? now - rows[i].since : 0));
+	}
+	family_close(&fam, out, DUN_OK);
+	f = family_open(&fam, "dunning_account_held", "gauge",
+			"Whether something holds an account's stage where it is (1) or not (0), "
+			"by account id and reason: kill_switch (set by a person), "
+			"payment_processing (a payment in flight).");
+	for (int i = 0; i < n; i++) {
+		fputs("dunning_account_held{account_id=", f);
+		label(f, rows[i].id);
+		fprintf(f, ",reason=\"kill_switch\"} %d\n", rows[i].kill_switch ? 1 : 0);
+		fputs("dunning_account_held{account_id=", f);
+		label(f, rows[i].id);
+		fprintf(f, ",reason=\"payment_processing\"} %d\n", rows[i].processing ? 1 : 0);
+	}
+	family_close(&fam, out, DUN_OK);
+
+	/*
+	 * What the account still owes: open invoices and uncollectible ones not
+	 * paid back, without the consolidated pay-bad-debt invoices (they
+	 * restate the originals' debt and would count it twice).
+	 */
+	f = family_open(&fam, "dunning_account_owed_minor", "gauge",
+			"Money an account outside the current stage still owes (open and "
+			"uncollectible invoices, consolidated ones not counted twice), in minor "
+			"units, by account id and currency.");
+	st =
+	    dun_db_stmt(db, "SELECT c.account_id, i.currency, SUM(i.amount_remaining)"
+			    " FROM p_invoices i JOIN customers c ON c.id = i.customer_id"
+			    " WHERE i.status IN ('open', 'uncollectible')"
+			    " AND i.meta_bad_debt_invoices IS NULL AND i.meta_bad_debt_paid = 0"
+			    " AND c.account_id IN (" SELECTED_ACCOUNTS ")"
+			    " GROUP BY c.account_id, i.currency ORDER BY c.account_id, i.currency");
+	dun_stmt_bind_int64(st, 1, limit);
+	while (dun_stmt_row(st)) {
+		fputs("dunning_account_owed_minor{account_id=", f);
+		label(f, dun_stmt_col_text(st, 0));
+		fputs(",currency=", f);
+		label(f, dun_stmt_col_text(st, 1));
+		fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 2));
+	}
+	e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	e = family_close(&fam, out, e);
+	if (e == DUN_OK)
+		account_series_header(out, limit, all > n ? all - n : 0);
+free_rows:
+	for (int i = 0; i < n; i++)
+		free(rows[i].id), free(rows[i].stage);
+	free(rows);
+	free(by_id);
+	return e;
+}
+
 enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_policy *policy,
-				   int64_t now)
+				   int64_t account_series_limit, int64_t now)
 {
 	enum dun_err e = drift(f, db, now);
 	if (e == DUN_OK)
@@ -591,5 +787,7 @@ enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_
 		e = shadow(f, db);
 	if (e == DUN_OK)
 		e = parity(f, db);
+	if (e == DUN_OK)
+		e = account_series(f, db, account_series_limit, now);
 	return e;
 }

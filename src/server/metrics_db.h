@@ -18,11 +18,13 @@
 
 /*
  * Append the Prometheus text of those figures to f. policy classifies the
- * declines of retried attempts; now (the engine's clock) ages the last scan.
+ * declines of retried attempts; account_series_limit bounds the per-account
+ * families ([metrics] account_series_limit, 0: none); now (the engine's
+ * clock) ages the last scan and the accounts' stages.
  * Returns the first database error (what was written before it stays: each
  * family is whole or absent).
  */
 enum dun_err dun_metrics_db_render(FILE *f, struct dun_db *db, const struct dun_policy *policy,
-				   int64_t now);
+				   int64_t account_series_limit, int64_t now);
 
 #endif

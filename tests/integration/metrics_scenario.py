@@ -142,12 +142,12 @@ class ServeOver:
     the test reads; webhooks are off (no secrets): nothing changes the data.
     """
 
-    def __init__(self, dun, tmp_path, now, token="metrics-test-token-0123456789"):
+    def __init__(self, dun, tmp_path, now, token="metrics-test-token-0123456789", extra_conf=""):
         self.dir = tmp_path
         self.token = token
         conf = tmp_path / "serve-metrics.conf"
         conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = 1\npoll_ms = 50\n"
-                        "[admin]\ntoken = %s\n" % token)
+                        "[admin]\ntoken = %s\n%s" % (token, extra_conf))
         self.port_file = tmp_path / "serve-metrics.port"
         self.log_path = tmp_path / "serve-metrics.log"
         self.log = open(self.log_path, "ab")
