@@ -7,6 +7,7 @@ this test makes itself with SQL (so a metric that drifts from its table, or
 a scenario that stops producing what it says, both fail).
 """
 
+import re
 import urllib.error
 import urllib.request
 
@@ -144,3 +145,88 @@ def test_every_sample_is_well_formed_and_named_with_units(scenario):
         for unit in ("_seconds", "_minor", "_bytes", "_ratio"):
             if unit in name:
                 assert name.endswith(unit) or name.endswith(unit + "_total"), name
+
+
+def _unescape(v):
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
+
+
+def _accounts(samples, name):
+    """{account id (unescaped): {other labels: value}} of one per-account family."""
+    out = {}
+    for labels, v in family(samples, name).items():
+        d = {k: _unescape(x) for k, x in labels}
+        out.setdefault(d.pop("account_id"), {})[frozenset(d.items())] = v
+    return out
+
+
+def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tmp_path):
+    build(dun, dun_stripe)
+    # Three more accounts outside the current stage, all in it longer than
+    # acct_wo (day 30), with ids the text format must escape.
+    quoted, backslash, newline = 'acct "quoted"', "acct\\back", "acct\nline"
+    for i, (acct, stage) in enumerate(((quoted, "notified"), (backslash, "restricted"),
+                                       (newline, "suspended"))):
+        dun.execute("INSERT INTO dunning (account_id, stage, since) VALUES (?, ?, ?)",
+                    (acct, stage, dun.T0 + (i + 1) * dun.DAY))
+    # quoted owes 700 eur on an open invoice with a payment in flight; backslash
+    # has its kill switch on
+    dun.execute("INSERT INTO customers (id, account_id) VALUES ('cus_quoted', ?)", (quoted,))
+    dun.execute("INSERT INTO p_invoices (id, customer_id, status, amount_due, amount_remaining,"
+                " currency) VALUES ('in_quoted', 'cus_quoted', 'open', 700, 700, 'eur')")
+    dun.execute("INSERT INTO p_attempts (id, invoice_id, status) VALUES"
+                " ('py_quoted', 'in_quoted', 'processing')")
+    dun.execute("INSERT INTO accounts (id, kill_switch) VALUES (?, 1)", (backslash,))
+    outside = dun.scalar("SELECT COUNT(*) FROM dunning WHERE stage <> 'none'")
+    assert outside == 4
+    now = dun.at(SCENARIO_DAY, 3600)
+
+    def scrape(limit):
+        (tmp_path / "serve-metrics.port").unlink(missing_ok=True)
+        srv = ServeOver(dun, tmp_path, now,
+                        extra_conf="" if limit is None else
+                        "[metrics]\naccount_series_limit = %d\n" % limit)
+        try:
+            text = srv.metrics()
+        finally:
+            assert srv.stop() == 0, srv.logs()[-3000:]
+        assert "acct\nline" not in text  # one sample per line, whatever the id
+        return parse_metrics(text)
+
+    # The limit keeps the accounts longest in their stage.
+    m = scrape(2)
+    stages = _accounts(m, "dunning_account_stage")
+    assert stages == {quoted: {frozenset({("stage", "notified")}): 1},
+                      backslash: {frozenset({("stage", "restricted")}): 1}}, stages
+    assert value(m, "dunning_account_series_limit") == 2
+    assert value(m, "dunning_account_series_omitted") == outside - 2
+    ages = _accounts(m, "dunning_account_stage_age_seconds")
+    assert ages[quoted] == {frozenset(): dun.T0 + SCENARIO_DAY * dun.DAY + 3600 -
+                            (dun.T0 + dun.DAY)}
+    held = _accounts(m, "dunning_account_held")
+    assert held == {
+        quoted: {frozenset({("reason", "kill_switch")}): 0,
+                 frozenset({("reason", "payment_processing")}): 1},
+        backslash: {frozenset({("reason", "kill_switch")}): 1,
+                    frozenset({("reason", "payment_processing")}): 0}}, held
+    assert _accounts(m, "dunning_account_owed_minor") == {
+        quoted: {frozenset({("currency", "eur")}): 700}}
+    assert value(m, "dunning_metrics_database_ok") == 1
+
+    # The default limit holds them all; acct_wo owes its written-off invoice.
+    m = scrape(None)
+    stages = _accounts(m, "dunning_account_stage")
+    assert set(stages) == {quoted, backslash, newline, "acct_wo"}
+    assert stages["acct_wo"] == {frozenset({("stage", "bad_debt")}): 1}
+    assert value(m, "dunning_account_series_limit") == 1000
+    assert value(m, "dunning_account_series_omitted") == 0
+    assert _accounts(m, "dunning_account_owed_minor")["acct_wo"] == \
+        {frozenset({("currency", "usd")}): 5000}
+
+    # 0: no account has series of its own, all are counted as omitted.
+    m = scrape(0)
+    for name in ("dunning_account_stage", "dunning_account_stage_age_seconds",
+                 "dunning_account_held", "dunning_account_owed_minor"):
+        assert not family(m, name), name
+    assert value(m, "dunning_account_series_limit") == 0
+    assert value(m, "dunning_account_series_omitted") == outside
