@@ -8,11 +8,13 @@ a scenario that stops producing what it says, both fail).
 """
 
 import re
+import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
+from conftest import DUN_BINARY
 from metrics_scenario import (EXPECTED_RECOVERY, SCENARIO_DAY, ServeOver, build, family,
                               parse_metrics, value)
 
@@ -230,3 +232,19 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
         assert not family(m, name), name
     assert value(m, "dunning_account_series_limit") == 0
     assert value(m, "dunning_account_series_omitted") == outside
+
+
+@pytest.mark.parametrize("limit, ok", [("0", True), ("100000", True), ("-1", False),
+                                       ("100001", False), ("lots", False)])
+def test_account_series_limit_is_checked(tmp_path, limit, ok):
+    conf = tmp_path / "limit.conf"
+    conf.write_text("[database]\npath = %s\n[metrics]\naccount_series_limit = %s\n"
+                    % (tmp_path / "none.db", limit))
+    r = subprocess.run([str(DUN_BINARY), "config", "check", str(conf)], capture_output=True,
+                       text=True, timeout=60)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 78, r.stderr
+        assert "[metrics] account_series_limit: expected a whole number from 0 to 100000" \
+            in r.stderr, r.stderr
