@@ -583,9 +583,10 @@ static enum dun_err bad_debt_products(FILE *out, struct dun_db *db)
  *
  * Cost: the selection is one scan of `dunning` filtered on stage, the same
  * scan dunning_accounts{stage} already makes; the payment-in-flight and the
- * owed-money queries reach invoices through their account's customers by
- * the customers_account and p_invoices_customer indexes, restricted to the
- * selected accounts.
+ * owed-money queries start from the selected accounts (the selection again,
+ * materialized) and reach their invoices and attempts by the customers'
+ * account, the invoices' customer and the attempts' invoice indexes, never
+ * scanning the invoice or attempt tables.
  */
 
 #define SELECTED_ACCOUNTS                                      \
@@ -672,11 +673,11 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 		goto free_rows;
 
 	/* A payment in flight holds the account's stage (the in-flight guard). */
-	st = dun_db_stmt(db, "SELECT c.account_id FROM p_attempts t"
-			     " JOIN p_invoices i ON i.id = t.invoice_id"
-			     " JOIN customers c ON c.id = i.customer_id"
+	st = dun_db_stmt(db, "SELECT c.account_id FROM (" SELECTED_ACCOUNTS ") s"
+			     " JOIN customers c ON c.account_id = s.account_id"
+			     " JOIN p_invoices i ON i.customer_id = c.id"
+			     " JOIN p_attempts t ON t.invoice_id = i.id"
 			     " WHERE t.status = 'processing' AND i.status = 'open'"
-			     " AND c.account_id IN (" SELECTED_ACCOUNTS ")"
 			     " GROUP BY c.account_id");
 	dun_stmt_bind_int64(st, 1, limit);
 	while (dun_stmt_row(st)) {
@@ -737,10 +738,11 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 			"units, by account id and currency.");
 	st =
 	    dun_db_stmt(db, "SELECT c.account_id, i.currency, SUM(i.amount_remaining)"
-			    " FROM p_invoices i JOIN customers c ON c.id = i.customer_id"
+			    " FROM (" SELECTED_ACCOUNTS ") s"
+			    " JOIN customers c ON c.account_id = s.account_id"
+			    " JOIN p_invoices i ON i.customer_id = c.id"
 			    " WHERE i.status IN ('open', 'uncollectible')"
 			    " AND i.meta_bad_debt_invoices IS NULL AND i.meta_bad_debt_paid = 0"
-			    " AND c.account_id IN (" SELECTED_ACCOUNTS ")"
 			    " GROUP BY c.account_id, i.currency ORDER BY c.account_id, i.currency");
 	dun_stmt_bind_int64(st, 1, limit);
 	while (dun_stmt_row(st)) {
