@@ -65,6 +65,7 @@ class Serve:
         conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = 1\n"
                         "[metrics]\naccount_series_limit = %d\n" % limit)
         self.port_file = Path(tmp) / ("limit-%d.port" % limit)
+        self.port_file.unlink(missing_ok=True)  # left by an earlier round
         self.log = open(Path(tmp) / ("limit-%d.log" % limit), "ab")
         self.proc = subprocess.Popen(
             [str(binary), "--db", str(db), "--now", str(NOW), "serve", "--config", str(conf),

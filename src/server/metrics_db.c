@@ -582,16 +582,18 @@ static enum dun_err bad_debt_products(FILE *out, struct dun_db *db)
  * dunning_account_series_omitted, never silently dropped.
  *
  * Cost: the selection is one scan of `dunning` filtered on stage, the same
- * scan dunning_accounts{stage} already makes; the payment-in-flight and the
- * owed-money queries start from the selected accounts (the selection again,
- * materialized) and reach their invoices and attempts by the customers'
- * account, the invoices' customer and the attempts' invoice indexes, never
- * scanning the invoice or attempt tables.
+ * scan dunning_accounts{stage} already makes. The payment-in-flight and the
+ * owed-money queries are handed the selected ids, ID_BATCH at a time (one
+ * fixed statement, the last batch padded with its last id), and reach
+ * invoices and attempts by the customers' account, the invoices' customer
+ * and the attempts' invoice indexes: neither scans a table, nor repeats the
+ * selection's sort.
  */
 
-#define SELECTED_ACCOUNTS                                      \
-	"SELECT account_id FROM dunning WHERE stage <> 'none'" \
-	" ORDER BY since, account_id LIMIT ?1"
+#define IDS_4  "?,?,?,?"
+#define IDS_16 IDS_4 "," IDS_4 "," IDS_4 "," IDS_4
+#define IDS_64 IDS_16 "," IDS_16 "," IDS_16 "," IDS_16
+enum { ID_BATCH = 64 }; /* the placeholders of IDS_64 */
 
 struct account_row {
 	char *id;
@@ -606,6 +608,13 @@ static int account_row_cmp(const void *a, const void *b)
 	const struct account_row *x = *(const struct account_row *const *)a;
 	const struct account_row *y = *(const struct account_row *const *)b;
 	return strcmp(x->id, y->id);
+}
+
+/* Bind the ids of rows[from..] to the ID_BATCH placeholders; past n, the last id again. */
+static void bind_ids(struct dun_stmt *st, const struct account_row *rows, int from, int n)
+{
+	for (int k = 0; k < ID_BATCH; k++)
+		dun_stmt_bind_text(st, k + 1, rows[from + k < n ? from + k : n - 1].id);
 }
 
 /* bsearch's comparison of an account id with a row. */
@@ -644,10 +653,12 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 	int n = 0, cap = 0;
 	int64_t all = 0;
 	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT d.account_id, d.stage, d.since, COALESCE(a.kill_switch, 0),"
-			    " COUNT(*) OVER ()"
-			    " FROM dunning d LEFT JOIN accounts a ON a.id = d.account_id"
-			    " WHERE d.stage <> 'none' ORDER BY d.since, d.account_id LIMIT ?1");
+	    dun_db_stmt(db, "SELECT s.account_id, s.stage, s.since, COALESCE(a.kill_switch, 0), s.n"
+			    " FROM (SELECT account_id, stage, since, COUNT(*) OVER () AS n"
+			    "  FROM dunning WHERE stage <> 'none'"
+			    "  ORDER BY since, account_id LIMIT ?1) s"
+			    " LEFT JOIN accounts a ON a.id = s.account_id"
+			    " ORDER BY s.since, s.account_id");
 	dun_stmt_bind_int64(st, 1, limit);
 	while (dun_stmt_row(st)) {
 		if (n == cap) {
@@ -673,22 +684,24 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 		goto free_rows;
 
 	/* A payment in flight holds the account's stage (the in-flight guard). */
-	st = dun_db_stmt(db, "SELECT c.account_id FROM (" SELECTED_ACCOUNTS ") s"
-			     " JOIN customers c ON c.account_id = s.account_id"
-			     " JOIN p_invoices i ON i.customer_id = c.id"
-			     " JOIN p_attempts t ON t.invoice_id = i.id"
-			     " WHERE t.status = 'processing' AND i.status = 'open'"
-			     " GROUP BY c.account_id");
-	dun_stmt_bind_int64(st, 1, limit);
-	while (dun_stmt_row(st)) {
-		const char *id = dun_stmt_col_text(st, 0);
-		struct account_row **hit =
-		    bsearch(id ? id : "", by_id, (size_t)n, sizeof *by_id, account_id_cmp);
-		if (hit)
-			(*hit)->processing = true;
+	for (int from = 0; from < n && e == DUN_OK; from += ID_BATCH) {
+		st = dun_db_stmt(db, "SELECT c.account_id FROM customers c"
+				     " JOIN p_invoices i ON i.customer_id = c.id"
+				     " JOIN p_attempts t ON t.invoice_id = i.id"
+				     " WHERE c.account_id IN (" IDS_64 ")"
+				     " AND t.status = 'processing' AND i.status = 'open'"
+				     " GROUP BY c.account_id");
+		bind_ids(st, rows, from, n);
+		while (dun_stmt_row(st)) {
+			const char *id = dun_stmt_col_text(st, 0);
+			struct account_row **hit =
+			    bsearch(id ? id : "", by_id, (size_t)n, sizeof *by_id, account_id_cmp);
+			if (hit)
+				(*hit)->processing = true;
+		}
+		e = dun_stmt_err(st);
+		dun_stmt_reset(st);
 	}
-	e = dun_stmt_err(st);
-	dun_stmt_reset(st);
 	if (e != DUN_OK)
 		goto free_rows;
 
@@ -736,24 +749,25 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 			"Money an account outside the current stage still owes (open and "
 			"uncollectible invoices, consolidated ones not counted twice), in minor "
 			"units, by account id and currency.");
-	st =
-	    dun_db_stmt(db, "SELECT c.account_id, i.currency, SUM(i.amount_remaining)"
-			    " FROM (" SELECTED_ACCOUNTS ") s"
-			    " JOIN customers c ON c.account_id = s.account_id"
-			    " JOIN p_invoices i ON i.customer_id = c.id"
-			    " WHERE i.status IN ('open', 'uncollectible')"
-			    " AND i.meta_bad_debt_invoices IS NULL AND i.meta_bad_debt_paid = 0"
-			    " GROUP BY c.account_id, i.currency ORDER BY c.account_id, i.currency");
-	dun_stmt_bind_int64(st, 1, limit);
-	while (dun_stmt_row(st)) {
-		fputs("dunning_account_owed_minor{account_id=", f);
-		label(f, dun_stmt_col_text(st, 0));
-		fputs(",currency=", f);
-		label(f, dun_stmt_col_text(st, 1));
-		fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 2));
+	for (int from = 0; from < n && e == DUN_OK; from += ID_BATCH) {
+		st = dun_db_stmt(
+		    db, "SELECT c.account_id, i.currency, SUM(i.amount_remaining)"
+			" FROM customers c JOIN p_invoices i ON i.customer_id = c.id"
+			" WHERE c.account_id IN (" IDS_64 ")"
+			" AND i.status IN ('open', 'uncollectible')"
+			" AND i.meta_bad_debt_invoices IS NULL AND i.meta_bad_debt_paid = 0"
+			" GROUP BY c.account_id, i.currency");
+		bind_ids(st, rows, from, n);
+		while (dun_stmt_row(st)) {
+			fputs("dunning_account_owed_minor{account_id=", f);
+			label(f, dun_stmt_col_text(st, 0));
+			fputs(",currency=", f);
+			label(f, dun_stmt_col_text(st, 1));
+			fprintf(f, "} %lld\n", (long long)dun_stmt_col_int64(st, 2));
+		}
+		e = dun_stmt_err(st);
+		dun_stmt_reset(st);
 	}
-	e = dun_stmt_err(st);
-	dun_stmt_reset(st);
 	e = family_close(&fam, out, e);
 	if (e == DUN_OK)
 		account_series_header(out, limit, all > n ? all - n : 0);

@@ -179,8 +179,18 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
     dun.execute("INSERT INTO p_attempts (id, invoice_id, status) VALUES"
                 " ('py_quoted', 'in_quoted', 'processing')")
     dun.execute("INSERT INTO accounts (id, kill_switch) VALUES (?, 1)", (backslash,))
+    # and 130 more, newer than acct_wo, owing 100 + i cents each: more than
+    # one batch of ids for the held and owed queries
+    bulk = ["acct_bulk_%03d" % i for i in range(130)]
+    for i, acct in enumerate(bulk):
+        dun.execute("INSERT INTO dunning (account_id, stage, since) VALUES (?, 'notified', ?)",
+                    (acct, dun.T0 + 31 * dun.DAY + i))
+        dun.execute("INSERT INTO customers (id, account_id) VALUES (?, ?)", ("cus_b%03d" % i, acct))
+        dun.execute("INSERT INTO p_invoices (id, customer_id, status, amount_due,"
+                    " amount_remaining, currency) VALUES (?, ?, 'open', ?, ?, 'usd')",
+                    ("in_b%03d" % i, "cus_b%03d" % i, 100 + i, 100 + i))
     outside = dun.scalar("SELECT COUNT(*) FROM dunning WHERE stage <> 'none'")
-    assert outside == 4
+    assert outside == 4 + len(bulk)
     now = dun.at(SCENARIO_DAY, 3600)
 
     def scrape(limit):
@@ -218,12 +228,24 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
     # The default limit holds them all; acct_wo owes its written-off invoice.
     m = scrape(None)
     stages = _accounts(m, "dunning_account_stage")
-    assert set(stages) == {quoted, backslash, newline, "acct_wo"}
+    assert set(stages) == {quoted, backslash, newline, "acct_wo"} | set(bulk)
     assert stages["acct_wo"] == {frozenset({("stage", "bad_debt")}): 1}
     assert value(m, "dunning_account_series_limit") == 1000
     assert value(m, "dunning_account_series_omitted") == 0
-    assert _accounts(m, "dunning_account_owed_minor")["acct_wo"] == \
-        {frozenset({("currency", "usd")}): 5000}
+    owed = _accounts(m, "dunning_account_owed_minor")
+    assert owed["acct_wo"] == {frozenset({("currency", "usd")}): 5000}
+    assert {a: v for a, v in owed.items() if a in bulk} == \
+        {a: {frozenset({("currency", "usd")}): 100 + i} for i, a in enumerate(bulk)}
+    assert len(_accounts(m, "dunning_account_held")) == outside
+
+    # A limit inside the bulk: the oldest 70 (the four, then the first 66).
+    m = scrape(70)
+    kept = {quoted, backslash, newline, "acct_wo"} | set(bulk[:66])
+    assert set(_accounts(m, "dunning_account_stage")) == kept
+    assert set(_accounts(m, "dunning_account_stage_age_seconds")) == kept
+    assert set(_accounts(m, "dunning_account_held")) == kept
+    assert set(_accounts(m, "dunning_account_owed_minor")) == {quoted, "acct_wo"} | set(bulk[:66])
+    assert value(m, "dunning_account_series_omitted") == outside - 70
 
     # 0: no account has series of its own, all are counted as omitted.
     m = scrape(0)
