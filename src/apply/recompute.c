@@ -323,6 +323,18 @@ static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const cha
 	return dun_stmt_done(st);
 }
 
+/* What the evaluation decided, into the result (before anything is applied). */
+static void describe(struct dun_engine *en, const char *account_id,
+		     struct dun_recompute_result *out)
+{
+	out->from = en->snap.state.stage;
+	out->to = en->desired.stage;
+	out->held = en->desired.held;
+	out->skipped = en->desired.skipped;
+	out->n_planned = en->plan.n;
+	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+}
+
 enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 				  const struct dun_trigger_ref *trigger, bool dry_run,
 				  struct dun_recompute_result *out)
@@ -340,12 +352,7 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		}
 		return e;
 	}
-	out->from = en->snap.state.stage;
-	out->to = en->desired.stage;
-	out->held = en->desired.held;
-	out->skipped = en->desired.skipped;
-	out->n_planned = en->plan.n;
-	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	describe(en, account_id, out);
 	if (dry_run)
 		return DUN_OK;
 	const char *kind = trigger && trigger->kind ? trigger->kind : "";
@@ -470,12 +477,7 @@ enum dun_err dun_engine_recompute_batched(struct dun_engine *en, const char *acc
 		*deferred = refresh_wanted;
 		return e;
 	}
-	out->from = en->snap.state.stage;
-	out->to = en->desired.stage;
-	out->held = en->desired.held;
-	out->skipped = en->desired.skipped;
-	out->n_planned = en->plan.n;
-	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	describe(en, account_id, out);
 	if (out->mode == DUN_MODE_ACTIVE && en->plan.n &&
 	    !dun_apply_plan_batchable(&en->applier, &en->plan)) {
 		*deferred = true;

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DunPgUrl, dun_pg_query, dun_writes_on
+from conftest import DunPgUrl, dun_query, dun_writes_on
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
@@ -349,23 +349,7 @@ class Serve:
 
     def sql(self, query, *args):
         """Rows of query (SQLite's ? parameters) on either store."""
-        if self.pg is not None:
-            con = self.pg.connect(self.db)
-            try:
-                cur = con.cursor()
-                cur.execute(*dun_pg_query(query, args))
-                rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
-                con.commit()
-                return rows
-            finally:
-                con.close()
-        con = sqlite3.connect(self.db, timeout=30)
-        try:
-            rows = con.execute(query, args).fetchall()
-            con.commit()
-            return rows
-        finally:
-            con.close()
+        return dun_query(self.db, query, *args)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ the repository root).
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dun_pg_query, dun_writes_on
+from conftest import DunPgUrl, dun_query, dun_writes_on
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DUNNING_BUILD_DIR", "build"))
@@ -142,7 +141,7 @@ class Env:
         self.dir = tmp_path
         self.fake = fake
         self.pg = pg
-        self.db = pg.create() if pg else tmp_path / "dunning.db"
+        self.db = DunPgUrl(pg.create(), pg) if pg else tmp_path / "dunning.db"
         self.cfg = tmp_path / "dunning.conf"
         self.write_config()
         if writes:  # a new database writes nothing until writes are turned on
@@ -173,22 +172,7 @@ class Env:
         return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
     def sql(self, query, *params):
-        if self.pg:
-            con = self.pg.connect(self.db)
-            try:
-                cur = con.cursor()
-                cur.execute(*dun_pg_query(query, params))
-                return [tuple(r) for r in cur.fetchall()] if cur.description else []
-            finally:
-                con.commit()
-                con.close()
-        con = sqlite3.connect(str(self.db))
-        try:
-            rows = con.execute(query, params).fetchall()
-            con.commit()
-            return rows
-        finally:
-            con.close()
+        return dun_query(self.db, query, *params)
 
 
 @pytest.fixture
