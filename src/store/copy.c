@@ -41,16 +41,6 @@
 #define BATCH_ROWS   1000
 #define MAX_COLUMNS  128
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-	if (!err || !n)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, n, fmt, ap);
-	va_end(ap);
-}
-
 /* A name we are willing to put between double quotes in SQL text. */
 static bool plain_name(const char *s)
 {
@@ -100,7 +90,7 @@ static enum dun_err read_names(struct dun_db *db, const char *sql, const char *a
 	struct dun_stmt *st = NULL;
 	enum dun_err e = dun_db_prepare(db, sql, &st);
 	if (e != DUN_OK) {
-		set_err(err, err_size, "%s: %s", dun_db_path(db), dun_db_errmsg(db));
+		dun_store_set_err(err, err_size, "%s: %s", dun_db_path(db), dun_db_errmsg(db));
 		return e;
 	}
 	if (arg)
@@ -109,8 +99,9 @@ static enum dun_err read_names(struct dun_db *db, const char *sql, const char *a
 	while ((r = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		const char *name = dun_stmt_col_text(st, 0);
 		if (!plain_name(name)) {
-			set_err(err, err_size, "%s: unexpected table or column name \"%s\"",
-				dun_db_path(db), name ? name : "");
+			dun_store_set_err(err, err_size,
+					  "%s: unexpected table or column name \"%s\"",
+					  dun_db_path(db), name ? name : "");
 			dun_stmt_finalize(st);
 			return DUN_E_CORRUPT;
 		}
@@ -118,7 +109,7 @@ static enum dun_err read_names(struct dun_db *db, const char *sql, const char *a
 	}
 	if (r == DUN_STEP_FAILED) {
 		e = dun_stmt_err(st);
-		set_err(err, err_size, "%s: %s", dun_db_path(db), dun_db_errmsg(db));
+		dun_store_set_err(err, err_size, "%s: %s", dun_db_path(db), dun_db_errmsg(db));
 	}
 	dun_stmt_finalize(st);
 	if (out->n > 1)
@@ -152,10 +143,11 @@ static enum dun_err check_empty(struct dun_db *to, int version, char *err, size_
 	if (e != DUN_OK)
 		goto free_tables;
 	if (version == 0 && tables.n) {
-		set_err(err, err_size,
-			"%s: the target is not empty: it holds %d tables that dunning did not "
-			"make (first: %s); copy into a new, empty database",
-			dun_db_path(to), tables.n, tables.v[0]);
+		dun_store_set_err(
+		    err, err_size,
+		    "%s: the target is not empty: it holds %d tables that dunning did not "
+		    "make (first: %s); copy into a new, empty database",
+		    dun_db_path(to), tables.n, tables.v[0]);
 		e = DUN_E_CONFIG;
 		goto free_tables;
 	}
@@ -171,7 +163,8 @@ static enum dun_err check_empty(struct dun_db *to, int version, char *err, size_
 		enum dun_step r = e == DUN_OK ? dun_stmt_step(st) : DUN_STEP_FAILED;
 		if (r == DUN_STEP_FAILED) {
 			e = st ? dun_stmt_err(st) : e;
-			set_err(err, err_size, "%s: %s", dun_db_path(to), dun_db_errmsg(to));
+			dun_store_set_err(err, err_size, "%s: %s", dun_db_path(to),
+					  dun_db_errmsg(to));
 			dun_stmt_finalize(st);
 			goto free_tables;
 		}
@@ -185,7 +178,7 @@ static enum dun_err check_empty(struct dun_db *to, int version, char *err, size_
 		}
 	}
 	if (n_with_rows) {
-		set_err(
+		dun_store_set_err(
 		    err, err_size,
 		    "%s: the target is not empty: %d dunning tables hold rows (%s%s); copy into "
 		    "a new, empty database, not one that 'dunning init' or a service has "
@@ -304,7 +297,8 @@ static enum dun_err table_sum(struct dun_db *db, const char *table, const struct
 	*rows = 0;
 	*sum = 0;
 	if (e != DUN_OK) {
-		set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table, dun_db_errmsg(db));
+		dun_store_set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table,
+				  dun_db_errmsg(db));
 		return e;
 	}
 	enum dun_step r;
@@ -314,7 +308,8 @@ static enum dun_err table_sum(struct dun_db *db, const char *table, const struct
 	}
 	if (r == DUN_STEP_FAILED) {
 		e = dun_stmt_err(st);
-		set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table, dun_db_errmsg(db));
+		dun_store_set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table,
+				  dun_db_errmsg(db));
 	}
 	dun_stmt_finalize(st);
 	return e;
@@ -373,8 +368,8 @@ static enum dun_err flush_batch(struct dun_db *to, const char *table, const stru
 		dun_stmt_clear(*st);
 	}
 	if (e != DUN_OK)
-		set_err(err, err_size, "%s: writing %s: %s", dun_db_path(to), table,
-			dun_db_errmsg(to));
+		dun_store_set_err(err, err_size, "%s: writing %s: %s", dun_db_path(to), table,
+				  dun_db_errmsg(to));
 	for (int i = 0; i < rows * cols->n; i++) {
 		free(vals[i].text);
 		vals[i].text = NULL;
@@ -401,7 +396,8 @@ static enum dun_err copy_table(struct dun_db *from, struct dun_db *to, const cha
 	free(sql);
 	*copied = 0;
 	if (e != DUN_OK) {
-		set_err(err, err_size, "%s: %s: %s", dun_db_path(from), table, dun_db_errmsg(from));
+		dun_store_set_err(err, err_size, "%s: %s: %s", dun_db_path(from), table,
+				  dun_db_errmsg(from));
 		return e;
 	}
 	int per_batch = BATCH_PARAMS / cols->n;
@@ -438,8 +434,8 @@ static enum dun_err copy_table(struct dun_db *from, struct dun_db *to, const cha
 	}
 	if (r == DUN_STEP_FAILED) {
 		e = dun_stmt_err(src);
-		set_err(err, err_size, "%s: reading %s: %s", dun_db_path(from), table,
-			dun_db_errmsg(from));
+		dun_store_set_err(err, err_size, "%s: reading %s: %s", dun_db_path(from), table,
+				  dun_db_errmsg(from));
 		goto free_values;
 	}
 	if (in_batch) {
@@ -472,8 +468,8 @@ static enum dun_err advance_identities(struct dun_db *from, struct dun_db *to, i
 	while (e == DUN_OK && dun_stmt_row(st)) {
 		const char *t = dun_stmt_col_text(st, 0), *c = dun_stmt_col_text(st, 1);
 		if (!plain_name(t) || !plain_name(c)) {
-			set_err(err, err_size, "%s: unexpected identity column %s.%s",
-				dun_db_path(to), t ? t : "", c ? c : "");
+			dun_store_set_err(err, err_size, "%s: unexpected identity column %s.%s",
+					  dun_db_path(to), t ? t : "", c ? c : "");
 			e = DUN_E_STORE;
 			break;
 		}
@@ -522,8 +518,8 @@ static enum dun_err advance_identities(struct dun_db *from, struct dun_db *to, i
 			(*advanced)++;
 	}
 	if (e != DUN_OK && err && !err[0])
-		set_err(err, err_size, "%s: advancing the identity columns: %s", dun_db_path(to),
-			dun_db_errmsg(to));
+		dun_store_set_err(err, err_size, "%s: advancing the identity columns: %s",
+				  dun_db_path(to), dun_db_errmsg(to));
 	free(tables.v);
 	free(cols.v);
 	return e;
@@ -556,10 +552,11 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 			memmove(dst.v[i], dst.v[i + 1], sizeof *dst.v * (size_t)(dst.n-- - i - 1));
 	const char *odd = first_difference(&src, &dst);
 	if (odd || (odd = first_difference(&dst, &src))) {
-		set_err(err, err_size,
-			"%s: table %s is %s; the source is not a database this dunning made",
-			dun_db_path(from), odd,
-			names_has(&src, odd) ? "not in this binary's schema" : "missing");
+		dun_store_set_err(
+		    err, err_size,
+		    "%s: table %s is %s; the source is not a database this dunning made",
+		    dun_db_path(from), odd,
+		    names_has(&src, odd) ? "not in this binary's schema" : "missing");
 		e = DUN_E_CORRUPT;
 		goto free_names;
 	}
@@ -578,7 +575,7 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 		odd = first_difference(&scols, &dcols);
 		if (odd || (odd = first_difference(&dcols, &scols)) || !scols.n ||
 		    scols.n > MAX_COLUMNS) {
-			set_err(
+			dun_store_set_err(
 			    err, err_size,
 			    "%s: the columns of table %s (%s) differ from this binary's schema; "
 			    "the source is not a database this dunning made",
@@ -619,10 +616,11 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 		    out->tables[i].sum_from != out->tables[i].sum_to)
 			out->verified = false;
 	if (!out->verified) {
-		set_err(err, err_size,
-			"%s: the copy differs from the source (see the table); nothing was "
-			"committed",
-			dun_db_path(to));
+		dun_store_set_err(
+		    err, err_size,
+		    "%s: the copy differs from the source (see the table); nothing was "
+		    "committed",
+		    dun_db_path(to));
 		e = DUN_E_GUARD;
 	}
 free_names:
@@ -638,14 +636,15 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 {
 	memset(out, 0, sizeof *out);
 	if (dun_db_is_url(from)) {
-		set_err(err, err_size, "--from: the source is a SQLite file, not a URL");
+		dun_store_set_err(err, err_size, "--from: the source is a SQLite file, not a URL");
 		return DUN_E_INVALID;
 	}
 	if (!dun_db_is_url(to)) {
-		set_err(err, err_size,
-			"--to: \"%s\" is not a postgresql:// URL (the target is a PostgreSQL "
-			"database)",
-			to);
+		dun_store_set_err(
+		    err, err_size,
+		    "--to: \"%s\" is not a postgresql:// URL (the target is a PostgreSQL "
+		    "database)",
+		    to);
 		return DUN_E_CONFIG;
 	}
 	struct dun_db *src = NULL, *dst = NULL;
@@ -659,8 +658,8 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 		goto close_source;
 	int version = dun_db_schema_version(dst);
 	if (version < 0) {
-		set_err(err, err_size, "%s: cannot read the schema version: %s", dun_db_path(dst),
-			dun_db_errmsg(dst));
+		dun_store_set_err(err, err_size, "%s: cannot read the schema version: %s",
+				  dun_db_path(dst), dun_db_errmsg(dst));
 		e = DUN_E_STORE;
 		goto close_target;
 	}
@@ -671,8 +670,8 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 		goto close_target;
 	e = dun_db_begin(dst);
 	if (e != DUN_OK) {
-		set_err(err, err_size, "%s: cannot begin: %s", dun_db_path(dst),
-			dun_db_errmsg(dst));
+		dun_store_set_err(err, err_size, "%s: cannot begin: %s", dun_db_path(dst),
+				  dun_db_errmsg(dst));
 		goto end_read;
 	}
 	e = check_empty(dst, version, err, err_size);
@@ -683,8 +682,8 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 	if (e == DUN_OK) {
 		e = dun_db_commit(dst);
 		if (e != DUN_OK)
-			set_err(err, err_size, "%s: commit: %s", dun_db_path(dst),
-				dun_db_errmsg(dst));
+			dun_store_set_err(err, err_size, "%s: commit: %s", dun_db_path(dst),
+					  dun_db_errmsg(dst));
 	} else {
 		dun_db_rollback(dst);
 	}

@@ -28,7 +28,7 @@ int dun_db_schema_latest(void)
 	return dun_schema_count();
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
+void dun_store_set_err(char *err, size_t n, const char *fmt, ...)
 {
 	if (!err || !n)
 		return;
@@ -89,15 +89,15 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 	int have = dun_db_schema_version(db);
 	int want = dun_schema_count();
 	if (have < 0) {
-		set_err(err, err_size, "%s: cannot read the schema version: %s", db->path,
-			dun_db_errmsg(db));
+		dun_store_set_err(err, err_size, "%s: cannot read the schema version: %s", db->path,
+				  dun_db_errmsg(db));
 		return DUN_E_STORE;
 	}
 	if (have > want) {
-		set_err(err, err_size,
-			"%s: schema version %d is newer than this binary (%d); "
-			"upgrade dunning",
-			db->path, have, want);
+		dun_store_set_err(err, err_size,
+				  "%s: schema version %d is newer than this binary (%d); "
+				  "upgrade dunning",
+				  db->path, have, want);
 		return DUN_E_SCHEMA;
 	}
 	if (!apply || have == want)
@@ -105,8 +105,8 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 	for (int m = have; m < want; m++) {
 		enum dun_err e = dun_db_begin(db);
 		if (e != DUN_OK) {
-			set_err(err, err_size, "%s: cannot begin migration: %s", db->path,
-				dun_db_errmsg(db));
+			dun_store_set_err(err, err_size, "%s: cannot begin migration: %s", db->path,
+					  dun_db_errmsg(db));
 			return e;
 		}
 		/* Another process may have migrated while we waited for the lock. */
@@ -114,10 +114,11 @@ static enum dun_err migrate(struct dun_db *db, bool apply, char *err, size_t err
 		if (now > m) {
 			dun_db_rollback(db);
 			if (now > want) {
-				set_err(err, err_size,
-					"%s: schema version %d is newer than this binary (%d); "
-					"upgrade dunning",
-					db->path, now, want);
+				dun_store_set_err(
+				    err, err_size,
+				    "%s: schema version %d is newer than this binary (%d); "
+				    "upgrade dunning",
+				    db->path, now, want);
 				return DUN_E_SCHEMA;
 			}
 			m = now - 1;
@@ -157,7 +158,8 @@ static enum dun_err create_private(const char *path, char *err, size_t err_size)
 	if (fd < 0 && errno == EEXIST)
 		return DUN_OK; /* created by someone else meanwhile: theirs */
 	if (fd < 0) {
-		set_err(err, err_size, "%s: cannot create the database: %s", path, strerror(errno));
+		dun_store_set_err(err, err_size, "%s: cannot create the database: %s", path,
+				  strerror(errno));
 		return DUN_E_IO;
 	}
 	close(fd);
@@ -179,15 +181,15 @@ static enum dun_err check_file(const char *path, enum dun_db_access how, char *e
 	if (stat(path, &sb) == 0) {
 		if (S_ISREG(sb.st_mode))
 			return DUN_OK;
-		set_err(err, err_size, "%s: not a database file", path);
+		dun_store_set_err(err, err_size, "%s: not a database file", path);
 		return DUN_E_CORRUPT;
 	}
 	if (errno != ENOENT) {
-		set_err(err, err_size, "%s: %s", path, strerror(errno));
+		dun_store_set_err(err, err_size, "%s: %s", path, strerror(errno));
 		return DUN_E_IO;
 	}
 	if (how != DUN_DB_CREATE) {
-		set_err(err, err_size, "%s: no database there", path);
+		dun_store_set_err(err, err_size, "%s: no database there", path);
 		return DUN_E_NOT_FOUND;
 	}
 	return create_private(path, err, err_size);
@@ -213,16 +215,16 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 	/* An empty PostgreSQL database is what a missing file is to SQLite. */
 	if (e == DUN_OK && how != DUN_DB_CREATE && dun_db_is_url(path) &&
 	    dun_db_schema_version(db) == 0) {
-		set_err(err, err_size, "%s: no dunning database there (run 'dunning init')",
-			db->path);
+		dun_store_set_err(err, err_size,
+				  "%s: no dunning database there (run 'dunning init')", db->path);
 		e = DUN_E_NOT_FOUND;
 	}
 	/* A file without a dunning schema, opened only to be read, is not ours. */
 	bool foreign = false;
 	if (e == DUN_OK && how == DUN_DB_READONLY && !dun_db_is_url(path) &&
 	    dun_db_schema_version(db) == 0) {
-		set_err(err, err_size, "%s: not a dunning database (it holds no dunning schema)",
-			path);
+		dun_store_set_err(err, err_size,
+				  "%s: not a dunning database (it holds no dunning schema)", path);
 		e = DUN_E_CORRUPT;
 		foreign = true;
 	}
@@ -230,10 +232,11 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 		e = migrate(db, apply && how != DUN_DB_READONLY, err, err_size);
 	if (e == DUN_OK && how == DUN_DB_READONLY &&
 	    dun_db_schema_version(db) != dun_schema_count()) {
-		set_err(err, err_size,
-			"%s: schema version %d is older than this binary's (%d) and a read-only "
-			"command does not migrate; run 'dunning init' first",
-			db->path, dun_db_schema_version(db), dun_schema_count());
+		dun_store_set_err(
+		    err, err_size,
+		    "%s: schema version %d is older than this binary's (%d) and a read-only "
+		    "command does not migrate; run 'dunning init' first",
+		    db->path, dun_db_schema_version(db), dun_schema_count());
 		e = DUN_E_SCHEMA;
 	}
 	if (e == DUN_OK) {
@@ -241,10 +244,11 @@ static enum dun_err open_db(const char *path, enum dun_db_access how, bool apply
 		return DUN_OK;
 	}
 	if (e == DUN_E_CORRUPT && !foreign)
-		set_err(err, err_size,
-			"%s: the file is not a dunning database, or it is corrupt (restore it "
-			"from a backup)",
-			path);
+		dun_store_set_err(
+		    err, err_size,
+		    "%s: the file is not a dunning database, or it is corrupt (restore it "
+		    "from a backup)",
+		    path);
 	dun_db_close(db);
 	return e;
 }
@@ -413,7 +417,8 @@ bool dun_db_can_listen(const struct dun_db *db)
 enum dun_err dun_db_listen_inbox(struct dun_db *db, char *err, size_t err_size)
 {
 	if (!db->drv->listen_inbox) {
-		set_err(err, err_size, "%s cannot listen for notifications", db->drv->name);
+		dun_store_set_err(err, err_size, "%s cannot listen for notifications",
+				  db->drv->name);
 		return DUN_E_UNSUPPORTED;
 	}
 	return db->drv->listen_inbox(db, err, err_size);

@@ -15,6 +15,10 @@
 #define DUN_DB_STMT_CACHE 256
 #define DUN_DB_ERRMSG_MAX 512
 
+/* Format a message into err (n bytes; nothing when err is NULL or n is 0). */
+__attribute__((format(printf, 3, 4))) void dun_store_set_err(char *err, size_t n, const char *fmt,
+							     ...);
+
 struct dun_stmt {
 	struct dun_db *db;
 	enum dun_err err; /* of the last step */

@@ -107,16 +107,6 @@ static struct pg_stmt *ps(struct dun_stmt *st)
 	return (struct pg_stmt *)st;
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-	if (!err || !n)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, n, fmt, ap);
-	va_end(ap);
-}
-
 static void note_error(struct pg_conn *p, const char *msg)
 {
 	snprintf(p->errmsg, sizeof p->errmsg, "%s", msg ? msg : "unknown error");
@@ -241,7 +231,8 @@ static enum dun_err pg_open(struct dun_db *db, const char *url, char *err, size_
 			      strstr(msg, "does not exist") || strstr(msg, "missing \"=\"") ||
 			      strstr(msg, "no password supplied") || strstr(msg, "URI") ||
 			      strstr(msg, "could not translate host name");
-		set_err(err, err_size, "%s: cannot connect to PostgreSQL: %s", shown, msg);
+		dun_store_set_err(err, err_size, "%s: cannot connect to PostgreSQL: %s", shown,
+				  msg);
 		PQfinish(p->c);
 		free(p->conninfo);
 		free(p);
@@ -267,7 +258,7 @@ static enum dun_err pg_exec(struct dun_db *db, const char *sql, char *err, size_
 	struct pg_conn *p = pc(db);
 	if (p->tx_lost) {
 		note_error(p, "the connection to PostgreSQL was lost inside this transaction");
-		set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
 		return DUN_E_IO;
 	}
 	PGresult *r = PQexec(p->c, sql);
@@ -277,7 +268,7 @@ static enum dun_err pg_exec(struct dun_db *db, const char *sql, char *err, size_
 	if (e == DUN_E_IO && conn_lost(p))
 		reconnect(p);
 	if (e != DUN_OK)
-		set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
 	PQclear(r);
 	return e;
 }

@@ -64,16 +64,6 @@ static enum dun_err map_rc(int rc)
 	}
 }
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-	if (!err || !n)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, n, fmt, ap);
-	va_end(ap);
-}
-
 /* Whether path names a file on disk (not ":memory:", "" or a file: URI). */
 static bool is_plain_file(const char *path)
 {
@@ -124,8 +114,8 @@ static enum dun_err sq_open(struct dun_db *db, const char *path, char *err, size
 		}
 	}
 	if (rc != SQLITE_OK) {
-		set_err(err, err_size, "%s: cannot open database: %s", path,
-			h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));
+		dun_store_set_err(err, err_size, "%s: cannot open database: %s", path,
+				  h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));
 		if (h)
 			sqlite3_close_v2(h);
 		enum dun_err e = map_rc(rc);
@@ -149,7 +139,8 @@ static enum dun_err sq_exec(struct dun_db *db, const char *sql, char *err, size_
 	char *msg = NULL;
 	int rc = sqlite3_exec(conn(db), sql, NULL, NULL, &msg);
 	if (rc != SQLITE_OK) {
-		set_err(err, err_size, "%s: %s", db->path, msg ? msg : sqlite3_errstr(rc));
+		dun_store_set_err(err, err_size, "%s: %s", db->path,
+				  msg ? msg : sqlite3_errstr(rc));
 		sqlite3_free(msg);
 		return map_rc(rc);
 	}
