@@ -6,8 +6,12 @@
  * outcome_events holds one row per event, written by the applier with its
  * final payload; outcome_deliveries holds one row per (event, endpoint),
  * created here: each run first queues, for every configured endpoint, the
- * events after the last one it already has. A delivery moves like a
- * platform outbox row:
+ * events not yet delivered everywhere (delivered_at = 0) that the endpoint
+ * has no delivery of. (Not "the ids after the last one queued": recomputes
+ * of several processes commit side by side on PostgreSQL, so ids do not
+ * commit in order.) An endpoint added later gets the events still being
+ * delivered, not the whole history. A delivery moves like a platform
+ * outbox row:
  *
  *   pending ──2xx──► sent                   (final)
  *      │ ▲
@@ -68,8 +72,9 @@ static enum dun_err queue_new(struct dun_db *db, const char *endpoint, int64_t n
 	struct dun_stmt *st =
 	    dun_db_stmt(db, "INSERT INTO outcome_deliveries(event_id, endpoint, account_id,"
 			    " created_at) SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
-			    " WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
-			    "  WHERE endpoint = ?1), 0) ORDER BY e.id ON CONFLICT DO NOTHING");
+			    " WHERE e.delivered_at = 0 AND NOT EXISTS (SELECT 1 FROM"
+			    "  outcome_deliveries d WHERE d.event_id = e.id AND d.endpoint = ?1)"
+			    " ORDER BY e.id ON CONFLICT DO NOTHING");
 	dun_stmt_bind_text(st, 1, endpoint);
 	dun_stmt_bind_int64(st, 2, now);
 	enum dun_err e = dun_stmt_done(st);

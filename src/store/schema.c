@@ -789,10 +789,24 @@ static const char *const migration_15[] = {
     NULL,
 };
 
+/*
+ * Migration 16: the outcome events not yet delivered everywhere. The
+ * delivery thread used to queue the events above the highest id it had
+ * queued; once recomputes of many processes commit side by side on
+ * PostgreSQL, ids no longer commit in order, and an event committed after a
+ * higher one was queued would have been skipped forever. It now queues
+ * every event with delivered_at = 0 that an endpoint has no delivery of,
+ * found through this index (events_sender.c).
+ */
+static const char *const migration_16[] = {
+    "CREATE INDEX outcome_events_undelivered ON outcome_events(id) WHERE delivered_at = 0",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1,  migration_2,	migration_3,  migration_4,  migration_5,
-    migration_6,  migration_7,	migration_8,  migration_9,  migration_10,
-    migration_11, migration_12, migration_13, migration_14, migration_15,
+    migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
+    migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
+    migration_13, migration_14, migration_15, migration_16,
 };
 
 int dun_schema_count(void)
