@@ -221,6 +221,10 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 	return e;
 }
 
+/* Rows a claiming pass reads per account it may claim (accounts with several
+ * ready triggers take several rows). */
+#define CLAIM_READ_AHEAD 4
+
 /*
  * One claiming pass, in a concurrent transaction (store/db.h): other
  * processes claim beside it. The oldest ready trigger of each candidate
@@ -246,25 +250,40 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	if (e != DUN_OK)
 		goto rollback;
 	int64_t wall = dun_clock_wall_ms();
-	/* The oldest ready trigger of each claimable account. */
+	/*
+	 * Ready triggers of claimable accounts, oldest first, through the index
+	 * of open triggers in id order (migration 17), so a pass reads about as
+	 * many rows as it claims whatever the backlog; the first row of each
+	 * account is its oldest ready trigger. (The earlier form picked each
+	 * account's MIN(id) in SQL, which read and sorted the whole backlog on
+	 * every pass.) A row another claimer has locked is passed by; if that
+	 * makes a later trigger of the same account come first here, the claim
+	 * below still decides who gets the account.
+	 */
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
 		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
-		" WHERE i.state IN ('received', 'retrying') AND i.state <> 'done'"
-		" AND i.not_before <= ?1 AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE "
-		"j.account_id = i.account_id"
-		"  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
+		" WHERE i.state <> 'done' AND i.state IN ('received', 'retrying')"
+		" AND i.not_before <= ?1"
 		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
 		"  AND p.state = 'processing')"
 		" AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = i.account_id"
 		"  AND c.expires_ms >= ?3)"
 		" ORDER BY i.id LIMIT ?2 FOR UPDATE OF i SKIP LOCKED");
 	dun_stmt_bind_int64(st, 1, now);
-	dun_stmt_bind_int(st, 2, max);
+	dun_stmt_bind_int(st, 2, max * CLAIM_READ_AHEAD);
 	dun_stmt_bind_int64(st, 3, wall);
 	int n = 0, rc;
-	while (n < max && (rc = dun_stmt_step(st)) == DUN_STEP_ROW)
-		read_item(st, &out[n++]);
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		if (n == max)
+			continue; /* read to the end: the cursor is finished, not left open */
+		const char *acct = dun_stmt_col_text(st, 1);
+		bool dup = false;
+		for (int k = 0; k < n && !dup; k++)
+			dup = acct && !strcmp(out[k].account_id, acct);
+		if (!dup)
+			read_item(st, &out[n++]);
+	}
 	e = rc == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
 	dun_stmt_reset(st);
 	if (e != DUN_OK)

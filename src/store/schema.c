@@ -803,10 +803,23 @@ static const char *const migration_16[] = {
     NULL,
 };
 
+/*
+ * Migration 17: the open triggers in id order. The claim walks ready
+ * triggers oldest first and stops after a few rows per account it claims
+ * (inbox.c); with only inbox_ready (state, not_before) it read and sorted
+ * the whole backlog on every pass, 38 ms at 3,000 ready triggers on
+ * PostgreSQL. Both backends use a partial index for a query that repeats
+ * its predicate ("state <> 'done'").
+ */
+static const char *const migration_17[] = {
+    "CREATE INDEX inbox_open ON inbox(id) WHERE state <> 'done'",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
     migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
-    migration_13, migration_14, migration_15, migration_16,
+    migration_13, migration_14, migration_15, migration_16, migration_17,
 };
 
 int dun_schema_count(void)
