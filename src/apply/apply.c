@@ -116,11 +116,22 @@ static enum dun_err record(struct dun_db *db, const char *account, const struct 
 }
 
 /* Fold a provider reply into the mirror. Takes obj. */
-static enum dun_err fold(struct dun_db *db, json_t *obj, char *err)
+/*
+ * Fold a provider's reply into the mirror, in the caller's transaction,
+ * under the mirror writers' lock (store/db.h). In a worker's batch the lock
+ * is only tried: waiting for it there, with the batch's other rows locked,
+ * could deadlock with a webhook batch; busy, the account runs alone after
+ * the batch instead (inbox/worker.c).
+ */
+static enum dun_err fold(struct dun_db *db, json_t *obj, bool in_batch, char *err)
 {
 	if (!obj)
 		return DUN_OK;
-	enum dun_err e = dun_mirror_upsert(db, obj, dun_clock_now(), NULL, NULL, err, ERR_MAX);
+	enum dun_err e = dun_db_lock_mirror(db, !in_batch);
+	if (e == DUN_OK)
+		e = dun_mirror_upsert(db, obj, dun_clock_now(), NULL, NULL, err, ERR_MAX);
+	else
+		snprintf(err, ERR_MAX, "mirror: %s", dun_db_errmsg(db));
 	json_decref(obj);
 	return e;
 }
@@ -138,6 +149,14 @@ static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snaps
 	    ap->provider.ops->list_invoices(ap->provider.self, s->customer_id, &list, err, ERR_MAX);
 	if (e != DUN_OK)
 		return e;
+	/* What was read goes into the mirror as one mirror writer (store/db.h). */
+	bool own_tx = !dun_db_in_transaction(ap->db);
+	e = own_tx ? dun_db_begin_mirror(ap->db) : dun_db_lock_mirror(ap->db, !ap->in_batch);
+	if (e != DUN_OK) {
+		snprintf(err, ERR_MAX, "mirror: %s", dun_db_errmsg(ap->db));
+		json_decref(list);
+		return e;
+	}
 	enum dun_err result = DUN_OK;
 	size_t i;
 	json_t *inv;
@@ -163,6 +182,17 @@ static enum dun_err recheck_fresh(struct dun_applier *ap, const struct dun_snaps
 			result = fe;
 	}
 	json_decref(list);
+	if (own_tx) {
+		/* The read is kept even when it shows a conflict: the retry decides on it. */
+		e = dun_db_commit(ap->db);
+		if (e != DUN_OK) {
+			dun_db_rollback(ap->db);
+			if (result == DUN_OK) {
+				snprintf(err, ERR_MAX, "mirror: %s", dun_db_errmsg(ap->db));
+				result = e;
+			}
+		}
+	}
 	return result;
 }
 
@@ -480,7 +510,7 @@ static enum dun_err provider_settle(struct dun_applier *ap, const char *acct,
 {
 	if (ap->in_batch) {
 		/* The simulated provider in a worker's batch: all of it in the caller's transaction. */
-		enum dun_err e = fold(ap->db, reply, err);
+		enum dun_err e = fold(ap->db, reply, true, err);
 		return e == DUN_OK ? record(ap->db, acct, c, decision_id, DUN_OK, "") : e;
 	}
 	enum dun_err e = dun_fence_begin(ap->db, ap->fence);
@@ -492,7 +522,7 @@ static enum dun_err provider_settle(struct dun_applier *ap, const char *acct,
 			snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
-	e = fold(ap->db, reply, err);
+	e = fold(ap->db, reply, false, err);
 	if (e == DUN_OK)
 		e = record(ap->db, acct, c, decision_id, DUN_OK, "");
 	if (e == DUN_OK)

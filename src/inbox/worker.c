@@ -209,12 +209,14 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 	}
 	if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
 		return false;
-	if (deferred || sl->r.apply.fresh_read) {
+	if (deferred || sl->r.apply.fresh_read || sl->re == DUN_E_BUSY) {
 		/*
 		 * The plan re-read the provider (and may have failed on what it
 		 * found: an invoice paid meanwhile). That read went into the
 		 * mirror, and the rollback just took it out again; the unbatched
-		 * path keeps it, so its retry decides on it.
+		 * path keeps it, so its retry decides on it. A busy store (the
+		 * mirror writers' lock, store/db.h; a deadlock PostgreSQL broke)
+		 * is not a failure of the account either: it runs alone too.
 		 */
 		sl->state = SLOT_DEFERRED;
 	} else if (sl->re == DUN_E_FENCED) {

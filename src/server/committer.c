@@ -90,7 +90,8 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 	dun_committer_observe_fn observe = c->observe;
 	void *observe_arg = c->observe_arg;
 	pthread_mutex_unlock(&c->mu);
-	enum dun_err e = dun_db_begin(c->db);
+	/* Beside the workers' claimed work, alone among mirror writers (store/db.h). */
+	enum dun_err e = dun_db_begin_mirror(c->db);
 	if (e != DUN_OK) {
 		fail_all(items, n, e, "cannot begin a transaction");
 		goto answer;

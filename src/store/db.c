@@ -346,6 +346,22 @@ enum dun_err dun_db_begin_concurrent(struct dun_db *db)
 	return db->drv->begin(db, true);
 }
 
+enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait)
+{
+	return db->drv->lock_mirror(db, wait);
+}
+
+enum dun_err dun_db_begin_mirror(struct dun_db *db)
+{
+	enum dun_err e = dun_db_begin_concurrent(db);
+	if (e != DUN_OK)
+		return e;
+	e = dun_db_lock_mirror(db, true);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
+	return e;
+}
+
 enum dun_err dun_db_commit(struct dun_db *db)
 {
 	return db->drv->commit(db);

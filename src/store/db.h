@@ -135,6 +135,22 @@ int64_t dun_db_changes(struct dun_db *db);
  */
 enum dun_err dun_db_begin(struct dun_db *db);
 enum dun_err dun_db_begin_concurrent(struct dun_db *db);
+
+/*
+ * The mirror writers' lock. Storing an invoice derives its account from the
+ * customer's mapping, an attempt its invoice from the payment intent
+ * (schema migration 14): two such writes at READ COMMITTED could each miss
+ * the other's uncommitted row. So every concurrent transaction that writes
+ * the provider mirror (p_* tables, customers' mapping) takes this lock
+ * before its first mirror write and holds it to COMMIT: mirror writers run
+ * one at a time, beside the claimed work that does not touch the mirror.
+ * dun_db_lock_mirror() takes it in the open transaction (wait false: try
+ * once, DUN_E_BUSY when another holds it); dun_db_begin_mirror() begins a
+ * concurrent transaction holding it (storing webhooks). On SQLite a write
+ * transaction already holds the file: both are plain transactions.
+ */
+enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait);
+enum dun_err dun_db_begin_mirror(struct dun_db *db);
 enum dun_err dun_db_commit(struct dun_db *db);
 /* Roll back the open transaction, if any. */
 void dun_db_rollback(struct dun_db *db);

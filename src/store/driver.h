@@ -65,6 +65,8 @@ struct dun_db_driver {
 	 */
 	enum dun_err (*begin)(struct dun_db *db, bool concurrent);
 	enum dun_err (*commit)(struct dun_db *db);
+	/* In the open transaction: the mirror writers' lock (dun_db_lock_mirror). */
+	enum dun_err (*lock_mirror)(struct dun_db *db, bool wait);
 	void (*rollback)(struct dun_db *db);
 	/* Read and write the applied schema version. */
 	int (*schema_version)(struct dun_db *db);

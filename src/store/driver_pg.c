@@ -55,7 +55,9 @@
 #define OID_NUMERIC 1700
 
 /* The advisory lock key every write transaction takes ("dunning" in hex-ish). */
-#define WRITE_LOCK_KEY "4242001"
+#define WRITE_LOCK_KEY	"4242001"
+/* The mirror writers' advisory lock (dun_db_lock_mirror). */
+#define MIRROR_LOCK_KEY "4242002"
 
 #define RECONNECT_TRIES 8
 
@@ -772,6 +774,29 @@ static enum dun_err pg_begin(struct dun_db *db, bool concurrent)
 	return e;
 }
 
+static enum dun_err pg_lock_mirror(struct dun_db *db, bool wait)
+{
+	struct pg_conn *p = pc(db);
+	if (!p->in_tx)
+		return DUN_E_INVALID;
+	if (wait)
+		return pg_exec(db, "SELECT pg_advisory_xact_lock(" MIRROR_LOCK_KEY ")", NULL, 0);
+	if (p->tx_lost) {
+		note_error(p, "the connection to PostgreSQL was lost inside this transaction");
+		return DUN_E_IO;
+	}
+	PGresult *r = PQexec(p->c, "SELECT pg_try_advisory_xact_lock(" MIRROR_LOCK_KEY ")");
+	enum dun_err e = check_result(p, r);
+	if (e == DUN_OK && strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
+		note_error(p, "another transaction is writing the mirror");
+		e = DUN_E_BUSY;
+	}
+	PQclear(r);
+	if (e == DUN_E_IO && conn_lost(p))
+		reconnect(p);
+	return e;
+}
+
 static enum dun_err pg_commit(struct dun_db *db)
 {
 	struct pg_conn *p = pc(db);
@@ -946,6 +971,7 @@ const struct dun_db_driver dun_db_driver_pg = {
     .in_transaction = pg_in_transaction,
     .begin = pg_begin,
     .commit = pg_commit,
+    .lock_mirror = pg_lock_mirror,
     .rollback = pg_rollback,
     .schema_version = pg_schema_version,
     .set_schema_version = pg_set_schema_version,

@@ -338,6 +338,13 @@ static enum dun_err sq_begin(struct dun_db *db, bool concurrent)
 	return sq_exec(db, "BEGIN IMMEDIATE", NULL, 0);
 }
 
+/* The write transaction already holds the whole file. */
+static enum dun_err sq_lock_mirror(struct dun_db *db, bool wait)
+{
+	(void)wait;
+	return sq_in_transaction(db) ? DUN_OK : DUN_E_INVALID;
+}
+
 static enum dun_err sq_commit(struct dun_db *db)
 {
 	return sq_exec(db, "COMMIT", NULL, 0);
@@ -423,6 +430,7 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .in_transaction = sq_in_transaction,
     .begin = sq_begin,
     .commit = sq_commit,
+    .lock_mirror = sq_lock_mirror,
     .rollback = sq_rollback,
     .schema_version = sq_schema_version,
     .set_schema_version = sq_set_schema_version,

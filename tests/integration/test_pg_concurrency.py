@@ -10,18 +10,24 @@ the middle of its work would, and show what waits and what does not:
 * a worker whose account's claim row is held by an unfinished transaction
   of another process leaves the account alone, and takes it once that
   transaction ended without a live claim;
-* exclusive work (storing events) still waits for the concurrent
+* exclusive work (`dunning ingest`) still waits for the concurrent
   transactions, which is what keeps its invariants;
+* a webhook batch is stored beside claimed work, without waiting for it,
+  but one mirror writer at a time (the mirror writers' lock);
 * four drains at once over a few hundred accounts work every account once.
 """
 import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import dun_writes_on
-from test_serve import BIN, failing_account_events
+from test_serve import (BIN, SECRET_A, Serve, customer_created, failing_account_events,
+                        sign_batch)
 
 WRITE_LOCK_KEY = 4242001
+MIRROR_LOCK_KEY = 4242002
 
 
 def ingest(tmp_path, url, accounts, name="events.jsonl"):
@@ -192,3 +198,66 @@ def test_four_drains_at_once_work_every_account_once(tmp_path, dun_pg):
     finally:
         con.close()
 
+
+
+def deliver_in_background(s, payload):
+    [h] = sign_batch([(payload, SECRET_A, None)])
+    out = {}
+
+    def run():
+        out["status"] = s.deliver(payload, header=h, timeout=60)[0]
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+@pytest.fixture
+def pg_serve(tmp_path, dun_pg):
+    url = dun_pg.create("hook")
+    s = Serve(tmp_path, "hook", db=url, pg=dun_pg).start()
+    yield s, url
+    assert s.stop() == 0, s.logs()[-3000:]
+
+
+def test_a_webhook_is_stored_beside_claimed_work(pg_serve, dun_pg):
+    """Another process is half-way through claimed work (the store-wide lock
+    in shared mode, an account's claim row locked): a webhook is stored and
+    acknowledged without waiting for it. Before, storing webhooks was
+    exclusive and waited for every running batch."""
+    s, url = pg_serve
+    other = dun_pg.connect(url)
+    try:
+        cur = other.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
+        cur.execute("INSERT INTO claims(account_id, owner, token, expires_ms)"
+                    " VALUES ('acct_busy', 'elsewhere:1', 1, 0)")
+        t, out = deliver_in_background(s, customer_created("acct_new", "cus_new",
+                                                           int(time.time())))
+        t.join(15)
+        assert not t.is_alive() and out.get("status") == 200, out
+    finally:
+        other.rollback()
+        other.close()
+
+
+def test_mirror_writers_take_turns(pg_serve, dun_pg):
+    """While another transaction holds the mirror writers' lock (a worker
+    folding a provider reply into the mirror), a webhook waits for it: no
+    2xx before its own COMMIT, which comes after the holder's."""
+    s, url = pg_serve
+    other = dun_pg.connect(url)
+    try:
+        cur = other.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIRROR_LOCK_KEY,))
+        t, out = deliver_in_background(s, customer_created("acct_wait", "cus_wait",
+                                                           int(time.time())))
+        time.sleep(1.5)
+        assert t.is_alive() and "status" not in out
+        other.commit()
+        t.join(15)
+        assert not t.is_alive() and out.get("status") == 200, out
+    finally:
+        other.close()
+    assert s.sql("SELECT COUNT(*) FROM customers WHERE id = 'cus_wait'") == [(1,)]
