@@ -227,12 +227,17 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 
 /*
  * One claiming pass, in a concurrent transaction (store/db.h): other
- * processes claim beside it. The oldest ready trigger of each candidate
- * account is locked with SKIP LOCKED, so two claimers pass each other by
- * instead of queueing on the same rows; the account's claim is then taken
+ * processes claim beside it. For each candidate account the pass first
+ * tries a lock named after the account (dun_db_try_lock, PostgreSQL's
+ * SKIP LOCKED at the account's grain: an account another claimer is taking
+ * right now is passed by, never waited for), then takes the account's claim
  * by one conditional upsert (dun_fence_acquire), which is what decides: an
  * account someone else claimed since the candidates were read is skipped.
- * Only then are its triggers moved to processing.
+ * Only then are its triggers moved to processing. No claimer waits for
+ * another, so two claimers cannot deadlock. (Locking the candidate rows
+ * FOR UPDATE SKIP LOCKED did not do: a pass reads a few rows per account,
+ * and a claimer holding an account's oldest row while another took the
+ * same account through its next one made them wait for each other.)
  */
 static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config *cfg,
 			       const char *worker_id, int64_t now, int max,
@@ -256,9 +261,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	 * many rows as it claims whatever the backlog; the first row of each
 	 * account is its oldest ready trigger. (The earlier form picked each
 	 * account's MIN(id) in SQL, which read and sorted the whole backlog on
-	 * every pass.) A row another claimer has locked is passed by; if that
-	 * makes a later trigger of the same account come first here, the claim
-	 * below still decides who gets the account.
+	 * every pass.)
 	 */
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
@@ -269,7 +272,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		"  AND p.state = 'processing')"
 		" AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = i.account_id"
 		"  AND c.expires_ms >= ?3)"
-		" ORDER BY i.id LIMIT ?2 FOR UPDATE OF i SKIP LOCKED");
+		" ORDER BY i.id LIMIT ?2");
 	dun_stmt_bind_int64(st, 1, now);
 	dun_stmt_bind_int(st, 2, max * CLAIM_READ_AHEAD);
 	dun_stmt_bind_int64(st, 3, wall);
@@ -291,6 +294,14 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	*seen = n;
 	int kept = 0;
 	for (int i = 0; i < n; i++) {
+		char key[sizeof out[i].account_id + 8];
+		snprintf(key, sizeof key, "claim:%s", out[i].account_id);
+		bool mine = false;
+		e = dun_db_try_lock(db, key, &mine);
+		if (e != DUN_OK)
+			goto rollback;
+		if (!mine)
+			continue; /* another claimer is taking it right now */
 		struct dun_fence f;
 		e = dun_fence_acquire(db, out[i].account_id, worker_id, cfg->lease_s * 1000, &f);
 		if (e == DUN_E_FENCED)

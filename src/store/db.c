@@ -351,6 +351,11 @@ enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait)
 	return db->drv->lock_mirror(db, wait);
 }
 
+enum dun_err dun_db_try_lock(struct dun_db *db, const char *key, bool *got)
+{
+	return db->drv->try_lock(db, key, got);
+}
+
 enum dun_err dun_db_begin_mirror(struct dun_db *db)
 {
 	enum dun_err e = dun_db_begin_concurrent(db);

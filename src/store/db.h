@@ -151,6 +151,14 @@ enum dun_err dun_db_begin_concurrent(struct dun_db *db);
  */
 enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait);
 enum dun_err dun_db_begin_mirror(struct dun_db *db);
+
+/*
+ * In the open transaction, try once to take a lock named key, held to the
+ * end of the transaction; *got says whether it was taken (never waits). Two
+ * transactions of any processes asking for the same key: one gets it. On
+ * SQLite, where the write transaction holds the file, always taken.
+ */
+enum dun_err dun_db_try_lock(struct dun_db *db, const char *key, bool *got);
 enum dun_err dun_db_commit(struct dun_db *db);
 /* Roll back the open transaction, if any. */
 void dun_db_rollback(struct dun_db *db);

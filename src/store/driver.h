@@ -67,6 +67,8 @@ struct dun_db_driver {
 	enum dun_err (*commit)(struct dun_db *db);
 	/* In the open transaction: the mirror writers' lock (dun_db_lock_mirror). */
 	enum dun_err (*lock_mirror)(struct dun_db *db, bool wait);
+	/* In the open transaction: try a lock named key (dun_db_try_lock). */
+	enum dun_err (*try_lock)(struct dun_db *db, const char *key, bool *got);
 	void (*rollback)(struct dun_db *db);
 	/* Read and write the applied schema version. */
 	int (*schema_version)(struct dun_db *db);

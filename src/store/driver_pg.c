@@ -55,9 +55,11 @@
 #define OID_NUMERIC 1700
 
 /* The advisory lock key every write transaction takes ("dunning" in hex-ish). */
-#define WRITE_LOCK_KEY	"4242001"
+#define WRITE_LOCK_KEY	 "4242001"
 /* The mirror writers' advisory lock (dun_db_lock_mirror). */
-#define MIRROR_LOCK_KEY "4242002"
+#define MIRROR_LOCK_KEY	 "4242002"
+/* The first half of the two-key advisory locks named by dun_db_try_lock. */
+#define NAMED_LOCK_CLASS "4242003"
 
 #define RECONNECT_TRIES 8
 
@@ -797,6 +799,29 @@ static enum dun_err pg_lock_mirror(struct dun_db *db, bool wait)
 	return e;
 }
 
+static enum dun_err pg_try_lock(struct dun_db *db, const char *key, bool *got)
+{
+	struct pg_conn *p = pc(db);
+	*got = false;
+	if (!p->in_tx)
+		return DUN_E_INVALID;
+	if (p->tx_lost) {
+		note_error(p, "the connection to PostgreSQL was lost inside this transaction");
+		return DUN_E_IO;
+	}
+	const char *values[1] = {key};
+	PGresult *r = PQexecParams(
+	    p->c, "SELECT pg_try_advisory_xact_lock(" NAMED_LOCK_CLASS ", hashtext($1))", 1, NULL,
+	    values, NULL, NULL, 0);
+	enum dun_err e = check_result(p, r);
+	if (e == DUN_OK)
+		*got = !strcmp(PQgetvalue(r, 0, 0), "t");
+	PQclear(r);
+	if (e == DUN_E_IO && conn_lost(p))
+		reconnect(p);
+	return e;
+}
+
 static enum dun_err pg_commit(struct dun_db *db)
 {
 	struct pg_conn *p = pc(db);
@@ -972,6 +997,7 @@ const struct dun_db_driver dun_db_driver_pg = {
     .begin = pg_begin,
     .commit = pg_commit,
     .lock_mirror = pg_lock_mirror,
+    .try_lock = pg_try_lock,
     .rollback = pg_rollback,
     .schema_version = pg_schema_version,
     .set_schema_version = pg_set_schema_version,

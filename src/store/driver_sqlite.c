@@ -7,11 +7,6 @@
  * into enum dun_err. A busy timeout makes a CLI next to `dunning serve`
  * wait for the write lock instead of failing; the service asks for a
  * finer-grained wait (dun_db_busy_fine).
- *
- * A row-locking clause at the end of a SELECT ("FOR UPDATE", optionally
- * "OF t" and "SKIP LOCKED") is PostgreSQL's and is dropped here: in SQLite a
- * write transaction already holds the whole file, so every row it reads is
- * as good as locked.
  */
 #include "driver.h"
 #include "util/mem.h"
@@ -176,30 +171,13 @@ static enum dun_err sq_configure(struct dun_db *db, char *err, size_t err_size)
 	return e;
 }
 
-/* The length of sql without a trailing row-locking clause (see the top). */
-static int without_row_lock(const char *sql)
-{
-	const char *f = strstr(sql, " FOR UPDATE");
-	if (!f)
-		return -1;
-	const char *t = f + strlen(" FOR UPDATE");
-	if (!strncmp(t, " OF ", 4)) {
-		t += 4;
-		while (*t == '_' || (*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9'))
-			t++;
-	}
-	if (!strcmp(t, " SKIP LOCKED"))
-		t += strlen(" SKIP LOCKED");
-	return *t ? -1 : (int)(f - sql);
-}
-
 static enum dun_err sq_prepare(struct dun_db *db, const char *sql, bool persistent,
 			       struct dun_stmt **out)
 {
 	*out = NULL;
 	sqlite3_stmt *h = NULL;
-	int rc = sqlite3_prepare_v3(conn(db), sql, without_row_lock(sql),
-				    persistent ? SQLITE_PREPARE_PERSISTENT : 0, &h, NULL);
+	int rc = sqlite3_prepare_v3(conn(db), sql, -1, persistent ? SQLITE_PREPARE_PERSISTENT : 0,
+				    &h, NULL);
 	if (rc != SQLITE_OK)
 		return map_rc(rc);
 	if (!h) /* empty SQL */
@@ -345,6 +323,13 @@ static enum dun_err sq_lock_mirror(struct dun_db *db, bool wait)
 	return sq_in_transaction(db) ? DUN_OK : DUN_E_INVALID;
 }
 
+static enum dun_err sq_try_lock(struct dun_db *db, const char *key, bool *got)
+{
+	(void)key;
+	*got = sq_in_transaction(db);
+	return *got ? DUN_OK : DUN_E_INVALID;
+}
+
 static enum dun_err sq_commit(struct dun_db *db)
 {
 	return sq_exec(db, "COMMIT", NULL, 0);
@@ -431,6 +416,7 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .begin = sq_begin,
     .commit = sq_commit,
     .lock_mirror = sq_lock_mirror,
+    .try_lock = sq_try_lock,
     .rollback = sq_rollback,
     .schema_version = sq_schema_version,
     .set_schema_version = sq_set_schema_version,

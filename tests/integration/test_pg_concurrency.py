@@ -5,8 +5,9 @@ row, not a store-wide lock, keeps two processes off one account. These tests
 hold PostgreSQL locks open from a separate connection, as another replica in
 the middle of its work would, and show what waits and what does not:
 
-* a claimer passes by the trigger rows another claimer has locked (SKIP
-  LOCKED) and works the other accounts meanwhile;
+* a claimer passes by an account another claimer is taking (a try-lock
+  per account: SKIP LOCKED at the account's grain) and works the other
+  accounts meanwhile;
 * a worker whose account's claim row is held by an unfinished transaction
   of another process leaves the account alone, and takes it once that
   transaction ended without a live claim;
@@ -28,6 +29,7 @@ from test_serve import (BIN, SECRET_A, Serve, customer_created, failing_account_
 
 WRITE_LOCK_KEY = 4242001
 MIRROR_LOCK_KEY = 4242002
+CLAIM_LOCK_CLASS = 4242003
 
 
 def ingest(tmp_path, url, accounts, name="events.jsonl"):
@@ -57,16 +59,20 @@ def new_db(dun_pg, tmp_path, prefix, accounts):
     return url
 
 
-def test_a_claimer_passes_by_trigger_rows_another_one_has_locked(tmp_path, dun_pg):
+def test_a_claimer_passes_by_an_account_another_one_is_taking(tmp_path, dun_pg):
+    """Another replica is half-way through claiming acct_a (it holds the
+    account's claiming lock): a drain does not wait for it, works acct_b and
+    leaves acct_a; once the other claimer is gone, acct_a is worked too."""
     url = new_db(dun_pg, tmp_path, "skip", ["acct_a", "acct_b"])
     other = dun_pg.connect(url)  # another replica, half-way through its claim
     try:
         cur = other.cursor()
         cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
-        cur.execute("SELECT id FROM inbox WHERE account_id = 'acct_a' FOR UPDATE")
-        assert cur.fetchall()
+        cur.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext('claim:acct_a'))",
+                    (CLAIM_LOCK_CLASS,))
+        assert cur.fetchone()[0] is True
         # Before concurrent transactions this drain waited for the store-wide
-        # lock (and timed out here); now it works acct_b and skips acct_a.
+        # lock (and timed out here); now it works acct_b and passes acct_a by.
         r = work(url, timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
         check = dun_pg.connect(url)
