@@ -365,7 +365,8 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	/* Attempts that arrived before the invoice told us its payment intent. */
 	if (e == DUN_OK && pi[0]) {
 		st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1, account_id = ?3"
-				     " WHERE payment_intent = ?2 AND invoice_id = ''");
+				     " WHERE payment_intent = ?2 AND payment_intent <> ''"
+				     " AND invoice_id = ''");
 		dun_stmt_bind_text(st, 1, id);
 		dun_stmt_bind_text(st, 2, pi);
 		dun_stmt_bind_text(st, 3, account);
@@ -375,13 +376,21 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	return e;
 }
 
+/*
+ * Every lookup by payment intent repeats "payment_intent <> ''", the
+ * predicate of the partial indexes p_invoices_pi and p_attempts_pi: SQLite
+ * only uses a partial index when the query implies its predicate, and
+ * "payment_intent = ?1" alone does not (the parameter might be ''), so
+ * without it each of these statements read the whole table.
+ */
 static void invoice_of_pi(struct dun_db *db, const char *pi, char *out, size_t n)
 {
 	out[0] = '\0';
 	if (!pi[0])
 		return;
 	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1");
+	    dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1 AND"
+			    " payment_intent <> ''");
 	dun_stmt_bind_text(st, 1, pi);
 	if (dun_stmt_row(st))
 		dun_stmt_col_copy(st, 0, out, n);
@@ -453,9 +462,9 @@ static enum dun_err upsert_charge(struct dun_db *db, json_t *o, int64_t version,
 	 * said that payment was in flight (the payment intent's processing
 	 * marker, an earlier pending charge) no longer holds, whether or not
 	 * the payment intent's own webhook ever arrives. */
-	struct dun_stmt *del =
-	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE payment_intent = ?1 AND"
-			    " status = 'processing' AND id <> ?2 AND version <= ?3");
+	struct dun_stmt *del = dun_db_stmt(
+	    db, "DELETE FROM p_attempts WHERE payment_intent = ?1 AND payment_intent <> '' AND"
+		" status = 'processing' AND id <> ?2 AND version <= ?3");
 	dun_stmt_bind_text(del, 1, pi);
 	dun_stmt_bind_text(del, 2, jstr(o, "id"));
 	dun_stmt_bind_int64(del, 3, version);
@@ -478,6 +487,7 @@ static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t 
 		 * payment intent (events arrive out of order) starts no hold. */
 		struct dun_stmt *q =
 		    dun_db_stmt(db, "SELECT 1 FROM p_attempts WHERE payment_intent = ?1 AND"
+				    " payment_intent <> '' AND"
 				    " status IN ('failed', 'succeeded') AND version >= ?2");
 		dun_stmt_bind_text(q, 1, pi);
 		dun_stmt_bind_int64(q, 2, version);
@@ -535,9 +545,10 @@ static enum dun_err upsert_invoice_payment(struct dun_db *db, json_t *o, int64_t
 	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
-	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1, account_id ="
-			     " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?1), '')"
-			     " WHERE payment_intent = ?2 AND invoice_id = ''");
+	st = dun_db_stmt(db,
+			 "UPDATE p_attempts SET invoice_id = ?1, account_id ="
+			 " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?1), '')"
+			 " WHERE payment_intent = ?2 AND payment_intent <> '' AND invoice_id = ''");
 	dun_stmt_bind_text(st, 1, inv);
 	dun_stmt_bind_text(st, 2, pi);
 	e = dun_stmt_done(st);
