@@ -15,7 +15,10 @@ queues a recompute of every account (its COMMIT notifies the inbox
 channel, which wakes every process), and the run lasts until the inbox is
 drained. The clock of the processes (--now) is a week past the demo's end,
 so many accounts move on (emails, restrictions): recomputes with
-consequences, not only empty plans. Each process runs [server] workers = 2.
+consequences, not only empty plans. Each process runs [server] workers = 2
+(--workers); with --total-workers T the same T workers are split over the
+processes instead (T/n each), which separates what more processes cost
+from what more workers buy.
 
 The sizes are printed in order (1, 2, 4, then again, alternated over
 --rounds) and each figure's ratio to the best; the target on a 2-core
@@ -53,12 +56,12 @@ def run(argv, **kw):
     return r
 
 
-def start_serves(binary, url, n, now, workdir):
+def start_serves(binary, url, n, now, workdir, workers):
     procs = []
     for i in range(n):
         conf = workdir / ("serve%d.conf" % i)
-        conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = 2\npoll_ms = 200\n"
-                        "[database]\nurl = %s\n" % url)
+        conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = %d\npoll_ms = 200\n"
+                        "[database]\nurl = %s\n" % (workers, url))
         port_file = workdir / ("serve%d.port" % i)
         if port_file.exists():
             port_file.unlink()
@@ -104,10 +107,10 @@ def counters(pg, name):
     return int(commits), int(wal), int(stmts)
 
 
-def one_run(pg, binary, n, accounts, now, workdir, tag):
+def one_run(pg, binary, n, accounts, now, workdir, tag, workers):
     name = "run_%s" % tag
     url = pg.create(name, template="base")
-    procs = start_serves(binary, url, n, now, workdir)
+    procs = start_serves(binary, url, n, now, workdir, workers)
     try:
         time.sleep(1.0)  # every process idle, listening
         before = counters(pg, name)
@@ -133,7 +136,7 @@ def one_run(pg, binary, n, accounts, now, workdir, tag):
                                     " 'support_recompute'")
     finally:
         stop_serves(procs)
-    return {"processes": n, "seconds": elapsed, "per_s": accounts / elapsed,
+    return {"processes": n, "workers_each": workers, "seconds": elapsed, "per_s": accounts / elapsed,
             "serve_cpu_s": cpu, "dead": int(dead), "decisions": int(decided),
             "transactions": after[0] - before[0], "wal_bytes": after[1] - before[1],
             "statements": after[2] - before[2]}
@@ -146,6 +149,9 @@ def main():
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--processes", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="[server] workers of each process")
+    ap.add_argument("--total-workers", type=int, default=0,
+                    help="split this many workers over the processes instead")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args()
     binary = (REPO / args.build / "dunning").resolve()
@@ -170,8 +176,10 @@ def main():
                 order = sizes if r % 2 == 0 else list(reversed(sizes))
                 for n in order:
                     say("round %d: %d process(es)" % (r + 1, n))
+                    workers = (max(1, args.total_workers // n) if args.total_workers
+                               else args.workers)
                     results.append(one_run(pg, binary, n, args.accounts, now, workdir,
-                                           "%d_%d" % (r, n)))
+                                           "%d_%d" % (r, n), workers))
     best = {}
     for res in results:
         best[res["processes"]] = max(best.get(res["processes"], 0), res["per_s"])
@@ -182,14 +190,17 @@ def main():
     if args.json:
         print(json.dumps(summary))
         return 0
-    print("pg fleet at %s: %d accounts, each process 2 workers, durable PostgreSQL on the "
-          "same machine (load average %.1f)" % (commit, args.accounts, load))
-    print("%-10s %12s %10s %10s %12s %12s %12s" % ("processes", "accounts/s", "÷ best",
-                                                     "serve CPU", "stmts/acct", "txns/acct",
-                                                     "WAL B/acct"))
+    split = ("%d workers in all, split over the processes" % args.total_workers
+             if args.total_workers else "each process %d workers" % args.workers)
+    print("pg fleet at %s: %d accounts, %s, durable PostgreSQL on the "
+          "same machine (load average %.1f)" % (commit, args.accounts, split, load))
+    print("%-10s %8s %12s %10s %10s %12s %12s %12s" % ("processes", "workers", "accounts/s",
+                                                         "÷ best", "serve CPU", "stmts/acct",
+                                                         "txns/acct", "WAL B/acct"))
     for res in results:
-        print("%-10d %12.0f %10.2f %9.1fs %12.1f %12.1f %12.0f" % (
-            res["processes"], res["per_s"], res["per_s"] / top, res["serve_cpu_s"],
+        print("%-10d %8d %12.0f %10.2f %9.1fs %12.1f %12.1f %12.0f" % (
+            res["processes"], res["workers_each"], res["per_s"], res["per_s"] / top,
+            res["serve_cpu_s"],
             res["statements"] / args.accounts, res["transactions"] / args.accounts,
             res["wal_bytes"] / args.accounts))
     worst = min(best[n] for n in best) / top

@@ -483,19 +483,16 @@ static enum dun_err provider_settle(struct dun_applier *ap, const char *acct,
 		enum dun_err e = fold(ap->db, reply, err);
 		return e == DUN_OK ? record(ap->db, acct, c, decision_id, DUN_OK, "") : e;
 	}
-	enum dun_err e = dun_db_begin(ap->db);
+	enum dun_err e = dun_fence_begin(ap->db, ap->fence);
 	if (e != DUN_OK) {
 		json_decref(reply);
-		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
+		if (e == DUN_E_FENCED)
+			snprintf(err, ERR_MAX, "%s (after its call went out)", dun_err_str(e));
+		else
+			snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
-	e = dun_fence_check(ap->db, ap->fence);
-	if (e != DUN_OK) {
-		json_decref(reply);
-		snprintf(err, ERR_MAX, "%s (after its call went out)", dun_err_str(e));
-	} else {
-		e = fold(ap->db, reply, err);
-	}
+	e = fold(ap->db, reply, err);
 	if (e == DUN_OK)
 		e = record(ap->db, acct, c, decision_id, DUN_OK, "");
 	if (e == DUN_OK)
@@ -660,17 +657,16 @@ static enum dun_err in_transaction(struct dun_applier *ap, const struct dun_snap
 				   int64_t decision_id, char *err)
 {
 	/* In a worker's batch the caller holds the transaction and checked the fence. */
-	enum dun_err e = ap->in_batch ? DUN_OK : dun_db_begin(ap->db);
+	enum dun_err e = ap->in_batch ? DUN_OK : dun_fence_begin(ap->db, ap->fence);
 	if (e != DUN_OK) {
-		snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
+		if (e == DUN_E_FENCED)
+			snprintf(err, ERR_MAX, "%s", dun_err_str(e));
+		else
+			snprintf(err, ERR_MAX, "begin: %s", dun_db_errmsg(ap->db));
 		return e;
 	}
 	bool skipped = false;
-	if (!ap->in_batch)
-		e = dun_fence_check(ap->db, ap->fence);
-	if (e != DUN_OK)
-		snprintf(err, ERR_MAX, "%s", dun_err_str(e));
-	else if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
+	if (dun_conseq_store(c->type) == DUN_STORE_PLATFORM)
 		e = platform_write(ap, c, decision_id, err);
 	else if (dun_conseq_store(c->type) == DUN_STORE_EMAIL)
 		e = queue_email(ap, snap, d, c, &skipped, err);

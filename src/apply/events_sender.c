@@ -6,8 +6,12 @@
  * outcome_events holds one row per event, written by the applier with its
  * final payload; outcome_deliveries holds one row per (event, endpoint),
  * created here: each run first queues, for every configured endpoint, the
- * events after the last one it already has. A delivery moves like a
- * platform outbox row:
+ * events it has no delivery of: those not yet delivered everywhere
+ * (delivered_at = 0), and those above the highest one it has (an endpoint
+ * added later gets the history). "Above the highest" alone is not enough:
+ * recomputes of several processes commit side by side on PostgreSQL, so
+ * ids do not commit in order, and an event can appear below one already
+ * queued. A delivery moves like a platform outbox row:
  *
  *   pending ──2xx──► sent                   (final)
  *      │ ▲
@@ -63,19 +67,34 @@ struct delivery {
 	char *payload; /* heap */
 };
 
+/*
+ * Queue for endpoint what it has no delivery of: every event not yet
+ * delivered everywhere (this finds an event whose transaction committed
+ * after a higher id was queued), and every event above the highest one it
+ * has (this gives an endpoint added later the history).
+ */
 static enum dun_err queue_new(struct dun_db *db, const char *endpoint, int64_t now, int64_t *n)
 {
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "INSERT INTO outcome_deliveries(event_id, endpoint, account_id,"
-			    " created_at) SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
-			    " WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
-			    "  WHERE endpoint = ?1), 0) ORDER BY e.id ON CONFLICT DO NOTHING");
-	dun_stmt_bind_text(st, 1, endpoint);
-	dun_stmt_bind_int64(st, 2, now);
-	enum dun_err e = dun_stmt_done(st);
-	if (e == DUN_OK)
+	static const char *const sql[] = {
+	    "INSERT INTO outcome_deliveries(event_id, endpoint, account_id, created_at)"
+	    " SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e WHERE e.delivered_at = 0"
+	    " AND NOT EXISTS (SELECT 1 FROM outcome_deliveries d WHERE d.event_id = e.id"
+	    "  AND d.endpoint = ?1) ORDER BY e.id ON CONFLICT DO NOTHING",
+	    "INSERT INTO outcome_deliveries(event_id, endpoint, account_id, created_at)"
+	    " SELECT e.id, ?1, e.account_id, ?2 FROM outcome_events e"
+	    " WHERE e.id > COALESCE((SELECT MAX(event_id) FROM outcome_deliveries"
+	    "  WHERE endpoint = ?1), 0) ORDER BY e.id ON CONFLICT DO NOTHING",
+	};
+	for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+		struct dun_stmt *st = dun_db_stmt(db, sql[i]);
+		dun_stmt_bind_text(st, 1, endpoint);
+		dun_stmt_bind_int64(st, 2, now);
+		enum dun_err e = dun_stmt_done(st);
+		if (e != DUN_OK)
+			return e;
 		*n += dun_db_changes(db);
-	return e;
+	}
+	return DUN_OK;
 }
 
 static int select_due(struct dun_db *db, const char *endpoint, int64_t now, struct delivery *out,
@@ -121,9 +140,9 @@ static enum dun_err claim(struct dun_db *db, const char *endpoint, int64_t event
 	return e;
 }
 
-static enum dun_err settle(struct dun_db *db, const char *endpoint, const struct delivery *d,
-			   enum dun_outbox_verdict v, const struct dun_http_reply *reply,
-			   int64_t now, int64_t delay_s)
+static enum dun_err settle(struct dun_db *db, int n_endpoints, const char *endpoint,
+			   const struct delivery *d, enum dun_outbox_verdict v,
+			   const struct dun_http_reply *reply, int64_t now, int64_t delay_s)
 {
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "UPDATE outcome_deliveries SET state = ?3, last_status = ?4, last_error = ?5,"
@@ -139,12 +158,19 @@ static enum dun_err settle(struct dun_db *db, const char *endpoint, const struct
 	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK || v != DUN_OUTBOX_SENT)
 		return e;
-	/* The event is delivered once every endpoint that has it got it. */
-	st = dun_db_stmt(db, "UPDATE outcome_events SET delivered_at = ?2 WHERE id = ?1"
-			     " AND delivered_at = 0 AND NOT EXISTS (SELECT 1 FROM"
-			     " outcome_deliveries WHERE event_id = ?1 AND state <> 'sent')");
+	/*
+	 * The event is delivered once every endpoint got it: as many sent
+	 * deliveries as endpoints are configured (another replica may not have
+	 * queued it for every endpoint yet), and none still open.
+	 */
+	st = dun_db_stmt(
+	    db, "UPDATE outcome_events SET delivered_at = ?2 WHERE id = ?1"
+		" AND delivered_at = 0 AND NOT EXISTS (SELECT 1 FROM"
+		" outcome_deliveries WHERE event_id = ?1 AND state <> 'sent')"
+		" AND (SELECT COUNT(*) FROM outcome_deliveries WHERE event_id = ?1) >= ?3");
 	dun_stmt_bind_int64(st, 1, d->event_id);
 	dun_stmt_bind_int64(st, 2, now);
+	dun_stmt_bind_int(st, 3, n_endpoints);
 	return dun_stmt_done(st);
 }
 
@@ -233,7 +259,8 @@ static enum dun_err run_endpoint(struct dun_db *db, const struct dun_config *cfg
 				int64_t delay_s;
 				enum dun_outbox_verdict v =
 				    post(client, cfg, endpoint, &ds[i], now, &reply, &delay_s);
-				e = settle(db, endpoint, &ds[i], v, &reply, now, delay_s);
+				e = settle(db, cfg->n_event_endpoints, endpoint, &ds[i], v, &reply,
+					   now, delay_s);
 				log_result(endpoint, &ds[i], v, &reply, delay_s);
 				stats->attempted++;
 				stats->sent += v == DUN_OUTBOX_SENT;

@@ -184,11 +184,13 @@ enum dun_err dun_pay_bad_debt(struct dun_engine *en, const char *account_id, int
 	enum dun_err e = DUN_OK;
 	/* A worker's recompute takes a moment: wait up to PAY_WAIT_MS for it. */
 	for (int64_t waited = 0;; waited += 50) {
-		e = dun_db_begin(en->db);
-		if (e == DUN_OK)
-			e = dun_fence_held_by_other(en->db, account_id, owner, &busy);
-		if (e == DUN_OK && !busy)
+		e = dun_db_begin_concurrent(en->db);
+		if (e == DUN_OK) {
 			e = dun_fence_acquire(en->db, account_id, owner, PAY_LEASE_MS, &f);
+			busy = e == DUN_E_FENCED; /* a worker holds it */
+			if (busy)
+				e = DUN_OK;
+		}
 		if (e == DUN_OK && !busy)
 			e = dun_db_commit(en->db);
 		if (e != DUN_OK || busy)

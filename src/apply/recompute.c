@@ -289,12 +289,10 @@ static enum dun_err record_decision_fenced(struct dun_engine *en, const struct d
 					   bool *settled)
 {
 	*id_out = 0;
-	enum dun_err e = dun_db_begin(en->db);
+	enum dun_err e = dun_fence_begin(en->db, en->applier.fence);
 	if (e != DUN_OK)
 		return e;
-	e = dun_fence_check(en->db, en->applier.fence);
-	if (e == DUN_OK)
-		e = record_decision(en, t, mode, outcome, id_out);
+	e = record_decision(en, t, mode, outcome, id_out);
 	if (e == DUN_OK && settled && en->settle) {
 		e = en->settle(en->db, en->settle_arg);
 		*settled = e == DUN_OK;
@@ -359,9 +357,7 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 	if (out->mode == DUN_MODE_OBSERVE) {
 		/* The decision and its shadow land together, or neither does. */
 		int n_new = 0;
-		e = dun_db_begin(en->db);
-		if (e == DUN_OK)
-			e = dun_fence_check(en->db, en->applier.fence);
+		e = dun_fence_begin(en->db, en->applier.fence);
 		if (e == DUN_OK)
 			e = record_decision(en, trigger, out->mode, "observed", &out->decision_id);
 		if (e == DUN_OK)

@@ -45,6 +45,7 @@
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c)
 {
+	memset(c, 0, sizeof *c);
 	c->max_attempts = 8;
 	c->backoff_base_s = 30;
 	c->backoff_max_s = 3600;
@@ -220,6 +221,107 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 	return e;
 }
 
+/* Rows a claiming pass reads per account it may claim (accounts with several
+ * ready triggers take several rows). */
+#define CLAIM_READ_AHEAD 4
+
+/*
+ * One claiming pass, in a concurrent transaction (store/db.h): other
+ * processes claim beside it. The oldest ready trigger of each candidate
+ * account is locked with SKIP LOCKED, so two claimers pass each other by
+ * instead of queueing on the same rows; the account's claim is then taken
+ * by one conditional upsert (dun_fence_acquire), which is what decides: an
+ * account someone else claimed since the candidates were read is skipped.
+ * Only then are its triggers moved to processing.
+ */
+static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config *cfg,
+			       const char *worker_id, int64_t now, int max,
+			       struct dun_inbox_item *out, int *n_out, int *seen)
+{
+	*n_out = 0;
+	*seen = 0;
+	enum dun_err e = dun_db_begin_concurrent(db);
+	if (e != DUN_OK)
+		return e;
+	e = reclaim_dead_owners(db, now);
+	if (e != DUN_OK)
+		goto rollback;
+	e = take_back_expired(db, cfg, now);
+	if (e != DUN_OK)
+		goto rollback;
+	int64_t wall = dun_clock_wall_ms();
+	/*
+	 * Ready triggers of claimable accounts, oldest first, through the index
+	 * of open triggers in id order (migration 17), so a pass reads about as
+	 * many rows as it claims whatever the backlog; the first row of each
+	 * account is its oldest ready trigger. (The earlier form picked each
+	 * account's MIN(id) in SQL, which read and sorted the whole backlog on
+	 * every pass.) A row another claimer has locked is passed by; if that
+	 * makes a later trigger of the same account come first here, the claim
+	 * below still decides who gets the account.
+	 */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
+		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
+		" WHERE i.state <> 'done' AND i.state IN ('received', 'retrying')"
+		" AND i.not_before <= ?1"
+		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
+		"  AND p.state = 'processing')"
+		" AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = i.account_id"
+		"  AND c.expires_ms >= ?3)"
+		" ORDER BY i.id LIMIT ?2 FOR UPDATE OF i SKIP LOCKED");
+	dun_stmt_bind_int64(st, 1, now);
+	dun_stmt_bind_int(st, 2, max * CLAIM_READ_AHEAD);
+	dun_stmt_bind_int64(st, 3, wall);
+	int n = 0, rc;
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		if (n == max)
+			continue; /* read to the end: the cursor is finished, not left open */
+		const char *acct = dun_stmt_col_text(st, 1);
+		bool dup = false;
+		for (int k = 0; k < n && !dup; k++)
+			dup = acct && !strcmp(out[k].account_id, acct);
+		if (!dup)
+			read_item(st, &out[n++]);
+	}
+	e = rc == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
+	dun_stmt_reset(st);
+	if (e != DUN_OK)
+		goto rollback;
+	*seen = n;
+	int kept = 0;
+	for (int i = 0; i < n; i++) {
+		struct dun_fence f;
+		e = dun_fence_acquire(db, out[i].account_id, worker_id, cfg->lease_s * 1000, &f);
+		if (e == DUN_E_FENCED)
+			continue; /* claimed by another process since the read */
+		if (e != DUN_OK)
+			goto rollback;
+		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
+				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
+				     " state IN ('received', 'retrying') AND not_before <= ?3");
+		dun_stmt_bind_text(st, 1, out[i].account_id);
+		dun_stmt_bind_text(st, 2, worker_id);
+		dun_stmt_bind_int64(st, 3, now);
+		e = dun_stmt_done(st);
+		if (e != DUN_OK)
+			goto rollback;
+		out[i].coalesced = dun_db_changes(db);
+		out[i].token = f.token;
+		if (kept != i)
+			out[kept] = out[i];
+		kept++;
+	}
+	e = dun_db_commit(db);
+	if (e != DUN_OK)
+		goto rollback;
+	*n_out = kept;
+	return DUN_OK;
+rollback:
+	dun_db_rollback(db);
+	return e;
+}
+
 enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
 			     const char *worker_id, int64_t now, int max,
 			     struct dun_inbox_item *out, int *n_out)
@@ -242,60 +344,20 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	dun_stmt_reset(st);
 	if (rc == DUN_STEP_DONE)
 		return DUN_OK;
-	enum dun_err e = dun_db_begin(db);
-	if (e != DUN_OK)
-		return e;
-	e = reclaim_dead_owners(db, now);
-	if (e != DUN_OK)
-		goto rollback;
-	e = take_back_expired(db, cfg, now);
-	if (e != DUN_OK)
-		goto rollback;
-	int64_t wall = dun_clock_wall_ms();
-	/* The oldest ready trigger of each claimable account. */
-	st = dun_db_stmt(
-	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
-		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
-		" WHERE i.state IN ('received', 'retrying') AND i.state <> 'done'"
-		" AND i.not_before <= ?1 AND i.id = (SELECT MIN(j.id) FROM inbox j WHERE "
-		"j.account_id = i.account_id"
-		"  AND j.state IN ('received', 'retrying') AND j.not_before <= ?1)"
-		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
-		"  AND p.state = 'processing')"
-		" AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = i.account_id"
-		"  AND c.expires_ms >= ?3)"
-		" ORDER BY i.id LIMIT ?2");
-	dun_stmt_bind_int64(st, 1, now);
-	dun_stmt_bind_int(st, 2, max);
-	dun_stmt_bind_int64(st, 3, wall);
-	int n = 0;
-	while (n < max && (rc = dun_stmt_step(st)) == DUN_STEP_ROW)
-		read_item(st, &out[n++]);
-	dun_stmt_reset(st);
-	for (int i = 0; i < n; i++) {
-		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
-				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
-				     " state IN ('received', 'retrying') AND not_before <= ?3");
-		dun_stmt_bind_text(st, 1, out[i].account_id);
-		dun_stmt_bind_text(st, 2, worker_id);
-		dun_stmt_bind_int64(st, 3, now);
-		e = dun_stmt_done(st);
-		if (e != DUN_OK)
-			goto rollback;
-		out[i].coalesced = dun_db_changes(db);
-		struct dun_fence f;
-		e = dun_fence_acquire(db, out[i].account_id, worker_id, cfg->lease_s * 1000, &f);
-		if (e != DUN_OK)
-			goto rollback;
-		out[i].token = f.token;
+	/*
+	 * Two claimers on PostgreSQL can deadlock (taking back expired claims
+	 * beside a claim of the same account): one of them is told to retry.
+	 * Every account the pass saw may also have gone to others: look again.
+	 */
+	enum dun_err e = DUN_OK;
+	for (int tries = 0; tries < 4; tries++) {
+		int seen = 0;
+		e = claim_pass(db, cfg, worker_id, now, max, out, n_out, &seen);
+		if (e == DUN_OK && (*n_out > 0 || seen == 0))
+			return DUN_OK;
+		if (e != DUN_OK && e != DUN_E_BUSY)
+			return e;
 	}
-	e = dun_db_commit(db);
-	if (e != DUN_OK)
-		goto rollback;
-	*n_out = n;
-	return DUN_OK;
-rollback:
-	dun_db_rollback(db);
 	return e;
 }
 
@@ -304,7 +366,7 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 				     struct dun_inbox_item *out, int *n_out)
 {
 	*n_out = 0;
-	enum dun_err e = dun_db_begin(db);
+	enum dun_err e = dun_db_begin_concurrent(db);
 	if (e != DUN_OK)
 		return e;
 	e = reclaim_dead_owners(db, now);
@@ -354,7 +416,8 @@ enum dun_err dun_inbox_claim_account(struct dun_db *db, const struct dun_inbox_c
 		e = dun_db_commit(db);
 	if (e != DUN_OK) {
 		dun_db_rollback(db);
-		return e;
+		/* Claimed by another process since the check: busy, as above. */
+		return e == DUN_E_FENCED ? DUN_OK : e;
 	}
 	*n_out = 1;
 	return DUN_OK;
@@ -381,7 +444,7 @@ static enum dun_err settle_in_tx(struct dun_db *db, const char *sql, const char 
 static enum dun_err settle(struct dun_db *db, const char *sql, const char *worker_id,
 			   const char *account_id, int64_t now)
 {
-	enum dun_err e = dun_db_begin(db);
+	enum dun_err e = dun_db_begin_concurrent(db);
 	if (e != DUN_OK)
 		return e;
 	e = settle_in_tx(db, sql, worker_id, account_id, now);
@@ -423,7 +486,7 @@ enum dun_err dun_inbox_fail(struct dun_db *db, const struct dun_inbox_config *cf
 			    const char *worker_id, const char *account_id, int64_t now,
 			    bool retryable, const char *error)
 {
-	enum dun_err e = dun_db_begin(db);
+	enum dun_err e = dun_db_begin_concurrent(db);
 	if (e != DUN_OK)
 		return e;
 	e = dun_inbox_fail_in_tx(db, cfg, worker_id, account_id, now, retryable, error);

@@ -48,6 +48,13 @@ struct dun_inbox_config {
 	 */
 	int batch_max;
 	int64_t batch_budget_us;
+	/*
+	 * Asked between accounts of a drain (may be NULL): when it says stop,
+	 * the claimed accounts not yet started are given back, due now, as
+	 * after dun_worker_request_stop() (inbox/worker.h).
+	 */
+	bool (*should_stop)(void *arg);
+	void *stop_arg;
 };
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c);

@@ -65,6 +65,12 @@ bool dun_worker_stop_requested(void)
 	return stop_requested != 0;
 }
 
+/* The process was asked to stop, or the caller's own stop says so. */
+static bool stopping(const struct dun_inbox_config *cfg)
+{
+	return stop_requested || (cfg->should_stop && cfg->should_stop(cfg->stop_arg));
+}
+
 struct settle_arg {
 	const char *worker_id, *account_id;
 };
@@ -237,7 +243,7 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 	enum dun_err e = DUN_OK;
 	int i = 0;
 	while (i < n && e == DUN_OK) {
-		if (stop_requested) {
+		if (stopping(cfg)) {
 			/* Nothing of these was started: back to the queue, due now. */
 			for (int k = i; k < n && e == DUN_OK; k++)
 				e = dun_inbox_release(en->db, worker_id, items[k].account_id,
@@ -246,12 +252,12 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			break;
 		}
 		int first = i;
-		bool whole = dun_db_begin(en->db) == DUN_OK;
+		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
 		while (whole && i < n) {
 			if (i > first &&
 			    (i - first >= cfg->batch_max ||
-			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stop_requested))
+			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stopping(cfg)))
 				break;
 			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);
 			i++;
@@ -313,7 +319,7 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		return e;
 	stats->rechecks_enqueued = n_rechecks;
 	for (;;) {
-		if (stop_requested) {
+		if (stopping(cfg)) {
 			stats->interrupted = true;
 			break;
 		}
@@ -328,25 +334,32 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 			return e;
 		if (n == 0)
 			break;
-		if (cfg->batch_max > 1) {
-			e = run_batches(en, cfg, worker_id, items, n, stats);
-			if (e != DUN_OK || stats->interrupted)
-				return e;
-			continue;
+		e = dun_worker_run_items(en, cfg, worker_id, items, n, stats);
+		if (e != DUN_OK || stats->interrupted)
+			return e;
+	}
+	return DUN_OK;
+}
+
+enum dun_err dun_worker_run_items(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				  const char *worker_id, const struct dun_inbox_item *items, int n,
+				  struct dun_drain_stats *stats)
+{
+	if (cfg->batch_max > 1)
+		return run_batches(en, cfg, worker_id, items, n, stats);
+	enum dun_err e = DUN_OK;
+	for (int i = 0; i < n; i++) {
+		if (stopping(cfg)) {
+			/* Nothing of these was started: back to the queue, due now. */
+			for (int k = i; k < n && e == DUN_OK; k++)
+				e = dun_inbox_release(en->db, worker_id, items[k].account_id,
+						      dun_clock_now());
+			stats->interrupted = true;
+			return e;
 		}
-		for (int i = 0; i < n; i++) {
-			if (stop_requested) {
-				/* Nothing of these was started: back to the queue, due now. */
-				for (int k = i; k < n && e == DUN_OK; k++)
-					e = dun_inbox_release(en->db, worker_id,
-							      items[k].account_id, dun_clock_now());
-				stats->interrupted = true;
-				return e;
-			}
-			e = run_alone(en, cfg, worker_id, &items[i], stats);
-			if (e != DUN_OK)
-				return e;
-		}
+		e = run_alone(en, cfg, worker_id, &items[i], stats);
+		if (e != DUN_OK)
+			return e;
 	}
 	return DUN_OK;
 }

@@ -41,6 +41,16 @@ enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbo
 				    struct dun_recompute_result *r, enum dun_err *settle_err);
 
 /*
+ * Work items[0..n), claimed by worker_id (dun_inbox_claim), and settle them,
+ * adding to *stats: in shared transactions when cfg->batch_max is above 1
+ * (see "Batches" in worker.c), else each alone. Returns a store error of
+ * settling; a failed recompute is settled and counted, not returned.
+ */
+enum dun_err dun_worker_run_items(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				  const char *worker_id, const struct dun_inbox_item *items, int n,
+				  struct dun_drain_stats *stats);
+
+/*
  * Process every trigger that is due at now (and enqueue due rechecks first),
  * until none is left or max_accounts were processed (0: no limit). With
  * cfg->batch_max above 1 the accounts share transactions (see "Batches" in

@@ -177,27 +177,47 @@ static void emit(struct dun_sim *sim, const char *type, json_t *o)
 	free(body);
 }
 
+static int by_seq(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
 json_t *dun_sim_take_events(struct dun_sim *sim, int max)
 {
-	json_t *arr = json_array();
-	int64_t last = 0;
-	struct dun_stmt *st = dun_db_stmt(sim->db, "SELECT seq, body FROM sim_events"
-						   " WHERE delivered = 0 ORDER BY seq LIMIT ?1");
+	/*
+	 * Taken and marked in one statement, by seq: with recomputes of several
+	 * processes committing side by side, an event with a lower seq may
+	 * commit after a higher one was read, so "everything up to the last seq
+	 * read" could mark one that was never taken.
+	 */
+	struct dun_stmt *st = dun_db_stmt(
+	    sim->db, "UPDATE sim_events SET delivered = 1 WHERE seq IN (SELECT seq FROM"
+		     " sim_events WHERE delivered = 0 ORDER BY seq LIMIT ?1) AND delivered = 0"
+		     " RETURNING seq, body");
 	dun_stmt_bind_int(st, 1, max);
-	while (dun_stmt_row(st)) {
-		last = dun_stmt_col_int64(st, 0);
-		json_t *ev = json_loads(dun_stmt_col_text(st, 1), 0, NULL);
+	struct taken {
+		int64_t seq;
+		char *body;
+	} *t = dun_calloc((size_t)(max > 0 ? max : 1), sizeof *t);
+	int n = 0;
+	while (dun_stmt_row(st))
+		if (n < max) {
+			t[n].seq = dun_stmt_col_int64(st, 0);
+			const char *b = dun_stmt_col_text(st, 1);
+			t[n++].body = dun_strdup(b ? b : "");
+		}
+	dun_stmt_reset(st);
+	/* RETURNING gives no order: the events go out in the order they happened. */
+	qsort(t, (size_t)n, sizeof *t, by_seq);
+	json_t *arr = json_array();
+	for (int i = 0; i < n; i++) {
+		json_t *ev = json_loads(t[i].body, 0, NULL);
 		if (ev)
 			json_array_append_new(arr, ev);
+		free(t[i].body);
 	}
-	dun_stmt_reset(st);
-	if (last) {
-		st = dun_db_stmt(
-		    sim->db,
-		    "UPDATE sim_events SET delivered = 1 WHERE delivered = 0 AND seq <= ?1");
-		dun_stmt_bind_int64(st, 1, last);
-		dun_stmt_done(st);
-	}
+	free(t);
 	return arr;
 }
 

@@ -4,11 +4,13 @@
  * claim → dun_engine_recompute → complete/fail cycle, run forever on
  * several threads instead of once.
  *
- * One account per claim. A claim moves the account's triggers to
- * processing; on shutdown a worker finishes the account it holds and
- * exits, so claiming one at a time means no claimed-but-unstarted account
- * is ever left behind for the lease to take back. The cost is one small
- * transaction per account, next to the several a recompute writes anyway.
+ * Batches. A worker claims up to CLAIM_MAX accounts at once and works
+ * them as `dunning work` does (inbox/worker.c, "Batches"): several accounts
+ * share one transaction, each under its own savepoint, so a recompute does
+ * not cost a durable commit of its own; a pass that needs the network runs
+ * alone after the commit. On shutdown a worker finishes the account it is
+ * in and gives the claimed accounts it has not started back, due now, so
+ * none is left for the lease to take back.
  *
  * Webhooks first. SQLite has one writer at a time and every commit is an
  * fsync; a recompute commits several small transactions, the webhook
@@ -143,18 +145,28 @@ static void maybe_rechecks(struct worker *w, int64_t now)
 	}
 }
 
-/* Claim one account and run it; false when there was nothing to do. */
-static bool run_one(struct worker *w)
+/* Accounts a worker claims at once: a few batches' worth, so the fleet's
+ * other workers still find work in a small backlog. */
+#define CLAIM_MAX 16
+
+static bool pool_stopping(void *arg)
+{
+	return stopping(arg);
+}
+
+/* Claim up to CLAIM_MAX accounts and run them; false when there was nothing to do. */
+static bool run_some(struct worker *w)
 {
 	struct dun_workers *p = w->pool;
-	struct dun_inbox_item item;
+	struct dun_inbox_item items[CLAIM_MAX];
 	int n = 0;
 	int64_t now = dun_clock_now();
 	if (p->yield)
 		p->yield(p->hook_arg);
 	maybe_rechecks(w, now);
 	dun_engine_ctx_refresh(w->ctx);
-	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now, 1, &item, &n);
+	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now,
+					 p->inbox.batch_max > 1 ? CLAIM_MAX : 1, items, &n);
 	if (e != DUN_OK) {
 		dun_log(DUN_LOG_WARN, "worker.claim_failed", "worker", w->id, "error",
 			dun_err_str(e), NULL);
@@ -162,17 +174,19 @@ static bool run_one(struct worker *w)
 	}
 	if (n == 0)
 		return false;
-	struct dun_recompute_result r;
-	enum dun_err re = dun_worker_run_claimed(&w->ctx->engine, &p->inbox, w->id, &item, &r, &e);
-	atomic_fetch_add(&p->metrics->consequences_applied, r.apply.n_applied);
-	atomic_fetch_add(re == DUN_OK ? &p->metrics->recomputes_ok : &p->metrics->recomputes_failed,
-			 1);
+	struct dun_drain_stats st;
+	memset(&st, 0, sizeof st);
+	e = dun_worker_run_items(&w->ctx->engine, &p->inbox, w->id, items, n, &st);
+	atomic_fetch_add(&p->metrics->consequences_applied, st.consequences_applied);
+	atomic_fetch_add(&p->metrics->recomputes_ok, st.accounts - st.failed);
+	atomic_fetch_add(&p->metrics->recomputes_failed, st.failed);
 	if (e != DUN_OK)
-		/* The claim stays in processing; its lease brings it back. */
+		/* The claims stay in processing; their leases bring them back. */
 		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",
-			item.account_id, "error", dun_err_str(e), NULL);
+			items[0].account_id, "error", dun_err_str(e), NULL);
 	if (p->settled)
-		p->settled(p->hook_arg, w->ctx->db, item.account_id);
+		for (int i = 0; i < n; i++)
+			p->settled(p->hook_arg, w->ctx->db, items[i].account_id);
 	return true;
 }
 
@@ -183,7 +197,7 @@ static void *worker_main(void *arg)
 	dun_log(DUN_LOG_DEBUG, "worker.started", "worker", w->id, NULL);
 	while (!stopping(p)) {
 		uint64_t seen = wakeups(p);
-		if (!run_one(w))
+		if (!run_some(w))
 			idle(p, seen, p->cfg->poll_ms);
 	}
 	atomic_fetch_sub(&p->running, 1);
@@ -260,6 +274,9 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	p->settled = settled;
 	p->yield = yield;
 	p->hook_arg = hook_arg;
+	dun_inbox_config_defaults(&p->inbox);
+	p->inbox.should_stop = pool_stopping;
+	p->inbox.stop_arg = p;
 	p->inbox.max_attempts = cfg->inbox_max_attempts;
 	p->inbox.backoff_base_s = cfg->inbox_backoff_base_s;
 	p->inbox.backoff_max_s = cfg->inbox_backoff_max_s;

@@ -338,7 +338,12 @@ int64_t dun_db_changes(struct dun_db *db)
 
 enum dun_err dun_db_begin(struct dun_db *db)
 {
-	return db->drv->begin(db);
+	return db->drv->begin(db, false);
+}
+
+enum dun_err dun_db_begin_concurrent(struct dun_db *db)
+{
+	return db->drv->begin(db, true);
 }
 
 enum dun_err dun_db_commit(struct dun_db *db)

@@ -115,11 +115,26 @@ const char *dun_db_errmsg(struct dun_db *db);
 int64_t dun_db_changes(struct dun_db *db);
 
 /*
- * Transactions. dun_db_begin() starts a write transaction (it takes the
- * write lock up front on SQLite, so a busy database fails here, not in the
- * middle). Nesting is done with savepoints, not with begin.
+ * Transactions. dun_db_begin() starts an exclusive write transaction: no
+ * other write transaction of any process runs beside it (SQLite takes the
+ * write lock up front, so a busy database fails here, not in the middle;
+ * PostgreSQL takes one store-wide lock in exclusive mode). Nesting is done
+ * with savepoints, not with begin.
+ *
+ * dun_db_begin_concurrent() starts a write transaction that may run beside
+ * other concurrent ones, in other processes and on other hosts; it is still
+ * serialized with every exclusive one. Use it only where row locks settle
+ * every conflict: each write touches rows the caller's claim covers (an
+ * account's fence, store/fence.h), or is a single statement that is
+ * atomic on its own (an upsert, an UPDATE whose WHERE re-checks the state
+ * it changes, checked by dun_db_changes()), and no reader elsewhere walks a
+ * table by increasing id as if ids committed in order. PostgreSQL runs it at
+ * READ COMMITTED with the store-wide lock in shared mode; a deadlock between
+ * two of them is DUN_E_BUSY (retry). On SQLite, where one writer holds the
+ * whole file, it is exactly dun_db_begin().
  */
 enum dun_err dun_db_begin(struct dun_db *db);
+enum dun_err dun_db_begin_concurrent(struct dun_db *db);
 enum dun_err dun_db_commit(struct dun_db *db);
 /* Roll back the open transaction, if any. */
 void dun_db_rollback(struct dun_db *db);

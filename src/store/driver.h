@@ -58,8 +58,12 @@ struct dun_db_driver {
 	int64_t (*changes)(struct dun_db *db);
 	const char *(*errmsg)(struct dun_db *db);
 	bool (*in_transaction)(struct dun_db *db);
-	/* Open a write transaction (writers are serialized), commit, roll back. */
-	enum dun_err (*begin)(struct dun_db *db);
+	/*
+	 * Open a write transaction, commit, roll back. An exclusive one is
+	 * serialized with every other write transaction; a concurrent one only
+	 * with the exclusive ones (see dun_db_begin_concurrent in db.h).
+	 */
+	enum dun_err (*begin)(struct dun_db *db, bool concurrent);
 	enum dun_err (*commit)(struct dun_db *db);
 	void (*rollback)(struct dun_db *db);
 	/* Read and write the applied schema version. */

@@ -14,8 +14,12 @@
  *     once here: INTEGER becomes BIGINT (SQLite integers are 64-bit),
  *     INTEGER PRIMARY KEY [AUTOINCREMENT] an identity column, REAL double
  *     precision, BLOB bytea. The applied version is kept in a table.
- *   - A write transaction takes one advisory lock, so write transactions
- *     are serialized exactly as SQLite's BEGIN IMMEDIATE serializes them.
+ *   - A write transaction takes one store-wide advisory lock: an exclusive
+ *     one (dun_db_begin) in exclusive mode, so it is serialized with every
+ *     other write transaction exactly as SQLite's BEGIN IMMEDIATE
+ *     serializes them; a concurrent one (dun_db_begin_concurrent) in
+ *     shared mode, so concurrent ones run side by side, settled by row
+ *     locks at READ COMMITTED, and wait only for exclusive ones.
  *   - Errors map once: serialization failure and deadlock (40001, 40P01)
  *     and lock timeouts (55P03) are DUN_E_BUSY; unique and other integrity
  *     violations DUN_E_CONFLICT; a lost connection DUN_E_IO. A lost
@@ -750,13 +754,16 @@ static bool pg_in_transaction(struct dun_db *db)
 	return p->in_tx || PQtransactionStatus(p->c) != PQTRANS_IDLE;
 }
 
-static enum dun_err pg_begin(struct dun_db *db)
+static enum dun_err pg_begin(struct dun_db *db, bool concurrent)
 {
 	struct pg_conn *p = pc(db);
 	p->tx_lost = false;
 	p->in_tx = false;
 	enum dun_err e =
-	    pg_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK_KEY ")", NULL, 0);
+	    pg_exec(db,
+		    concurrent ? "BEGIN; SELECT pg_advisory_xact_lock_shared(" WRITE_LOCK_KEY ")"
+			       : "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK_KEY ")",
+		    NULL, 0);
 	if (e == DUN_OK) {
 		p->in_tx = true;
 	} else if (PQtransactionStatus(p->c) != PQTRANS_IDLE) {

@@ -7,6 +7,11 @@
  * into enum dun_err. A busy timeout makes a CLI next to `dunning serve`
  * wait for the write lock instead of failing; the service asks for a
  * finer-grained wait (dun_db_busy_fine).
+ *
+ * A row-locking clause at the end of a SELECT ("FOR UPDATE", optionally
+ * "OF t" and "SKIP LOCKED") is PostgreSQL's and is dropped here: in SQLite a
+ * write transaction already holds the whole file, so every row it reads is
+ * as good as locked.
  */
 #include "driver.h"
 #include "util/mem.h"
@@ -171,13 +176,30 @@ static enum dun_err sq_configure(struct dun_db *db, char *err, size_t err_size)
 	return e;
 }
 
+/* The length of sql without a trailing row-locking clause (see the top). */
+static int without_row_lock(const char *sql)
+{
+	const char *f = strstr(sql, " FOR UPDATE");
+	if (!f)
+		return -1;
+	const char *t = f + strlen(" FOR UPDATE");
+	if (!strncmp(t, " OF ", 4)) {
+		t += 4;
+		while (*t == '_' || (*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9'))
+			t++;
+	}
+	if (!strcmp(t, " SKIP LOCKED"))
+		t += strlen(" SKIP LOCKED");
+	return *t ? -1 : (int)(f - sql);
+}
+
 static enum dun_err sq_prepare(struct dun_db *db, const char *sql, bool persistent,
 			       struct dun_stmt **out)
 {
 	*out = NULL;
 	sqlite3_stmt *h = NULL;
-	int rc = sqlite3_prepare_v3(conn(db), sql, -1, persistent ? SQLITE_PREPARE_PERSISTENT : 0,
-				    &h, NULL);
+	int rc = sqlite3_prepare_v3(conn(db), sql, without_row_lock(sql),
+				    persistent ? SQLITE_PREPARE_PERSISTENT : 0, &h, NULL);
 	if (rc != SQLITE_OK)
 		return map_rc(rc);
 	if (!h) /* empty SQL */
@@ -309,8 +331,10 @@ static bool sq_in_transaction(struct dun_db *db)
 	return !sqlite3_get_autocommit(conn(db));
 }
 
-static enum dun_err sq_begin(struct dun_db *db)
+/* One writer at a time holds the whole file: both kinds are exclusive. */
+static enum dun_err sq_begin(struct dun_db *db, bool concurrent)
 {
+	(void)concurrent;
 	return sq_exec(db, "BEGIN IMMEDIATE", NULL, 0);
 }
 

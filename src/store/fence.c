@@ -1,11 +1,16 @@
 /*
  * fence.c — claims and fencing tokens (see fence.h).
  *
- * Both backends serialise write transactions (SQLite: BEGIN IMMEDIATE;
- * PostgreSQL: one advisory lock per write transaction, driver_pg.c), so a
- * check and the write after it in one transaction cannot interleave with a
- * takeover: the takeover commits before the check (the check fails) or after
- * the write (the writes landed under a claim that was still held).
+ * A check and the writes after it in one transaction cannot interleave with
+ * a takeover. On SQLite write transactions are serialized outright. On
+ * PostgreSQL fenced work runs in concurrent transactions (db.h), and the
+ * claim's row decides: the check is an UPDATE of that row, which holds its
+ * lock to COMMIT, and a takeover is an upsert of the same row, which waits
+ * for that lock and then re-reads the row (READ COMMITTED re-checks the
+ * upsert's WHERE on the newest version). So the takeover commits before the
+ * check (the check finds another token and fails) or after the writes (they
+ * landed under a claim that was still held, and the check pushed its
+ * expiry, so the takeover finds it live and backs off).
  */
 #include "fence.h"
 #include "util/clock.h"
@@ -20,25 +25,25 @@ enum dun_err dun_fence_acquire(struct dun_db *db, const char *account_id, const 
 	snprintf(out->account_id, sizeof out->account_id, "%s", account_id);
 	snprintf(out->owner, sizeof out->owner, "%s", owner);
 	out->lease_ms = lease_ms;
+	int64_t wall = dun_clock_wall_ms();
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO claims(account_id, owner, token, expires_ms) VALUES (?1, ?2, 1, ?3)"
 		" ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner,"
-		" token = claims.token + 1, expires_ms = excluded.expires_ms");
+		" token = claims.token + 1, expires_ms = excluded.expires_ms"
+		" WHERE claims.expires_ms < ?4 OR claims.owner = ?2 RETURNING token");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, owner);
-	dun_stmt_bind_int64(st, 3, dun_clock_wall_ms() + lease_ms);
-	enum dun_err e = dun_stmt_done(st);
-	if (e != DUN_OK)
-		return e;
-	st = dun_db_stmt(db, "SELECT token FROM claims WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_int64(st, 3, wall + lease_ms);
+	dun_stmt_bind_int64(st, 4, wall);
+	/* No row back: the WHERE kept a live claim of someone else. */
 	if (dun_stmt_row(st))
 		out->token = dun_stmt_col_int64(st, 0);
-	else
-		e = dun_stmt_err(st);
+	while (dun_stmt_row(st))
+		;
+	enum dun_err e = dun_stmt_err(st);
 	dun_stmt_reset(st);
 	if (e == DUN_OK && out->token <= 0)
-		e = DUN_E_STORE;
+		e = DUN_E_FENCED;
 	return e;
 }
 
@@ -74,16 +79,26 @@ enum dun_err dun_fence_check(struct dun_db *db, const struct dun_fence *f)
 	return e;
 }
 
+enum dun_err dun_fence_begin(struct dun_db *db, const struct dun_fence *f)
+{
+	bool claimed = f && f->token != 0;
+	enum dun_err e = claimed ? dun_db_begin_concurrent(db) : dun_db_begin(db);
+	if (e != DUN_OK)
+		return e;
+	e = dun_fence_check(db, f);
+	if (e != DUN_OK)
+		dun_db_rollback(db);
+	return e;
+}
+
 enum dun_err dun_fence_renew(struct dun_db *db, const struct dun_fence *f)
 {
 	if (!f || f->token == 0)
 		return DUN_OK;
-	enum dun_err e = dun_db_begin(db);
+	enum dun_err e = dun_fence_begin(db, f);
 	if (e != DUN_OK)
 		return e;
-	e = dun_fence_check(db, f);
-	if (e == DUN_OK)
-		e = dun_db_commit(db);
+	e = dun_db_commit(db);
 	if (e != DUN_OK)
 		dun_db_rollback(db);
 	return e;

@@ -34,9 +34,11 @@ struct dun_fence {
 
 /*
  * Take the claim of account_id for owner, in the caller's transaction: the
- * account's next token, expiring lease_ms from now (wall clock). Does not
- * look at a live claim of someone else: the caller has checked there is none
- * (dun_fence_held_by_other) in the same transaction.
+ * account's next token, expiring lease_ms from now (wall clock), unless
+ * another owner's claim is live: then DUN_E_FENCED and nothing changes. One
+ * statement decides, on the claim's row itself, so two processes taking the
+ * same account at once (concurrent transactions on PostgreSQL) cannot both
+ * win: the second waits for the first's row lock and then sees its claim.
  */
 enum dun_err dun_fence_acquire(struct dun_db *db, const char *account_id, const char *owner,
 			       int64_t lease_ms, struct dun_fence *out);
@@ -51,6 +53,15 @@ enum dun_err dun_fence_held_by_other(struct dun_db *db, const char *account_id, 
  * claim took the account. A fence with token 0 always passes.
  */
 enum dun_err dun_fence_check(struct dun_db *db, const struct dun_fence *f);
+
+/*
+ * Begin a write transaction for work under f and check f in it (rolled
+ * back again when the check fails). Work under a claim runs in a concurrent
+ * transaction (store/db.h): the claim's row lock keeps other processes off
+ * the account, so the fleet's workers write side by side. Without a claim
+ * (f NULL or token 0: a single-process tool) the transaction is exclusive.
+ */
+enum dun_err dun_fence_begin(struct dun_db *db, const struct dun_fence *f);
 
 /* dun_fence_check() in a transaction of its own. */
 enum dun_err dun_fence_renew(struct dun_db *db, const struct dun_fence *f);

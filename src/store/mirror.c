@@ -80,7 +80,7 @@ enum dun_err dun_mirror_account_of(struct dun_db *db, const char *customer_id, c
 
 /*
  * The account of a customer, '' when it is linked to none: the account_id
- * an invoice of that customer is stored with (schema migration 16: the
+ * an invoice of that customer is stored with (schema migration 18: the
  * writers set it, no trigger does).
  */
 static enum dun_err linked_account(struct dun_db *db, const char *customer_id, char **account)

@@ -614,7 +614,7 @@ static const char *const migration_13[] = {
  * person with a SQL shell): an invoice takes its customer's account, an
  * attempt its invoice's, and linking, relinking or unlinking a customer
  * moves its invoices and their attempts. Writers that know the account
- * pass it, so the triggers only check. (Migration 16 drops the triggers on
+ * pass it, so the triggers only check. (Migration 18 drops the triggers on
  * p_invoices and p_attempts that only checked: the writers set the column.)
  *
  * On SQLite the key's columns are declared first, in the key's order: SQLite
@@ -791,7 +791,34 @@ static const char *const migration_15[] = {
 };
 
 /*
- * Migration 16: the writers of invoices and attempts set account_id
+ * Migration 16: the outcome events not yet delivered everywhere. The
+ * delivery thread used to queue the events above the highest id it had
+ * queued; once recomputes of many processes commit side by side on
+ * PostgreSQL, ids no longer commit in order, and an event committed after a
+ * higher one was queued would have been skipped forever. It now queues
+ * every event with delivered_at = 0 that an endpoint has no delivery of,
+ * found through this index (events_sender.c).
+ */
+static const char *const migration_16[] = {
+    "CREATE INDEX outcome_events_undelivered ON outcome_events(id) WHERE delivered_at = 0",
+    NULL,
+};
+
+/*
+ * Migration 17: the open triggers in id order. The claim walks ready
+ * triggers oldest first and stops after a few rows per account it claims
+ * (inbox.c); with only inbox_ready (state, not_before) it read and sorted
+ * the whole backlog on every pass, 38 ms at 3,000 ready triggers on
+ * PostgreSQL. Both backends use a partial index for a query that repeats
+ * its predicate ("state <> 'done'").
+ */
+static const char *const migration_17[] = {
+    "CREATE INDEX inbox_open ON inbox(id) WHERE state <> 'done'",
+    NULL,
+};
+
+/*
+ * Migration 18: the writers of invoices and attempts set account_id
  * themselves; migration 14's triggers on those two tables are dropped.
  * Each of them ran a lookup (of the customer, of the invoice) on every
  * invoice or attempt written, and the invoice's trigger an UPDATE of the
@@ -814,7 +841,7 @@ static const char *const migration_15[] = {
  * Anyone else who writes these two tables (a person with a SQL shell, a
  * test) writes account_id too, as the mirror does.
  */
-static const char *const migration_16[] = {
+static const char *const migration_18[] = {
     "sqlite:DROP TRIGGER p_invoices_account_ins",
     "sqlite:DROP TRIGGER p_invoices_account_upd",
     "sqlite:DROP TRIGGER p_invoices_attempts_ins",
@@ -836,7 +863,7 @@ static const char *const migration_16[] = {
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
     migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
-    migration_13, migration_14, migration_15, migration_16,
+    migration_13, migration_14, migration_15, migration_16, migration_17, migration_18,
 };
 
 int dun_schema_count(void)

@@ -631,6 +631,40 @@ static void test_events(struct dun_db *db)
 	CHECK_INT(st.queued, 2);
 	CHECK_INT(a.n_log, 5);
 	CHECK_INT(b.n_log, 4);
+	/*
+	 * An event that commits below one already queued (recomputes of several
+	 * processes commit side by side on PostgreSQL: ids do not commit in
+	 * order) is still queued and sent, to both endpoints.
+	 */
+	int64_t top = testdb_int(db, "SELECT MAX(id) FROM outcome_events", NULL);
+	testdb_exec(db, "INSERT INTO outcome_events(id, key, account_id, type, payload, created_at)"
+			" VALUES (1000, 'late/high', 'acct_3', 'dunning.stage_changed', '{}', 0)");
+	CHECK_INT(dun_events_sender_run_once(db, &cfg, T0 + 30, &st), DUN_OK);
+	CHECK_INT(st.queued, 2);
+	char late[256];
+	snprintf(late, sizeof late,
+		 "INSERT INTO outcome_events(id, key, account_id, type, payload, created_at)"
+		 " VALUES (%lld, 'late/low', 'acct_4', 'dunning.stage_changed', '{\"late\":1}', 0)",
+		 (long long)top + 1);
+	testdb_exec(db, late);
+	CHECK_INT(dun_events_sender_run_once(db, &cfg, T0 + 40, &st), DUN_OK);
+	CHECK_INT(st.queued, 2);
+	CHECK_INT(a.n_log, 7);
+	CHECK_INT(b.n_log, 6);
+	CHECK(strstr(a.log[6].body, "\"late\"") != NULL);
+	CHECK(strstr(b.log[5].body, "\"late\"") != NULL);
+	CHECK_INT(
+	    testdb_int(db, "SELECT COUNT(*) FROM outcome_events WHERE delivered_at = 0", NULL), 0);
+	/* An endpoint added later gets the history, from the first event on. */
+	struct server c;
+	server_start(&c);
+	snprintf(cfg.event_endpoints[2], sizeof cfg.event_endpoints[2], "http://127.0.0.1:%d/h",
+		 c.port);
+	cfg.n_event_endpoints = 3;
+	CHECK_INT(dun_events_sender_run_once(db, &cfg, T0 + 50, &st), DUN_OK);
+	CHECK_INT(st.queued, 6);
+	CHECK_INT(c.n_log, 6);
+	server_stop(&c);
 	server_stop(&a);
 	server_stop(&b);
 }

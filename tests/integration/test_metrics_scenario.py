@@ -174,7 +174,7 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
     # quoted owes 700 eur on an open invoice with a payment in flight; backslash
     # has its kill switch on
     dun.execute("INSERT INTO customers (id, account_id) VALUES ('cus_quoted', ?)", (quoted,))
-    # (account_id written as the mirror writes it: schema migration 16)
+    # (account_id written as the mirror writes it: schema migration 18)
     dun.execute("INSERT INTO p_invoices (id, customer_id, status, amount_due, amount_remaining,"
                 " currency, account_id) VALUES ('in_quoted', 'cus_quoted', 'open', 700, 700,"
                 " 'eur', ?)", (quoted,))

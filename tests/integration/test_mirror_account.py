@@ -5,7 +5,7 @@ attempts stored while the customer is linked to no account take the account
 when the customer is mapped later; an attempt stored before its invoice takes
 it when the invoice arrives; relinking the customer moves them all.
 
-Since schema migration 16 the mirror writes the column itself (no trigger
+Since schema migration 18 the mirror writes the column itself (no trigger
 checks an insert of an invoice or attempt); the triggers on customers move
 the rows when a link changes. Uses the conftest fixtures; both backends.
 """

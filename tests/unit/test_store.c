@@ -637,7 +637,7 @@ static void test_customer_registers_account(void)
  * Invoices and attempts carry their customer's account (schema migration
  * 14) whatever order the mirror receives them in: an attempt before its
  * invoice, by invoice or by payment intent, an invoice before its customer
- * is linked, a relink, an unlink. Since migration 16 the mirror writes the
+ * is linked, a relink, an unlink. Since migration 18 the mirror writes the
  * column itself; the triggers on customers move rows when a link changes.
  */
 static json_t *charge_of(const char *id, const char *invoice, const char *pi)
