@@ -186,6 +186,7 @@ static struct timing raw_read(struct dun_db *db, int64_t *rows_out)
 	uint64_t sum = 0;
 	int64_t rows = 0;
 	struct timing t0 = timing_start();
+	dun_db_set_cache_kb(db, DUN_STREAM_CACHE_KB); /* the stream's own setting */
 	struct dun_stmt *range = NULL, *st[DUN_STREAM__COUNT] = {0};
 	if (dun_db_prepare(db, dun_stream_range_sql(), &range) != DUN_OK)
 		die("raw read", dun_db_errmsg(db));
@@ -244,6 +245,7 @@ static struct timing raw_read(struct dun_db *db, int64_t *rows_out)
 	for (int q = 0; q < DUN_STREAM__COUNT; q++)
 		dun_stmt_finalize(st[q]);
 	dun_stmt_finalize(range);
+	dun_db_set_cache_kb(db, DUN_DB_CACHE_KB);
 	struct timing t = timing_stop(t0);
 	/* The checksum is printed so no compiler can drop the reads. */
 	fprintf(stderr, "raw read: %" PRId64 " rows, checksum %016" PRIx64 "\n", rows, sum);

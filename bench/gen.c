@@ -2,12 +2,15 @@
  * gen.c — the synthetic population (see gen.h).
  *
  * Each account is described by describe(), a pure function of the seed and
- * the account's index, so the generator never keeps per-account state: the
- * engine-side rows are written account by account (pass 1), and the
- * provider's invoices month by month over all accounts, in a billing order
- * unrelated to account ids (pass 2), which is how a real mirror fills up —
- * one customer's invoices end up spread over the whole table, as they are in
- * production, instead of side by side.
+ * the account's index, so the generator never keeps per-account state and
+ * may write an account's rows in any order. The engine-side rows and the
+ * mirror's invoices and attempts are written account by account, which is
+ * the key order of the mirror's tables since schema migration 14 (the
+ * order a real mirror's rows are stored in, whatever order they arrived
+ * in); invoice documents, a table stored in arrival order, are written
+ * month by month over all accounts in a billing order unrelated to account
+ * ids, as a real service creates them. Invoice ids are numbered in that
+ * billing order too, so they are unrelated to account ids, as in production.
  *
  * Segments are 90% self_serve, 6% enterprise, 4% contract (the policy skips
  * the last two, whatever their state); one account in a thousand has its
@@ -132,6 +135,9 @@ struct gen {
 	char *err;
 	size_t err_size;
 	uint64_t bill_a, bill_a_inv; /* the billing order's multiplier and its inverse */
+	/* Which rows the invoice code writes: the mirror's (invoices, attempts) or the
+	 * invoice documents; the other kind is computed and not written. */
+	enum { WRITE_MIRROR, WRITE_DOCS } writes;
 };
 
 /* ---- deterministic draws ------------------------------------------------- */
@@ -194,8 +200,8 @@ static void base36(char *out, size_t n, const char *prefix, uint64_t v, int widt
  * The order accounts are billed in within one month: billing days have
  * nothing to do with account ids, so this is a permutation of the indexes
  * (pos -> A * pos + B mod n, a bijection as the prime A does not divide n),
- * a different one every month. One account's invoices thus end up far from
- * its neighbours' in the table, as they do in production.
+ * a different one every month. One account's invoice ids (and documents)
+ * thus end up far from its neighbours', as they do in production.
  */
 static int64_t billing_order(const struct gen *g, int slot, int64_t pos)
 {
@@ -765,6 +771,8 @@ struct inv {
 static bool put_attempt(struct gen *g, const struct acct *a, const struct inv *v, int n,
 			int64_t created, const char *status, const struct decline *d)
 {
+	if (g->writes != WRITE_MIRROR)
+		return true;
 	char id[32], pi[160];
 	base36(id, sizeof id, "py_", v->seq << 4 | (uint64_t)n, 11);
 	snprintf(pi, sizeof pi, "pi_%s", v->id + 3);
@@ -792,12 +800,15 @@ static bool put_attempt(struct gen *g, const struct acct *a, const struct inv *v
 		text(st, 9, "");
 	}
 	i64(st, 10, created);
+	text(st, 11, a->id); /* the invoice's account: its customer's (put_customer) */
 	g->counts->attempts++;
 	return step(g, st);
 }
 
 static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v)
 {
+	if (g->writes != WRITE_MIRROR)
+		return true;
 	char url[512], pi[160], md[1600];
 	if (a->odd & ODD_LONG_TEXT) {
 		snprintf(url, sizeof url, "https://invoice.example.invalid/i/%s?%0300d", v->id, 7);
@@ -844,12 +855,15 @@ static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v
 		dun_stmt_bind_null(st, 17);
 	text(st, 18, md);
 	i64(st, 19, v->paid_at ? v->paid_at : v->created);
+	text(st, 20, a->id); /* every customer of an account is linked to it (put_customer) */
 	g->counts->invoices++;
 	return step(g, st);
 }
 
 static bool put_doc(struct gen *g, const char *invoice, bool closed, bool paylinks, int64_t at)
 {
+	if (g->writes != WRITE_DOCS)
+		return true;
 	struct dun_stmt *st = g->doc;
 	text(st, 1, invoice);
 	i64(st, 2, closed);
@@ -1044,8 +1058,14 @@ static bool put_orphans(struct gen *g)
 		v.reason = "subscription_cycle";
 		v.collection = "charge_automatically";
 		v.created = g->cfg->now - DAY;
-		uint64_t s = i;
+		/* The mirror's rows, then the document: the same draws twice. */
+		struct inv w = v;
+		uint64_t s = i, t = i;
+		g->writes = WRITE_MIRROR;
 		if (!unpaid_invoice(g, &a, &v, false, &s))
+			return false;
+		g->writes = WRITE_DOCS;
+		if (!unpaid_invoice(g, &a, &w, false, &t))
 			return false;
 	}
 	return true;
@@ -1088,13 +1108,11 @@ static bool prepare_all(struct gen *g)
 		       " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
 		       " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices,"
 		       " metadata, version, account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
-		       "?11,?12,?13,?14,?15,?16,?17,?18,?19,"
-		       " COALESCE((SELECT account_id FROM customers WHERE id = ?2), ''))") &&
+		       "?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)") &&
 	       prepare(g, &g->attempt,
 		       "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
 		       " payment_method, decline_code, advice_code, network_advice_code, version,"
-		       " account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,"
-		       " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?2), ''))") &&
+		       " account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)") &&
 	       prepare(g, &g->doc,
 		       "INSERT INTO invoice_docs(invoice_id, closed, paylinks_enabled, updated_at)"
 		       " VALUES (?,?,?,?)");
@@ -1144,10 +1162,9 @@ static bool store_settings(struct gen *g)
  * Secondary indexes are dropped during the load and built once at the end:
  * SQLite sorts and builds them bottom-up, far faster than row by row. Their
  * SQL is taken from the schema itself, so they come back exactly as the
- * migrations made them. The triggers that keep the mirror's account_id go
- * with them (their lookups need those indexes): the load writes account_id
- * itself, looking invoices up by the one index kept, p_invoices_id, and
- * writing every invoice before its attempts.
+ * migrations made them. The triggers go with them (those on customers
+ * move invoices through p_invoices_customer_id): the load writes
+ * account_id itself, as the mirror does.
  */
 #define MAX_INDEXES 128
 
@@ -1163,7 +1180,7 @@ static bool drop_indexes(struct gen *g, struct indexes *ix)
 	struct dun_stmt *st = NULL;
 	if (!prepare(g, &st,
 		     "SELECT name, sql, type FROM sqlite_master WHERE type IN ('index', 'trigger')"
-		     " AND sql IS NOT NULL AND name <> 'p_invoices_id' ORDER BY rowid"))
+		     " AND sql IS NOT NULL ORDER BY rowid"))
 		return false;
 	char names[MAX_INDEXES][128];
 	bool trigger[MAX_INDEXES];
@@ -1215,13 +1232,27 @@ static bool load(struct gen *g)
 	    !exec(g, "PRAGMA synchronous=OFF") || !exec(g, "PRAGMA cache_size=-1000000") ||
 	    !prepare_all(g) || !exec(g, "BEGIN"))
 		return false;
+	/* Each account's rows, its invoices and attempts with them: the tables
+	 * the scan reads are keyed by account first, so every insert lands at
+	 * the end of its B-tree (in billing order, each one landed anywhere in
+	 * a table far larger than the page cache). */
+	g->writes = WRITE_MIRROR;
 	for (int64_t i = 0; i < n; i++) {
 		describe(g, i, &a);
 		if (!pass1_account(g, &a) || !batch(g, &done))
 			return false;
+		for (int slot = 0; slot < N_SLOTS && a.n_customers > 0; slot++)
+			if (!pass2_slot(g, &a, slot))
+				return false;
 		if (!g->cfg->quiet && (i + 1) % 100000 == 0)
-			fprintf(stderr, "gen: accounts %" PRId64 "/%" PRId64 "\n", i + 1, n);
+			fprintf(stderr,
+				"gen: accounts %" PRId64 "/%" PRId64 ", invoices %" PRId64 "\n",
+				i + 1, n, g->counts->invoices);
 	}
+	/* Invoice documents, month by month in billing order, as a real
+	 * service creates them: a rowid table, so they are stored in that
+	 * order and a scan in account order probes them at random. */
+	g->writes = WRITE_DOCS;
 	for (int slot = 0; slot < N_SLOTS; slot++) {
 		for (int64_t pos = 0; pos < n; pos++) {
 			describe(g, billing_order(g, slot, pos), &a);
@@ -1230,10 +1261,9 @@ static bool load(struct gen *g)
 			if (!pass2_slot(g, &a, slot) || !batch(g, &done))
 				return false;
 		}
-		if (!g->cfg->quiet)
-			fprintf(stderr, "gen: invoices month %d/%d: %" PRId64 "\n", slot + 1,
-				N_SLOTS, g->counts->invoices);
 	}
+	if (!g->cfg->quiet)
+		fprintf(stderr, "gen: %" PRId64 " invoice documents\n", g->counts->docs);
 	return put_orphans(g) && store_settings(g) && exec(g, "COMMIT");
 }
 

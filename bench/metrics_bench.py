@@ -49,12 +49,13 @@ def populate(db, accounts, outside, seed=7):
          for i, a in enumerate(ids)))
     con.executemany(
         "INSERT INTO p_invoices (id, customer_id, status, amount_due, amount_paid,"
-        " amount_remaining, currency) VALUES (?, ?, ?, 2000, ?, ?, 'usd')",
+        " amount_remaining, currency, account_id) VALUES (?, ?, ?, 2000, ?, ?, 'usd', ?)",
         (("in_%07d" % i, "cus_%07d" % i, "open" if i in out else "paid",
-          0 if i in out else 2000, 2000 if i in out else 0) for i in range(accounts)))
+          0 if i in out else 2000, 2000 if i in out else 0, a) for i, a in enumerate(ids)))
     con.executemany(
-        "INSERT INTO p_attempts (id, invoice_id, status, created) VALUES (?, ?, 'processing', ?)",
-        (("py_%07d" % i, "in_%07d" % i, NOW - 3600) for i in sorted(out) if i % 100 == 0))
+        "INSERT INTO p_attempts (id, invoice_id, status, created, account_id)"
+        " VALUES (?, ?, 'processing', ?, ?)",
+        (("py_%07d" % i, "in_%07d" % i, NOW - 3600, ids[i]) for i in sorted(out) if i % 100 == 0))
     con.commit()
     con.close()
 

@@ -133,6 +133,7 @@ enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err,
 {
 	memset(s, 0, sizeof *s);
 	s->db = db;
+	dun_db_set_cache_kb(db, DUN_STREAM_CACHE_KB);
 	for (int q = 0; q <= DUN_STREAM__COUNT; q++) {
 		const char *text = q < DUN_STREAM__COUNT ? sql[q] : range_sql;
 		int rc = dun_db_prepare(db, text, q < DUN_STREAM__COUNT ? &s->st[q] : &s->range);
@@ -148,6 +149,8 @@ enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err,
 
 void dun_stream_free(struct dun_stream *s)
 {
+	if (s->db)
+		dun_db_set_cache_kb(s->db, DUN_DB_CACHE_KB);
 	for (int q = 0; q < DUN_STREAM__COUNT; q++)
 		dun_stmt_finalize(s->st[q]);
 	dun_stmt_finalize(s->range);

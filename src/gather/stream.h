@@ -56,8 +56,22 @@ struct dun_stream {
 };
 
 /*
- * Set up s over db (borrowed; it must outlive s). Prepares the queries;
- * DUN_E_STORE when the schema lacks what they need (err says why).
+ * The page cache of the connection while a stream is open (KiB; restored
+ * to DUN_DB_CACHE_KB by dun_stream_free). The scan reads the mirror's
+ * tables once, in key order, but probes three tables at random: the
+ * provider's customers by customer id, subscriptions by customer, invoice
+ * documents by invoice id. On a million accounts their pages (about 27 MB
+ * of documents and their index, the customers' and subscriptions' id
+ * indexes) no longer fit the default cache, and every probe became a read
+ * from the file: 48 MB holds them (docs/performance.md, "The million
+ * accounts").
+ */
+#define DUN_STREAM_CACHE_KB 49152
+
+/*
+ * Set up s over db (borrowed; it must outlive s). Prepares the queries and
+ * sets the page cache (DUN_STREAM_CACHE_KB); DUN_E_STORE when the schema
+ * lacks what they need (err says why).
  */
 enum dun_err dun_stream_init(struct dun_stream *s, struct dun_db *db, char *err, size_t err_size);
 void dun_stream_free(struct dun_stream *s);

@@ -424,6 +424,15 @@ void dun_db_checkpoint(struct dun_db *db)
 		db->drv->exec(db, db->drv->checkpoint_sql, NULL, 0);
 }
 
+void dun_db_set_cache_kb(struct dun_db *db, int kb)
+{
+	if (!db->drv->cache_kb_sql || kb <= 0)
+		return;
+	char sql[64];
+	snprintf(sql, sizeof sql, "%s%d", db->drv->cache_kb_sql, kb);
+	db->drv->exec(db, sql, NULL, 0);
+}
+
 int64_t dun_db_cache_misses(struct dun_db *db)
 {
 	return db->drv->cache_misses(db);

@@ -190,6 +190,14 @@ void dun_db_relax_durability(struct dun_db *db);
 void dun_db_checkpoint_manual(struct dun_db *db);
 void dun_db_checkpoint(struct dun_db *db);
 
+/*
+ * The connection's page cache, in KiB (DUN_DB_CACHE_KB when opened: the
+ * SQLite driver's configure sets the same figure). Does nothing on a
+ * backend whose cache is the server's (PostgreSQL).
+ */
+#define DUN_DB_CACHE_KB 16000
+void dun_db_set_cache_kb(struct dun_db *db, int kb);
+
 /* Pages the store had to read from disk since the last call; -1 where unknown. */
 int64_t dun_db_cache_misses(struct dun_db *db);
 

@@ -91,6 +91,8 @@ struct dun_db_driver {
 	const char *relax_durability_sql;
 	const char *checkpoint_manual_sql;
 	const char *checkpoint_sql;
+	/* dun_db_set_cache_kb's statement, completed by the KiB, or NULL. */
+	const char *cache_kb_sql;
 };
 
 struct dun_db {

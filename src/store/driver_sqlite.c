@@ -425,4 +425,5 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .relax_durability_sql = "PRAGMA synchronous=OFF",
     .checkpoint_manual_sql = "PRAGMA wal_autocheckpoint=0",
     .checkpoint_sql = "PRAGMA wal_checkpoint(PASSIVE)",
+    .cache_kb_sql = "PRAGMA cache_size=-",
 };

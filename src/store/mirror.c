@@ -78,6 +78,21 @@ enum dun_err dun_mirror_account_of(struct dun_db *db, const char *customer_id, c
 	return e;
 }
 
+/*
+ * The account of a customer, '' when it is linked to none: the account_id
+ * an invoice of that customer is stored with (schema migration 18: the
+ * writers set it, no trigger does).
+ */
+static enum dun_err linked_account(struct dun_db *db, const char *customer_id, char **account)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT account_id FROM customers WHERE id = ?1");
+	dun_stmt_bind_text(st, 1, customer_id);
+	*account = dun_strdup(dun_stmt_row(st) ? dun_stmt_col_text(st, 0) : "");
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return e;
+}
+
 static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t version, bool *applied)
 {
 	const char *id = jstr(o, "id");
@@ -265,9 +280,18 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 		bd_paid = strcmp(jstr(md, "bad_debt_paid"), "true") == 0;
 		covers = covers_list(md);
 	}
+	char *account = NULL;
+	enum dun_err e = linked_account(db, customer, &account);
+	if (e != DUN_OK) {
+		free(account);
+		free(covers);
+		return e;
+	}
 	char *mdtext = json_is_object(md) ? json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 
-	/* The version rule, decided in SQL against the stored row. */
+	/* The version rule, decided in SQL against the stored row. An update
+	 * keeps the stored customer_id, so the stored account_id stays its
+	 * customer's (the triggers on customers move it on a relink). */
 	struct dun_stmt *st = dun_db_stmt(
 	    db,
 	    "INSERT INTO p_invoices(id, customer_id, subscription_id, status, amount_due,"
@@ -275,8 +299,7 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	    " collection_method, created, paid_at, hosted_invoice_url, payment_intent,"
 	    " meta_bad_debt_amount, meta_bad_debt_paid, meta_bad_debt_invoices, metadata,"
 	    " version, next_payment_attempt, account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-	    " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22,"
-	    " COALESCE((SELECT account_id FROM customers WHERE id = ?2), ''))"
+	    " ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, ?23)"
 	    " ON CONFLICT(id) DO UPDATE SET subscription_id = excluded.subscription_id,"
 	    " status = excluded.status, amount_due = excluded.amount_due,"
 	    " amount_paid = excluded.amount_paid,"
@@ -324,27 +347,50 @@ static enum dun_err upsert_invoice(struct dun_db *db, json_t *o, int64_t version
 	dun_stmt_bind_int(st, 21, status_rank(status));
 	/* Stripe's own next try (Smart Retries); null when it will not try. */
 	dun_stmt_bind_int64(st, 22, jint(o, "next_payment_attempt"));
-	enum dun_err e = dun_stmt_done(st);
+	dun_stmt_bind_text(st, 23, account);
+	e = dun_stmt_done(st);
 	*applied = e == DUN_OK && dun_db_changes(db) > 0;
 	free(covers);
 	free(mdtext);
-	if (e != DUN_OK || !pi[0])
-		return e;
+	/* Attempts that arrived before their invoice were stored with no
+	 * account (their invoice was unknown): they take the invoice's. With
+	 * no account there is nothing to hand on. */
+	if (e == DUN_OK && account[0]) {
+		st = dun_db_stmt(db, "UPDATE p_attempts SET account_id = ?2"
+				     " WHERE invoice_id = ?1 AND account_id <> ?2");
+		dun_stmt_bind_text(st, 1, id);
+		dun_stmt_bind_text(st, 2, account);
+		e = dun_stmt_done(st);
+	}
 	/* Attempts that arrived before the invoice told us its payment intent. */
-	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
-			     " WHERE payment_intent = ?2 AND invoice_id = ''");
-	dun_stmt_bind_text(st, 1, id);
-	dun_stmt_bind_text(st, 2, pi);
-	return dun_stmt_done(st);
+	if (e == DUN_OK && pi[0]) {
+		st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1, account_id = ?3"
+				     " WHERE payment_intent = ?2 AND payment_intent <> ''"
+				     " AND invoice_id = ''");
+		dun_stmt_bind_text(st, 1, id);
+		dun_stmt_bind_text(st, 2, pi);
+		dun_stmt_bind_text(st, 3, account);
+		e = dun_stmt_done(st);
+	}
+	free(account);
+	return e;
 }
 
+/*
+ * Every lookup by payment intent repeats "payment_intent <> ''", the
+ * predicate of the partial indexes p_invoices_pi and p_attempts_pi: SQLite
+ * only uses a partial index when the query implies its predicate, and
+ * "payment_intent = ?1" alone does not (the parameter might be ''), so
+ * without it each of these statements read the whole table.
+ */
 static void invoice_of_pi(struct dun_db *db, const char *pi, char *out, size_t n)
 {
 	out[0] = '\0';
 	if (!pi[0])
 		return;
 	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1");
+	    dun_db_stmt(db, "SELECT id FROM p_invoices WHERE payment_intent = ?1 AND"
+			    " payment_intent <> ''");
 	dun_stmt_bind_text(st, 1, pi);
 	if (dun_stmt_row(st))
 		dun_stmt_col_copy(st, 0, out, n);
@@ -362,17 +408,18 @@ static enum dun_err put_attempt(struct dun_db *db, const char *id, const char *i
 	else
 		invoice_of_pi(db, pi, inv, sizeof inv);
 	struct dun_stmt *st = dun_db_stmt(
-	    db,
-	    "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-	    " payment_method, decline_code, advice_code, network_advice_code, version,"
-	    " account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-	    " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?2), ''))"
-	    " ON CONFLICT(id) DO UPDATE SET invoice_id = CASE WHEN excluded.invoice_id <> ''"
-	    " THEN excluded.invoice_id ELSE p_attempts.invoice_id END, status = excluded.status,"
-	    " payment_method = excluded.payment_method,"
-	    " decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
-	    " network_advice_code = excluded.network_advice_code,"
-	    " version = excluded.version WHERE excluded.version >= p_attempts.version");
+	    db, "INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
+		" payment_method, decline_code, advice_code, network_advice_code, version,"
+		" account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+		" COALESCE((SELECT account_id FROM p_invoices WHERE id = ?2), ''))"
+		" ON CONFLICT(id) DO UPDATE SET invoice_id = CASE WHEN excluded.invoice_id <> ''"
+		" THEN excluded.invoice_id ELSE p_attempts.invoice_id END,"
+		" account_id = CASE WHEN excluded.invoice_id <> '' THEN excluded.account_id"
+		" ELSE p_attempts.account_id END, status = excluded.status,"
+		" payment_method = excluded.payment_method,"
+		" decline_code = excluded.decline_code, advice_code = excluded.advice_code,"
+		" network_advice_code = excluded.network_advice_code,"
+		" version = excluded.version WHERE excluded.version >= p_attempts.version");
 	dun_stmt_bind_text(st, 1, id);
 	dun_stmt_bind_text(st, 2, inv);
 	dun_stmt_bind_text(st, 3, pi);
@@ -415,9 +462,9 @@ static enum dun_err upsert_charge(struct dun_db *db, json_t *o, int64_t version,
 	 * said that payment was in flight (the payment intent's processing
 	 * marker, an earlier pending charge) no longer holds, whether or not
 	 * the payment intent's own webhook ever arrives. */
-	struct dun_stmt *del =
-	    dun_db_stmt(db, "DELETE FROM p_attempts WHERE payment_intent = ?1 AND"
-			    " status = 'processing' AND id <> ?2 AND version <= ?3");
+	struct dun_stmt *del = dun_db_stmt(
+	    db, "DELETE FROM p_attempts WHERE payment_intent = ?1 AND payment_intent <> '' AND"
+		" status = 'processing' AND id <> ?2 AND version <= ?3");
 	dun_stmt_bind_text(del, 1, pi);
 	dun_stmt_bind_text(del, 2, jstr(o, "id"));
 	dun_stmt_bind_int64(del, 3, version);
@@ -440,6 +487,7 @@ static enum dun_err upsert_payment_intent(struct dun_db *db, json_t *o, int64_t 
 		 * payment intent (events arrive out of order) starts no hold. */
 		struct dun_stmt *q =
 		    dun_db_stmt(db, "SELECT 1 FROM p_attempts WHERE payment_intent = ?1 AND"
+				    " payment_intent <> '' AND"
 				    " status IN ('failed', 'succeeded') AND version >= ?2");
 		dun_stmt_bind_text(q, 1, pi);
 		dun_stmt_bind_int64(q, 2, version);
@@ -497,8 +545,10 @@ static enum dun_err upsert_invoice_payment(struct dun_db *db, json_t *o, int64_t
 	enum dun_err e = dun_stmt_done(st);
 	if (e != DUN_OK)
 		return e;
-	st = dun_db_stmt(db, "UPDATE p_attempts SET invoice_id = ?1"
-			     " WHERE payment_intent = ?2 AND invoice_id = ''");
+	st = dun_db_stmt(db,
+			 "UPDATE p_attempts SET invoice_id = ?1, account_id ="
+			 " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?1), '')"
+			 " WHERE payment_intent = ?2 AND payment_intent <> '' AND invoice_id = ''");
 	dun_stmt_bind_text(st, 1, inv);
 	dun_stmt_bind_text(st, 2, pi);
 	e = dun_stmt_done(st);

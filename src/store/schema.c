@@ -614,7 +614,8 @@ static const char *const migration_13[] = {
  * person with a SQL shell): an invoice takes its customer's account, an
  * attempt its invoice's, and linking, relinking or unlinking a customer
  * moves its invoices and their attempts. Writers that know the account
- * pass it, so the triggers only check.
+ * pass it, so the triggers only check. (Migration 18 drops the triggers on
+ * p_invoices and p_attempts that only checked: the writers set the column.)
  *
  * On SQLite the key's columns are declared first, in the key's order: SQLite
  * 3.40's PRAGMA integrity_check reports false NOT NULL violations in a
@@ -816,10 +817,53 @@ static const char *const migration_17[] = {
     NULL,
 };
 
+/*
+ * Migration 18: the writers of invoices and attempts set account_id
+ * themselves; migration 14's triggers on those two tables are dropped.
+ * Each of them ran a lookup (of the customer, of the invoice) on every
+ * invoice or attempt written, and the invoice's trigger an UPDATE of the
+ * attempts as well: all of it in the webhook committer's serial
+ * transaction, for a value the mirror had already computed in its INSERT.
+ *
+ * Who keeps account_id now:
+ *
+ *   the mirror (mirror.c)   an invoice takes its customer's account in its
+ *                           INSERT and hands it to its attempts that
+ *                           arrived first; an attempt takes its invoice's
+ *                           when it is inserted or its invoice_id is set;
+ *   the triggers on         linking, relinking or unlinking a customer
+ *   customers (kept)        moves its invoices, and an invoice whose
+ *                           account changes moves its attempts (kept:
+ *                           they fire on those updates only, never on an
+ *                           insert of an invoice or attempt);
+ *   a store copy            copies the column with the row.
+ *
+ * Anyone else who writes these two tables (a person with a SQL shell, a
+ * test) writes account_id too, as the mirror does.
+ */
+static const char *const migration_18[] = {
+    "sqlite:DROP TRIGGER p_invoices_account_ins",
+    "sqlite:DROP TRIGGER p_invoices_account_upd",
+    "sqlite:DROP TRIGGER p_invoices_attempts_ins",
+    "sqlite:DROP TRIGGER p_attempts_account_ins",
+    "sqlite:DROP TRIGGER p_attempts_account_upd",
+    "postgresql:DROP TRIGGER p_invoices_account ON p_invoices",
+    "postgresql:DROP TRIGGER p_invoices_attempts_ins ON p_invoices",
+    "postgresql:DROP TRIGGER p_attempts_account ON p_attempts",
+    "postgresql:DROP FUNCTION dunning_invoice_account()",
+    "postgresql:DROP FUNCTION dunning_attempt_account()",
+    /* Evaluated for updates of account_id only, as on SQLite. */
+    "postgresql:DROP TRIGGER p_invoices_attempts_upd ON p_invoices",
+    "postgresql:CREATE TRIGGER p_invoices_attempts_upd AFTER UPDATE OF account_id ON p_invoices"
+    " FOR EACH ROW WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id)"
+    " EXECUTE FUNCTION dunning_invoice_attempts()",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
     migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
-    migration_13, migration_14, migration_15, migration_16, migration_17,
+    migration_13, migration_14, migration_15, migration_16, migration_17, migration_18,
 };
 
 int dun_schema_count(void)

@@ -174,10 +174,12 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
     # quoted owes 700 eur on an open invoice with a payment in flight; backslash
     # has its kill switch on
     dun.execute("INSERT INTO customers (id, account_id) VALUES ('cus_quoted', ?)", (quoted,))
+    # (account_id written as the mirror writes it: schema migration 18)
     dun.execute("INSERT INTO p_invoices (id, customer_id, status, amount_due, amount_remaining,"
-                " currency) VALUES ('in_quoted', 'cus_quoted', 'open', 700, 700, 'eur')")
-    dun.execute("INSERT INTO p_attempts (id, invoice_id, status) VALUES"
-                " ('py_quoted', 'in_quoted', 'processing')")
+                " currency, account_id) VALUES ('in_quoted', 'cus_quoted', 'open', 700, 700,"
+                " 'eur', ?)", (quoted,))
+    dun.execute("INSERT INTO p_attempts (id, invoice_id, status, account_id) VALUES"
+                " ('py_quoted', 'in_quoted', 'processing', ?)", (quoted,))
     dun.execute("INSERT INTO accounts (id, kill_switch) VALUES (?, 1)", (backslash,))
     # and 130 more, newer than acct_wo, owing 100 + i cents each: more than
     # one batch of ids for the held and owed queries
@@ -187,8 +189,8 @@ def test_account_series_are_bounded_by_the_limit_and_escaped(dun, dun_stripe, tm
                     (acct, dun.T0 + 31 * dun.DAY + i))
         dun.execute("INSERT INTO customers (id, account_id) VALUES (?, ?)", ("cus_b%03d" % i, acct))
         dun.execute("INSERT INTO p_invoices (id, customer_id, status, amount_due,"
-                    " amount_remaining, currency) VALUES (?, ?, 'open', ?, ?, 'usd')",
-                    ("in_b%03d" % i, "cus_b%03d" % i, 100 + i, 100 + i))
+                    " amount_remaining, currency, account_id) VALUES (?, ?, 'open', ?, ?,"
+                    " 'usd', ?)", ("in_b%03d" % i, "cus_b%03d" % i, 100 + i, 100 + i, acct))
     outside = dun.scalar("SELECT COUNT(*) FROM dunning WHERE stage <> 'none'")
     assert outside == 4 + len(bulk)
     now = dun.at(SCENARIO_DAY, 3600)

@@ -163,8 +163,9 @@ from test_stripe_client import (DAY, basil_failing_account, make_env,  # noqa: E
 def put_processing_marker(env, pi, inv, created):
     """What payment_intent.processing left in the mirror; its outcome webhook is lost."""
     env.sql("INSERT INTO p_attempts(id, invoice_id, payment_intent, created, status,"
-            " version) VALUES (?, ?, ?, ?, 'processing', ?)",
-            pi + ":processing", inv, pi, created, created)
+            " version, account_id) VALUES (?, ?, ?, ?, 'processing', ?,"
+            " COALESCE((SELECT account_id FROM p_invoices WHERE id = ?), ''))",
+            pi + ":processing", inv, pi, created, created, inv)
 
 
 def test_a_payment_in_flight_is_read_again_after_processing_recheck_after(tmp_path, fake, make_env):

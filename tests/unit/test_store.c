@@ -634,44 +634,104 @@ static void test_customer_registers_account(void)
 }
 
 /*
- * Schema migration 14: invoices and attempts carry their customer's account
- * whoever writes them and in whatever order: an attempt before its invoice,
- * an invoice before its customer is linked, a relink, an unlink.
+ * Invoices and attempts carry their customer's account (schema migration
+ * 14) whatever order the mirror receives them in: an attempt before its
+ * invoice, by invoice or by payment intent, an invoice before its customer
+ * is linked, a relink, an unlink. Since migration 18 the mirror writes the
+ * column itself; the triggers on customers move rows when a link changes.
  */
+static json_t *charge_of(const char *id, const char *invoice, const char *pi)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", id, "object", "charge",
+			 "customer", "cus_1", "invoice", invoice, "payment_intent", pi, "status",
+			 "failed", "created", (json_int_t)100);
+}
+
+static json_t *invoice_of(const char *id, const char *pi)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "id", id, "object", "invoice",
+			 "customer", "cus_1", "status", "open", "payment_intent", pi, "amount_due",
+			 (json_int_t)700, "amount_remaining", (json_int_t)700);
+}
+
+static const char *account_of(struct dun_db *db, const char *table, const char *id, char *buf,
+			      size_t n)
+{
+	char sql[96];
+	snprintf(sql, sizeof sql, "SELECT account_id FROM %s WHERE id = ?1", table);
+	return testdb_text(db, sql, id, buf, n);
+}
+
 static void test_mirror_rows_follow_their_account(void)
 {
 	struct dun_db *db = testdb_open(":memory:");
-	const char *inv_acct = "SELECT account_id FROM p_invoices WHERE id = 'in_1'";
-	const char *att_acct = "SELECT account_id FROM p_attempts WHERE id = 'py_1'";
 	char buf[64];
-	testdb_exec(db, "INSERT INTO p_attempts(id, invoice_id, status) VALUES ('py_1', 'in_1',"
-			" 'failed')");
-	testdb_exec(db, "INSERT INTO p_attempts(id, status) VALUES ('py_loose', 'failed')");
+	/* Unlinked customer: an attempt before its invoice, then the invoice. */
+	CHECK_INT(fold(db, charge_of("py_1", "in_1", ""), 10, NULL), DUN_OK);
+	CHECK_INT(fold(db, charge_of("py_loose", "", ""), 10, NULL), DUN_OK);
 	CHECK_STR(testdb_text(db, "SELECT invoice_id FROM p_attempts WHERE id = ?1", "py_loose",
 			      buf, sizeof buf),
 		  "");
-	testdb_exec(db, "INSERT INTO p_invoices(id, customer_id, status, account_id)"
-			" VALUES ('in_1', 'cus_1', 'open', 'acct_wrong')");
-	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "");
-	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "");
-	testdb_exec(db, "INSERT INTO customers(id, account_id) VALUES ('cus_1', 'acct_1')");
-	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "acct_1");
-	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "acct_1");
-	testdb_exec(db, "INSERT INTO p_attempts(id, invoice_id, status) VALUES ('py_2', 'in_1',"
-			" 'failed')");
-	CHECK_STR(testdb_text(db, "SELECT account_id FROM p_attempts WHERE id = ?1", "py_2", buf,
-			      sizeof buf),
-		  "acct_1");
+	CHECK_INT(fold(db, invoice_of("in_1", ""), 11, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_invoices", "in_1", buf, sizeof buf), "");
+	CHECK_STR(account_of(db, "p_attempts", "py_1", buf, sizeof buf), "");
+	/* The customer is linked after its invoice arrived (a customer event
+	 * naming its account): the invoice and its attempt follow. */
+	json_t *cus = json_pack("{s:s, s:s, s:{s:s}}", "id", "cus_1", "object", "customer",
+				"metadata", "account_id", "acct_1");
+	CHECK_INT(fold(db, cus, 12, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_invoices", "in_1", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_attempts", "py_1", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_attempts", "py_loose", buf, sizeof buf), "");
+	/* Written after the link: an attempt of a known invoice; an attempt
+	 * before its invoice, named by invoice and by payment intent; an
+	 * attempt that names its invoice in a later version. */
+	CHECK_INT(fold(db, charge_of("py_2", "in_1", ""), 13, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_attempts", "py_2", buf, sizeof buf), "acct_1");
+	CHECK_INT(fold(db, charge_of("py_3", "in_2", ""), 13, NULL), DUN_OK);
+	CHECK_INT(fold(db, charge_of("py_4", "", "pi_2"), 13, NULL), DUN_OK);
+	CHECK_INT(fold(db, charge_of("py_5", "", "pi_9"), 13, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_attempts", "py_3", buf, sizeof buf), "");
+	CHECK_INT(fold(db, invoice_of("in_2", "pi_2"), 14, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_invoices", "in_2", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_attempts", "py_3", buf, sizeof buf), "acct_1");
+	CHECK_STR(
+	    testdb_text(db, "SELECT invoice_id || '/' || account_id FROM p_attempts WHERE id = ?1",
+			"py_4", buf, sizeof buf),
+	    "in_2/acct_1");
+	CHECK_STR(account_of(db, "p_attempts", "py_5", buf, sizeof buf), "");
+	CHECK_INT(fold(db, charge_of("py_5", "in_2", "pi_9"), 15, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_attempts", "py_5", buf, sizeof buf), "acct_1");
+	/* An invoice payment ties a payment intent to a known invoice. */
+	CHECK_INT(fold(db, charge_of("py_6", "", "pi_3"), 15, NULL), DUN_OK);
+	CHECK_INT(fold(db, invoice_of("in_3", ""), 15, NULL), DUN_OK);
+	json_t *ip = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}}", "id", "inpay_3", "object",
+			       "invoice_payment", "invoice", "in_3", "payment", "type",
+			       "payment_intent", "payment_intent", "pi_3");
+	CHECK_INT(fold(db, ip, 16, NULL), DUN_OK);
+	CHECK_STR(
+	    testdb_text(db, "SELECT invoice_id || '/' || account_id FROM p_attempts WHERE id = ?1",
+			"py_6", buf, sizeof buf),
+	    "in_3/acct_1");
+	/* Relinked (`dunning account set --customer`), then unlinked. */
 	testdb_exec(db, "UPDATE customers SET account_id = 'acct_2' WHERE id = 'cus_1'");
-	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "acct_2");
-	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "acct_2");
-	testdb_exec(db, "UPDATE p_attempts SET invoice_id = '' WHERE id = 'py_2'");
-	CHECK_STR(testdb_text(db, "SELECT account_id FROM p_attempts WHERE id = ?1", "py_2", buf,
-			      sizeof buf),
-		  "");
+	CHECK_STR(testdb_text(db,
+			      "SELECT (SELECT COUNT(*) FROM p_invoices WHERE account_id = ?1) ||"
+			      " '/' || (SELECT COUNT(*) FROM p_attempts WHERE account_id = ?1)",
+			      "acct_2", buf, sizeof buf),
+		  "3/6");
 	testdb_exec(db, "DELETE FROM customers WHERE id = 'cus_1'");
-	CHECK_STR(testdb_text(db, inv_acct, NULL, buf, sizeof buf), "");
-	CHECK_STR(testdb_text(db, att_acct, NULL, buf, sizeof buf), "");
+	CHECK_INT(testdb_int(db,
+			     "SELECT (SELECT COUNT(*) FROM p_invoices WHERE account_id <> '') +"
+			     " (SELECT COUNT(*) FROM p_attempts WHERE account_id <> '')",
+			     NULL),
+		  0);
+	/* No trigger checks an insert of an invoice or attempt any more. */
+	CHECK_INT(testdb_int(db,
+			     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND"
+			     " tbl_name IN ('p_invoices', 'p_attempts')",
+			     NULL),
+		  1);
 	dun_db_close(db);
 }
 
