@@ -313,6 +313,13 @@ bool dun_service_stop(struct dun_service *svc)
 	}
 	dun_http_stop(svc->http);
 	svc->http = NULL;
+	/*
+	 * Every request is answered: from here a lost database is not waited
+	 * for, so the workers and senders stop within a statement even while
+	 * PostgreSQL is unreachable (their work is durable in the inbox and
+	 * the outboxes, and the next start takes it up).
+	 */
+	dun_db_stop_retrying();
 	teardown(svc);
 	dun_log(DUN_LOG_INFO, "server.stopped", NULL);
 	return true;

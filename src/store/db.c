@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +350,18 @@ enum dun_err dun_db_begin_concurrent(struct dun_db *db)
 enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait)
 {
 	return db->drv->lock_mirror(db, wait);
+}
+
+static atomic_bool retrying_stopped;
+
+void dun_db_stop_retrying(void)
+{
+	atomic_store(&retrying_stopped, true);
+}
+
+bool dun_db_retrying_stopped(void)
+{
+	return atomic_load(&retrying_stopped);
 }
 
 enum dun_err dun_db_try_lock(struct dun_db *db, const char *key, bool *got)

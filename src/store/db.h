@@ -159,6 +159,14 @@ enum dun_err dun_db_begin_mirror(struct dun_db *db);
  * SQLite, where the write transaction holds the file, always taken.
  */
 enum dun_err dun_db_try_lock(struct dun_db *db, const char *key, bool *got);
+
+/*
+ * From now on, in the whole process, a lost connection is not re-established
+ * with backoff any more: statements fail at once (DUN_E_IO). For a service
+ * that is stopping, so it does not spend its stop waiting for a database
+ * that is down.
+ */
+void dun_db_stop_retrying(void);
 enum dun_err dun_db_commit(struct dun_db *db);
 /* Roll back the open transaction, if any. */
 void dun_db_rollback(struct dun_db *db);

@@ -109,4 +109,7 @@ struct dun_db {
 extern const struct dun_db_driver dun_db_driver_sqlite;
 extern const struct dun_db_driver dun_db_driver_pg;
 
+/* Whether dun_db_stop_retrying() was called (db.c): drivers give up reconnecting. */
+bool dun_db_retrying_stopped(void);
+
 #endif

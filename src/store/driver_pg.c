@@ -154,11 +154,12 @@ static void sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Re-establish a lost connection, with backoff (about 6 s in all). */
+/* Re-establish a lost connection, with backoff (about 6 s in all; not once
+ * the process stops retrying, dun_db_stop_retrying). */
 static bool reconnect(struct pg_conn *p)
 {
 	long wait_ms = 25;
-	for (int i = 0; i < RECONNECT_TRIES; i++) {
+	for (int i = 0; i < RECONNECT_TRIES && !dun_db_retrying_stopped(); i++) {
 		PQreset(p->c);
 		if (PQstatus(p->c) == CONNECTION_OK) {
 			p->generation++;

@@ -178,6 +178,27 @@ def test_postgresql_restarted_under_load(tmp_path, dun_pg):
 pytestmark = pytest.mark.skipif(not BIN.exists(), reason="dunning is not built")
 
 
+def test_serve_stops_promptly_while_postgresql_is_down(tmp_path, dun_pg):
+    """SIGTERM while the database is unreachable: once every request is
+    answered the service stops waiting for the database (no reconnect
+    backoff of several seconds per statement in each thread) and exits
+    well inside a service manager's stop timeout."""
+    url = dun_pg.create("stopdown")
+    s = PgServe(tmp_path, "stopdown", dun_pg, url, server={"workers": "2"}).start()
+    dun_pg.server_stop(mode="immediate")
+    try:
+        assert wait_until(lambda: s.request("GET", "/readyz")[0] == 503, timeout=30)
+        time.sleep(1.0)  # every thread in its reconnect backoff
+        t0 = time.monotonic()
+        rc = s.stop(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        dun_pg.server_start()
+    assert rc == 0, s.logs()[-3000:]
+    # Before, each thread finished several reconnect rounds of about 6 s.
+    assert took < 10, (took, s.logs()[-3000:])
+
+
 def test_serve_with_the_database_down_exits_69_to_be_restarted(tmp_path, dun_pg):
     """A replica started while PostgreSQL is unreachable is not misconfigured:
     it exits 69 (EX_UNAVAILABLE), which its service manager restarts, not 78."""
