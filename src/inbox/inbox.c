@@ -318,6 +318,17 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		if (e != DUN_OK)
 			goto rollback;
 		out[i].coalesced = dun_db_changes(db);
+		if (out[i].coalesced == 0) {
+			/*
+			 * Another process claimed, worked and released the account
+			 * between the read and the claim (the read saw its triggers
+			 * still ready): nothing is left to do; give the claim back.
+			 */
+			e = dun_fence_release(db, out[i].account_id, worker_id);
+			if (e != DUN_OK)
+				goto rollback;
+			continue;
+		}
 		out[i].token = f.token;
 		if (kept != i)
 			out[kept] = out[i];
