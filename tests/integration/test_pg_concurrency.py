@@ -52,6 +52,23 @@ def open_states(con, account):
     return [r[0] for r in cur.fetchall()]
 
 
+def waits_for_commit(con, argv):
+    """Run argv while con's transaction is open: it must still be waiting
+    after 1.5 s, and finish (exit 0) once con commits. Closes con."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()  # waiting, not done
+        con.commit()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        con.close()
+
+
 def new_db(dun_pg, tmp_path, prefix, accounts):
     url = dun_pg.create(prefix)
     dun_writes_on(url)
@@ -104,19 +121,8 @@ def test_an_account_whose_claim_row_is_held_waits_for_the_holder(tmp_path, dun_p
     cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
     cur.execute("INSERT INTO claims(account_id, owner, token, expires_ms)"
                 " VALUES ('acct_a', 'elsewhere:1', 1, 0)")
-    proc = subprocess.Popen([str(BIN), "--db", url, "work"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.5)
-        assert proc.poll() is None, proc.communicate()  # waiting on the row, not done
-        holder.commit()  # the holder's claim is not live (expired): the drain may take it
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out + err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        holder.close()
+    # The holder's claim is not live (expired): once it commits the drain may take it.
+    waits_for_commit(holder, [str(BIN), "--db", url, "work"])
     check = dun_pg.connect(url)
     try:
         assert set(open_states(check, "acct_a")) == {"done"}
@@ -155,19 +161,7 @@ def test_exclusive_work_still_waits_for_concurrent_transactions(tmp_path, dun_pg
     cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
     events = tmp_path / "more.jsonl"
     events.write_bytes(b"".join(p + b"\n" for p in failing_account_events("acct_c", days_ago=2)))
-    proc = subprocess.Popen([str(BIN), "--db", url, "ingest", str(events), "--no-work"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.5)
-        assert proc.poll() is None, proc.communicate()
-        other.commit()
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out + err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        other.close()
+    waits_for_commit(other, [str(BIN), "--db", url, "ingest", str(events), "--no-work"])
 
 
 def test_four_drains_at_once_work_every_account_once(tmp_path, dun_pg):
