@@ -55,6 +55,17 @@ struct dun_inbox_config {
 	 */
 	bool (*should_stop)(void *arg);
 	void *stop_arg;
+	/*
+	 * Asked between accounts of a batch (may be NULL): true when a writer
+	 * that must not wait behind recomputes (the service's webhook
+	 * committer) wants the lock the batch holds. The batch then commits
+	 * what it has, and give_way (may be NULL) runs before the next batch
+	 * of the same claim begins, so the lock is held for one account's
+	 * work at most once someone waits. Both get yield_arg.
+	 */
+	bool (*contended)(void *arg);
+	void (*give_way)(void *arg);
+	void *yield_arg;
 };
 
 void dun_inbox_config_defaults(struct dun_inbox_config *c);

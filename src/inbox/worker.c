@@ -17,7 +17,11 @@
  * settles the account's triggers; then RELEASE, and the next account. A
  * transaction takes no new account after batch_max accounts or
  * batch_budget_us of work, so the write lock is never held much longer than
- * that and webhooks are not kept waiting; then COMMIT.
+ * that and webhooks are not kept waiting; then COMMIT. When the caller
+ * says a writer is waiting (cfg->contended: the service's webhook
+ * committer), the transaction commits after the account it is in and the
+ * next one begins only after cfg->give_way: a waiting webhook batch waits
+ * for one account's work and a commit, not for a whole batch.
  *
  * One account cannot spoil the others. A claim another worker took over
  * (DUN_E_FENCED) or any failure rolls back to that account's savepoint:
@@ -254,12 +258,15 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			break;
 		}
 		int first = i;
+		if (first > 0 && cfg->give_way)
+			cfg->give_way(cfg->yield_arg);
 		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
 		while (whole && i < n) {
 			if (i > first &&
 			    (i - first >= cfg->batch_max ||
-			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stopping(cfg)))
+			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stopping(cfg) ||
+			     (cfg->contended && cfg->contended(cfg->yield_arg))))
 				break;
 			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);
 			i++;

@@ -274,6 +274,14 @@ void dun_committer_wait_idle(struct dun_committer *c, int64_t max_ms)
 	pthread_mutex_unlock(&c->mu);
 }
 
+bool dun_committer_busy(struct dun_committer *c)
+{
+	pthread_mutex_lock(&c->mu);
+	bool busy = c->head || c->committing;
+	pthread_mutex_unlock(&c->mu);
+	return busy;
+}
+
 bool dun_committer_running(struct dun_committer *c)
 {
 	return atomic_load(&c->running);

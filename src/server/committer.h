@@ -68,6 +68,11 @@ void dun_committer_submit(struct dun_committer *c, struct dun_commit_item *item)
  * recomputes catch up in the gaps (see workers.c).
  */
 void dun_committer_wait_idle(struct dun_committer *c, int64_t max_ms);
+/*
+ * Whether events are queued or being committed: a worker inside a batch
+ * asks it between accounts and commits early when it is true. Thread-safe.
+ */
+bool dun_committer_busy(struct dun_committer *c);
 /* Whether the committer thread is running (for /readyz). */
 bool dun_committer_running(struct dun_committer *c);
 /* Commit everything still queued, then stop the thread and close; NULL is a no-op. */

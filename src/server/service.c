@@ -30,6 +30,7 @@
 #include "server/shared_provider.h"
 #include "server/webhook.h"
 #include "server/workers.h"
+#include "store/db.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -103,6 +104,18 @@ static void worker_yield(void *arg)
 {
 	struct dun_service *svc = arg;
 	dun_committer_wait_idle(svc->committer, WORKER_YIELD_MAX_MS);
+}
+
+/*
+ * On SQLite a worker's batch holds the one write lock the committer needs.
+ * On PostgreSQL the committer's transaction runs beside the workers' (they
+ * meet only on the mirror lock, which a batch merely tries): no need to
+ * cut batches short there.
+ */
+static bool worker_contended(void *arg)
+{
+	struct dun_service *svc = arg;
+	return !dun_db_is_url(svc->cfg.db_path) && dun_committer_busy(svc->committer);
 }
 
 static void wake_workers(void *arg)
@@ -227,8 +240,12 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 		dun_committer_set_observer(svc->committer, dun_shared_provider_observe,
 					   svc->provider);
 	if (e == DUN_OK)
-		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, "serve", settled,
-				      worker_yield, svc, &svc->workers, err, err_size);
+		e = dun_workers_start(cfg, &svc->policy, provider, &svc->metrics, "serve",
+				      &(struct dun_workers_hooks){.settled = settled,
+								  .yield = worker_yield,
+								  .contended = worker_contended,
+								  .arg = svc},
+				      &svc->workers, err, err_size);
 	if (e == DUN_OK)
 		e = dun_lane_start(cfg, &svc->policy, provider, LANE_THREADS, &svc->lane, err,
 				   err_size);

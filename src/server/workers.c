@@ -20,6 +20,12 @@
  * calls the yield hook, which waits (a bounded time) until no webhook batch
  * is queued or committing: during a burst the recomputes run in the gaps
  * and catch up afterwards; the triggers are durable in the inbox meanwhile.
+ * A webhook batch that arrives while a worker is inside a batch of its own
+ * makes the contended hook true: the worker commits after the account it
+ * is in and yields again before going on with the accounts it claimed, so
+ * a webhook waits for one account's work, not a whole batch (the batching
+ * bought the recomputes shared commits; this keeps it off the webhooks'
+ * p99).
  *
  * Across processes (PostgreSQL), a trigger one replica stores must wake
  * the idle workers of all of them without each polling hard: the pool
@@ -62,9 +68,7 @@ struct dun_workers {
 	const struct dun_config *cfg;
 	struct dun_metrics *metrics;
 	struct dun_inbox_config inbox;
-	dun_workers_settled_fn settled;
-	dun_workers_yield_fn yield;
-	void *hook_arg;
+	struct dun_workers_hooks hooks;
 	struct worker *w;
 	int n;
 	pthread_mutex_t mu;
@@ -154,6 +158,18 @@ static bool pool_stopping(void *arg)
 	return stopping(arg);
 }
 
+static bool pool_contended(void *arg)
+{
+	struct dun_workers *p = arg;
+	return p->hooks.contended(p->hooks.arg);
+}
+
+static void pool_give_way(void *arg)
+{
+	struct dun_workers *p = arg;
+	p->hooks.yield(p->hooks.arg);
+}
+
 /* Claim up to CLAIM_MAX accounts and run them; false when there was nothing to do. */
 static bool run_some(struct worker *w)
 {
@@ -161,8 +177,8 @@ static bool run_some(struct worker *w)
 	struct dun_inbox_item items[CLAIM_MAX];
 	int n = 0;
 	int64_t now = dun_clock_now();
-	if (p->yield)
-		p->yield(p->hook_arg);
+	if (p->hooks.yield)
+		p->hooks.yield(p->hooks.arg);
 	maybe_rechecks(w, now);
 	dun_engine_ctx_refresh(w->ctx);
 	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now,
@@ -184,9 +200,9 @@ static bool run_some(struct worker *w)
 		/* The claims stay in processing; their leases bring them back. */
 		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",
 			items[0].account_id, "error", dun_err_str(e), NULL);
-	if (p->settled)
+	if (p->hooks.settled)
 		for (int i = 0; i < n; i++)
-			p->settled(p->hook_arg, w->ctx->db, items[i].account_id);
+			p->hooks.settled(p->hooks.arg, w->ctx->db, items[i].account_id);
 	return true;
 }
 
@@ -263,20 +279,23 @@ static void start_listener(struct dun_workers *p)
 
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
-			       const char *role, dun_workers_settled_fn settled,
-			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
-			       char *err, size_t err_size)
+			       const char *role, const struct dun_workers_hooks *hooks,
+			       struct dun_workers **out, char *err, size_t err_size)
 {
 	*out = NULL;
 	struct dun_workers *p = dun_calloc(1, sizeof *p);
 	p->cfg = cfg;
 	p->metrics = metrics;
-	p->settled = settled;
-	p->yield = yield;
-	p->hook_arg = hook_arg;
+	if (hooks)
+		p->hooks = *hooks;
 	dun_inbox_config_defaults(&p->inbox);
 	p->inbox.should_stop = pool_stopping;
 	p->inbox.stop_arg = p;
+	if (p->hooks.contended)
+		p->inbox.contended = pool_contended;
+	if (p->hooks.yield)
+		p->inbox.give_way = pool_give_way;
+	p->inbox.yield_arg = p;
 	p->inbox.max_attempts = cfg->inbox_max_attempts;
 	p->inbox.backoff_base_s = cfg->inbox_backoff_base_s;
 	p->inbox.backoff_max_s = cfg->inbox_backoff_max_s;

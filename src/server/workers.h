@@ -29,18 +29,32 @@ typedef void (*dun_workers_settled_fn)(void *arg, struct dun_db *db, const char 
 typedef void (*dun_workers_yield_fn)(void *arg);
 
 /*
+ * Asked between the accounts of a batch: true when a writer that must not
+ * wait (the webhook committer) wants the lock. The batch then commits and
+ * yield runs before the next one (see workers.c).
+ */
+typedef bool (*dun_workers_contended_fn)(void *arg);
+
+/* What the pool calls back; any function may be NULL. Each gets arg. */
+struct dun_workers_hooks {
+	dun_workers_settled_fn settled;
+	dun_workers_yield_fn yield;
+	dun_workers_contended_fn contended;
+	void *arg;
+};
+
+/*
  * Start cfg->workers threads (cfg, policy, provider and metrics are
  * borrowed and must outlive the pool). Claims are made as
  * "<role>-w<n>@<host>:<pid>" (dun_inbox_worker_id), so the claims of a
  * process that died are taken back at its next start, without waiting for
  * their lease.
- * settled and yield (either may be NULL) get hook_arg.
+ * hooks (may be NULL) is copied.
  */
 enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_policy *policy,
 			       struct dun_provider provider, struct dun_metrics *metrics,
-			       const char *role, dun_workers_settled_fn settled,
-			       dun_workers_yield_fn yield, void *hook_arg, struct dun_workers **out,
-			       char *err, size_t err_size);
+			       const char *role, const struct dun_workers_hooks *hooks,
+			       struct dun_workers **out, char *err, size_t err_size);
 /* Wake idle workers now (new triggers were enqueued). Thread-safe. */
 void dun_workers_wake(struct dun_workers *w);
 /* How many worker threads are alive. */
