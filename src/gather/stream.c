@@ -1,7 +1,7 @@
 /*
  * stream.c — the streaming GATHER of the drift scan (see stream.h).
  *
- * Eight ordered reads, each a single pass over its table in account id
+ * Nine ordered reads, each a single pass over its table in account id
  * order (the indexes of schema migration 3 make SQLite deliver them without
  * sorting; bench/test_stream_equiv.c checks the plans):
  *
@@ -15,9 +15,11 @@
  *   emails          the ones taken care of (as gather.c), in queue order
  *   subscriptions   by (account, customer id, id)
  *   invoices        by (account, customer id, invoice id), with the invoice
- *                   document and the payment attempts joined: one row per
- *                   attempt (or one with NULL attempt columns), attempts by
- *                   (created, id) — the order dun_gather() attaches them in
+ *                   document joined: one row per invoice
+ *   attempts        by (account, invoice id, created, id): merged with the
+ *                   invoices of the account's customer by invoice id, as
+ *                   dun_gather() merges them (the same order, within an
+ *                   invoice, that it attaches them in)
  *
  * For each account row, every other read is advanced past rows of smaller
  * account ids (rows whose account does not exist are skipped) and consumes
@@ -65,18 +67,24 @@ static const char *const sql[DUN_STREAM__COUNT] = {
     /*
      * Invoices and attempts carry their customer's account (schema
      * migration 14) and are stored in this order: no join with customers.
+     * The attempts are a read of their own, merged with the invoices of
+     * the account's customer in the stream (read_attempts): no search of
+     * p_attempts per invoice.
      */
     [DUN_STREAM_INVOICES] =
 	"SELECT i.account_id, i.customer_id, i.id, i.subscription_id, i.status,"
 	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
 	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
-	" a.id, a.created, a.status, a.payment_method, a.decline_code, a.advice_code,"
-	" a.network_advice_code, i.next_payment_attempt FROM p_invoices i"
+	" i.next_payment_attempt FROM p_invoices i"
 	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-	" LEFT JOIN p_attempts a ON a.account_id = i.account_id AND a.invoice_id = i.id"
 	" WHERE i.account_id > ?1 AND i.account_id <= ?2"
-	" ORDER BY i.account_id, i.customer_id, i.id, a.created, a.id",
+	" ORDER BY i.account_id, i.customer_id, i.id",
+    [DUN_STREAM_ATTEMPTS] =
+	"SELECT account_id, invoice_id, id, created, status, payment_method, decline_code,"
+	" advice_code, network_advice_code FROM p_attempts"
+	" WHERE account_id > ?1 AND account_id <= ?2"
+	" ORDER BY account_id, invoice_id, created, id",
 };
 
 /*
@@ -109,6 +117,12 @@ enum {
 	INV_COVERS,
 	INV_DOC_CLOSED,
 	INV_DOC_PAYLINKS,
+	INV_NEXT_ATTEMPT,
+};
+
+/* Columns of DUN_STREAM_ATTEMPTS. */
+enum {
+	ATT_INVOICE = 1,
 	ATT_ID,
 	ATT_CREATED,
 	ATT_STATUS,
@@ -116,7 +130,6 @@ enum {
 	ATT_DECLINE,
 	ATT_ADVICE,
 	ATT_NETWORK,
-	INV_NEXT_ATTEMPT,
 };
 
 const char *dun_stream_sql(enum dun_stream_query q)
@@ -157,7 +170,7 @@ void dun_stream_free(struct dun_stream *s)
 	free(s->last);
 	free(s->hi);
 	free(s->inv_first);
-	free(s->inv_cur);
+	free(s->inv_attach);
 	memset(s, 0, sizeof *s);
 }
 
@@ -442,58 +455,81 @@ static void read_attempt_row(struct dun_stmt *st, struct dun_attempt *a)
 	dun_stmt_col_copy(st, ATT_NETWORK, a->network_advice_code, sizeof a->network_advice_code);
 }
 
+/*
+ * The invoices of the account's customer, one row each, in id order. Which
+ * of them may take attempts is kept in s->inv_attach: dun_gather() matches
+ * attempts to the invoice id it kept, so an id too long to keep gets none
+ * there; nor here.
+ */
 static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *snap)
 {
 	const int q = DUN_STREAM_INVOICES;
 	struct dun_state *state = &snap->state;
-	int n = 0, na = 0;
-	bool attach = false;
+	int n = 0;
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
 		struct dun_stmt *st = s->st[q];
-		if (!of_customer(s, q, state)) {
-			e = step(s, q);
-			continue;
-		}
-		/* Rows of one invoice are adjacent (ordered by its id, a key). */
-		const char *id = dun_stmt_col_text(st, INV_ID);
-		size_t id_len = (size_t)dun_stmt_col_bytes(st, INV_ID);
-		if (!n || id_len != s->inv_cur_len || memcmp(id, s->inv_cur, id_len) != 0) {
+		if (of_customer(s, q, state)) {
 			GROW(snap->invoices, snap->invoices_cap, n);
+			GROW(s->inv_attach, s->inv_attach_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
 			read_invoice_row(st, &snap->invoices[n]);
-			s->inv_first[n] = na;
-			if (id_len + 1 > s->inv_cur_cap) {
-				s->inv_cur_cap = id_len + 64;
-				s->inv_cur = dun_realloc(s->inv_cur, s->inv_cur_cap);
-			}
-			memcpy(s->inv_cur, id ? id : "", id_len);
-			s->inv_cur_len = id_len;
-			/*
-			 * dun_gather() matches attempts to the invoice id it kept,
-			 * so an id too long to keep gets none there; nor here.
-			 */
-			attach = dun_stmt_col_bytes(st, INV_ID) < DUN_ID_MAX;
+			s->inv_attach[n] = dun_stmt_col_bytes(st, INV_ID) < DUN_ID_MAX;
 			n++;
-		}
-		if (attach && !dun_stmt_col_is_null(st, ATT_CREATED)) {
-			GROW(snap->attempts, snap->attempts_cap, na);
-			read_attempt_row(st, &snap->attempts[na]);
-			snap->invoices[n - 1].n_attempts++;
-			na++;
 		}
 		e = step(s, q);
 	}
 	if (e != DUN_OK || !state->has_customer)
 		return e;
-	/* Pointers are set once the arrays stopped moving. */
+	state->invoices = snap->invoices;
+	state->n_invoices = n;
+	return DUN_OK;
+}
+
+/*
+ * The account's attempts, by (invoice id, created, id), merged with its
+ * customer's invoices (read_invoices, by id) as dun_gather() merges them:
+ * attempts of another customer's invoices, or of no invoice the account has,
+ * fall between them and are passed over. Each invoice's attempts end up
+ * adjacent, in (created, id) order.
+ */
+static enum dun_err read_attempts(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_ATTEMPTS;
+	struct dun_state *state = &snap->state;
+	const int n = state->has_customer ? state->n_invoices : 0;
+	int cur = 0, na = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		struct dun_stmt *st = s->st[q];
+		if (cur < n) {
+			const char *inv_id = dun_stmt_col_text(st, ATT_INVOICE);
+			if (!inv_id)
+				inv_id = "";
+			int c = 0;
+			while (cur < n && (c = strcmp(snap->invoices[cur].id, inv_id)) < 0)
+				cur++;
+			if (cur < n && c == 0 && s->inv_attach[cur]) {
+				struct dun_invoice *inv = &snap->invoices[cur];
+				GROW(snap->attempts, snap->attempts_cap, na);
+				read_attempt_row(st, &snap->attempts[na]);
+				if (!inv->n_attempts)
+					s->inv_first[cur] = na;
+				inv->n_attempts++;
+				na++;
+			}
+		}
+		e = step(s, q);
+	}
+	if (e != DUN_OK)
+		return e;
+	/* Pointers are set once the array stopped moving. */
 	for (int i = 0; i < n; i++) {
 		struct dun_invoice *inv = &snap->invoices[i];
 		inv->attempts = inv->n_attempts ? &snap->attempts[s->inv_first[i]] : NULL;
 	}
-	state->invoices = snap->invoices;
-	state->n_invoices = n;
 	return DUN_OK;
 }
 
@@ -517,7 +553,7 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||
 	    (e = read_dunning(s, state)) != DUN_OK || (e = read_episodes(s, state)) != DUN_OK ||
 	    (e = read_emails(s, snap)) != DUN_OK || (e = read_subscriptions(s, snap)) != DUN_OK ||
-	    (e = read_invoices(s, snap)) != DUN_OK)
+	    (e = read_invoices(s, snap)) != DUN_OK || (e = read_attempts(s, snap)) != DUN_OK)
 		return e;
 	if ((e = step(s, DUN_STREAM_ACCOUNTS)) != DUN_OK)
 		return e;

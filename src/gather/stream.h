@@ -35,8 +35,9 @@ enum dun_stream_query {
 	DUN_STREAM_EMAILS,
 	DUN_STREAM_SUBSCRIPTIONS,
 	DUN_STREAM_INVOICES,
+	DUN_STREAM_ATTEMPTS,
 };
-enum { DUN_STREAM__COUNT = DUN_STREAM_INVOICES + 1 };
+enum { DUN_STREAM__COUNT = DUN_STREAM_ATTEMPTS + 1 };
 
 struct dun_stream {
 	struct dun_db *db; /* borrowed */
@@ -51,8 +52,8 @@ struct dun_stream {
 	size_t last_cap;
 	int *inv_first; /* per invoice: index of its first attempt */
 	int inv_first_cap;
-	char *inv_cur; /* the id of the invoice being read */
-	size_t inv_cur_len, inv_cur_cap;
+	bool *inv_attach; /* per invoice: whether its id is short enough to match */
+	int inv_attach_cap;
 };
 
 /*
