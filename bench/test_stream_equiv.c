@@ -227,7 +227,9 @@ static void check_plans(struct dun_db *db)
  * falls between the first customer's, with attempts; attempts of invoices the
  * account does not have, before, between and after its invoices' ids, and one
  * whose invoice id is what a state keeps of an over-long id; attempts with
- * equal created times, written in the opposite order of their ids.
+ * equal created times, written in the opposite order of their ids; and
+ * documents of the second customer's invoice, of a missing one, of an
+ * over-long id and of what a state keeps of it.
  */
 static void add_odd_attempts(struct dun_db *db)
 {
@@ -268,6 +270,17 @@ static void add_odd_attempts(struct dun_db *db)
 	    "INSERT INTO p_attempts(account_id, invoice_id, created, id, status)"
 	    " SELECT account_id, substr(id, 1, 63), 1772000400, 'py_' || id || '_cut',"
 	    " 'failed' FROM p_invoices WHERE length(id) >= 64 AND account_id <> ''",
+	    /* Documents the stream merges the same way (schema migration 19). */
+	    "INSERT OR IGNORE INTO invoice_docs(invoice_id, closed, paylinks_enabled, account_id)"
+	    " SELECT inv1 || '_x2', 1, 0, acct FROM odd",
+	    "INSERT OR IGNORE INTO invoice_docs(invoice_id, closed, paylinks_enabled, account_id)"
+	    " SELECT inv1 || '_gone', 1, 0, acct FROM odd",
+	    "INSERT OR IGNORE INTO invoice_docs(invoice_id, closed, paylinks_enabled, account_id)"
+	    " SELECT id, 1, 0, account_id FROM p_invoices WHERE length(id) >= 64"
+	    " AND account_id <> ''",
+	    "INSERT OR IGNORE INTO invoice_docs(invoice_id, closed, paylinks_enabled, account_id)"
+	    " SELECT substr(id, 1, 63), 0, 1, account_id FROM p_invoices WHERE length(id) >= 64"
+	    " AND account_id <> ''",
 	    "DROP TABLE odd",
 	};
 	for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {

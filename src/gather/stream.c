@@ -1,7 +1,7 @@
 /*
  * stream.c — the streaming GATHER of the drift scan (see stream.h).
  *
- * Nine ordered reads, each a single pass over its table in account id
+ * Ten ordered reads, each a single pass over its table in account id
  * order (the indexes of schema migration 3 make SQLite deliver them without
  * sorting; bench/test_stream_equiv.c checks the plans):
  *
@@ -14,8 +14,9 @@
  *   episodes        grouped per account (count, open)
  *   emails          the ones taken care of (as gather.c), in queue order
  *   subscriptions   by (account, customer id, id)
- *   invoices        by (account, customer id, invoice id), with the invoice
- *                   document joined: one row per invoice
+ *   invoices        by (account, customer id, invoice id)
+ *   documents       by (account, invoice id): merged with the invoices of
+ *                   the account's customer by invoice id
  *   attempts        by (account, invoice id, created, id): merged with the
  *                   invoices of the account's customer by invoice id, as
  *                   dun_gather() merges them (the same order, within an
@@ -75,11 +76,13 @@ static const char *const sql[DUN_STREAM__COUNT] = {
 	"SELECT i.account_id, i.customer_id, i.id, i.subscription_id, i.status,"
 	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
-	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
-	" i.next_payment_attempt FROM p_invoices i"
-	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
+	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, i.next_payment_attempt FROM p_invoices i"
 	" WHERE i.account_id > ?1 AND i.account_id <= ?2"
 	" ORDER BY i.account_id, i.customer_id, i.id",
+    /* Documents carry their invoice's account too (schema migration 19). */
+    [DUN_STREAM_DOCS] = "SELECT account_id, invoice_id, closed, paylinks_enabled FROM invoice_docs"
+			" WHERE account_id > ?1 AND account_id <= ?2"
+			" ORDER BY account_id, invoice_id",
     [DUN_STREAM_ATTEMPTS] =
 	"SELECT account_id, invoice_id, id, created, status, payment_method, decline_code,"
 	" advice_code, network_advice_code FROM p_attempts"
@@ -115,9 +118,14 @@ enum {
 	INV_BD_AMOUNT,
 	INV_BD_PAID,
 	INV_COVERS,
-	INV_DOC_CLOSED,
-	INV_DOC_PAYLINKS,
 	INV_NEXT_ATTEMPT,
+};
+
+/* Columns of DUN_STREAM_DOCS. */
+enum {
+	DOC_INVOICE = 1,
+	DOC_CLOSED,
+	DOC_PAYLINKS,
 };
 
 /* Columns of DUN_STREAM_ATTEMPTS. */
@@ -171,6 +179,8 @@ void dun_stream_free(struct dun_stream *s)
 	free(s->hi);
 	free(s->inv_first);
 	free(s->inv_attach);
+	free(s->inv_id);
+	free(s->ids);
 	memset(s, 0, sizeof *s);
 }
 
@@ -437,9 +447,8 @@ static void read_invoice_row(struct dun_stmt *st, struct dun_invoice *inv)
 	inv->meta_bad_debt_paid = dun_stmt_col_int(st, INV_BD_PAID);
 	if (!dun_stmt_col_is_null(st, INV_COVERS))
 		dun_gather_split_covers(inv, dun_stmt_col_text(st, INV_COVERS));
-	inv->has_doc = !dun_stmt_col_is_null(st, INV_DOC_CLOSED);
-	inv->doc_closed = inv->has_doc && dun_stmt_col_int(st, INV_DOC_CLOSED);
-	inv->doc_paylinks_enabled = !inv->has_doc || dun_stmt_col_int(st, INV_DOC_PAYLINKS);
+	/* No document until read_docs finds one. */
+	inv->doc_paylinks_enabled = true;
 }
 
 static void read_attempt_row(struct dun_stmt *st, struct dun_attempt *a)
@@ -466,6 +475,7 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 	const int q = DUN_STREAM_INVOICES;
 	struct dun_state *state = &snap->state;
 	int n = 0;
+	size_t ids = 0;
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
@@ -474,8 +484,19 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 			GROW(snap->invoices, snap->invoices_cap, n);
 			GROW(s->inv_attach, s->inv_attach_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
+			GROW(s->inv_id, s->inv_id_cap, n);
 			read_invoice_row(st, &snap->invoices[n]);
-			s->inv_attach[n] = dun_stmt_col_bytes(st, INV_ID) < DUN_ID_MAX;
+			size_t len = (size_t)dun_stmt_col_bytes(st, INV_ID);
+			s->inv_attach[n] = len < DUN_ID_MAX;
+			if (ids + len + 1 > s->ids_cap) {
+				s->ids_cap = (ids + len + 1) * 2;
+				s->ids = dun_realloc(s->ids, s->ids_cap);
+			}
+			const char *id = dun_stmt_col_text(st, INV_ID);
+			memcpy(s->ids + ids, id ? id : "", len);
+			s->ids[ids + len] = '\0';
+			s->inv_id[n] = ids;
+			ids += len + 1;
 			n++;
 		}
 		e = step(s, q);
@@ -485,6 +506,40 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 	state->invoices = snap->invoices;
 	state->n_invoices = n;
 	return DUN_OK;
+}
+
+/*
+ * The account's invoice documents, by invoice id, merged with its
+ * customer's invoices (by id) as dun_gather() joins them: by the whole
+ * invoice id. Documents of other invoices are passed over.
+ */
+static enum dun_err read_docs(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_DOCS;
+	struct dun_state *state = &snap->state;
+	const int n = state->has_customer ? state->n_invoices : 0;
+	int cur = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		struct dun_stmt *st = s->st[q];
+		if (cur < n) {
+			const char *inv_id = dun_stmt_col_text(st, DOC_INVOICE);
+			if (!inv_id)
+				inv_id = "";
+			int c = 0;
+			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
+				cur++;
+			if (cur < n && c == 0) {
+				struct dun_invoice *inv = &snap->invoices[cur];
+				inv->has_doc = true;
+				inv->doc_closed = dun_stmt_col_int(st, DOC_CLOSED);
+				inv->doc_paylinks_enabled = dun_stmt_col_int(st, DOC_PAYLINKS);
+			}
+		}
+		e = step(s, q);
+	}
+	return e;
 }
 
 /*
@@ -509,7 +564,7 @@ static enum dun_err read_attempts(struct dun_stream *s, struct dun_snapshot *sna
 			if (!inv_id)
 				inv_id = "";
 			int c = 0;
-			while (cur < n && (c = strcmp(snap->invoices[cur].id, inv_id)) < 0)
+			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
 				cur++;
 			if (cur < n && c == 0 && s->inv_attach[cur]) {
 				struct dun_invoice *inv = &snap->invoices[cur];
@@ -553,7 +608,8 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||
 	    (e = read_dunning(s, state)) != DUN_OK || (e = read_episodes(s, state)) != DUN_OK ||
 	    (e = read_emails(s, snap)) != DUN_OK || (e = read_subscriptions(s, snap)) != DUN_OK ||
-	    (e = read_invoices(s, snap)) != DUN_OK || (e = read_attempts(s, snap)) != DUN_OK)
+	    (e = read_invoices(s, snap)) != DUN_OK || (e = read_docs(s, snap)) != DUN_OK ||
+	    (e = read_attempts(s, snap)) != DUN_OK)
 		return e;
 	if ((e = step(s, DUN_STREAM_ACCOUNTS)) != DUN_OK)
 		return e;
