@@ -7,9 +7,9 @@
  * mirror's invoices and attempts are written account by account, which is
  * the key order of the mirror's tables since schema migration 14 (the
  * order a real mirror's rows are stored in, whatever order they arrived
- * in); invoice documents, a table stored in arrival order, are written
- * month by month over all accounts in a billing order unrelated to account
- * ids, as a real service creates them. Invoice ids are numbered in that
+ * in); invoice documents are written month by month over all accounts in
+ * a billing order unrelated to account ids, as a real service creates them
+ * (since schema migration 19 they too are stored by account). Invoice ids are numbered in that
  * billing order too, so they are unrelated to account ids, as in production.
  *
  * Segments are 90% self_serve, 6% enterprise, 4% contract (the policy skips
@@ -860,7 +860,8 @@ static bool put_invoice(struct gen *g, const struct acct *a, const struct inv *v
 	return step(g, st);
 }
 
-static bool put_doc(struct gen *g, const char *invoice, bool closed, bool paylinks, int64_t at)
+static bool put_doc(struct gen *g, const struct acct *a, const char *invoice, bool closed,
+		    bool paylinks, int64_t at)
 {
 	if (g->writes != WRITE_DOCS)
 		return true;
@@ -869,6 +870,7 @@ static bool put_doc(struct gen *g, const char *invoice, bool closed, bool paylin
 	i64(st, 2, closed);
 	i64(st, 3, paylinks);
 	i64(st, 4, at);
+	text(st, 5, a->id); /* the invoice's account (schema migration 19) */
 	g->counts->docs++;
 	return step(g, st);
 }
@@ -889,7 +891,7 @@ static bool paid_invoice(struct gen *g, const struct acct *a, struct inv *v, uin
 		return false;
 	if (!put_attempt(g, a, v, 1, v->paid_at, "succeeded", NULL))
 		return false;
-	if (chance(s, 1000) && !put_doc(g, v->id, true, false, v->paid_at))
+	if (chance(s, 1000) && !put_doc(g, a, v->id, true, false, v->paid_at))
 		return false;
 	return true;
 }
@@ -933,9 +935,9 @@ static bool unpaid_invoice(struct gen *g, const struct acct *a, struct inv *v, b
 	if ((a->odd & ODD_STRINGS) && !put_attempt(g, a, v, 10, now - 2 * HOUR, "legacy", NULL))
 		return false;
 	if (a->sc == SC_PAID_BAD_DEBT)
-		return put_doc(g, v->id, true, false, a->consolidated_paid_at);
+		return put_doc(g, a, v->id, true, false, a->consolidated_paid_at);
 	if (a->sc == SC_BAD_DEBT || chance(s, 5000))
-		return put_doc(g, v->id, false, true, v->created);
+		return put_doc(g, a, v->id, false, true, v->created);
 	return true;
 }
 
@@ -1114,8 +1116,8 @@ static bool prepare_all(struct gen *g)
 		       " payment_method, decline_code, advice_code, network_advice_code, version,"
 		       " account_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)") &&
 	       prepare(g, &g->doc,
-		       "INSERT INTO invoice_docs(invoice_id, closed, paylinks_enabled, updated_at)"
-		       " VALUES (?,?,?,?)");
+		       "INSERT INTO invoice_docs(invoice_id, closed, paylinks_enabled, updated_at,"
+		       " account_id) VALUES (?,?,?,?,?)");
 }
 
 static void finalize_all(struct gen *g)

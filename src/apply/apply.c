@@ -275,16 +275,19 @@ static enum dun_err engine_write(struct dun_applier *ap, const struct dun_snapsh
 				 " WHERE id = ?1",
 				 acct, NULL, c->value, 0);
 	case DUN_C_CLOSE_INVOICE_DOCUMENT:
-		return exec_bind(db,
-				 "INSERT INTO invoice_docs(invoice_id, closed, updated_at)"
-				 " VALUES (?1, 1, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
-				 " closed = 1, updated_at = ?3",
-				 c->target, NULL, now, 0);
+		return exec_bind(
+		    db,
+		    "INSERT INTO invoice_docs(invoice_id, closed, updated_at,"
+		    " account_id) VALUES (?1, 1, ?3, COALESCE((SELECT account_id"
+		    " FROM p_invoices WHERE id = ?1), '')) ON CONFLICT(invoice_id) DO UPDATE SET"
+		    " closed = 1, updated_at = ?3",
+		    c->target, NULL, now, 0);
 	case DUN_C_DISABLE_PAYLINKS:
 		return exec_bind(
 		    db,
-		    "INSERT INTO invoice_docs(invoice_id, paylinks_enabled, updated_at)"
-		    " VALUES (?1, 0, ?3) ON CONFLICT(invoice_id) DO UPDATE SET"
+		    "INSERT INTO invoice_docs(invoice_id, paylinks_enabled, updated_at,"
+		    " account_id) VALUES (?1, 0, ?3, COALESCE((SELECT account_id"
+		    " FROM p_invoices WHERE id = ?1), '')) ON CONFLICT(invoice_id) DO UPDATE SET"
 		    " paylinks_enabled = 0, updated_at = ?3",
 		    c->target, NULL, now, 0);
 	case DUN_C_OPEN_BAD_DEBT_EPISODE: {

@@ -1,7 +1,7 @@
 /*
  * stream.c — the streaming GATHER of the drift scan (see stream.h).
  *
- * Eight ordered reads, each a single pass over its table in account id
+ * Ten ordered reads, each a single pass over its table in account id
  * order (the indexes of schema migration 3 make SQLite deliver them without
  * sorting; bench/test_stream_equiv.c checks the plans):
  *
@@ -14,10 +14,13 @@
  *   episodes        grouped per account (count, open)
  *   emails          the ones taken care of (as gather.c), in queue order
  *   subscriptions   by (account, customer id, id)
- *   invoices        by (account, customer id, invoice id), with the invoice
- *                   document and the payment attempts joined: one row per
- *                   attempt (or one with NULL attempt columns), attempts by
- *                   (created, id) — the order dun_gather() attaches them in
+ *   invoices        by (account, customer id, invoice id)
+ *   documents       by (account, invoice id): merged with the invoices of
+ *                   the account's customer by invoice id
+ *   attempts        by (account, invoice id, created, id): merged with the
+ *                   invoices of the account's customer by invoice id, as
+ *                   dun_gather() merges them (the same order, within an
+ *                   invoice, that it attaches them in)
  *
  * For each account row, every other read is advanced past rows of smaller
  * account ids (rows whose account does not exist are skipped) and consumes
@@ -65,18 +68,26 @@ static const char *const sql[DUN_STREAM__COUNT] = {
     /*
      * Invoices and attempts carry their customer's account (schema
      * migration 14) and are stored in this order: no join with customers.
+     * The attempts are a read of their own, merged with the invoices of
+     * the account's customer in the stream (read_attempts): no search of
+     * p_attempts per invoice.
      */
     [DUN_STREAM_INVOICES] =
 	"SELECT i.account_id, i.customer_id, i.id, i.subscription_id, i.status,"
 	" i.billing_reason, i.amount_due, i.amount_paid, i.amount_remaining, i.currency,"
 	" i.attempt_count, i.created, i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
-	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed, d.paylinks_enabled,"
-	" a.id, a.created, a.status, a.payment_method, a.decline_code, a.advice_code,"
-	" a.network_advice_code, i.next_payment_attempt FROM p_invoices i"
-	" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-	" LEFT JOIN p_attempts a ON a.account_id = i.account_id AND a.invoice_id = i.id"
+	" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, i.next_payment_attempt FROM p_invoices i"
 	" WHERE i.account_id > ?1 AND i.account_id <= ?2"
-	" ORDER BY i.account_id, i.customer_id, i.id, a.created, a.id",
+	" ORDER BY i.account_id, i.customer_id, i.id",
+    /* Documents carry their invoice's account too (schema migration 19). */
+    [DUN_STREAM_DOCS] = "SELECT account_id, invoice_id, closed, paylinks_enabled FROM invoice_docs"
+			" WHERE account_id > ?1 AND account_id <= ?2"
+			" ORDER BY account_id, invoice_id",
+    [DUN_STREAM_ATTEMPTS] =
+	"SELECT account_id, invoice_id, id, created, status, payment_method, decline_code,"
+	" advice_code, network_advice_code FROM p_attempts"
+	" WHERE account_id > ?1 AND account_id <= ?2"
+	" ORDER BY account_id, invoice_id, created, id",
 };
 
 /*
@@ -107,8 +118,19 @@ enum {
 	INV_BD_AMOUNT,
 	INV_BD_PAID,
 	INV_COVERS,
-	INV_DOC_CLOSED,
-	INV_DOC_PAYLINKS,
+	INV_NEXT_ATTEMPT,
+};
+
+/* Columns of DUN_STREAM_DOCS. */
+enum {
+	DOC_INVOICE = 1,
+	DOC_CLOSED,
+	DOC_PAYLINKS,
+};
+
+/* Columns of DUN_STREAM_ATTEMPTS. */
+enum {
+	ATT_INVOICE = 1,
 	ATT_ID,
 	ATT_CREATED,
 	ATT_STATUS,
@@ -116,7 +138,6 @@ enum {
 	ATT_DECLINE,
 	ATT_ADVICE,
 	ATT_NETWORK,
-	INV_NEXT_ATTEMPT,
 };
 
 const char *dun_stream_sql(enum dun_stream_query q)
@@ -157,7 +178,9 @@ void dun_stream_free(struct dun_stream *s)
 	free(s->last);
 	free(s->hi);
 	free(s->inv_first);
-	free(s->inv_cur);
+	free(s->inv_attach);
+	free(s->inv_id);
+	free(s->ids);
 	memset(s, 0, sizeof *s);
 }
 
@@ -424,9 +447,8 @@ static void read_invoice_row(struct dun_stmt *st, struct dun_invoice *inv)
 	inv->meta_bad_debt_paid = dun_stmt_col_int(st, INV_BD_PAID);
 	if (!dun_stmt_col_is_null(st, INV_COVERS))
 		dun_gather_split_covers(inv, dun_stmt_col_text(st, INV_COVERS));
-	inv->has_doc = !dun_stmt_col_is_null(st, INV_DOC_CLOSED);
-	inv->doc_closed = inv->has_doc && dun_stmt_col_int(st, INV_DOC_CLOSED);
-	inv->doc_paylinks_enabled = !inv->has_doc || dun_stmt_col_int(st, INV_DOC_PAYLINKS);
+	/* No document until read_docs finds one. */
+	inv->doc_paylinks_enabled = true;
 }
 
 static void read_attempt_row(struct dun_stmt *st, struct dun_attempt *a)
@@ -442,58 +464,127 @@ static void read_attempt_row(struct dun_stmt *st, struct dun_attempt *a)
 	dun_stmt_col_copy(st, ATT_NETWORK, a->network_advice_code, sizeof a->network_advice_code);
 }
 
+/*
+ * The invoices of the account's customer, one row each, in id order. Which
+ * of them may take attempts is kept in s->inv_attach: dun_gather() matches
+ * attempts to the invoice id it kept, so an id too long to keep gets none
+ * there; nor here.
+ */
 static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *snap)
 {
 	const int q = DUN_STREAM_INVOICES;
 	struct dun_state *state = &snap->state;
-	int n = 0, na = 0;
-	bool attach = false;
+	int n = 0;
+	size_t ids = 0;
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
 		struct dun_stmt *st = s->st[q];
-		if (!of_customer(s, q, state)) {
-			e = step(s, q);
-			continue;
-		}
-		/* Rows of one invoice are adjacent (ordered by its id, a key). */
-		const char *id = dun_stmt_col_text(st, INV_ID);
-		size_t id_len = (size_t)dun_stmt_col_bytes(st, INV_ID);
-		if (!n || id_len != s->inv_cur_len || memcmp(id, s->inv_cur, id_len) != 0) {
+		if (of_customer(s, q, state)) {
 			GROW(snap->invoices, snap->invoices_cap, n);
+			GROW(s->inv_attach, s->inv_attach_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
+			GROW(s->inv_id, s->inv_id_cap, n);
 			read_invoice_row(st, &snap->invoices[n]);
-			s->inv_first[n] = na;
-			if (id_len + 1 > s->inv_cur_cap) {
-				s->inv_cur_cap = id_len + 64;
-				s->inv_cur = dun_realloc(s->inv_cur, s->inv_cur_cap);
+			size_t len = (size_t)dun_stmt_col_bytes(st, INV_ID);
+			s->inv_attach[n] = len < DUN_ID_MAX;
+			if (ids + len + 1 > s->ids_cap) {
+				s->ids_cap = (ids + len + 1) * 2;
+				s->ids = dun_realloc(s->ids, s->ids_cap);
 			}
-			memcpy(s->inv_cur, id ? id : "", id_len);
-			s->inv_cur_len = id_len;
-			/*
-			 * dun_gather() matches attempts to the invoice id it kept,
-			 * so an id too long to keep gets none there; nor here.
-			 */
-			attach = dun_stmt_col_bytes(st, INV_ID) < DUN_ID_MAX;
+			const char *id = dun_stmt_col_text(st, INV_ID);
+			memcpy(s->ids + ids, id ? id : "", len);
+			s->ids[ids + len] = '\0';
+			s->inv_id[n] = ids;
+			ids += len + 1;
 			n++;
-		}
-		if (attach && !dun_stmt_col_is_null(st, ATT_CREATED)) {
-			GROW(snap->attempts, snap->attempts_cap, na);
-			read_attempt_row(st, &snap->attempts[na]);
-			snap->invoices[n - 1].n_attempts++;
-			na++;
 		}
 		e = step(s, q);
 	}
 	if (e != DUN_OK || !state->has_customer)
 		return e;
-	/* Pointers are set once the arrays stopped moving. */
+	state->invoices = snap->invoices;
+	state->n_invoices = n;
+	return DUN_OK;
+}
+
+/*
+ * The account's invoice documents, by invoice id, merged with its
+ * customer's invoices (by id) as dun_gather() joins them: by the whole
+ * invoice id. Documents of other invoices are passed over.
+ */
+static enum dun_err read_docs(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_DOCS;
+	struct dun_state *state = &snap->state;
+	const int n = state->has_customer ? state->n_invoices : 0;
+	int cur = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		struct dun_stmt *st = s->st[q];
+		if (cur < n) {
+			const char *inv_id = dun_stmt_col_text(st, DOC_INVOICE);
+			if (!inv_id)
+				inv_id = "";
+			int c = 0;
+			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
+				cur++;
+			if (cur < n && c == 0) {
+				struct dun_invoice *inv = &snap->invoices[cur];
+				inv->has_doc = true;
+				inv->doc_closed = dun_stmt_col_int(st, DOC_CLOSED);
+				inv->doc_paylinks_enabled = dun_stmt_col_int(st, DOC_PAYLINKS);
+			}
+		}
+		e = step(s, q);
+	}
+	return e;
+}
+
+/*
+ * The account's attempts, by (invoice id, created, id), merged with its
+ * customer's invoices (read_invoices, by id) as dun_gather() merges them:
+ * attempts of another customer's invoices, or of no invoice the account has,
+ * fall between them and are passed over. Each invoice's attempts end up
+ * adjacent, in (created, id) order.
+ */
+static enum dun_err read_attempts(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_ATTEMPTS;
+	struct dun_state *state = &snap->state;
+	const int n = state->has_customer ? state->n_invoices : 0;
+	int cur = 0, na = 0;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		struct dun_stmt *st = s->st[q];
+		if (cur < n) {
+			const char *inv_id = dun_stmt_col_text(st, ATT_INVOICE);
+			if (!inv_id)
+				inv_id = "";
+			int c = 0;
+			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
+				cur++;
+			if (cur < n && c == 0 && s->inv_attach[cur]) {
+				struct dun_invoice *inv = &snap->invoices[cur];
+				GROW(snap->attempts, snap->attempts_cap, na);
+				read_attempt_row(st, &snap->attempts[na]);
+				if (!inv->n_attempts)
+					s->inv_first[cur] = na;
+				inv->n_attempts++;
+				na++;
+			}
+		}
+		e = step(s, q);
+	}
+	if (e != DUN_OK)
+		return e;
+	/* Pointers are set once the array stopped moving. */
 	for (int i = 0; i < n; i++) {
 		struct dun_invoice *inv = &snap->invoices[i];
 		inv->attempts = inv->n_attempts ? &snap->attempts[s->inv_first[i]] : NULL;
 	}
-	state->invoices = snap->invoices;
-	state->n_invoices = n;
 	return DUN_OK;
 }
 
@@ -517,7 +608,8 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||
 	    (e = read_dunning(s, state)) != DUN_OK || (e = read_episodes(s, state)) != DUN_OK ||
 	    (e = read_emails(s, snap)) != DUN_OK || (e = read_subscriptions(s, snap)) != DUN_OK ||
-	    (e = read_invoices(s, snap)) != DUN_OK)
+	    (e = read_invoices(s, snap)) != DUN_OK || (e = read_docs(s, snap)) != DUN_OK ||
+	    (e = read_attempts(s, snap)) != DUN_OK)
 		return e;
 	if ((e = step(s, DUN_STREAM_ACCOUNTS)) != DUN_OK)
 		return e;

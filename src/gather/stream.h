@@ -35,8 +35,10 @@ enum dun_stream_query {
 	DUN_STREAM_EMAILS,
 	DUN_STREAM_SUBSCRIPTIONS,
 	DUN_STREAM_INVOICES,
+	DUN_STREAM_DOCS,
+	DUN_STREAM_ATTEMPTS,
 };
-enum { DUN_STREAM__COUNT = DUN_STREAM_INVOICES + 1 };
+enum { DUN_STREAM__COUNT = DUN_STREAM_ATTEMPTS + 1 };
 
 struct dun_stream {
 	struct dun_db *db; /* borrowed */
@@ -51,20 +53,24 @@ struct dun_stream {
 	size_t last_cap;
 	int *inv_first; /* per invoice: index of its first attempt */
 	int inv_first_cap;
-	char *inv_cur; /* the id of the invoice being read */
-	size_t inv_cur_len, inv_cur_cap;
+	bool *inv_attach; /* per invoice: whether its id is short enough to match */
+	int inv_attach_cap;
+	size_t *inv_id; /* per invoice: offset of its whole id in ids */
+	int inv_id_cap;
+	char *ids; /* the whole ids of the invoices being read, each NUL-ended */
+	size_t ids_cap;
 };
 
 /*
  * The page cache of the connection while a stream is open (KiB; restored
  * to DUN_DB_CACHE_KB by dun_stream_free). The scan reads the mirror's
- * tables once, in key order, but probes three tables at random: the
- * provider's customers by customer id, subscriptions by customer, invoice
- * documents by invoice id. On a million accounts their pages (about 27 MB
- * of documents and their index, the customers' and subscriptions' id
- * indexes) no longer fit the default cache, and every probe became a read
- * from the file: 48 MB holds them (docs/performance.md, "The million
- * accounts").
+ * tables once, in key order, but probes two tables at random: the
+ * provider's customers by customer id and subscriptions by customer (the
+ * invoice documents, probed by invoice id until schema migration 19, are
+ * walked now). On a million accounts their pages (with the documents: about
+ * 27 MB, the customers' and subscriptions' id indexes) no longer fit the
+ * default cache, and every probe became a read from the file: 48 MB holds
+ * them (docs/performance.md, "The million accounts").
  */
 #define DUN_STREAM_CACHE_KB 49152
 

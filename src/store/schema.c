@@ -860,10 +860,58 @@ static const char *const migration_18[] = {
     NULL,
 };
 
+/*
+ * Migration 19: invoice documents keyed by account first, as migration 14
+ * keyed invoices and attempts, so the drift scan walks them beside the
+ * invoices (stream.c merges them by invoice id) instead of searching
+ * them, one invoice at a time, in a table stored in arrival order
+ * (docs/performance.md, "The million accounts").
+ *
+ * Who keeps account_id: the writer of a document (apply.c) takes its
+ * invoice's; an invoice whose account changes (its customer linked,
+ * relinked or unlinked: migration 14's triggers) moves its documents. A
+ * document of an invoice the mirror does not have has ''. Lookups by
+ * invoice id (dun_gather, the writers' upserts) keep a unique index.
+ */
+static const char *const migration_19[] = {
+    "sqlite:CREATE TABLE invoice_docs_v19 ("
+    " invoice_id TEXT NOT NULL,"
+    " closed INTEGER NOT NULL DEFAULT 0,"
+    " paylinks_enabled INTEGER NOT NULL DEFAULT 1,"
+    " updated_at INTEGER NOT NULL DEFAULT 0,"
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (account_id, invoice_id)) WITHOUT ROWID",
+    "sqlite:INSERT INTO invoice_docs_v19 SELECT d.invoice_id, d.closed, d.paylinks_enabled,"
+    " d.updated_at, COALESCE(i.account_id, '') FROM invoice_docs d"
+    " LEFT JOIN p_invoices i ON i.id = d.invoice_id WHERE d.invoice_id IS NOT NULL"
+    " ORDER BY 5, 1",
+    "sqlite:DROP TABLE invoice_docs",
+    "sqlite:ALTER TABLE invoice_docs_v19 RENAME TO invoice_docs",
+    "sqlite:CREATE UNIQUE INDEX invoice_docs_invoice ON invoice_docs(invoice_id)",
+    "sqlite:CREATE TRIGGER p_invoices_docs_upd AFTER UPDATE OF account_id ON p_invoices"
+    " WHEN OLD.account_id <> NEW.account_id"
+    " BEGIN UPDATE invoice_docs SET account_id = NEW.account_id"
+    " WHERE invoice_id = NEW.id AND account_id <> NEW.account_id; END",
+
+    "postgresql:ALTER TABLE invoice_docs ADD COLUMN account_id TEXT NOT NULL DEFAULT ''",
+    "postgresql:UPDATE invoice_docs d SET account_id = i.account_id FROM p_invoices i"
+    " WHERE i.id = d.invoice_id AND i.account_id <> ''",
+    "postgresql:CREATE INDEX invoice_docs_scan ON invoice_docs(account_id, invoice_id)"
+    " INCLUDE (closed, paylinks_enabled)",
+    "postgresql:CREATE FUNCTION dunning_invoice_docs() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN UPDATE invoice_docs SET account_id = NEW.account_id"
+    " WHERE invoice_id = NEW.id AND account_id <> NEW.account_id; RETURN NULL; END $$",
+    "postgresql:CREATE TRIGGER p_invoices_docs_upd AFTER UPDATE OF account_id ON p_invoices"
+    " FOR EACH ROW WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id)"
+    " EXECUTE FUNCTION dunning_invoice_docs()",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
-    migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
-    migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
-    migration_13, migration_14, migration_15, migration_16, migration_17, migration_18,
+    migration_1,  migration_2,	migration_3,  migration_4,  migration_5,
+    migration_6,  migration_7,	migration_8,  migration_9,  migration_10,
+    migration_11, migration_12, migration_13, migration_14, migration_15,
+    migration_16, migration_17, migration_18, migration_19,
 };
 
 int dun_schema_count(void)

@@ -713,8 +713,13 @@ static void test_mirror_rows_follow_their_account(void)
 	    testdb_text(db, "SELECT invoice_id || '/' || account_id FROM p_attempts WHERE id = ?1",
 			"py_6", buf, sizeof buf),
 	    "in_3/acct_1");
-	/* Relinked (`dunning account set --customer`), then unlinked. */
+	/* Relinked (`dunning account set --customer`), then unlinked: documents move too. */
+	testdb_exec(db, "INSERT INTO invoice_docs(invoice_id, closed, account_id)"
+			" VALUES ('in_2', 1, 'acct_1')");
 	testdb_exec(db, "UPDATE customers SET account_id = 'acct_2' WHERE id = 'cus_1'");
+	CHECK_STR(testdb_text(db, "SELECT account_id FROM invoice_docs WHERE invoice_id = ?1",
+			      "in_2", buf, sizeof buf),
+		  "acct_2");
 	CHECK_STR(testdb_text(db,
 			      "SELECT (SELECT COUNT(*) FROM p_invoices WHERE account_id = ?1) ||"
 			      " '/' || (SELECT COUNT(*) FROM p_attempts WHERE account_id = ?1)",
@@ -726,12 +731,23 @@ static void test_mirror_rows_follow_their_account(void)
 			     " (SELECT COUNT(*) FROM p_attempts WHERE account_id <> '')",
 			     NULL),
 		  0);
-	/* No trigger checks an insert of an invoice or attempt any more. */
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM invoice_docs WHERE account_id <> ''", NULL),
+		  0);
+	/*
+	 * No trigger checks an insert of an invoice or attempt any more: the
+	 * two left move an invoice's attempts and documents when its account
+	 * changes.
+	 */
 	CHECK_INT(testdb_int(db,
 			     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND"
 			     " tbl_name IN ('p_invoices', 'p_attempts')",
 			     NULL),
-		  1);
+		  2);
+	CHECK_INT(testdb_int(db,
+			     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND"
+			     " tbl_name IN ('p_invoices', 'p_attempts') AND sql LIKE '%INSERT ON%'",
+			     NULL),
+		  0);
 	dun_db_close(db);
 }
 
