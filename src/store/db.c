@@ -462,6 +462,8 @@ enum dun_err dun_db_load_end(struct dun_db *db, bool abandon, int64_t *rows, cha
 
 void dun_db_set_cache_kb(struct dun_db *db, int kb)
 {
+	if (kb > 0 && db->drv->set_cache_kb)
+		db->drv->set_cache_kb(db, kb);
 	if (!db->drv->cache_kb_sql || kb <= 0)
 		return;
 	char sql[64];

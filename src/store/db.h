@@ -200,8 +200,12 @@ void dun_db_checkpoint(struct dun_db *db);
 
 /*
  * The connection's page cache, in KiB (DUN_DB_CACHE_KB when opened: the
- * SQLite driver's configure sets the same figure). Does nothing on a
- * backend whose cache is the server's (PostgreSQL).
+ * SQLite driver's configure sets the same figure). On a backend whose cache
+ * is the server's (PostgreSQL) a cache above DUN_DB_CACHE_KB says instead
+ * that the connection is about to make long reads in index order (the
+ * drift scan's stream, which asks for one): the planner is told to walk
+ * indexes rather than hash, sort or start parallel workers, until the
+ * cache is set back to DUN_DB_CACHE_KB or less.
  */
 #define DUN_DB_CACHE_KB 16000
 void dun_db_set_cache_kb(struct dun_db *db, int kb);

@@ -93,6 +93,8 @@ struct dun_db_driver {
 	const char *checkpoint_sql;
 	/* dun_db_set_cache_kb's statement, completed by the KiB, or NULL. */
 	const char *cache_kb_sql;
+	/* Or dun_db_set_cache_kb itself, where it is more than one statement. */
+	void (*set_cache_kb)(struct dun_db *db, int kb);
 	/*
 	 * A bulk load into one table (dun_db_load_begin in db.h), or NULL where
 	 * the backend has none: load_begin starts it, load_row sends one row,

@@ -74,6 +74,7 @@ struct pg_conn {
 	bool tx_lost;	     /* the connection dropped inside the open transaction */
 	bool notify_pending; /* NOTIFY the inbox channel with the next COMMIT */
 	bool listening;	     /* this connection LISTENs on the inbox channel */
+	bool ordered_reads;  /* the planner settings of pg_set_cache_kb are on */
 	/* A bulk load in progress (pg_load_begin): rows not yet sent. */
 	bool loading;
 	bool load_failed; /* a send failed: the server has ended the COPY */
@@ -154,6 +155,26 @@ static bool conn_lost(struct pg_conn *p)
 	return PQstatus(p->c) == CONNECTION_BAD;
 }
 
+/*
+ * The drift scan's reads (stream.c) on PostgreSQL: a range of accounts at a
+ * time, in the order of the covering indexes of schema migration 14. Left to
+ * itself the planner hashes a whole table (invoice_docs, p_subscriptions)
+ * once per range, sorts the range's rows (spilling to disk at the default
+ * work_mem) and starts parallel workers for each execution; without hash
+ * and merge joins and without a full sort it walks the indexes in order: a
+ * nested loop of index(-only) scans, and an incremental sort where an order
+ * comes from an inner table (an invoice's attempts by created, id: rows of
+ * one invoice at a time). Disabled plans stay possible (they only cost
+ * more), so any other statement of the connection still runs; JIT is off
+ * because such a cost would otherwise make it compile every execution.
+ */
+static const char ORDERED_READS_ON[] =
+    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_sort = off;"
+    " SET max_parallel_workers_per_gather = 0; SET jit = off";
+static const char ORDERED_READS_OFF[] =
+    "RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_sort;"
+    " RESET max_parallel_workers_per_gather; RESET jit";
+
 static void sleep_ms(long ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
@@ -172,6 +193,8 @@ static bool reconnect(struct pg_conn *p)
 			if (p->in_tx)
 				p->tx_lost = true;
 			PQclear(PQexec(p->c, "SET lock_timeout = '10s'"));
+			if (p->ordered_reads)
+				PQclear(PQexec(p->c, ORDERED_READS_ON));
 			return true;
 		}
 		sleep_ms(wait_ms);
@@ -1145,6 +1168,17 @@ static void pg_busy_fine(struct dun_db *db)
 	(void)db; /* PostgreSQL queues lock waiters itself. */
 }
 
+/* The cache is the server's: a bigger one asks for ordered reads (db.h). */
+static void pg_set_cache_kb(struct dun_db *db, int kb)
+{
+	struct pg_conn *p = pc(db);
+	bool on = kb > DUN_DB_CACHE_KB;
+	if (on == p->ordered_reads)
+		return;
+	if (pg_exec(db, on ? ORDERED_READS_ON : ORDERED_READS_OFF, NULL, 0) == DUN_OK)
+		p->ordered_reads = on;
+}
+
 static int64_t pg_cache_misses(struct dun_db *db)
 {
 	(void)db;
@@ -1193,6 +1227,7 @@ const struct dun_db_driver dun_db_driver_pg = {
     .relax_durability_sql = "SET synchronous_commit = off",
     .checkpoint_manual_sql = NULL,
     .checkpoint_sql = NULL,
+    .set_cache_kb = pg_set_cache_kb,
     .load_begin = pg_load_begin,
     .load_row = pg_load_row,
     .load_end = pg_load_end,
