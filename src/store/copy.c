@@ -7,9 +7,10 @@
  * snapshot is copied even if something still writes to it. The target is
  * a PostgreSQL database that holds no rows. Everything written to it
  * happens in one transaction: the schema by the migrations of schema.c
- * (the same statements `dunning init` runs), every table's rows by batched
- * multi-row INSERTs through the seam's binds, the identity columns moved
- * past the copied ids, and the verification. Only when every table's row
+ * (the same statements `dunning init` runs), every table's rows by the
+ * seam's bulk load (COPY FROM STDIN) with the secondary indexes built after
+ * the rows (see defer_for_load), the identity columns moved past the copied
+ * ids, and the verification. Only when every table's row
  * count and content checksum agree on both sides is it committed; any
  * failure before rolls everything back, so a target is either untouched or
  * a complete copy.
@@ -36,10 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Parameters per INSERT statement: well under PostgreSQL's 65535. */
-#define BATCH_PARAMS 20000
-#define BATCH_ROWS   1000
-#define MAX_COLUMNS  128
+#define MAX_COLUMNS   128
+/* The target's tables are read back for their checksums this many rows at a time. */
+#define SUM_FETCH_SQL "FETCH 10000 FROM dun_copy_sum"
 
 /* A name we are willing to put between double quotes in SQL text. */
 static bool plain_name(const char *s)
@@ -283,16 +283,24 @@ static void column_list(const struct names *cols, char *out, size_t out_size)
 		o += (size_t)snprintf(out + o, out_size - o, "%s\"%s\"", i ? ", " : "", cols->v[i]);
 }
 
-/* Count and checksum every row of table (columns cols) in db. */
+/*
+ * Count and checksum every row of table (columns cols) in db. The target's
+ * are read through a cursor, 10,000 rows at a time: its driver holds a
+ * statement's whole result in memory.
+ */
 static enum dun_err table_sum(struct dun_db *db, const char *table, const struct names *cols,
-			      int64_t *rows, uint64_t *sum, char *err, size_t err_size)
+			      bool by_cursor, int64_t *rows, uint64_t *sum, char *err,
+			      size_t err_size)
 {
 	char list[MAX_COLUMNS * (DUN_COPY_NAME_MAX + 4)];
 	column_list(cols, list, sizeof list);
-	char *sql = dun_malloc(strlen(list) + 64);
-	sprintf(sql, "SELECT %s FROM \"%s\"", list, table);
+	char *sql = dun_malloc(strlen(list) + 128);
+	sprintf(sql, "%sSELECT %s FROM \"%s\"",
+		by_cursor ? "DECLARE dun_copy_sum NO SCROLL CURSOR FOR " : "", list, table);
 	struct dun_stmt *st = NULL;
-	enum dun_err e = dun_db_prepare(db, sql, &st);
+	enum dun_err e = by_cursor ? dun_db_exec(db, sql, NULL, 0) : DUN_OK;
+	if (e == DUN_OK)
+		e = dun_db_prepare(db, by_cursor ? SUM_FETCH_SQL : sql, &st);
 	free(sql);
 	*rows = 0;
 	*sum = 0;
@@ -302,86 +310,174 @@ static enum dun_err table_sum(struct dun_db *db, const char *table, const struct
 		return e;
 	}
 	enum dun_step r;
-	while ((r = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		(*rows)++;
-		*sum += row_hash(st, cols->n);
-	}
+	int64_t fetched;
+	do {
+		fetched = 0;
+		while ((r = dun_stmt_step(st)) == DUN_STEP_ROW) {
+			fetched++;
+			*sum += row_hash(st, cols->n);
+		}
+		*rows += fetched;
+		dun_stmt_reset(st);
+	} while (by_cursor && r == DUN_STEP_DONE && fetched > 0);
 	if (r == DUN_STEP_FAILED) {
 		e = dun_stmt_err(st);
 		dun_store_set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table,
 				  dun_db_errmsg(db));
 	}
 	dun_stmt_finalize(st);
+	if (e == DUN_OK && by_cursor) {
+		e = dun_db_exec(db, "CLOSE dun_copy_sum", NULL, 0);
+		if (e != DUN_OK)
+			dun_store_set_err(err, err_size, "%s: %s: %s", dun_db_path(db), table,
+					  dun_db_errmsg(db));
+	}
+	return e;
+}
+
+/* ---- indexes, constraints and triggers during the load ------------------- */
+
+/*
+ * Into a schema the copy made itself, in its own transaction, the rows are
+ * loaded without the tables' indexes and triggers: every index (secondary
+ * ones, and those of primary key and unique constraints) is dropped before
+ * and built again from its own definition after, in one sorted pass over
+ * the loaded rows instead of an insertion per row (a load's time was mostly
+ * there); the triggers, which keep derived columns such as account_id, are
+ * disabled, as the copy brings those columns with the rows, and enabled
+ * again. Nothing of this is visible outside the transaction, and a
+ * duplicate key fails the rebuild of its constraint, so the copy.
+ */
+static const char TARGET_CONSTRAINTS[] =
+    "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k"
+    " JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND k.contype IN ('p', 'u')"
+    " ORDER BY c.relname, k.conname";
+static const char TARGET_SECONDARY_INDEXES[] =
+    "SELECT t.relname, c.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x"
+    " JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+    " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = current_schema()"
+    " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid)"
+    " ORDER BY c.relname";
+static const char TARGET_TRIGGERS[] =
+    "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()"
+    " AND NOT t.tgisinternal AND t.tgenabled <> 'D' ORDER BY c.relname, t.tgname";
+
+/* The statements that put back what defer_for_load took away, in order. */
+struct deferred {
+	int n;
+	char **sql;
+};
+
+static void deferred_free(struct deferred *d)
+{
+	for (int i = 0; i < d->n; i++)
+		free(d->sql[i]);
+	free(d->sql);
+	memset(d, 0, sizeof *d);
+}
+
+static char *vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+
+static char *vformat(const char *fmt, va_list ap)
+{
+	va_list again;
+	va_copy(again, ap);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	char *out = dun_malloc((size_t)n + 1);
+	vsnprintf(out, (size_t)n + 1, fmt, again);
+	va_end(again);
+	return out;
+}
+
+static void deferred_add(struct deferred *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void deferred_add(struct deferred *d, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	d->sql = dun_realloc(d->sql, sizeof *d->sql * (size_t)(d->n + 1));
+	d->sql[d->n++] = vformat(fmt, ap);
+	va_end(ap);
+}
+
+enum deferred_kind { DEFER_CONSTRAINT, DEFER_INDEX, DEFER_TRIGGER };
+
+/*
+ * For each row of sql (an object's table, its name, its definition): take
+ * the object away now and note how to put it back after the load. An
+ * object whose names are not plain is not ours: it stays as it is.
+ */
+static enum dun_err defer_each(struct dun_db *to, enum deferred_kind kind, const char *sql,
+			       struct deferred *d, char *err, size_t err_size)
+{
+	struct deferred now = {0};
+	struct dun_stmt *st = NULL;
+	enum dun_err e = dun_db_prepare(to, sql, &st);
+	while (e == DUN_OK && dun_stmt_row(st)) {
+		const char *table = dun_stmt_col_text(st, 0), *name = dun_stmt_col_text(st, 1);
+		const char *def = kind == DEFER_TRIGGER ? "" : dun_stmt_col_text(st, 2);
+		if (!plain_name(table) || !plain_name(name) || !def)
+			continue;
+		switch (kind) {
+		case DEFER_CONSTRAINT:
+			deferred_add(&now, "ALTER TABLE \"%s\" DROP CONSTRAINT \"%s\"", table,
+				     name);
+			deferred_add(d, "ALTER TABLE \"%s\" ADD CONSTRAINT \"%s\" %s", table, name,
+				     def);
+			break;
+		case DEFER_INDEX:
+			deferred_add(&now, "DROP INDEX \"%s\"", name);
+			deferred_add(d, "%s", def);
+			break;
+		case DEFER_TRIGGER:
+			deferred_add(&now, "ALTER TABLE \"%s\" DISABLE TRIGGER \"%s\"", table,
+				     name);
+			deferred_add(d, "ALTER TABLE \"%s\" ENABLE TRIGGER \"%s\"", table, name);
+			break;
+		}
+	}
+	if (e == DUN_OK)
+		e = dun_stmt_err(st);
+	dun_stmt_finalize(st);
+	if (e != DUN_OK)
+		dun_store_set_err(err, err_size, "%s: %s", dun_db_path(to), dun_db_errmsg(to));
+	for (int i = 0; e == DUN_OK && i < now.n; i++)
+		e = dun_db_exec(to, now.sql[i], err, err_size);
+	deferred_free(&now);
+	return e;
+}
+
+/* Before the load: drop the indexes and constraints, disable the triggers. */
+static enum dun_err defer_for_load(struct dun_db *to, struct deferred *d, char *err,
+				   size_t err_size)
+{
+	enum dun_err e = defer_each(to, DEFER_CONSTRAINT, TARGET_CONSTRAINTS, d, err, err_size);
+	if (e == DUN_OK)
+		e = defer_each(to, DEFER_INDEX, TARGET_SECONDARY_INDEXES, d, err, err_size);
+	if (e == DUN_OK)
+		e = defer_each(to, DEFER_TRIGGER, TARGET_TRIGGERS, d, err, err_size);
+	return e;
+}
+
+/* After the load: build the indexes and constraints again, enable the triggers. */
+static enum dun_err restore_after_load(struct dun_db *to, const struct deferred *d, char *err,
+				       size_t err_size)
+{
+	enum dun_err e = DUN_OK;
+	for (int i = 0; e == DUN_OK && i < d->n; i++)
+		e = dun_db_exec(to, d->sql[i], err, err_size);
 	return e;
 }
 
 /* ---- the copy of one table ----------------------------------------------------- */
 
-/* INSERT INTO table (cols) VALUES (?1, ...), ... for rows rows. */
-static char *insert_sql(const char *table, const struct names *cols, int rows)
-{
-	char list[MAX_COLUMNS * (DUN_COPY_NAME_MAX + 4)];
-	column_list(cols, list, sizeof list);
-	size_t cap = strlen(list) + 64 + (size_t)rows * (size_t)cols->n * 10;
-	char *sql = dun_malloc(cap);
-	size_t o = (size_t)snprintf(sql, cap, "INSERT INTO \"%s\" (%s) VALUES ", table, list);
-	int p = 1;
-	for (int r = 0; r < rows; r++) {
-		sql[o++] = r ? ',' : ' ';
-		sql[o++] = '(';
-		for (int c = 0; c < cols->n; c++)
-			o += (size_t)snprintf(sql + o, cap - o, "%s?%d", c ? "," : "", p++);
-		sql[o++] = ')';
-	}
-	sql[o] = '\0';
-	return sql;
-}
-
-/* One value of a buffered row: a copy of its text, or NULL. */
-struct value {
-	char *text;
-	int len;
-};
-
-/* Run the rows buffered in vals through an INSERT of that many rows. */
-static enum dun_err flush_batch(struct dun_db *to, const char *table, const struct names *cols,
-				struct value *vals, int rows, struct dun_stmt **st, int *st_rows,
-				char *err, size_t err_size)
-{
-	enum dun_err e = DUN_OK;
-	if (!*st || *st_rows != rows) {
-		dun_stmt_finalize(*st);
-		*st = NULL;
-		char *sql = insert_sql(table, cols, rows);
-		e = dun_db_prepare(to, sql, st);
-		free(sql);
-		*st_rows = rows;
-	}
-	if (e == DUN_OK) {
-		for (int i = 0; i < rows * cols->n; i++) {
-			if (vals[i].text)
-				dun_stmt_bind_textn(*st, i + 1, vals[i].text, vals[i].len);
-			else
-				dun_stmt_bind_null(*st, i + 1);
-		}
-		e = dun_stmt_done(*st);
-		dun_stmt_clear(*st);
-	}
-	if (e != DUN_OK)
-		dun_store_set_err(err, err_size, "%s: writing %s: %s", dun_db_path(to), table,
-				  dun_db_errmsg(to));
-	for (int i = 0; i < rows * cols->n; i++) {
-		free(vals[i].text);
-		vals[i].text = NULL;
-	}
-	return e;
-}
-
 /*
- * Copy every row of table from the source to the target in batches: each
- * batch is one INSERT of up to BATCH_ROWS rows, its values bound as text
- * (or NULL), which PostgreSQL reads as the column's type. The full-size
- * statement is prepared once per table, the shorter last one once more.
+ * Copy every row of table from the source to the target with the store's
+ * bulk load (PostgreSQL's COPY FROM STDIN): each value as text (or NULL),
+ * read by the target as the column's type.
  */
 static enum dun_err copy_table(struct dun_db *from, struct dun_db *to, const char *table,
 			       const struct names *cols, int64_t *copied, char *err,
@@ -400,53 +496,46 @@ static enum dun_err copy_table(struct dun_db *from, struct dun_db *to, const cha
 				  dun_db_errmsg(from));
 		return e;
 	}
-	int per_batch = BATCH_PARAMS / cols->n;
-	if (per_batch > BATCH_ROWS)
-		per_batch = BATCH_ROWS;
-	if (per_batch < 1)
-		per_batch = 1;
-	struct value *vals = dun_calloc((size_t)per_batch * (size_t)cols->n, sizeof *vals);
-	struct dun_stmt *ins = NULL;
-	int ins_rows = 0, in_batch = 0;
+	const char *names[MAX_COLUMNS];
+	for (int c = 0; c < cols->n; c++)
+		names[c] = cols->v[c];
+	e = dun_db_load_begin(to, table, names, cols->n, err, err_size);
+	if (e != DUN_OK) {
+		dun_stmt_finalize(src);
+		return e;
+	}
+	char num[MAX_COLUMNS][40];
+	const char *values[MAX_COLUMNS];
+	int lens[MAX_COLUMNS];
+	int64_t sent = 0;
 	enum dun_step r;
 	while ((r = dun_stmt_step(src)) == DUN_STEP_ROW) {
-		for (int c = 0; c < cols->n; c++) {
-			char num[40];
-			int len;
-			const char *v = value_text(src, c, num, sizeof num, &len);
-			struct value *slot = &vals[in_batch * cols->n + c];
-			if (v) {
-				slot->text = dun_malloc((size_t)len + 1);
-				memcpy(slot->text, v, (size_t)len);
-				slot->text[len] = '\0';
-				slot->len = len;
-			}
-		}
-		in_batch++;
-		(*copied)++;
-		if (in_batch == per_batch) {
-			e = flush_batch(to, table, cols, vals, in_batch, &ins, &ins_rows, err,
-					err_size);
-			in_batch = 0;
-			if (e != DUN_OK)
-				goto free_values;
-		}
+		for (int c = 0; c < cols->n; c++)
+			values[c] = value_text(src, c, num[c], sizeof num[c], &lens[c]);
+		sent++;
+		e = dun_db_load_row(to, values, lens);
+		if (e != DUN_OK)
+			break;
 	}
-	if (r == DUN_STEP_FAILED) {
+	bool read_failed = r == DUN_STEP_FAILED;
+	if (read_failed) {
 		e = dun_stmt_err(src);
 		dun_store_set_err(err, err_size, "%s: reading %s: %s", dun_db_path(from), table,
 				  dun_db_errmsg(from));
-		goto free_values;
 	}
-	if (in_batch) {
-		e = flush_batch(to, table, cols, vals, in_batch, &ins, &ins_rows, err, err_size);
-		in_batch = 0;
+	char end_err[DUN_DB_ERRMSG_MAX] = "";
+	enum dun_err ee = dun_db_load_end(to, e != DUN_OK, copied, end_err, sizeof end_err);
+	if (e == DUN_OK && ee == DUN_OK && *copied != sent) {
+		dun_store_set_err(end_err, sizeof end_err,
+				  "%s: the server stored %lld rows of %lld sent", dun_db_path(to),
+				  (long long)*copied, (long long)sent);
+		ee = DUN_E_STORE;
 	}
-free_values:
-	for (int i = 0; i < in_batch * cols->n; i++)
-		free(vals[i].text);
-	free(vals);
-	dun_stmt_finalize(ins);
+	if (!read_failed && ee != DUN_OK) {
+		/* What the server said about the load (a failed row send says only that). */
+		dun_store_set_err(err, err_size, "writing %s: %s", table, end_err);
+		e = ee;
+	}
 	dun_stmt_finalize(src);
 	return e;
 }
@@ -537,8 +626,8 @@ static const char *first_difference(const struct names *a, const struct names *b
 }
 
 /* Copy and verify every table, in the open transactions of both. */
-static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct dun_copy_report *out,
-				char *err, size_t err_size)
+static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, const struct deferred *d,
+				struct dun_copy_report *out, char *err, size_t err_size)
 {
 	struct names src = {0}, dst = {0}, scols = {0}, dcols = {0};
 	enum dun_err e = read_names(from, SOURCE_TABLES, NULL, &src, err, err_size);
@@ -589,10 +678,15 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 			goto free_names;
 		out->rows += copied;
 	}
+	e = restore_after_load(to, d, err, err_size);
+	if (e != DUN_OK)
+		goto free_names;
 	/*
-	 * Summed once every table is copied: the mirror's triggers (schema
-	 * migration 14) set a row's account_id from rows of other tables, so a
-	 * table is only final when all of them are there.
+	 * Summed once every table is copied and the indexes and triggers are
+	 * back: where the triggers stayed on (a target whose schema was there
+	 * before), the mirror's (schema migration 14) set a row's account_id
+	 * from rows of other tables, so a table is only final when all of them
+	 * are there.
 	 */
 	for (int i = 0; i < out->n_tables; i++) {
 		struct dun_copy_table *t = &out->tables[i];
@@ -600,10 +694,11 @@ static enum dun_err copy_tables(struct dun_db *from, struct dun_db *to, struct d
 		e = read_names(from, "SELECT name FROM pragma_table_info(?1)", t->name, &scols, err,
 			       err_size);
 		if (e == DUN_OK)
-			e = table_sum(from, t->name, &scols, &t->rows_from, &t->sum_from, err,
-				      err_size);
+			e = table_sum(from, t->name, &scols, false, &t->rows_from, &t->sum_from,
+				      err, err_size);
 		if (e == DUN_OK)
-			e = table_sum(to, t->name, &scols, &t->rows_to, &t->sum_to, err, err_size);
+			e = table_sum(to, t->name, &scols, true, &t->rows_to, &t->sum_to, err,
+				      err_size);
 		if (e != DUN_OK)
 			goto free_names;
 	}
@@ -677,8 +772,13 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 	e = check_empty(dst, version, err, err_size);
 	if (e == DUN_OK)
 		e = migrate_in_transaction(dst, version, err, err_size);
+	/* Only a schema made here and now: its tables are this transaction's own. */
+	struct deferred deferred = {0};
+	if (e == DUN_OK && version == 0)
+		e = defer_for_load(dst, &deferred, err, err_size);
 	if (e == DUN_OK)
-		e = copy_tables(src, dst, out, err, err_size);
+		e = copy_tables(src, dst, &deferred, out, err, err_size);
+	deferred_free(&deferred);
 	if (e == DUN_OK) {
 		e = dun_db_commit(dst);
 		if (e != DUN_OK)

@@ -437,8 +437,33 @@ void dun_db_checkpoint(struct dun_db *db)
 		db->drv->exec(db, db->drv->checkpoint_sql, NULL, 0);
 }
 
+enum dun_err dun_db_load_begin(struct dun_db *db, const char *table, const char *const *cols,
+			       int ncols, char *err, size_t err_size)
+{
+	if (!db->drv->load_begin) {
+		dun_store_set_err(err, err_size, "%s: no bulk load on %s", db->path, db->drv->name);
+		return DUN_E_INVALID;
+	}
+	return db->drv->load_begin(db, table, cols, ncols, err, err_size);
+}
+
+enum dun_err dun_db_load_row(struct dun_db *db, const char *const *values, const int *lens)
+{
+	return db->drv->load_row ? db->drv->load_row(db, values, lens) : DUN_E_INVALID;
+}
+
+enum dun_err dun_db_load_end(struct dun_db *db, bool abandon, int64_t *rows, char *err,
+			     size_t err_size)
+{
+	if (!db->drv->load_end)
+		return DUN_E_INVALID;
+	return db->drv->load_end(db, abandon, rows, err, err_size);
+}
+
 void dun_db_set_cache_kb(struct dun_db *db, int kb)
 {
+	if (kb > 0 && db->drv->set_cache_kb)
+		db->drv->set_cache_kb(db, kb);
 	if (!db->drv->cache_kb_sql || kb <= 0)
 		return;
 	char sql[64];

@@ -200,11 +200,34 @@ void dun_db_checkpoint(struct dun_db *db);
 
 /*
  * The connection's page cache, in KiB (DUN_DB_CACHE_KB when opened: the
- * SQLite driver's configure sets the same figure). Does nothing on a
- * backend whose cache is the server's (PostgreSQL).
+ * SQLite driver's configure sets the same figure). On a backend whose cache
+ * is the server's (PostgreSQL) a cache above DUN_DB_CACHE_KB says instead
+ * that the connection is about to make long reads in index order (the
+ * drift scan's stream, which asks for one): the planner is told to walk
+ * indexes rather than hash, sort or start parallel workers, until the
+ * cache is set back to DUN_DB_CACHE_KB or less.
  */
 #define DUN_DB_CACHE_KB 16000
 void dun_db_set_cache_kb(struct dun_db *db, int kb);
+
+/*
+ * A bulk load of rows into one table, in the open transaction: faster than
+ * INSERTs (PostgreSQL's COPY FROM STDIN); DUN_E_INVALID on a backend without
+ * one (SQLite). table and cols are plain names (lower case, digits, _).
+ * dun_db_load_row sends one row of ncols values: values[i] NULL is SQL NULL,
+ * otherwise lens[i] bytes of text, read as the column's type (no NUL byte).
+ * Rows are buffered: a row the server rejects is reported by a later
+ * dun_db_load_row or by dun_db_load_end, which must end every load that
+ * began, also after a failure (then it fails too) and when the caller gives
+ * up (abandon: nothing of it is stored, and it fails). *rows (may be NULL)
+ * gets the rows the server stored. A failed load leaves the transaction
+ * aborted: roll it back.
+ */
+enum dun_err dun_db_load_begin(struct dun_db *db, const char *table, const char *const *cols,
+			       int ncols, char *err, size_t err_size);
+enum dun_err dun_db_load_row(struct dun_db *db, const char *const *values, const int *lens);
+enum dun_err dun_db_load_end(struct dun_db *db, bool abandon, int64_t *rows, char *err,
+			     size_t err_size);
 
 /* Pages the store had to read from disk since the last call; -1 where unknown. */
 int64_t dun_db_cache_misses(struct dun_db *db);

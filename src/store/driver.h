@@ -93,6 +93,19 @@ struct dun_db_driver {
 	const char *checkpoint_sql;
 	/* dun_db_set_cache_kb's statement, completed by the KiB, or NULL. */
 	const char *cache_kb_sql;
+	/* Or dun_db_set_cache_kb itself, where it is more than one statement. */
+	void (*set_cache_kb)(struct dun_db *db, int kb);
+	/*
+	 * A bulk load into one table (dun_db_load_begin in db.h), or NULL where
+	 * the backend has none: load_begin starts it, load_row sends one row,
+	 * load_end finishes it (also after a failed load_row, to end the load;
+	 * abandon: the rows sent are not stored and the load fails).
+	 */
+	enum dun_err (*load_begin)(struct dun_db *db, const char *table, const char *const *cols,
+				   int ncols, char *err, size_t err_size);
+	enum dun_err (*load_row)(struct dun_db *db, const char *const *values, const int *lens);
+	enum dun_err (*load_end)(struct dun_db *db, bool abandon, int64_t *rows, char *err,
+				 size_t err_size);
 };
 
 struct dun_db {

@@ -74,6 +74,13 @@ struct pg_conn {
 	bool tx_lost;	     /* the connection dropped inside the open transaction */
 	bool notify_pending; /* NOTIFY the inbox channel with the next COMMIT */
 	bool listening;	     /* this connection LISTENs on the inbox channel */
+	bool ordered_reads;  /* the planner settings of pg_set_cache_kb are on */
+	/* A bulk load in progress (pg_load_begin): rows not yet sent. */
+	bool loading;
+	bool load_failed; /* a send failed: the server has ended the COPY */
+	int load_cols;
+	char *load_buf;
+	size_t load_len, load_cap;
 };
 
 /* The channel new triggers are announced on (dun_db_notify_inbox). */
@@ -148,6 +155,26 @@ static bool conn_lost(struct pg_conn *p)
 	return PQstatus(p->c) == CONNECTION_BAD;
 }
 
+/*
+ * The drift scan's reads (stream.c) on PostgreSQL: a range of accounts at a
+ * time, in the order of the covering indexes of schema migration 14. Left to
+ * itself the planner hashes a whole table (invoice_docs, p_subscriptions)
+ * once per range, sorts the range's rows (spilling to disk at the default
+ * work_mem) and starts parallel workers for each execution; without hash
+ * and merge joins and without a full sort it walks the indexes in order: a
+ * nested loop of index(-only) scans, and an incremental sort where an order
+ * comes from an inner table (an invoice's attempts by created, id: rows of
+ * one invoice at a time). Disabled plans stay possible (they only cost
+ * more), so any other statement of the connection still runs; JIT is off
+ * because such a cost would otherwise make it compile every execution.
+ */
+static const char ORDERED_READS_ON[] =
+    "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_sort = off;"
+    " SET max_parallel_workers_per_gather = 0; SET jit = off";
+static const char ORDERED_READS_OFF[] =
+    "RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_sort;"
+    " RESET max_parallel_workers_per_gather; RESET jit";
+
 static void sleep_ms(long ms)
 {
 	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
@@ -166,6 +193,8 @@ static bool reconnect(struct pg_conn *p)
 			if (p->in_tx)
 				p->tx_lost = true;
 			PQclear(PQexec(p->c, "SET lock_timeout = '10s'"));
+			if (p->ordered_reads)
+				PQclear(PQexec(p->c, ORDERED_READS_ON));
 			return true;
 		}
 		sleep_ms(wait_ms);
@@ -256,6 +285,7 @@ static void pg_close(struct dun_db *db)
 	struct pg_conn *p = pc(db);
 	if (!p)
 		return;
+	free(p->load_buf);
 	PQfinish(p->c);
 	free(p->conninfo);
 	free(p);
@@ -927,6 +957,182 @@ static int pg_wait_inbox(struct dun_db *db, int timeout_ms)
 	return drain_notifies(p) ? 1 : 0;
 }
 
+/* ---- bulk load ------------------------------------------------------------- */
+
+/*
+ * COPY FROM STDIN in text format: a row is its values separated by tabs and
+ * ended by a newline; NULL is \N; a backslash, tab, newline or carriage
+ * return inside a value is written as \\, \t, \n, \r. Every value is
+ * sent as text and read as its column's type, as the binds of a statement
+ * are. The schema has no bytea column (BLOB): a value for one would be
+ * read in bytea's own text form. Rows are gathered into about LOAD_CHUNK
+ * bytes per message.
+ */
+#define LOAD_CHUNK (256 * 1024)
+
+static bool load_flush(struct pg_conn *p)
+{
+	if (p->load_len && !p->load_failed &&
+	    PQputCopyData(p->c, p->load_buf, (int)p->load_len) != 1) {
+		note_error(p, PQerrorMessage(p->c));
+		p->load_failed = true;
+	}
+	p->load_len = 0;
+	return !p->load_failed;
+}
+
+static enum dun_err pg_load_begin(struct dun_db *db, const char *table, const char *const *cols,
+				  int ncols, char *err, size_t err_size)
+{
+	struct pg_conn *p = pc(db);
+	if (p->loading || ncols < 1) {
+		note_error(p, p->loading ? "a bulk load is already in progress" : "no columns");
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+		return DUN_E_INVALID;
+	}
+	if (p->tx_lost) {
+		note_error(p, "the connection to PostgreSQL was lost inside this transaction");
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+		return DUN_E_IO;
+	}
+	size_t cap = strlen(table) + 48;
+	for (int i = 0; i < ncols; i++)
+		cap += strlen(cols[i]) + 4;
+	char *sql = dun_malloc(cap);
+	size_t o = (size_t)snprintf(sql, cap, "COPY \"%s\" (", table);
+	for (int i = 0; i < ncols; i++)
+		o += (size_t)snprintf(sql + o, cap - o, "%s\"%s\"", i ? ", " : "", cols[i]);
+	snprintf(sql + o, cap - o, ") FROM STDIN");
+	PGresult *r = PQexec(p->c, sql);
+	free(sql);
+	enum dun_err e = DUN_OK;
+	if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
+		e = check_result(p, r);
+		if (e == DUN_OK) {
+			note_error(p, "the server did not start the COPY");
+			e = DUN_E_STORE;
+		}
+		PQclear(r);
+		if (e == DUN_E_IO && conn_lost(p))
+			reconnect(p);
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+		return e;
+	}
+	PQclear(r);
+	p->loading = true;
+	p->load_failed = false;
+	p->load_cols = ncols;
+	p->load_len = 0;
+	if (!p->load_buf) {
+		p->load_cap = LOAD_CHUNK * 2;
+		p->load_buf = dun_malloc(p->load_cap);
+	}
+	return DUN_OK;
+}
+
+static enum dun_err pg_load_row(struct dun_db *db, const char *const *values, const int *lens)
+{
+	struct pg_conn *p = pc(db);
+	if (!p->loading)
+		return DUN_E_INVALID;
+	if (p->load_failed)
+		return DUN_E_STORE;
+	for (int c = 0; c < p->load_cols; c++) {
+		size_t n = values[c] ? (size_t)lens[c] : 0;
+		/* Every byte escaped at worst, the separator, \N. */
+		size_t need = p->load_len + 2 * n + 4;
+		if (need > p->load_cap) {
+			while (need > p->load_cap)
+				p->load_cap *= 2;
+			p->load_buf = dun_realloc(p->load_buf, p->load_cap);
+		}
+		char *o = p->load_buf + p->load_len;
+		if (!values[c]) {
+			*o++ = '\\';
+			*o++ = 'N';
+		} else {
+			const char *v = values[c];
+			for (size_t i = 0; i < n; i++) {
+				char ch = v[i];
+				switch (ch) {
+				case '\\':
+					*o++ = '\\';
+					*o++ = '\\';
+					break;
+				case '\t':
+					*o++ = '\\';
+					*o++ = 't';
+					break;
+				case '\n':
+					*o++ = '\\';
+					*o++ = 'n';
+					break;
+				case '\r':
+					*o++ = '\\';
+					*o++ = 'r';
+					break;
+				default:
+					*o++ = ch;
+				}
+			}
+		}
+		*o++ = c + 1 < p->load_cols ? '\t' : '\n';
+		p->load_len = (size_t)(o - p->load_buf);
+	}
+	if (p->load_len >= LOAD_CHUNK && !load_flush(p))
+		return conn_lost(p) ? DUN_E_IO : DUN_E_STORE;
+	return DUN_OK;
+}
+
+static enum dun_err pg_load_end(struct dun_db *db, bool abandon, int64_t *rows, char *err,
+				size_t err_size)
+{
+	struct pg_conn *p = pc(db);
+	if (rows)
+		*rows = 0;
+	if (!p->loading)
+		return DUN_E_INVALID;
+	p->loading = false;
+	if (!abandon)
+		load_flush(p);
+	p->load_len = 0;
+	enum dun_err e = DUN_OK;
+	/* After a failed send the COPY may be over already; end it in any case. */
+	if (PQputCopyEnd(p->c, abandon ? "the load was abandoned" : NULL) != 1 && !p->load_failed) {
+		note_error(p, PQerrorMessage(p->c));
+		e = conn_lost(p) ? DUN_E_IO : DUN_E_STORE;
+	}
+	bool reported = false;
+	PGresult *r;
+	while ((r = PQgetResult(p->c))) {
+		if (!reported) {
+			reported = true;
+			enum dun_err re = check_result(p, r);
+			if (re == DUN_OK && rows) {
+				const char *t = PQcmdTuples(r);
+				*rows = t && t[0] ? strtoll(t, NULL, 10) : 0;
+			}
+			if (re != DUN_OK)
+				e = re;
+		}
+		PQclear(r);
+	}
+	if (!reported && e == DUN_OK) {
+		note_error(p, PQerrorMessage(p->c));
+		e = DUN_E_IO;
+	}
+	if (e == DUN_OK && (abandon || p->load_failed)) {
+		note_error(p, abandon ? "the load was abandoned" : "the load failed");
+		e = DUN_E_STORE;
+	}
+	p->load_failed = false;
+	if (e == DUN_E_IO && conn_lost(p))
+		reconnect(p);
+	if (e != DUN_OK)
+		dun_store_set_err(err, err_size, "%s: %s", db->path, p->errmsg);
+	return e;
+}
+
 static int pg_schema_version(struct dun_db *db)
 {
 	struct pg_conn *p = pc(db);
@@ -960,6 +1166,17 @@ static enum dun_err pg_set_schema_version(struct dun_db *db, int version, char *
 static void pg_busy_fine(struct dun_db *db)
 {
 	(void)db; /* PostgreSQL queues lock waiters itself. */
+}
+
+/* The cache is the server's: a bigger one asks for ordered reads (db.h). */
+static void pg_set_cache_kb(struct dun_db *db, int kb)
+{
+	struct pg_conn *p = pc(db);
+	bool on = kb > DUN_DB_CACHE_KB;
+	if (on == p->ordered_reads)
+		return;
+	if (pg_exec(db, on ? ORDERED_READS_ON : ORDERED_READS_OFF, NULL, 0) == DUN_OK)
+		p->ordered_reads = on;
 }
 
 static int64_t pg_cache_misses(struct dun_db *db)
@@ -1010,4 +1227,8 @@ const struct dun_db_driver dun_db_driver_pg = {
     .relax_durability_sql = "SET synchronous_commit = off",
     .checkpoint_manual_sql = NULL,
     .checkpoint_sql = NULL,
+    .set_cache_kb = pg_set_cache_kb,
+    .load_begin = pg_load_begin,
+    .load_row = pg_load_row,
+    .load_end = pg_load_end,
 };

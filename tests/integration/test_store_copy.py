@@ -127,3 +127,106 @@ def test_a_source_newer_than_the_binary_is_refused(tmp_path, dun_pg):
     assert r.returncode == 78, (r.returncode, r.stderr)
     assert "newer than this binary" in r.stderr, r.stderr
     assert not dun_pg.has_schema(url)
+
+
+# Values that COPY's text format must escape, and the NULL marker as a value.
+AWKWARD = ["tab\there", "new\nline", "carriage\rreturn", "back\\slash", "\\N", "\\.",
+           "both\\\tand\\n", "", " lead and trail ", "ünïcode ✓ 日本", "end\\"]
+
+
+def schema_objects(pg, url):
+    """Every index, constraint and trigger of the schema, as PostgreSQL states them."""
+    con = pg.connect(url)
+    try:
+        cur = con.cursor()
+        cur.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()")
+        indexes = sorted(r[0] for r in cur.fetchall())
+        cur.execute("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+                    " FROM pg_constraint WHERE connamespace = current_schema()::regnamespace")
+        constraints = sorted(cur.fetchall())
+        cur.execute("SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger"
+                    " WHERE NOT tgisinternal")
+        triggers = sorted(cur.fetchall())
+        cur.execute("SELECT table_name, column_name, is_nullable, column_default, is_identity"
+                    " FROM information_schema.columns WHERE table_schema = current_schema()")
+        columns = sorted(cur.fetchall(), key=repr)
+        return indexes, constraints, triggers, columns
+    finally:
+        con.close()
+
+
+def test_awkward_text_and_nulls_arrive_exactly(tmp_path, dun_pg):
+    """The bulk load's escaping: tabs, newlines, carriage returns, backslashes,
+    a value spelled like the NULL marker, the end-of-data marker, non-ASCII
+    text and real NULLs arrive as they were."""
+    import sqlite3
+    db = tmp_path / "awkward.db"
+    assert dunning("--db", str(db), "init").returncode == 0
+    con = sqlite3.connect(str(db))
+    for i, v in enumerate(AWKWARD):
+        con.execute("INSERT INTO accounts (id, name, email) VALUES (?, ?, ?)",
+                    ("acct_%02d" % i, v, v[::-1]))
+        con.execute("INSERT INTO p_invoices (id, customer_id, status, account_id,"
+                    " hosted_invoice_url, meta_bad_debt_amount, meta_bad_debt_invoices)"
+                    " VALUES (?, ?, 'open', ?, ?, ?, ?)",
+                    ("in_%02d" % i, "cus_%02d" % i, "acct_%02d" % i, v,
+                     None if i % 2 else -5 * i, None if i % 3 else v))
+    con.commit()
+    con.close()
+    url = dun_pg.create("awkward")
+    r = dunning("store", "copy", "--from", str(db), "--to", url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "counts and checksums equal" in r.stdout, r.stdout
+    pg = dun_pg.connect(url)
+    cur = pg.cursor()
+    cur.execute("SELECT id, name, email FROM accounts ORDER BY id")
+    assert cur.fetchall() == [("acct_%02d" % i, v, v[::-1]) for i, v in enumerate(AWKWARD)]
+    cur.execute("SELECT id, hosted_invoice_url, meta_bad_debt_amount, meta_bad_debt_invoices"
+                " FROM p_invoices ORDER BY id")
+    assert cur.fetchall() == [("in_%02d" % i, v, None if i % 2 else -5 * i,
+                               None if i % 3 else v) for i, v in enumerate(AWKWARD)]
+    pg.close()
+
+
+def test_the_copy_has_the_schema_of_init(tmp_path, dun_pg):
+    """The load runs without indexes, constraints and triggers and puts them
+    back: the copy's schema is the one `dunning init` makes, and a target whose
+    schema is already there, with no rows, is copied into as well."""
+    db = tmp_path / "demo.db"
+    assert dunning("--db", str(db), "demo", "--accounts", "20", "--days", "20").returncode == 0
+    made = dun_pg.create("init")
+    assert dunning("--db", made, "init").returncode == 0
+    before = schema_objects(dun_pg, made)
+    fresh = dun_pg.create("fresh")
+    r = dunning("store", "copy", "--from", str(db), "--to", fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert schema_objects(dun_pg, fresh) == before
+    # A schema with no rows (init writes the settings): loaded with everything in place.
+    con = dun_pg.connect(made)
+    con.cursor().execute("DELETE FROM settings")
+    con.commit()
+    con.close()
+    r = dunning("store", "copy", "--from", str(db), "--to", made)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "counts and checksums equal" in r.stdout, r.stdout
+    assert schema_objects(dun_pg, made) == before
+    a, b = dunning("--db", fresh, "scan"), dunning("--db", made, "scan")
+    assert a.returncode == b.returncode and a.stdout == b.stdout
+
+
+def test_a_row_the_server_refuses_writes_nothing(tmp_path, dun_pg):
+    """A value PostgreSQL cannot store (text that is not UTF-8) fails the load
+    of its table, said, and the whole copy is rolled back: no schema either."""
+    import sqlite3
+    db = tmp_path / "bad.db"
+    assert dunning("--db", str(db), "init").returncode == 0
+    con = sqlite3.connect(str(db))
+    con.execute("INSERT INTO accounts (id, name) VALUES ('acct_ok', 'fine')")
+    con.execute("INSERT INTO accounts (id, name) VALUES ('acct_bad', CAST(X'C328' AS TEXT))")
+    con.commit()
+    con.close()
+    url = dun_pg.create("bad")
+    r = dunning("store", "copy", "--from", str(db), "--to", url)
+    assert r.returncode != 0, r.stdout
+    assert "accounts" in r.stderr and "UTF8" in r.stderr, r.stderr
+    assert not dun_pg.has_schema(url)
