@@ -533,6 +533,7 @@ static bool put_customer(struct gen *g, const struct acct *a, int c, bool bad_de
 	i64(st, 6, meta_bad_debt);
 	text(st, 7, md);
 	i64(st, 8, g->cfg->now - 400 * DAY);
+	text(st, 9, a->id); /* the account its customers row links it to */
 	return step(g, st);
 }
 
@@ -543,6 +544,7 @@ static bool put_sub(struct gen *g, const struct acct *a, int c, const char *stat
 	text(st, 2, a->cus[c]);
 	text(st, 3, status);
 	i64(st, 4, g->cfg->now - 400 * DAY);
+	text(st, 5, a->id); /* its customer's account */
 	g->counts->subscriptions++;
 	return step(g, st);
 }
@@ -1084,11 +1086,11 @@ static bool prepare_all(struct gen *g)
 		       "INSERT INTO customers(id, account_id, bad_debt) VALUES (?,?,?)") &&
 	       prepare(g, &g->pcustomer,
 		       "INSERT INTO p_customers(id, account_id, email, name,"
-		       " default_payment_method, meta_bad_debt, metadata, version)"
-		       " VALUES (?,?,?,?,?,?,?,?)") &&
+		       " default_payment_method, meta_bad_debt, metadata, version,"
+		       " linked_account_id) VALUES (?,?,?,?,?,?,?,?,?)") &&
 	       prepare(g, &g->sub,
-		       "INSERT INTO p_subscriptions(id, customer_id, status, version)"
-		       " VALUES (?,?,?,?)") &&
+		       "INSERT INTO p_subscriptions(id, customer_id, status, version, account_id)"
+		       " VALUES (?,?,?,?,?)") &&
 	       prepare(g, &g->dunning,
 		       "INSERT INTO dunning(account_id, stage, since, episode, updated_at)"
 		       " VALUES (?,?,?,?,?)") &&

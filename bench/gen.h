@@ -60,7 +60,7 @@ enum dun_err dun_bench_gen_run(const struct dun_bench_gen_config *cfg,
  * The population's version: bumped whenever a change to gen.c changes what
  * a given (accounts, seed, now) produces, so bench/run.sh regenerates.
  */
-#define DUN_BENCH_GEN_VERSION "5"
+#define DUN_BENCH_GEN_VERSION "6"
 
 /* The settings keys the generator stores its parameters and counts under. */
 #define DUN_BENCH_KEY_PARAMS "bench.params"

@@ -1,19 +1,22 @@
 /*
  * stream.c — the streaming GATHER of the drift scan (see stream.h).
  *
- * Ten ordered reads, each a single pass over its table in account id
- * order (the indexes of schema migration 3 make SQLite deliver them without
- * sorting; bench/test_stream_equiv.c checks the plans):
+ * Eleven ordered reads, each a single pass over its table (or a covering
+ * index) in account id order, none of them joined or sorted (the keys of
+ * schema migrations 14, 19 and 20; bench/test_stream_equiv.c checks the
+ * plans):
  *
  *   accounts        one row per account: drives the walk
- *   customers       by (account, customer id), with the provider's customer
- *                   joined; the first row of an account is its customer, as
- *                   in dun_gather()
+ *   customers       by (account, customer id); the first row of an account
+ *                   is its customer, as in dun_gather()
+ *   provider        p_customers by (linked account, customer id): merged
+ *   customers       with the account's customer by its whole id
  *   platform,       at most one row per account
  *   dunning
  *   episodes        grouped per account (count, open)
  *   emails          the ones taken care of (as gather.c), in queue order
- *   subscriptions   by (account, customer id, id)
+ *   subscriptions   by (account, customer id, id): those of the account's
+ *                   customer
  *   invoices        by (account, customer id, invoice id)
  *   documents       by (account, invoice id): merged with the invoices of
  *                   the account's customer by invoice id
@@ -29,9 +32,8 @@
  * accessor for accessor (dun_stmt_col_int where it truncates, the same
  * defaults for unknown names), so the two agree on every field.
  *
- * The rowid terms of ORDER BY change no order (they follow a key); they let
- * SQLite prove each join level distinct, so no read needs a sort. The
- * PostgreSQL driver reads them as ctid, which serves the same purpose.
+ * Every ORDER BY is a prefix of the key or index the read walks, so no
+ * read needs a sort.
  */
 #include "stream.h"
 #include "core/text.h"
@@ -44,11 +46,18 @@
 static const char *const sql[DUN_STREAM__COUNT] = {
     [DUN_STREAM_ACCOUNTS] = "SELECT id, segment, bad_debt, no_successful_payment, kill_switch,"
 			    " email, name FROM accounts WHERE id > ?1 AND id <= ?2 ORDER BY id",
-    [DUN_STREAM_CUSTOMERS] = "SELECT c.account_id, c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
-			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
-			     " COALESCE(p.name, '') FROM customers c"
-			     " LEFT JOIN p_customers p ON p.id = c.id WHERE c.account_id > ?1"
-			     " AND c.account_id <= ?2 ORDER BY c.account_id, c.id, c.rowid",
+    /*
+     * The account's customer is its first customers row; the provider's
+     * customer comes from a read of its own, p_customers walked by the
+     * account its customers row links it to (schema migration 20) and
+     * merged by customer id (read_provider_customer): no search per account.
+     */
+    [DUN_STREAM_CUSTOMERS] = "SELECT account_id, id, bad_debt FROM customers"
+			     " WHERE account_id > ?1 AND account_id <= ?2 ORDER BY account_id, id",
+    [DUN_STREAM_PROVIDER_CUSTOMERS] =
+	"SELECT linked_account_id, id, meta_bad_debt, default_payment_method, email, name"
+	" FROM p_customers WHERE linked_account_id > ?1 AND linked_account_id <= ?2"
+	" ORDER BY linked_account_id, id",
     [DUN_STREAM_PLATFORM] = "SELECT account_id, banned, entitlement, resource_flags FROM platform"
 			    " WHERE account_id > ?1 AND account_id <= ?2 ORDER BY account_id",
     [DUN_STREAM_DUNNING] = "SELECT account_id, stage, since, episode, lifting_since,"
@@ -61,10 +70,10 @@ static const char *const sql[DUN_STREAM__COUNT] = {
     [DUN_STREAM_EMAILS] = "SELECT account_id, key, created_at FROM emails WHERE account_id > ?1"
 			  " AND account_id <= ?2 AND (state <> 'failed' OR body <> '')"
 			  " ORDER BY account_id, id",
-    [DUN_STREAM_SUBSCRIPTIONS] = "SELECT c.account_id, c.id, s.id, s.status FROM customers c"
-				 " JOIN p_subscriptions s ON s.customer_id = c.id"
-				 " WHERE c.account_id > ?1 AND c.account_id <= ?2"
-				 " ORDER BY c.account_id, c.id, c.rowid, s.id",
+    /* Subscriptions carry their customer's account (schema migration 20). */
+    [DUN_STREAM_SUBSCRIPTIONS] = "SELECT account_id, customer_id, id, status FROM p_subscriptions"
+				 " WHERE account_id > ?1 AND account_id <= ?2"
+				 " ORDER BY account_id, customer_id, id",
     /*
      * Invoices and attempts carry their customer's account (schema
      * migration 14) and are stored in this order: no join with customers.
@@ -121,14 +130,14 @@ enum {
 	INV_NEXT_ATTEMPT,
 };
 
-/* Columns of DUN_STREAM_DOCS. */
+/* Columns of DUN_STREAM_DOCS (the invoice's is the one merge_invoice reads). */
 enum {
 	DOC_INVOICE = 1,
 	DOC_CLOSED,
 	DOC_PAYLINKS,
 };
 
-/* Columns of DUN_STREAM_ATTEMPTS. */
+/* Columns of DUN_STREAM_ATTEMPTS (the invoice's too). */
 enum {
 	ATT_INVOICE = 1,
 	ATT_ID,
@@ -181,6 +190,7 @@ void dun_stream_free(struct dun_stream *s)
 	free(s->inv_attach);
 	free(s->inv_id);
 	free(s->ids);
+	free(s->customer);
 	memset(s, 0, sizeof *s);
 }
 
@@ -315,17 +325,51 @@ static enum dun_err read_customer(struct dun_stream *s, struct dun_snapshot *sna
 	struct dun_stmt *st = s->st[q];
 	state->has_customer = true;
 	dun_stmt_col_copy(st, 1, state->customer_id, sizeof state->customer_id);
+	/* The whole id, for the provider's customer (dun_gather() joins by it). */
+	const char *id = dun_stmt_col_text(st, 1);
+	size_t n = (id ? strlen(id) : 0) + 1;
+	if (n > s->customer_cap) {
+		s->customer_cap = n < 64 ? 64 : n * 2;
+		s->customer = dun_realloc(s->customer, s->customer_cap);
+	}
+	memcpy(s->customer, id ? id : "", n);
 	state->customer_bad_debt = dun_stmt_col_int(st, 2);
-	state->provider_meta_bad_debt = dun_stmt_col_int(st, 3);
-	dun_stmt_col_copy(st, 4, state->default_payment_method,
-			  sizeof state->default_payment_method);
-	if (!snap->email[0])
-		dun_stmt_col_copy(st, 5, snap->email, sizeof snap->email);
-	if (!snap->name[0])
-		dun_stmt_col_copy(st, 6, snap->name, sizeof snap->name);
 	/* Only the first customer (by id) counts; pass over the others. */
 	while (e == DUN_OK && still(s, q, s->last))
 		e = step(s, q);
+	return e;
+}
+
+/*
+ * The provider's customer of the account's customer, among the p_customers
+ * rows linked to the account (by id): what dun_gather() joins, with the
+ * same defaults (0 and '') when there is none. The others are passed over.
+ */
+static enum dun_err read_provider_customer(struct dun_stream *s, struct dun_snapshot *snap)
+{
+	const int q = DUN_STREAM_PROVIDER_CUSTOMERS;
+	struct dun_state *state = &snap->state;
+	bool at;
+	enum dun_err e = seek(s, q, s->last, &at);
+	bool found = !state->has_customer;
+	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
+		struct dun_stmt *st = s->st[q];
+		if (!found) {
+			const char *id = dun_stmt_col_text(st, 1);
+			int c = strcmp(id ? id : "", s->customer);
+			if (c == 0) {
+				state->provider_meta_bad_debt = dun_stmt_col_int(st, 2);
+				dun_stmt_col_copy(st, 3, state->default_payment_method,
+						  sizeof state->default_payment_method);
+				if (!snap->email[0])
+					dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
+				if (!snap->name[0])
+					dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
+			}
+			found = c >= 0;
+		}
+		e = step(s, q);
+	}
 	return e;
 }
 
@@ -509,6 +553,24 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 }
 
 /*
+ * The merge of a read ordered by invoice id (column 1) with the account's
+ * invoices (read_invoices, by whole id): advance *cur past the invoices
+ * before the current row's, and return the index of the invoice it belongs
+ * to, or -1 when the account has no such invoice (the row falls between
+ * two of them, or after the last).
+ */
+static int merge_invoice(const struct dun_stream *s, int q, int n, int *cur)
+{
+	const char *inv_id = dun_stmt_col_text(s->st[q], 1);
+	if (!inv_id)
+		inv_id = "";
+	int c = 0;
+	while (*cur < n && (c = strcmp(s->ids + s->inv_id[*cur], inv_id)) < 0)
+		(*cur)++;
+	return *cur < n && c == 0 ? *cur : -1;
+}
+
+/*
  * The account's invoice documents, by invoice id, merged with its
  * customer's invoices (by id) as dun_gather() joins them: by the whole
  * invoice id. Documents of other invoices are passed over.
@@ -523,19 +585,12 @@ static enum dun_err read_docs(struct dun_stream *s, struct dun_snapshot *snap)
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
 		struct dun_stmt *st = s->st[q];
-		if (cur < n) {
-			const char *inv_id = dun_stmt_col_text(st, DOC_INVOICE);
-			if (!inv_id)
-				inv_id = "";
-			int c = 0;
-			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
-				cur++;
-			if (cur < n && c == 0) {
-				struct dun_invoice *inv = &snap->invoices[cur];
-				inv->has_doc = true;
-				inv->doc_closed = dun_stmt_col_int(st, DOC_CLOSED);
-				inv->doc_paylinks_enabled = dun_stmt_col_int(st, DOC_PAYLINKS);
-			}
+		int i = cur < n ? merge_invoice(s, q, n, &cur) : -1;
+		if (i >= 0) {
+			struct dun_invoice *inv = &snap->invoices[i];
+			inv->has_doc = true;
+			inv->doc_closed = dun_stmt_col_int(st, DOC_CLOSED);
+			inv->doc_paylinks_enabled = dun_stmt_col_int(st, DOC_PAYLINKS);
 		}
 		e = step(s, q);
 	}
@@ -558,23 +613,15 @@ static enum dun_err read_attempts(struct dun_stream *s, struct dun_snapshot *sna
 	bool at;
 	enum dun_err e = seek(s, q, s->last, &at);
 	for (; e == DUN_OK && at; at = still(s, q, s->last)) {
-		struct dun_stmt *st = s->st[q];
-		if (cur < n) {
-			const char *inv_id = dun_stmt_col_text(st, ATT_INVOICE);
-			if (!inv_id)
-				inv_id = "";
-			int c = 0;
-			while (cur < n && (c = strcmp(s->ids + s->inv_id[cur], inv_id)) < 0)
-				cur++;
-			if (cur < n && c == 0 && s->inv_attach[cur]) {
-				struct dun_invoice *inv = &snap->invoices[cur];
-				GROW(snap->attempts, snap->attempts_cap, na);
-				read_attempt_row(st, &snap->attempts[na]);
-				if (!inv->n_attempts)
-					s->inv_first[cur] = na;
-				inv->n_attempts++;
-				na++;
-			}
+		int i = cur < n ? merge_invoice(s, q, n, &cur) : -1;
+		if (i >= 0 && s->inv_attach[i]) {
+			struct dun_invoice *inv = &snap->invoices[i];
+			GROW(snap->attempts, snap->attempts_cap, na);
+			read_attempt_row(s->st[q], &snap->attempts[na]);
+			if (!inv->n_attempts)
+				s->inv_first[i] = na;
+			inv->n_attempts++;
+			na++;
 		}
 		e = step(s, q);
 	}
@@ -605,11 +652,12 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 	remember_last(s, dun_stmt_col_text(s->st[DUN_STREAM_ACCOUNTS], 0));
 	read_account(s, snap);
 	struct dun_state *state = &snap->state;
-	if ((e = read_customer(s, snap)) != DUN_OK || (e = read_platform(s, state)) != DUN_OK ||
-	    (e = read_dunning(s, state)) != DUN_OK || (e = read_episodes(s, state)) != DUN_OK ||
-	    (e = read_emails(s, snap)) != DUN_OK || (e = read_subscriptions(s, snap)) != DUN_OK ||
-	    (e = read_invoices(s, snap)) != DUN_OK || (e = read_docs(s, snap)) != DUN_OK ||
-	    (e = read_attempts(s, snap)) != DUN_OK)
+	if ((e = read_customer(s, snap)) != DUN_OK ||
+	    (e = read_provider_customer(s, snap)) != DUN_OK ||
+	    (e = read_platform(s, state)) != DUN_OK || (e = read_dunning(s, state)) != DUN_OK ||
+	    (e = read_episodes(s, state)) != DUN_OK || (e = read_emails(s, snap)) != DUN_OK ||
+	    (e = read_subscriptions(s, snap)) != DUN_OK || (e = read_invoices(s, snap)) != DUN_OK ||
+	    (e = read_docs(s, snap)) != DUN_OK || (e = read_attempts(s, snap)) != DUN_OK)
 		return e;
 	if ((e = step(s, DUN_STREAM_ACCOUNTS)) != DUN_OK)
 		return e;

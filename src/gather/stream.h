@@ -29,6 +29,7 @@
 enum dun_stream_query {
 	DUN_STREAM_ACCOUNTS,
 	DUN_STREAM_CUSTOMERS,
+	DUN_STREAM_PROVIDER_CUSTOMERS,
 	DUN_STREAM_PLATFORM,
 	DUN_STREAM_DUNNING,
 	DUN_STREAM_EPISODES,
@@ -59,6 +60,8 @@ struct dun_stream {
 	int inv_id_cap;
 	char *ids; /* the whole ids of the invoices being read, each NUL-ended */
 	size_t ids_cap;
+	char *customer; /* the whole id of the account's customer being read */
+	size_t customer_cap;
 };
 
 /*

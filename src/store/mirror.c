@@ -108,8 +108,9 @@ static enum dun_err upsert_customer(struct dun_db *db, json_t *o, int64_t versio
 	char *mdtext = json_is_object(md) ? json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO p_customers(id, account_id, email, name, default_payment_method,"
-		" meta_bad_debt, metadata, version) VALUES (?1, NULLIF(?2, ''), ?3, ?4, ?5, ?6,"
-		" ?7, ?8)"
+		" meta_bad_debt, metadata, version, linked_account_id) VALUES (?1, NULLIF(?2, ''),"
+		" ?3, ?4, ?5, ?6, ?7, ?8,"
+		" COALESCE((SELECT account_id FROM customers WHERE id = ?1), ''))"
 		" ON CONFLICT(id) DO UPDATE SET account_id = COALESCE(excluded.account_id,"
 		" p_customers.account_id), email = excluded.email, name = excluded.name,"
 		" default_payment_method = excluded.default_payment_method,"
@@ -186,8 +187,10 @@ static enum dun_err upsert_subscription(struct dun_db *db, json_t *o, int64_t ve
 {
 	char *products = subscription_products(o);
 	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO p_subscriptions(id, customer_id, status, version, products)"
-		" VALUES (?1, ?2, ?3, ?4, COALESCE(?5, '')) ON CONFLICT(id) DO UPDATE SET"
+	    db, "INSERT INTO p_subscriptions(id, customer_id, status, version, products,"
+		" account_id) VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ''),"
+		" COALESCE((SELECT account_id FROM customers WHERE id = ?2), ''))"
+		" ON CONFLICT(id) DO UPDATE SET"
 		" status = excluded.status, version = excluded.version,"
 		" products = COALESCE(?5, p_subscriptions.products)"
 		" WHERE excluded.version > p_subscriptions.version"

@@ -907,11 +907,129 @@ static const char *const migration_19[] = {
     NULL,
 };
 
+/*
+ * Migration 20: the provider's customers and subscriptions keyed by account
+ * first, as migrations 14 and 19 keyed invoices, attempts and documents, so
+ * the drift scan walks them in account order (stream.c merges them with
+ * the account's customer) instead of searching them, account by account,
+ * by customer id (docs/performance.md, "The million accounts").
+ *
+ * p_customers already has an account_id: the one the provider's metadata
+ * names, which the webhook path reads to link a customer. The account a
+ * customers row links it to (which `dunning account` may change) is a
+ * column of its own, linked_account_id ('' while none); p_subscriptions
+ * takes account_id, its customer's linked account, as p_invoices does.
+ *
+ *   SQLite      both tables are rebuilt WITHOUT ROWID, keyed by
+ *               (linked_account_id, id) and (account_id, customer_id, id),
+ *               the key's columns declared first (see migration 14), the
+ *               rows copied in key order; lookups by id keep a unique
+ *               index (the mirror's upserts conflict on it), by customer
+ *               and by metadata account an index each.
+ *   PostgreSQL  the columns, and two covering indexes in the scan's order.
+ *
+ * On both, customers' index by (account_id, id) takes bad_debt as well, so
+ * the scan's customers read needs no row of the table either.
+ *
+ * Who keeps them: the mirror (mirror.c) sets them in its INSERTs from the
+ * customers row, if there is one yet; the triggers here move them when a
+ * customer is linked, relinked or unlinked (as migration 14's move
+ * invoices); a store copy copies them with the rows.
+ */
+static const char *const migration_20[] = {
+    "sqlite:CREATE TABLE p_customers_v20 ("
+    " linked_account_id TEXT NOT NULL DEFAULT '',"
+    " id TEXT NOT NULL,"
+    " account_id TEXT,"
+    " email TEXT NOT NULL DEFAULT '',"
+    " name TEXT NOT NULL DEFAULT '',"
+    " default_payment_method TEXT NOT NULL DEFAULT '',"
+    " meta_bad_debt INTEGER NOT NULL DEFAULT 0,"
+    " metadata TEXT NOT NULL DEFAULT '{}',"
+    " version INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (linked_account_id, id)) WITHOUT ROWID",
+    "sqlite:INSERT INTO p_customers_v20 SELECT COALESCE(c.account_id, ''), p.id, p.account_id,"
+    " p.email, p.name, p.default_payment_method, p.meta_bad_debt, p.metadata, p.version"
+    " FROM p_customers p LEFT JOIN customers c ON c.id = p.id WHERE p.id IS NOT NULL"
+    " ORDER BY 1, 2",
+    "sqlite:DROP TABLE p_customers",
+    "sqlite:ALTER TABLE p_customers_v20 RENAME TO p_customers",
+    "sqlite:CREATE UNIQUE INDEX p_customers_id ON p_customers(id)",
+    "sqlite:CREATE INDEX p_customers_account ON p_customers(account_id)",
+
+    "sqlite:CREATE TABLE p_subscriptions_v20 ("
+    " account_id TEXT NOT NULL DEFAULT '',"
+    " customer_id TEXT NOT NULL,"
+    " id TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " version INTEGER NOT NULL DEFAULT 0,"
+    " products TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (account_id, customer_id, id)) WITHOUT ROWID",
+    "sqlite:INSERT INTO p_subscriptions_v20 SELECT COALESCE(c.account_id, ''), s.customer_id,"
+    " s.id, s.status, s.version, s.products FROM p_subscriptions s"
+    " LEFT JOIN customers c ON c.id = s.customer_id WHERE s.id IS NOT NULL ORDER BY 1, 2, 3",
+    "sqlite:DROP TABLE p_subscriptions",
+    "sqlite:ALTER TABLE p_subscriptions_v20 RENAME TO p_subscriptions",
+    "sqlite:CREATE UNIQUE INDEX p_subscriptions_id ON p_subscriptions(id)",
+    "sqlite:CREATE INDEX p_subscriptions_customer_id ON p_subscriptions(customer_id, id)",
+
+    "sqlite:CREATE TRIGGER customers_mirror_ins AFTER INSERT ON customers"
+    " BEGIN UPDATE p_customers SET linked_account_id = NEW.account_id"
+    " WHERE id = NEW.id AND linked_account_id <> NEW.account_id;"
+    " UPDATE p_subscriptions SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END",
+    "sqlite:CREATE TRIGGER customers_mirror_upd AFTER UPDATE OF id, account_id ON customers"
+    " BEGIN UPDATE p_customers SET linked_account_id = ''"
+    " WHERE id = OLD.id AND OLD.id <> NEW.id AND linked_account_id <> '';"
+    " UPDATE p_subscriptions SET account_id = ''"
+    " WHERE customer_id = OLD.id AND OLD.id <> NEW.id AND account_id <> '';"
+    " UPDATE p_customers SET linked_account_id = NEW.account_id"
+    " WHERE id = NEW.id AND linked_account_id <> NEW.account_id;"
+    " UPDATE p_subscriptions SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END",
+    "sqlite:CREATE TRIGGER customers_mirror_del AFTER DELETE ON customers"
+    " BEGIN UPDATE p_customers SET linked_account_id = ''"
+    " WHERE id = OLD.id AND linked_account_id <> '';"
+    " UPDATE p_subscriptions SET account_id = ''"
+    " WHERE customer_id = OLD.id AND account_id <> ''; END",
+
+    "postgresql:ALTER TABLE p_customers ADD COLUMN linked_account_id TEXT NOT NULL DEFAULT ''",
+    "postgresql:UPDATE p_customers p SET linked_account_id = c.account_id FROM customers c"
+    " WHERE c.id = p.id",
+    "postgresql:ALTER TABLE p_subscriptions ADD COLUMN account_id TEXT NOT NULL DEFAULT ''",
+    "postgresql:UPDATE p_subscriptions s SET account_id = c.account_id FROM customers c"
+    " WHERE c.id = s.customer_id",
+    "postgresql:CREATE INDEX p_customers_scan ON p_customers(linked_account_id, id)"
+    " INCLUDE (meta_bad_debt, default_payment_method, email, name)",
+    "postgresql:CREATE INDEX p_subscriptions_scan ON p_subscriptions(account_id, customer_id, id)"
+    " INCLUDE (status)",
+    /* The scan's customers read walks this index alone (no search of the table). */
+    "CREATE INDEX customers_scan ON customers(account_id, id, bad_debt)",
+    "DROP INDEX customers_account_id",
+
+    "postgresql:CREATE FUNCTION dunning_customer_mirror() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN"
+    " IF TG_OP <> 'INSERT' THEN"
+    " UPDATE p_customers SET linked_account_id = ''"
+    " WHERE id = OLD.id AND linked_account_id <> '';"
+    " UPDATE p_subscriptions SET account_id = ''"
+    " WHERE customer_id = OLD.id AND account_id <> ''; END IF;"
+    " IF TG_OP <> 'DELETE' THEN"
+    " UPDATE p_customers SET linked_account_id = NEW.account_id"
+    " WHERE id = NEW.id AND linked_account_id <> NEW.account_id;"
+    " UPDATE p_subscriptions SET account_id = NEW.account_id"
+    " WHERE customer_id = NEW.id AND account_id <> NEW.account_id; END IF;"
+    " RETURN NULL; END $$",
+    "postgresql:CREATE TRIGGER customers_mirror AFTER INSERT OR UPDATE OF id, account_id"
+    " OR DELETE ON customers FOR EACH ROW EXECUTE FUNCTION dunning_customer_mirror()",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,
     migration_6,  migration_7,	migration_8,  migration_9,  migration_10,
     migration_11, migration_12, migration_13, migration_14, migration_15,
-    migration_16, migration_17, migration_18, migration_19,
+    migration_16, migration_17, migration_18, migration_19, migration_20,
 };
 
 int dun_schema_count(void)

@@ -751,6 +751,69 @@ static void test_mirror_rows_follow_their_account(void)
 	dun_db_close(db);
 }
 
+static json_t *subscription_of(const char *id, const char *customer)
+{
+	return json_pack("{s:s, s:s, s:s, s:s}", "id", id, "object", "subscription", "customer",
+			 customer, "status", "active");
+}
+
+static const char *linked_of(struct dun_db *db, const char *id, char *buf, size_t n)
+{
+	return testdb_text(db, "SELECT linked_account_id FROM p_customers WHERE id = ?1", id, buf,
+			   n);
+}
+
+/*
+ * Schema migration 20: the provider's customers and subscriptions carry the
+ * account their customers row links them to, whichever arrived first, and
+ * follow it when the customer is relinked or unlinked.
+ */
+static void test_provider_customers_follow_their_account(void)
+{
+	struct dun_db *db = testdb_open(":memory:");
+	char buf[64];
+	/* A subscription before its customer is known. */
+	CHECK_INT(fold(db, subscription_of("sub_1", "cus_1"), 10, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_subscriptions", "sub_1", buf, sizeof buf), "");
+	/* The customer names its account: its row, then the link. */
+	json_t *cus = json_pack("{s:s, s:s, s:{s:s}}", "id", "cus_1", "object", "customer",
+				"metadata", "account_id", "acct_1");
+	CHECK_INT(fold(db, cus, 11, NULL), DUN_OK);
+	CHECK_STR(linked_of(db, "cus_1", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_subscriptions", "sub_1", buf, sizeof buf), "acct_1");
+	/* Written after the link: the mirror's INSERT takes it. */
+	CHECK_INT(fold(db, subscription_of("sub_2", "cus_1"), 12, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_subscriptions", "sub_2", buf, sizeof buf), "acct_1");
+	cus = json_pack("{s:s, s:s, s:s}", "id", "cus_1", "object", "customer", "email",
+			"a@example.org");
+	CHECK_INT(fold(db, cus, 13, NULL), DUN_OK);
+	CHECK_STR(linked_of(db, "cus_1", buf, sizeof buf), "acct_1");
+	/* Linked by hand before the provider's customer arrives. */
+	testdb_exec(db, "INSERT INTO customers(id, account_id) VALUES ('cus_9', 'acct_9')");
+	cus = json_pack("{s:s, s:s}", "id", "cus_9", "object", "customer");
+	CHECK_INT(fold(db, cus, 14, NULL), DUN_OK);
+	CHECK_STR(linked_of(db, "cus_9", buf, sizeof buf), "acct_9");
+	CHECK_STR(testdb_text(db,
+			      "SELECT COALESCE(account_id, 'none') FROM p_customers"
+			      " WHERE id = ?1",
+			      "cus_9", buf, sizeof buf),
+		  "none");
+	/* Relinked, then unlinked. */
+	testdb_exec(db, "UPDATE customers SET account_id = 'acct_2' WHERE id = 'cus_1'");
+	CHECK_STR(linked_of(db, "cus_1", buf, sizeof buf), "acct_2");
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM p_subscriptions WHERE account_id = 'acct_2'",
+			     NULL),
+		  2);
+	CHECK_STR(testdb_text(db, "SELECT account_id FROM p_customers WHERE id = ?1", "cus_1", buf,
+			      sizeof buf),
+		  "acct_1");
+	testdb_exec(db, "DELETE FROM customers WHERE id = 'cus_1'");
+	CHECK_STR(linked_of(db, "cus_1", buf, sizeof buf), "");
+	CHECK_INT(
+	    testdb_int(db, "SELECT COUNT(*) FROM p_subscriptions WHERE account_id <> ''", NULL), 0);
+	dun_db_close(db);
+}
+
 int main(void)
 {
 	testdb_mkdir(scratch, sizeof scratch);
@@ -766,6 +829,7 @@ int main(void)
 	test_customer_registers_account();
 	test_settled_charge_ends_processing();
 	test_mirror_rows_follow_their_account();
+	test_provider_customers_follow_their_account();
 	rmdir(scratch);
 	return CHECK_DONE();
 }
