@@ -5,6 +5,10 @@ attempts stored while the customer is linked to no account take the account
 when the customer is mapped later; an attempt stored before its invoice takes
 it when the invoice arrives; relinking the customer moves them all.
 
+The provider's customer and its subscriptions follow the link the same way
+(p_customers.linked_account_id and p_subscriptions.account_id, schema
+migration 20).
+
 Since schema migration 18 the mirror writes the column itself (no trigger
 checks an insert of an invoice or attempt); the triggers on customers move
 the rows when a link changes. Uses the conftest fixtures; both backends.
@@ -46,3 +50,25 @@ def test_rows_take_the_account_of_a_customer_mapped_after_them(dun, dun_stripe):
     # Relinked to another account: everything moves.
     dun.ok("account", "add", "acct_other", "--customer", cus["id"])
     assert accounts_of(dun, inv["id"], ch["id"], later["id"], early["id"]) == ["acct_other"] * 4
+
+
+def links_of(dun, cus_id, sub_id):
+    """The account p_customers and p_subscriptions are keyed by (migration 20)."""
+    return [dun.scalar("SELECT linked_account_id FROM p_customers WHERE id = ?", (cus_id,)),
+            dun.scalar("SELECT account_id FROM p_subscriptions WHERE id = ?", (sub_id,))]
+
+
+def test_provider_customer_and_subscription_follow_the_link(dun, dun_stripe):
+    dun.init()
+    cus = dun_stripe.customer("acct_late")
+    unmapped = dict(cus, metadata={})
+    sub = dun_stripe.subscription(cus)
+    dun.ingest([dun_stripe.event("customer.created", unmapped),
+                dun_stripe.event("customer.subscription.created", sub, 0.1)], no_work=True)
+    assert links_of(dun, cus["id"], sub["id"]) == ["", ""]
+
+    dun.ingest([dun_stripe.event("customer.updated", cus, 0.5)], no_work=True)
+    assert links_of(dun, cus["id"], sub["id"]) == ["acct_late", "acct_late"]
+
+    dun.ok("account", "add", "acct_other", "--customer", cus["id"])
+    assert links_of(dun, cus["id"], sub["id"]) == ["acct_other", "acct_other"]
