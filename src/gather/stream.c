@@ -212,7 +212,11 @@ void dun_stream_pause(struct dun_stream *s)
 static enum dun_err step(struct dun_stream *s, int q)
 {
 	int rc = dun_stmt_step(s->st[q]);
-	s->has_row[q] = rc == DUN_STEP_ROW;
+	s->key[q] = NULL;
+	if (rc == DUN_STEP_ROW) {
+		const char *key = dun_stmt_col_text(s->st[q], 0);
+		s->key[q] = key ? key : "";
+	}
 	return rc == DUN_STEP_ROW || rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(s->st[q]);
 }
 
@@ -244,7 +248,7 @@ static enum dun_err open_window(struct dun_stream *s)
 	dun_stmt_reset(s->range);
 	for (int q = 0; q < DUN_STREAM__COUNT; q++) {
 		dun_stmt_reset(s->st[q]);
-		s->has_row[q] = false;
+		s->key[q] = NULL;
 		if (s->done)
 			continue;
 		dun_stmt_bind_text_copy(s->st[q], 1, s->last ? s->last : "");
@@ -264,8 +268,8 @@ static enum dun_err open_window(struct dun_stream *s)
 static enum dun_err seek(struct dun_stream *s, int q, const char *id, bool *at)
 {
 	*at = false;
-	while (s->has_row[q]) {
-		int c = strcmp(dun_stmt_col_text(s->st[q], 0), id);
+	while (s->key[q]) {
+		int c = strcmp(s->key[q], id);
 		if (c >= 0) {
 			*at = c == 0;
 			return DUN_OK;
@@ -280,7 +284,7 @@ static enum dun_err seek(struct dun_stream *s, int q, const char *id, bool *at)
 /* Whether read q's current row still belongs to id. */
 static bool still(const struct dun_stream *s, int q, const char *id)
 {
-	return s->has_row[q] && strcmp(dun_stmt_col_text(s->st[q], 0), id) == 0;
+	return s->key[q] && strcmp(s->key[q], id) == 0;
 }
 
 /* Whether read q's current row is of the account's customer (column 1). */
@@ -469,10 +473,14 @@ static void invoice_clear(struct dun_invoice *inv)
 	memset((char *)inv + after, 0, sizeof *inv - after);
 }
 
-static void read_invoice_row(struct dun_stmt *st, struct dun_invoice *inv)
+/* The invoice's id is read once by read_invoices (id, len): as dun_stmt_col_copy would. */
+static void read_invoice_row(struct dun_stmt *st, const char *id, size_t len,
+			     struct dun_invoice *inv)
 {
 	invoice_clear(inv);
-	dun_stmt_col_copy(st, INV_ID, inv->id, sizeof inv->id);
+	size_t kept = len < sizeof inv->id ? len : sizeof inv->id - 1;
+	memcpy(inv->id, id, kept);
+	inv->id[kept] = '\0';
 	dun_stmt_col_copy(st, INV_SUB, inv->subscription_id, sizeof inv->subscription_id);
 	inv->status = DUN_INVOICE_OPEN;
 	dun_invoice_status_parse(dun_stmt_col_text(st, INV_STATUS), &inv->status);
@@ -529,15 +537,17 @@ static enum dun_err read_invoices(struct dun_stream *s, struct dun_snapshot *sna
 			GROW(s->inv_attach, s->inv_attach_cap, n);
 			GROW(s->inv_first, s->inv_first_cap, n);
 			GROW(s->inv_id, s->inv_id_cap, n);
-			read_invoice_row(st, &snap->invoices[n]);
-			size_t len = (size_t)dun_stmt_col_bytes(st, INV_ID);
+			const char *id = dun_stmt_col_text(st, INV_ID);
+			size_t len = id ? (size_t)dun_stmt_col_bytes(st, INV_ID) : 0;
+			if (!id)
+				id = "";
+			read_invoice_row(st, id, len, &snap->invoices[n]);
 			s->inv_attach[n] = len < DUN_ID_MAX;
 			if (ids + len + 1 > s->ids_cap) {
 				s->ids_cap = (ids + len + 1) * 2;
 				s->ids = dun_realloc(s->ids, s->ids_cap);
 			}
-			const char *id = dun_stmt_col_text(st, INV_ID);
-			memcpy(s->ids + ids, id ? id : "", len);
+			memcpy(s->ids + ids, id, len);
 			s->ids[ids + len] = '\0';
 			s->inv_id[n] = ids;
 			ids += len + 1;
@@ -644,12 +654,12 @@ enum dun_err dun_stream_next(struct dun_stream *s, struct dun_snapshot *snap, bo
 			return e;
 		if (s->done)
 			return DUN_OK;
-		if (s->has_row[DUN_STREAM_ACCOUNTS])
+		if (s->key[DUN_STREAM_ACCOUNTS])
 			break;
 		/* This range is read: the next one starts after its last account. */
 		s->open = false;
 	}
-	remember_last(s, dun_stmt_col_text(s->st[DUN_STREAM_ACCOUNTS], 0));
+	remember_last(s, s->key[DUN_STREAM_ACCOUNTS]);
 	read_account(s, snap);
 	struct dun_state *state = &snap->state;
 	if ((e = read_customer(s, snap)) != DUN_OK ||

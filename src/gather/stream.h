@@ -44,7 +44,11 @@ enum { DUN_STREAM__COUNT = DUN_STREAM_ATTEMPTS + 1 };
 struct dun_stream {
 	struct dun_db *db; /* borrowed */
 	struct dun_stmt *st[DUN_STREAM__COUNT];
-	bool has_row[DUN_STREAM__COUNT];
+	/*
+	 * Per read: the account id of its current row, NULL when it has none
+	 * (read once per row; valid until the read steps again).
+	 */
+	const char *key[DUN_STREAM__COUNT];
 	struct dun_stmt *range; /* the last account of the next range */
 	bool open;		/* statements bound and stepped in this window */
 	bool done;		/* no account after the last one returned */
