@@ -25,6 +25,22 @@ enum dun_err dun_fence_acquire(struct dun_db *db, const char *account_id, const 
 	snprintf(out->account_id, sizeof out->account_id, "%s", account_id);
 	snprintf(out->owner, sizeof out->owner, "%s", owner);
 	out->lease_ms = lease_ms;
+	/*
+	 * A live claim of someone else, as last committed: back off without
+	 * touching its row. The upsert below locks the row it conflicts with
+	 * even when its WHERE keeps it, until this transaction ends; a claimer
+	 * that read an account as a candidate just before another process took
+	 * it would hold that lock over the rest of its pass, and the owner's
+	 * batch, renewing its claim, would wait for it. Only a claim that looks
+	 * free or expired goes on to the upsert, which then waits for the row
+	 * and re-checks it (see the top).
+	 */
+	bool held = false;
+	enum dun_err e = dun_fence_held_by_other(db, account_id, owner, &held);
+	if (e != DUN_OK)
+		return e;
+	if (held)
+		return DUN_E_FENCED;
 	int64_t wall = dun_clock_wall_ms();
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "INSERT INTO claims(account_id, owner, token, expires_ms) VALUES (?1, ?2, 1, ?3)"
@@ -40,7 +56,7 @@ enum dun_err dun_fence_acquire(struct dun_db *db, const char *account_id, const 
 		out->token = dun_stmt_col_int64(st, 0);
 	while (dun_stmt_row(st))
 		;
-	enum dun_err e = dun_stmt_err(st);
+	e = dun_stmt_err(st);
 	dun_stmt_reset(st);
 	if (e == DUN_OK && out->token <= 0)
 		e = DUN_E_FENCED;
