@@ -7,6 +7,15 @@
  * mirror knows several); its subscriptions, invoices and payment attempts
  * are read with one query each, ordered by id, and attempts are attached to
  * their invoice by a merge walk.
+ *
+ * Invoices and attempts carry their customer's account (schema migration
+ * 14 keeps the column by triggers; the drift scan relies on it too), and
+ * their tables are clustered on it: the invoices are read as one range of
+ * (account, customer) and the attempts as one range of the account, in
+ * (invoice id, created, id) order, with no search of a secondary index per
+ * row and no sort. Attempts of invoices the customer does not have (another
+ * customer's, or none) fall between them in the walk and are passed over,
+ * as the scan passes them over (gather/stream.c).
  */
 #include "gather.h"
 #include "core/text.h"
@@ -186,6 +195,14 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	s->subscriptions = snap->subs;
 	s->n_subscriptions = n;
 
+	/*
+	 * Only an invoice whose whole id fits in the state takes attempts: a
+	 * kept prefix of a longer id must not match the attempts of another
+	 * invoice that happens to be named by that prefix (the stream does the
+	 * same, gather/stream.c).
+	 */
+	bool *attach = NULL;
+	int attach_cap = 0;
 	n = 0;
 	st = dun_db_stmt(
 	    db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
@@ -194,12 +211,15 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
 		" d.paylinks_enabled, i.next_payment_attempt FROM p_invoices i"
 		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-		" WHERE i.customer_id = ?1 ORDER BY i.id");
-	dun_stmt_bind_text(st, 1, s->customer_id);
+		" WHERE i.account_id = ?1 AND i.customer_id = ?2 ORDER BY i.id");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, s->customer_id);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->invoices, snap->invoices_cap, n);
 		struct dun_invoice *inv = &snap->invoices[n];
 		memset(inv, 0, sizeof *inv);
+		GROW(attach, attach_cap, n);
+		attach[n] = dun_stmt_col_bytes(st, 0) < DUN_ID_MAX;
 		dun_stmt_col_copy(st, 0, inv->id, sizeof inv->id);
 		dun_stmt_col_copy(st, 1, inv->subscription_id, sizeof inv->subscription_id);
 		inv->status = DUN_INVOICE_OPEN;
@@ -225,25 +245,26 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		n++;
 	}
 	dun_stmt_reset(st);
-	if (rc != DUN_STEP_DONE)
+	if (rc != DUN_STEP_DONE) {
+		free(attach);
 		return step_err(st, rc);
+	}
 	s->invoices = snap->invoices;
 	s->n_invoices = n;
 
 	/* Attempts, ordered like the invoices, attached by a merge walk. */
 	int na = 0, cur = 0;
-	st = dun_db_stmt(db, "SELECT a.invoice_id, a.id, a.created, a.status, a.payment_method,"
-			     " a.decline_code, a.advice_code, a.network_advice_code"
-			     " FROM p_attempts a JOIN p_invoices i ON i.id = a.invoice_id"
-			     " WHERE i.customer_id = ?1 ORDER BY a.invoice_id, a.created, a.id");
-	dun_stmt_bind_text(st, 1, s->customer_id);
+	st = dun_db_stmt(db, "SELECT invoice_id, id, created, status, payment_method, decline_code,"
+			     " advice_code, network_advice_code FROM p_attempts"
+			     " WHERE account_id = ?1 ORDER BY invoice_id, created, id");
+	dun_stmt_bind_text(st, 1, account_id);
 	int *first = dun_calloc((size_t)(n ? n : 1), sizeof *first);
 	int *count = dun_calloc((size_t)(n ? n : 1), sizeof *count);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		const char *inv_id = dun_stmt_col_text(st, 0);
 		while (cur < n && strcmp(snap->invoices[cur].id, inv_id) < 0)
 			cur++;
-		if (cur >= n || strcmp(snap->invoices[cur].id, inv_id) != 0)
+		if (cur >= n || !attach[cur] || strcmp(snap->invoices[cur].id, inv_id) != 0)
 			continue;
 		GROW(snap->attempts, snap->attempts_cap, na);
 		struct dun_attempt *a = &snap->attempts[na];
@@ -269,5 +290,6 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	free(first);
 	free(count);
+	free(attach);
 	return step_err(st, rc);
 }
