@@ -216,12 +216,18 @@ json_t *dun_engine_reasons_json(const struct dun_engine *en)
 static enum dun_err record_decision(struct dun_engine *en, const struct dun_trigger_ref *t,
 				    enum dun_mode mode, const char *outcome, int64_t *id_out)
 {
-	json_t *plan = dun_engine_plan_json(en);
-	json_t *reasons = dun_engine_reasons_json(en);
-	char *plan_s = json_dumps(plan, JSON_COMPACT);
-	char *reasons_s = json_dumps(reasons, JSON_COMPACT);
-	json_decref(plan);
-	json_decref(reasons);
+	/* An empty list is written as such: most passes plan nothing. */
+	char *plan_s = NULL, *reasons_s = NULL;
+	if (en->plan.n) {
+		json_t *plan = dun_engine_plan_json(en);
+		plan_s = json_dumps(plan, JSON_COMPACT);
+		json_decref(plan);
+	}
+	if (en->desired.n_reasons) {
+		json_t *reasons = dun_engine_reasons_json(en);
+		reasons_s = json_dumps(reasons, JSON_COMPACT);
+		json_decref(reasons);
+	}
 	struct dun_stmt *st = dun_db_stmt(
 	    en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
 		    " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
@@ -238,8 +244,8 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	dun_stmt_bind_int(st, 9, en->desired.skipped);
 	dun_stmt_bind_int(st, 10, en->plan.n);
 	dun_stmt_bind_text(st, 11, outcome);
-	dun_stmt_bind_text(st, 12, reasons_s);
-	dun_stmt_bind_text(st, 13, plan_s);
+	dun_stmt_bind_text(st, 12, reasons_s ? reasons_s : "[]");
+	dun_stmt_bind_text(st, 13, plan_s ? plan_s : "[]");
 	*id_out = 0;
 	enum dun_err e = DUN_OK;
 	if (dun_stmt_row(st))
