@@ -82,9 +82,17 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_strlcpy(s->account_id, account_id, sizeof s->account_id);
 	int rc;
 
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT segment, bad_debt, no_successful_payment,"
-			    " kill_switch, email, name FROM accounts WHERE id = ?1");
+	/*
+	 * The account's own rows, one of each table at most, in one read: the
+	 * account, its local platform row (also what dun_platform_read_local()
+	 * needs of it) and its dunning row; then its bad-debt episodes.
+	 */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT a.segment, a.bad_debt, a.no_successful_payment, a.kill_switch, a.email,"
+		" a.name, p.account_id, p.banned, p.entitlement, p.resource_flags, p.placed_by,"
+		" d.account_id, d.stage, d.since, d.episode, d.lifting_since, d.next_recheck_at"
+		" FROM accounts a LEFT JOIN platform p ON p.account_id = a.id"
+		" LEFT JOIN dunning d ON d.account_id = a.id WHERE a.id = ?1");
 	dun_stmt_bind_text(st, 1, account_id);
 	rc = dun_stmt_step(st);
 	if (rc != DUN_STEP_ROW) {
@@ -97,7 +105,36 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	s->kill_switch = dun_stmt_col_int(st, 3);
 	dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
 	dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
+	snap->local_placed_by[0] = '\0';
+	snap->local_resource_flags = 0;
+	if (!dun_stmt_col_is_null(st, 6)) {
+		s->banned = dun_stmt_col_int(st, 7);
+		dun_entitlement_parse(dun_stmt_col_text(st, 8), &s->entitlement);
+		snap->local_resource_flags = dun_stmt_col_int64(st, 9);
+		s->has_resource_flags = snap->local_resource_flags != 0;
+		dun_stmt_col_copy(st, 10, snap->local_placed_by, sizeof snap->local_placed_by);
+	}
+	if (!dun_stmt_col_is_null(st, 11)) {
+		dun_stage_parse(dun_stmt_col_text(st, 12), &s->stage);
+		s->stage_since = dun_stmt_col_int64(st, 13);
+		s->episode = dun_stmt_col_int64(st, 14);
+		s->lifting_since = dun_stmt_col_int64(st, 15);
+		s->next_recheck_at = dun_stmt_col_int64(st, 16);
+	}
 	dun_stmt_reset(st);
+
+	st = dun_db_stmt(
+	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
+		" FROM bad_debt_episodes WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
+	rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
+		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
+		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
+	}
+	dun_stmt_reset(st);
+	if (rc == DUN_STEP_FAILED)
+		return dun_stmt_err(st);
 
 	st = dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
 			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
@@ -121,38 +158,6 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_stmt_reset(st);
 	if (rc != DUN_STEP_ROW && rc != DUN_STEP_DONE)
 		return dun_stmt_err(st);
-
-	st = dun_db_stmt(db, "SELECT banned, entitlement, resource_flags FROM platform"
-			     " WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		s->banned = dun_stmt_col_int(st, 0);
-		dun_entitlement_parse(dun_stmt_col_text(st, 1), &s->entitlement);
-		s->has_resource_flags = dun_stmt_col_int64(st, 2) != 0;
-	}
-	dun_stmt_reset(st);
-
-	st = dun_db_stmt(db, "SELECT stage, since, episode, lifting_since, next_recheck_at"
-			     " FROM dunning WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		dun_stage_parse(dun_stmt_col_text(st, 0), &s->stage);
-		s->stage_since = dun_stmt_col_int64(st, 1);
-		s->episode = dun_stmt_col_int64(st, 2);
-		s->lifting_since = dun_stmt_col_int64(st, 3);
-		s->next_recheck_at = dun_stmt_col_int64(st, 4);
-	}
-	dun_stmt_reset(st);
-
-	st = dun_db_stmt(
-	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
-		" FROM bad_debt_episodes WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if (dun_stmt_row(st)) {
-		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
-		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
-	}
-	dun_stmt_reset(st);
 
 	/* Emails taken care of: sent, queued, being sent or given up (dead) —
 	 * all but a `failed` row without its text (a legacy system gave back a
