@@ -141,8 +141,9 @@ static enum dun_err evaluate(struct dun_engine *en, const char *account_id, int6
 	if (e == DUN_OK)
 		e = platform_end(en);
 	/* Observe mode decides against the shadow, not the real stores. */
-	bool observe = e == DUN_OK &&
-		       dun_rollout_mode(en->db, &en->rollout, account_id, NULL) == DUN_MODE_OBSERVE;
+	if (e == DUN_OK)
+		en->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &en->mode_why);
+	bool observe = e == DUN_OK && en->mode == DUN_MODE_OBSERVE;
 	if (observe)
 		e = dun_shadow_overlay(en->db, &en->snap);
 	if (e == DUN_OK)
@@ -327,16 +328,19 @@ static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const cha
 	return dun_stmt_done(st);
 }
 
-/* What the evaluation decided, into the result (before anything is applied). */
-static void describe(struct dun_engine *en, const char *account_id,
-		     struct dun_recompute_result *out)
+/*
+ * What the evaluation decided, into the result (before anything is
+ * applied), with the mode it decided in: read once per pass.
+ */
+static void describe(struct dun_engine *en, struct dun_recompute_result *out)
 {
 	out->from = en->snap.state.stage;
 	out->to = en->desired.stage;
 	out->held = en->desired.held;
 	out->skipped = en->desired.skipped;
 	out->n_planned = en->plan.n;
-	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	out->mode = en->mode;
+	out->mode_why = en->mode_why;
 }
 
 enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
@@ -356,7 +360,7 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		}
 		return e;
 	}
-	describe(en, account_id, out);
+	describe(en, out);
 	if (dry_run)
 		return DUN_OK;
 	const char *kind = trigger && trigger->kind ? trigger->kind : "";
@@ -479,7 +483,7 @@ enum dun_err dun_engine_recompute_batched(struct dun_engine *en, const char *acc
 		*deferred = refresh_wanted;
 		return e;
 	}
-	describe(en, account_id, out);
+	describe(en, out);
 	if (out->mode == DUN_MODE_ACTIVE && en->plan.n &&
 	    !dun_apply_plan_batchable(&en->applier, &en->plan)) {
 		*deferred = true;
