@@ -507,16 +507,30 @@ struct group_report {
 	int n[2];		      /* accounts of each half */
 	double gather_s[2];	      /* dun_gather() over each half */
 	double drain_s[2];	      /* [0] unbatched, [1] batched */
+	double drain_cpu_s[2];	      /* CPU time of the same drains */
+	int64_t drain_misses[2];      /* pages the drains read from the file */
 	int64_t unbatched_in_batched; /* accounts the batched drain ran alone (network) */
 	int64_t batches;	      /* shared transactions of the batched drain */
 	int64_t failed[2];
 	int64_t consequences[2];
 };
 
+/*
+ * What the store costs at the least, on the same copy, with the engine's
+ * durability: a point read by primary key inside a transaction, a one-row
+ * update inside a shared transaction, and a transaction of one update
+ * committed on its own (the fsync). An empty recompute is a known number of
+ * each (docs/performance.md, "Empty plans"), which bounds it from below.
+ */
+struct floor_report {
+	struct timing read, write, commit; /* per operation */
+};
+
 struct worker_report {
 	int sampled;
 	int provider_plans; /* of the consequences group: plans with a provider call */
 	struct group_report empty, conseq;
+	struct floor_report floor;
 };
 
 static void enqueue_all(struct dun_db *db, char (*ids)[DUN_ID_MAX], const int *which, int n,
@@ -569,10 +583,14 @@ static void drain_group(struct bench *b, char (*ids)[DUN_ID_MAX], int *members, 
 			cfg.batch_max = 1;
 		enqueue_all(b->db, ids, half[h], g->n[h], now);
 		struct dun_drain_stats st;
-		double t0 = now_s();
+		cache_misses(b->db);
+		struct timing t0 = timing_start();
 		if (dun_worker_drain(&b->en, &cfg, worker, now, 0, &st) != DUN_OK)
 			die("drain", dun_db_errmsg(b->db));
-		g->drain_s[h] = now_s() - t0;
+		struct timing t = timing_stop(t0);
+		g->drain_s[h] = t.wall;
+		g->drain_cpu_s[h] = t.cpu;
+		g->drain_misses[h] = cache_misses(b->db);
 		if (st.accounts != g->n[h] + st.rechecks_enqueued) {
 			char why[160];
 			snprintf(why, sizeof why,
@@ -590,6 +608,54 @@ static void drain_group(struct bench *b, char (*ids)[DUN_ID_MAX], int *members, 
 	}
 	free(half[0]);
 	free(half[1]);
+}
+
+static struct timing per_op(struct timing t, int n)
+{
+	struct timing r = {t.wall / n, t.cpu / n};
+	return r;
+}
+
+static void floor_loops(struct dun_db *db, char (*ids)[DUN_ID_MAX], int n, struct floor_report *f)
+{
+	const int rounds = 5, commits = 50;
+	/* A real change: SQLite leaves a page clean when a row is rewritten as it was. */
+	struct dun_stmt *rd = dun_db_stmt(db, "SELECT segment FROM accounts WHERE id = ?1");
+	struct dun_stmt *wr = dun_db_stmt(db, "UPDATE accounts SET created_at = created_at + 1"
+					      " WHERE id = ?1");
+	if (dun_db_begin(db) != DUN_OK)
+		die("floor", dun_db_errmsg(db));
+	struct timing t0 = timing_start();
+	for (int r = 0; r < rounds; r++)
+		for (int i = 0; i < n; i++) {
+			dun_stmt_bind_text(rd, 1, ids[i]);
+			if (!dun_stmt_row(rd))
+				die(ids[i], "floor: no such account");
+			dun_stmt_reset(rd);
+		}
+	f->read = per_op(timing_stop(t0), rounds * n);
+	dun_db_rollback(db);
+	/* Updates in transactions of 64, as a batched drain takes accounts. */
+	t0 = timing_start();
+	for (int i = 0; i < n; i++) {
+		if (i % 64 == 0 && dun_db_begin(db) != DUN_OK)
+			die("floor", dun_db_errmsg(db));
+		dun_stmt_bind_text(wr, 1, ids[i]);
+		if (dun_stmt_done(wr) != DUN_OK)
+			die("floor", dun_db_errmsg(db));
+		if ((i % 64 == 63 || i == n - 1) && dun_db_commit(db) != DUN_OK)
+			die("floor", dun_db_errmsg(db));
+	}
+	f->write = per_op(timing_stop(t0), n);
+	t0 = timing_start();
+	for (int i = 0; i < commits; i++) {
+		if (dun_db_begin(db) != DUN_OK)
+			die("floor", dun_db_errmsg(db));
+		dun_stmt_bind_text(wr, 1, ids[i % n]);
+		if (dun_stmt_done(wr) != DUN_OK || dun_db_commit(db) != DUN_OK)
+			die("floor", dun_db_errmsg(db));
+	}
+	f->commit = per_op(timing_stop(t0), commits);
 }
 
 static void workers(const struct opts *o, int64_t now, struct worker_report *rep)
@@ -638,6 +704,8 @@ static void workers(const struct opts *o, int64_t now, struct worker_report *rep
 	}
 	drain_group(&b, ids, empty, n_empty, now, &rep->empty);
 	drain_group(&b, ids, conseq, n_conseq, now, &rep->conseq);
+	if (rep->sampled > 0)
+		floor_loops(b.db, ids, rep->sampled, &rep->floor);
 	free(empty);
 	free(conseq);
 	free(ids);
@@ -878,6 +946,16 @@ int main(int argc, char **argv)
 		printf("  shared transactions: %" PRId64 " for %d empty plans, %" PRId64
 		       " for %d with consequences\n",
 		       wk.empty.batches, wk.empty.n[1], wk.conseq.batches, wk.conseq.n[1]);
+		for (int h = 0; h < 2; h++)
+			printf("  empty plan, %-9s drain: cpu %.3f s of wall %.3f s, %" PRId64
+			       " pages read from the file\n",
+			       h ? "batched" : "unbatched", wk.empty.drain_cpu_s[h],
+			       wk.empty.drain_s[h], wk.empty.drain_misses[h]);
+		printf("  store floor: point read %.2f us (cpu %.2f), row update in a shared"
+		       " transaction %.2f us (cpu %.2f), durable commit %.3f ms (cpu %.3f)\n",
+		       wk.floor.read.wall * 1e6, wk.floor.read.cpu * 1e6, wk.floor.write.wall * 1e6,
+		       wk.floor.write.cpu * 1e6, wk.floor.commit.wall * 1e3,
+		       wk.floor.commit.cpu * 1e3);
 		printf("  of %d sampled accounts, %d with consequences (%d that need the network);"
 		       " the batched drain ran %" PRId64 " of its half alone\n",
 		       wk.sampled, wk.conseq.n[0] + wk.conseq.n[1], wk.provider_plans,

@@ -107,12 +107,24 @@ def counters(pg, name):
     return int(commits), int(wal), int(stmts)
 
 
-def one_run(pg, binary, n, accounts, now, workdir, tag, workers):
+def top_statements(pg, name, limit):
+    """The statements of this database that ran most often since the reset."""
+    rows = pg.psql(name, (
+        "SELECT calls, round(total_exec_time::numeric, 1), regexp_replace(left(query, 90),"
+        " '\\s+', ' ', 'g') FROM pg_stat_statements WHERE dbid = (SELECT oid FROM"
+        " pg_database WHERE datname = current_database()) ORDER BY calls DESC LIMIT %d"
+        % limit))
+    return [(int(c), float(ms), q) for c, ms, q in rows]
+
+
+def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0):
     name = "run_%s" % tag
     url = pg.create(name, template="base")
     procs = start_serves(binary, url, n, now, workdir, workers)
     try:
         time.sleep(1.0)  # every process idle, listening
+        if top:
+            pg.psql(name, "SELECT pg_stat_statements_reset()")
         before = counters(pg, name)
         cpu0 = sum(cpu_seconds(p.pid) for p, _pf, _l in procs)
         t0 = time.monotonic()
@@ -131,6 +143,7 @@ def one_run(pg, binary, n, accounts, now, workdir, tag, workers):
         elapsed = time.monotonic() - t0
         cpu = sum(cpu_seconds(p.pid) for p, _pf, _l in procs) - cpu0
         after = counters(pg, name)
+        statements = top_statements(pg, name, top) if top else []
         [[dead]] = pg.psql(name, "SELECT COUNT(*) FROM inbox WHERE state = 'dead'")
         [[decided]] = pg.psql(name, "SELECT COUNT(*) FROM decisions WHERE trigger_kind ="
                                     " 'support_recompute'")
@@ -139,7 +152,7 @@ def one_run(pg, binary, n, accounts, now, workdir, tag, workers):
     return {"processes": n, "workers_each": workers, "seconds": elapsed, "per_s": accounts / elapsed,
             "serve_cpu_s": cpu, "dead": int(dead), "decisions": int(decided),
             "transactions": after[0] - before[0], "wal_bytes": after[1] - before[1],
-            "statements": after[2] - before[2]}
+            "statements": after[2] - before[2], "top": statements}
 
 
 def main():
@@ -152,6 +165,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="[server] workers of each process")
     ap.add_argument("--total-workers", type=int, default=0,
                     help="split this many workers over the processes instead")
+    ap.add_argument("--top", type=int, default=0,
+                    help="also print each run's N most frequent statements (calls per account)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args()
     binary = (REPO / args.build / "dunning").resolve()
@@ -179,7 +194,7 @@ def main():
                     workers = (max(1, args.total_workers // n) if args.total_workers
                                else args.workers)
                     results.append(one_run(pg, binary, n, args.accounts, now, workdir,
-                                           "%d_%d" % (r, n), workers))
+                                           "%d_%d" % (r, n), workers, args.top))
     best = {}
     for res in results:
         best[res["processes"]] = max(best.get(res["processes"], 0), res["per_s"])
@@ -203,6 +218,12 @@ def main():
             res["serve_cpu_s"],
             res["statements"] / args.accounts, res["transactions"] / args.accounts,
             res["wal_bytes"] / args.accounts))
+    for res in results:
+        if res["top"]:
+            print("%d process(es), most frequent statements (calls and ms per account):"
+                  % res["processes"])
+            for calls, ms, q in res["top"]:
+                print("  %7.2f %8.3f  %s" % (calls / args.accounts, ms / args.accounts, q))
     worst = min(best[n] for n in best) / top
     print("best per size: %s; worst ÷ best %.2f (target >= 0.90: %s)" % (
         ", ".join("%d: %.0f/s" % (n, best[n]) for n in sorted(best)), worst,

@@ -141,8 +141,9 @@ static enum dun_err evaluate(struct dun_engine *en, const char *account_id, int6
 	if (e == DUN_OK)
 		e = platform_end(en);
 	/* Observe mode decides against the shadow, not the real stores. */
-	bool observe = e == DUN_OK &&
-		       dun_rollout_mode(en->db, &en->rollout, account_id, NULL) == DUN_MODE_OBSERVE;
+	if (e == DUN_OK)
+		en->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &en->mode_why);
+	bool observe = e == DUN_OK && en->mode == DUN_MODE_OBSERVE;
 	if (observe)
 		e = dun_shadow_overlay(en->db, &en->snap);
 	if (e == DUN_OK)
@@ -216,12 +217,18 @@ json_t *dun_engine_reasons_json(const struct dun_engine *en)
 static enum dun_err record_decision(struct dun_engine *en, const struct dun_trigger_ref *t,
 				    enum dun_mode mode, const char *outcome, int64_t *id_out)
 {
-	json_t *plan = dun_engine_plan_json(en);
-	json_t *reasons = dun_engine_reasons_json(en);
-	char *plan_s = json_dumps(plan, JSON_COMPACT);
-	char *reasons_s = json_dumps(reasons, JSON_COMPACT);
-	json_decref(plan);
-	json_decref(reasons);
+	/* An empty list is written as such: most passes plan nothing. */
+	char *plan_s = NULL, *reasons_s = NULL;
+	if (en->plan.n) {
+		json_t *plan = dun_engine_plan_json(en);
+		plan_s = json_dumps(plan, JSON_COMPACT);
+		json_decref(plan);
+	}
+	if (en->desired.n_reasons) {
+		json_t *reasons = dun_engine_reasons_json(en);
+		reasons_s = json_dumps(reasons, JSON_COMPACT);
+		json_decref(reasons);
+	}
 	struct dun_stmt *st = dun_db_stmt(
 	    en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
 		    " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
@@ -238,8 +245,8 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	dun_stmt_bind_int(st, 9, en->desired.skipped);
 	dun_stmt_bind_int(st, 10, en->plan.n);
 	dun_stmt_bind_text(st, 11, outcome);
-	dun_stmt_bind_text(st, 12, reasons_s);
-	dun_stmt_bind_text(st, 13, plan_s);
+	dun_stmt_bind_text(st, 12, reasons_s ? reasons_s : "[]");
+	dun_stmt_bind_text(st, 13, plan_s ? plan_s : "[]");
 	*id_out = 0;
 	enum dun_err e = DUN_OK;
 	if (dun_stmt_row(st))
@@ -321,16 +328,19 @@ static enum dun_err finish_decision(struct dun_engine *en, int64_t id, const cha
 	return dun_stmt_done(st);
 }
 
-/* What the evaluation decided, into the result (before anything is applied). */
-static void describe(struct dun_engine *en, const char *account_id,
-		     struct dun_recompute_result *out)
+/*
+ * What the evaluation decided, into the result (before anything is
+ * applied), with the mode it decided in: read once per pass.
+ */
+static void describe(struct dun_engine *en, struct dun_recompute_result *out)
 {
 	out->from = en->snap.state.stage;
 	out->to = en->desired.stage;
 	out->held = en->desired.held;
 	out->skipped = en->desired.skipped;
 	out->n_planned = en->plan.n;
-	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	out->mode = en->mode;
+	out->mode_why = en->mode_why;
 }
 
 enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
@@ -350,7 +360,7 @@ enum dun_err dun_engine_recompute(struct dun_engine *en, const char *account_id,
 		}
 		return e;
 	}
-	describe(en, account_id, out);
+	describe(en, out);
 	if (dry_run)
 		return DUN_OK;
 	const char *kind = trigger && trigger->kind ? trigger->kind : "";
@@ -473,7 +483,7 @@ enum dun_err dun_engine_recompute_batched(struct dun_engine *en, const char *acc
 		*deferred = refresh_wanted;
 		return e;
 	}
-	describe(en, account_id, out);
+	describe(en, out);
 	if (out->mode == DUN_MODE_ACTIVE && en->plan.n &&
 	    !dun_apply_plan_batchable(&en->applier, &en->plan)) {
 		*deferred = true;

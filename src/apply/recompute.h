@@ -43,6 +43,9 @@ struct dun_engine {
 	enum dun_err (*settle)(struct dun_db *db, void *arg);
 	void *settle_arg;
 	const char *unread_store; /* "platform" or "provider" */
+	/* The account's rollout mode as the last evaluation read it, and why. */
+	enum dun_mode mode;
+	const char *mode_why;
 };
 
 /* Set up en over db with the given seams (all borrowed; they must outlive en). */

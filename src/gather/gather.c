@@ -7,6 +7,15 @@
  * mirror knows several); its subscriptions, invoices and payment attempts
  * are read with one query each, ordered by id, and attempts are attached to
  * their invoice by a merge walk.
+ *
+ * Invoices and attempts carry their customer's account (schema migration
+ * 14 keeps the column by triggers; the drift scan relies on it too), and
+ * their tables are clustered on it: the invoices are read as one range of
+ * (account, customer) and the attempts as one range of the account, in
+ * (invoice id, created, id) order, with no search of a secondary index per
+ * row and no sort. Attempts of invoices the customer does not have (another
+ * customer's, or none) fall between them in the walk and are passed over,
+ * as the scan passes them over (gather/stream.c).
  */
 #include "gather.h"
 #include "core/text.h"
@@ -73,9 +82,17 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_strlcpy(s->account_id, account_id, sizeof s->account_id);
 	int rc;
 
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT segment, bad_debt, no_successful_payment,"
-			    " kill_switch, email, name FROM accounts WHERE id = ?1");
+	/*
+	 * The account's own rows, one of each table at most, in one read: the
+	 * account, its local platform row (also what dun_platform_read_local()
+	 * needs of it) and its dunning row; then its bad-debt episodes.
+	 */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT a.segment, a.bad_debt, a.no_successful_payment, a.kill_switch, a.email,"
+		" a.name, p.account_id, p.banned, p.entitlement, p.resource_flags, p.placed_by,"
+		" d.account_id, d.stage, d.since, d.episode, d.lifting_since, d.next_recheck_at"
+		" FROM accounts a LEFT JOIN platform p ON p.account_id = a.id"
+		" LEFT JOIN dunning d ON d.account_id = a.id WHERE a.id = ?1");
 	dun_stmt_bind_text(st, 1, account_id);
 	rc = dun_stmt_step(st);
 	if (rc != DUN_STEP_ROW) {
@@ -88,7 +105,36 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	s->kill_switch = dun_stmt_col_int(st, 3);
 	dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
 	dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
+	snap->local_placed_by[0] = '\0';
+	snap->local_resource_flags = 0;
+	if (!dun_stmt_col_is_null(st, 6)) {
+		s->banned = dun_stmt_col_int(st, 7);
+		dun_entitlement_parse(dun_stmt_col_text(st, 8), &s->entitlement);
+		snap->local_resource_flags = dun_stmt_col_int64(st, 9);
+		s->has_resource_flags = snap->local_resource_flags != 0;
+		dun_stmt_col_copy(st, 10, snap->local_placed_by, sizeof snap->local_placed_by);
+	}
+	if (!dun_stmt_col_is_null(st, 11)) {
+		dun_stage_parse(dun_stmt_col_text(st, 12), &s->stage);
+		s->stage_since = dun_stmt_col_int64(st, 13);
+		s->episode = dun_stmt_col_int64(st, 14);
+		s->lifting_since = dun_stmt_col_int64(st, 15);
+		s->next_recheck_at = dun_stmt_col_int64(st, 16);
+	}
 	dun_stmt_reset(st);
+
+	st = dun_db_stmt(
+	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
+		" FROM bad_debt_episodes WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
+	rc = dun_stmt_step(st);
+	if (rc == DUN_STEP_ROW) {
+		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
+		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
+	}
+	dun_stmt_reset(st);
+	if (rc == DUN_STEP_FAILED)
+		return dun_stmt_err(st);
 
 	st = dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
 			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
@@ -112,38 +158,6 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_stmt_reset(st);
 	if (rc != DUN_STEP_ROW && rc != DUN_STEP_DONE)
 		return dun_stmt_err(st);
-
-	st = dun_db_stmt(db, "SELECT banned, entitlement, resource_flags FROM platform"
-			     " WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		s->banned = dun_stmt_col_int(st, 0);
-		dun_entitlement_parse(dun_stmt_col_text(st, 1), &s->entitlement);
-		s->has_resource_flags = dun_stmt_col_int64(st, 2) != 0;
-	}
-	dun_stmt_reset(st);
-
-	st = dun_db_stmt(db, "SELECT stage, since, episode, lifting_since, next_recheck_at"
-			     " FROM dunning WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		dun_stage_parse(dun_stmt_col_text(st, 0), &s->stage);
-		s->stage_since = dun_stmt_col_int64(st, 1);
-		s->episode = dun_stmt_col_int64(st, 2);
-		s->lifting_since = dun_stmt_col_int64(st, 3);
-		s->next_recheck_at = dun_stmt_col_int64(st, 4);
-	}
-	dun_stmt_reset(st);
-
-	st = dun_db_stmt(
-	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
-		" FROM bad_debt_episodes WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
-	if (dun_stmt_row(st)) {
-		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
-		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
-	}
-	dun_stmt_reset(st);
 
 	/* Emails taken care of: sent, queued, being sent or given up (dead) —
 	 * all but a `failed` row without its text (a legacy system gave back a
@@ -186,6 +200,14 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	s->subscriptions = snap->subs;
 	s->n_subscriptions = n;
 
+	/*
+	 * Only an invoice whose whole id fits in the state takes attempts: a
+	 * kept prefix of a longer id must not match the attempts of another
+	 * invoice that happens to be named by that prefix (the stream does the
+	 * same, gather/stream.c).
+	 */
+	bool *attach = NULL;
+	int attach_cap = 0;
 	n = 0;
 	st = dun_db_stmt(
 	    db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
@@ -194,12 +216,15 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
 		" d.paylinks_enabled, i.next_payment_attempt FROM p_invoices i"
 		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-		" WHERE i.customer_id = ?1 ORDER BY i.id");
-	dun_stmt_bind_text(st, 1, s->customer_id);
+		" WHERE i.account_id = ?1 AND i.customer_id = ?2 ORDER BY i.id");
+	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st, 2, s->customer_id);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->invoices, snap->invoices_cap, n);
 		struct dun_invoice *inv = &snap->invoices[n];
 		memset(inv, 0, sizeof *inv);
+		GROW(attach, attach_cap, n);
+		attach[n] = dun_stmt_col_bytes(st, 0) < DUN_ID_MAX;
 		dun_stmt_col_copy(st, 0, inv->id, sizeof inv->id);
 		dun_stmt_col_copy(st, 1, inv->subscription_id, sizeof inv->subscription_id);
 		inv->status = DUN_INVOICE_OPEN;
@@ -225,25 +250,26 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		n++;
 	}
 	dun_stmt_reset(st);
-	if (rc != DUN_STEP_DONE)
+	if (rc != DUN_STEP_DONE) {
+		free(attach);
 		return step_err(st, rc);
+	}
 	s->invoices = snap->invoices;
 	s->n_invoices = n;
 
 	/* Attempts, ordered like the invoices, attached by a merge walk. */
 	int na = 0, cur = 0;
-	st = dun_db_stmt(db, "SELECT a.invoice_id, a.id, a.created, a.status, a.payment_method,"
-			     " a.decline_code, a.advice_code, a.network_advice_code"
-			     " FROM p_attempts a JOIN p_invoices i ON i.id = a.invoice_id"
-			     " WHERE i.customer_id = ?1 ORDER BY a.invoice_id, a.created, a.id");
-	dun_stmt_bind_text(st, 1, s->customer_id);
+	st = dun_db_stmt(db, "SELECT invoice_id, id, created, status, payment_method, decline_code,"
+			     " advice_code, network_advice_code FROM p_attempts"
+			     " WHERE account_id = ?1 ORDER BY invoice_id, created, id");
+	dun_stmt_bind_text(st, 1, account_id);
 	int *first = dun_calloc((size_t)(n ? n : 1), sizeof *first);
 	int *count = dun_calloc((size_t)(n ? n : 1), sizeof *count);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		const char *inv_id = dun_stmt_col_text(st, 0);
 		while (cur < n && strcmp(snap->invoices[cur].id, inv_id) < 0)
 			cur++;
-		if (cur >= n || strcmp(snap->invoices[cur].id, inv_id) != 0)
+		if (cur >= n || !attach[cur] || strcmp(snap->invoices[cur].id, inv_id) != 0)
 			continue;
 		GROW(snap->attempts, snap->attempts_cap, na);
 		struct dun_attempt *a = &snap->attempts[na];
@@ -269,5 +295,6 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	free(first);
 	free(count);
+	free(attach);
 	return step_err(st, rc);
 }

@@ -28,6 +28,10 @@ struct dun_snapshot {
 	/* the platform as GATHER read it: dunning's part is also in state;
 	 * the restrictions of other reasons are here only (shown, kept) */
 	struct dun_platform_view platform;
+	/* the local `platform` row as dun_gather() read it ("" and 0 without
+	 * one), for dun_platform_read_local(): the table is read once */
+	char local_placed_by[DUN_REASON_MAX];
+	int64_t local_resource_flags;
 };
 
 void dun_snapshot_init(struct dun_snapshot *snap);

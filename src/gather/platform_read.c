@@ -307,18 +307,9 @@ enum dun_err dun_platform_read_local(struct dun_db *db, struct dun_snapshot *sna
 	dun_platform_view_init(&v, s->account_id);
 	v.banned = s->banned;
 	v.entitlement = s->entitlement;
-	v.resource_flags = s->has_resource_flags;
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT placed_by, resource_flags FROM platform WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, s->account_id);
-	if (dun_stmt_row(st)) {
-		dun_stmt_col_copy(st, 0, v.placed_by, sizeof v.placed_by);
-		v.resource_flags = dun_stmt_col_int64(st, 1);
-	}
-	enum dun_err e = dun_stmt_err(st);
-	dun_stmt_reset(st);
-	if (e == DUN_OK)
-		e = dun_platform_read_local_kept(db, &v);
+	v.resource_flags = snap->local_resource_flags;
+	dun_strlcpy(v.placed_by, snap->local_placed_by, sizeof v.placed_by);
+	enum dun_err e = dun_platform_read_local_kept(db, &v);
 	if (e == DUN_OK)
 		snap->platform = v;
 	return e;

@@ -51,9 +51,10 @@ enum dun_err dun_platform_read_end(struct dun_platform_conn *c, struct dun_db *d
 				   struct dun_snapshot *snap, char *err, size_t err_size);
 
 /*
- * The local platform: fill snap->platform from the state dun_gather() read
- * from the `platform` table, with who placed it, and the restrictions of
- * other reasons from platform_restrictions.
+ * The local platform: fill snap->platform from what dun_gather() read of
+ * the `platform` table into snap (the state, who placed it, the raw flags),
+ * and the restrictions of other reasons from platform_restrictions. snap
+ * must come from dun_gather() in the same transaction.
  */
 enum dun_err dun_platform_read_local(struct dun_db *db, struct dun_snapshot *snap);
 

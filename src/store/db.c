@@ -61,6 +61,58 @@ static void redact_url(char *url)
 		memmove(colon, at, strlen(at) + 1);
 }
 
+/*
+ * Replace the n bytes at hit by "***" in msg (a string in a buffer of size
+ * bytes), cutting the end of msg if the mask is longer than what it hides.
+ * Returns where to search on, or NULL when nothing is left after the mask.
+ */
+static char *mask_at(char *msg, size_t size, char *hit, size_t n)
+{
+	size_t at = (size_t)(hit - msg);
+	if (at + 3 >= size) {
+		*hit = '\0';
+		return NULL;
+	}
+	size_t tail = strlen(hit + n);
+	if (tail > size - 1 - at - 3)
+		tail = size - 1 - at - 3;
+	memmove(hit + 3, hit + n, tail);
+	hit[3 + tail] = '\0';
+	memcpy(hit, "***", 3);
+	return hit + 3;
+}
+
+void dun_db_scrub_password(const char *url, char *msg, size_t msg_size)
+{
+	const char *auth = url ? strstr(url, "://") : NULL;
+	if (!auth || !msg || !msg_size)
+		return;
+	auth += 3;
+	size_t authority = strcspn(auth, "/?#");
+	const char *at = NULL;
+	for (const char *c = auth; c < auth + authority; c++)
+		if (*c == '@')
+			at = c;
+	const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+	if (!colon || at - colon - 1 <= 0)
+		return;
+	size_t n = (size_t)(at - colon - 1);
+	char *pw = dun_malloc(n + 3);
+	memcpy(pw + 1, colon + 1, n);
+	/* The URL's own form ":password@", as in a URL quoted whole. */
+	pw[0] = ':';
+	pw[n + 1] = '@';
+	pw[n + 2] = '\0';
+	for (char *hit = msg; hit && (hit = strstr(hit, pw));)
+		hit = mask_at(msg, msg_size, hit + 1, n);
+	/* A quoted token that is exactly the password ("invalid percent-encoded token: \"...\""). */
+	pw[0] = '"';
+	pw[n + 1] = '"';
+	for (char *hit = msg; hit && (hit = strstr(hit, pw));)
+		hit = mask_at(msg, msg_size, hit + 1, n);
+	free(pw);
+}
+
 void dun_db_redact(const char *location, char *out, size_t out_size)
 {
 	if (!out_size)

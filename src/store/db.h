@@ -55,6 +55,13 @@ enum dun_col_type {
 bool dun_db_is_url(const char *location);
 /* location as it may be shown or logged: a URL without its password. */
 void dun_db_redact(const char *location, char *out, size_t out_size);
+/*
+ * Mask url's password where a message (libpq's) repeats it: as the URL's
+ * ":password@" or as a quoted token equal to it. Other text is left alone,
+ * so a short password does not mangle words that happen to contain it.
+ * msg is a string in a buffer of msg_size bytes; a longer mask cuts its end.
+ */
+void dun_db_scrub_password(const char *url, char *msg, size_t msg_size);
 
 /*
  * Open (creating if missing) the database at path and migrate it to the

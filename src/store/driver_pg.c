@@ -218,30 +218,6 @@ static enum dun_err check_result(struct pg_conn *p, PGresult *r)
 	return map_sqlstate(PQresultErrorField(r, PG_DIAG_SQLSTATE));
 }
 
-/* Replace every copy of url's password in msg (libpq may quote the URL) by "***". */
-static void scrub_password(const char *url, char *msg)
-{
-	const char *auth = strstr(url, "://");
-	if (!auth)
-		return;
-	auth += 3;
-	const char *at = strrchr(auth, '@');
-	const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
-	if (!colon || at - colon - 1 <= 0)
-		return;
-	size_t n = (size_t)(at - colon - 1);
-	char pw[256];
-	if (n >= sizeof pw)
-		n = sizeof pw - 1;
-	memcpy(pw, colon + 1, n);
-	pw[n] = '\0';
-	char *hit;
-	while ((hit = strstr(msg, pw))) {
-		memmove(hit + 3, hit + n, strlen(hit + n) + 1);
-		memcpy(hit, "***", 3);
-	}
-}
-
 static enum dun_err pg_open(struct dun_db *db, const char *url, char *err, size_t err_size)
 {
 	struct pg_conn *p = dun_calloc(1, sizeof *p);
@@ -258,7 +234,7 @@ static enum dun_err pg_open(struct dun_db *db, const char *url, char *err, size_
 		for (char *c = msg; *c; c++)
 			if (*c == '\n' || *c == '\t')
 				*c = ' ';
-		scrub_password(url, msg);
+		dun_db_scrub_password(url, msg, sizeof msg);
 		/*
 		 * What a person must fix (the URL, the password, the database
 		 * name) is a configuration error; a server that does not answer

@@ -25,26 +25,57 @@ enum dun_err dun_fence_acquire(struct dun_db *db, const char *account_id, const 
 	snprintf(out->account_id, sizeof out->account_id, "%s", account_id);
 	snprintf(out->owner, sizeof out->owner, "%s", owner);
 	out->lease_ms = lease_ms;
+	/*
+	 * The claim as last committed, read without a lock. A live claim of
+	 * someone else: back off at once, without touching its row. (The
+	 * upsert below locks the row it conflicts with even when its WHERE
+	 * keeps it, until this transaction ends; a claimer that read an
+	 * account as a candidate just before another process took it would
+	 * hold that lock over the rest of its pass, and the owner's batch,
+	 * renewing its claim, would wait for it.) Only a claim that looks free
+	 * or expired goes on to the upsert, which then waits for the row and
+	 * re-checks it (see the top) — including that its token is still the
+	 * one read here, so the new token is known without RETURNING (which
+	 * on SQLite builds a temporary table per statement): one more than
+	 * the token read, or 1 for a first claim. Any other claim that landed
+	 * in between makes the upsert change nothing: fenced.
+	 */
 	int64_t wall = dun_clock_wall_ms();
-	struct dun_stmt *st = dun_db_stmt(
+	int64_t seen = 0;
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT owner, token, expires_ms FROM claims"
+					      " WHERE account_id = ?1");
+	dun_stmt_bind_text(st, 1, account_id);
+	int rc = dun_stmt_step(st);
+	bool held = false;
+	if (rc == DUN_STEP_ROW) {
+		const char *who = dun_stmt_col_text(st, 0);
+		seen = dun_stmt_col_int64(st, 1);
+		held = dun_stmt_col_int64(st, 2) >= wall && strcmp(who ? who : "", owner) != 0;
+	}
+	enum dun_err e = rc == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
+	dun_stmt_reset(st);
+	if (e != DUN_OK)
+		return e;
+	if (held)
+		return DUN_E_FENCED;
+	st = dun_db_stmt(
 	    db, "INSERT INTO claims(account_id, owner, token, expires_ms) VALUES (?1, ?2, 1, ?3)"
 		" ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner,"
 		" token = claims.token + 1, expires_ms = excluded.expires_ms"
-		" WHERE claims.expires_ms < ?4 OR claims.owner = ?2 RETURNING token");
+		" WHERE (claims.expires_ms < ?4 OR claims.owner = ?2) AND claims.token = ?5");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, owner);
 	dun_stmt_bind_int64(st, 3, wall + lease_ms);
 	dun_stmt_bind_int64(st, 4, wall);
-	/* No row back: the WHERE kept a live claim of someone else. */
-	if (dun_stmt_row(st))
-		out->token = dun_stmt_col_int64(st, 0);
-	while (dun_stmt_row(st))
-		;
-	enum dun_err e = dun_stmt_err(st);
-	dun_stmt_reset(st);
-	if (e == DUN_OK && out->token <= 0)
-		e = DUN_E_FENCED;
-	return e;
+	dun_stmt_bind_int64(st, 5, seen);
+	e = dun_stmt_done(st);
+	if (e != DUN_OK)
+		return e;
+	/* Nothing changed: the WHERE kept a claim someone else holds or just took. */
+	if (dun_db_changes(db) != 1)
+		return DUN_E_FENCED;
+	out->token = seen + 1;
+	return DUN_OK;
 }
 
 enum dun_err dun_fence_held_by_other(struct dun_db *db, const char *account_id, const char *owner,

@@ -88,6 +88,11 @@ def test_refusals_write_nothing(tmp_path, dun_pg):
     r = dunning("store", "copy", "--from", str(db),
                 "--to", "postgresql://postgres:pw-secret@127.0.0.1:%d/x" % port)
     assert r.returncode == 69 and "pw-secret" not in r.stderr, r.stderr
+    # Only copies of the password are masked: a one-letter password leaves
+    # libpq's own words ("port") readable.
+    r = dunning("store", "copy", "--from", str(db),
+                "--to", "postgresql://postgres:p@127.0.0.1:%d/x" % port)
+    assert r.returncode == 69 and "port" in r.stderr and "***ort" not in r.stderr, r.stderr
 
 
 def test_a_wrong_password_is_refused_and_not_shown(tmp_path, dun_pg):

@@ -814,6 +814,33 @@ static void test_provider_customers_follow_their_account(void)
 	dun_db_close(db);
 }
 
+/* libpq's message keeps its own words; only copies of the password go. */
+static void test_password_scrubbed_from_messages(void)
+{
+	char msg[64];
+	snprintf(msg, sizeof msg, "connection to server at \"127.0.0.1\", port 1 failed");
+	dun_db_scrub_password("postgresql://u:p@127.0.0.1:1/x", msg, sizeof msg);
+	CHECK_STR(msg, "connection to server at \"127.0.0.1\", port 1 failed");
+
+	snprintf(msg, sizeof msg, "invalid percent-encoded token: \"s%%zz\"");
+	dun_db_scrub_password("postgresql://u:s%zz@h/x", msg, sizeof msg);
+	CHECK_STR(msg, "invalid percent-encoded token: \"***\"");
+
+	snprintf(msg, sizeof msg, "bad URI \"postgresql://u:pw@h/x?a=pw\"");
+	dun_db_scrub_password("postgresql://u:pw@h/x?a=pw", msg, sizeof msg);
+	CHECK_STR(msg, "bad URI \"postgresql://u:***@h/x?a=pw\"");
+
+	/* A mask longer than the password cuts the end, never overflows. */
+	char small[12];
+	snprintf(small, sizeof small, "at :p@host");
+	dun_db_scrub_password("postgresql://u:p@host/x", small, sizeof small);
+	CHECK_STR(small, "at :***@hos");
+
+	snprintf(msg, sizeof msg, "no password here");
+	dun_db_scrub_password("postgresql://u@h/x", msg, sizeof msg);
+	CHECK_STR(msg, "no password here");
+}
+
 int main(void)
 {
 	testdb_mkdir(scratch, sizeof scratch);
@@ -830,6 +857,7 @@ int main(void)
 	test_settled_charge_ends_processing();
 	test_mirror_rows_follow_their_account();
 	test_provider_customers_follow_their_account();
+	test_password_scrubbed_from_messages();
 	rmdir(scratch);
 	return CHECK_DONE();
 }
