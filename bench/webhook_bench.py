@@ -137,6 +137,25 @@ def metric(text, name):
     return 0.0
 
 
+def callgrind_control(pid, action):
+    subprocess.run(["callgrind_control", action, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def callgrind_instructions(out):
+    """Instructions counted in the dump taken right after the load (the last one)."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
+    if not dumps:
+        return 0
+    keep = Path(os.environ.get("CALLGRIND_KEEP", "")) if os.environ.get("CALLGRIND_KEEP") else None
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith("totals:") or line.startswith("summary:"):
+            if keep:
+                keep.write_bytes(dumps[-1].read_bytes())
+            return int(line.split()[1])
+    return 0
+
+
 def raw_insert_rate(tmp, schema_sql, rows, batch):
     """Rows/s inserting rows into events_raw in transactions of batch rows, fsync each."""
     path = Path(tmp) / f"raw_{batch}.db"
@@ -171,10 +190,18 @@ def run_once(args, binary):
             f"[admin]\ntoken = {TOKEN}\n")
         port_file = Path(tmp) / "port"
         log = open(Path(tmp) / "serve.log", "wb")
-        proc = subprocess.Popen([str(binary), "serve", "--config", str(conf),
-                                 "--port-file", str(port_file)], stdout=log, stderr=log)
+        wrap = []
+        cg_out = Path(tmp) / "callgrind.out"
+        if args.callgrind:
+            # Instructions of the committer thread only: collection is on
+            # while that thread is inside committer_main, and zeroed once the
+            # service has started (and again after the seeding, below).
+            wrap = ["valgrind", "--tool=callgrind", "--toggle-collect=committer_main",
+                    f"--callgrind-out-file={cg_out}"]
+        proc = subprocess.Popen(wrap + [str(binary), "serve", "--config", str(conf),
+                                        "--port-file", str(port_file)], stdout=log, stderr=log)
         try:
-            deadline = time.time() + 15
+            deadline = time.time() + (120 if args.callgrind else 15)
             while not (port_file.exists() and port_file.read_text().endswith("\n")):
                 if proc.poll() is not None or time.time() > deadline:
                     sys.exit("dunning serve did not start:\n" +
@@ -198,6 +225,8 @@ def run_once(args, binary):
                       for k in range(args.events)]
             req_file = Path(tmp) / "events.req"
             write_requests(req_file, bodies, now)
+            if args.callgrind:
+                callgrind_control(proc.pid, "--zero")
             m0 = urllib.request.urlopen(base + "/metrics").read().decode()
             cpu0 = cpu_seconds(proc.pid)
             out = subprocess.run([str(loader), str(port), str(args.connections), str(req_file)],
@@ -205,6 +234,8 @@ def run_once(args, binary):
             load = json.loads(out.stdout)
             cpu1 = cpu_seconds(proc.pid)
             m1 = urllib.request.urlopen(base + "/metrics").read().decode()
+            if args.callgrind:
+                callgrind_control(proc.pid, "--dump")
             commit_s = (metric(m1, "dunning_group_commit_seconds_total") -
                         metric(m0, "dunning_group_commit_seconds_total"))
             # How far the workers were behind when the load stopped, and how
@@ -227,6 +258,7 @@ def run_once(args, binary):
             rc = proc.wait(60)
             log.close()
 
+        committer_ir = callgrind_instructions(cg_out) if args.callgrind else 0
         # The floor: the same rows, the same table, transactions of the same size.
         rows = []
         for b in bodies:
@@ -267,6 +299,9 @@ def run_once(args, binary):
         "serve_exit": rc,
         "cpus": os.cpu_count(),
     }
+    if args.callgrind:
+        result["committer_instructions_per_event"] = round(
+            committer_ir / max(1, result["answered_200"]))
     return result
 
 
@@ -282,6 +317,9 @@ def main():
     ap.add_argument("--build", default=os.environ.get("DUNNING_BUILD_DIR", "build"))
     ap.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh database")
     ap.add_argument("--json", action="store_true", help="print each run as one JSON object")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run serve under callgrind and count the committer thread's "
+                    "instructions per event during the load (slow: use a few thousand events)")
     args = ap.parse_args()
     build = Path(args.build)
     if not build.is_absolute():
@@ -326,6 +364,9 @@ def report(args, result, run):
               f"{result['drain_s']:.1f} s later")
     print(f"  server CPU:   {result['serve_cpu_s']:.2f} s over {result['elapsed_s']:.2f} s of "
           f"load ({1e6 * result['serve_cpu_s'] / max(1, result['answered_200']):.0f} us per event)")
+    if "committer_instructions_per_event" in result:
+        print(f"  committer:    {result['committer_instructions_per_event']} instructions per "
+              f"event (callgrind)")
     print("raw sqlite3 insert of the same rows (synchronous=FULL, WAL):")
     print(f"  batches of {result['raw_batch']}: {result['raw_insert_per_s_same_batch']} rows/s "
           f"-> ratio {result['ratio_to_raw_same_batch']:.3f}")
