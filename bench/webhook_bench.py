@@ -238,6 +238,9 @@ def run_once(args, binary):
                 callgrind_control(proc.pid, "--dump")
             commit_s = (metric(m1, "dunning_group_commit_seconds_total") -
                         metric(m0, "dunning_group_commit_seconds_total"))
+            # Absent before the metric existed (older builds): 0.
+            lock_wait_s = (metric(m1, "dunning_group_commit_lock_wait_seconds_total") -
+                           metric(m0, "dunning_group_commit_lock_wait_seconds_total"))
             # How far the workers were behind when the load stopped, and how
             # long they took to catch up (coalescing: one recompute per account).
             backlog = metric(m1, 'dunning_inbox_triggers{state="received"}')
@@ -290,6 +293,7 @@ def run_once(args, binary):
         "trigger_backlog_at_end": int(backlog),
         "drain_s": round(drain_s, 2),
         "mean_commit_ms": round(commit_s / batches * 1000, 3) if batches else 0,
+        "mean_lock_wait_ms": round(lock_wait_s / batches * 1000, 3) if batches else 0,
         "serve_cpu_s": round(cpu1 - cpu0, 2),
         "elapsed_s": load["elapsed_s"],
         "raw_insert_per_s_same_batch": round(raw_same),
@@ -357,7 +361,8 @@ def report(args, result, run):
     print(f"  latency:      p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
           f"max {result['max_ms']:.2f} ms")
     print(f"  group commit: {result['group_commits']} transactions (fsyncs), mean "
-          f"{result['mean_batch']:.1f} events and {result['mean_commit_ms']:.2f} ms each")
+          f"{result['mean_batch']:.1f} events and {result['mean_commit_ms']:.2f} ms each "
+          f"({result['mean_lock_wait_ms']:.2f} ms of it waiting for the write lock)")
     if result["mapped_accounts"]:
         print(f"  workers:      {result['trigger_backlog_at_end']} triggers still queued when "
               f"the load stopped, all {result['mapped_accounts']} accounts recomputed "

@@ -110,7 +110,12 @@ static bool attempt_batch(struct dun_committer *c, struct dun_commit_item **item
 		items[i]->err_text[0] = '\0';
 	}
 	/* Beside the workers' claimed work, alone among mirror writers (store/db.h). */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	enum dun_err e = dun_db_begin_mirror(c->db);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	dun_metrics_lock_wait(c->metrics, (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 +
+					      (t1.tv_nsec - t0.tv_nsec) / 1000);
 	*e_out = e;
 	if (e != DUN_OK) {
 		fail_all(items, n, e, "cannot begin a transaction");
