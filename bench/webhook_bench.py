@@ -117,6 +117,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid):
+    """CPU seconds so far of each named thread kind (the committer and workers name theirs)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        sec = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[name] = out.get(name, 0.0) + sec
+    return out
+
+
 def wait_drained(base, timeout_s=600):
     """Seconds until no trigger is received, processing or retrying."""
     t0 = time.perf_counter()
@@ -229,10 +243,12 @@ def run_once(args, binary):
                 callgrind_control(proc.pid, "--zero")
             m0 = urllib.request.urlopen(base + "/metrics").read().decode()
             cpu0 = cpu_seconds(proc.pid)
+            threads0 = thread_cpu(proc.pid)
             out = subprocess.run([str(loader), str(port), str(args.connections), str(req_file)],
                                  capture_output=True, text=True, check=True)
             load = json.loads(out.stdout)
             cpu1 = cpu_seconds(proc.pid)
+            threads1 = thread_cpu(proc.pid)
             m1 = urllib.request.urlopen(base + "/metrics").read().decode()
             if args.callgrind:
                 callgrind_control(proc.pid, "--dump")
@@ -295,6 +311,9 @@ def run_once(args, binary):
         "mean_commit_ms": round(commit_s / batches * 1000, 3) if batches else 0,
         "mean_lock_wait_ms": round(lock_wait_s / batches * 1000, 3) if batches else 0,
         "serve_cpu_s": round(cpu1 - cpu0, 2),
+        # During the load, per thread kind: "dun-committer", "dun-worker", the rest by name.
+        "thread_cpu_s": {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
+                         if v - threads0.get(k, 0.0) > 0},
         "elapsed_s": load["elapsed_s"],
         "raw_insert_per_s_same_batch": round(raw_same),
         "raw_insert_per_s_max_batch": round(raw_max),
@@ -372,6 +391,9 @@ def report(args, result, run):
     if "committer_instructions_per_event" in result:
         print(f"  committer:    {result['committer_instructions_per_event']} instructions per "
               f"event (callgrind)")
+    print("  thread CPU:   " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                          sorted(result["thread_cpu_s"].items(),
+                                                 key=lambda kv: -kv[1])))
     print("raw sqlite3 insert of the same rows (synchronous=FULL, WAL):")
     print(f"  batches of {result['raw_batch']}: {result['raw_insert_per_s_same_batch']} rows/s "
           f"-> ratio {result['ratio_to_raw_same_batch']:.3f}")

@@ -218,6 +218,8 @@ void dun_committer_set_observer(struct dun_committer *c, dun_committer_observe_f
 static void *committer_main(void *arg)
 {
 	struct dun_committer *c = arg;
+	/* Named for per-thread CPU figures (top -H, /proc/PID/task/TID/comm). */
+	pthread_setname_np(pthread_self(), "dun-committer");
 	struct dun_commit_item **batch = dun_calloc((size_t)c->batch_max, sizeof *batch);
 	for (;;) {
 		pthread_mutex_lock(&c->mu);
