@@ -117,6 +117,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid):
+    """CPU seconds so far of each named thread kind (the committer and workers name theirs)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        sec = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[name] = out.get(name, 0.0) + sec
+    return out
+
+
 def wait_drained(base, timeout_s=600):
     """Seconds until no trigger is received, processing or retrying."""
     t0 = time.perf_counter()
@@ -135,6 +149,25 @@ def metric(text, name):
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def callgrind_control(pid, action):
+    subprocess.run(["callgrind_control", action, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def callgrind_instructions(out):
+    """Instructions counted in the dump taken right after the load (the last one)."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
+    if not dumps:
+        return 0
+    keep = Path(os.environ.get("CALLGRIND_KEEP", "")) if os.environ.get("CALLGRIND_KEEP") else None
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith("totals:") or line.startswith("summary:"):
+            if keep:
+                keep.write_bytes(dumps[-1].read_bytes())
+            return int(line.split()[1])
+    return 0
 
 
 def raw_insert_rate(tmp, schema_sql, rows, batch):
@@ -171,10 +204,18 @@ def run_once(args, binary):
             f"[admin]\ntoken = {TOKEN}\n")
         port_file = Path(tmp) / "port"
         log = open(Path(tmp) / "serve.log", "wb")
-        proc = subprocess.Popen([str(binary), "serve", "--config", str(conf),
-                                 "--port-file", str(port_file)], stdout=log, stderr=log)
+        wrap = []
+        cg_out = Path(tmp) / "callgrind.out"
+        if args.callgrind:
+            # Instructions of the committer thread only: collection is on
+            # while that thread is inside committer_main, and zeroed once the
+            # service has started (and again after the seeding, below).
+            wrap = ["valgrind", "--tool=callgrind", "--toggle-collect=committer_main",
+                    f"--callgrind-out-file={cg_out}"]
+        proc = subprocess.Popen(wrap + [str(binary), "serve", "--config", str(conf),
+                                        "--port-file", str(port_file)], stdout=log, stderr=log)
         try:
-            deadline = time.time() + 15
+            deadline = time.time() + (120 if args.callgrind else 15)
             while not (port_file.exists() and port_file.read_text().endswith("\n")):
                 if proc.poll() is not None or time.time() > deadline:
                     sys.exit("dunning serve did not start:\n" +
@@ -198,15 +239,24 @@ def run_once(args, binary):
                       for k in range(args.events)]
             req_file = Path(tmp) / "events.req"
             write_requests(req_file, bodies, now)
+            if args.callgrind:
+                callgrind_control(proc.pid, "--zero")
             m0 = urllib.request.urlopen(base + "/metrics").read().decode()
             cpu0 = cpu_seconds(proc.pid)
+            threads0 = thread_cpu(proc.pid)
             out = subprocess.run([str(loader), str(port), str(args.connections), str(req_file)],
                                  capture_output=True, text=True, check=True)
             load = json.loads(out.stdout)
             cpu1 = cpu_seconds(proc.pid)
+            threads1 = thread_cpu(proc.pid)
             m1 = urllib.request.urlopen(base + "/metrics").read().decode()
+            if args.callgrind:
+                callgrind_control(proc.pid, "--dump")
             commit_s = (metric(m1, "dunning_group_commit_seconds_total") -
                         metric(m0, "dunning_group_commit_seconds_total"))
+            # Absent before the metric existed (older builds): 0.
+            lock_wait_s = (metric(m1, "dunning_group_commit_lock_wait_seconds_total") -
+                           metric(m0, "dunning_group_commit_lock_wait_seconds_total"))
             # How far the workers were behind when the load stopped, and how
             # long they took to catch up (coalescing: one recompute per account).
             backlog = metric(m1, 'dunning_inbox_triggers{state="received"}')
@@ -227,6 +277,7 @@ def run_once(args, binary):
             rc = proc.wait(60)
             log.close()
 
+        committer_ir = callgrind_instructions(cg_out) if args.callgrind else 0
         # The floor: the same rows, the same table, transactions of the same size.
         rows = []
         for b in bodies:
@@ -258,7 +309,11 @@ def run_once(args, binary):
         "trigger_backlog_at_end": int(backlog),
         "drain_s": round(drain_s, 2),
         "mean_commit_ms": round(commit_s / batches * 1000, 3) if batches else 0,
+        "mean_lock_wait_ms": round(lock_wait_s / batches * 1000, 3) if batches else 0,
         "serve_cpu_s": round(cpu1 - cpu0, 2),
+        # During the load, per thread kind: "dun-committer", "dun-worker", the rest by name.
+        "thread_cpu_s": {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()
+                         if v - threads0.get(k, 0.0) > 0},
         "elapsed_s": load["elapsed_s"],
         "raw_insert_per_s_same_batch": round(raw_same),
         "raw_insert_per_s_max_batch": round(raw_max),
@@ -267,6 +322,9 @@ def run_once(args, binary):
         "serve_exit": rc,
         "cpus": os.cpu_count(),
     }
+    if args.callgrind:
+        result["committer_instructions_per_event"] = round(
+            committer_ir / max(1, result["answered_200"]))
     return result
 
 
@@ -282,6 +340,9 @@ def main():
     ap.add_argument("--build", default=os.environ.get("DUNNING_BUILD_DIR", "build"))
     ap.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh database")
     ap.add_argument("--json", action="store_true", help="print each run as one JSON object")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run serve under callgrind and count the committer thread's "
+                    "instructions per event during the load (slow: use a few thousand events)")
     args = ap.parse_args()
     build = Path(args.build)
     if not build.is_absolute():
@@ -319,13 +380,20 @@ def report(args, result, run):
     print(f"  latency:      p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
           f"max {result['max_ms']:.2f} ms")
     print(f"  group commit: {result['group_commits']} transactions (fsyncs), mean "
-          f"{result['mean_batch']:.1f} events and {result['mean_commit_ms']:.2f} ms each")
+          f"{result['mean_batch']:.1f} events and {result['mean_commit_ms']:.2f} ms each "
+          f"({result['mean_lock_wait_ms']:.2f} ms of it waiting for the write lock)")
     if result["mapped_accounts"]:
         print(f"  workers:      {result['trigger_backlog_at_end']} triggers still queued when "
               f"the load stopped, all {result['mapped_accounts']} accounts recomputed "
               f"{result['drain_s']:.1f} s later")
     print(f"  server CPU:   {result['serve_cpu_s']:.2f} s over {result['elapsed_s']:.2f} s of "
           f"load ({1e6 * result['serve_cpu_s'] / max(1, result['answered_200']):.0f} us per event)")
+    if "committer_instructions_per_event" in result:
+        print(f"  committer:    {result['committer_instructions_per_event']} instructions per "
+              f"event (callgrind)")
+    print("  thread CPU:   " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                          sorted(result["thread_cpu_s"].items(),
+                                                 key=lambda kv: -kv[1])))
     print("raw sqlite3 insert of the same rows (synchronous=FULL, WAL):")
     print(f"  batches of {result['raw_batch']}: {result['raw_insert_per_s_same_batch']} rows/s "
           f"-> ratio {result['ratio_to_raw_same_batch']:.3f}")

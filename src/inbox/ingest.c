@@ -4,14 +4,16 @@
  * Order of work, all inside one transaction so an event is either wholly
  * recorded or not at all:
  *   1. parse and validate the envelope (id, type, created, data.object);
- *   2. store the raw event under its id — a second delivery of the same id
- *      stops here as a duplicate (Stripe delivers at least once);
+ *   2. look the id up among the stored raw events — a second delivery of the
+ *      same id stops here as a duplicate (Stripe delivers at least once);
  *   3. fold data.object into the mirror, versioned by the event's created
  *      time, so a late, older delivery never overwrites newer state;
  *   4. find the account (customer metadata account_id, through the mirror);
  *   5. enqueue a trigger for the types dunning reacts to. The trigger's
  *      dedup key is type + object id + created, which also absorbs two
- *      distinct events Stripe may create for one change.
+ *      distinct events Stripe may create for one change;
+ *   6. store the raw event under its id, with its account and outcome (one
+ *      insert, once both are known).
  * Unknown types are stored and acknowledged but start nothing. So is every
  * well-formed event dunning cannot act on, each with its reason as the
  * outcome (counted in /metrics): an object without an id (invoice.upcoming
@@ -75,15 +77,56 @@ static void say(char *err, size_t n, const char *msg, const char *detail)
 		snprintf(err, n, "%s%s", msg, detail ? detail : "");
 }
 
-static enum dun_err mark(struct dun_db *db, const char *id, const char *account,
-			 const char *outcome)
+/*
+ * Whether the event id is stored already. Inside the caller's write
+ * transaction the answer stays true until its end: on SQLite no other
+ * writer runs, and on PostgreSQL a delivery stored meanwhile by another
+ * connection makes store() find the conflict instead.
+ */
+static bool is_stored(struct dun_db *db, const char *id, enum dun_err *e)
 {
-	struct dun_stmt *st = dun_db_stmt(db, "UPDATE events_raw SET account_id = ?2, outcome = ?3"
-					      " WHERE id = ?1");
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM events_raw WHERE id = ?1");
 	dun_stmt_bind_text(st, 1, id);
-	dun_stmt_bind_text(st, 2, account);
-	dun_stmt_bind_text(st, 3, outcome);
-	return dun_stmt_done(st);
+	bool found = dun_stmt_row(st);
+	*e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return found;
+}
+
+/*
+ * Store the raw event with its account and outcome, once they are known:
+ * one insert, where an insert and then an update of the same row cost two
+ * statements (and two B-tree writes) per event in the serial path.
+ */
+static enum dun_err store(struct dun_db *db, const struct dun_ingest_result *res,
+			  const char *object_id, int64_t version, const char *body, size_t len,
+			  char *err, size_t err_size)
+{
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "INSERT INTO events_raw(id, type, object_id, created, received_at, account_id,"
+		" outcome, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+		" ON CONFLICT(id) DO NOTHING");
+	dun_stmt_bind_text(st, 1, res->event_id);
+	dun_stmt_bind_text(st, 2, res->type);
+	dun_stmt_bind_text(st, 3, object_id ? object_id : "");
+	dun_stmt_bind_int64(st, 4, version);
+	dun_stmt_bind_int64(st, 5, dun_clock_now());
+	dun_stmt_bind_text(st, 6, res->account_id);
+	dun_stmt_bind_text(st, 7, res->outcome);
+	dun_stmt_bind_textn(st, 8, body, (int)len);
+	enum dun_err e = dun_stmt_done(st);
+	if (e != DUN_OK) {
+		say(err, err_size, "cannot store event: ", dun_db_errmsg(db));
+		return e;
+	}
+	if (dun_db_changes(db) == 0) {
+		/* Another connection stored the same delivery since is_stored(): what
+		 * this one wrote is rolled back, the sender delivers it again and hears
+		 * "duplicate". */
+		say(err, err_size, "event stored meanwhile by another connection: ", res->event_id);
+		return DUN_E_CONFLICT;
+	}
+	return DUN_OK;
 }
 
 enum dun_err dun_ingest_parse(const char *body, size_t len, json_t **ev_out, char *err,
@@ -162,30 +205,19 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 			ignored = "ignored_no_status";
 	}
 
-	struct dun_stmt *st = dun_db_stmt(
-	    db, "INSERT INTO events_raw(id, type, object_id, created, received_at, body)"
-		" VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING");
-	dun_stmt_bind_text(st, 1, res->event_id);
-	dun_stmt_bind_text(st, 2, res->type);
-	dun_stmt_bind_text(st, 3, object_id ? object_id : "");
-	dun_stmt_bind_int64(st, 4, version);
-	dun_stmt_bind_int64(st, 5, dun_clock_now());
-	dun_stmt_bind_textn(st, 6, body, (int)len);
-	e = dun_stmt_done(st);
-	if (e != DUN_OK) {
-		say(err, err_size, "cannot store event: ", dun_db_errmsg(db));
-		goto out;
-	}
-	if (dun_db_changes(db) == 0) {
+	if (is_stored(db, res->event_id, &e)) {
 		res->duplicate = true;
 		res->outcome = "duplicate";
+		goto out;
+	}
+	if (e != DUN_OK) {
+		say(err, err_size, "cannot read events: ", dun_db_errmsg(db));
 		goto out;
 	}
 
 	if (ignored) {
 		res->outcome = ignored;
-		e = mark(db, res->event_id, "", res->outcome);
-		goto out;
+		goto stored;
 	}
 	char customer[DUN_ID_MAX];
 	bool applied = false;
@@ -200,14 +232,13 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 	const char *kind = dun_ingest_trigger_kind(res->type, md_list && md_list[0]);
 	if (!kind) {
 		res->outcome = "ignored_type";
-		e = mark(db, res->event_id, "", res->outcome);
-		goto out;
+		goto stored;
 	}
 	if (!customer[0] || dun_mirror_account_of(db, customer, res->account_id,
 						  sizeof res->account_id) != DUN_OK) {
+		res->account_id[0] = '\0';
 		res->outcome = "unmapped";
-		e = mark(db, res->event_id, "", res->outcome);
-		goto out;
+		goto stored;
 	}
 	char dedup[256];
 	snprintf(dedup, sizeof dedup, "%s:%s:%lld", res->type, object_id ? object_id : "",
@@ -219,7 +250,10 @@ enum dun_err dun_ingest_parsed_in_tx(struct dun_db *db, json_t *ev, const char *
 		goto out;
 	res->triggered = true;
 	res->outcome = inserted ? "triggered" : "coalesced";
-	e = mark(db, res->event_id, res->account_id, res->outcome);
+stored:
+	e = store(db, res, object_id, version, body, len, err, err_size);
+	if (e != DUN_OK)
+		res->triggered = false;
 out:
 	return e;
 }

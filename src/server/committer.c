@@ -77,24 +77,49 @@ static bool savepoint(struct dun_db *db, const char *sql)
 	return dun_stmt_done(dun_db_stmt(db, sql)) == DUN_OK;
 }
 
-static void run_batch(struct dun_committer *c, struct dun_commit_item **items, int n)
+/* The new event of it learnt by the observer, in the current transaction. */
+static enum dun_err learn(dun_committer_observe_fn observe, void *observe_arg, struct dun_db *db,
+			  struct dun_commit_item *it)
 {
-	struct timespec ts0, ts1;
-	clock_gettime(CLOCK_MONOTONIC, &ts0);
+	json_t *ev = it->ev ? json_incref(it->ev) : json_loadb(it->body, it->len, 0, NULL);
+	enum dun_err e = DUN_OK;
+	if (ev)
+		e = observe(observe_arg, db, ev, it->err_text, sizeof it->err_text);
+	json_decref(ev);
+	return e;
+}
+
+/*
+ * One attempt at the batch's transaction. With learn_each false the
+ * observer learns the batch's new events after their savepoints, in one
+ * pass before COMMIT: its writes then copy no page into a savepoint's
+ * journal (callgrind: ~13,000 instructions per event less). Should that
+ * pass fail, the transaction is rolled back untouched and the attempt says
+ * so (returns false); the batch is then tried again with learn_each true,
+ * each event learnt in its own savepoint, so the event whose learning
+ * fails is the only one refused. Returns true once the batch's outcome is
+ * settled (committed, or failed and rolled back); sets *any_trigger.
+ */
+static bool attempt_batch(struct dun_committer *c, struct dun_commit_item **items, int n,
+			  dun_committer_observe_fn observe, void *observe_arg, bool learn_each,
+			  bool *any_trigger, enum dun_err *e_out)
+{
+	*any_trigger = false;
 	for (int i = 0; i < n; i++) {
 		items[i]->err = DUN_OK;
 		items[i]->err_text[0] = '\0';
 	}
-	bool any_trigger = false;
-	pthread_mutex_lock(&c->mu);
-	dun_committer_observe_fn observe = c->observe;
-	void *observe_arg = c->observe_arg;
-	pthread_mutex_unlock(&c->mu);
 	/* Beside the workers' claimed work, alone among mirror writers (store/db.h). */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	enum dun_err e = dun_db_begin_mirror(c->db);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	dun_metrics_lock_wait(c->metrics, (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 +
+					      (t1.tv_nsec - t0.tv_nsec) / 1000);
+	*e_out = e;
 	if (e != DUN_OK) {
 		fail_all(items, n, e, "cannot begin a transaction");
-		goto answer;
+		return true;
 	}
 	for (int i = 0; i < n; i++) {
 		struct dun_commit_item *it = items[i];
@@ -110,30 +135,34 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 		else
 			it->err = dun_ingest_event_in_tx(c->db, it->body, it->len, &it->res,
 							 it->err_text, sizeof it->err_text);
-		if (it->err == DUN_OK && !it->res.duplicate && observe) {
-			/* In the event's savepoint: learnt exactly when stored. */
-			json_t *ev =
-			    it->ev ? json_incref(it->ev) : json_loadb(it->body, it->len, 0, NULL);
-			if (ev)
-				it->err = observe(observe_arg, c->db, ev, it->err_text,
-						  sizeof it->err_text);
-			json_decref(ev);
-		}
+		/* In the event's savepoint: learnt exactly when stored. */
+		if (learn_each && it->err == DUN_OK && !it->res.duplicate && observe)
+			it->err = learn(observe, observe_arg, c->db, it);
 		if (it->err != DUN_OK) {
 			if (!savepoint(c->db, "ROLLBACK TO webhook_event")) {
 				/* The transaction is unusable: give up the whole batch. */
 				dun_db_rollback(c->db);
-				e = DUN_E_STORE;
-				fail_all(items, n, e, "cannot roll back to a savepoint");
-				any_trigger = false;
-				goto answer;
+				*e_out = DUN_E_STORE;
+				fail_all(items, n, DUN_E_STORE, "cannot roll back to a savepoint");
+				*any_trigger = false;
+				return true;
 			}
 		} else if (it->res.triggered) {
-			any_trigger = true;
+			*any_trigger = true;
 		}
 		savepoint(c->db, "RELEASE webhook_event");
 	}
+	for (int i = 0; !learn_each && observe && i < n; i++) {
+		struct dun_commit_item *it = items[i];
+		if (it->err != DUN_OK || it->res.duplicate)
+			continue;
+		if (learn(observe, observe_arg, c->db, it) != DUN_OK) {
+			dun_db_rollback(c->db);
+			return false;
+		}
+	}
 	e = dun_db_commit(c->db);
+	*e_out = e;
 	if (e != DUN_OK) {
 		dun_db_rollback(c->db);
 		/* Nothing of the batch is durable, so nothing may be acknowledged. */
@@ -143,9 +172,23 @@ static void run_batch(struct dun_committer *c, struct dun_commit_item **items, i
 				snprintf(items[i]->err_text, sizeof items[i]->err_text,
 					 "cannot commit: %s", dun_db_errmsg(c->db));
 			}
-		any_trigger = false;
+		*any_trigger = false;
 	}
-answer:
+	return true;
+}
+
+static void run_batch(struct dun_committer *c, struct dun_commit_item **items, int n)
+{
+	struct timespec ts0, ts1;
+	clock_gettime(CLOCK_MONOTONIC, &ts0);
+	pthread_mutex_lock(&c->mu);
+	dun_committer_observe_fn observe = c->observe;
+	void *observe_arg = c->observe_arg;
+	pthread_mutex_unlock(&c->mu);
+	bool any_trigger = false;
+	enum dun_err e = DUN_OK;
+	if (!attempt_batch(c, items, n, observe, observe_arg, false, &any_trigger, &e))
+		attempt_batch(c, items, n, observe, observe_arg, true, &any_trigger, &e);
 	clock_gettime(CLOCK_MONOTONIC, &ts1);
 	int64_t us =
 	    (int64_t)(ts1.tv_sec - ts0.tv_sec) * 1000000 + (ts1.tv_nsec - ts0.tv_nsec) / 1000;
@@ -175,6 +218,8 @@ void dun_committer_set_observer(struct dun_committer *c, dun_committer_observe_f
 static void *committer_main(void *arg)
 {
 	struct dun_committer *c = arg;
+	/* Named for per-thread CPU figures (top -H, /proc/PID/task/TID/comm). */
+	pthread_setname_np(pthread_self(), "dun-committer");
 	struct dun_commit_item **batch = dun_calloc((size_t)c->batch_max, sizeof *batch);
 	for (;;) {
 		pthread_mutex_lock(&c->mu);

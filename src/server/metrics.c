@@ -109,6 +109,11 @@ void dun_metrics_batch(struct dun_metrics *m, int n, int64_t us)
 	atomic_fetch_add(&m->commit_us_sum, us);
 }
 
+void dun_metrics_lock_wait(struct dun_metrics *m, int64_t us)
+{
+	atomic_fetch_add(&m->lock_wait_us_sum, us);
+}
+
 void dun_metrics_webhook_latency(struct dun_metrics *m, int64_t ms)
 {
 	if (ms < 0)
@@ -209,6 +214,12 @@ char *dun_metrics_render(const struct dun_metrics *m, const struct dun_inbox_cou
 	    "# TYPE dunning_group_commit_seconds_total counter\n"
 	    "dunning_group_commit_seconds_total %.6f\n",
 	    (double)get(&m->commit_us_sum) / 1e6);
+	fprintf(f,
+		"# HELP dunning_group_commit_lock_wait_seconds_total Of the group-commit time, the "
+		"part spent waiting for the database's write lock (held by a worker's batch).\n"
+		"# TYPE dunning_group_commit_lock_wait_seconds_total counter\n"
+		"dunning_group_commit_lock_wait_seconds_total %.6f\n",
+		(double)get(&m->lock_wait_us_sum) / 1e6);
 	fprintf(f, "# HELP dunning_webhook_duration_seconds Time from a webhook request's "
 		   "arrival to its answer.\n"
 		   "# TYPE dunning_webhook_duration_seconds histogram\n");

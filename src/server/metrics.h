@@ -59,7 +59,8 @@ struct dun_metrics {
 	_Atomic int64_t batch_bucket[DUN_METRICS_BATCH_BUCKETS + 1]; /* last: +Inf */
 	_Atomic int64_t batch_sum;
 	_Atomic int64_t batch_count;
-	_Atomic int64_t commit_us_sum; /* time spent in BEGIN..COMMIT, microseconds */
+	_Atomic int64_t commit_us_sum;	  /* time spent in BEGIN..COMMIT, microseconds */
+	_Atomic int64_t lock_wait_us_sum; /* of which waiting for the write lock in BEGIN */
 	_Atomic int64_t latency_bucket[DUN_METRICS_LATENCY_BUCKETS + 1]; /* last: +Inf */
 	_Atomic int64_t latency_ms_sum;
 	_Atomic int64_t latency_count;
@@ -80,6 +81,8 @@ void dun_metrics_http_status(struct dun_metrics *m, unsigned status);
 void dun_metrics_webhook_latency(struct dun_metrics *m, int64_t ms);
 /* One group commit of n events that held the write transaction for us microseconds. */
 void dun_metrics_batch(struct dun_metrics *m, int n, int64_t us);
+/* Time a batch waited for the write lock before its BEGIN returned. */
+void dun_metrics_lock_wait(struct dun_metrics *m, int64_t us);
 
 /*
  * The Prometheus text exposition (format 0.0.4) of m, the inbox counts

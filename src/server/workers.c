@@ -210,6 +210,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct dun_workers *p = w->pool;
+	pthread_setname_np(pthread_self(), "dun-worker");
 	dun_log(DUN_LOG_DEBUG, "worker.started", "worker", w->id, NULL);
 	while (!stopping(p)) {
 		uint64_t seen = wakeups(p);

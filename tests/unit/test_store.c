@@ -137,6 +137,68 @@ static void test_older_versions_are_migrated(void)
 	}
 }
 
+/*
+ * Migration 21 rebuilds the inbox with its CHECK as comparisons: the rows,
+ * their ids and AUTOINCREMENT's high-water mark survive, the rule still
+ * holds, and an insert no longer opens a temporary B-tree.
+ */
+static void test_inbox_rebuild_keeps_rows_and_ids(void)
+{
+	char path[512];
+	db_path(path, sizeof path, "inbox-v20");
+	struct dun_db *old = NULL;
+	char err[256] = "";
+	CHECK_INT(dun_db_open_nomigrate(path, &old, err, sizeof err), DUN_OK);
+	CHECK_INT(dun_db_begin(old), DUN_OK);
+	for (int m = 0; m < 20; m++)
+		for (const char *const *sql = dun_schema_migration(m); sql && *sql; sql++) {
+			const char *mine = dun_schema_for_backend(*sql, "sqlite");
+			if (mine)
+				testdb_exec(old, mine);
+		}
+	testdb_exec(old, "PRAGMA user_version = 20");
+	testdb_exec(old, "INSERT INTO inbox(account_id, kind, dedup_key, state, created_at,"
+			 " updated_at) VALUES ('acct_a', 'payment_failed', 'k1', 'done', 1, 1),"
+			 " ('acct_a', 'payment_failed', 'k2', 'received', 2, 2),"
+			 " ('acct_b', 'paid', 'k3', 'retrying', 3, 3)");
+	/* The highest id gone: the next one must still be above it. */
+	testdb_exec(old, "DELETE FROM inbox WHERE dedup_key = 'k3'");
+	CHECK_INT(dun_db_commit(old), DUN_OK);
+	dun_db_close(old);
+
+	struct dun_db *db = testdb_open(path);
+	CHECK_INT(dun_db_schema_version(db), dun_db_schema_latest());
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM inbox", NULL), 2);
+	CHECK_INT(testdb_int(db, "SELECT id FROM inbox WHERE dedup_key = ?1", "k2"), 2);
+	char state[32];
+	CHECK_STR(testdb_text(db, "SELECT state FROM inbox WHERE dedup_key = ?1", "k1", state,
+			      sizeof state),
+		  "done");
+	testdb_exec(db, "INSERT INTO inbox(account_id, kind, dedup_key, created_at, updated_at)"
+			" VALUES ('acct_b', 'paid', 'k4', 4, 4)");
+	CHECK_INT(testdb_int(db, "SELECT id FROM inbox WHERE dedup_key = ?1", "k4"), 4);
+	CHECK_INT(testdb_int(db,
+			     "SELECT COUNT(*) FROM sqlite_master WHERE tbl_name = 'inbox' AND"
+			     " name IN ('inbox_account', 'inbox_ready', 'inbox_open')",
+			     NULL),
+		  3);
+	/* The rule holds. */
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE inbox SET state = 'lost' WHERE id = 2");
+	CHECK(dun_stmt_done(st) != DUN_OK);
+	/* And costs no temporary B-tree. */
+	int64_t ephemeral = 0;
+	st = dun_db_stmt(db, "EXPLAIN INSERT INTO inbox(account_id, kind, source, event_id,"
+			     " dedup_key, not_before, created_at, updated_at) VALUES (?1, ?2, ?3,"
+			     " ?4, ?5, ?6, ?7, ?7) ON CONFLICT(dedup_key) DO NOTHING");
+	while (dun_stmt_row(st))
+		if (!strcmp(dun_stmt_col_text(st, 1), "OpenEphemeral"))
+			ephemeral++;
+	dun_stmt_reset(st);
+	CHECK_INT(ephemeral, 0);
+	dun_db_close(db);
+	testdb_unlink(path);
+}
+
 static void test_newer_schema_is_refused(void)
 {
 	char path[512];
@@ -847,6 +909,7 @@ int main(void)
 	test_fresh_file_is_migrated();
 	test_reopen_is_a_noop();
 	test_older_versions_are_migrated();
+	test_inbox_rebuild_keeps_rows_and_ids();
 	test_newer_schema_is_refused();
 	test_not_a_database_is_refused();
 	test_versions_out_of_order();
