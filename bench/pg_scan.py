@@ -112,6 +112,10 @@ def main():
     db = bench_dir / f"bench-a{args.accounts}-s{args.seed}-v{version}.db"
     if db.exists():
         say(f"pg bench: reusing {db}")
+        # A population made by an older binary: bring its schema up to date
+        # (store copy reads the source without migrating it).
+        subprocess.run([str(bench_build / "dunning"), "--db", str(db), "init"], check=True,
+                       stdout=subprocess.DEVNULL)
     else:
         say(f"pg bench: generating {db}")
         subprocess.run([str(gen), "--out", str(db), "--accounts", str(args.accounts), "--seed",
