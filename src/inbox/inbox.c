@@ -35,6 +35,7 @@
 #include "store/fence.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/mem.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -52,6 +53,7 @@ void dun_inbox_config_defaults(struct dun_inbox_config *c)
 	c->lease_s = 300;
 	c->batch_max = 64;
 	c->batch_budget_us = 5000;
+	c->batch_budget_concurrent_us = 50000;
 }
 
 void dun_inbox_worker_id(char *out, size_t out_size, const char *role)
@@ -267,6 +269,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 {
 	*n_out = 0;
 	*seen = 0;
+	struct dun_inbox_item *cand = NULL;
 	enum dun_err e = dun_db_begin_concurrent(db);
 	if (e != DUN_OK)
 		return e;
@@ -298,26 +301,46 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	dun_stmt_bind_int64(st, 1, now);
 	dun_stmt_bind_int(st, 2, max * CLAIM_READ_AHEAD);
 	dun_stmt_bind_int64(st, 3, wall);
+	/*
+	 * Where claimers run beside each other (PostgreSQL), each one keeps
+	 * every distinct account of the rows read and tries them from its own
+	 * place in that list (a hash of its worker id): claimers that read the
+	 * same oldest rows at the same moment then mostly try different
+	 * accounts, instead of all trying the same first few and each getting
+	 * a fraction of a claim. Where they take turns (SQLite), the oldest max
+	 * accounts, in order.
+	 */
+	bool spread = dun_db_writes_concurrently(db);
+	int room = spread ? max * CLAIM_READ_AHEAD : max;
+	cand = spread ? dun_calloc((size_t)room, sizeof *cand) : out;
 	int n = 0, rc;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
-		if (n == max)
+		if (n == room)
 			continue; /* read to the end: the cursor is finished, not left open */
 		const char *acct = dun_stmt_col_text(st, 1);
 		bool dup = false;
 		for (int k = 0; k < n && !dup; k++)
-			dup = acct && !strcmp(out[k].account_id, acct);
+			dup = acct && !strcmp(cand[k].account_id, acct);
 		if (!dup)
-			read_item(st, &out[n++]);
+			read_item(st, &cand[n++]);
 	}
 	e = rc == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
 	dun_stmt_reset(st);
 	if (e != DUN_OK)
 		goto rollback;
 	*seen = n;
+	int start = 0;
+	if (spread && n > 0) {
+		uint32_t h = 2166136261u;
+		for (const char *c = worker_id; *c; c++)
+			h = (h ^ (uint8_t)*c) * 16777619u;
+		start = (int)(h % (uint32_t)n);
+	}
 	int kept = 0;
-	for (int i = 0; i < n; i++) {
-		char key[sizeof out[i].account_id + 8];
-		snprintf(key, sizeof key, "claim:%s", out[i].account_id);
+	for (int j = 0; j < n && kept < max; j++) {
+		int i = (start + j) % n;
+		char key[sizeof cand[i].account_id + 8];
+		snprintf(key, sizeof key, "claim:%s", cand[i].account_id);
 		bool mine = false;
 		e = dun_db_try_lock(db, key, &mine);
 		if (e != DUN_OK)
@@ -325,7 +348,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		if (!mine)
 			continue; /* another claimer is taking it right now */
 		struct dun_fence f;
-		e = dun_fence_acquire(db, out[i].account_id, worker_id, cfg->lease_s * 1000, &f);
+		e = dun_fence_acquire(db, cand[i].account_id, worker_id, cfg->lease_s * 1000, &f);
 		if (e == DUN_E_FENCED)
 			continue; /* claimed by another process since the read */
 		if (e != DUN_OK)
@@ -333,35 +356,47 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
 				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
 				     " state IN ('received', 'retrying') AND not_before <= ?3");
-		dun_stmt_bind_text(st, 1, out[i].account_id);
+		dun_stmt_bind_text(st, 1, cand[i].account_id);
 		dun_stmt_bind_text(st, 2, worker_id);
 		dun_stmt_bind_int64(st, 3, now);
 		e = dun_stmt_done(st);
 		if (e != DUN_OK)
 			goto rollback;
-		out[i].coalesced = dun_db_changes(db);
-		if (out[i].coalesced == 0) {
+		cand[i].coalesced = dun_db_changes(db);
+		if (cand[i].coalesced == 0) {
 			/*
 			 * Another process claimed, worked and released the account
 			 * between the read and the claim (the read saw its triggers
 			 * still ready): nothing is left to do; give the claim back.
 			 */
-			e = dun_fence_release(db, out[i].account_id, worker_id);
+			e = dun_fence_release(db, cand[i].account_id, worker_id);
 			if (e != DUN_OK)
 				goto rollback;
 			continue;
 		}
-		out[i].token = f.token;
-		if (kept != i)
-			out[kept] = out[i];
+		cand[i].token = f.token;
+		cand[i].coalesced = -cand[i].coalesced - 1; /* marked as claimed */
 		kept++;
+	}
+	/* The claimed accounts in the order they were read: oldest first. */
+	for (int i = 0, k = 0; i < n; i++) {
+		if (cand[i].coalesced >= 0)
+			continue;
+		cand[i].coalesced = -cand[i].coalesced - 1;
+		if (cand != out || k != i)
+			out[k] = cand[i];
+		k++;
 	}
 	e = dun_db_commit(db);
 	if (e != DUN_OK)
 		goto rollback;
+	if (cand != out)
+		free(cand);
 	*n_out = kept;
 	return DUN_OK;
 rollback:
+	if (cand != out)
+		free(cand);
 	dun_db_rollback(db);
 	return e;
 }

@@ -45,9 +45,15 @@ struct dun_inbox_config {
 	 * one transaction, which takes no new account once batch_budget_us of
 	 * work is done (the write lock is held that long). batch_max 1: one
 	 * transaction or more per account, as before batching. Defaults 64, 5000.
+	 * Where batches run beside other writers instead of holding the store
+	 * (PostgreSQL: dun_db_writes_concurrently) the budget is
+	 * batch_budget_concurrent_us (default 50000), and a batch that took the
+	 * mirror writers' lock commits after that account, since webhooks
+	 * wait for that lock.
 	 */
 	int batch_max;
 	int64_t batch_budget_us;
+	int64_t batch_budget_concurrent_us;
 	/*
 	 * Asked between accounts of a drain (may be NULL): when it says stop,
 	 * the claimed accounts not yet started are given back, due now, as

@@ -17,7 +17,13 @@
  * settles the account's triggers; then RELEASE, and the next account. A
  * transaction takes no new account after batch_max accounts or
  * batch_budget_us of work, so the write lock is never held much longer than
- * that and webhooks are not kept waiting; then COMMIT. When the caller
+ * that and webhooks are not kept waiting; then COMMIT. On PostgreSQL a
+ * batch holds no store-wide lock against webhooks or other workers, only
+ * its accounts' rows: its budget is batch_budget_concurrent_us (tenfold),
+ * so a fleet of workers on busy CPUs still shares commits instead of
+ * committing every account alone; only a batch that took the mirror
+ * writers' lock (an account whose plan wrote the mirror, which webhook
+ * batches write too) commits after that account. When the caller
  * says a writer is waiting (cfg->contended: the service's webhook
  * committer), the transaction commits after the account it is in and the
  * next one begins only after cfg->give_way: a waiting webhook batch waits
@@ -262,10 +268,13 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			cfg->give_way(cfg->yield_arg);
 		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
+		int64_t budget = dun_db_writes_concurrently(en->db)
+				     ? cfg->batch_budget_concurrent_us
+				     : cfg->batch_budget_us;
 		while (whole && i < n) {
 			if (i > first &&
-			    (i - first >= cfg->batch_max ||
-			     dun_clock_mono_us() - t0 >= cfg->batch_budget_us || stopping(cfg) ||
+			    (i - first >= cfg->batch_max || dun_clock_mono_us() - t0 >= budget ||
+			     dun_db_holds_mirror(en->db) || stopping(cfg) ||
 			     (cfg->contended && cfg->contended(cfg->yield_arg))))
 				break;
 			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);

@@ -391,17 +391,32 @@ int64_t dun_db_changes(struct dun_db *db)
 
 enum dun_err dun_db_begin(struct dun_db *db)
 {
+	db->mirror_held = false;
 	return db->drv->begin(db, false);
 }
 
 enum dun_err dun_db_begin_concurrent(struct dun_db *db)
 {
+	db->mirror_held = false;
 	return db->drv->begin(db, true);
 }
 
 enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait)
 {
-	return db->drv->lock_mirror(db, wait);
+	enum dun_err e = db->drv->lock_mirror(db, wait);
+	if (e == DUN_OK)
+		db->mirror_held = true;
+	return e;
+}
+
+bool dun_db_writes_concurrently(const struct dun_db *db)
+{
+	return db->drv->concurrent_writes;
+}
+
+bool dun_db_holds_mirror(const struct dun_db *db)
+{
+	return db->drv->concurrent_writes && db->mirror_held;
 }
 
 static atomic_bool retrying_stopped;
@@ -434,11 +449,15 @@ enum dun_err dun_db_begin_mirror(struct dun_db *db)
 
 enum dun_err dun_db_commit(struct dun_db *db)
 {
-	return db->drv->commit(db);
+	enum dun_err e = db->drv->commit(db);
+	if (e == DUN_OK)
+		db->mirror_held = false;
+	return e;
 }
 
 void dun_db_rollback(struct dun_db *db)
 {
+	db->mirror_held = false;
 	db->drv->rollback(db);
 }
 

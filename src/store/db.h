@@ -158,6 +158,16 @@ enum dun_err dun_db_begin_concurrent(struct dun_db *db);
  */
 enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait);
 enum dun_err dun_db_begin_mirror(struct dun_db *db);
+/*
+ * Whether concurrent transactions (dun_db_begin_concurrent) really run
+ * beside each other on this store (PostgreSQL), rather than one at a time
+ * (SQLite). dun_db_holds_mirror: whether the open transaction holds the
+ * mirror writers' lock on such a store (never on SQLite, where every write
+ * transaction holds the whole file anyway): whoever else writes the mirror
+ * waits for this transaction's COMMIT.
+ */
+bool dun_db_writes_concurrently(const struct dun_db *db);
+bool dun_db_holds_mirror(const struct dun_db *db);
 
 /*
  * In the open transaction, try once to take a lock named key, held to the

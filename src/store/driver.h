@@ -26,6 +26,8 @@ struct dun_stmt {
 
 struct dun_db_driver {
 	const char *name;
+	/* Whether concurrent transactions really run beside each other. */
+	bool concurrent_writes;
 	/* Connect to target; on failure say why in err (db->conn stays NULL). */
 	enum dun_err (*open)(struct dun_db *db, const char *target, char *err, size_t err_size);
 	void (*close)(struct dun_db *db);
@@ -113,6 +115,7 @@ struct dun_db {
 	void *conn;
 	char *path;
 	enum dun_db_access access; /* how open and configure treat the file */
+	bool mirror_held;	   /* the mirror writers' lock, in the open transaction */
 	struct {
 		const char *sql;
 		struct dun_stmt *st;

@@ -1163,6 +1163,7 @@ static int64_t pg_cache_misses(struct dun_db *db)
 
 const struct dun_db_driver dun_db_driver_pg = {
     .name = "postgresql",
+    .concurrent_writes = true,
     .open = pg_open,
     .close = pg_close,
     .configure = pg_configure,
