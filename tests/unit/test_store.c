@@ -879,28 +879,28 @@ static void test_provider_customers_follow_their_account(void)
 /* libpq's message keeps its own words; only copies of the password go. */
 static void test_password_scrubbed_from_messages(void)
 {
-	char msg[64];
-	snprintf(msg, sizeof msg, "connection to server at \"127.0.0.1\", port 1 failed");
-	dun_db_scrub_password("postgresql://u:p@127.0.0.1:1/x", msg, sizeof msg);
-	CHECK_STR(msg, "connection to server at \"127.0.0.1\", port 1 failed");
-
-	snprintf(msg, sizeof msg, "invalid percent-encoded token: \"s%%zz\"");
-	dun_db_scrub_password("postgresql://u:s%zz@h/x", msg, sizeof msg);
-	CHECK_STR(msg, "invalid percent-encoded token: \"***\"");
-
-	snprintf(msg, sizeof msg, "bad URI \"postgresql://u:pw@h/x?a=pw\"");
-	dun_db_scrub_password("postgresql://u:pw@h/x?a=pw", msg, sizeof msg);
-	CHECK_STR(msg, "bad URI \"postgresql://u:***@h/x?a=pw\"");
-
-	/* A mask longer than the password cuts the end, never overflows. */
-	char small[12];
-	snprintf(small, sizeof small, "at :p@host");
-	dun_db_scrub_password("postgresql://u:p@host/x", small, sizeof small);
-	CHECK_STR(small, "at :***@hos");
-
-	snprintf(msg, sizeof msg, "no password here");
-	dun_db_scrub_password("postgresql://u@h/x", msg, sizeof msg);
-	CHECK_STR(msg, "no password here");
+	static const struct {
+		const char *url, *msg;
+		size_t size; /* of the message's buffer */
+		const char *want;
+	} cases[] = {
+	    {"postgresql://u:p@127.0.0.1:1/x",
+	     "connection to server at \"127.0.0.1\", port 1 failed", 64,
+	     "connection to server at \"127.0.0.1\", port 1 failed"},
+	    {"postgresql://u:s%zz@h/x", "invalid percent-encoded token: \"s%zz\"", 64,
+	     "invalid percent-encoded token: \"***\""},
+	    {"postgresql://u:pw@h/x?a=pw", "bad URI \"postgresql://u:pw@h/x?a=pw\"", 64,
+	     "bad URI \"postgresql://u:***@h/x?a=pw\""},
+	    /* A mask longer than the password cuts the end, never overflows. */
+	    {"postgresql://u:p@host/x", "at :p@host", 12, "at :***@hos"},
+	    {"postgresql://u@h/x", "no password here", 64, "no password here"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char msg[64];
+		snprintf(msg, cases[i].size, "%s", cases[i].msg);
+		dun_db_scrub_password(cases[i].url, msg, cases[i].size);
+		CHECK_STR(msg, cases[i].want);
+	}
 }
 
 int main(void)
