@@ -132,8 +132,12 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 			continue;
 		}
 		ok++;
-		if (cli->sim && !res.duplicate) {
-			/* The embedded default's provider learns what the events show. */
+		if (cli->sim && !res.duplicate && !dun_sim_learns_lazily(cli->db)) {
+			/*
+			 * The simulated provider learns what the events show: here
+			 * where commits run side by side, later by itself where they
+			 * are serial (provider/sim.c, "Learning").
+			 */
 			json_t *ev = json_loadb(line, (size_t)len, 0, NULL);
 			json_t *obj = json_object_get(json_object_get(ev, "data"), "object");
 			if (json_is_object(obj))
@@ -152,6 +156,20 @@ int dun_cmd_ingest(struct dun_cli *cli, int argc, char **argv)
 	free(line);
 	if (in != stdin)
 		fclose(in);
+	if (cli->sim && ok > 0) {
+		/*
+		 * What the simulator learns lazily it learns now, so that it knows
+		 * the ingested objects when this command returns, as where it is
+		 * taught each event. A failure is the store's and is said; the
+		 * events are stored and it is tried again before the simulator's
+		 * next operation.
+		 */
+		enum dun_err le = dun_sim_learn_pending(cli->db, NULL, NULL, NULL);
+		if (le != DUN_OK)
+			dun_cli_error("ingest: the simulated provider cannot learn the ingested "
+				      "events yet: %s (the events are stored)",
+				      dun_db_errmsg(cli->db));
+	}
 	printf("ingested %ld events: %ld triggered, %ld duplicates, %ld ignored types, %ld "
 	       "unmapped customers, %ld rejected\n",
 	       ok, triggered, dup, ignored, unmapped, bad);

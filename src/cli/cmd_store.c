@@ -7,11 +7,44 @@
  */
 #include "commands.h"
 #include "config/config.h"
+#include "provider/sim.h"
 #include "store/copy.h"
+#include "store/schema.h"
 
 #include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
+
+/*
+ * The simulated provider learns the stored webhooks of a SQLite store
+ * lazily (provider/sim.c, "Learning"); on PostgreSQL it is taught each one
+ * as it is stored and would never learn what the source had not learnt
+ * yet. So the source's simulator catches up before the copy. A source this
+ * binary would not open as it is (missing, not writable, another schema
+ * version) is left alone: the copy refuses or reads it with its own
+ * message.
+ */
+static enum dun_err learn_before_copy(const char *from, char *err, size_t err_size)
+{
+	if (access(from, R_OK | W_OK) != 0)
+		return DUN_OK;
+	struct dun_db *db = NULL;
+	char open_err[512];
+	if (dun_db_open_nomigrate(from, &db, open_err, sizeof open_err) != DUN_OK)
+		return DUN_OK;
+	enum dun_err e = DUN_OK;
+	if (dun_db_schema_version(db) == dun_schema_count()) {
+		e = dun_sim_learn_pending(db, NULL, NULL, NULL);
+		if (e != DUN_OK)
+			snprintf(err, err_size,
+				 "%s: the simulated provider cannot learn the stored webhooks "
+				 "before the copy: %s; nothing copied",
+				 from, dun_db_errmsg(db));
+	}
+	dun_db_close(db);
+	return e;
+}
 
 static void usage(FILE *out)
 {
@@ -96,7 +129,10 @@ static int store_copy(struct dun_cli *cli, int argc, char **argv)
 	dun_db_redact(to, shown, sizeof shown);
 	struct dun_copy_report r;
 	char err[1024] = "";
-	enum dun_err e = dun_store_copy(from, to, &r, err, sizeof err);
+	memset(&r, 0, sizeof r);
+	enum dun_err e = learn_before_copy(from, err, sizeof err);
+	if (e == DUN_OK)
+		e = dun_store_copy(from, to, &r, err, sizeof err);
 	if (r.n_tables)
 		print_report(&r, shown);
 	dun_copy_report_free(&r);

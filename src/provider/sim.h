@@ -76,6 +76,24 @@ void dun_sim_observe(struct dun_sim *sim, json_t *obj);
 enum dun_err dun_sim_observe_in_tx(struct dun_db *db, const char *event_id, json_t *obj);
 
 /*
+ * Whether the simulator on db learns stored webhooks lazily, in commit
+ * order (SQLite), rather than being taught each one in the transaction
+ * that stores it (dun_sim_observe_in_tx, where commits run side by side:
+ * PostgreSQL). See sim.c, "Learning".
+ */
+bool dun_sim_learns_lazily(const struct dun_db *db);
+/*
+ * Learn the events stored since the simulator last learnt, oldest first,
+ * in transactions of a few hundred events (or inside db's open
+ * transaction, if one is open). stop (may be NULL) is asked between
+ * transactions whether to leave the rest for later. *learnt (may be NULL)
+ * counts the events read. A no-op where learning is not lazy. Every
+ * operation of the simulator that reads its objects does this first.
+ */
+enum dun_err dun_sim_learn_pending(struct dun_db *db, bool (*stop)(void *), void *stop_arg,
+				   int64_t *learnt);
+
+/*
  * Pop up to max queued events (oldest first) into a JSON array (new
  * reference, caller decrefs); marks them delivered.
  */

@@ -34,6 +34,7 @@
 #include "committer.h"
 #include "server/engine_ctx.h"
 #include "store/db.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "util/mem.h"
 
@@ -58,7 +59,8 @@ struct dun_committer {
 	pthread_cond_t idle_cv;		     /* broadcast when nothing is queued or committing */
 	struct dun_commit_item *head, *tail; /* guarded by mu */
 	bool committing;		     /* guarded by mu */
-	bool stopping;			     /* guarded by mu */
+	int64_t last_batch_ms; /* guarded by mu: monotonic, when the last batch ended */
+	bool stopping;	       /* guarded by mu */
 	_Atomic bool running;
 };
 
@@ -241,6 +243,7 @@ static void *committer_main(void *arg)
 		run_batch(c, batch, n);
 		pthread_mutex_lock(&c->mu);
 		c->committing = false;
+		c->last_batch_ms = dun_clock_mono_ms();
 		if (!c->head)
 			pthread_cond_broadcast(&c->idle_cv);
 		pthread_mutex_unlock(&c->mu);
@@ -325,6 +328,14 @@ bool dun_committer_busy(struct dun_committer *c)
 	bool busy = c->head || c->committing;
 	pthread_mutex_unlock(&c->mu);
 	return busy;
+}
+
+bool dun_committer_quiet(struct dun_committer *c, int64_t ms)
+{
+	pthread_mutex_lock(&c->mu);
+	bool quiet = !c->head && !c->committing && dun_clock_mono_ms() - c->last_batch_ms >= ms;
+	pthread_mutex_unlock(&c->mu);
+	return quiet;
 }
 
 bool dun_committer_running(struct dun_committer *c)

@@ -73,6 +73,11 @@ void dun_committer_wait_idle(struct dun_committer *c, int64_t max_ms);
  * asks it between accounts and commits early when it is true. Thread-safe.
  */
 bool dun_committer_busy(struct dun_committer *c);
+/*
+ * Whether nothing is queued or committing and no batch has ended for the
+ * last ms milliseconds: no burst of webhooks in progress. Thread-safe.
+ */
+bool dun_committer_quiet(struct dun_committer *c, int64_t ms);
 /* Whether the committer thread is running (for /readyz). */
 bool dun_committer_running(struct dun_committer *c);
 /* Commit everything still queued, then stop the thread and close; NULL is a no-op. */

@@ -118,6 +118,29 @@ static bool worker_contended(void *arg)
 	return !dun_db_is_url(svc->cfg.db_path) && dun_committer_busy(svc->committer);
 }
 
+static bool committer_busy(void *arg)
+{
+	struct dun_service *svc = arg;
+	return dun_committer_busy(svc->committer);
+}
+
+/*
+ * The simulated provider learns the webhooks stored since it last did
+ * (provider/sim.c, "Learning") once no webhook batch has been committed
+ * for LEARN_QUIET_MS (not between the batches of a burst, where its
+ * transactions would take the write lock and CPU from the webhooks), and
+ * stops between its transactions as soon as a batch waits. An operation of
+ * the simulator learns whatever is left first.
+ */
+#define LEARN_QUIET_MS 200
+
+static void housekeep(void *arg)
+{
+	struct dun_service *svc = arg;
+	if (dun_committer_quiet(svc->committer, LEARN_QUIET_MS))
+		dun_shared_provider_learn(svc->provider, committer_busy, svc);
+}
+
 static void wake_workers(void *arg)
 {
 	struct dun_service *svc = arg;
@@ -236,7 +259,8 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 	struct dun_provider provider = dun_shared_provider_get(svc->provider);
 	e = dun_committer_start(cfg->db_path, cfg->group_commit_max, &svc->metrics, wake_workers,
 				svc, &svc->committer, err, err_size);
-	if (e == DUN_OK)
+	/* Where the simulator does not learn lazily, in the committer's transaction. */
+	if (e == DUN_OK && dun_shared_provider_learns_with_commit(svc->provider))
 		dun_committer_set_observer(svc->committer, dun_shared_provider_observe,
 					   svc->provider);
 	if (e == DUN_OK)
@@ -244,6 +268,7 @@ enum dun_err dun_service_start(const struct dun_config *cfg, struct dun_service 
 				      &(struct dun_workers_hooks){.settled = settled,
 								  .yield = worker_yield,
 								  .contended = worker_contended,
+								  .housekeep = housekeep,
 								  .arg = svc},
 				      &svc->workers, err, err_size);
 	if (e == DUN_OK)

@@ -204,6 +204,23 @@ enum dun_err dun_shared_provider_deliver(struct dun_shared_provider *sp, int64_t
 	return e;
 }
 
+bool dun_shared_provider_learns_with_commit(const struct dun_shared_provider *sp)
+{
+	return sp->sim && !dun_sim_learns_lazily(sp->sim_db);
+}
+
+void dun_shared_provider_learn(struct dun_shared_provider *sp, bool (*stop)(void *), void *stop_arg)
+{
+	if (!sp->sim)
+		return;
+	int64_t n = 0;
+	pthread_mutex_lock(&sp->mu);
+	enum dun_err e = dun_sim_learn_pending(sp->sim_db, stop, stop_arg, &n);
+	pthread_mutex_unlock(&sp->mu);
+	if (e != DUN_OK)
+		dun_log(DUN_LOG_WARN, "sim.learn_failed", "error", dun_db_errmsg(sp->sim_db), NULL);
+}
+
 struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp)
 {
 	return sp->outer;

@@ -46,5 +46,22 @@ void dun_shared_provider_destroy(struct dun_shared_provider *sp);
  */
 enum dun_err dun_shared_provider_observe(void *sp, struct dun_db *db, json_t *event, char *err,
 					 size_t err_size);
+/*
+ * Whether the committer must teach the simulated provider each webhook
+ * (set dun_shared_provider_observe as its observer): only the simulator on
+ * a store whose commits run side by side. Elsewhere the simulator learns
+ * lazily (provider/sim.c, "Learning") and the Stripe provider learns
+ * nothing.
+ */
+bool dun_shared_provider_learns_with_commit(const struct dun_shared_provider *sp);
+/*
+ * Let the simulated provider learn the webhooks stored since it last did,
+ * in its own short transactions, leaving the rest for later as soon as
+ * stop(stop_arg) says so (checked between transactions). For the idle
+ * moments of the service, so that an operation of the simulator rarely
+ * finds much to learn first. No-op for Stripe. Thread-safe.
+ */
+void dun_shared_provider_learn(struct dun_shared_provider *sp, bool (*stop)(void *),
+			       void *stop_arg);
 
 #endif

@@ -136,6 +136,8 @@ static void maybe_rechecks(struct worker *w, int64_t now)
 	 * workers themselves write little.
 	 */
 	dun_db_checkpoint(w->ctx->db);
+	if (p->hooks.housekeep)
+		p->hooks.housekeep(p->hooks.arg);
 	int n = 0;
 	enum dun_err e = dun_inbox_enqueue_due_rechecks(w->ctx->db, now, &n);
 	if (e != DUN_OK) {

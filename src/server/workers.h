@@ -35,11 +35,19 @@ typedef void (*dun_workers_yield_fn)(void *arg);
  */
 typedef bool (*dun_workers_contended_fn)(void *arg);
 
+/*
+ * Called at most every poll_ms across the pool, on a worker thread between
+ * batches, beside the pool's own housekeeping (checkpoint, rechecks): for
+ * the service's other background chores.
+ */
+typedef void (*dun_workers_housekeep_fn)(void *arg);
+
 /* What the pool calls back; any function may be NULL. Each gets arg. */
 struct dun_workers_hooks {
 	dun_workers_settled_fn settled;
 	dun_workers_yield_fn yield;
 	dun_workers_contended_fn contended;
+	dun_workers_housekeep_fn housekeep;
 	void *arg;
 };
 

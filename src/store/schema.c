@@ -1069,11 +1069,32 @@ static const char *const migration_21[] = {
     NULL,
 };
 
+/*
+ * Migration 22: the simulated provider learns webhooks lazily, in commit
+ * order (provider/sim.c, "Learning"). sim_learnt holds how far it has
+ * read events_raw: on SQLite the events' rowid, which follows commit order
+ * because one writer holds the file, read through the view
+ * events_raw_in_order so that no caller names it. Everything stored before
+ * this migration was learnt as it was stored, so the mark starts at the
+ * end. On PostgreSQL, where committers of several processes run side by
+ * side and no order of ids is the order of commits, the committer still
+ * learns each event with it: the mark stays 0 and the view is not made.
+ */
+static const char *const migration_22[] = {
+    "CREATE TABLE sim_learnt ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " seq BIGINT NOT NULL)",
+    "sqlite:INSERT INTO sim_learnt(id, seq) SELECT 1, COALESCE(MAX(rowid), 0) FROM events_raw",
+    "postgresql:INSERT INTO sim_learnt(id, seq) VALUES (1, 0)",
+    "sqlite:CREATE VIEW events_raw_in_order AS SELECT rowid AS seq, id, body FROM events_raw",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
     migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
     migration_13, migration_14, migration_15, migration_16, migration_17, migration_18,
-    migration_19, migration_20, migration_21,
+    migration_19, migration_20, migration_21, migration_22,
 };
 
 int dun_schema_count(void)

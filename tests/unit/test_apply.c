@@ -728,6 +728,83 @@ static void test_account_without_invoices(void)
 	dun_clock_reset();
 }
 
+/* ---- the simulated provider learns stored webhooks ------------------------------ */
+
+static void ingest_text(struct dun_db *db, const char *body)
+{
+	struct dun_ingest_result r;
+	char err[256] = "";
+	if (dun_ingest_event(db, body, strlen(body), &r, err, sizeof err) != DUN_OK)
+		CHECK_FAIL_AT("ingest: %s", err);
+}
+
+/*
+ * On SQLite the simulator learns what webhooks showed after they are
+ * stored, in their order, before any operation that reads its objects; a
+ * store that refuses the learning fails the operation and moves nothing.
+ */
+static void test_sim_learns_stored_webhooks_in_order(void)
+{
+	dun_clock_set(T0);
+	struct dun_db *db = testdb_open(":memory:");
+	struct dun_sim *sim = dun_sim_new(db, 1);
+	CHECK(dun_sim_learns_lazily(db));
+	ingest_text(db, "{\"id\":\"evt_l1\",\"type\":\"customer.created\",\"created\":1,"
+			"\"data\":{\"object\":{\"id\":\"cus_l\",\"object\":\"customer\","
+			"\"metadata\":{\"account_id\":\"acct_l\"},"
+			"\"invoice_settings\":{\"default_payment_method\":\"pm_1\"}}}}");
+	ingest_text(db, "{\"id\":\"evt_l2\",\"type\":\"charge.failed\",\"created\":2,"
+			"\"data\":{\"object\":{\"id\":\"ch_l\",\"object\":\"charge\","
+			"\"customer\":\"cus_l\",\"status\":\"failed\","
+			"\"outcome\":{\"reason\":\"lost_card\"}}}}");
+	/* Stored, not learnt yet: nothing on the committer's path. */
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_objects", NULL), 0);
+	/* A store that refuses: the operation fails as the store's error, nothing moves. */
+	testdb_exec(db, "CREATE TEMP TRIGGER refuse BEFORE INSERT ON sim_objects"
+			" WHEN NEW.id = 'ch_l' BEGIN SELECT RAISE(ABORT, 'refused'); END");
+	CHECK(dun_sim_update_card(sim, "cus_l", "ok") != DUN_OK);
+	CHECK_INT(testdb_int(db, "SELECT seq FROM sim_learnt", NULL), 0);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_objects", NULL), 0);
+	CHECK(!dun_db_in_transaction(db));
+	testdb_exec(db, "DROP TRIGGER refuse");
+	/* Learnt in order: the card fails as the last charge did. */
+	int64_t n = 0;
+	CHECK_INT(dun_sim_learn_pending(db, NULL, NULL, &n), DUN_OK);
+	CHECK_INT(n, 2);
+	CHECK_STR(testdb_text(db, "SELECT behavior FROM sim_objects WHERE id = ?1", "cus_l",
+			      (char[64]){0}, 64),
+		  "=lost_card");
+	CHECK_INT(dun_sim_learn_pending(db, NULL, NULL, &n), DUN_OK);
+	CHECK_INT(n, 0);
+	/* An operation learns first: the update below acts on a learnt customer. */
+	ingest_text(db, "{\"id\":\"evt_l3\",\"type\":\"customer.updated\",\"created\":3,"
+			"\"data\":{\"object\":{\"id\":\"cus_l\",\"object\":\"customer\","
+			"\"name\":\"renamed\",\"metadata\":{\"account_id\":\"acct_l\"},"
+			"\"invoice_settings\":{\"default_payment_method\":\"pm_1\"}}}}");
+	CHECK_INT(dun_sim_update_card(sim, "cus_l", "expired_card"), DUN_OK);
+	CHECK_INT(testdb_int(db, "SELECT seq FROM sim_learnt", NULL),
+		  testdb_int(db, "SELECT MAX(rowid) FROM events_raw", NULL));
+	CHECK_STR(testdb_text(db, "SELECT behavior FROM sim_objects WHERE id = ?1", "cus_l",
+			      (char[64]){0}, 64),
+		  "expired_card");
+	/* Inside a caller's transaction it learns in that transaction. */
+	ingest_text(db, "{\"id\":\"evt_l4\",\"type\":\"invoice.created\",\"created\":4,"
+			"\"data\":{\"object\":{\"id\":\"in_l\",\"object\":\"invoice\","
+			"\"customer\":\"cus_l\",\"status\":\"open\"}}}");
+	CHECK_INT(dun_db_begin(db), DUN_OK);
+	CHECK_INT(dun_sim_learn_pending(db, NULL, NULL, &n), DUN_OK);
+	CHECK_INT(n, 1);
+	CHECK(dun_db_in_transaction(db));
+	dun_db_rollback(db);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_objects WHERE id = ?1", "in_l"), 0);
+	CHECK_INT(dun_sim_learn_pending(db, NULL, NULL, &n), DUN_OK);
+	CHECK_INT(n, 1);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_objects WHERE id = ?1", "in_l"), 1);
+	dun_sim_destroy(sim);
+	dun_db_close(db);
+	dun_clock_reset();
+}
+
 /* ---- the rollout gate ---------------------------------------------------------- */
 
 static void test_rollout_buckets(void)
@@ -831,6 +908,7 @@ int main(void)
 	test_paid_before_webhook_fails_trigger_retryably();
 	test_observe_writes_only_the_decision();
 	test_account_without_invoices();
+	test_sim_learns_stored_webhooks_in_order();
 	test_rollout_buckets();
 	return CHECK_DONE();
 }
