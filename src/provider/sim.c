@@ -473,7 +473,8 @@ static enum dun_err learn_chunk(struct dun_db *db, int *n)
 		free(ev[i].body);
 	free(ev);
 	if (e == DUN_OK && *n > 0) {
-		st = dun_db_stmt(db, "UPDATE sim_learnt SET seq = ?1 WHERE id = 1");
+		st = dun_db_stmt(db, "INSERT INTO sim_learnt(id, seq) VALUES (1, ?1)"
+				     " ON CONFLICT(id) DO UPDATE SET seq = excluded.seq");
 		dun_stmt_bind_int64(st, 1, last);
 		e = dun_stmt_done(st);
 	}
@@ -490,7 +491,7 @@ enum dun_err dun_sim_learn_pending(struct dun_db *db, bool (*stop)(void *), void
 	/* The common case, nothing new, costs one read and no write lock. */
 	struct dun_stmt *st =
 	    dun_db_stmt(db, "SELECT EXISTS (SELECT 1 FROM events_raw_in_order"
-			    " WHERE seq > (SELECT seq FROM sim_learnt WHERE id = 1))");
+			    " WHERE seq > COALESCE((SELECT seq FROM sim_learnt WHERE id = 1), 0))");
 	bool any = dun_stmt_row(st) && dun_stmt_col_int(st, 0) != 0;
 	enum dun_err e = dun_stmt_err(st);
 	dun_stmt_reset(st);

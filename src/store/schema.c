@@ -1078,14 +1078,14 @@ static const char *const migration_21[] = {
  * this migration was learnt as it was stored, so the mark starts at the
  * end. On PostgreSQL, where committers of several processes run side by
  * side and no order of ids is the order of commits, the committer still
- * learns each event with it: the mark stays 0 and the view is not made.
+ * learns each event with it: the table stays empty (a copy from SQLite
+ * brings its row along) and the view is not made.
  */
 static const char *const migration_22[] = {
     "CREATE TABLE sim_learnt ("
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " seq BIGINT NOT NULL)",
     "sqlite:INSERT INTO sim_learnt(id, seq) SELECT 1, COALESCE(MAX(rowid), 0) FROM events_raw",
-    "postgresql:INSERT INTO sim_learnt(id, seq) VALUES (1, 0)",
     "sqlite:CREATE VIEW events_raw_in_order AS SELECT rowid AS seq, id, body FROM events_raw",
     NULL,
 };

@@ -15,9 +15,11 @@ whose learning fails is not stored either (503, Stripe delivers it again).
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from test_serve import (  # noqa: F401  (serve and node_signer are fixtures)
     DAY,
+    SECRET_A,
     charge_failed,
     customer_created,
     event,
@@ -25,6 +27,7 @@ from test_serve import (  # noqa: F401  (serve and node_signer are fixtures)
     now,
     node_signer,
     serve,
+    sign_batch,
 )
 
 
@@ -47,17 +50,45 @@ def sim_row(s, object_id):
     return rows[0] if rows else None
 
 
-def poison(s):
-    """Make the store refuse to learn the customer cus_poison."""
+def poison(s, table="sim_objects"):
+    """Make the store refuse to write the customer cus_poison into table."""
     if s.pg is not None:
         s.sql("CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
               " IF NEW.id = 'cus_poison' THEN RAISE EXCEPTION 'poisoned'; END IF;"
               " RETURN NEW; END $$")
-        s.sql("CREATE TRIGGER poison BEFORE INSERT ON sim_objects FOR EACH ROW"
+        s.sql(f"CREATE TRIGGER poison BEFORE INSERT ON {table} FOR EACH ROW"
               " EXECUTE FUNCTION poison()")
     else:
-        s.sql("CREATE TRIGGER poison BEFORE INSERT ON sim_objects WHEN NEW.id = 'cus_poison'"
+        s.sql(f"CREATE TRIGGER poison BEFORE INSERT ON {table} WHEN NEW.id = 'cus_poison'"
               " BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+
+
+def test_an_event_the_store_refuses_is_refused_alone(serve):
+    """The committer stores a batch without a savepoint per event; one that
+    fails sends the batch through again event by event: only it is refused."""
+    s = serve()
+    t = now() - DAY
+    poison(s, "p_customers")
+    bad = customer_created("acct_poison", "cus_poison", t)
+    others = [customer_created(f"acct_ok{i}", f"cus_ok{i}", t) for i in range(12)]
+    # At once, so that the committer takes several of them in one batch.
+    payloads = [bad] + others
+    headers = sign_batch([(p, SECRET_A, None) for p in payloads])
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        results = list(pool.map(lambda ph: s.deliver(ph[0], header=ph[1]),
+                                zip(payloads, headers)))
+    assert results[0][0] == 503, results[0]
+    assert [r[0] for r in results[1:]] == [200] * 12, results
+    assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id = 'evt_cus_cus_poison'") == [(0,)]
+    assert s.sql("SELECT COUNT(*) FROM p_customers WHERE id LIKE 'cus_ok%'") == [(12,)]
+    assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id LIKE 'evt_cus_cus_ok%'") == [(12,)]
+    if s.pg is not None:
+        s.sql("DROP TRIGGER poison ON p_customers")
+    else:
+        s.sql("DROP TRIGGER poison")
+    status, body = s.deliver(bad)
+    assert status == 200 and body["duplicate"] is False
+    assert s.sql("SELECT COUNT(*) FROM p_customers WHERE id = 'cus_poison'") == [(1,)]
 
 
 def test_an_acknowledged_webhook_has_been_learnt(serve):
