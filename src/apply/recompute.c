@@ -229,11 +229,17 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 		reasons_s = json_dumps(reasons, JSON_COMPACT);
 		json_decref(reasons);
 	}
+	/* The id without RETURNING where the store can say it (store/db.h). */
+	bool returning = !dun_db_has_last_insert_id(en->db);
 	struct dun_stmt *st = dun_db_stmt(
-	    en->db, "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
-		    " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
-		    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-		    " RETURNING id");
+	    en->db, returning
+			? "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
+			  " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
+			  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+			  " RETURNING id"
+			: "INSERT INTO decisions(account_id, trigger_id, trigger_kind, at, mode,"
+			  " stage_from, stage_to, held, skipped, n_planned, outcome, reasons, plan)"
+			  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)");
 	dun_stmt_bind_text(st, 1, en->snap.state.account_id);
 	dun_stmt_bind_int64(st, 2, t ? t->id : 0);
 	dun_stmt_bind_text(st, 3, t && t->kind ? t->kind : "");
@@ -249,11 +255,17 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	dun_stmt_bind_text(st, 13, plan_s ? plan_s : "[]");
 	*id_out = 0;
 	enum dun_err e = DUN_OK;
-	if (dun_stmt_row(st))
+	if (!returning) {
+		e = dun_stmt_done(st);
+		if (e == DUN_OK)
+			*id_out = dun_db_last_insert_id(en->db);
+	} else if (dun_stmt_row(st)) {
 		*id_out = dun_stmt_col_int64(st, 0);
-	else
+		dun_stmt_reset(st);
+	} else {
 		e = dun_stmt_err(st);
-	dun_stmt_reset(st);
+		dun_stmt_reset(st);
+	}
 	free(plan_s);
 	free(reasons_s);
 	if (e == DUN_OK) {

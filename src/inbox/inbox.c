@@ -143,17 +143,18 @@ int64_t dun_inbox_backoff(const struct dun_inbox_config *cfg, int attempts, uint
  * On SQLite, INSERT ... RETURNING collects its rows in a temporary B-tree
  * built on every execution, which cost about as much as the rest of the
  * insert on the webhook committer's path (callgrind: ~5 us per trigger);
- * there the insert reports itself through changes() and the id is read
- * back through the dedup_key index. On PostgreSQL, RETURNING is the cheaper
- * of the two (one round trip instead of two), and a trigger without a key
- * can only be found by what the insert returns.
+ * there the insert reports itself through changes() and its id through the
+ * store's last insert id, and only a trigger whose key was already queued
+ * is read back through the dedup_key index. On PostgreSQL, RETURNING is
+ * the cheaper of the two (one round trip instead of two), and a trigger
+ * without a key can only be found by what the insert returns.
  */
 enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const char *kind,
 			       const char *source, const char *event_id, const char *dedup_key,
 			       int64_t not_before, bool *inserted, int64_t *id_out)
 {
 	int64_t now = dun_clock_now();
-	bool returning = !dedup_key || dun_db_is_url(dun_db_path(db));
+	bool returning = !dun_db_has_last_insert_id(db);
 	struct dun_stmt *st = dun_db_stmt(
 	    db, returning ? "INSERT INTO inbox(account_id, kind, source, event_id, dedup_key,"
 			    " not_before, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6,"
@@ -180,6 +181,8 @@ enum dun_err dun_inbox_enqueue(struct dun_db *db, const char *account_id, const 
 	} else {
 		e = dun_stmt_done(st);
 		ins = e == DUN_OK && dun_db_changes(db) > 0;
+		if (ins)
+			id = dun_db_last_insert_id(db);
 	}
 	if (e != DUN_OK)
 		return e;

@@ -389,6 +389,16 @@ int64_t dun_db_changes(struct dun_db *db)
 	return db->drv->changes(db);
 }
 
+bool dun_db_has_last_insert_id(const struct dun_db *db)
+{
+	return db->drv->last_insert_id != NULL;
+}
+
+int64_t dun_db_last_insert_id(struct dun_db *db)
+{
+	return db->drv->last_insert_id ? db->drv->last_insert_id(db) : 0;
+}
+
 enum dun_err dun_db_begin(struct dun_db *db)
 {
 	db->mirror_held = false;

@@ -120,6 +120,15 @@ enum dun_err dun_db_exec(struct dun_db *db, const char *sql, char *err, size_t e
 const char *dun_db_errmsg(struct dun_db *db);
 /* Rows changed by the last INSERT/UPDATE/DELETE on db. */
 int64_t dun_db_changes(struct dun_db *db);
+/*
+ * Whether the id of a row an INSERT just made on db can be read back
+ * without RETURNING (SQLite: its rowid), and that id. On SQLite, RETURNING
+ * gathers its rows in a temporary B-tree built on every execution; on
+ * PostgreSQL it is the one way, in the insert's own round trip. So an
+ * insert that needs its id asks this first.
+ */
+bool dun_db_has_last_insert_id(const struct dun_db *db);
+int64_t dun_db_last_insert_id(struct dun_db *db);
 
 /*
  * Transactions. dun_db_begin() starts an exclusive write transaction: no

@@ -58,6 +58,8 @@ struct dun_db_driver {
 	int (*col_count)(struct dun_stmt *st);
 	const char *(*col_name)(struct dun_stmt *st, int col);
 	int64_t (*changes)(struct dun_db *db);
+	/* NULL where an insert's id can only be read through RETURNING. */
+	int64_t (*last_insert_id)(struct dun_db *db);
 	const char *(*errmsg)(struct dun_db *db);
 	bool (*in_transaction)(struct dun_db *db);
 	/*

@@ -299,6 +299,11 @@ static int64_t sq_changes(struct dun_db *db)
 	return sqlite3_changes(conn(db));
 }
 
+static int64_t sq_last_insert_id(struct dun_db *db)
+{
+	return sqlite3_last_insert_rowid(conn(db));
+}
+
 static const char *sq_errmsg(struct dun_db *db)
 {
 	return sqlite3_errmsg(conn(db));
@@ -411,6 +416,7 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .col_count = sq_col_count,
     .col_name = sq_col_name,
     .changes = sq_changes,
+    .last_insert_id = sq_last_insert_id,
     .errmsg = sq_errmsg,
     .in_transaction = sq_in_transaction,
     .begin = sq_begin,
