@@ -7,22 +7,42 @@
 #include "provider/sim.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * Each batch is taken (marked delivered) and ingested in one transaction:
+ * a failure or a crash in between leaves the events queued for the next
+ * delivery, never marked delivered without being stored. Whether anything
+ * is queued is read first, outside a transaction: most calls (after every
+ * recompute of the service) find nothing, and then take no write lock.
+ */
 enum dun_err dun_ingest_sim_events(struct dun_db *db, struct dun_sim *sim, int64_t *n_out,
 				   char *err, size_t err_size)
 {
 	int64_t total = 0;
+	if (n_out)
+		*n_out = 0;
 	for (;;) {
-		json_t *evs = dun_sim_take_events(sim, 500);
-		size_t n = json_array_size(evs);
-		if (!n) {
-			json_decref(evs);
-			break;
+		bool queued = false;
+		enum dun_err e = dun_sim_has_events(sim, &queued);
+		if (e != DUN_OK || !queued) {
+			if (e != DUN_OK && err && err_size)
+				snprintf(err, err_size,
+					 "cannot read the simulated provider's events: %s",
+					 dun_db_errmsg(db));
+			if (n_out)
+				*n_out = total;
+			return e;
 		}
 		/* A mirror writer beside the workers' claimed work (store/db.h). */
-		enum dun_err e = dun_db_begin_mirror(db);
+		e = dun_db_begin_mirror(db);
+		if (e != DUN_OK)
+			return e;
+		json_t *evs = NULL;
+		e = dun_sim_take_events_in_tx(sim, 500, &evs);
+		size_t n = json_array_size(evs);
 		size_t i;
 		json_t *ev;
 		json_array_foreach(evs, i, ev)
@@ -46,6 +66,8 @@ enum dun_err dun_ingest_sim_events(struct dun_db *db, struct dun_sim *sim, int64
 		if (e != DUN_OK)
 			return e;
 		total += (int64_t)n;
+		if (n == 0)
+			break;
 	}
 	if (n_out)
 		*n_out = total;

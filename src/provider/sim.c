@@ -183,7 +183,17 @@ static int by_seq(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-json_t *dun_sim_take_events(struct dun_sim *sim, int max)
+enum dun_err dun_sim_has_events(struct dun_sim *sim, bool *queued)
+{
+	struct dun_stmt *st =
+	    dun_db_stmt(sim->db, "SELECT EXISTS (SELECT 1 FROM sim_events WHERE delivered = 0)");
+	*queued = dun_stmt_row(st) && dun_stmt_col_int(st, 0) != 0;
+	enum dun_err e = dun_stmt_err(st);
+	dun_stmt_reset(st);
+	return e;
+}
+
+enum dun_err dun_sim_take_events_in_tx(struct dun_sim *sim, int max, json_t **out)
 {
 	/*
 	 * Taken and marked in one statement, by seq: with recomputes of several
@@ -207,6 +217,7 @@ json_t *dun_sim_take_events(struct dun_sim *sim, int max)
 			const char *b = dun_stmt_col_text(st, 1);
 			t[n++].body = dun_strdup(b ? b : "");
 		}
+	enum dun_err e = dun_stmt_err(st);
 	dun_stmt_reset(st);
 	/* RETURNING gives no order: the events go out in the order they happened. */
 	qsort(t, (size_t)n, sizeof *t, by_seq);
@@ -218,6 +229,14 @@ json_t *dun_sim_take_events(struct dun_sim *sim, int max)
 		free(t[i].body);
 	}
 	free(t);
+	*out = arr;
+	return e;
+}
+
+json_t *dun_sim_take_events(struct dun_sim *sim, int max)
+{
+	json_t *arr = NULL;
+	dun_sim_take_events_in_tx(sim, max, &arr);
 	return arr;
 }
 

@@ -98,5 +98,14 @@ enum dun_err dun_sim_learn_pending(struct dun_db *db, bool (*stop)(void *), void
  * reference, caller decrefs); marks them delivered.
  */
 json_t *dun_sim_take_events(struct dun_sim *sim, int max);
+/*
+ * The same inside the caller's open transaction on the simulator's
+ * connection, so that the events are marked delivered only if what the
+ * caller does with them commits too: *out gets the array (never NULL), and
+ * the statement's error is returned.
+ */
+enum dun_err dun_sim_take_events_in_tx(struct dun_sim *sim, int max, json_t **out);
+/* Whether any event is queued, by a read that takes no write lock. */
+enum dun_err dun_sim_has_events(struct dun_sim *sim, bool *queued);
 
 #endif

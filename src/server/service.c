@@ -95,7 +95,8 @@ static void settled(void *arg, struct dun_db *db, const char *account_id)
 	 * would, and may start the next recompute.
 	 */
 	int64_t delivered = 0;
-	if (dun_shared_provider_deliver(svc->provider, &delivered) == DUN_OK && delivered > 0)
+	if (dun_shared_provider_deliver_called(svc->provider, &delivered) == DUN_OK &&
+	    delivered > 0)
 		dun_workers_wake(svc->workers);
 	dun_admin_settled(svc->admin, db, account_id);
 }
@@ -137,6 +138,10 @@ static bool committer_busy(void *arg)
 static void housekeep(void *arg)
 {
 	struct dun_service *svc = arg;
+	/* What another process (a CLI on the same store) had the simulator queue. */
+	int64_t delivered = 0;
+	if (dun_shared_provider_deliver(svc->provider, &delivered) == DUN_OK && delivered > 0)
+		dun_workers_wake(svc->workers);
 	if (dun_committer_quiet(svc->committer, LEARN_QUIET_MS))
 		dun_shared_provider_learn(svc->provider, committer_busy, svc);
 }

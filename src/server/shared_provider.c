@@ -23,6 +23,7 @@
 #endif
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,16 +35,23 @@ struct dun_shared_provider {
 	struct dun_sim *sim;
 	struct dun_provider inner; /* the simulator's seam, or the Stripe client */
 	struct dun_provider outer; /* what the threads are given */
+	/*
+	 * Set by every call into the simulator (each may queue events), cleared
+	 * by the delivery after a recompute: a recompute that did not call the
+	 * simulator delivers nothing and reads nothing.
+	 */
+	_Atomic bool called;
 };
 
 /* ---- the serializing facade over the simulator ---------------------------- */
 
-#define LOCKED(sp, call)                         \
-	do {                                     \
-		pthread_mutex_lock(&(sp)->mu);   \
-		enum dun_err locked_e = (call);  \
-		pthread_mutex_unlock(&(sp)->mu); \
-		return locked_e;                 \
+#define LOCKED(sp, call)                           \
+	do {                                       \
+		pthread_mutex_lock(&(sp)->mu);     \
+		enum dun_err locked_e = (call);    \
+		atomic_store(&(sp)->called, true); \
+		pthread_mutex_unlock(&(sp)->mu);   \
+		return locked_e;                   \
 	} while (0)
 
 static enum dun_err l_set_customer_metadata(void *self, const char *customer_id, const char *key,
@@ -219,6 +227,15 @@ void dun_shared_provider_learn(struct dun_shared_provider *sp, bool (*stop)(void
 	pthread_mutex_unlock(&sp->mu);
 	if (e != DUN_OK)
 		dun_log(DUN_LOG_WARN, "sim.learn_failed", "error", dun_db_errmsg(sp->sim_db), NULL);
+}
+
+enum dun_err dun_shared_provider_deliver_called(struct dun_shared_provider *sp, int64_t *n_out)
+{
+	if (n_out)
+		*n_out = 0;
+	if (!sp->sim || !atomic_exchange(&sp->called, false))
+		return DUN_OK;
+	return dun_shared_provider_deliver(sp, n_out);
 }
 
 struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp)

@@ -31,6 +31,13 @@ struct dun_provider dun_shared_provider_get(struct dun_shared_provider *sp);
  * Stripe, whose webhooks arrive over HTTP. Thread-safe.
  */
 enum dun_err dun_shared_provider_deliver(struct dun_shared_provider *sp, int64_t *n_out);
+/*
+ * The same, but only if the simulator was called since the last time this
+ * was asked: after each recompute, so that the many that never call it
+ * cost nothing. What other processes queued is delivered by the periodic
+ * dun_shared_provider_deliver of the service's housekeeping.
+ */
+enum dun_err dun_shared_provider_deliver_called(struct dun_shared_provider *sp, int64_t *n_out);
 /* "simulated" or "stripe". */
 const char *dun_shared_provider_kind(const struct dun_shared_provider *sp);
 /* Whether this build can talk to Stripe ([provider] kind = stripe). */

@@ -805,6 +805,41 @@ static void test_sim_learns_stored_webhooks_in_order(void)
 	dun_clock_reset();
 }
 
+/*
+ * The simulator's queued events are marked delivered in the transaction
+ * that stores them: a store that refuses them leaves them queued.
+ */
+static void test_sim_events_stay_queued_until_stored(void)
+{
+	dun_clock_set(T0);
+	struct dun_db *db = testdb_open(":memory:");
+	struct dun_sim *sim = dun_sim_new(db, 1);
+	bool queued = true;
+	CHECK_INT(dun_sim_has_events(sim, &queued), DUN_OK);
+	CHECK(!queued);
+	char cus[DUN_ID_MAX];
+	CHECK_INT(dun_sim_create_customer(sim, "acct_q", "q@example.com", "Q", "", cus), DUN_OK);
+	CHECK_INT(dun_sim_has_events(sim, &queued), DUN_OK);
+	CHECK(queued);
+	testdb_exec(db, "CREATE TEMP TRIGGER refuse BEFORE INSERT ON events_raw"
+			" BEGIN SELECT RAISE(ABORT, 'refused'); END");
+	int64_t n = -1;
+	char err[256] = "";
+	CHECK(dun_ingest_sim_events(db, sim, &n, err, sizeof err) != DUN_OK);
+	CHECK(!dun_db_in_transaction(db));
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_events WHERE delivered = 0", NULL), 1);
+	testdb_exec(db, "DROP TRIGGER refuse");
+	CHECK_INT(dun_ingest_sim_events(db, sim, &n, err, sizeof err), DUN_OK);
+	CHECK_INT(n, 1);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM sim_events WHERE delivered = 0", NULL), 0);
+	CHECK_INT(testdb_int(db, "SELECT COUNT(*) FROM events_raw", NULL), 1);
+	CHECK_INT(dun_ingest_sim_events(db, sim, &n, err, sizeof err), DUN_OK);
+	CHECK_INT(n, 0);
+	dun_sim_destroy(sim);
+	dun_db_close(db);
+	dun_clock_reset();
+}
+
 /* ---- the rollout gate ---------------------------------------------------------- */
 
 static void test_rollout_buckets(void)
@@ -909,6 +944,7 @@ int main(void)
 	test_observe_writes_only_the_decision();
 	test_account_without_invoices();
 	test_sim_learns_stored_webhooks_in_order();
+	test_sim_events_stay_queued_until_stored();
 	test_rollout_buckets();
 	return CHECK_DONE();
 }
