@@ -277,6 +277,16 @@ enum dun_err dun_email_sender_run_once(struct dun_db *db, const struct dun_maile
 	enum dun_err e = recover(db, wall, cfg->claim_lease_s, stats);
 	struct row rows[BATCH];
 	int failures_in_a_row = 0;
+	/*
+	 * Each due row is the next email of its own account (select_due), so
+	 * the rows may be sent in any order. Senders of several processes read
+	 * the same rows: each starts at its own place in them (a hash of its
+	 * owner name), so they mostly claim different rows instead of racing
+	 * for the same one.
+	 */
+	uint64_t spread = 1469598103934665603ULL;
+	for (const char *c = owner; *c; c++)
+		spread = (spread ^ (unsigned char)*c) * 1099511628211ULL;
 	while (e == DUN_OK && !stats->stopped_early) {
 		if (stats->attempted >= DUN_EMAIL_RUN_MAX) {
 			stats->more = true;
@@ -290,8 +300,9 @@ enum dun_err dun_email_sender_run_once(struct dun_db *db, const struct dun_maile
 			stats->stopped_early = true;
 			break;
 		}
+		int first = (int)(spread % (uint64_t)n);
 		for (int i = 0; i < n; i++) {
-			struct row *r = &rows[i];
+			struct row *r = &rows[(first + i) % n];
 			if (cfg->should_stop && cfg->should_stop())
 				stats->stopped_early = true;
 			if (e != DUN_OK || stats->stopped_early)
