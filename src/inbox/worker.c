@@ -19,9 +19,11 @@
  * batch_budget_us of work, so the write lock is never held much longer than
  * that and webhooks are not kept waiting; then COMMIT. On PostgreSQL a
  * batch holds no store-wide lock against webhooks or other workers, only
- * its accounts' rows: its budget is batch_budget_concurrent_us (tenfold),
- * so a fleet of workers on busy CPUs still shares commits instead of
- * committing every account alone; only a batch that took the mirror
+ * its accounts' rows: its budget is batch_budget_concurrent_us of this
+ * thread's CPU time (or ten times that of the clock), so a fleet of workers
+ * on busy CPUs, where an account's wall time grows with the number of
+ * processes, still shares commits instead of committing every account
+ * alone; only a batch that took the mirror
  * writers' lock (an account whose plan wrote the mirror, which webhook
  * batches write too) commits after that account. When the caller
  * says a writer is waiting (cfg->contended: the service's webhook
@@ -244,6 +246,24 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 }
 
 /*
+ * Whether a batch has done its share. Where it holds the store (SQLite),
+ * by the clock: webhooks wait for the write lock that long. Where it holds
+ * only its accounts' rows (PostgreSQL), by this thread's CPU time: waiting
+ * for busy CPUs or for the database is not work done, and counting it made
+ * batches smaller the more processes shared the machine, each commit
+ * costing more of them; ten budgets of the clock still end a batch that
+ * waits for long.
+ */
+static bool over_budget(const struct dun_inbox_config *cfg, bool concurrent, int64_t t0,
+			int64_t cpu0)
+{
+	if (!concurrent)
+		return dun_clock_mono_us() - t0 >= cfg->batch_budget_us;
+	return dun_clock_thread_cpu_us() - cpu0 >= cfg->batch_budget_concurrent_us ||
+	       dun_clock_mono_us() - t0 >= 10 * cfg->batch_budget_concurrent_us;
+}
+
+/*
  * Work items[0..n) (claimed by worker_id) in batches; see "Batches" above.
  * Returns a store error of settling (as the unbatched drain does).
  */
@@ -268,14 +288,13 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			cfg->give_way(cfg->yield_arg);
 		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
-		int64_t budget = dun_db_writes_concurrently(en->db)
-				     ? cfg->batch_budget_concurrent_us
-				     : cfg->batch_budget_us;
+		int64_t cpu0 = dun_clock_thread_cpu_us();
+		bool concurrent = dun_db_writes_concurrently(en->db);
 		while (whole && i < n) {
-			if (i > first &&
-			    (i - first >= cfg->batch_max || dun_clock_mono_us() - t0 >= budget ||
-			     dun_db_holds_mirror(en->db) || stopping(cfg) ||
-			     (cfg->contended && cfg->contended(cfg->yield_arg))))
+			if (i > first && (i - first >= cfg->batch_max ||
+					  over_budget(cfg, concurrent, t0, cpu0) ||
+					  dun_db_holds_mirror(en->db) || stopping(cfg) ||
+					  (cfg->contended && cfg->contended(cfg->yield_arg))))
 				break;
 			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);
 			i++;

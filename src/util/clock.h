@@ -23,6 +23,11 @@ int64_t dun_clock_wall_ms(void);
 int64_t dun_clock_mono_ms(void);
 /* The same clock in microseconds: for bounding short work (a batch's budget). */
 int64_t dun_clock_mono_us(void);
+/*
+ * Microseconds of CPU the calling thread has used: for bounding work by
+ * what it costs rather than by how long it waited for busy CPUs.
+ */
+int64_t dun_clock_thread_cpu_us(void);
 /* Fix the clock at t (unix seconds). */
 void dun_clock_set(int64_t t);
 /* Move a fixed clock forward by seconds (no-op on the wall clock). */
