@@ -31,9 +31,13 @@
  * next one begins only after cfg->give_way: a waiting webhook batch waits
  * for one account's work and a commit, not for a whole batch.
  *
- * One account cannot spoil the others. A claim another worker took over
- * (DUN_E_FENCED) or any failure rolls back to that account's savepoint:
- * nothing of it stays. A failure is then recorded (a failed decision, the
+ * One account cannot spoil the others. A batch is first run without the
+ * savepoints (they cost a copy of every page an account writes on SQLite,
+ * two round trips on PostgreSQL); if any account of it ends otherwise than
+ * done or deferred before its decision, that pass is rolled back whole and
+ * the same accounts run again with a savepoint each. There a claim another
+ * worker took over (DUN_E_FENCED) or any failure rolls back to that
+ * account's savepoint: nothing of it stays. A failure is then recorded (a failed decision, the
  * triggers to retrying or dead, as unbatched) in the same savepoint; a lost
  * claim is left to its new owner, nothing settled.
  *
@@ -191,17 +195,30 @@ static enum dun_err record_failure(struct dun_engine *en, const struct dun_inbox
 	return e;
 }
 
+/* What became of one account of a batch, for the batch's loop. */
+enum batch_step {
+	STEP_ON,     /* settled in the slot: go on with the next account */
+	STEP_BROKEN, /* the transaction is unusable: roll back whole, accounts alone */
+	STEP_REDO,   /* the quick pass cannot keep this outcome: roll back, redo carefully */
+};
+
 /*
- * One account of a batch, inside its savepoint. Returns false when the
- * savepoint itself could not be handled: the batch's transaction is then
- * unusable and the caller rolls it back whole.
+ * One account of a batch. careful: inside a savepoint of its own, so that
+ * a failed or fenced account is rolled back alone and its failure recorded
+ * in its place. Not careful (a batch's first pass): no savepoint, which
+ * saves the copy of every page the account writes into the savepoint's
+ * journal on SQLite and two round trips on PostgreSQL; then only a clean
+ * outcome is kept (done, or deferred before anything but its claim's
+ * renewal was written), and anything else makes the batch run again,
+ * carefully, from its first account.
  */
-static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *cfg,
-			 const char *worker_id, const struct dun_inbox_item *item, struct slot *sl)
+static enum batch_step run_in_batch(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				    const char *worker_id, const struct dun_inbox_item *item,
+				    struct slot *sl, bool careful)
 {
 	memset(sl, 0, sizeof *sl);
-	if (dun_db_savepoint(en->db, "batch_account") != DUN_OK)
-		return false;
+	if (careful && dun_db_savepoint(en->db, "batch_account") != DUN_OK)
+		return STEP_BROKEN;
 	struct dun_fence f = {.token = item->token, .lease_ms = cfg->lease_s * 1000};
 	snprintf(f.account_id, sizeof f.account_id, "%s", item->account_id);
 	snprintf(f.owner, sizeof f.owner, "%s", worker_id);
@@ -217,10 +234,24 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 	en->settle_arg = NULL;
 	if (sl->re == DUN_OK && !deferred) {
 		sl->state = SLOT_DONE;
-		return dun_db_release(en->db, "batch_account") == DUN_OK;
+		if (!careful)
+			return STEP_ON;
+		return dun_db_release(en->db, "batch_account") == DUN_OK ? STEP_ON : STEP_BROKEN;
+	}
+	if (!careful) {
+		/*
+		 * Deferred without an error, the pass stopped before its
+		 * decision: it wrote nothing but the renewal of its own claim
+		 * (recompute.h), which the unbatched run renews again.
+		 */
+		if (sl->re == DUN_OK && !sl->r.apply.fresh_read) {
+			sl->state = SLOT_DEFERRED;
+			return STEP_ON;
+		}
+		return STEP_REDO;
 	}
 	if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
-		return false;
+		return STEP_BROKEN;
 	if (deferred || sl->r.apply.fresh_read || sl->re == DUN_E_BUSY) {
 		/*
 		 * The plan re-read the provider (and may have failed on what it
@@ -239,10 +270,10 @@ static bool run_in_batch(struct dun_engine *en, const struct dun_inbox_config *c
 	} else {
 		/* Not even the failure could be written: let the unbatched path try. */
 		if (dun_db_rollback_to(en->db, "batch_account") != DUN_OK)
-			return false;
+			return STEP_BROKEN;
 		sl->state = SLOT_DEFERRED;
 	}
-	return dun_db_release(en->db, "batch_account") == DUN_OK;
+	return dun_db_release(en->db, "batch_account") == DUN_OK ? STEP_ON : STEP_BROKEN;
 }
 
 /*
@@ -272,6 +303,8 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 				struct dun_drain_stats *stats)
 {
 	struct slot *slots = dun_calloc((size_t)n, sizeof *slots);
+	/* A batch's first pass is quick (no savepoint per account), see run_in_batch. */
+	bool careful = false;
 	enum dun_err e = DUN_OK;
 	int i = 0;
 	while (i < n && e == DUN_OK) {
@@ -284,21 +317,33 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			break;
 		}
 		int first = i;
-		if (first > 0 && cfg->give_way)
+		if (first > 0 && cfg->give_way && !careful)
 			cfg->give_way(cfg->yield_arg);
 		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
 		int64_t cpu0 = dun_clock_thread_cpu_us();
 		bool concurrent = dun_db_writes_concurrently(en->db);
+		bool redo = false;
 		while (whole && i < n) {
 			if (i > first && (i - first >= cfg->batch_max ||
 					  over_budget(cfg, concurrent, t0, cpu0) ||
 					  dun_db_holds_mirror(en->db) || stopping(cfg) ||
 					  (cfg->contended && cfg->contended(cfg->yield_arg))))
 				break;
-			whole = run_in_batch(en, cfg, worker_id, &items[i], &slots[i]);
+			enum batch_step step =
+			    run_in_batch(en, cfg, worker_id, &items[i], &slots[i], careful);
 			i++;
+			whole = step == STEP_ON;
+			redo = step == STEP_REDO;
 		}
+		if (redo) {
+			/* Nothing of the quick pass stays: the same accounts, carefully. */
+			dun_db_rollback(en->db);
+			i = first;
+			careful = true;
+			continue;
+		}
+		careful = false;
 		if (whole)
 			whole = dun_db_commit(en->db) == DUN_OK;
 		if (whole)

@@ -63,6 +63,11 @@ def poison(s, table="sim_objects"):
               " BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
 
 
+def cure(s, table="sim_objects"):
+    """Undo poison()."""
+    s.sql(f"DROP TRIGGER poison ON {table}" if s.pg is not None else "DROP TRIGGER poison")
+
+
 def test_an_event_the_store_refuses_is_refused_alone(serve):
     """The committer stores a batch without a savepoint per event; one that
     fails sends the batch through again event by event: only it is refused."""
@@ -82,10 +87,7 @@ def test_an_event_the_store_refuses_is_refused_alone(serve):
     assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id = 'evt_cus_cus_poison'") == [(0,)]
     assert s.sql("SELECT COUNT(*) FROM p_customers WHERE id LIKE 'cus_ok%'") == [(12,)]
     assert s.sql("SELECT COUNT(*) FROM events_raw WHERE id LIKE 'evt_cus_cus_ok%'") == [(12,)]
-    if s.pg is not None:
-        s.sql("DROP TRIGGER poison ON p_customers")
-    else:
-        s.sql("DROP TRIGGER poison")
+    cure(s, "p_customers")
     status, body = s.deliver(bad)
     assert status == 200 and body["duplicate"] is False
     assert s.sql("SELECT COUNT(*) FROM p_customers WHERE id = 'cus_poison'") == [(1,)]
@@ -149,10 +151,7 @@ def test_a_failed_learning_stores_nothing_of_that_event(serve):
     assert sim_row(s, "cus_poison") is None
     assert sim_row(s, "cus_fine") == ("customer", "cus_fine", "=ok")
     # Delivered again once the store accepts it: stored and learnt.
-    if s.pg is not None:
-        s.sql("DROP TRIGGER poison ON sim_objects")
-    else:
-        s.sql("DROP TRIGGER poison")
+    cure(s, "sim_objects")
     status, body = s.deliver(bad)
     assert status == 200 and body["duplicate"] is False
     assert sim_row(s, "cus_poison") == ("customer", "cus_poison", "=ok")
@@ -177,7 +176,7 @@ def held_back_by_a_failed_learning(s):
     mark = s.sql("SELECT seq FROM sim_learnt")[0][0]
     assert mark < s.sql("SELECT rowid FROM events_raw WHERE id = 'evt_cus_cus_poison'")[0][0]
     # Once the store accepts it, everything is learnt, nothing delivered again.
-    s.sql("DROP TRIGGER poison")
+    cure(s)
     learnt(s)
     assert sim_row(s, "cus_poison") == ("customer", "cus_poison", "=ok")
     assert sim_row(s, "cus_fine") == ("customer", "cus_fine", "=ok")
