@@ -88,13 +88,19 @@ static bool owner_is_gone(const char *worker_id)
 	return kill((pid_t)pid, 0) == -1 && errno == ESRCH;
 }
 
-/* Take back the claims of workers that died on this host. */
+/*
+ * Take back the claims of workers that died on this host. Here and in
+ * take_back_expired, "state <> 'done'" is the predicate of the partial
+ * index inbox_ready: without it SQLite scanned every trigger ever received,
+ * on every claiming pass, inside the write lock.
+ */
 static enum dun_err reclaim_dead_owners(struct dun_db *db, int64_t now)
 {
 	char owners[16][160];
 	int n = 0;
 	struct dun_stmt *st = dun_db_stmt(db, "SELECT DISTINCT claimed_by FROM inbox"
-					      " WHERE state = 'processing' LIMIT 16");
+					      " WHERE state <> 'done' AND state = 'processing'"
+					      " LIMIT 16");
 	while (n < 16 && dun_stmt_row(st))
 		dun_stmt_col_copy(st, 0, owners[n++], sizeof owners[0]);
 	dun_stmt_reset(st);
@@ -231,7 +237,8 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 	int64_t wall = dun_clock_wall_ms();
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "UPDATE inbox SET state = 'retrying', not_before = ?1, claimed_by = '',"
-		" last_error = 'lease expired', updated_at = ?1 WHERE state = 'processing' AND"
+		" last_error = 'lease expired', updated_at = ?1 WHERE state <> 'done' AND"
+		" state = 'processing' AND"
 		" (EXISTS (SELECT 1 FROM claims c WHERE c.account_id = inbox.account_id"
 		"   AND c.expires_ms < ?2)"
 		"  OR (NOT EXISTS (SELECT 1 FROM claims c WHERE c.account_id = inbox.account_id)"
@@ -289,12 +296,15 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	 * many rows as it claims whatever the backlog; the first row of each
 	 * account is its oldest ready trigger. (The earlier form picked each
 	 * account's MIN(id) in SQL, which read and sorted the whole backlog on
-	 * every pass.)
+	 * every pass.) "Ready" is written as the states it is not: with
+	 * "state IN ('received', 'retrying')" SQLite searched inbox_ready by
+	 * state and sorted every ready row by id, holding the write lock for
+	 * tens of milliseconds with a backlog of 20,000.
 	 */
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT i.id, i.account_id, i.kind, i.source, i.event_id, i.state, i.attempts,"
 		" i.last_error, i.not_before, i.created_at, i.updated_at FROM inbox i"
-		" WHERE i.state <> 'done' AND i.state IN ('received', 'retrying')"
+		" WHERE i.state <> 'done' AND i.state <> 'processing' AND i.state <> 'dead'"
 		" AND i.not_before <= ?1"
 		" AND NOT EXISTS (SELECT 1 FROM inbox p WHERE p.account_id = i.account_id"
 		"  AND p.state = 'processing')"

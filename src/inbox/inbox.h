@@ -71,6 +71,15 @@ struct dun_inbox_config {
 	 */
 	bool (*contended)(void *arg);
 	void (*give_way)(void *arg);
+	/*
+	 * Around each batch's transaction (may be NULL): turn(yield_arg, true)
+	 * before its BEGIN, turn(yield_arg, false) once it committed or rolled
+	 * back. The service uses it where batches of several workers cannot
+	 * run beside each other anyway (SQLite, one writer), to queue them on
+	 * a mutex rather than in the store's busy wait, where two workers and
+	 * the webhook committer raced for the lock each time it came free.
+	 */
+	void (*turn)(void *arg, bool take);
 	void *yield_arg;
 };
 

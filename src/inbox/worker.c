@@ -319,6 +319,8 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 		int first = i;
 		if (first > 0 && cfg->give_way && !careful)
 			cfg->give_way(cfg->yield_arg);
+		if (cfg->turn)
+			cfg->turn(cfg->yield_arg, true);
 		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
 		int64_t t0 = dun_clock_mono_us();
 		int64_t cpu0 = dun_clock_thread_cpu_us();
@@ -339,6 +341,8 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 		if (redo) {
 			/* Nothing of the quick pass stays: the same accounts, carefully. */
 			dun_db_rollback(en->db);
+			if (cfg->turn)
+				cfg->turn(cfg->yield_arg, false);
 			i = first;
 			careful = true;
 			continue;
@@ -358,6 +362,8 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			for (int k = first; k < i; k++)
 				slots[k].state = SLOT_DEFERRED;
 		}
+		if (cfg->turn)
+			cfg->turn(cfg->yield_arg, false);
 		for (int k = first; k < i && e == DUN_OK; k++) {
 			struct slot *sl = &slots[k];
 			struct dun_trigger_ref t = {.id = items[k].id, .kind = items[k].kind};

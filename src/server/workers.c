@@ -73,8 +73,9 @@ struct dun_workers {
 	int n;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	uint64_t wakeups; /* guarded by mu: bumped by every wake */
-	bool stopping;	  /* guarded by mu */
+	pthread_mutex_t turn; /* one batch at a time where the store has one writer */
+	uint64_t wakeups;     /* guarded by mu: bumped by every wake */
+	bool stopping;	      /* guarded by mu */
 	_Atomic int running;
 	_Atomic int64_t last_recheck_ms;
 	struct dun_db *listen_db; /* NULL where the store cannot listen (SQLite) */
@@ -166,6 +167,15 @@ static bool pool_contended(void *arg)
 	return p->hooks.contended(p->hooks.arg);
 }
 
+static void pool_turn(void *arg, bool take)
+{
+	struct dun_workers *p = arg;
+	if (take)
+		pthread_mutex_lock(&p->turn);
+	else
+		pthread_mutex_unlock(&p->turn);
+}
+
 static void pool_give_way(void *arg)
 {
 	struct dun_workers *p = arg;
@@ -183,8 +193,13 @@ static bool run_some(struct worker *w)
 		p->hooks.yield(p->hooks.arg);
 	maybe_rechecks(w, now);
 	dun_engine_ctx_refresh(w->ctx);
+	/* A claim is a write transaction too: in turn with the batches (SQLite). */
+	if (p->inbox.turn)
+		p->inbox.turn(p, true);
 	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now,
 					 p->inbox.batch_max > 1 ? CLAIM_MAX : 1, items, &n);
+	if (p->inbox.turn)
+		p->inbox.turn(p, false);
 	if (e != DUN_OK) {
 		dun_log(DUN_LOG_WARN, "worker.claim_failed", "worker", w->id, "error",
 			dun_err_str(e), NULL);
@@ -299,6 +314,9 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	if (p->hooks.yield)
 		p->inbox.give_way = pool_give_way;
 	p->inbox.yield_arg = p;
+	/* SQLite: the batches of this pool's workers queue here, not on the file lock. */
+	if (!dun_db_is_url(cfg->db_path))
+		p->inbox.turn = pool_turn;
 	p->inbox.max_attempts = cfg->inbox_max_attempts;
 	p->inbox.backoff_base_s = cfg->inbox_backoff_base_s;
 	p->inbox.backoff_max_s = cfg->inbox_backoff_max_s;
@@ -306,6 +324,7 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	p->n = cfg->workers;
 	p->w = dun_calloc((size_t)p->n, sizeof *p->w);
 	pthread_mutex_init(&p->mu, NULL);
+	pthread_mutex_init(&p->turn, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	atomic_store(&p->last_recheck_ms, dun_clock_mono_ms() - cfg->poll_ms);
 	/* Open every context first, so a failure leaves no thread to stop. */
@@ -368,6 +387,7 @@ void dun_workers_stop(struct dun_workers *p)
 	}
 	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
+	pthread_mutex_destroy(&p->turn);
 	free(p->w);
 	free(p);
 }
