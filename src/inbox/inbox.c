@@ -257,7 +257,15 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 
 /* Rows a claiming pass reads per account it may claim (accounts with several
  * ready triggers take several rows). */
-#define CLAIM_READ_AHEAD 4
+#define CLAIM_READ_AHEAD	4
+/*
+ * Where claimers run beside each other and spread over what they read
+ * (below), they read further: 8 workers of 4 processes reading the same
+ * 64 oldest rows tried 3.6 account locks per account they got, and issued
+ * 22-23 statements per account against 19 for one process; reading 16
+ * rows per account to claim, about 20.
+ */
+#define CLAIM_READ_AHEAD_SPREAD 16
 
 /*
  * One claiming pass, in a concurrent transaction (store/db.h): other
@@ -312,7 +320,9 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		"  AND c.expires_ms >= ?3)"
 		" ORDER BY i.id LIMIT ?2");
 	dun_stmt_bind_int64(st, 1, now);
-	dun_stmt_bind_int(st, 2, max * CLAIM_READ_AHEAD);
+	bool spread = dun_db_writes_concurrently(db);
+	int ahead = spread ? CLAIM_READ_AHEAD_SPREAD : CLAIM_READ_AHEAD;
+	dun_stmt_bind_int(st, 2, max * ahead);
 	dun_stmt_bind_int64(st, 3, wall);
 	/*
 	 * Where claimers run beside each other (PostgreSQL), each one keeps
@@ -323,8 +333,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	 * a fraction of a claim. Where they take turns (SQLite), the oldest max
 	 * accounts, in order.
 	 */
-	bool spread = dun_db_writes_concurrently(db);
-	int room = spread ? max * CLAIM_READ_AHEAD : max;
+	int room = spread ? max * ahead : max;
 	cand = spread ? dun_calloc((size_t)room, sizeof *cand) : out;
 	int n = 0, rc;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
