@@ -130,7 +130,8 @@ static int store_copy(struct dun_cli *cli, int argc, char **argv)
 	struct dun_copy_report r;
 	char err[1024] = "";
 	memset(&r, 0, sizeof r);
-	enum dun_err e = learn_before_copy(from, err, sizeof err);
+	/* Only toward a PostgreSQL URL: a refused target leaves the source as it was. */
+	enum dun_err e = dun_db_is_url(to) ? learn_before_copy(from, err, sizeof err) : DUN_OK;
 	if (e == DUN_OK)
 		e = dun_store_copy(from, to, &r, err, sizeof err);
 	if (r.n_tables)
