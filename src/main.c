@@ -5,6 +5,7 @@
  */
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "inbox/json_arena.h"
 #include "util/clock.h"
 #include "util/datadir.h"
 #include "util/log.h"
@@ -74,6 +75,8 @@ static void drop(int *argc, char **argv, int i, int n)
 
 int main(int argc, char **argv)
 {
+	/* Before any other jansson call: webhooks parse into arenas (inbox/json_arena.h). */
+	dun_json_arena_install();
 	struct dun_cli cli;
 	memset(&cli, 0, sizeof cli);
 	cli.db_path = getenv("DUNNING_DB") ? getenv("DUNNING_DB") : "dunning.db";

@@ -18,6 +18,7 @@
  * that, and from a fixed list.
  */
 #include "webhook.h"
+#include "inbox/json_arena.h"
 #include "server/committer.h"
 #include "server/service.h"
 #include "server/signature.h"
@@ -31,12 +32,14 @@ struct webhook_job {
 	struct dun_commit_item item; /* first: the committer hands back this pointer */
 	struct dun_service *svc;
 	struct dun_http_request *req;
+	struct dun_json_arena *arena; /* the parsed event's values (inbox/json_arena.h) */
 };
 
 static void job_free(void *p)
 {
 	struct webhook_job *job = p;
 	json_decref(job->item.ev);
+	dun_json_arena_give_back(job->arena); /* after the tree's last value */
 	free(job);
 }
 
@@ -154,15 +157,21 @@ void dun_webhook_handle(void *arg, struct dun_http_request *req)
 		return;
 	}
 	/* Parsed here, in parallel with the other requests, not in the serial committer. */
+	struct dun_json_arena *arena = dun_json_arena_take();
 	json_t *ev = NULL;
 	char perr[256];
-	if (dun_ingest_parse(body, len, &ev, perr, sizeof perr) != DUN_OK) {
+	dun_json_arena_enter(arena);
+	enum dun_err pe = dun_ingest_parse(body, len, &ev, perr, sizeof perr);
+	dun_json_arena_leave();
+	if (pe != DUN_OK) {
+		dun_json_arena_give_back(arena);
 		reject(svc, req, DUN_REJECT_MALFORMED);
 		/* The parser's message may quote the body: it goes to the sender only. */
 		dun_http_reply_error(req, 400, "malformed_event", "%s", perr);
 		return;
 	}
 	struct webhook_job *job = dun_calloc(1, sizeof *job);
+	job->arena = arena;
 	job->svc = svc;
 	job->req = req;
 	job->item.body = body;

@@ -13,9 +13,11 @@
 #include "inbox/inbox.h"
 #include "store/fence.h"
 #include "inbox/ingest.h"
+#include "inbox/json_arena.h"
 #include "util/clock.h"
 #include "util/log.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define T0 1767225600 /* 2026-01-01T00:00:00Z */
@@ -547,8 +549,71 @@ static void test_ingest_event(void)
 	dun_db_close(db);
 }
 
+/*
+ * A webhook's parse in an arena: the tree is the same as from malloc, its
+ * values come from the arena until it is full and from malloc after, and
+ * allocations outside it (json_dumps, freed with free()) are malloc's.
+ * The allocator is installed for the whole program, so every other test
+ * here runs on its malloc side.
+ */
+static void test_json_arena(void)
+{
+	static const char body[] =
+	    "{\"id\":\"evt_1\",\"type\":\"invoice.payment_failed\",\"created\":1700000000,"
+	    "\"data\":{\"object\":{\"id\":\"in_1\",\"customer\":\"cus_1\","
+	    "\"amount_due\":4900,\"lines\":{\"data\":[{\"id\":\"il_1\"}]}}}}";
+	struct dun_json_arena *a = dun_json_arena_take();
+	CHECK(a != NULL);
+	dun_json_arena_enter(a);
+	json_t *ev = NULL;
+	char err[256];
+	CHECK_INT(dun_ingest_parse(body, sizeof body - 1, &ev, err, sizeof err), DUN_OK);
+	dun_json_arena_leave();
+	CHECK(dun_json_arena_used(a) > 0);
+	CHECK_INT((int)dun_json_arena_spilled(a), 0);
+	CHECK_STR(json_string_value(json_object_get(
+		      json_object_get(json_object_get(ev, "data"), "object"), "customer")),
+		  "cus_1");
+	/* Outside the arena: malloc's, and json_dumps's string is freed with free(). */
+	char *dumped = json_dumps(ev, JSON_COMPACT);
+	CHECK(dumped && strstr(dumped, "\"amount_due\":4900"));
+	free(dumped);
+	json_decref(ev);
+	dun_json_arena_give_back(a);
+
+	/* A tree larger than an arena: the rest spills to malloc, the tree is whole. */
+	json_t *big = json_object();
+	for (int i = 0; i < 2000; i++) {
+		char k[32];
+		snprintf(k, sizeof k, "field_%d", i);
+		json_object_set_new(big, k, json_integer(i));
+	}
+	json_object_set_new(big, "id", json_string("evt_big"));
+	char *big_body = json_dumps(big, JSON_COMPACT);
+	json_decref(big);
+	a = dun_json_arena_take();
+	dun_json_arena_enter(a);
+	CHECK_INT(dun_ingest_parse(big_body, strlen(big_body), &ev, err, sizeof err), DUN_OK);
+	dun_json_arena_leave();
+	CHECK(dun_json_arena_spilled(a) > 0);
+	CHECK_INT((int)json_integer_value(json_object_get(ev, "field_1999")), 1999);
+	CHECK_INT((int)json_object_size(ev), 2001);
+	json_decref(ev);
+	dun_json_arena_give_back(a);
+	free(big_body);
+
+	/* Malformed input fails the same way inside an arena, nothing kept. */
+	a = dun_json_arena_take();
+	dun_json_arena_enter(a);
+	CHECK_INT(dun_ingest_parse("{\"id\":", 7, &ev, err, sizeof err), DUN_E_PARSE);
+	dun_json_arena_leave();
+	CHECK(ev == NULL);
+	dun_json_arena_give_back(a);
+}
+
 int main(void)
 {
+	dun_json_arena_install();
 	/* Retries and dead letters log warnings; only errors are worth reading here. */
 	dun_log_set_level(DUN_LOG_ERROR);
 	test_enqueue_dedup();
@@ -559,6 +624,7 @@ int main(void)
 	test_expired_lease_taken_back();
 	test_due_rechecks_once();
 	test_ingest_event();
+	test_json_arena();
 	dun_clock_reset();
 	return CHECK_DONE();
 }
