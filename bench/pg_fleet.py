@@ -20,8 +20,11 @@ consequences, not only empty plans. Each process runs [server] workers = 2
 processes instead (T/n each), which separates what more processes cost
 from what more workers buy.
 
-The sizes are printed in order (1, 2, 4, then again, alternated over
---rounds) and each figure's ratio to the best; the target on a 2-core
+A warm-up run (--warmup, not counted) fills PostgreSQL's buffers and the
+page cache first: without it the first round ran at about half the speed
+of the later ones, whatever its size. The sizes are printed in order
+(1, 2, 4, then again, alternated over --rounds) and each figure's ratio
+to the best; the target on a 2-core
 machine that also runs PostgreSQL is "no collapse": every figure >= 0.9x
 the best. Nothing is asserted; the exit status is non-zero only when
 something failed to run.
@@ -120,6 +123,10 @@ def top_statements(pg, name, limit):
 def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0):
     name = "run_%s" % tag
     url = pg.create(name, template="base")
+    # The clone went through the WAL: flushed now, so that no run shares
+    # its time with a checkpoint of the one before, and every run starts
+    # with the same full-page writes to make.
+    pg.psql(name, "CHECKPOINT")
     procs = start_serves(binary, url, n, now, workdir, workers)
     try:
         time.sleep(1.0)  # every process idle, listening
@@ -162,6 +169,9 @@ def main():
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--processes", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="runs before the measured ones, not counted (the cluster's and the "
+                    "page cache's first fills)")
     ap.add_argument("--workers", type=int, default=2, help="[server] workers of each process")
     ap.add_argument("--total-workers", type=int, default=0,
                     help="split this many workers over the processes instead")
@@ -186,6 +196,12 @@ def main():
             url = pg.create("base")
             run([binary, "store", "copy", "--from", pop, "--to", url], timeout=1800)
             pg.psql("base", "CREATE EXTENSION pg_stat_statements")
+            for w in range(args.warmup):
+                n = max(sizes)
+                say("warm-up %d: %d process(es), not counted" % (w + 1, n))
+                workers = (max(1, args.total_workers // n) if args.total_workers
+                           else args.workers)
+                one_run(pg, binary, n, args.accounts, now, workdir, "w%d" % w, workers, 0)
             results = []
             for r in range(args.rounds):
                 order = sizes if r % 2 == 0 else list(reversed(sizes))
