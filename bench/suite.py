@@ -22,8 +22,7 @@ ${TMPDIR:-/tmp}/dunning-bench) and built there once with the current
 build's build type; later runs reuse it. --quick (under a minute once the
 baseline is built and the population generated) runs fewer events (three
 pairs per load, the median), 20,000 accounts and three rounds (the best,
-as in the full run): the same
-ratios, noisier.
+as in the full run): the same ratios, noisier.
 
 Nothing is asserted on a timing: targets are printed as "ok" or "MISSED"
 and the exit status is non-zero only when something failed to run or the
