@@ -1167,8 +1167,8 @@ static bool store_settings(struct gen *g)
  * SQLite sorts and builds them bottom-up, far faster than row by row. Their
  * SQL is taken from the schema itself, so they come back exactly as the
  * migrations made them. The triggers go with them (those on customers
- * move invoices through p_invoices_customer_id): the load writes
- * account_id itself, as the mirror does.
+ * move a customer's invoices): the load writes account_id itself, as the
+ * mirror does.
  */
 #define MAX_INDEXES 128
 

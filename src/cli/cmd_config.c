@@ -130,7 +130,8 @@ static enum dun_err retry_sample(struct dun_db *db, const struct dun_rollout *ro
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT i.id, c.account_id, COALESCE(a.segment, 'self_serve'),"
 		" COALESCE(a.kill_switch, 0) FROM p_invoices i JOIN customers c"
-		" ON c.id = i.customer_id LEFT JOIN accounts a ON a.id = c.account_id"
+		" ON c.account_id = i.account_id AND c.id = i.customer_id"
+		" LEFT JOIN accounts a ON a.id = c.account_id"
 		" WHERE i.status = 'open' AND i.attempt_count > 0"
 		" AND i.collection_method = 'charge_automatically' AND c.account_id <> ''"
 		" ORDER BY i.created DESC, i.id LIMIT ?1");

@@ -216,9 +216,11 @@ static enum dun_stage stage_of(struct dun_db *db, const char *account)
 
 static bool has_failure(struct dun_db *db, const char *customer)
 {
-	struct dun_stmt *st = dun_db_stmt(db, "SELECT 1 FROM p_invoices WHERE customer_id = ?1 AND"
-					      " attempt_count > 0 AND status IN ('open',"
-					      " 'uncollectible') LIMIT 1");
+	/* By the table's key: an invoice's account is its customer's (schema migration 23). */
+	struct dun_stmt *st = dun_db_stmt(
+	    db, "SELECT 1 FROM p_invoices WHERE account_id = COALESCE((SELECT account_id FROM"
+		" customers WHERE id = ?1), '') AND customer_id = ?1 AND attempt_count > 0"
+		" AND status IN ('open', 'uncollectible') LIMIT 1");
 	dun_stmt_bind_text(st, 1, customer);
 	bool yes = dun_stmt_row(st);
 	dun_stmt_reset(st);

@@ -172,7 +172,8 @@ enum dun_err dun_report_bad_debt(struct dun_db *db, int64_t since, int64_t until
 	    db, "SELECT e.account_id, e.episode, e.entered_at, e.reason, e.products,"
 		" e.amount_minor, e.exited_at, e.exit_reason,"
 		" (SELECT MIN(i.currency) FROM p_invoices i JOIN customers c"
-		"  ON c.id = i.customer_id WHERE c.account_id = e.account_id)"
+		"  ON c.account_id = i.account_id AND c.id = i.customer_id"
+		"  WHERE c.account_id = e.account_id)"
 		" FROM bad_debt_episodes e WHERE e.entered_at >= ?1 AND e.entered_at < ?2"
 		" ORDER BY e.entered_at, e.account_id, e.episode");
 	dun_stmt_bind_int64(st, 1, since);

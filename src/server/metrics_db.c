@@ -686,7 +686,8 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 	/* A payment in flight holds the account's stage (the in-flight guard). */
 	for (int from = 0; from < n && e == DUN_OK; from += ID_BATCH) {
 		st = dun_db_stmt(db, "SELECT c.account_id FROM customers c"
-				     " JOIN p_invoices i ON i.customer_id = c.id"
+				     " JOIN p_invoices i ON i.account_id = c.account_id"
+				     " AND i.customer_id = c.id"
 				     " JOIN p_attempts t ON t.invoice_id = i.id"
 				     " WHERE c.account_id IN (" IDS_64 ")"
 				     " AND t.status = 'processing' AND i.status = 'open'"
@@ -752,7 +753,8 @@ static enum dun_err account_series(FILE *out, struct dun_db *db, int64_t limit, 
 	for (int from = 0; from < n && e == DUN_OK; from += ID_BATCH) {
 		st = dun_db_stmt(
 		    db, "SELECT c.account_id, i.currency, SUM(i.amount_remaining)"
-			" FROM customers c JOIN p_invoices i ON i.customer_id = c.id"
+			" FROM customers c JOIN p_invoices i ON i.account_id = c.account_id"
+			" AND i.customer_id = c.id"
 			" WHERE c.account_id IN (" IDS_64 ")"
 			" AND i.status IN ('open', 'uncollectible')"
 			" AND i.meta_bad_debt_invoices IS NULL AND i.meta_bad_debt_paid = 0"

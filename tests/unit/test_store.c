@@ -813,6 +813,60 @@ static void test_mirror_rows_follow_their_account(void)
 	dun_db_close(db);
 }
 
+/*
+ * Schema migration 23: no index of invoices by customer on SQLite; the
+ * triggers on customers find a customer's invoices by the table's key
+ * (old account, customer). A customer renamed takes its account with it:
+ * its old id's invoices are unlinked, the new id's (unlinked until then)
+ * linked. Invoices of other customers of the same account stay.
+ */
+static void test_customer_triggers_use_the_key(void)
+{
+	struct dun_db *db = testdb_open(":memory:");
+	char buf[64];
+	CHECK_INT(
+	    testdb_int(db,
+		       "SELECT COUNT(*) FROM sqlite_master WHERE name = 'p_invoices_customer_id'",
+		       NULL),
+	    0);
+	testdb_exec(db, "INSERT INTO customers(id, account_id) VALUES ('cus_a', 'acct_1'),"
+			" ('cus_b', 'acct_1')");
+	json_t *a = json_pack("{s:s, s:s, s:s, s:s}", "id", "in_a", "object", "invoice", "customer",
+			      "cus_a", "status", "open");
+	json_t *b = json_pack("{s:s, s:s, s:s, s:s}", "id", "in_b", "object", "invoice", "customer",
+			      "cus_b", "status", "open");
+	json_t *c = json_pack("{s:s, s:s, s:s, s:s}", "id", "in_c", "object", "invoice", "customer",
+			      "cus_c", "status", "open");
+	CHECK_INT(fold(db, a, 10, NULL), DUN_OK);
+	CHECK_INT(fold(db, b, 10, NULL), DUN_OK);
+	CHECK_INT(fold(db, c, 10, NULL), DUN_OK);
+	CHECK_STR(account_of(db, "p_invoices", "in_a", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_invoices", "in_c", buf, sizeof buf), "");
+	/* Renamed: cus_a's invoice is left without an account, cus_c's joins acct_1. */
+	testdb_exec(db, "UPDATE customers SET id = 'cus_c' WHERE id = 'cus_a'");
+	CHECK_STR(account_of(db, "p_invoices", "in_a", buf, sizeof buf), "");
+	CHECK_STR(account_of(db, "p_invoices", "in_c", buf, sizeof buf), "acct_1");
+	CHECK_STR(account_of(db, "p_invoices", "in_b", buf, sizeof buf), "acct_1");
+	/* Relinked to another account, then a new customer row for cus_a. */
+	testdb_exec(db, "UPDATE customers SET account_id = 'acct_2' WHERE id = 'cus_c'");
+	CHECK_STR(account_of(db, "p_invoices", "in_c", buf, sizeof buf), "acct_2");
+	CHECK_STR(account_of(db, "p_invoices", "in_b", buf, sizeof buf), "acct_1");
+	testdb_exec(db, "INSERT INTO customers(id, account_id) VALUES ('cus_a', 'acct_3')");
+	CHECK_STR(account_of(db, "p_invoices", "in_a", buf, sizeof buf), "acct_3");
+	/* Unlinked: gone from its account, the others stay. */
+	testdb_exec(db, "DELETE FROM customers WHERE id = 'cus_c'");
+	CHECK_STR(account_of(db, "p_invoices", "in_c", buf, sizeof buf), "");
+	CHECK_STR(account_of(db, "p_invoices", "in_a", buf, sizeof buf), "acct_3");
+	/* Every invoice's account is its customer's, or '' without a customers row. */
+	CHECK_INT(testdb_int(db,
+			     "SELECT COUNT(*) FROM p_invoices i WHERE i.account_id <>"
+			     " COALESCE((SELECT account_id FROM customers c WHERE c.id ="
+			     " i.customer_id), '')",
+			     NULL),
+		  0);
+	dun_db_close(db);
+}
+
 static json_t *subscription_of(const char *id, const char *customer)
 {
 	return json_pack("{s:s, s:s, s:s, s:s}", "id", id, "object", "subscription", "customer",
@@ -919,6 +973,7 @@ int main(void)
 	test_customer_registers_account();
 	test_settled_charge_ends_processing();
 	test_mirror_rows_follow_their_account();
+	test_customer_triggers_use_the_key();
 	test_provider_customers_follow_their_account();
 	test_password_scrubbed_from_messages();
 	rmdir(scratch);
