@@ -381,7 +381,8 @@ static void seed_sim(struct dun_db *db, char (*ids)[DUN_ID_MAX], int n)
 	    "INSERT OR REPLACE INTO sim_objects(id, type, customer_id, behavior, body)"
 	    " SELECT p.id, 'customer', p.id, COALESCE((SELECT a.decline_code || '@30'"
 	    "  FROM p_invoices i JOIN p_attempts a ON a.invoice_id = i.id"
-	    "  WHERE i.customer_id = p.id AND i.status = 'open' AND a.status = 'failed'"
+	    "  WHERE i.account_id = c.account_id AND i.customer_id = p.id AND i.status = 'open'"
+	    "  AND a.status = 'failed'"
 	    "  ORDER BY a.created DESC LIMIT 1), 'ok'),"
 	    " json_object('id', p.id, 'object', 'customer', 'email', p.email, 'name', p.name,"
 	    "  'metadata', json(p.metadata), 'invoice_settings',"
@@ -404,8 +405,8 @@ static void seed_sim(struct dun_db *db, char (*ids)[DUN_ID_MAX], int n)
 	    "  'created', i.created, 'hosted_invoice_url', i.hosted_invoice_url,"
 	    "  'payment_intent', i.payment_intent, 'metadata', json(i.metadata),"
 	    "  'status_transitions', json_object('paid_at', NULLIF(i.paid_at, 0)))"
-	    " FROM customers c JOIN p_invoices i ON i.customer_id = c.id"
-	    " WHERE c.account_id = ?1",
+	    " FROM customers c JOIN p_invoices i ON i.account_id = c.account_id"
+	    " AND i.customer_id = c.id WHERE c.account_id = ?1",
 	};
 	char err[256];
 	if (dun_db_exec(db, "BEGIN", err, sizeof err) != DUN_OK)

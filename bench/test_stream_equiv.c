@@ -236,7 +236,8 @@ static void add_odd_attempts(struct dun_db *db)
 	static const char *const stmts[] = {
 	    "CREATE TEMP TABLE odd AS SELECT c.account_id AS acct, MIN(c.id) AS cus1,"
 	    " MAX(c.id) AS cus2, (SELECT MIN(i.id) FROM p_invoices i"
-	    " WHERE i.customer_id = MIN(c.id)) AS inv1 FROM customers c"
+	    " WHERE i.account_id = c.account_id AND i.customer_id = MIN(c.id)) AS inv1"
+	    " FROM customers c"
 	    " JOIN accounts a ON a.id = c.account_id GROUP BY c.account_id"
 	    " HAVING COUNT(*) = 2 AND inv1 IS NOT NULL ORDER BY c.account_id LIMIT 60",
 	    /* The second customer's invoice, between the first one's. */
