@@ -97,13 +97,39 @@ enum dun_err dun_fence_check(struct dun_db *db, const struct dun_fence *f)
 {
 	if (!f || f->token == 0)
 		return DUN_OK;
+	int64_t wall = dun_clock_wall_ms();
+	if (!dun_db_writes_concurrently(db)) {
+		/*
+		 * SQLite: the caller's transaction holds the file (BEGIN
+		 * IMMEDIATE), so nobody can take the claim before its COMMIT and
+		 * a read decides. The row is rewritten only once less than half
+		 * the lease is left: every account's check wrote it before, and
+		 * its settle writes it again (the release) in the same batch.
+		 */
+		struct dun_stmt *rd =
+		    dun_db_stmt(db, "SELECT expires_ms FROM claims WHERE"
+				    " account_id = ?1 AND owner = ?2 AND token = ?3");
+		dun_stmt_bind_text(rd, 1, f->account_id);
+		dun_stmt_bind_text(rd, 2, f->owner);
+		dun_stmt_bind_int64(rd, 3, f->token);
+		bool mine = dun_stmt_row(rd);
+		int64_t expires = mine ? dun_stmt_col_int64(rd, 0) : 0;
+		enum dun_err re = dun_stmt_err(rd);
+		dun_stmt_reset(rd);
+		if (re != DUN_OK)
+			return re;
+		if (!mine)
+			return DUN_E_FENCED;
+		if (expires - wall >= f->lease_ms / 2)
+			return DUN_OK;
+	}
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "UPDATE claims SET expires_ms = CASE WHEN expires_ms < ?4 THEN ?4"
 		" ELSE expires_ms END WHERE account_id = ?1 AND owner = ?2 AND token = ?3");
 	dun_stmt_bind_text(st, 1, f->account_id);
 	dun_stmt_bind_text(st, 2, f->owner);
 	dun_stmt_bind_int64(st, 3, f->token);
-	dun_stmt_bind_int64(st, 4, dun_clock_wall_ms() + f->lease_ms);
+	dun_stmt_bind_int64(st, 4, wall + f->lease_ms);
 	enum dun_err e = dun_stmt_done(st);
 	if (e == DUN_OK && dun_db_changes(db) != 1)
 		e = DUN_E_FENCED;

@@ -6,11 +6,13 @@
  * account gets the next token of that account, so a token is never seen
  * twice. Every write a recompute makes checks, inside the transaction of
  * the write, that the account's claim still has the token the work started
- * under, and renews it; a write whose claim was taken over is refused with
- * DUN_E_FENCED and nothing of it lands. Writes that cannot share a
- * transaction (a Stripe call) check and renew just before they go out, so
- * another worker can take the account only a full lease after the last
- * check: longer than any call's timeout.
+ * under, and renews it (on SQLite only once less than half the lease is
+ * left: there a read decides, the transaction holding the file); a write
+ * whose claim was taken over is refused with DUN_E_FENCED and nothing of
+ * it lands. Writes that cannot share a transaction (a Stripe call) check
+ * and renew just before they go out, so another worker can take the
+ * account only half a lease or more after the last check: longer than any
+ * call's timeout.
  *
  * Expiries are wall-clock milliseconds (dun_clock_wall_ms()), never the
  * settable clock: a process run with `--now` in the future cannot take the
@@ -49,8 +51,9 @@ enum dun_err dun_fence_held_by_other(struct dun_db *db, const char *account_id, 
 
 /*
  * In the caller's transaction: whether f's claim is still the account's;
- * renews it (expiry at least lease_ms from now). DUN_E_FENCED when another
- * claim took the account. A fence with token 0 always passes.
+ * renews it (expiry at least lease_ms from now; on SQLite only when less
+ * than lease_ms / 2 is left). DUN_E_FENCED when another claim took the
+ * account. A fence with token 0 always passes.
  */
 enum dun_err dun_fence_check(struct dun_db *db, const struct dun_fence *f);
 

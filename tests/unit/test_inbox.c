@@ -550,6 +550,43 @@ static void test_ingest_event(void)
 }
 
 /*
+ * On SQLite the fence check reads the claim (the transaction holds the
+ * file) and writes it only once less than half the lease is left; a claim
+ * taken over, or released and taken again, is refused either way.
+ */
+static void test_fence_check_reads_on_sqlite(void)
+{
+	struct dun_db *db = fresh();
+	struct dun_fence f;
+	CHECK_INT(dun_db_begin(db), DUN_OK);
+	CHECK_INT(dun_fence_acquire(db, "acct_f", "w1", 300000, &f), DUN_OK);
+	CHECK_INT(dun_db_commit(db), DUN_OK);
+	testdb_exec(db,
+		    "UPDATE claims SET expires_ms = expires_ms - 1000 WHERE account_id = 'acct_f'");
+	int64_t before =
+	    testdb_int(db, "SELECT expires_ms FROM claims WHERE account_id = ?1", "acct_f");
+	/* Most of the lease left: passes, nothing written. */
+	CHECK_INT(dun_fence_renew(db, &f), DUN_OK);
+	CHECK(testdb_int(db, "SELECT expires_ms FROM claims WHERE account_id = ?1", "acct_f") ==
+	      before);
+	/* Less than half left: renewed to a full lease. */
+	testdb_exec(db, "UPDATE claims SET expires_ms = expires_ms - 200000"
+			" WHERE account_id = 'acct_f'");
+	CHECK_INT(dun_fence_renew(db, &f), DUN_OK);
+	CHECK(testdb_int(db, "SELECT expires_ms FROM claims WHERE account_id = ?1", "acct_f") >
+	      before);
+	/* Released, then taken by another worker: the old fence is refused. */
+	CHECK_INT(dun_fence_release(db, "acct_f", "w1"), DUN_OK);
+	struct dun_fence g;
+	CHECK_INT(dun_db_begin(db), DUN_OK);
+	CHECK_INT(dun_fence_acquire(db, "acct_f", "w2", 300000, &g), DUN_OK);
+	CHECK_INT(dun_db_commit(db), DUN_OK);
+	CHECK_INT(dun_fence_renew(db, &f), DUN_E_FENCED);
+	CHECK_INT(dun_fence_renew(db, &g), DUN_OK);
+	dun_db_close(db);
+}
+
+/*
  * A webhook's parse in an arena: the tree is the same as from malloc, its
  * values come from the arena until it is full and from malloc after, and
  * allocations outside it (json_dumps, freed with free()) are malloc's.
@@ -625,6 +662,7 @@ int main(void)
 	test_due_rechecks_once();
 	test_ingest_event();
 	test_json_arena();
+	test_fence_check_reads_on_sqlite();
 	dun_clock_reset();
 	return CHECK_DONE();
 }
