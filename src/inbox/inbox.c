@@ -375,9 +375,11 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 			continue; /* claimed by another process since the read */
 		if (e != DUN_OK)
 			goto rollback;
-		st = dun_db_stmt(db, "UPDATE inbox SET state = 'processing', claimed_by = ?2,"
-				     " claimed_at = ?3, updated_at = ?3 WHERE account_id = ?1 AND"
-				     " state IN ('received', 'retrying') AND not_before <= ?3");
+		/* OR FAIL: no statement journal (see COMPLETE_SQL). */
+		st = dun_db_stmt(db, "UPDATE OR FAIL inbox SET state = 'processing',"
+				     " claimed_by = ?2, claimed_at = ?3, updated_at = ?3"
+				     " WHERE account_id = ?1 AND state IN ('received', 'retrying')"
+				     " AND not_before <= ?3");
 		dun_stmt_bind_text(st, 1, cand[i].account_id);
 		dun_stmt_bind_text(st, 2, worker_id);
 		dun_stmt_bind_int64(st, 3, now);
@@ -556,9 +558,17 @@ static enum dun_err settle(struct dun_db *db, const char *sql, const char *worke
 	return e;
 }
 
-#define COMPLETE_SQL                                                \
-	"UPDATE inbox SET state = 'done', attempts = attempts + 1," \
-	" last_error = '', updated_at = ?3 WHERE account_id = ?1"   \
+/*
+ * "OR FAIL" (SQLite only; the PostgreSQL driver drops it): an UPDATE that
+ * may change several rows and may fail a constraint (NOT NULL, the CHECK
+ * on state) otherwise opens a statement journal, copying every page it
+ * changes so it can undo its own earlier rows: about a fifth of the
+ * statement. Every caller rolls back what a failed statement leaves (the
+ * transaction or the account's savepoint), so nothing half done commits.
+ */
+#define COMPLETE_SQL                                                        \
+	"UPDATE OR FAIL inbox SET state = 'done', attempts = attempts + 1," \
+	" last_error = '', updated_at = ?3 WHERE account_id = ?1"           \
 	" AND state = 'processing' AND claimed_by = ?2"
 
 enum dun_err dun_inbox_complete_in_tx(struct dun_db *db, const char *worker_id,

@@ -6,6 +6,7 @@
  *   - SQL is written with ?N parameters; they become $N here (outside
  *     string literals and quoted names). The identifier rowid, which the
  *     drift scan uses only as an ORDER BY tie-breaker, becomes ctid.
+ *     SQLite's "UPDATE OR FAIL" (see inbox.c) becomes a plain UPDATE.
  *   - Statements are prepared once per connection, when first run, with
  *     the types of the first binds (integers as int8, so an INSERT ...
  *     SELECT ?2 into a bigint column works); a later run with other bind
@@ -304,11 +305,20 @@ static enum dun_err pg_configure(struct dun_db *db, char *err, size_t err_size)
 /* ---- SQL translation --------------------------------------------------------- */
 
 /*
- * ?N -> $N, bare ? -> the next number, rowid -> ctid; *nparams gets the
- * highest N and *used (allocated) which numbers appear.
+ * ?N -> $N, bare ? -> the next number, rowid -> ctid, a leading
+ * "UPDATE OR FAIL " -> "UPDATE " (SQLite's conflict clause, which spares
+ * it a statement journal; a PostgreSQL statement is atomic anyway);
+ * *nparams gets the highest N and *used (allocated) which numbers appear.
  */
 static char *translate(const char *sql, int *nparams, bool **used)
 {
+	static const char or_fail[] = "UPDATE OR FAIL ";
+	if (strncmp(sql, or_fail, sizeof or_fail - 1) == 0) {
+		char *plain = dun_asprintf("UPDATE %s", sql + sizeof or_fail - 1);
+		char *out = translate(plain, nparams, used);
+		free(plain);
+		return out;
+	}
 	bool *seen = dun_calloc(strlen(sql) + 1, sizeof *seen);
 	size_t n = strlen(sql);
 	char *out = dun_malloc(n * 2 + 16);
