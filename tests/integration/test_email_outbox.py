@@ -286,12 +286,17 @@ def test_serve_delivers_queued_email_when_the_relay_returns(dun_new_db, tmp_path
             time.sleep(0.05)
         url = "http://127.0.0.1:%d/metrics" % int(port_file.read_text())
         # The relay may hold a message the sender has not recorded yet, and
-        # serve's own rechecks may queue more: wait for a scrape that has
-        # nothing pending and counts every message the relay holds.
+        # serve's own rechecks (due at its later clock) may queue more after
+        # a scrape said nothing was pending: wait until the workers have no
+        # trigger left, every email is sent, and a scrape counts every
+        # message the relay holds.
         while True:
             n_box = len(box.messages)
+            idle = query(db, "SELECT (SELECT COUNT(*) FROM inbox WHERE state IN"
+                             " ('received', 'processing', 'retrying')) + (SELECT COUNT(*)"
+                             " FROM emails WHERE state <> 'sent')") == [(0,)]
             metrics = urllib.request.urlopen(url, timeout=10).read().decode()
-            settled = ("dunning_email_pending 0\n" in metrics and
+            settled = (idle and "dunning_email_pending 0\n" in metrics and
                        "dunning_email_sent_total %d\n" % n_box in metrics and
                        len(box.messages) == n_box)
             if settled or time.time() > deadline:
