@@ -83,17 +83,54 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	int rc;
 
 	/*
+	 * The reads that need only the account are bound first and sent
+	 * together (one round trip on PostgreSQL, store/db.h), then stepped in
+	 * turn; the subscriptions and invoices, which need its customer, are a
+	 * second such group.
+	 *
 	 * The account's own rows, one of each table at most, in one read: the
 	 * account, its local platform row (also what dun_platform_read_local()
 	 * needs of it) and its dunning row; then its bad-debt episodes.
 	 */
-	struct dun_stmt *st = dun_db_stmt(
+	struct dun_stmt *st_account = dun_db_stmt(
 	    db, "SELECT a.segment, a.bad_debt, a.no_successful_payment, a.kill_switch, a.email,"
 		" a.name, p.account_id, p.banned, p.entitlement, p.resource_flags, p.placed_by,"
 		" d.account_id, d.stage, d.since, d.episode, d.lifting_since, d.next_recheck_at"
 		" FROM accounts a LEFT JOIN platform p ON p.account_id = a.id"
 		" LEFT JOIN dunning d ON d.account_id = a.id WHERE a.id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
+	dun_stmt_bind_text(st_account, 1, account_id);
+	struct dun_stmt *st_episodes = dun_db_stmt(
+	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
+		" FROM bad_debt_episodes WHERE account_id = ?1");
+	dun_stmt_bind_text(st_episodes, 1, account_id);
+	struct dun_stmt *st_customer =
+	    dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
+			    " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
+			    " COALESCE(p.name, '') FROM customers c"
+			    " LEFT JOIN p_customers p ON p.id = c.id"
+			    " WHERE c.account_id = ?1 ORDER BY c.id LIMIT 1");
+	dun_stmt_bind_text(st_customer, 1, account_id);
+	/* Emails taken care of: sent, queued, being sent or given up (dead) —
+	 * all but a `failed` row without its text (a legacy system gave back a
+	 * claim it made before the engine queued the email): that one is
+	 * planned, and so queued, again. */
+	struct dun_stmt *st_emails =
+	    dun_db_stmt(db, "SELECT key, created_at FROM emails WHERE account_id = ?1"
+			    " AND (state <> 'failed' OR body <> '')");
+	dun_stmt_bind_text(st_emails, 1, account_id);
+	/* Attempts, ordered like the invoices, attached by a merge walk below. */
+	struct dun_stmt *st_attempts =
+	    dun_db_stmt(db, "SELECT invoice_id, id, created, status, payment_method, decline_code,"
+			    " advice_code, network_advice_code FROM p_attempts"
+			    " WHERE account_id = ?1 ORDER BY invoice_id, created, id");
+	dun_stmt_bind_text(st_attempts, 1, account_id);
+	struct dun_stmt *const by_account[] = {st_account, st_episodes, st_customer, st_emails,
+					       st_attempts};
+	enum dun_err e = dun_db_prefetch(db, by_account, 5);
+	if (e != DUN_OK)
+		return e;
+
+	struct dun_stmt *st = st_account;
 	rc = dun_stmt_step(st);
 	if (rc != DUN_STEP_ROW) {
 		dun_stmt_reset(st);
@@ -123,10 +160,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	}
 	dun_stmt_reset(st);
 
-	st = dun_db_stmt(
-	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
-		" FROM bad_debt_episodes WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
+	st = st_episodes;
 	rc = dun_stmt_step(st);
 	if (rc == DUN_STEP_ROW) {
 		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
@@ -136,12 +170,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	if (rc == DUN_STEP_FAILED)
 		return dun_stmt_err(st);
 
-	st = dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
-			     " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
-			     " COALESCE(p.name, '') FROM customers c"
-			     " LEFT JOIN p_customers p ON p.id = c.id"
-			     " WHERE c.account_id = ?1 ORDER BY c.id LIMIT 1");
-	dun_stmt_bind_text(st, 1, account_id);
+	st = st_customer;
 	rc = dun_stmt_step(st);
 	if (rc == DUN_STEP_ROW) {
 		s->has_customer = true;
@@ -159,14 +188,8 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	if (rc != DUN_STEP_ROW && rc != DUN_STEP_DONE)
 		return dun_stmt_err(st);
 
-	/* Emails taken care of: sent, queued, being sent or given up (dead) —
-	 * all but a `failed` row without its text (a legacy system gave back a
-	 * claim it made before the engine queued the email): that one is
-	 * planned, and so queued, again. */
 	int n = 0;
-	st = dun_db_stmt(db, "SELECT key, created_at FROM emails WHERE account_id = ?1"
-			     " AND (state <> 'failed' OR body <> '')");
-	dun_stmt_bind_text(st, 1, account_id);
+	st = st_emails;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->emails, snap->emails_cap, n);
 		dun_stmt_col_copy(st, 0, snap->emails[n].key, sizeof snap->emails[n].key);
@@ -182,10 +205,26 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	if (!s->has_customer)
 		return DUN_OK;
 
+	struct dun_stmt *st_subs = dun_db_stmt(
+	    db, "SELECT id, status FROM p_subscriptions WHERE customer_id = ?1 ORDER BY id");
+	dun_stmt_bind_text(st_subs, 1, s->customer_id);
+	struct dun_stmt *st_invoices = dun_db_stmt(
+	    db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
+		" i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
+		" i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
+		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
+		" d.paylinks_enabled, i.next_payment_attempt FROM p_invoices i"
+		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
+		" WHERE i.account_id = ?1 AND i.customer_id = ?2 ORDER BY i.id");
+	dun_stmt_bind_text(st_invoices, 1, account_id);
+	dun_stmt_bind_text(st_invoices, 2, s->customer_id);
+	struct dun_stmt *const by_customer[] = {st_subs, st_invoices};
+	e = dun_db_prefetch(db, by_customer, 2);
+	if (e != DUN_OK)
+		return e;
+
 	n = 0;
-	st = dun_db_stmt(db, "SELECT id, status FROM p_subscriptions WHERE customer_id = ?1"
-			     " ORDER BY id");
-	dun_stmt_bind_text(st, 1, s->customer_id);
+	st = st_subs;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->subs, snap->subs_cap, n);
 		struct dun_subscription *sub = &snap->subs[n];
@@ -209,16 +248,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	bool *attach = NULL;
 	int attach_cap = 0;
 	n = 0;
-	st = dun_db_stmt(
-	    db, "SELECT i.id, i.subscription_id, i.status, i.billing_reason, i.amount_due,"
-		" i.amount_paid, i.amount_remaining, i.currency, i.attempt_count, i.created,"
-		" i.paid_at, i.hosted_invoice_url, i.meta_bad_debt_amount,"
-		" i.meta_bad_debt_paid, i.meta_bad_debt_invoices, d.closed,"
-		" d.paylinks_enabled, i.next_payment_attempt FROM p_invoices i"
-		" LEFT JOIN invoice_docs d ON d.invoice_id = i.id"
-		" WHERE i.account_id = ?1 AND i.customer_id = ?2 ORDER BY i.id");
-	dun_stmt_bind_text(st, 1, account_id);
-	dun_stmt_bind_text(st, 2, s->customer_id);
+	st = st_invoices;
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
 		GROW(snap->invoices, snap->invoices_cap, n);
 		struct dun_invoice *inv = &snap->invoices[n];
@@ -257,12 +287,8 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	s->invoices = snap->invoices;
 	s->n_invoices = n;
 
-	/* Attempts, ordered like the invoices, attached by a merge walk. */
 	int na = 0, cur = 0;
-	st = dun_db_stmt(db, "SELECT invoice_id, id, created, status, payment_method, decline_code,"
-			     " advice_code, network_advice_code FROM p_attempts"
-			     " WHERE account_id = ?1 ORDER BY invoice_id, created, id");
-	dun_stmt_bind_text(st, 1, account_id);
+	st = st_attempts;
 	int *first = dun_calloc((size_t)(n ? n : 1), sizeof *first);
 	int *count = dun_calloc((size_t)(n ? n : 1), sizeof *count);
 	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {

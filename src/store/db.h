@@ -294,6 +294,18 @@ void dun_stmt_bind_null(struct dun_stmt *st, int idx);
 int dun_stmt_param_count(struct dun_stmt *st);
 
 /*
+ * Run the statements st[0..n-1], each bound and not yet stepped, together:
+ * on PostgreSQL in one round trip (libpq's pipeline mode) instead of one
+ * each; on SQLite, where a step costs no round trip, nothing happens here.
+ * Each is then stepped as usual, in any order, and gives the rows it would
+ * have given alone. Returns the first failure (dun_db_errmsg() says why);
+ * the statements after it did not run: the caller gives up as it would
+ * after that statement's failed step. Only for statements that write
+ * nothing, whose binds do not depend on each other's rows.
+ */
+enum dun_err dun_db_prefetch(struct dun_db *db, struct dun_stmt *const *st, int n);
+
+/*
  * Stepping. dun_stmt_step() returns what one step produced; after
  * DUN_STEP_FAILED, dun_stmt_err() gives the error. dun_stmt_row() is the
  * loop form: true while there is a row. dun_stmt_done() runs a statement

@@ -670,6 +670,91 @@ static enum dun_step pg_step(struct dun_stmt *st)
 	return DUN_STEP_ROW;
 }
 
+/*
+ * dun_db_prefetch: every statement is prepared first (a round trip the
+ * first time a connection sees it, as for a step), then all are sent in
+ * pipeline mode with one Sync and their results read back in order: one
+ * round trip for all of them. A statement the server failed is reported and
+ * the ones after it (PGRES_PIPELINE_ABORTED) are left unexecuted. A lost
+ * connection leaves every statement unexecuted: its first step meets the
+ * loss and reconnects as it would have alone (PQreset also ends pipeline
+ * mode).
+ */
+static enum dun_err pg_prefetch(struct dun_db *db, struct dun_stmt *const *sts, int n)
+{
+	struct pg_conn *p = pc(db);
+	if (p->tx_lost || p->loading || PQstatus(p->c) != CONNECTION_OK)
+		return DUN_OK; /* the steps say what is wrong */
+	for (int i = 0; i < n; i++) {
+		struct pg_stmt *s = ps(sts[i]);
+		if (s->executed)
+			return DUN_E_INVALID;
+		enum dun_err e = ensure_prepared(s, p);
+		if (e != DUN_OK)
+			return conn_lost(p) ? DUN_OK : e;
+	}
+	if (!PQenterPipelineMode(p->c))
+		return DUN_OK;
+	int sent = 0;
+	for (; sent < n; sent++) {
+		struct pg_stmt *s = ps(sts[sent]);
+		const char **values =
+		    dun_calloc((size_t)(s->nparams ? s->nparams : 1), sizeof *values);
+		for (int i = 0; i < s->nparams; i++)
+			values[i] = s->params[i].value;
+		int ok = PQsendQueryPrepared(p->c, s->name, s->nparams, values, NULL, NULL, 0);
+		free(values);
+		if (!ok)
+			break;
+	}
+	enum dun_err first = DUN_OK;
+	bool lost = !PQpipelineSync(p->c);
+	for (int i = 0; i < sent && !lost; i++) {
+		struct pg_stmt *s = ps(sts[i]);
+		PGresult *r = PQgetResult(p->c);
+		ExecStatusType t = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+		if (t == PGRES_TUPLES_OK || t == PGRES_COMMAND_OK) {
+			s->res = r;
+			s->executed = true;
+			s->row = -1;
+		} else if (t == PGRES_PIPELINE_ABORTED) {
+			PQclear(r);
+		} else {
+			enum dun_err e = check_result(p, r);
+			PQclear(r);
+			/* 57P01 and the like: the server is ending the connection. */
+			if (e == DUN_E_IO || conn_lost(p))
+				lost = true;
+			else if (first == DUN_OK)
+				first = e;
+		}
+		/* Each result is followed by a NULL that ends it. */
+		while (!lost && (r = PQgetResult(p->c)) != NULL)
+			PQclear(r);
+	}
+	if (!lost) {
+		PGresult *r = PQgetResult(p->c); /* the Sync's */
+		lost = !r || PQresultStatus(r) != PGRES_PIPELINE_SYNC;
+		PQclear(r);
+	}
+	if (lost || sent < n || !PQexitPipelineMode(p->c)) {
+		/* Nothing of it is trusted: the steps run the statements again. */
+		for (int i = 0; i < n; i++)
+			clear_result(ps(sts[i]));
+		if (!conn_lost(p) && PQpipelineStatus(p->c) != PQ_PIPELINE_OFF) {
+			PGresult *r;
+			while ((r = PQgetResult(p->c)) != NULL)
+				PQclear(r);
+			/* Still in pipeline mode: a new connection, as after a loss. */
+			if (!PQexitPipelineMode(p->c))
+				reconnect(p);
+		}
+		return first;
+	}
+	p->changes = 0;
+	return first;
+}
+
 static bool has_value(struct pg_stmt *s, int col)
 {
 	return s->res && s->row >= 0 && s->row < PQntuples(s->res) && col >= 0 &&
@@ -1188,6 +1273,7 @@ const struct dun_db_driver dun_db_driver_pg = {
     .bind_double = pg_bind_double,
     .bind_null = pg_bind_null,
     .param_count = pg_param_count,
+    .prefetch = pg_prefetch,
     .step = pg_step,
     .col_int64 = pg_col_int64,
     .col_double = pg_col_double,

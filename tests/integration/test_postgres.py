@@ -10,7 +10,7 @@ kept in the database.
 
 import subprocess
 
-from conftest import DUN_BINARY, EX_CONFIG, EX_OK
+from conftest import DUN_BINARY, DUN_BUILD, EX_CONFIG, EX_OK
 
 EX_UNAVAILABLE = 69
 
@@ -103,3 +103,17 @@ def test_config_database_url_selects_postgresql(dun_pg, tmp_path):
     assert r.returncode == EX_CONFIG
     assert "[database] url" in r.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_store_seam_on_a_real_postgresql(dun_pg):
+    """The C tests of the seam that need a server (tests/unit/test_store_pg.c):
+    dun_db_prefetch sends several reads in one pipeline and gives the rows
+    each would give alone, reports the first statement the server failed
+    and leaves the connection usable, inside a transaction and out; after a
+    lost connection the steps reconnect."""
+    import os
+    tool = DUN_BUILD / "tests" / "unit" / "test_store_pg"
+    env = dict(os.environ, DUNNING_TEST_PG_URL=dun_pg.create("seam"))
+    r = subprocess.run([str(tool)], text=True, capture_output=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith(" 0 failed"), r.stdout
