@@ -79,7 +79,53 @@ class PgCluster:
                       "-d", name, "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-c", sql)
         return [line.split("\t") for line in r.stdout.splitlines() if line]
 
+    def session(self, name):
+        """One psql process kept open on database name, for queries asked
+        often (a new psql for each costs a fork, an exec and a login)."""
+        return PsqlSession(self, name)
+
     def create(self, name, template=None):
         self.psql("postgres", 'CREATE DATABASE "%s"%s' % (
             name, ' TEMPLATE "%s"' % template if template else ""))
         return self.url(name)
+
+
+class PsqlSession:
+    """psql reading queries from a pipe: ask() sends one and returns its
+    rows (lists of strings). A query ends with a line only psql echoes
+    back, so the rows are read up to it. Use as a context manager."""
+
+    END = "-- end of result --"
+
+    def __init__(self, pg, name):
+        cmd = [str(pg.bin / "psql"), "-h", str(pg.dir), "-p", str(pg.port), "-U", "postgres",
+               "-d", name, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-AtF", "\t"]
+        if pg.as_root:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+
+    def ask(self, sql):
+        self.proc.stdin.write("%s;\n\\echo '%s'\n" % (sql.rstrip().rstrip(";"), self.END))
+        self.proc.stdin.flush()
+        rows = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("psql ended (exit %s) during: %s" % (self.proc.wait(), sql))
+            line = line.rstrip("\n")
+            if line == self.END:
+                return rows
+            if line:
+                rows.append(line.split("\t"))
+
+    def close(self):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
