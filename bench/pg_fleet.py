@@ -160,6 +160,10 @@ def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0):
                                     " 'support_recompute'")
     finally:
         stop_serves(procs)
+        # Dropped at once: left in the cluster, the finished runs' tables
+        # kept autovacuum busy during the next runs, which slowed round
+        # after round (the last round of 3 ran at two thirds of the first).
+        pg.psql("postgres", 'DROP DATABASE IF EXISTS "%s"' % name)
     return {"processes": n, "workers_each": workers, "seconds": elapsed, "per_s": accounts / elapsed,
             "serve_cpu_s": cpu, "dead": int(dead), "decisions": int(decided),
             "transactions": after[0] - before[0], "wal_bytes": after[1] - before[1],
