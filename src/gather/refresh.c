@@ -34,7 +34,12 @@ static enum dun_err fold_all(struct dun_db *db, json_t *objs, int *n_out, char *
 		snprintf(err, err_size, "the provider's answer is not a list of objects");
 		return DUN_E_PARSE;
 	}
-	enum dun_err e = dun_db_begin(db);
+	/*
+	 * One mirror writer (store/db.h), as a webhook batch is: beside the
+	 * other workers' claimed work, not an exclusive transaction that every
+	 * worker of every process would queue behind.
+	 */
+	enum dun_err e = dun_db_begin_mirror(db);
 	if (e != DUN_OK) {
 		snprintf(err, err_size, "cannot begin a transaction: %s", dun_db_errmsg(db));
 		return e;
