@@ -142,7 +142,8 @@ static enum dun_err evaluate(struct dun_engine *en, const char *account_id, int6
 		e = platform_end(en);
 	/* Observe mode decides against the shadow, not the real stores. */
 	if (e == DUN_OK)
-		en->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &en->mode_why);
+		en->mode = dun_rollout_mode_of(&en->rollout, account_id, en->snap.rollout_list,
+					       &en->mode_why);
 	bool observe = e == DUN_OK && en->mode == DUN_MODE_OBSERVE;
 	if (observe)
 		e = dun_shadow_overlay(en->db, &en->snap);
@@ -268,8 +269,13 @@ static enum dun_err record_decision(struct dun_engine *en, const struct dun_trig
 	}
 	free(plan_s);
 	free(reasons_s);
-	if (e == DUN_OK) {
-		/* This pass read every store: the account is no longer incomplete. */
+	/*
+	 * A pass that decided read every store: the account is no longer
+	 * incomplete. GATHER said whether it was marked (most accounts never
+	 * are: no statement for them); a failed pass may not have read
+	 * everything and leaves the mark.
+	 */
+	if (e == DUN_OK && en->snap.incomplete_marked && strcmp(outcome, "failed") != 0) {
 		st = dun_db_stmt(en->db, "DELETE FROM incomplete_accounts WHERE account_id = ?1");
 		dun_stmt_bind_text(st, 1, en->snap.state.account_id);
 		e = dun_stmt_done(st);
@@ -436,7 +442,8 @@ enum dun_err dun_engine_apply_request(struct dun_engine *en, const struct dun_co
 {
 	memset(out, 0, sizeof *out);
 	const char *account_id = en->snap.state.account_id;
-	out->mode = dun_rollout_mode(en->db, &en->rollout, account_id, &out->mode_why);
+	out->mode =
+	    dun_rollout_mode_of(&en->rollout, account_id, en->snap.rollout_list, &out->mode_why);
 	if (out->mode == DUN_MODE_OBSERVE) {
 		snprintf(out->apply.error_text, sizeof out->apply.error_text,
 			 "account %s is in observe mode (%s): nothing is written", account_id,

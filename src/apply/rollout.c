@@ -70,6 +70,19 @@ enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 	if (dun_stmt_row(st))
 		dun_stmt_col_copy(st, 0, list, sizeof list);
 	dun_stmt_reset(st);
+	return dun_rollout_mode_of(r, account_id, list, why);
+}
+
+enum dun_mode dun_rollout_mode_of(const struct dun_rollout *r, const char *account_id,
+				  const char *list, const char **why)
+{
+	const char *dummy;
+	if (!why)
+		why = &dummy;
+	if (r->global_observe) {
+		*why = "global mode is observe";
+		return DUN_MODE_OBSERVE;
+	}
 	if (!strcmp(list, "allow")) {
 		*why = "account is on the allow-list";
 		return DUN_MODE_ACTIVE;

@@ -41,9 +41,17 @@ struct dun_rollout {
 enum dun_err dun_rollout_load(struct dun_db *db, struct dun_rollout *r);
 /* Write the safe defaults (observe, 0%) for the keys db does not have yet. */
 enum dun_err dun_rollout_init_defaults(struct dun_db *db);
-/* The mode for one account; *why (may be NULL) gets a static explanation. */
+/*
+ * The mode for one account; *why (may be NULL) gets a static explanation.
+ * dun_rollout_mode reads the account's allow/deny list row from db (a row
+ * that cannot be read counts as none: use it only for display);
+ * dun_rollout_mode_of decides from the list as GATHER read it ("allow",
+ * "deny" or "" for none, dun_snapshot.rollout_list).
+ */
 enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 			       const char *account_id, const char **why);
+enum dun_mode dun_rollout_mode_of(const struct dun_rollout *r, const char *account_id,
+				  const char *list, const char **why);
 /*
  * Whether every account is active (mode active, 100%, nobody denied): the
  * drift scan then skips asking per account.

@@ -90,26 +90,30 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	 *
 	 * The account's own rows, one of each table at most, in one read: the
 	 * account, its local platform row (also what dun_platform_read_local()
-	 * needs of it) and its dunning row; then its bad-debt episodes.
+	 * needs of it), its dunning row, its bad-debt episodes (counted), its
+	 * rollout list row, whether it is marked incomplete, and its first
+	 * customer (by id) with that customer's mirror row. One
+	 * statement instead of three: on SQLite a statement's own cost (reset,
+	 * bind, the program's start) was a fifth of an empty recompute.
 	 */
 	struct dun_stmt *st_account = dun_db_stmt(
 	    db, "SELECT a.segment, a.bad_debt, a.no_successful_payment, a.kill_switch, a.email,"
 		" a.name, p.account_id, p.banned, p.entitlement, p.resource_flags, p.placed_by,"
-		" d.account_id, d.stage, d.since, d.episode, d.lifting_since, d.next_recheck_at"
+		" d.account_id, d.stage, d.since, d.episode, d.lifting_since, d.next_recheck_at,"
+		" (SELECT COUNT(*) FROM bad_debt_episodes e WHERE e.account_id = a.id),"
+		" (SELECT COUNT(*) FROM bad_debt_episodes e WHERE e.account_id = a.id"
+		"  AND e.exited_at = 0),"
+		" c.id, c.bad_debt, COALESCE(pc.meta_bad_debt, 0),"
+		" COALESCE(pc.default_payment_method, ''), COALESCE(pc.email, ''),"
+		" COALESCE(pc.name, ''),"
+		" (SELECT r.list FROM rollout_list r WHERE r.account_id = a.id),"
+		" EXISTS (SELECT 1 FROM incomplete_accounts m WHERE m.account_id = a.id)"
 		" FROM accounts a LEFT JOIN platform p ON p.account_id = a.id"
-		" LEFT JOIN dunning d ON d.account_id = a.id WHERE a.id = ?1");
+		" LEFT JOIN dunning d ON d.account_id = a.id"
+		" LEFT JOIN customers c ON c.id = (SELECT c1.id FROM customers c1"
+		"  WHERE c1.account_id = a.id ORDER BY c1.id LIMIT 1)"
+		" LEFT JOIN p_customers pc ON pc.id = c.id WHERE a.id = ?1");
 	dun_stmt_bind_text(st_account, 1, account_id);
-	struct dun_stmt *st_episodes = dun_db_stmt(
-	    db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exited_at = 0 THEN 1 ELSE 0 END), 0)"
-		" FROM bad_debt_episodes WHERE account_id = ?1");
-	dun_stmt_bind_text(st_episodes, 1, account_id);
-	struct dun_stmt *st_customer =
-	    dun_db_stmt(db, "SELECT c.id, c.bad_debt, COALESCE(p.meta_bad_debt, 0),"
-			    " COALESCE(p.default_payment_method, ''), COALESCE(p.email, ''),"
-			    " COALESCE(p.name, '') FROM customers c"
-			    " LEFT JOIN p_customers p ON p.id = c.id"
-			    " WHERE c.account_id = ?1 ORDER BY c.id LIMIT 1");
-	dun_stmt_bind_text(st_customer, 1, account_id);
 	/* Emails taken care of: sent, queued, being sent or given up (dead) —
 	 * all but a `failed` row without its text (a legacy system gave back a
 	 * claim it made before the engine queued the email): that one is
@@ -124,9 +128,8 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 			    " advice_code, network_advice_code FROM p_attempts"
 			    " WHERE account_id = ?1 ORDER BY invoice_id, created, id");
 	dun_stmt_bind_text(st_attempts, 1, account_id);
-	struct dun_stmt *const by_account[] = {st_account, st_episodes, st_customer, st_emails,
-					       st_attempts};
-	enum dun_err e = dun_db_prefetch(db, by_account, 5);
+	struct dun_stmt *const by_account[] = {st_account, st_emails, st_attempts};
+	enum dun_err e = dun_db_pipeline(db, by_account, 3);
 	if (e != DUN_OK)
 		return e;
 
@@ -158,35 +161,23 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 		s->lifting_since = dun_stmt_col_int64(st, 15);
 		s->next_recheck_at = dun_stmt_col_int64(st, 16);
 	}
-	dun_stmt_reset(st);
-
-	st = st_episodes;
-	rc = dun_stmt_step(st);
-	if (rc == DUN_STEP_ROW) {
-		s->bad_debt_episodes = dun_stmt_col_int64(st, 0);
-		s->bad_debt_episode_open = dun_stmt_col_int64(st, 1) > 0;
-	}
-	dun_stmt_reset(st);
-	if (rc == DUN_STEP_FAILED)
-		return dun_stmt_err(st);
-
-	st = st_customer;
-	rc = dun_stmt_step(st);
-	if (rc == DUN_STEP_ROW) {
+	dun_stmt_col_copy(st, 25, snap->rollout_list, sizeof snap->rollout_list);
+	snap->incomplete_marked = dun_stmt_col_int(st, 26) != 0;
+	s->bad_debt_episodes = dun_stmt_col_int64(st, 17);
+	s->bad_debt_episode_open = dun_stmt_col_int64(st, 18) > 0;
+	if (!dun_stmt_col_is_null(st, 19)) {
 		s->has_customer = true;
-		dun_stmt_col_copy(st, 0, s->customer_id, sizeof s->customer_id);
-		s->customer_bad_debt = dun_stmt_col_int(st, 1);
-		s->provider_meta_bad_debt = dun_stmt_col_int(st, 2);
-		dun_stmt_col_copy(st, 3, s->default_payment_method,
+		dun_stmt_col_copy(st, 19, s->customer_id, sizeof s->customer_id);
+		s->customer_bad_debt = dun_stmt_col_int(st, 20);
+		s->provider_meta_bad_debt = dun_stmt_col_int(st, 21);
+		dun_stmt_col_copy(st, 22, s->default_payment_method,
 				  sizeof s->default_payment_method);
 		if (!snap->email[0])
-			dun_stmt_col_copy(st, 4, snap->email, sizeof snap->email);
+			dun_stmt_col_copy(st, 23, snap->email, sizeof snap->email);
 		if (!snap->name[0])
-			dun_stmt_col_copy(st, 5, snap->name, sizeof snap->name);
+			dun_stmt_col_copy(st, 24, snap->name, sizeof snap->name);
 	}
 	dun_stmt_reset(st);
-	if (rc != DUN_STEP_ROW && rc != DUN_STEP_DONE)
-		return dun_stmt_err(st);
 
 	int n = 0;
 	st = st_emails;
@@ -219,7 +210,7 @@ enum dun_err dun_gather(struct dun_db *db, const char *account_id, struct dun_sn
 	dun_stmt_bind_text(st_invoices, 1, account_id);
 	dun_stmt_bind_text(st_invoices, 2, s->customer_id);
 	struct dun_stmt *const by_customer[] = {st_subs, st_invoices};
-	e = dun_db_prefetch(db, by_customer, 2);
+	e = dun_db_pipeline(db, by_customer, 2);
 	if (e != DUN_OK)
 		return e;
 

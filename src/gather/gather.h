@@ -32,6 +32,12 @@ struct dun_snapshot {
 	 * one), for dun_platform_read_local(): the table is read once */
 	char local_placed_by[DUN_REASON_MAX];
 	int64_t local_resource_flags;
+	/* the account's rollout list row: "allow", "deny" or "" (none), for
+	 * dun_rollout_mode_of(): read with the account, in the same statement */
+	char rollout_list[16];
+	/* whether the account has an incomplete_accounts row (a pass before
+	 * could not read every store): a complete pass removes it */
+	bool incomplete_marked;
 };
 
 void dun_snapshot_init(struct dun_snapshot *snap);

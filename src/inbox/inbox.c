@@ -538,9 +538,14 @@ static enum dun_err settle_in_tx(struct dun_db *db, const char *sql, const char 
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, worker_id);
 	dun_stmt_bind_int64(st, 3, now);
-	enum dun_err e = dun_stmt_done(st);
+	/* The triggers and the claim in one round trip (store/db.h). */
+	struct dun_stmt *release = dun_fence_release_stmt(db, account_id, worker_id);
+	struct dun_stmt *const both[] = {st, release};
+	enum dun_err e = dun_db_pipeline(db, both, 2);
 	if (e == DUN_OK)
-		e = dun_fence_release(db, account_id, worker_id);
+		e = dun_stmt_done(st);
+	if (e == DUN_OK)
+		e = dun_stmt_done(release);
 	return e;
 }
 

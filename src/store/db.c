@@ -368,9 +368,9 @@ struct dun_stmt *dun_db_stmt(struct dun_db *db, const char *sql)
 	abort();
 }
 
-enum dun_err dun_db_prefetch(struct dun_db *db, struct dun_stmt *const *st, int n)
+enum dun_err dun_db_pipeline(struct dun_db *db, struct dun_stmt *const *st, int n)
 {
-	return db->drv->prefetch && n > 1 ? db->drv->prefetch(db, st, n) : DUN_OK;
+	return db->drv->pipeline && n > 1 ? db->drv->pipeline(db, st, n) : DUN_OK;
 }
 
 enum dun_err dun_db_prepare(struct dun_db *db, const char *sql, struct dun_stmt **out)

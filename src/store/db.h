@@ -297,13 +297,18 @@ int dun_stmt_param_count(struct dun_stmt *st);
  * Run the statements st[0..n-1], each bound and not yet stepped, together:
  * on PostgreSQL in one round trip (libpq's pipeline mode) instead of one
  * each; on SQLite, where a step costs no round trip, nothing happens here.
- * Each is then stepped as usual, in any order, and gives the rows it would
- * have given alone. Returns the first failure (dun_db_errmsg() says why);
- * the statements after it did not run: the caller gives up as it would
- * after that statement's failed step. Only for statements that write
- * nothing, whose binds do not depend on each other's rows.
+ * Each is then stepped as usual and gives the rows it would have given
+ * alone; dun_db_changes() after a statement's step gives that statement's
+ * own count. Returns the first failure (dun_db_errmsg() says why); the
+ * statements after it did not run: the caller gives up as it would after
+ * that statement's failed step. The binds of one must not depend on
+ * another's rows. Reads may be stepped in any order. Statements that write
+ * go only inside a transaction (a connection lost after the server ran
+ * them is then a lost transaction, never a write run twice) and are
+ * stepped in the order given, before any other statement: on SQLite they
+ * run at their steps.
  */
-enum dun_err dun_db_prefetch(struct dun_db *db, struct dun_stmt *const *st, int n);
+enum dun_err dun_db_pipeline(struct dun_db *db, struct dun_stmt *const *st, int n);
 
 /*
  * Stepping. dun_stmt_step() returns what one step produced; after

@@ -48,8 +48,8 @@ struct dun_db_driver {
 	void (*bind_double)(struct dun_stmt *st, int idx, double v);
 	void (*bind_null)(struct dun_stmt *st, int idx);
 	int (*param_count)(struct dun_stmt *st);
-	/* dun_db_prefetch, or NULL where a step costs no round trip. */
-	enum dun_err (*prefetch)(struct dun_db *db, struct dun_stmt *const *st, int n);
+	/* dun_db_pipeline, or NULL where a step costs no round trip. */
+	enum dun_err (*pipeline)(struct dun_db *db, struct dun_stmt *const *st, int n);
 	/* Sets st->err on failure. */
 	enum dun_step (*step)(struct dun_stmt *st);
 	int64_t (*col_int64)(struct dun_stmt *st, int col);

@@ -111,6 +111,7 @@ struct pg_stmt {
 	PGresult *res;
 	int row; /* the current row, -1 before the first */
 	bool executed;
+	bool piped; /* run by pg_pipeline, not stepped yet: its count is in res */
 };
 
 static struct pg_conn *pc(struct dun_db *db)
@@ -454,6 +455,7 @@ static void clear_result(struct pg_stmt *s)
 	s->res = NULL;
 	s->row = -1;
 	s->executed = false;
+	s->piped = false;
 }
 
 static void clear_params(struct pg_stmt *s)
@@ -659,7 +661,12 @@ static enum dun_step pg_step(struct dun_stmt *st)
 		}
 		s->executed = true;
 		s->row = -1;
+	} else if (s->piped) {
+		/* Run by pg_pipeline: its count becomes the connection's now. */
+		const char *tuples = PQcmdTuples(s->res);
+		p->changes = tuples && tuples[0] ? strtoll(tuples, NULL, 10) : 0;
 	}
+	s->piped = false;
 	if (!s->res || PQresultStatus(s->res) != PGRES_TUPLES_OK)
 		return DUN_STEP_DONE;
 	if (s->row + 1 >= PQntuples(s->res)) {
@@ -671,16 +678,17 @@ static enum dun_step pg_step(struct dun_stmt *st)
 }
 
 /*
- * dun_db_prefetch: every statement is prepared first (a round trip the
+ * dun_db_pipeline: every statement is prepared first (a round trip the
  * first time a connection sees it, as for a step), then all are sent in
  * pipeline mode with one Sync and their results read back in order: one
- * round trip for all of them. A statement the server failed is reported and
+ * round trip for all of them. Each keeps its result, whose count becomes
+ * the connection's at the statement's first step. A statement the server failed is reported and
  * the ones after it (PGRES_PIPELINE_ABORTED) are left unexecuted. A lost
  * connection leaves every statement unexecuted: its first step meets the
  * loss and reconnects as it would have alone (PQreset also ends pipeline
  * mode).
  */
-static enum dun_err pg_prefetch(struct dun_db *db, struct dun_stmt *const *sts, int n)
+static enum dun_err pg_pipeline(struct dun_db *db, struct dun_stmt *const *sts, int n)
 {
 	struct pg_conn *p = pc(db);
 	if (p->tx_lost || p->loading || PQstatus(p->c) != CONNECTION_OK)
@@ -716,6 +724,7 @@ static enum dun_err pg_prefetch(struct dun_db *db, struct dun_stmt *const *sts, 
 		if (t == PGRES_TUPLES_OK || t == PGRES_COMMAND_OK) {
 			s->res = r;
 			s->executed = true;
+			s->piped = true;
 			s->row = -1;
 		} else if (t == PGRES_PIPELINE_ABORTED) {
 			PQclear(r);
@@ -751,7 +760,6 @@ static enum dun_err pg_prefetch(struct dun_db *db, struct dun_stmt *const *sts, 
 		}
 		return first;
 	}
-	p->changes = 0;
 	return first;
 }
 
@@ -1273,7 +1281,7 @@ const struct dun_db_driver dun_db_driver_pg = {
     .bind_double = pg_bind_double,
     .bind_null = pg_bind_null,
     .param_count = pg_param_count,
-    .prefetch = pg_prefetch,
+    .pipeline = pg_pipeline,
     .step = pg_step,
     .col_int64 = pg_col_int64,
     .col_double = pg_col_double,

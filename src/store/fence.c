@@ -161,11 +161,17 @@ enum dun_err dun_fence_renew(struct dun_db *db, const struct dun_fence *f)
 	return e;
 }
 
-enum dun_err dun_fence_release(struct dun_db *db, const char *account_id, const char *owner)
+struct dun_stmt *dun_fence_release_stmt(struct dun_db *db, const char *account_id,
+					const char *owner)
 {
 	struct dun_stmt *st = dun_db_stmt(db, "UPDATE claims SET expires_ms = 0"
 					      " WHERE account_id = ?1 AND owner = ?2");
 	dun_stmt_bind_text(st, 1, account_id);
 	dun_stmt_bind_text(st, 2, owner);
-	return dun_stmt_done(st);
+	return st;
+}
+
+enum dun_err dun_fence_release(struct dun_db *db, const char *account_id, const char *owner)
+{
+	return dun_stmt_done(dun_fence_release_stmt(db, account_id, owner));
 }

@@ -71,5 +71,12 @@ enum dun_err dun_fence_renew(struct dun_db *db, const struct dun_fence *f);
 
 /* Release owner's claim of account_id (the token stays), in the caller's transaction if any. */
 enum dun_err dun_fence_release(struct dun_db *db, const char *account_id, const char *owner);
+/*
+ * The same release as a bound statement, not yet run: to send with other
+ * writes of the caller's transaction in one dun_db_pipeline() (db.h), then
+ * run with dun_stmt_done(). The strings are borrowed until then.
+ */
+struct dun_stmt *dun_fence_release_stmt(struct dun_db *db, const char *account_id,
+					const char *owner);
 
 #endif

@@ -107,7 +107,7 @@ def test_config_database_url_selects_postgresql(dun_pg, tmp_path):
 
 def test_the_store_seam_on_a_real_postgresql(dun_pg):
     """The C tests of the seam that need a server (tests/unit/test_store_pg.c):
-    dun_db_prefetch sends several reads in one pipeline and gives the rows
+    dun_db_pipeline sends several reads in one pipeline and gives the rows
     each would give alone, reports the first statement the server failed
     and leaves the connection usable, inside a transaction and out; after a
     lost connection the steps reconnect."""

@@ -1,6 +1,6 @@
 /*
  * test_store_pg.c — what the store seam does on a real PostgreSQL that the
- * SQLite unit tests cannot show: dun_db_prefetch's pipeline.
+ * SQLite unit tests cannot show: dun_db_pipeline's pipeline.
  *
  * Needs a database: DUNNING_TEST_PG_URL names an empty one (the integration
  * suite's throwaway cluster makes it, tests/integration/test_postgres.py).
@@ -43,8 +43,8 @@ static const char SQL_ONE[] = "SELECT value, key FROM settings WHERE key = ?1";
 static const char SQL_DIV[] = "SELECT 10 / ?1, 'x'";
 static const char SQL_NONE[] = "SELECT key, value FROM settings WHERE key = 'absent'";
 
-/* Stepped after a prefetch, in any order, each gives what it gives alone. */
-static void test_prefetch_gives_the_same_rows(struct dun_db *db, bool in_tx)
+/* Stepped after a pipeline, in any order, each gives what it gives alone. */
+static void test_pipeline_gives_the_same_rows(struct dun_db *db, bool in_tx)
 {
 	if (in_tx)
 		CHECK_INT(dun_db_begin_concurrent(db), DUN_OK);
@@ -58,7 +58,7 @@ static void test_prefetch_gives_the_same_rows(struct dun_db *db, bool in_tx)
 		char(*out)[256] = round ? together : alone;
 		if (round) {
 			struct dun_stmt *const all[] = {a, b, c};
-			CHECK_INT(dun_db_prefetch(db, all, 3), DUN_OK);
+			CHECK_INT(dun_db_pipeline(db, all, 3), DUN_OK);
 		}
 		/* The last one first: the results wait for their steps. */
 		rows_of(c, out[2], sizeof out[2]);
@@ -77,7 +77,7 @@ static void test_prefetch_gives_the_same_rows(struct dun_db *db, bool in_tx)
  * keep their rows, the one after did not run (a step runs it: outside a
  * transaction it then gives its rows), and the connection goes on.
  */
-static void test_prefetch_reports_the_first_failure(struct dun_db *db, bool in_tx)
+static void test_pipeline_reports_the_first_failure(struct dun_db *db, bool in_tx)
 {
 	if (in_tx)
 		CHECK_INT(dun_db_begin_concurrent(db), DUN_OK);
@@ -90,7 +90,7 @@ static void test_prefetch_reports_the_first_failure(struct dun_db *db, bool in_t
 	    dun_db_stmt(db, "SELECT value, key FROM settings WHERE key = ?1 AND 1 = 1");
 	dun_stmt_bind_text(c, 1, "t.c");
 	struct dun_stmt *const all[] = {a, bad, c};
-	enum dun_err e = dun_db_prefetch(db, all, 3);
+	enum dun_err e = dun_db_pipeline(db, all, 3);
 	CHECK(e != DUN_OK);
 	CHECK(e != DUN_E_IO);
 	CHECK(strstr(dun_db_errmsg(db), "division by zero") != NULL);
@@ -111,18 +111,19 @@ static void test_prefetch_reports_the_first_failure(struct dun_db *db, bool in_t
 }
 
 /*
- * The connection is cut between two prefetches: nothing is reported by the
- * prefetch itself; the steps meet the loss, reconnect (outside a
+ * The connection is cut before a pipeline: nothing is reported by the
+ * pipeline itself; the steps meet the loss, reconnect (outside a
  * transaction) and give their rows.
  */
-static void test_prefetch_after_a_lost_connection(struct dun_db *db, const char *url)
+static void test_pipeline_after_a_lost_connection(struct dun_db *db, const char *url)
 {
 	struct dun_db *killer = open_or_die(url);
 	struct dun_stmt *pid = dun_db_stmt(db, "SELECT pg_backend_pid(), 'x'");
 	CHECK(dun_stmt_row(pid));
 	int64_t backend = dun_stmt_col_int64(pid, 0);
 	dun_stmt_reset(pid);
-	struct dun_stmt *k = dun_db_stmt(killer, "SELECT pg_terminate_backend(CAST(?1 AS integer))");
+	struct dun_stmt *k =
+	    dun_db_stmt(killer, "SELECT pg_terminate_backend(CAST(?1 AS integer))");
 	dun_stmt_bind_int64(k, 1, backend);
 	CHECK(dun_stmt_row(k));
 	dun_stmt_reset(k);
@@ -133,11 +134,44 @@ static void test_prefetch_after_a_lost_connection(struct dun_db *db, const char 
 	struct dun_stmt *b = dun_db_stmt(db, SQL_MANY);
 	dun_stmt_bind_text(b, 1, "t.%");
 	struct dun_stmt *const all[] = {a, b};
-	CHECK_INT(dun_db_prefetch(db, all, 2), DUN_OK);
+	CHECK_INT(dun_db_pipeline(db, all, 2), DUN_OK);
 	char got[256];
 	rows_of(a, got, sizeof got);
 	CHECK_STR(got, "1|t.a;");
 	rows_of(b, got, sizeof got);
+	CHECK_STR(got, "t.a|1;t.b|2;t.c|3;");
+}
+
+/*
+ * Writes in a pipeline, inside a transaction: each step returns its own
+ * result and dun_db_changes() after it that statement's count; an INSERT's
+ * RETURNING row is there to step.
+ */
+static void test_pipeline_of_writes(struct dun_db *db)
+{
+	CHECK_INT(dun_db_begin_concurrent(db), DUN_OK);
+	struct dun_stmt *two = dun_db_stmt(db, "UPDATE settings SET value = value || 'x'"
+					       " WHERE key IN ('t.a', 't.b')");
+	struct dun_stmt *none = dun_db_stmt(db, "UPDATE settings SET value = 'y'"
+						" WHERE key = 'absent'");
+	struct dun_stmt *ins = dun_db_stmt(db, "INSERT INTO settings(key, value)"
+					       " VALUES (?1, ?2) RETURNING value");
+	dun_stmt_bind_text(ins, 1, "t.d");
+	dun_stmt_bind_text(ins, 2, "4");
+	struct dun_stmt *const all[] = {two, none, ins};
+	CHECK_INT(dun_db_pipeline(db, all, 3), DUN_OK);
+	CHECK_INT(dun_stmt_done(two), DUN_OK);
+	CHECK_INT(dun_db_changes(db), 2);
+	CHECK_INT(dun_stmt_done(none), DUN_OK);
+	CHECK_INT(dun_db_changes(db), 0);
+	CHECK(dun_stmt_row(ins));
+	CHECK_STR(dun_stmt_col_text(ins, 0), "4");
+	dun_stmt_reset(ins);
+	dun_db_rollback(db);
+	char got[256];
+	struct dun_stmt *a = dun_db_stmt(db, SQL_MANY);
+	dun_stmt_bind_text(a, 1, "t.%");
+	rows_of(a, got, sizeof got);
 	CHECK_STR(got, "t.a|1;t.b|2;t.c|3;");
 }
 
@@ -153,11 +187,12 @@ int main(void)
 	CHECK_INT(dun_db_setting_set(db, "t.b", "2"), DUN_OK);
 	CHECK_INT(dun_db_setting_set(db, "t.c", "3"), DUN_OK);
 
-	test_prefetch_gives_the_same_rows(db, false);
-	test_prefetch_gives_the_same_rows(db, true);
-	test_prefetch_reports_the_first_failure(db, false);
-	test_prefetch_reports_the_first_failure(db, true);
-	test_prefetch_after_a_lost_connection(db, url);
+	test_pipeline_gives_the_same_rows(db, false);
+	test_pipeline_gives_the_same_rows(db, true);
+	test_pipeline_reports_the_first_failure(db, false);
+	test_pipeline_reports_the_first_failure(db, true);
+	test_pipeline_of_writes(db);
+	test_pipeline_after_a_lost_connection(db, url);
 	dun_db_close(db);
 	return CHECK_DONE();
 }
