@@ -339,6 +339,8 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 			dun_workers_stop(p);
 			return e;
 		}
+		/* Reads through the shared page cache (store/db.h). */
+		dun_db_map_file(w->ctx->db, DUN_DB_WORKER_MAP_MB);
 	}
 	for (int i = 0; i < p->n; i++) {
 		struct worker *w = &p->w[i];

@@ -557,6 +557,15 @@ void dun_db_set_cache_kb(struct dun_db *db, int kb)
 	db->drv->exec(db, sql, NULL, 0);
 }
 
+void dun_db_map_file(struct dun_db *db, int mb)
+{
+	if (!db->drv->map_file_sql || mb < 0)
+		return;
+	char sql[64];
+	snprintf(sql, sizeof sql, "%s%lld", db->drv->map_file_sql, (long long)mb << 20);
+	db->drv->exec(db, sql, NULL, 0);
+}
+
 int64_t dun_db_cache_misses(struct dun_db *db)
 {
 	return db->drv->cache_misses(db);

@@ -237,6 +237,21 @@ void dun_db_checkpoint(struct dun_db *db);
 void dun_db_set_cache_kb(struct dun_db *db, int kb);
 
 /*
+ * Read the file through a memory map of up to mb MiB shared by every
+ * connection of the process (SQLite's mmap_size; nothing on PostgreSQL,
+ * whose cache is the server's): a page comes from the OS page cache
+ * without a system call or a copy, where the connection's own cache
+ * (DUN_DB_CACHE_KB) would read it again once the working set outgrows it.
+ * For the connections that recompute (a worker pass touches a dozen pages
+ * of several tables per account). Not for the drift scan: a mapped page it
+ * touched counts in the process's resident size. An I/O error on a mapped
+ * page ends the process (SIGBUS) instead of failing a statement.
+ */
+void dun_db_map_file(struct dun_db *db, int mb);
+/* What the service's workers map: address space, not memory. */
+#define DUN_DB_WORKER_MAP_MB 1024
+
+/*
  * A bulk load of rows into one table, in the open transaction: faster than
  * INSERTs (PostgreSQL's COPY FROM STDIN); DUN_E_INVALID on a backend without
  * one (SQLite). table and cols are plain names (lower case, digits, _).

@@ -99,6 +99,8 @@ struct dun_db_driver {
 	const char *checkpoint_sql;
 	/* dun_db_set_cache_kb's statement, completed by the KiB, or NULL. */
 	const char *cache_kb_sql;
+	/* dun_db_map_file's statement, completed by the bytes, or NULL. */
+	const char *map_file_sql;
 	/* Or dun_db_set_cache_kb itself, where it is more than one statement. */
 	void (*set_cache_kb)(struct dun_db *db, int kb);
 	/*

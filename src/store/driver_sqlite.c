@@ -432,4 +432,5 @@ const struct dun_db_driver dun_db_driver_sqlite = {
     .checkpoint_manual_sql = "PRAGMA wal_autocheckpoint=0",
     .checkpoint_sql = "PRAGMA wal_checkpoint(PASSIVE)",
     .cache_kb_sql = "PRAGMA cache_size=-",
+    .map_file_sql = "PRAGMA mmap_size=",
 };
