@@ -56,20 +56,15 @@ enum dun_err dun_rollout_load(struct dun_db *db, struct dun_rollout *r)
 enum dun_mode dun_rollout_mode(struct dun_db *db, const struct dun_rollout *r,
 			       const char *account_id, const char **why)
 {
-	const char *dummy;
-	if (!why)
-		why = &dummy;
-	if (r->global_observe) {
-		*why = "global mode is observe";
-		return DUN_MODE_OBSERVE;
-	}
-	struct dun_stmt *st =
-	    dun_db_stmt(db, "SELECT list FROM rollout_list WHERE account_id = ?1");
-	dun_stmt_bind_text(st, 1, account_id);
 	char list[16] = "";
-	if (dun_stmt_row(st))
-		dun_stmt_col_copy(st, 0, list, sizeof list);
-	dun_stmt_reset(st);
+	if (!r->global_observe) { /* the list matters only then */
+		struct dun_stmt *st =
+		    dun_db_stmt(db, "SELECT list FROM rollout_list WHERE account_id = ?1");
+		dun_stmt_bind_text(st, 1, account_id);
+		if (dun_stmt_row(st))
+			dun_stmt_col_copy(st, 0, list, sizeof list);
+		dun_stmt_reset(st);
+	}
 	return dun_rollout_mode_of(r, account_id, list, why);
 }
 
