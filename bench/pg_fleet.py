@@ -18,7 +18,8 @@ so many accounts move on (emails, restrictions): recomputes with
 consequences, not only empty plans. Each process runs [server] workers = 2
 (--workers); with --total-workers T the same T workers are split over the
 processes instead (T/n each), which separates what more processes cost
-from what more workers buy.
+from what more workers buy. --fleet-workers F sets [server] fleet_workers:
+at most F workers of all the processes work at once.
 
 A warm-up run (--warmup, not counted) fills PostgreSQL's buffers and the
 page cache first: without it the first round ran at about half the speed
@@ -59,12 +60,13 @@ def run(argv, **kw):
     return r
 
 
-def start_serves(binary, url, n, now, workdir, workers):
+def start_serves(binary, url, n, now, workdir, workers, fleet_workers=0):
     procs = []
     for i in range(n):
         conf = workdir / ("serve%d.conf" % i)
         conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = %d\npoll_ms = 200\n"
-                        "[database]\nurl = %s\n" % (workers, url))
+                        "fleet_workers = %d\n[database]\nurl = %s\n"
+                        % (workers, fleet_workers, url))
         port_file = workdir / ("serve%d.port" % i)
         if port_file.exists():
             port_file.unlink()
@@ -120,14 +122,14 @@ def top_statements(pg, name, limit):
     return [(int(c), float(ms), q) for c, ms, q in rows]
 
 
-def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0):
+def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0, fleet_workers=0):
     name = "run_%s" % tag
     url = pg.create(name, template="base")
     # The clone went through the WAL: flushed now, so that no run shares
     # its time with a checkpoint of the one before, and every run starts
     # with the same full-page writes to make.
     pg.psql(name, "CHECKPOINT")
-    procs = start_serves(binary, url, n, now, workdir, workers)
+    procs = start_serves(binary, url, n, now, workdir, workers, fleet_workers)
     try:
         time.sleep(1.0)  # every process idle, listening
         if top:
@@ -183,6 +185,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="[server] workers of each process")
     ap.add_argument("--total-workers", type=int, default=0,
                     help="split this many workers over the processes instead")
+    ap.add_argument("--fleet-workers", type=int, default=0,
+                    help="[server] fleet_workers of every process (0: no cap)")
     ap.add_argument("--top", type=int, default=0,
                     help="also print each run's N most frequent statements (calls per account)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -209,7 +213,8 @@ def main():
                 say("warm-up %d: %d process(es), not counted" % (w + 1, n))
                 workers = (max(1, args.total_workers // n) if args.total_workers
                            else args.workers)
-                one_run(pg, binary, n, args.accounts, now, workdir, "w%d" % w, workers, 0)
+                one_run(pg, binary, n, args.accounts, now, workdir, "w%d" % w, workers, 0,
+                        args.fleet_workers)
             results = []
             for r in range(args.rounds):
                 order = sizes if r % 2 == 0 else list(reversed(sizes))
@@ -218,7 +223,8 @@ def main():
                     workers = (max(1, args.total_workers // n) if args.total_workers
                                else args.workers)
                     results.append(one_run(pg, binary, n, args.accounts, now, workdir,
-                                           "%d_%d" % (r, n), workers, args.top))
+                                           "%d_%d" % (r, n), workers, args.top,
+                                           args.fleet_workers))
     best = {}
     for res in results:
         best[res["processes"]] = max(best.get(res["processes"], 0), res["per_s"])
@@ -231,6 +237,8 @@ def main():
         return 0
     split = ("%d workers in all, split over the processes" % args.total_workers
              if args.total_workers else "each process %d workers" % args.workers)
+    if args.fleet_workers:
+        split += ", at most %d of the fleet at once" % args.fleet_workers
     print("pg fleet at %s: %d accounts, %s, durable PostgreSQL on the "
           "same machine (load average %.1f)" % (commit, args.accounts, split, load))
     print("%-10s %8s %12s %10s %10s %12s %12s %12s" % ("processes", "workers", "accounts/s",

@@ -363,6 +363,10 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	       "%lld bytes\n",
 	       c->workers, (long long)c->poll_ms, c->group_commit_max,
 	       (long long)c->body_max_bytes);
+	if (c->fleet_workers)
+		printf("  fleet       at most %lld workers of all replicas at once%s\n",
+		       (long long)c->fleet_workers,
+		       dun_db_is_url(c->db_path) ? "" : " (PostgreSQL only: ignored on SQLite)");
 	char per_client[48];
 	if (c->max_connections_per_client)
 		snprintf(per_client, sizeof per_client, "%lld",

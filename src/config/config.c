@@ -44,6 +44,7 @@ static const struct key keys[] = {
     {"server", "listen", K_LISTEN, 0, 0, 0, 0},
     INT("server", "body_max_bytes", body_max_bytes, 1024, 64 * 1024 * 1024),
     INT("server", "workers", workers, 1, 64),
+    INT("server", "fleet_workers", fleet_workers, 0, 4096),
     INT("server", "poll_ms", poll_ms, 10, 60000),
     INT("server", "group_commit_max", group_commit_max, 1, 10000),
     INT("server", "max_connections", max_connections, 16, 1000000),

@@ -41,6 +41,7 @@ struct dun_config {
 	int listen_port;
 	int64_t body_max_bytes;	 /* default 1 MiB */
 	int workers;		 /* worker threads; default 2 */
+	int64_t fleet_workers;	 /* PostgreSQL: workers of all replicas at once; 0 = no cap */
 	int64_t poll_ms;	 /* how often idle workers look for due triggers; default 500 */
 	int group_commit_max;	 /* events per fsync at most; default 256 */
 	int64_t max_connections; /* open HTTP connections at most; default 8192 */

@@ -62,6 +62,7 @@ struct worker {
 	char id[192];
 	pthread_t thread;
 	bool started;
+	int turn; /* the fleet-wide turn this worker holds, -1: none (see has_turn) */
 };
 
 struct dun_workers {
@@ -223,6 +224,40 @@ static bool run_some(struct worker *w)
 	return true;
 }
 
+/*
+ * [server] fleet_workers: on PostgreSQL at most that many workers of all the
+ * replicas work at once. A worker takes one of the fleet's turns (a lock
+ * its connection holds, store/db.h) before it claims, keeps it while it
+ * finds work and gives it back when it goes idle; one that finds every turn
+ * held waits as an idle worker does (woken by new work, or after poll_ms)
+ * and tries again. A process that dies gives its turns back with its
+ * connections. Without the cap, or on SQLite, every worker always works.
+ */
+static bool has_turn(struct worker *w)
+{
+	struct dun_workers *p = w->pool;
+	if (p->cfg->fleet_workers <= 0 || !dun_db_writes_concurrently(w->ctx->db) || w->turn >= 0)
+		return true;
+	/* Each worker starts at its own place, so most find a free turn first. */
+	uint32_t h = 2166136261u;
+	for (const char *c = w->id; *c; c++)
+		h = (h ^ (uint8_t)*c) * 16777619u;
+	enum dun_err e = dun_db_take_turn(w->ctx->db, (int)p->cfg->fleet_workers,
+					  (int)(h % (uint32_t)p->cfg->fleet_workers), &w->turn);
+	if (e != DUN_OK)
+		dun_log(DUN_LOG_WARN, "worker.turn_failed", "worker", w->id, "error",
+			dun_err_str(e), NULL);
+	return w->turn >= 0;
+}
+
+static void give_turn(struct worker *w)
+{
+	if (w->turn < 0 || w->pool->cfg->fleet_workers <= 0)
+		return;
+	dun_db_give_turn(w->ctx->db, w->turn);
+	w->turn = -1;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -231,9 +266,12 @@ static void *worker_main(void *arg)
 	dun_log(DUN_LOG_DEBUG, "worker.started", "worker", w->id, NULL);
 	while (!stopping(p)) {
 		uint64_t seen = wakeups(p);
-		if (!run_some(w))
-			idle(p, seen, p->cfg->poll_ms);
+		if (has_turn(w) && run_some(w))
+			continue;
+		give_turn(w);
+		idle(p, seen, p->cfg->poll_ms);
 	}
+	give_turn(w);
 	atomic_fetch_sub(&p->running, 1);
 	dun_log(DUN_LOG_DEBUG, "worker.stopped", "worker", w->id, NULL);
 	return NULL;
@@ -331,6 +369,7 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	for (int i = 0; i < p->n; i++) {
 		struct worker *w = &p->w[i];
 		w->pool = p;
+		w->turn = -1;
 		char name[48];
 		snprintf(name, sizeof name, "%s-w%d", role, i + 1);
 		dun_inbox_worker_id(w->id, sizeof w->id, name);

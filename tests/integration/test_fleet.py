@@ -242,3 +242,74 @@ def test_a_trigger_stored_by_another_process_wakes_the_idle_workers(tmp_path, du
                           timeout=20), s.logs()[-3000:]
     finally:
         assert s.stop() == 0, s.logs()[-3000:]
+
+
+def test_fleet_workers_caps_the_workers_working_at_once(tmp_path, dun_pg):
+    """[server] fleet_workers: two replicas of three workers each, and at most
+    two workers of the fleet work at any moment (a turn is a session lock
+    in PostgreSQL, sampled from pg_locks while the backlog drains). One
+    replica is killed with SIGKILL mid-work: its turns go with its
+    connections, the other replica finishes every account, and when the
+    inbox is empty every turn has been given back."""
+    demo = tmp_path / "demo.db"
+    r = subprocess.run([str(BIN), "--db", str(demo), "demo", "--accounts", "120",
+                        "--days", "30"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    url = dun_pg.create("turns")
+    r = subprocess.run([str(BIN), "store", "copy", "--from", str(demo), "--to", url],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    servers = [PgServe(tmp_path, "t%d" % i, dun_pg, url,
+                       server={"workers": "3", "fleet_workers": "2", "poll_ms": "50"})
+               for i in range(2)]
+    for s in servers:
+        s.start()
+    con = dun_pg.connect(url)
+    con.autocommit = True
+    cur = con.cursor()
+    held_query = ("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'"
+                  " AND classid = 4242004 AND objsubid = 2 AND granted")
+    open_query = ("SELECT COUNT(*) FROM inbox WHERE state IN"
+                  " ('received', 'processing', 'retrying')")
+    try:
+        cur.execute("SELECT COUNT(*) FROM accounts")
+        [n] = cur.fetchone()
+        cur.execute("INSERT INTO inbox(account_id, kind, source, dedup_key, not_before,"
+                    " created_at, updated_at) SELECT id, 'support_recompute', 'test',"
+                    " 'turns:' || id, 0, 0, 0 FROM accounts; NOTIFY dunning_inbox")
+        most, samples_held, killed, most_working = 0, 0, False, 0
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            cur.execute(held_query)
+            [held] = cur.fetchone()
+            most = max(most, held)
+            samples_held += held > 0
+            if not killed:
+                # The workers with claimed triggers (a killed replica's stay
+                # claimed until their lease runs out: counted before only).
+                cur.execute("SELECT COUNT(DISTINCT claimed_by) FROM inbox"
+                            " WHERE state = 'processing'")
+                most_working = max(most_working, cur.fetchone()[0])
+            cur.execute(open_query)
+            [left] = cur.fetchone()
+            if left == 0:
+                break
+            if not killed and left < n * 2 // 3:
+                servers[0].kill9()
+                killed = True
+            time.sleep(0.01)
+        assert killed and left == 0, (left, servers[1].logs()[-3000:])
+        assert most <= 2, most
+        assert samples_held > 0
+        assert 1 <= most_working <= 2, most_working
+        cur.execute("SELECT COUNT(DISTINCT account_id) FROM decisions"
+                    " WHERE trigger_kind = 'support_recompute'")
+        assert cur.fetchone()[0] == n
+        cur.execute("SELECT COUNT(*) FROM inbox WHERE state = 'dead'")
+        assert cur.fetchone()[0] == 0
+        # Idle now: the survivor gave its turns back.
+        assert wait_until(lambda: cur.execute(held_query) or cur.fetchone()[0] == 0,
+                          timeout=20)
+    finally:
+        con.close()
+        assert servers[1].stop() == 0, servers[1].logs()[-3000:]
