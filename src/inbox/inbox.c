@@ -88,6 +88,87 @@ static bool owner_is_gone(const char *worker_id)
 	return kill((pid_t)pid, 0) == -1 && errno == ESRCH;
 }
 
+enum dun_err dun_inbox_turn_take(struct dun_db *db, int n, int start, const char *owner,
+				 int64_t lease_ms, int *turn)
+{
+	*turn = -1;
+	if (n < 1)
+		return DUN_E_INVALID;
+	int64_t wall = dun_clock_wall_ms();
+	/*
+	 * The turns held now, in one read: a worker that finds them all held
+	 * writes nothing. A holder that is a gone process of this host is
+	 * expired first (an UPDATE that re-checks the owner).
+	 */
+	bool *held = dun_calloc((size_t)n, sizeof *held);
+	char gone[8][192];
+	int n_gone = 0;
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT turn, owner FROM fleet_turns"
+					      " WHERE expires_ms >= ?1 AND owner <> ?2");
+	dun_stmt_bind_int64(st, 1, wall);
+	dun_stmt_bind_text(st, 2, owner);
+	int rc;
+	while ((rc = dun_stmt_step(st)) == DUN_STEP_ROW) {
+		int64_t k = dun_stmt_col_int64(st, 0);
+		const char *who = dun_stmt_col_text(st, 1);
+		if (who && owner_is_gone(who) && n_gone < 8)
+			dun_stmt_col_copy(st, 1, gone[n_gone++], sizeof gone[0]);
+		else if (k >= 0 && k < n)
+			held[k] = true;
+	}
+	enum dun_err e = rc == DUN_STEP_DONE ? DUN_OK : dun_stmt_err(st);
+	dun_stmt_reset(st);
+	for (int i = 0; i < n_gone && e == DUN_OK; i++) {
+		st = dun_db_stmt(db, "UPDATE fleet_turns SET expires_ms = 0 WHERE owner = ?1");
+		dun_stmt_bind_text(st, 1, gone[i]);
+		e = dun_stmt_done(st);
+	}
+	if (start < 0)
+		start = 0;
+	for (int i = 0; i < n && e == DUN_OK && *turn < 0; i++) {
+		int k = (start + i) % n;
+		if (held[k])
+			continue;
+		/* Taken only if free, or already this owner's: one of two takers wins. */
+		st =
+		    dun_db_stmt(db, "INSERT INTO fleet_turns(turn, owner, expires_ms)"
+				    " VALUES (?1, ?2, ?3) ON CONFLICT (turn) DO UPDATE SET"
+				    " owner = excluded.owner, expires_ms = excluded.expires_ms"
+				    " WHERE fleet_turns.expires_ms < ?4 OR fleet_turns.owner = ?2");
+		dun_stmt_bind_int(st, 1, k);
+		dun_stmt_bind_text(st, 2, owner);
+		dun_stmt_bind_int64(st, 3, wall + lease_ms);
+		dun_stmt_bind_int64(st, 4, wall);
+		e = dun_stmt_done(st);
+		if (e == DUN_OK && dun_db_changes(db) == 1)
+			*turn = k;
+	}
+	free(held);
+	return e;
+}
+
+enum dun_err dun_inbox_turn_keep(struct dun_db *db, int turn, const char *owner, int64_t lease_ms,
+				 bool *kept)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE fleet_turns SET expires_ms = ?3"
+					      " WHERE turn = ?1 AND owner = ?2");
+	dun_stmt_bind_int(st, 1, turn);
+	dun_stmt_bind_text(st, 2, owner);
+	dun_stmt_bind_int64(st, 3, dun_clock_wall_ms() + lease_ms);
+	enum dun_err e = dun_stmt_done(st);
+	*kept = e == DUN_OK && dun_db_changes(db) == 1;
+	return e;
+}
+
+enum dun_err dun_inbox_turn_give(struct dun_db *db, int turn, const char *owner)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "UPDATE fleet_turns SET expires_ms = 0"
+					      " WHERE turn = ?1 AND owner = ?2");
+	dun_stmt_bind_int(st, 1, turn);
+	dun_stmt_bind_text(st, 2, owner);
+	return dun_stmt_done(st);
+}
+
 /*
  * Take back the claims of workers that died on this host. Here and in
  * take_back_expired, "state <> 'done'" is the predicate of the partial

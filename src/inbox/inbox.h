@@ -93,6 +93,26 @@ void dun_inbox_config_defaults(struct dun_inbox_config *c);
 void dun_inbox_worker_id(char *out, size_t out_size, const char *role);
 
 /*
+ * The fleet's turns ([server] fleet_workers): at most n workers of all the
+ * processes sharing the store hold one at once. A turn is a row of
+ * fleet_turns held like a claim: by an owner (a worker id) until an expiry
+ * on the wall clock (never the settable --now clock), so the turn of a
+ * replica that died or hangs comes free after lease_ms, and at once when
+ * its owner is a process of this host that is gone.
+ *
+ * dun_inbox_turn_take: one read of the turns held, then an upsert of a free
+ * one, trying from start (mod n); never waits. *turn is the turn taken, or
+ * -1 when all n are held. dun_inbox_turn_keep: push the expiry of a turn
+ * still held (*kept false: it ran out and another took it).
+ * dun_inbox_turn_give: give it back. Each is its own transaction.
+ */
+enum dun_err dun_inbox_turn_take(struct dun_db *db, int n, int start, const char *owner,
+				 int64_t lease_ms, int *turn);
+enum dun_err dun_inbox_turn_keep(struct dun_db *db, int turn, const char *owner, int64_t lease_ms,
+				 bool *kept);
+enum dun_err dun_inbox_turn_give(struct dun_db *db, int turn, const char *owner);
+
+/*
  * Add a trigger. dedup_key (may be NULL) makes the insert a no-op when a
  * trigger with the same key exists; *inserted says which. *id_out (may be
  * NULL) gets the new or existing id. Runs in the caller's transaction if any.

@@ -86,7 +86,7 @@ static const struct dun_http_route routes[] = {
 /* How long a worker gives way to a webhook burst before it claims anyway. */
 #define WORKER_YIELD_MAX_MS 200
 
-static void settled(void *arg, struct dun_db *db, const char *account_id)
+static bool settled(void *arg, struct dun_db *db, const char *account_id)
 {
 	struct dun_service *svc = arg;
 	/*
@@ -95,10 +95,10 @@ static void settled(void *arg, struct dun_db *db, const char *account_id)
 	 * would, and may start the next recompute.
 	 */
 	int64_t delivered = 0;
-	if (dun_shared_provider_deliver_called(svc->provider, &delivered) == DUN_OK &&
-	    delivered > 0)
-		dun_workers_wake(svc->workers);
+	bool more = dun_shared_provider_deliver_called(svc->provider, &delivered) == DUN_OK &&
+		    delivered > 0;
 	dun_admin_settled(svc->admin, db, account_id);
+	return more;
 }
 
 static void worker_yield(void *arg)
@@ -135,15 +135,16 @@ static bool committer_busy(void *arg)
  */
 #define LEARN_QUIET_MS 200
 
-static void housekeep(void *arg)
+static bool housekeep(void *arg)
 {
 	struct dun_service *svc = arg;
 	/* What another process (a CLI on the same store) had the simulator queue. */
 	int64_t delivered = 0;
-	if (dun_shared_provider_deliver(svc->provider, &delivered) == DUN_OK && delivered > 0)
-		dun_workers_wake(svc->workers);
+	bool more =
+	    dun_shared_provider_deliver(svc->provider, &delivered) == DUN_OK && delivered > 0;
 	if (dun_committer_quiet(svc->committer, LEARN_QUIET_MS))
 		dun_shared_provider_learn(svc->provider, committer_busy, svc);
+	return more;
 }
 
 static void wake_workers(void *arg)

@@ -62,7 +62,8 @@ struct worker {
 	char id[192];
 	pthread_t thread;
 	bool started;
-	int turn; /* the fleet-wide turn this worker holds, -1: none (see has_turn) */
+	int turn;	 /* the fleet's turn this worker holds, -1: none (see has_turn) */
+	int64_t turn_at; /* when it was taken or last kept, wall clock ms */
 };
 
 struct dun_workers {
@@ -138,8 +139,8 @@ static void maybe_rechecks(struct worker *w, int64_t now)
 	 * workers themselves write little.
 	 */
 	dun_db_checkpoint(w->ctx->db);
-	if (p->hooks.housekeep)
-		p->hooks.housekeep(p->hooks.arg);
+	if (p->hooks.housekeep && p->hooks.housekeep(p->hooks.arg))
+		dun_workers_wake(p);
 	int n = 0;
 	enum dun_err e = dun_inbox_enqueue_due_rechecks(w->ctx->db, now, &n);
 	if (e != DUN_OK) {
@@ -218,43 +219,70 @@ static bool run_some(struct worker *w)
 		/* The claims stay in processing; their leases bring them back. */
 		dun_log(DUN_LOG_ERROR, "worker.settle_failed", "worker", w->id, "account",
 			items[0].account_id, "error", dun_err_str(e), NULL);
+	bool more = false;
 	if (p->hooks.settled)
 		for (int i = 0; i < n; i++)
-			p->hooks.settled(p->hooks.arg, w->ctx->db, items[i].account_id);
+			more |= p->hooks.settled(p->hooks.arg, w->ctx->db, items[i].account_id);
+	if (more)
+		dun_workers_wake(p);
 	return true;
 }
 
 /*
  * [server] fleet_workers: on PostgreSQL at most that many workers of all the
- * replicas work at once. A worker takes one of the fleet's turns (a lock
- * its connection holds, store/db.h) before it claims, keeps it while it
- * finds work and gives it back when it goes idle; one that finds every turn
- * held waits as an idle worker does (woken by new work, or after poll_ms)
- * and tries again. A process that dies gives its turns back with its
- * connections. Without the cap, or on SQLite, every worker always works.
+ * replicas work at once. A worker takes one of the fleet's turns (a row held
+ * like a claim, inbox.h) before it claims, keeps it while it finds work
+ * (renewed once half its lease is gone) and gives it back when it goes
+ * idle; one that finds every turn held waits as an idle worker does (woken
+ * by new work, or after poll_ms) and tries again. A replica that dies or
+ * hangs holds its turns for a lease at most ([inbox] lease_s), less when
+ * it was a process of the same host. Without the cap, or on SQLite, every
+ * worker always works.
  */
 static bool has_turn(struct worker *w)
 {
 	struct dun_workers *p = w->pool;
-	if (p->cfg->fleet_workers <= 0 || !dun_db_writes_concurrently(w->ctx->db) || w->turn >= 0)
+	if (p->cfg->fleet_workers <= 0 || !dun_db_writes_concurrently(w->ctx->db))
 		return true;
+	int64_t lease_ms = p->inbox.lease_s * 1000;
+	int64_t wall = dun_clock_wall_ms();
+	enum dun_err e = DUN_OK;
+	if (w->turn >= 0) {
+		if (wall - w->turn_at < lease_ms / 2)
+			return true;
+		bool kept = false;
+		e = dun_inbox_turn_keep(w->ctx->db, w->turn, w->id, lease_ms, &kept);
+		if (e == DUN_OK && kept) {
+			w->turn_at = wall;
+			return true;
+		}
+		w->turn = -1; /* ran out and went to another worker: take one again */
+	}
 	/* Each worker starts at its own place, so most find a free turn first. */
 	uint32_t h = 2166136261u;
 	for (const char *c = w->id; *c; c++)
 		h = (h ^ (uint8_t)*c) * 16777619u;
-	enum dun_err e = dun_db_take_turn(w->ctx->db, (int)p->cfg->fleet_workers,
-					  (int)(h % (uint32_t)p->cfg->fleet_workers), &w->turn);
+	if (e == DUN_OK)
+		e = dun_inbox_turn_take(w->ctx->db, (int)p->cfg->fleet_workers,
+					(int)(h % (uint32_t)p->cfg->fleet_workers), w->id, lease_ms,
+					&w->turn);
 	if (e != DUN_OK)
 		dun_log(DUN_LOG_WARN, "worker.turn_failed", "worker", w->id, "error",
 			dun_err_str(e), NULL);
-	return w->turn >= 0;
+	if (w->turn < 0)
+		return false;
+	w->turn_at = wall;
+	return true;
 }
 
 static void give_turn(struct worker *w)
 {
-	if (w->turn < 0 || w->pool->cfg->fleet_workers <= 0)
+	if (w->turn < 0)
 		return;
-	dun_db_give_turn(w->ctx->db, w->turn);
+	enum dun_err e = dun_inbox_turn_give(w->ctx->db, w->turn, w->id);
+	if (e != DUN_OK) /* it runs out with its lease */
+		dun_log(DUN_LOG_WARN, "worker.turn_failed", "worker", w->id, "error",
+			dun_err_str(e), NULL);
 	w->turn = -1;
 }
 

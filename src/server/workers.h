@@ -22,8 +22,11 @@ struct dun_workers;
  * Called on the worker thread after an account's triggers were settled
  * (done, retrying or dead), with the worker's connection (no transaction
  * open). The admin API uses it to answer a waiting recompute request.
+ * True when it stored new work: the pool then wakes its idle workers (a
+ * hook must not reach the pool itself: the first ones run while
+ * dun_workers_start() has not returned it yet).
  */
-typedef void (*dun_workers_settled_fn)(void *arg, struct dun_db *db, const char *account_id);
+typedef bool (*dun_workers_settled_fn)(void *arg, struct dun_db *db, const char *account_id);
 
 /* Called on the worker thread before each claim; may wait (see workers.c). */
 typedef void (*dun_workers_yield_fn)(void *arg);
@@ -38,9 +41,9 @@ typedef bool (*dun_workers_contended_fn)(void *arg);
 /*
  * Called at most every poll_ms across the pool, on a worker thread between
  * batches, beside the pool's own housekeeping (checkpoint, rechecks): for
- * the service's other background chores.
+ * the service's other background chores. True as for settled.
  */
-typedef void (*dun_workers_housekeep_fn)(void *arg);
+typedef bool (*dun_workers_housekeep_fn)(void *arg);
 
 /* What the pool calls back; any function may be NULL. Each gets arg. */
 struct dun_workers_hooks {

@@ -557,24 +557,6 @@ void dun_db_set_cache_kb(struct dun_db *db, int kb)
 	db->drv->exec(db, sql, NULL, 0);
 }
 
-enum dun_err dun_db_take_turn(struct dun_db *db, int n, int start, int *turn)
-{
-	*turn = -1;
-	if (n < 1)
-		return DUN_E_INVALID;
-	if (!db->drv->take_turn) {
-		*turn = 0;
-		return DUN_OK;
-	}
-	return db->drv->take_turn(db, n, start, turn);
-}
-
-void dun_db_give_turn(struct dun_db *db, int turn)
-{
-	if (turn >= 0 && db->drv->give_turn)
-		db->drv->give_turn(db, turn);
-}
-
 void dun_db_map_file(struct dun_db *db, int mb)
 {
 	if (!db->drv->map_file_sql || mb < 0)

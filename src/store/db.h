@@ -187,20 +187,6 @@ bool dun_db_holds_mirror(const struct dun_db *db);
 enum dun_err dun_db_try_lock(struct dun_db *db, const char *key, bool *got);
 
 /*
- * Turns: at most n holders at once across every process and host sharing
- * the store, whatever the number of processes (a fleet-wide cap on the
- * workers that work at once). dun_db_take_turn tries the turns 0..n-1 once
- * each, from start (mod n), never waiting: *turn is the one taken, or -1
- * when all are held. A turn is held by the connection, outside and across
- * transactions, until dun_db_give_turn or until the connection ends (the
- * process exits or dies; a connection re-established after a loss holds
- * nothing). On SQLite, where one process works a file, every call gets
- * turn 0 and holds nothing.
- */
-enum dun_err dun_db_take_turn(struct dun_db *db, int n, int start, int *turn);
-void dun_db_give_turn(struct dun_db *db, int turn);
-
-/*
  * From now on, in the whole process, a lost connection is not re-established
  * with backoff any more: statements fail at once (DUN_E_IO). For a service
  * that is stopping, so it does not spend its stop waiting for a database

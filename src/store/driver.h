@@ -75,12 +75,6 @@ struct dun_db_driver {
 	enum dun_err (*lock_mirror)(struct dun_db *db, bool wait);
 	/* In the open transaction: try a lock named key (dun_db_try_lock). */
 	enum dun_err (*try_lock)(struct dun_db *db, const char *key, bool *got);
-	/*
-	 * dun_db_take_turn / dun_db_give_turn, or NULL where one process works
-	 * a store (SQLite): a turn is a numbered lock held by the session.
-	 */
-	enum dun_err (*take_turn)(struct dun_db *db, int n, int start, int *turn);
-	void (*give_turn)(struct dun_db *db, int turn);
 	void (*rollback)(struct dun_db *db);
 	/* Read and write the applied schema version. */
 	int (*schema_version)(struct dun_db *db);

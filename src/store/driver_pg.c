@@ -62,9 +62,6 @@
 /* The first half of the two-key advisory locks named by dun_db_try_lock. */
 #define NAMED_LOCK_CLASS "4242003"
 
-/* The first half of the two-key session locks of dun_db_take_turn. */
-#define TURN_LOCK_CLASS "4242004"
-
 #define RECONNECT_TRIES 8
 
 struct pg_conn {
@@ -73,7 +70,6 @@ struct pg_conn {
 	char errmsg[DUN_DB_ERRMSG_MAX];
 	int64_t changes;
 	int generation; /* bumped by every reconnect: prepared statements are gone */
-	int turn_gen;	/* generation the held turn was taken in (dun_db_take_turn) */
 	int next_name;
 	bool in_tx;
 	bool tx_lost;	     /* the connection dropped inside the open transaction */
@@ -936,55 +932,6 @@ static enum dun_err pg_try_lock(struct dun_db *db, const char *key, bool *got)
 	return e;
 }
 
-/* One session-level try of turn k: 1 taken, 0 held by another, -1 failed. */
-static int try_turn(struct pg_conn *p, int k)
-{
-	char key[16];
-	snprintf(key, sizeof key, "%d", k);
-	const char *values[] = {key};
-	PGresult *r = PQexecParams(
-	    p->c, "SELECT pg_try_advisory_lock(" TURN_LOCK_CLASS ", CAST($1 AS integer))", 1, NULL,
-	    values, NULL, NULL, 0);
-	int got = -1;
-	if (check_result(p, r) == DUN_OK && PQntuples(r) == 1)
-		got = !strcmp(PQgetvalue(r, 0, 0), "t");
-	PQclear(r);
-	return got;
-}
-
-static enum dun_err pg_take_turn(struct dun_db *db, int n, int start, int *turn)
-{
-	struct pg_conn *p = pc(db);
-	*turn = -1;
-	if (start < 0)
-		start = -(start + 1);
-	for (int i = 0; i < n; i++) {
-		int k = (start + i) % n;
-		int got = try_turn(p, k);
-		if (got < 0 && conn_lost(p) && !p->in_tx && reconnect(p))
-			got = try_turn(p, k);
-		if (got < 0)
-			return conn_lost(p) ? DUN_E_IO : DUN_E_STORE;
-		if (got) {
-			*turn = k;
-			p->turn_gen = p->generation;
-			return DUN_OK;
-		}
-	}
-	return DUN_OK;
-}
-
-static void pg_give_turn(struct dun_db *db, int turn)
-{
-	struct pg_conn *p = pc(db);
-	/* A connection re-established since holds nothing. */
-	if (p->turn_gen != p->generation || PQstatus(p->c) != CONNECTION_OK)
-		return;
-	char sql[96];
-	snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(" TURN_LOCK_CLASS ", %d)", turn);
-	PQclear(PQexec(p->c, sql));
-}
-
 static enum dun_err pg_commit(struct dun_db *db)
 {
 	struct pg_conn *p = pc(db);
@@ -1350,8 +1297,6 @@ const struct dun_db_driver dun_db_driver_pg = {
     .commit = pg_commit,
     .lock_mirror = pg_lock_mirror,
     .try_lock = pg_try_lock,
-    .take_turn = pg_take_turn,
-    .give_turn = pg_give_turn,
     .rollback = pg_rollback,
     .schema_version = pg_schema_version,
     .set_schema_version = pg_set_schema_version,

@@ -1133,11 +1133,25 @@ static const char *const migration_23[] = {
     NULL,
 };
 
+/*
+ * Migration 24: the fleet's turns ([server] fleet_workers, inbox.c): at most
+ * that many workers of all the replicas work at once. A turn is a row held
+ * like a claim, by an owner until an expiry on the wall clock, so a turn of
+ * a replica that died or hangs comes free after a lease.
+ */
+static const char *const migration_24[] = {
+    "CREATE TABLE fleet_turns ("
+    " turn INTEGER NOT NULL PRIMARY KEY,"
+    " owner TEXT NOT NULL,"
+    " expires_ms INTEGER NOT NULL)",
+    NULL,
+};
+
 static const char *const *const migrations[] = {
     migration_1,  migration_2,	migration_3,  migration_4,  migration_5,  migration_6,
     migration_7,  migration_8,	migration_9,  migration_10, migration_11, migration_12,
     migration_13, migration_14, migration_15, migration_16, migration_17, migration_18,
-    migration_19, migration_20, migration_21, migration_22, migration_23,
+    migration_19, migration_20, migration_21, migration_22, migration_23, migration_24,
 };
 
 int dun_schema_count(void)
