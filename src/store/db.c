@@ -407,13 +407,19 @@ int64_t dun_db_last_insert_id(struct dun_db *db)
 enum dun_err dun_db_begin(struct dun_db *db)
 {
 	db->mirror_held = false;
-	return db->drv->begin(db, false);
+	return db->drv->begin(db, false, false);
 }
 
 enum dun_err dun_db_begin_concurrent(struct dun_db *db)
 {
 	db->mirror_held = false;
-	return db->drv->begin(db, true);
+	return db->drv->begin(db, true, false);
+}
+
+enum dun_err dun_db_begin_unsynced(struct dun_db *db)
+{
+	db->mirror_held = false;
+	return db->drv->begin(db, true, !db->relaxed);
 }
 
 enum dun_err dun_db_lock_mirror(struct dun_db *db, bool wait)
@@ -507,6 +513,7 @@ enum dun_err dun_db_rollback_to(struct dun_db *db, const char *name)
 
 void dun_db_relax_durability(struct dun_db *db)
 {
+	db->relaxed = true;
 	if (db->drv->relax_durability_sql)
 		db->drv->exec(db, db->drv->relax_durability_sql, NULL, 0);
 }

@@ -151,6 +151,19 @@ int64_t dun_db_last_insert_id(struct dun_db *db);
  */
 enum dun_err dun_db_begin(struct dun_db *db);
 enum dun_err dun_db_begin_concurrent(struct dun_db *db);
+/*
+ * A concurrent transaction whose COMMIT does not wait for the disk. A crash
+ * of the process never loses it; a crash of the machine (or of the
+ * PostgreSQL server) may, and then loses nothing committed before it, only
+ * it and what committed after it without a sync: both backends write their
+ * log in order, and the next ordinary COMMIT makes it durable too. Only for
+ * writes whose loss is harmless: taking claims (lost, the triggers are
+ * ready again and whoever claims next gets a token of its own; the old
+ * owner's fenced writes are refused). SQLite: synchronous=NORMAL for this
+ * transaction; PostgreSQL: synchronous_commit off for it (SET LOCAL, sent
+ * with the BEGIN).
+ */
+enum dun_err dun_db_begin_unsynced(struct dun_db *db);
 
 /*
  * The mirror writers' lock. Storing an invoice derives its account from the

@@ -68,8 +68,11 @@ struct dun_db_driver {
 	 * Open a write transaction, commit, roll back. An exclusive one is
 	 * serialized with every other write transaction; a concurrent one only
 	 * with the exclusive ones (see dun_db_begin_concurrent in db.h).
+	 * unsynced: its COMMIT need not wait for the disk
+	 * (dun_db_begin_unsynced); the driver restores its durability when
+	 * the transaction ends, committed or rolled back.
 	 */
-	enum dun_err (*begin)(struct dun_db *db, bool concurrent);
+	enum dun_err (*begin)(struct dun_db *db, bool concurrent, bool unsynced);
 	enum dun_err (*commit)(struct dun_db *db);
 	/* In the open transaction: the mirror writers' lock (dun_db_lock_mirror). */
 	enum dun_err (*lock_mirror)(struct dun_db *db, bool wait);
@@ -122,6 +125,8 @@ struct dun_db {
 	char *path;
 	enum dun_db_access access; /* how open and configure treat the file */
 	bool mirror_held;	   /* the mirror writers' lock, in the open transaction */
+	bool relaxed;		   /* dun_db_relax_durability: nothing is synced anyway */
+	bool unsynced;		   /* the open transaction's COMMIT does not sync (SQLite) */
 	struct {
 		const char *sql;
 		struct dun_stmt *st;

@@ -868,16 +868,18 @@ static bool pg_in_transaction(struct dun_db *db)
 	return p->in_tx || PQtransactionStatus(p->c) != PQTRANS_IDLE;
 }
 
-static enum dun_err pg_begin(struct dun_db *db, bool concurrent)
+static enum dun_err pg_begin(struct dun_db *db, bool concurrent, bool unsynced)
 {
 	struct pg_conn *p = pc(db);
 	p->tx_lost = false;
 	p->in_tx = false;
-	enum dun_err e =
-	    pg_exec(db,
-		    concurrent ? "BEGIN; SELECT pg_advisory_xact_lock_shared(" WRITE_LOCK_KEY ")"
-			       : "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK_KEY ")",
-		    NULL, 0);
+	/* SET LOCAL lasts to the end of the transaction, however it ends. */
+	const char *sql = !concurrent ? "BEGIN; SELECT pg_advisory_xact_lock(" WRITE_LOCK_KEY ")"
+			  : unsynced  ? "BEGIN; SET LOCAL synchronous_commit = off;"
+					" SELECT pg_advisory_xact_lock_shared(" WRITE_LOCK_KEY ")"
+				      : "BEGIN; SELECT pg_advisory_xact_lock_shared(" WRITE_LOCK_KEY
+				       ")";
+	enum dun_err e = pg_exec(db, sql, NULL, 0);
 	if (e == DUN_OK) {
 		p->in_tx = true;
 	} else if (PQtransactionStatus(p->c) != PQTRANS_IDLE) {

@@ -315,10 +315,34 @@ static bool sq_in_transaction(struct dun_db *db)
 }
 
 /* One writer at a time holds the whole file: both kinds are exclusive. */
-static enum dun_err sq_begin(struct dun_db *db, bool concurrent)
+/* Back to the connection's durability once an unsynced transaction ended. */
+static void sq_resync(struct dun_db *db)
+{
+	if (db->unsynced && !sq_in_transaction(db)) {
+		db->unsynced = false;
+		sq_exec(db, "PRAGMA synchronous=FULL", NULL, 0);
+	}
+}
+
+static enum dun_err sq_begin(struct dun_db *db, bool concurrent, bool unsynced)
 {
 	(void)concurrent;
-	return sq_exec(db, "BEGIN IMMEDIATE", NULL, 0);
+	/*
+	 * In WAL mode, NORMAL writes the transaction's frames without an
+	 * fsync; the next FULL commit's fsync of the same log covers them.
+	 * The setting is read when a transaction commits: set before BEGIN,
+	 * restored after COMMIT or ROLLBACK.
+	 */
+	if (unsynced && !db->unsynced) {
+		enum dun_err e = sq_exec(db, "PRAGMA synchronous=NORMAL", NULL, 0);
+		if (e != DUN_OK)
+			return e;
+		db->unsynced = true;
+	}
+	enum dun_err e = sq_exec(db, "BEGIN IMMEDIATE", NULL, 0);
+	if (e != DUN_OK)
+		sq_resync(db);
+	return e;
 }
 
 /* The write transaction already holds the whole file. */
@@ -337,13 +361,16 @@ static enum dun_err sq_try_lock(struct dun_db *db, const char *key, bool *got)
 
 static enum dun_err sq_commit(struct dun_db *db)
 {
-	return sq_exec(db, "COMMIT", NULL, 0);
+	enum dun_err e = sq_exec(db, "COMMIT", NULL, 0);
+	sq_resync(db);
+	return e;
 }
 
 static void sq_rollback(struct dun_db *db)
 {
 	if (sq_in_transaction(db))
 		sq_exec(db, "ROLLBACK", NULL, 0);
+	sq_resync(db);
 }
 
 static int sq_schema_version(struct dun_db *db)

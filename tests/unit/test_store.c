@@ -957,6 +957,65 @@ static void test_password_scrubbed_from_messages(void)
 	}
 }
 
+/* ---- transactions ---------------------------------------------------------- */
+
+static int synchronous(struct dun_db *db)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "PRAGMA synchronous");
+	int v = dun_stmt_row(st) ? dun_stmt_col_int(st, 0) : -1;
+	dun_stmt_reset(st);
+	return v;
+}
+
+static int64_t count_settings(struct dun_db *db, const char *key)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "SELECT COUNT(*) FROM settings WHERE key = ?1");
+	dun_stmt_bind_text(st, 1, key);
+	int64_t n = dun_stmt_row(st) ? dun_stmt_col_int64(st, 0) : -1;
+	dun_stmt_reset(st);
+	return n;
+}
+
+/*
+ * An unsynced transaction (claims) commits without its own fsync
+ * (synchronous NORMAL, 1) and the connection is back to FULL (2) once it
+ * ended, committed or rolled back; what it committed is there for another
+ * connection. A relaxed connection (OFF, 0) stays relaxed.
+ */
+static void test_unsynced_transaction(void)
+{
+	char path[512];
+	db_path(path, sizeof path, "unsynced");
+	struct dun_db *db = testdb_open(path);
+	struct dun_db *other = testdb_open(path);
+	CHECK_INT(synchronous(db), 2);
+	CHECK_INT(dun_db_begin_unsynced(db), DUN_OK);
+	CHECK_INT(synchronous(db), 1);
+	CHECK_INT(dun_db_setting_set(db, "unsynced.a", "1"), DUN_OK);
+	CHECK_INT(dun_db_commit(db), DUN_OK);
+	CHECK_INT(synchronous(db), 2);
+	CHECK_INT(count_settings(other, "unsynced.a"), 1);
+
+	CHECK_INT(dun_db_begin_unsynced(db), DUN_OK);
+	CHECK_INT(dun_db_setting_set(db, "unsynced.b", "1"), DUN_OK);
+	dun_db_rollback(db);
+	CHECK_INT(synchronous(db), 2);
+	CHECK_INT(count_settings(other, "unsynced.b"), 0);
+
+	/* Ordinary transactions are untouched. */
+	CHECK_INT(dun_db_begin_concurrent(db), DUN_OK);
+	CHECK_INT(synchronous(db), 2);
+	dun_db_rollback(db);
+
+	dun_db_relax_durability(db);
+	CHECK_INT(synchronous(db), 0);
+	CHECK_INT(dun_db_begin_unsynced(db), DUN_OK);
+	CHECK_INT(dun_db_commit(db), DUN_OK);
+	CHECK_INT(synchronous(db), 0);
+	dun_db_close(other);
+	dun_db_close(db);
+}
+
 int main(void)
 {
 	testdb_mkdir(scratch, sizeof scratch);
@@ -976,6 +1035,7 @@ int main(void)
 	test_customer_triggers_use_the_key();
 	test_provider_customers_follow_their_account();
 	test_password_scrubbed_from_messages();
+	test_unsynced_transaction();
 	rmdir(scratch);
 	return CHECK_DONE();
 }

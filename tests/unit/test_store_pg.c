@@ -175,6 +175,47 @@ static void test_pipeline_of_writes(struct dun_db *db)
 	CHECK_STR(got, "t.a|1;t.b|2;t.c|3;");
 }
 
+static void show_sync(struct dun_db *db, char *out, size_t size)
+{
+	struct dun_stmt *st = dun_db_stmt(db, "SHOW synchronous_commit");
+	snprintf(out, size, "%s", dun_stmt_row(st) ? dun_stmt_col_text(st, 0) : "?");
+	dun_stmt_reset(st);
+}
+
+/*
+ * An unsynced transaction (claims) runs with synchronous_commit off, and
+ * only it: the setting is back once it ended, committed or rolled back, and
+ * what it committed is there.
+ */
+static void test_unsynced_transaction(struct dun_db *db)
+{
+	char got[64];
+	show_sync(db, got, sizeof got);
+	CHECK_STR(got, "on");
+	CHECK_INT(dun_db_begin_unsynced(db), DUN_OK);
+	show_sync(db, got, sizeof got);
+	CHECK_STR(got, "off");
+	CHECK_INT(dun_db_setting_set(db, "t.unsynced", "1"), DUN_OK);
+	CHECK_INT(dun_db_commit(db), DUN_OK);
+	show_sync(db, got, sizeof got);
+	CHECK_STR(got, "on");
+	CHECK_INT(dun_db_begin_unsynced(db), DUN_OK);
+	dun_db_rollback(db);
+	show_sync(db, got, sizeof got);
+	CHECK_STR(got, "on");
+	CHECK_INT(dun_db_begin_concurrent(db), DUN_OK);
+	show_sync(db, got, sizeof got);
+	CHECK_STR(got, "on");
+	dun_db_rollback(db);
+	struct dun_stmt *st =
+	    dun_db_stmt(db, "SELECT value FROM settings WHERE key = 't.unsynced'");
+	CHECK(dun_stmt_row(st));
+	CHECK_STR(dun_stmt_col_text(st, 0), "1");
+	dun_stmt_reset(st);
+	struct dun_stmt *del = dun_db_stmt(db, "DELETE FROM settings WHERE key = 't.unsynced'");
+	CHECK_INT(dun_stmt_done(del), DUN_OK);
+}
+
 int main(void)
 {
 	const char *url = getenv("DUNNING_TEST_PG_URL");
@@ -192,6 +233,7 @@ int main(void)
 	test_pipeline_reports_the_first_failure(db, false);
 	test_pipeline_reports_the_first_failure(db, true);
 	test_pipeline_of_writes(db);
+	test_unsynced_transaction(db);
 	test_pipeline_after_a_lost_connection(db, url);
 	dun_db_close(db);
 	return CHECK_DONE();
