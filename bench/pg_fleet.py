@@ -19,7 +19,8 @@ consequences, not only empty plans. Each process runs [server] workers = 2
 (--workers); with --total-workers T the same T workers are split over the
 processes instead (T/n each), which separates what more processes cost
 from what more workers buy. --fleet-workers F sets [server] fleet_workers:
-at most F workers of all the processes work at once.
+at most F workers of all the processes work at once (default auto, the
+service's default: twice this machine's CPUs; 0: no cap).
 
 A warm-up run (--warmup, not counted) fills PostgreSQL's buffers and the
 page cache first: without it the first round ran at about half the speed
@@ -60,12 +61,12 @@ def run(argv, **kw):
     return r
 
 
-def start_serves(binary, url, n, now, workdir, workers, fleet_workers=0):
+def start_serves(binary, url, n, now, workdir, workers, fleet_workers="auto"):
     procs = []
     for i in range(n):
         conf = workdir / ("serve%d.conf" % i)
         conf.write_text("[server]\nlisten = 127.0.0.1:0\nworkers = %d\npoll_ms = 200\n"
-                        "fleet_workers = %d\n[database]\nurl = %s\n"
+                        "fleet_workers = %s\n[database]\nurl = %s\n"
                         % (workers, fleet_workers, url))
         port_file = workdir / ("serve%d.port" % i)
         if port_file.exists():
@@ -122,7 +123,7 @@ def top_statements(pg, name, limit):
     return [(int(c), float(ms), q) for c, ms, q in rows]
 
 
-def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0, fleet_workers=0):
+def one_run(pg, binary, n, accounts, now, workdir, tag, workers, top=0, fleet_workers="auto"):
     name = "run_%s" % tag
     url = pg.create(name, template="base")
     # The clone went through the WAL: flushed now, so that no run shares
@@ -185,8 +186,9 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="[server] workers of each process")
     ap.add_argument("--total-workers", type=int, default=0,
                     help="split this many workers over the processes instead")
-    ap.add_argument("--fleet-workers", type=int, default=0,
-                    help="[server] fleet_workers of every process (0: no cap)")
+    ap.add_argument("--fleet-workers", default="auto",
+                    help="[server] fleet_workers of every process (auto: twice the CPUs, "
+                    "the default; 0: no cap)")
     ap.add_argument("--top", type=int, default=0,
                     help="also print each run's N most frequent statements (calls per account)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -237,8 +239,10 @@ def main():
         return 0
     split = ("%d workers in all, split over the processes" % args.total_workers
              if args.total_workers else "each process %d workers" % args.workers)
-    if args.fleet_workers:
-        split += ", at most %d of the fleet at once" % args.fleet_workers
+    if args.fleet_workers == "auto":
+        split += ", at most %d of the fleet at once (auto)" % (2 * (os.cpu_count() or 1))
+    elif args.fleet_workers != "0":
+        split += ", at most %s of the fleet at once" % args.fleet_workers
     print("pg fleet at %s: %d accounts, %s, durable PostgreSQL on the "
           "same machine (load average %.1f)" % (commit, args.accounts, split, load))
     print("%-10s %8s %12s %10s %10s %12s %12s %12s" % ("processes", "workers", "accounts/s",

@@ -201,7 +201,7 @@ def main():
             ["--accounts", "3000", "--days", "30", "--rounds", "3"]
         fleet = {}
         # As docs/operations.md says to run a fleet (the target), then the
-        # defaults (no cap, 2 workers each), reported beside it.
+        # defaults (2 workers each, fleet_workers auto), reported beside it.
         for name, extra in (("capped", ["--workers", "4", "--fleet-workers", "4"]),
                             ("defaults", ["--rounds", "1"])):
             out = subprocess.run([sys.executable, str(REPO / "bench" / "pg_fleet.py"),
@@ -283,7 +283,7 @@ def main():
             print(f"  scan {scan_rate:.0f} accounts/s (raw read {raw_rate:.0f}/s); scan / raw "
                   f"read {ratio:.3f} (client cpu {ratio_cpu:.3f}); peak RSS {rss:.1f} MB")
     for name, label in (("capped", "4 workers per serve process, fleet_workers = 4"),
-                        ("defaults", "the defaults: 2 workers per serve process, no cap")):
+                        ("defaults", "the defaults: 2 workers per serve process, fleet_workers auto")):
         if not fleet:
             break
         f = fleet[name]

@@ -363,10 +363,18 @@ int dun_cmd_config(struct dun_cli *cli, int argc, char **argv)
 	       "%lld bytes\n",
 	       c->workers, (long long)c->poll_ms, c->group_commit_max,
 	       (long long)c->body_max_bytes);
-	if (c->fleet_workers)
-		printf("  fleet       at most %lld workers of all replicas at once%s\n",
-		       (long long)c->fleet_workers,
+	int cpus = 0;
+	int64_t cap = dun_config_fleet_cap(c, &cpus);
+	char sized[64] = "";
+	if (cpus)
+		snprintf(sized, sizeof sized, " (auto: twice this host's %d CPUs)", cpus);
+	if (cap)
+		printf("  fleet       at most %lld workers of all replicas at once%s%s\n",
+		       (long long)cap, sized,
 		       dun_db_is_url(c->db_path) ? "" : " (PostgreSQL only: ignored on SQLite)");
+	else
+		printf("  fleet       no cap on the workers of all replicas%s\n",
+		       dun_db_is_url(c->db_path) ? "" : " (PostgreSQL only)");
 	char per_client[48];
 	if (c->max_connections_per_client)
 		snprintf(per_client, sizeof per_client, "%lld",

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum kind { K_STR, K_INT, K_DOUBLE, K_LISTEN, K_SECRETS, K_ENDPOINTS };
 
@@ -107,6 +108,30 @@ static const struct key keys[] = {
     INT("metrics", "account_series_limit", metrics_account_series_limit, 0, 100000),
 };
 
+/*
+ * auto: twice this host's CPUs. The measured reason (docs/performance.md,
+ * "The fleet's turns"): on one machine shared with PostgreSQL, the fleet's
+ * throughput held with about two workers per CPU at work and fell by a
+ * third with four; a database on a host of its own is rarely smaller than
+ * the hosts of its replicas. It is a guard, not a target: a larger
+ * database takes a larger number, set in the file.
+ */
+int64_t dun_config_fleet_cap(const struct dun_config *c, int *cpus)
+{
+	if (cpus)
+		*cpus = 0;
+	if (c->fleet_workers != DUN_FLEET_WORKERS_AUTO)
+		return c->fleet_workers;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > 2048)
+		n = 2048;
+	if (cpus)
+		*cpus = (int)n;
+	return 2 * (int64_t)n;
+}
+
 void dun_config_defaults(struct dun_config *c)
 {
 	memset(c, 0, sizeof *c);
@@ -114,6 +139,7 @@ void dun_config_defaults(struct dun_config *c)
 	c->listen_port = 8080;
 	c->body_max_bytes = 1024 * 1024;
 	c->workers = 2;
+	c->fleet_workers = DUN_FLEET_WORKERS_AUTO;
 	c->poll_ms = 500;
 	c->group_commit_max = 256;
 	c->max_connections = 8192;
@@ -219,12 +245,18 @@ static int handler(void *user, const char *section, const char *name, const char
 		case K_INT: {
 			char *end;
 			errno = 0;
+			bool fleet = k->offset == offsetof(struct dun_config, fleet_workers);
+			if (fleet && !strcmp(value, "auto")) {
+				*(int64_t *)field = DUN_FLEET_WORKERS_AUTO;
+				return 1;
+			}
 			long long v = strtoll(value, &end, 10);
 			if (errno || end == value || *end || v < k->min || v > k->max) {
 				char why[160];
 				snprintf(why, sizeof why,
-					 "expected a whole number from %lld to %lld, got \"%s\"",
-					 (long long)k->min, (long long)k->max, value);
+					 "expected %sa whole number from %lld to %lld, got \"%s\"",
+					 fleet ? "\"auto\" or " : "", (long long)k->min,
+					 (long long)k->max, value);
 				fail_at(x, line, section, name, why);
 			} else if (k->offset == offsetof(struct dun_config, workers) ||
 				   k->offset == offsetof(struct dun_config, group_commit_max) ||

@@ -41,7 +41,8 @@ struct dun_config {
 	int listen_port;
 	int64_t body_max_bytes;	 /* default 1 MiB */
 	int workers;		 /* worker threads; default 2 */
-	int64_t fleet_workers;	 /* PostgreSQL: workers of all replicas at once; 0 = no cap */
+	int64_t fleet_workers;	 /* PostgreSQL: workers of all replicas at once; 0 = no cap,
+				    DUN_FLEET_WORKERS_AUTO (the default) = dun_config_fleet_cap() */
 	int64_t poll_ms;	 /* how often idle workers look for due triggers; default 500 */
 	int group_commit_max;	 /* events per fsync at most; default 256 */
 	int64_t max_connections; /* open HTTP connections at most; default 8192 */
@@ -122,6 +123,15 @@ struct dun_config {
 
 /* The defaults every key has when the file does not set it. */
 void dun_config_defaults(struct dun_config *c);
+
+/* [server] fleet_workers = auto: twice the CPUs of the host the process runs on. */
+#define DUN_FLEET_WORKERS_AUTO (-1)
+/*
+ * The cap fleet_workers gives: 0 for none, else at most that many workers
+ * of all replicas work at once. With auto, cpus is set to the CPUs it was
+ * sized from (else 0).
+ */
+int64_t dun_config_fleet_cap(const struct dun_config *c, int *cpus);
 
 /*
  * Read path over the defaults, then apply the environment (DUNNING_* and

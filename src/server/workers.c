@@ -73,6 +73,7 @@ struct dun_workers {
 	struct dun_workers_hooks hooks;
 	struct worker *w;
 	int n;
+	int64_t fleet_cap; /* [server] fleet_workers as a number: 0 = no cap */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	pthread_mutex_t turn; /* one batch at a time where the store has one writer */
@@ -230,7 +231,7 @@ static bool run_some(struct worker *w)
 
 /*
  * [server] fleet_workers: on PostgreSQL at most that many workers of all the
- * replicas work at once. A worker takes one of the fleet's turns (a row held
+ * replicas work at once (auto, the default: twice this host's CPUs). A worker takes one of the fleet's turns (a row held
  * like a claim, inbox.h) before it claims, keeps it while it finds work
  * (renewed once half its lease is gone) and gives it back when it goes
  * idle; one that finds every turn held waits as an idle worker does (woken
@@ -242,7 +243,7 @@ static bool run_some(struct worker *w)
 static bool has_turn(struct worker *w)
 {
 	struct dun_workers *p = w->pool;
-	if (p->cfg->fleet_workers <= 0 || !dun_db_writes_concurrently(w->ctx->db))
+	if (p->fleet_cap <= 0 || !dun_db_writes_concurrently(w->ctx->db))
 		return true;
 	int64_t lease_ms = p->inbox.lease_s * 1000;
 	int64_t wall = dun_clock_wall_ms();
@@ -263,8 +264,8 @@ static bool has_turn(struct worker *w)
 	for (const char *c = w->id; *c; c++)
 		h = (h ^ (uint8_t)*c) * 16777619u;
 	if (e == DUN_OK)
-		e = dun_inbox_turn_take(w->ctx->db, (int)p->cfg->fleet_workers,
-					(int)(h % (uint32_t)p->cfg->fleet_workers), w->id, lease_ms,
+		e = dun_inbox_turn_take(w->ctx->db, (int)p->fleet_cap,
+					(int)(h % (uint32_t)p->fleet_cap), w->id, lease_ms,
 					&w->turn);
 	if (e != DUN_OK)
 		dun_log(DUN_LOG_WARN, "worker.turn_failed", "worker", w->id, "error",
@@ -369,6 +370,7 @@ enum dun_err dun_workers_start(const struct dun_config *cfg, const struct dun_po
 	*out = NULL;
 	struct dun_workers *p = dun_calloc(1, sizeof *p);
 	p->cfg = cfg;
+	p->fleet_cap = dun_config_fleet_cap(cfg, NULL);
 	p->metrics = metrics;
 	if (hooks)
 		p->hooks = *hooks;

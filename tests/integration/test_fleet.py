@@ -313,3 +313,64 @@ def test_fleet_workers_caps_the_workers_working_at_once(tmp_path, dun_pg):
     finally:
         con.close()
         assert servers[1].stop() == 0, servers[1].logs()[-3000:]
+
+
+def test_fleet_workers_default_is_twice_the_cpus(tmp_path, dun_pg):
+    """The default fleet_workers (auto) is twice the host's CPUs:
+    `config check` says so, and two replicas of that many workers each
+    drain a backlog with at most that many working at once (turns are
+    taken: without a cap the fleet takes none)."""
+    online = os.sysconf("SC_NPROCESSORS_ONLN")
+    cap = 2 * online
+    if cap > 64:
+        pytest.skip("more CPUs than a replica has workers (64)")
+    demo = tmp_path / "demo.db"
+    r = subprocess.run([str(BIN), "--db", str(demo), "demo", "--accounts", "80",
+                        "--days", "30"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    url = dun_pg.create("auto")
+    r = subprocess.run([str(BIN), "store", "copy", "--from", str(demo), "--to", url],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    servers = [PgServe(tmp_path, "a%d" % i, dun_pg, url,
+                       server={"workers": str(cap), "poll_ms": "50"}) for i in range(2)]
+    servers[0].write_config()
+    r = subprocess.run([str(BIN), "config", "check", str(servers[0].conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("at most %d workers of all replicas at once (auto: twice this host's %d CPUs)"
+            % (cap, online)) in r.stdout, r.stdout
+    for s in servers:
+        s.start()
+    con = dun_pg.connect(url)
+    con.autocommit = True
+    cur = con.cursor()
+    try:
+        cur.execute("SELECT COUNT(*) FROM accounts")
+        [n] = cur.fetchone()
+        cur.execute("INSERT INTO inbox(account_id, kind, source, dedup_key, not_before,"
+                    " created_at, updated_at) SELECT id, 'support_recompute', 'test',"
+                    " 'auto:' || id, 0, 0, 0 FROM accounts; NOTIFY dunning_inbox")
+        most_held, most_working, left = 0, 0, n
+        deadline = time.time() + 180
+        while time.time() < deadline and left:
+            cur.execute("SELECT COUNT(*) FROM fleet_turns WHERE expires_ms >="
+                        " (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            most_held = max(most_held, cur.fetchone()[0])
+            cur.execute("SELECT COUNT(DISTINCT claimed_by) FROM inbox"
+                        " WHERE state = 'processing'")
+            most_working = max(most_working, cur.fetchone()[0])
+            cur.execute("SELECT COUNT(*) FROM inbox WHERE state IN"
+                        " ('received', 'processing', 'retrying')")
+            [left] = cur.fetchone()
+            time.sleep(0.01)
+        assert left == 0, servers[0].logs()[-3000:]
+        assert 1 <= most_held <= cap, most_held
+        assert most_working <= cap, most_working
+        cur.execute("SELECT COUNT(DISTINCT account_id) FROM decisions"
+                    " WHERE trigger_kind = 'support_recompute'")
+        assert cur.fetchone()[0] == n
+    finally:
+        con.close()
+        for s in servers:
+            assert s.stop() == 0, s.logs()[-3000:]
