@@ -231,11 +231,12 @@ static bool run_some(struct worker *w)
 
 /*
  * [server] fleet_workers: on PostgreSQL at most that many workers of all the
- * replicas work at once (auto, the default: twice this host's CPUs). A worker takes one of the fleet's turns (a row held
- * like a claim, inbox.h) before it claims, keeps it while it finds work
- * (renewed once half its lease is gone) and gives it back when it goes
- * idle; one that finds every turn held waits as an idle worker does (woken
- * by new work, or after poll_ms) and tries again. A replica that dies or
+ * replicas work at once (auto, the default: twice this host's CPUs). A
+ * worker takes one of the fleet's turns (a row held like a claim, inbox.h)
+ * before it claims, keeps it while it finds work (renewed once half its
+ * lease is gone) and gives it back when it goes idle; one that finds every
+ * turn held waits as an idle worker does (woken by new work, or after
+ * poll_ms) and tries again. A replica that dies or
  * hangs holds its turns for a lease at most ([inbox] lease_s), less when
  * it was a process of the same host. Without the cap, or on SQLite, every
  * worker always works.
