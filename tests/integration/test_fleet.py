@@ -29,6 +29,31 @@ def PgServe(tmp_path, name, pg, url, **sections):
     return Serve(tmp_path, name, db=url, pg=pg, **sections)
 
 
+def demo_on_pg(tmp_path, pg, name, accounts):
+    """A demo population of that many accounts (30 days), copied into a new
+    database of the cluster: its URL."""
+    demo = tmp_path / ("%s.db" % name)
+    r = subprocess.run([str(BIN), "--db", str(demo), "demo", "--accounts", str(accounts),
+                        "--days", "30"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    url = pg.create(name)
+    r = subprocess.run([str(BIN), "store", "copy", "--from", str(demo), "--to", url],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return url
+
+
+def recompute_everyone(cur, tag):
+    """A support recompute of every account, in one statement, the workers
+    told: the number of accounts."""
+    cur.execute("SELECT COUNT(*) FROM accounts")
+    [n] = cur.fetchone()
+    cur.execute("INSERT INTO inbox(account_id, kind, source, dedup_key, not_before,"
+                " created_at, updated_at) SELECT id, 'support_recompute', 'test',"
+                " %s || id, 0, 0, 0 FROM accounts; NOTIFY dunning_inbox", (tag + ":",))
+    return n
+
+
 def population(n):
     payloads = []
     for i in range(n):
@@ -251,14 +276,7 @@ def test_fleet_workers_caps_the_workers_working_at_once(tmp_path, dun_pg):
     with SIGKILL mid-work: its turns come free (a process of this host that
     is gone), the other replica finishes every account, and when the inbox
     is empty every turn has been given back."""
-    demo = tmp_path / "demo.db"
-    r = subprocess.run([str(BIN), "--db", str(demo), "demo", "--accounts", "120",
-                        "--days", "30"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    url = dun_pg.create("turns")
-    r = subprocess.run([str(BIN), "store", "copy", "--from", str(demo), "--to", url],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    url = demo_on_pg(tmp_path, dun_pg, "turns", 120)
     servers = [PgServe(tmp_path, "t%d" % i, dun_pg, url,
                        server={"workers": "3", "fleet_workers": "2", "poll_ms": "50"})
                for i in range(2)]
@@ -272,11 +290,7 @@ def test_fleet_workers_caps_the_workers_working_at_once(tmp_path, dun_pg):
     open_query = ("SELECT COUNT(*) FROM inbox WHERE state IN"
                   " ('received', 'processing', 'retrying')")
     try:
-        cur.execute("SELECT COUNT(*) FROM accounts")
-        [n] = cur.fetchone()
-        cur.execute("INSERT INTO inbox(account_id, kind, source, dedup_key, not_before,"
-                    " created_at, updated_at) SELECT id, 'support_recompute', 'test',"
-                    " 'turns:' || id, 0, 0, 0 FROM accounts; NOTIFY dunning_inbox")
+        n = recompute_everyone(cur, "turns")
         most, samples_held, killed, most_working = 0, 0, False, 0
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -324,14 +338,7 @@ def test_fleet_workers_default_is_twice_the_cpus(tmp_path, dun_pg):
     cap = 2 * online
     if cap > 64:
         pytest.skip("more CPUs than a replica has workers (64)")
-    demo = tmp_path / "demo.db"
-    r = subprocess.run([str(BIN), "--db", str(demo), "demo", "--accounts", "80",
-                        "--days", "30"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    url = dun_pg.create("auto")
-    r = subprocess.run([str(BIN), "store", "copy", "--from", str(demo), "--to", url],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    url = demo_on_pg(tmp_path, dun_pg, "auto", 80)
     servers = [PgServe(tmp_path, "a%d" % i, dun_pg, url,
                        server={"workers": str(cap), "poll_ms": "50"}) for i in range(2)]
     servers[0].write_config()
@@ -346,11 +353,7 @@ def test_fleet_workers_default_is_twice_the_cpus(tmp_path, dun_pg):
     con.autocommit = True
     cur = con.cursor()
     try:
-        cur.execute("SELECT COUNT(*) FROM accounts")
-        [n] = cur.fetchone()
-        cur.execute("INSERT INTO inbox(account_id, kind, source, dedup_key, not_before,"
-                    " created_at, updated_at) SELECT id, 'support_recompute', 'test',"
-                    " 'auto:' || id, 0, 0, 0 FROM accounts; NOTIFY dunning_inbox")
+        n = recompute_everyone(cur, "auto")
         most_held, most_working, left = 0, 0, n
         deadline = time.time() + 180
         while time.time() < deadline and left:
