@@ -1017,7 +1017,7 @@ static int pg_wait_inbox(struct dun_db *db, int timeout_ms)
 		/* Back with LISTEN again; what was sent meanwhile is lost: say woken. */
 		if (!reconnect(p))
 			return -1;
-		char err[256];
+		char err[DUN_DB_ERRMSG_MAX + 16]; /* "LISTEN: " and the driver's message */
 		p->listening = false;
 		return pg_listen_inbox(db, err, sizeof err) == DUN_OK ? 1 : -1;
 	}
