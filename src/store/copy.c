@@ -11,7 +11,8 @@
  * seam's bulk load (COPY FROM STDIN) with the secondary indexes built after
  * the rows (see defer_for_load), the identity columns moved past the copied
  * ids, and the verification. Only when every table's row
- * count and content checksum agree on both sides is it committed; any
+ * count and content checksum agree on both sides, and the caller's check
+ * of both (copy.h) passes, is it committed; any
  * failure before rolls everything back, so a target is either untouched or
  * a complete copy.
  *
@@ -726,8 +727,8 @@ free_names:
 	return e;
 }
 
-enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_report *out,
-			    char *err, size_t err_size)
+enum dun_err dun_store_copy(const char *from, const char *to, dun_copy_check_fn check, void *arg,
+			    struct dun_copy_report *out, char *err, size_t err_size)
 {
 	memset(out, 0, sizeof *out);
 	if (dun_db_is_url(from)) {
@@ -779,6 +780,8 @@ enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_re
 	if (e == DUN_OK)
 		e = copy_tables(src, dst, &deferred, out, err, err_size);
 	deferred_free(&deferred);
+	if (e == DUN_OK && check)
+		e = check(src, dst, arg, err, err_size);
 	if (e == DUN_OK) {
 		e = dun_db_commit(dst);
 		if (e != DUN_OK)

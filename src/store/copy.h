@@ -31,18 +31,30 @@ struct dun_copy_report {
 	bool verified;	/* every table's count and checksum agree */
 };
 
+struct dun_db;
+
+/*
+ * A check of both stores after every table's count and checksum agreed and
+ * before the commit, inside the copy's transactions (from is read in its
+ * snapshot, to sees the copied rows): anything but DUN_OK, with err set,
+ * commits nothing. `dunning store copy` runs a drift scan of both.
+ */
+typedef enum dun_err (*dun_copy_check_fn)(struct dun_db *from, struct dun_db *to, void *arg,
+					  char *err, size_t err_size);
+
 /*
  * Copy the SQLite database at from (a file this binary's schema describes)
  * into the PostgreSQL database at to, which must hold no rows: the target
  * gets the schema by the migrations and every table's rows in one
  * transaction, identity columns are advanced past the copied ids, and each
  * table's row count and content checksum are compared before the commit.
- * Nothing is written unless everything agrees. from and to are borrowed;
- * out is filled (also on a failed verification, which is DUN_E_CONFLICT).
- * err says why on failure, never with the URL's password.
+ * Then check (may be NULL) runs with arg. Nothing is written unless
+ * everything agrees. from and to are borrowed; out is filled (also on a
+ * failed verification, which is DUN_E_GUARD). err says why on failure,
+ * never with the URL's password.
  */
-enum dun_err dun_store_copy(const char *from, const char *to, struct dun_copy_report *out,
-			    char *err, size_t err_size);
+enum dun_err dun_store_copy(const char *from, const char *to, dun_copy_check_fn check, void *arg,
+			    struct dun_copy_report *out, char *err, size_t err_size);
 
 /* Release what dun_store_copy() allocated in r. */
 void dun_copy_report_free(struct dun_copy_report *r);

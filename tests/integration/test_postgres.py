@@ -110,10 +110,12 @@ def test_the_store_seam_on_a_real_postgresql(dun_pg):
     dun_db_pipeline sends several reads in one pipeline and gives the rows
     each would give alone, reports the first statement the server failed
     and leaves the connection usable, inside a transaction and out; after a
-    lost connection the steps reconnect."""
+    lost connection the steps reconnect; the check `store copy` passes to
+    dun_store_copy runs inside the copy's transaction and decides its commit."""
     import os
     tool = DUN_BUILD / "tests" / "unit" / "test_store_pg"
-    env = dict(os.environ, DUNNING_TEST_PG_URL=dun_pg.create("seam"))
+    env = dict(os.environ, DUNNING_TEST_PG_URL=dun_pg.create("seam"),
+               DUNNING_TEST_PG_COPY_URL=dun_pg.create("seam_copy"))
     r = subprocess.run([str(tool)], text=True, capture_output=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith(" 0 failed"), r.stdout

@@ -40,6 +40,14 @@ def test_the_demo_database_copied_into_postgresql(tmp_path, dun_pg):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "counts and checksums equal" in r.stdout, r.stdout
     assert "DIFFERS" not in r.stdout
+    # Before its commit the copy ran a drift scan of both and found the same.
+    import json
+    scan = json.loads(dunning("--db", str(db), "scan", "--json").stdout)
+    assert scan["accounts"] == 60 and scan["planned_consequences"] > 0, scan
+    assert ("drift scan of both: %d accounts, %d drifting, %d consequences a recompute of "
+            "every account would plan: the same" % (scan["accounts"], scan["drifting"],
+                                                     scan["planned_consequences"])
+            in r.stdout), r.stdout
     accounts, decisions = tables(dun_pg, url)
     import sqlite3
     con = sqlite3.connect(str(db))
@@ -80,6 +88,12 @@ def test_refusals_write_nothing(tmp_path, dun_pg):
     assert not dun_pg.has_schema(url)
     db = tmp_path / "d.db"
     assert dunning("--db", str(db), "init").returncode == 0
+    # The policy the copy's drift scans use: a broken one stops it first.
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"retry": {"max_attempts": "many"')
+    r = dunning("--policy", str(bad), "store", "copy", "--from", str(db), "--to", url)
+    assert r.returncode == 78 and "policy.json" in r.stderr, r.stderr
+    assert not dun_pg.has_schema(url)
     r = dunning("store", "copy", "--from", str(db), "--to", "mysql://nowhere/x")
     assert r.returncode == 78, r.stderr
     with socket.socket() as sk:

@@ -3,14 +3,19 @@
  * SQLite unit tests cannot show: dun_db_pipeline's pipeline.
  *
  * Needs a database: DUNNING_TEST_PG_URL names an empty one (the integration
- * suite's throwaway cluster makes it, tests/integration/test_postgres.py).
+ * suite's throwaway cluster makes it, tests/integration/test_postgres.py),
+ * and DUNNING_TEST_PG_COPY_URL a second one for dun_store_copy's check.
  * Without it the binary skips (exit 77), so `meson test` stays runnable
  * anywhere.
  */
 #include "check.h"
+#include "store/copy.h"
 #include "store/db.h"
+#include "store/schema.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 static struct dun_db *open_or_die(const char *url)
 {
@@ -216,6 +221,78 @@ static void test_unsynced_transaction(struct dun_db *db)
 	CHECK_INT(dun_stmt_done(del), DUN_OK);
 }
 
+/* What dun_store_copy's check saw, and what it answers. */
+struct copy_check {
+	int calls;
+	long long rows_seen;
+	enum dun_err answer;
+};
+
+static enum dun_err check_copy(struct dun_db *from, struct dun_db *to, void *arg, char *err,
+			       size_t err_size)
+{
+	(void)from;
+	struct copy_check *c = arg;
+	c->calls++;
+	struct dun_stmt *st = dun_db_stmt(to, "SELECT count(*) FROM settings WHERE key = 't.copy'");
+	c->rows_seen = dun_stmt_row(st) ? (long long)dun_stmt_col_int64(st, 0) : -1;
+	dun_stmt_reset(st);
+	if (c->answer != DUN_OK)
+		snprintf(err, err_size, "refused by the test");
+	return c->answer;
+}
+
+/*
+ * The caller's check runs once, inside the copy's transaction (it sees the
+ * copied rows), and decides: refused, the target stays without a schema;
+ * passed, the copy is committed.
+ */
+static void test_copy_check_decides_the_commit(const char *url)
+{
+	char dir[] = "/tmp/dunning-test-copy-XXXXXX";
+	CHECK(mkdtemp(dir) != NULL);
+	char file[sizeof dir + 16];
+	snprintf(file, sizeof file, "%s/src.db", dir);
+	struct dun_db *src = open_or_die(file);
+	CHECK_INT(dun_db_setting_set(src, "t.copy", "1"), DUN_OK);
+	dun_db_close(src);
+
+	struct copy_check c = {.answer = DUN_E_GUARD};
+	struct dun_copy_report r;
+	char err[1024] = "";
+	CHECK_INT(dun_store_copy(file, url, check_copy, &c, &r, err, sizeof err), DUN_E_GUARD);
+	dun_copy_report_free(&r);
+	CHECK_INT(c.calls, 1);
+	CHECK_INT(c.rows_seen, 1);
+	CHECK(strstr(err, "refused by the test") != NULL);
+	struct dun_db *dst = NULL;
+	CHECK_INT(dun_db_open_nomigrate(url, &dst, err, sizeof err), DUN_OK);
+	CHECK_INT(dun_db_schema_version(dst), 0);
+	dun_db_close(dst);
+
+	c = (struct copy_check){.answer = DUN_OK};
+	CHECK_INT(dun_store_copy(file, url, check_copy, &c, &r, err, sizeof err), DUN_OK);
+	CHECK(r.verified);
+	dun_copy_report_free(&r);
+	CHECK_INT(c.calls, 1);
+	CHECK_INT(c.rows_seen, 1);
+	dst = open_or_die(url);
+	CHECK_INT(dun_db_schema_version(dst), dun_schema_count());
+	char v[16] = "";
+	bool found = false;
+	CHECK_INT(dun_db_setting_get(dst, "t.copy", v, sizeof v, &found), DUN_OK);
+	CHECK(found);
+	CHECK_STR(v, "1");
+	dun_db_close(dst);
+	unlink(file);
+	char side[sizeof file + 8];
+	snprintf(side, sizeof side, "%s-wal", file);
+	unlink(side);
+	snprintf(side, sizeof side, "%s-shm", file);
+	unlink(side);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const char *url = getenv("DUNNING_TEST_PG_URL");
@@ -236,5 +313,10 @@ int main(void)
 	test_unsynced_transaction(db);
 	test_pipeline_after_a_lost_connection(db, url);
 	dun_db_close(db);
+	const char *copy_url = getenv("DUNNING_TEST_PG_COPY_URL");
+	if (copy_url && *copy_url)
+		test_copy_check_decides_the_commit(copy_url);
+	else
+		printf("DUNNING_TEST_PG_COPY_URL is not set: the copy's check not tested\n");
 	return CHECK_DONE();
 }
