@@ -350,7 +350,9 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
 
 /*
  * One claiming pass, in a concurrent transaction (store/db.h): other
- * processes claim beside it. Its COMMIT does not wait for the disk
+ * processes claim beside it (on SQLite the workers' drains claim inside
+ * their first batch's transaction instead, dun_inbox_claim_in_tx, and this
+ * pass serves the unbatched ones). Its COMMIT does not wait for the disk
  * (dun_db_begin_unsynced): a claim a crash of the machine loses leaves the
  * triggers ready, as if the pass had not run, and the work that follows
  * commits durably, taking the claim's log records with it. (On SQLite that
@@ -366,22 +368,19 @@ static enum dun_err take_back_expired(struct dun_db *db, const struct dun_inbox_
  * and a claimer holding an account's oldest row while another took the
  * same account through its next one made them wait for each other.)
  */
-static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config *cfg,
-			       const char *worker_id, int64_t now, int max,
-			       struct dun_inbox_item *out, int *n_out, int *seen)
+static enum dun_err claim_in_tx(struct dun_db *db, const struct dun_inbox_config *cfg,
+				const char *worker_id, int64_t now, int max,
+				struct dun_inbox_item *out, int *n_out, int *seen)
 {
 	*n_out = 0;
 	*seen = 0;
 	struct dun_inbox_item *cand = NULL;
-	enum dun_err e = dun_db_begin_unsynced(db);
+	enum dun_err e = reclaim_dead_owners(db, now);
 	if (e != DUN_OK)
 		return e;
-	e = reclaim_dead_owners(db, now);
-	if (e != DUN_OK)
-		goto rollback;
 	e = take_back_expired(db, cfg, now);
 	if (e != DUN_OK)
-		goto rollback;
+		return e;
 	int64_t wall = dun_clock_wall_ms();
 	/*
 	 * Ready triggers of claimable accounts, oldest first, through the index
@@ -434,7 +433,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 	e = rc == DUN_STEP_FAILED ? dun_stmt_err(st) : DUN_OK;
 	dun_stmt_reset(st);
 	if (e != DUN_OK)
-		goto rollback;
+		goto done;
 	*seen = n;
 	int start = 0;
 	if (spread && n > 0) {
@@ -451,7 +450,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		bool mine = false;
 		e = dun_db_try_lock(db, key, &mine);
 		if (e != DUN_OK)
-			goto rollback;
+			goto done;
 		if (!mine)
 			continue; /* another claimer is taking it right now */
 		struct dun_fence f;
@@ -459,7 +458,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		if (e == DUN_E_FENCED)
 			continue; /* claimed by another process since the read */
 		if (e != DUN_OK)
-			goto rollback;
+			goto done;
 		/*
 		 * OR FAIL: no statement journal (see COMPLETE_SQL). The ready
 		 * states are 'received' and 'retrying', the two of the five the
@@ -477,7 +476,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 		dun_stmt_bind_int64(st, 3, now);
 		e = dun_stmt_done(st);
 		if (e != DUN_OK)
-			goto rollback;
+			goto done;
 		cand[i].coalesced = dun_db_changes(db);
 		if (cand[i].coalesced == 0) {
 			/*
@@ -487,7 +486,7 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 			 */
 			e = dun_fence_release(db, cand[i].account_id, worker_id);
 			if (e != DUN_OK)
-				goto rollback;
+				goto done;
 			continue;
 		}
 		cand[i].token = f.token;
@@ -503,33 +502,54 @@ static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config 
 			out[k] = cand[i];
 		k++;
 	}
-	e = dun_db_commit(db);
-	if (e != DUN_OK)
-		goto rollback;
-	if (cand != out)
-		free(cand);
 	*n_out = kept;
-	return DUN_OK;
-rollback:
+done:
 	if (cand != out)
 		free(cand);
-	dun_db_rollback(db);
 	return e;
 }
 
-enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
-			     const char *worker_id, int64_t now, int max,
-			     struct dun_inbox_item *out, int *n_out)
+static enum dun_err claim_pass(struct dun_db *db, const struct dun_inbox_config *cfg,
+			       const char *worker_id, int64_t now, int max,
+			       struct dun_inbox_item *out, int *n_out, int *seen)
 {
 	*n_out = 0;
-	/*
-	 * An idle worker asks without the write lock first: on a fleet of
-	 * replicas polling one database, an empty inbox costs one indexed read
-	 * per poll, never a write transaction. "state <> 'done'" is the
-	 * predicate of the partial index inbox_ready (schema migration 15):
-	 * SQLite uses a partial index only for a query that repeats it, and
-	 * without it this read scanned every trigger ever received.
-	 */
+	*seen = 0;
+	enum dun_err e = dun_db_begin_unsynced(db);
+	if (e != DUN_OK)
+		return e;
+	e = claim_in_tx(db, cfg, worker_id, now, max, out, n_out, seen);
+	if (e == DUN_OK)
+		e = dun_db_commit(db);
+	if (e != DUN_OK) {
+		*n_out = 0;
+		dun_db_rollback(db);
+	}
+	return e;
+}
+
+enum dun_err dun_inbox_claim_in_tx(struct dun_db *db, const struct dun_inbox_config *cfg,
+				   const char *worker_id, int64_t now, int max,
+				   struct dun_inbox_item *out, int *n_out)
+{
+	int seen = 0;
+	enum dun_err e = claim_in_tx(db, cfg, worker_id, now, max, out, n_out, &seen);
+	if (e != DUN_OK)
+		*n_out = 0;
+	return e;
+}
+
+/*
+ * An idle worker asks without the write lock first: on a fleet of replicas
+ * polling one database, an empty inbox costs one indexed read per poll,
+ * never a write transaction. "state <> 'done'" is the predicate of the
+ * partial index inbox_ready (schema migration 15): SQLite uses a partial
+ * index only for a query that repeats it, and without it this read scanned
+ * every trigger ever received. A read that fails says "maybe": the claim
+ * then reports the error.
+ */
+bool dun_inbox_maybe_ready(struct dun_db *db, int64_t now)
+{
 	struct dun_stmt *st = dun_db_stmt(
 	    db, "SELECT 1 WHERE EXISTS (SELECT 1 FROM inbox WHERE state IN ('received', 'retrying')"
 		" AND state <> 'done' AND not_before <= ?1)"
@@ -537,7 +557,15 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 	dun_stmt_bind_int64(st, 1, now);
 	int rc = dun_stmt_step(st);
 	dun_stmt_reset(st);
-	if (rc == DUN_STEP_DONE)
+	return rc != DUN_STEP_DONE;
+}
+
+enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *cfg,
+			     const char *worker_id, int64_t now, int max,
+			     struct dun_inbox_item *out, int *n_out)
+{
+	*n_out = 0;
+	if (!dun_inbox_maybe_ready(db, now))
 		return DUN_OK;
 	/*
 	 * Two claimers on PostgreSQL can deadlock (taking back expired claims

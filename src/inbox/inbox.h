@@ -134,6 +134,23 @@ enum dun_err dun_inbox_claim(struct dun_db *db, const struct dun_inbox_config *c
 			     struct dun_inbox_item *out, int *n_out);
 
 /*
+ * Whether a claim at now may find work (a ready trigger, or one in
+ * processing whose claim may have expired): one read, no write lock.
+ */
+bool dun_inbox_maybe_ready(struct dun_db *db, int64_t now);
+
+/*
+ * dun_inbox_claim's pass inside the caller's write transaction, once (no
+ * retry): where one writer holds the store (SQLite), the worker claims in
+ * the transaction of its first batch (inbox/worker.c), so a claim is
+ * written and committed with the work it authorises. A rollback of that
+ * transaction takes the claims back with it.
+ */
+enum dun_err dun_inbox_claim_in_tx(struct dun_db *db, const struct dun_inbox_config *cfg,
+				   const char *worker_id, int64_t now, int max,
+				   struct dun_inbox_item *out, int *n_out);
+
+/*
  * Claim the ready triggers of one account (the CLI's recompute). *n_out is
  * 0 when the account has nothing ready or is being processed elsewhere.
  */

@@ -48,11 +48,26 @@
  * the COMMIT through the unbatched path (dun_worker_run_claimed), with its
  * own transactions around each call, as before batching.
  *
+ * Claims in the batch. Where one writer holds the store (SQLite: the
+ * batch's transaction is the store's write lock), the drain claims its
+ * accounts inside its first batch's transaction (dun_worker_claim_run)
+ * instead of in a transaction of their own: the claims, the triggers moved
+ * to processing, the work and the settling then reach the log once, in one
+ * commit, where they took two (the claim's pages were written twice). A
+ * quick pass that must be redone takes its claims back with it, and the
+ * careful pass claims again. Claimed accounts the first batch did not reach
+ * keep their claims by its commit and run in the next batches as before.
+ * Where processes claim beside each other (PostgreSQL), a claim is its own
+ * short transaction first: it must be visible to the others before the
+ * work starts, and holds no lock while it waits.
+ *
  * Crashes. A trigger is settled in the transaction that holds its effects:
  * the decision, the `applied` records under their keys, the outbox rows.
- * A crash before the COMMIT loses every account of the batch together and
- * leaves their triggers in processing under claims of a dead process; the
- * next claim takes them back and recomputes them from the state as it was.
+ * A crash before the COMMIT loses every account of the batch together: on
+ * SQLite a first batch's claims go with it (the triggers are still ready);
+ * otherwise their triggers stay in processing under claims of a dead
+ * process; the next claim takes them back and recomputes them from the
+ * state as it was.
  * After the COMMIT all of them are done, once. Nothing is acknowledged
  * before it is durable and nothing is applied twice. A COMMIT that fails
  * means nothing of the batch landed: its accounts run again, unbatched.
@@ -294,20 +309,33 @@ static bool over_budget(const struct dun_inbox_config *cfg, bool concurrent, int
 	       dun_clock_mono_us() - t0 >= 10 * cfg->batch_budget_concurrent_us;
 }
 
+/* A claim made in the first batch's transaction ("Claims in the batch"). */
+struct claim_req {
+	int64_t now;
+	int max;
+	struct dun_inbox_item *out; /* room for max */
+};
+
 /*
- * Work items[0..n) (claimed by worker_id) in batches; see "Batches" above.
- * Returns a store error of settling (as the unbatched drain does).
+ * Work items[0..*np) (claimed by worker_id) in batches; see "Batches" above.
+ * With claim, items is claim->out: the accounts are claimed first, inside
+ * the first batch's transaction, and *np says how many. Returns a store
+ * error of settling (as the unbatched drain does), or the claim's with *np
+ * 0.
  */
 static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_config *cfg,
-				const char *worker_id, const struct dun_inbox_item *items, int n,
-				struct dun_drain_stats *stats)
+				const char *worker_id, const struct dun_inbox_item *items, int *np,
+				const struct claim_req *claim, struct dun_drain_stats *stats)
 {
-	struct slot *slots = dun_calloc((size_t)n, sizeof *slots);
+	int n = claim ? 0 : *np;
+	struct slot *slots = dun_calloc((size_t)(claim ? claim->max : n) + 1, sizeof *slots);
 	/* A batch's first pass is quick (no savepoint per account), see run_in_batch. */
 	bool careful = false;
+	/* The next batch claims its accounts first. */
+	bool claiming = claim != NULL;
 	enum dun_err e = DUN_OK;
 	int i = 0;
-	while (i < n && e == DUN_OK) {
+	while ((i < n || claiming) && e == DUN_OK) {
 		if (stopping(cfg)) {
 			/* Nothing of these was started: back to the queue, due now. */
 			for (int k = i; k < n && e == DUN_OK; k++)
@@ -321,7 +349,25 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			cfg->give_way(cfg->yield_arg);
 		if (cfg->turn)
 			cfg->turn(cfg->yield_arg, true);
-		bool whole = dun_db_begin_concurrent(en->db) == DUN_OK;
+		enum dun_err be = dun_db_begin_concurrent(en->db);
+		bool whole = be == DUN_OK;
+		if (claiming) {
+			if (whole)
+				be = dun_inbox_claim_in_tx(en->db, cfg, worker_id, claim->now,
+							   claim->max, claim->out, &n);
+			if (be != DUN_OK || n == 0) {
+				/* Nothing claimed: keep what the pass took back; an error is the claim's. */
+				if (be == DUN_OK)
+					be = dun_db_commit(en->db);
+				if (be != DUN_OK && whole)
+					dun_db_rollback(en->db);
+				if (cfg->turn)
+					cfg->turn(cfg->yield_arg, false);
+				n = 0;
+				e = be;
+				break;
+			}
+		}
 		int64_t t0 = dun_clock_mono_us();
 		int64_t cpu0 = dun_clock_thread_cpu_us();
 		bool concurrent = dun_db_writes_concurrently(en->db);
@@ -339,17 +385,25 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			redo = step == STEP_REDO;
 		}
 		if (redo) {
-			/* Nothing of the quick pass stays: the same accounts, carefully. */
+			/*
+			 * Nothing of the quick pass stays: the same accounts,
+			 * carefully; claimed again if the claims went with it.
+			 */
 			dun_db_rollback(en->db);
 			if (cfg->turn)
 				cfg->turn(cfg->yield_arg, false);
 			i = first;
+			if (claiming)
+				n = 0;
 			careful = true;
 			continue;
 		}
 		careful = false;
-		if (whole)
-			whole = dun_db_commit(en->db) == DUN_OK;
+		enum dun_err ce = DUN_OK;
+		if (whole) {
+			ce = dun_db_commit(en->db);
+			whole = ce == DUN_OK;
+		}
 		if (whole)
 			stats->batches++;
 		if (!whole) {
@@ -357,11 +411,20 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			dun_db_rollback(en->db);
 			dun_log(DUN_LOG_WARN, "worker.batch_failed", "worker", worker_id, "error",
 				dun_db_errmsg(en->db), NULL);
+			if (claiming) {
+				/* Its claims went with it: nothing is held, nothing was done. */
+				if (cfg->turn)
+					cfg->turn(cfg->yield_arg, false);
+				n = 0;
+				e = ce != DUN_OK ? ce : DUN_E_STORE;
+				break;
+			}
 			if (i == first)
 				i++;
 			for (int k = first; k < i; k++)
 				slots[k].state = SLOT_DEFERRED;
 		}
+		claiming = false;
 		if (cfg->turn)
 			cfg->turn(cfg->yield_arg, false);
 		for (int k = first; k < i && e == DUN_OK; k++) {
@@ -391,8 +454,32 @@ static enum dun_err run_batches(struct dun_engine *en, const struct dun_inbox_co
 			}
 		}
 	}
+	*np = n;
 	free(slots);
 	return e;
+}
+
+enum dun_err dun_worker_claim_run(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				  const char *worker_id, int64_t now, int max,
+				  struct dun_inbox_item *items, int *n,
+				  struct dun_drain_stats *stats)
+{
+	*n = 0;
+	if (cfg->batch_max > 1 && !dun_db_writes_concurrently(en->db)) {
+		if (!dun_inbox_maybe_ready(en->db, now))
+			return DUN_OK;
+		struct claim_req claim = {.now = now, .max = max, .out = items};
+		return run_batches(en, cfg, worker_id, items, n, &claim, stats);
+	}
+	/* A claim is a write transaction too: in turn with the batches. */
+	if (cfg->turn)
+		cfg->turn(cfg->yield_arg, true);
+	enum dun_err e = dun_inbox_claim(en->db, cfg, worker_id, now, max, items, n);
+	if (cfg->turn)
+		cfg->turn(cfg->yield_arg, false);
+	if (e != DUN_OK || *n == 0)
+		return e;
+	return dun_worker_run_items(en, cfg, worker_id, items, *n, stats);
 }
 
 enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_config *cfg,
@@ -417,14 +504,11 @@ enum dun_err dun_worker_drain(struct dun_engine *en, const struct dun_inbox_conf
 		if (want <= 0)
 			break;
 		int n = 0;
-		e = dun_inbox_claim(en->db, cfg, worker_id, now, want, items, &n);
-		if (e != DUN_OK)
+		e = dun_worker_claim_run(en, cfg, worker_id, now, want, items, &n, stats);
+		if (e != DUN_OK || stats->interrupted)
 			return e;
 		if (n == 0)
 			break;
-		e = dun_worker_run_items(en, cfg, worker_id, items, n, stats);
-		if (e != DUN_OK || stats->interrupted)
-			return e;
 	}
 	return DUN_OK;
 }
@@ -434,7 +518,7 @@ enum dun_err dun_worker_run_items(struct dun_engine *en, const struct dun_inbox_
 				  struct dun_drain_stats *stats)
 {
 	if (cfg->batch_max > 1)
-		return run_batches(en, cfg, worker_id, items, n, stats);
+		return run_batches(en, cfg, worker_id, items, &n, NULL, stats);
 	enum dun_err e = DUN_OK;
 	for (int i = 0; i < n; i++) {
 		if (stopping(cfg)) {

@@ -46,6 +46,19 @@ enum dun_err dun_worker_run_claimed(struct dun_engine *en, const struct dun_inbo
  * (see "Batches" in worker.c), else each alone. Returns a store error of
  * settling; a failed recompute is settled and counted, not returned.
  */
+/*
+ * Claim up to max accounts at now (dun_inbox_claim) into items and work
+ * them as dun_worker_run_items does. Where one writer holds the store
+ * (SQLite) and batches are on, the claim is made inside the first batch's
+ * transaction and commits with its work ("Claims in the batch" in
+ * worker.c). *n: the accounts claimed, 0 when nothing was due. An error
+ * with *n 0 is the claim's; with *n above 0, the settling's.
+ */
+enum dun_err dun_worker_claim_run(struct dun_engine *en, const struct dun_inbox_config *cfg,
+				  const char *worker_id, int64_t now, int max,
+				  struct dun_inbox_item *items, int *n,
+				  struct dun_drain_stats *stats);
+
 enum dun_err dun_worker_run_items(struct dun_engine *en, const struct dun_inbox_config *cfg,
 				  const char *worker_id, const struct dun_inbox_item *items, int n,
 				  struct dun_drain_stats *stats);

@@ -196,23 +196,18 @@ static bool run_some(struct worker *w)
 		p->hooks.yield(p->hooks.arg);
 	maybe_rechecks(w, now);
 	dun_engine_ctx_refresh(w->ctx);
-	/* A claim is a write transaction too: in turn with the batches (SQLite). */
-	if (p->inbox.turn)
-		p->inbox.turn(p, true);
-	enum dun_err e = dun_inbox_claim(w->ctx->db, &p->inbox, w->id, now,
-					 p->inbox.batch_max > 1 ? CLAIM_MAX : 1, items, &n);
-	if (p->inbox.turn)
-		p->inbox.turn(p, false);
-	if (e != DUN_OK) {
+	struct dun_drain_stats st;
+	memset(&st, 0, sizeof st);
+	enum dun_err e =
+	    dun_worker_claim_run(&w->ctx->engine, &p->inbox, w->id, now,
+				 p->inbox.batch_max > 1 ? CLAIM_MAX : 1, items, &n, &st);
+	if (e != DUN_OK && n == 0) {
 		dun_log(DUN_LOG_WARN, "worker.claim_failed", "worker", w->id, "error",
 			dun_err_str(e), NULL);
 		return false;
 	}
 	if (n == 0)
 		return false;
-	struct dun_drain_stats st;
-	memset(&st, 0, sizeof st);
-	e = dun_worker_run_items(&w->ctx->engine, &p->inbox, w->id, items, n, &st);
 	atomic_fetch_add(&p->metrics->consequences_applied, st.consequences_applied);
 	atomic_fetch_add(&p->metrics->recomputes_ok, st.accounts - st.failed);
 	atomic_fetch_add(&p->metrics->recomputes_failed, st.failed);

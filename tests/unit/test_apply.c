@@ -115,12 +115,13 @@ static void pump(struct fixture *fx)
 	json_decref(evs);
 }
 
-/* Set up fx with one self-serve account whose card fails with behavior. */
-static bool setup(struct fixture *fx, const char *behavior)
+/* Set up fx with one self-serve account whose card fails with behavior,
+ * in the database at path. */
+static bool setup_at(struct fixture *fx, const char *behavior, const char *path)
 {
 	memset(fx, 0, sizeof *fx);
 	dun_clock_set(T0);
-	fx->db = testdb_open(":memory:");
+	fx->db = testdb_open(path);
 	testdb_writes_on(fx->db);
 	fx->sim = dun_sim_new(fx->db, 1);
 	dun_policy_defaults(&fx->policy);
@@ -147,6 +148,11 @@ static bool setup(struct fixture *fx, const char *behavior)
 		  DUN_OK);
 	pump(fx);
 	return true;
+}
+
+static bool setup(struct fixture *fx, const char *behavior)
+{
+	return setup_at(fx, behavior, ":memory:");
 }
 
 static void teardown(struct fixture *fx)
@@ -931,6 +937,79 @@ static void test_rollout_buckets(void)
 	dun_db_close(db);
 }
 
+/* What another connection sees committed while a batch runs. */
+struct peek {
+	const char *path;
+	int calls;
+	long long processing, live_claims, done;
+};
+
+/* Called by the batch between two accounts (cfg->contended): look, don't stop. */
+static bool peek_committed(void *arg)
+{
+	struct peek *p = arg;
+	struct dun_db *db = NULL;
+	char err[256] = "";
+	if (dun_db_open_as(p->path, DUN_DB_READONLY, &db, err, sizeof err) != DUN_OK) {
+		CHECK_FAIL_AT("second connection: %s", err);
+		return false;
+	}
+	p->calls++;
+	p->processing =
+	    testdb_int(db, "SELECT COUNT(*) FROM inbox WHERE state = 'processing'", NULL);
+	p->live_claims = testdb_int(db, "SELECT COUNT(*) FROM claims WHERE expires_ms > 0", NULL);
+	p->done = testdb_int(db, "SELECT COUNT(*) FROM inbox WHERE state = 'done'", NULL);
+	dun_db_close(db);
+	return false;
+}
+
+/*
+ * On SQLite the drain claims its accounts inside its first batch's
+ * transaction: while the batch runs, another connection sees no trigger in
+ * processing and no live claim (nothing of the claim is committed before
+ * the work it authorises), and afterwards every trigger is done and every
+ * claim released.
+ */
+static void test_claims_commit_with_the_batch(void)
+{
+	char dir[256], path[320];
+	testdb_mkdir(dir, sizeof dir);
+	snprintf(path, sizeof path, "%s/batch.db", dir);
+	struct fixture fx;
+	if (!setup_at(&fx, "insufficient_funds", path))
+		return;
+	char cus[DUN_ID_MAX], sub[DUN_ID_MAX], inv[DUN_ID_MAX];
+	CHECK_INT(dun_sim_create_customer(fx.sim, "acct_2", "bo@example.com", "Bo",
+					  "insufficient_funds", cus),
+		  DUN_OK);
+	CHECK_INT(dun_sim_create_subscription(fx.sim, cus, sub), DUN_OK);
+	CHECK_INT(dun_sim_bill(fx.sim, cus, sub, 3000, "subscription_cycle", inv), DUN_OK);
+	pump(&fx);
+	long long open =
+	    testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state <> 'done'", NULL);
+	CHECK(open >= 2);
+	struct peek pk = {.path = path};
+	struct dun_inbox_config cfg;
+	dun_inbox_config_defaults(&cfg);
+	cfg.contended = peek_committed;
+	cfg.yield_arg = &pk;
+	struct dun_drain_stats stats;
+	CHECK_INT(dun_worker_drain(&fx.en, &cfg, "w1", T0, 0, &stats), DUN_OK);
+	CHECK_INT(stats.accounts, 2);
+	CHECK_INT(stats.failed, 0);
+	CHECK(pk.calls >= 1);
+	CHECK_INT(pk.processing, 0);
+	CHECK_INT(pk.live_claims, 0);
+	CHECK_INT(pk.done, 0);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM inbox WHERE state <> 'done'", NULL), 0);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM claims WHERE expires_ms > 0", NULL), 0);
+	CHECK_INT(testdb_int(fx.db, "SELECT COUNT(*) FROM dunning WHERE stage = 'notified'", NULL),
+		  2);
+	teardown(&fx);
+	testdb_unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	/* The applier logs failures as warnings; they are expected here. */
@@ -946,5 +1025,6 @@ int main(void)
 	test_sim_learns_stored_webhooks_in_order();
 	test_sim_events_stay_queued_until_stored();
 	test_rollout_buckets();
+	test_claims_commit_with_the_batch();
 	return CHECK_DONE();
 }
