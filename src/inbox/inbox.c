@@ -493,6 +493,8 @@ static enum dun_err claim_in_tx(struct dun_db *db, const struct dun_inbox_config
 		cand[i].coalesced = -cand[i].coalesced - 1; /* marked as claimed */
 		kept++;
 	}
+	/* An account skipped last (someone else's claim) is not this pass's error. */
+	e = DUN_OK;
 	/* The claimed accounts in the order they were read: oldest first. */
 	for (int i = 0, k = 0; i < n; i++) {
 		if (cand[i].coalesced >= 0)
