@@ -10,7 +10,8 @@ the middle of its work would, and show what waits and what does not:
   accounts meanwhile;
 * a worker whose account's claim row is held by an unfinished transaction
   of another process leaves the account alone, and takes it once that
-  transaction ended without a live claim;
+  transaction ended without a live claim, and leaves it alone (exit 0)
+  when that transaction committed a live one;
 * exclusive work (`dunning ingest`) still waits for the concurrent
   transactions, which is what keeps its invariants;
 * a webhook batch is stored beside claimed work, without waiting for it,
@@ -130,6 +131,29 @@ def test_an_account_whose_claim_row_is_held_waits_for_the_holder(tmp_path, dun_p
         cur.execute("SELECT token, owner FROM claims WHERE account_id = 'acct_a'")
         token, owner = cur.fetchone()
         assert token == 2 and owner != "elsewhere:1"
+    finally:
+        check.close()
+
+
+def test_a_claim_made_live_while_the_drain_waited_is_left_alone(tmp_path, dun_pg):
+    """As above, but the holder commits a live claim: the drain, which read
+    acct_a as claimable before, finds it taken when its upsert gets the row,
+    leaves it (its only candidate) and ends as a drain with nothing to do
+    does, exit 0: another process's claim is not this drain's error."""
+    url = new_db(dun_pg, tmp_path, "claimlive", ["acct_a"])
+    holder = dun_pg.connect(url)
+    cur = holder.cursor()
+    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK_KEY,))
+    cur.execute("INSERT INTO claims(account_id, owner, token, expires_ms)"
+                " VALUES ('acct_a', 'elsewhere:1', 5, (extract(epoch FROM now()) * 1000"
+                " + 600000)::bigint)")
+    waits_for_commit(holder, [str(BIN), "--db", url, "work"])
+    check = dun_pg.connect(url)
+    try:
+        assert "done" not in open_states(check, "acct_a")
+        cur = check.cursor()
+        cur.execute("SELECT token, owner FROM claims WHERE account_id = 'acct_a'")
+        assert cur.fetchone() == (5, "elsewhere:1")
     finally:
         check.close()
 
