@@ -156,7 +156,7 @@ static void print_scans(const struct scans *s)
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: dunning store copy --from FILE [--to postgresql://...]\n\n"
+	fprintf(out, "usage: dunning store copy --from FILE [--to postgresql://...] [--no-scan]\n\n"
 		     "Copy the SQLite database FILE into an empty PostgreSQL database: the\n"
 		     "schema by the migrations (the same as 'dunning init'), then every table,\n"
 		     "in one transaction. --to defaults to [database] url of --config. FILE\n"
@@ -165,7 +165,8 @@ static void usage(FILE *out)
 		     "row is refused. Before committing, each table's row count and content\n"
 		     "checksum are compared on both sides, and a drift scan of each (with the\n"
 		     "policy of --policy or --config) must find the same; anything different\n"
-		     "commits nothing.\n"
+		     "commits nothing. --no-scan leaves the drift scans out (the copy of a\n"
+		     "million accounts takes about 3 minutes without them, 9 with them).\n"
 		     "Stop whatever writes to FILE first: later writes are not copied.\n\n"
 		     "exit status: 0 copied and verified; 1 the copy differed (nothing written);\n"
 		     "65 FILE is not a dunning database or is corrupt; 66 no FILE; 69 PostgreSQL\n"
@@ -195,18 +196,23 @@ static int store_copy(struct dun_cli *cli, int argc, char **argv)
 {
 	static const struct option opts[] = {{"from", required_argument, NULL, 'f'},
 					     {"to", required_argument, NULL, 't'},
+					     {"no-scan", no_argument, NULL, 'n'},
 					     {"help", no_argument, NULL, 'h'},
 					     {NULL, 0, NULL, 0}};
 	const char *from = NULL, *to = NULL;
+	bool scan = true;
 	int c;
 	optind = 0;
-	while ((c = getopt_long(argc, argv, "f:t:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "f:t:nh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			from = optarg;
 			break;
 		case 't':
 			to = optarg;
+			break;
+		case 'n':
+			scan = false;
 			break;
 		case 'h':
 			usage(stdout);
@@ -243,7 +249,7 @@ static int store_copy(struct dun_cli *cli, int argc, char **argv)
 	enum dun_err e = dun_db_is_url(to) ? learn_before_copy(from, err, sizeof err) : DUN_OK;
 	struct scans scans = {.policy = &cli->policy, .now = dun_clock_now()};
 	if (e == DUN_OK)
-		e = dun_store_copy(from, to, scan_both, &scans, &r, err, sizeof err);
+		e = dun_store_copy(from, to, scan ? scan_both : NULL, &scans, &r, err, sizeof err);
 	if (r.n_tables)
 		print_report(&r, shown, e == DUN_OK);
 	print_scans(&scans);
