@@ -534,11 +534,8 @@ enum dun_err dun_inbox_claim_in_tx(struct dun_db *db, const struct dun_inbox_con
 				   const char *worker_id, int64_t now, int max,
 				   struct dun_inbox_item *out, int *n_out)
 {
-	int seen = 0;
-	enum dun_err e = claim_in_tx(db, cfg, worker_id, now, max, out, n_out, &seen);
-	if (e != DUN_OK)
-		*n_out = 0;
-	return e;
+	int seen = 0; /* *n_out is 0 on failure */
+	return claim_in_tx(db, cfg, worker_id, now, max, out, n_out, &seen);
 }
 
 /*
